@@ -1,0 +1,361 @@
+//! Apps, their settings and their backends, and the choice of a backend for one request.
+//!
+//! An [`App`] is immutable once built; what changes per request (outstanding requests,
+//! consecutive failures, ejection, per-app counters) lives in atomics behind `Arc`s that a
+//! rebuilt table carries over from the previous one, so a reload neither resets counters nor
+//! forgets that a backend is ejected.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// What the balancer does with a request for an app.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Action {
+    /// Forward to one of the app's backends.
+    #[default]
+    Proxy,
+    /// Answer with a redirect.
+    Redirect {
+        status: u16,
+        location: Box<str>,
+        /// Append the request's path and query to `location`.
+        keep_path: bool,
+    },
+    /// Answer with a fixed body.
+    Static {
+        status: u16,
+        body: Bytes,
+        content_type: Box<str>,
+    },
+    /// Answer 503 with a page (and `Retry-After` when set).
+    Maintenance {
+        body: Bytes,
+        content_type: Box<str>,
+        retry_after: Option<u32>,
+    },
+}
+
+/// How a backend is chosen among an app's live backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    #[default]
+    RoundRobin,
+    /// Power of two random choices, the one with fewer outstanding requests wins.
+    LeastOutstanding,
+}
+
+impl Policy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round-robin",
+            Policy::LeastOutstanding => "least-outstanding",
+        }
+    }
+}
+
+/// Per-app overrides of the balancer's upstream timeouts (`None` = the global default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timeouts {
+    pub connect: Option<Duration>,
+    pub first_byte: Option<Duration>,
+    pub idle: Option<Duration>,
+}
+
+/// Everything about an app except its name, domains and backends.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AppSettings {
+    pub action: Action,
+    pub policy: Policy,
+    pub timeouts: Timeouts,
+    /// Largest request body accepted, in bytes (`None` = the global default).
+    pub max_body: Option<u64>,
+    /// How many other backends a failed connect may be retried on (`None` = global default).
+    pub retries: Option<u32>,
+}
+
+/// One backend instance of an app.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Stable identity (an instance id, or the address when none was given): state such as
+    /// ejection follows the id, so a recycled port never inherits another instance's state.
+    pub id: Box<str>,
+    pub addr: SocketAddr,
+    /// Liveness deadline in milliseconds since the Unix epoch; past it the backend is skipped.
+    pub expires_at_ms: Option<u64>,
+    pub state: Arc<BackendState>,
+}
+
+/// Per-backend state shared by every snapshot that holds the backend.
+#[derive(Debug, Default)]
+pub struct BackendState {
+    outstanding: AtomicU32,
+    failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+}
+
+impl BackendState {
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as outstanding until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> OutstandingGuard {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        OutstandingGuard(Arc::clone(self))
+    }
+
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    pub fn record_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failure; after `threshold` in a row the backend is ejected for `cooldown`.
+    /// Returns true when this failure ejected it.
+    pub fn record_failure(&self, now_ms: u64, threshold: u32, cooldown: Duration) -> bool {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if threshold > 0 && n >= threshold {
+            self.failures.store(0, Ordering::Relaxed);
+            let until = now_ms.saturating_add(cooldown.as_millis() as u64);
+            self.ejected_until_ms.store(until, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+}
+
+/// Decrements a backend's outstanding count when dropped.
+#[derive(Debug)]
+pub struct OutstandingGuard(Arc<BackendState>);
+
+impl Drop for OutstandingGuard {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Requests answered for one app, by status class (index 0 = 1xx … 4 = 5xx).
+#[derive(Debug, Default)]
+pub struct AppCounters {
+    pub responses: [AtomicU64; 5],
+}
+
+impl AppCounters {
+    pub fn record(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, class: usize) -> u64 {
+        self.responses
+            .get(class)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// An app as the balancer sees it.
+#[derive(Debug)]
+pub struct App {
+    pub name: Box<str>,
+    pub settings: Arc<AppSettings>,
+    pub backends: Box<[Backend]>,
+    pub counters: Arc<AppCounters>,
+    rr: AtomicUsize,
+}
+
+/// Most backends an app may have for the exclusion list of [`App::pick`] to stay on the stack.
+pub const MAX_TRIED: usize = 8;
+
+impl App {
+    pub fn new(
+        name: Box<str>,
+        settings: Arc<AppSettings>,
+        backends: Box<[Backend]>,
+        counters: Arc<AppCounters>,
+    ) -> Self {
+        App {
+            name,
+            settings,
+            backends,
+            counters,
+            rr: AtomicUsize::new(0),
+        }
+    }
+
+    /// Chooses a backend for one attempt. Backends whose liveness deadline passed are never
+    /// chosen; ejected backends and those in `tried` are avoided, but when every live backend
+    /// is ejected the ejection is ignored (trying a backend beats refusing every request).
+    pub fn pick(&self, now_ms: u64, tried: &[usize]) -> Option<usize> {
+        let n = self.backends.len();
+        if n == 0 {
+            return None;
+        }
+        let live = |i: usize| {
+            let b = &self.backends[i];
+            !tried.contains(&i) && b.expires_at_ms.is_none_or(|t| t > now_ms)
+        };
+        let healthy = |i: usize| live(i) && !self.backends[i].state.is_ejected(now_ms);
+        match self.settings.policy {
+            Policy::RoundRobin => {
+                let start = self.rr.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .find(|&i| healthy(i))
+                    .or_else(|| (0..n).map(|k| (start + k) % n).find(|&i| live(i)))
+            }
+            Policy::LeastOutstanding => self
+                .two_choices(n, &healthy)
+                .or_else(|| self.two_choices(n, &live)),
+        }
+    }
+
+    fn two_choices(&self, n: usize, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let r = fast_random();
+        let a = (r as usize) % n;
+        // The second draw is from the other n-1 backends, so the two choices always differ.
+        let b = if n > 1 {
+            (a + 1 + ((r >> 32) as usize) % (n - 1)) % n
+        } else {
+            a
+        };
+        let pick_a = ok(a);
+        let pick_b = b != a && ok(b);
+        match (pick_a, pick_b) {
+            (true, true) => {
+                let oa = self.backends[a].state.outstanding();
+                let ob = self.backends[b].state.outstanding();
+                Some(if ob < oa { b } else { a })
+            }
+            (true, false) => Some(a),
+            (false, true) => Some(b),
+            // Both draws unusable: fall back to a scan so a lone healthy backend is still found.
+            (false, false) => {
+                let mut best: Option<(usize, u32)> = None;
+                for i in (0..n).map(|k| (a + k) % n) {
+                    if ok(i) {
+                        let o = self.backends[i].state.outstanding();
+                        if best.is_none_or(|(_, bo)| o < bo) {
+                            best = Some((i, o));
+                        }
+                    }
+                }
+                best.map(|(i, _)| i)
+            }
+        }
+    }
+
+    /// True when at least one backend is within its liveness deadline.
+    pub fn has_live_backend(&self, now_ms: u64) -> bool {
+        self.backends
+            .iter()
+            .any(|b| b.expires_at_ms.is_none_or(|t| t > now_ms))
+    }
+}
+
+/// A small per-thread xorshift generator: good enough to spread load, and free of locks.
+fn fast_random() -> u64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(0x9e37_79b9_7f4a_7c15);
+            h.finish() | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(policy: Policy, n: usize) -> App {
+        let backends = (0..n)
+            .map(|i| Backend {
+                id: format!("b{i}").into(),
+                addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                expires_at_ms: None,
+                state: Arc::default(),
+            })
+            .collect();
+        App::new(
+            "a".into(),
+            Arc::new(AppSettings {
+                policy,
+                ..AppSettings::default()
+            }),
+            backends,
+            Arc::default(),
+        )
+    }
+
+    #[test]
+    fn round_robin_cycles_through_backends() {
+        let a = app(Policy::RoundRobin, 3);
+        let picks: Vec<_> = (0..6).map(|_| a.pick(0, &[]).unwrap()).collect();
+        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn ejected_and_tried_backends_are_avoided() {
+        let a = app(Policy::RoundRobin, 3);
+        assert!(a.backends[1]
+            .state
+            .record_failure(1000, 1, Duration::from_secs(10)));
+        for _ in 0..10 {
+            let p = a.pick(2000, &[0]).unwrap();
+            assert_eq!(p, 2);
+        }
+        // After the cool-down the backend is chosen again.
+        let picks: Vec<_> = (0..6).map(|_| a.pick(20_000, &[]).unwrap()).collect();
+        assert!(picks.contains(&1));
+    }
+
+    #[test]
+    fn all_ejected_still_picks() {
+        let a = app(Policy::LeastOutstanding, 2);
+        for b in a.backends.iter() {
+            b.state.record_failure(0, 1, Duration::from_secs(10));
+        }
+        assert!(a.pick(1, &[]).is_some());
+        assert_eq!(a.pick(1, &[0, 1]), None);
+    }
+
+    #[test]
+    fn expired_backends_are_never_picked() {
+        let mut a = app(Policy::LeastOutstanding, 2);
+        a.backends[0].expires_at_ms = Some(100);
+        for _ in 0..50 {
+            assert_eq!(a.pick(200, &[]), Some(1));
+        }
+        a.backends[1].expires_at_ms = Some(100);
+        assert_eq!(a.pick(200, &[]), None);
+        assert!(!a.has_live_backend(200));
+    }
+
+    #[test]
+    fn least_outstanding_prefers_idle_backend() {
+        let a = app(Policy::LeastOutstanding, 2);
+        let _busy: Vec<_> = (0..5).map(|_| a.backends[0].state.begin()).collect();
+        let picks: Vec<_> = (0..100).map(|_| a.pick(0, &[]).unwrap()).collect();
+        let ones = picks.iter().filter(|&&p| p == 1).count();
+        // With two backends both are always drawn, and the idle one wins.
+        assert_eq!(ones, 100, "backend 1 chosen {ones} times of 100");
+    }
+}
