@@ -1,0 +1,292 @@
+//! HTTP/2 over the `h2` crate: one connection task per connection slot, and up to `-m`
+//! stream workers on it, each issuing requests one after the other (closed model) or at
+//! their due times (open model). Every stream is counted on its own.
+
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+
+use crate::engine::{connect, Conn, ThreadCtx};
+use crate::schedule::SEND_SLACK;
+use crate::stats::ErrorKind;
+use crate::target::Target;
+
+/// Request parts prepared once per run.
+#[derive(Debug)]
+pub struct H2Templates {
+    method: Method,
+    uris: Vec<Uri>,
+    headers: HeaderMap,
+    body: Option<Bytes>,
+}
+
+/// A request that `http` would not accept.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build an HTTP/2 request: {0}")]
+pub struct H2TemplateError(String);
+
+impl H2Templates {
+    pub fn build(
+        method: &str,
+        target: &Target,
+        hosts: &[crate::hosts::HostEntry],
+        headers: &[(String, String)],
+        body: Option<&[u8]>,
+    ) -> Result<H2Templates, H2TemplateError> {
+        let err = |e: &dyn std::fmt::Display| H2TemplateError(e.to_string());
+        let method = Method::from_bytes(method.as_bytes()).map_err(|e| err(&e))?;
+        let scheme = match target.scheme {
+            crate::target::Scheme::Http => "http",
+            crate::target::Scheme::Https => "https",
+        };
+        let uris = hosts
+            .iter()
+            .map(|h| {
+                let s = format!(
+                    "{scheme}://{}{}",
+                    target.authority_for(&h.name),
+                    target.path
+                );
+                Uri::try_from(s).map_err(|e| err(&e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            // Connection-specific headers are forbidden in h2 (RFC 9113 §8.2.2); Host
+            // becomes :authority.
+            let lower = n.to_ascii_lowercase();
+            if matches!(
+                lower.as_str(),
+                "host"
+                    | "connection"
+                    | "keep-alive"
+                    | "proxy-connection"
+                    | "transfer-encoding"
+                    | "upgrade"
+            ) {
+                continue;
+            }
+            let name = HeaderName::from_bytes(lower.as_bytes()).map_err(|e| err(&e))?;
+            let value = HeaderValue::from_str(v).map_err(|e| err(&e))?;
+            map.append(name, value);
+        }
+        Ok(H2Templates {
+            method,
+            uris,
+            headers: map,
+            body: body.map(Bytes::copy_from_slice),
+        })
+    }
+
+    fn request(&self, host: usize) -> Request<()> {
+        let mut req = Request::new(());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uris.get(host).cloned().unwrap_or_default();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// How a stream worker stopped.
+enum StreamEnd {
+    /// The run ended; `true` if a request was in flight.
+    Ended(bool),
+    /// The connection failed; the worker's request (if any) was already counted.
+    Broken,
+}
+
+/// Runs one h2 connection slot until the end of the run; returns streams in flight at the end.
+pub(crate) async fn run(ctx: Rc<ThreadCtx>, conn: usize, max_streams: usize) -> u64 {
+    let sh = ctx.sh.clone();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        if Instant::now() >= sh.end {
+            return 0;
+        }
+        let handshake = match connect(&ctx, ctx.sni_host(conn)).await {
+            Ok(Conn::Plain(tcp)) => builder()
+                .handshake::<_, Bytes>(tcp)
+                .await
+                .map(|(s, c)| (s, tokio::task::spawn_local(async move { c.await.is_ok() }))),
+            Ok(Conn::Tls(tls)) => {
+                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    ctx.connect_failed(&"server did not negotiate h2 via ALPN");
+                    wait(&mut backoff, sh.end).await;
+                    continue;
+                }
+                builder()
+                    .handshake::<_, Bytes>(*tls)
+                    .await
+                    .map(|(s, c)| (s, tokio::task::spawn_local(async move { c.await.is_ok() })))
+            }
+            Ok(Conn::Ended) => return 0,
+            Err(e) => {
+                ctx.connect_failed(&e);
+                wait(&mut backoff, sh.end).await;
+                continue;
+            }
+        };
+        let (send, driver) = match handshake {
+            Ok(pair) => pair,
+            Err(e) => {
+                ctx.connect_failed(&e);
+                wait(&mut backoff, sh.end).await;
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(5);
+        let workers: Vec<_> = (0..max_streams)
+            .map(|_| tokio::task::spawn_local(stream_worker(ctx.clone(), conn, send.clone())))
+            .collect();
+        drop(send);
+        let mut in_flight = 0;
+        let mut ended = false;
+        for w in workers {
+            match w.await {
+                Ok(StreamEnd::Ended(busy)) => {
+                    ended = true;
+                    in_flight += u64::from(busy);
+                }
+                Ok(StreamEnd::Broken) | Err(_) => {}
+            }
+        }
+        driver.abort();
+        if ended || Instant::now() >= sh.end {
+            return in_flight;
+        }
+        ctx.recorder.borrow_mut().reconnect(Instant::now());
+    }
+}
+
+fn builder() -> h2::client::Builder {
+    let mut b = h2::client::Builder::new();
+    // Large windows so flow control does not throttle a load test on loopback.
+    b.initial_window_size(4 << 20)
+        .initial_connection_window_size(16 << 20)
+        .enable_push(false);
+    b
+}
+
+async fn wait(backoff: &mut Duration, end: Instant) {
+    let wake = (Instant::now() + *backoff).min(end);
+    tokio::time::sleep_until(wake.into()).await;
+    *backoff = (*backoff * 2).min(Duration::from_millis(500));
+}
+
+/// The response facts one stream yields.
+struct StreamResponse {
+    status: u16,
+    matched: Option<bool>,
+    bytes: usize,
+}
+
+async fn stream_worker(ctx: Rc<ThreadCtx>, conn: usize, mut send: SendRequest<Bytes>) -> StreamEnd {
+    let sh = ctx.sh.clone();
+    let Some(templates) = sh.h2.as_ref() else {
+        return StreamEnd::Broken;
+    };
+    loop {
+        let mut now = Instant::now();
+        if now >= sh.end {
+            return StreamEnd::Ended(false);
+        }
+        let start = match &ctx.schedule {
+            None => now,
+            Some(s) => {
+                let Some(due) = s.claim() else {
+                    tokio::time::sleep_until(sh.end.into()).await;
+                    return StreamEnd::Ended(false);
+                };
+                if due > now + SEND_SLACK {
+                    tokio::time::sleep_until((due - SEND_SLACK).into()).await;
+                    now = Instant::now();
+                }
+                s.mark_sent(due);
+                due.min(now)
+            }
+        };
+        let host = ctx.next_host(conn);
+        let expect = sh
+            .expect
+            .as_ref()
+            .map(|e| (&e.h2_name, e.values[host].as_slice()));
+        let sent = Instant::now();
+        let deadline = match sh.cfg.timeout {
+            Some(t) => (sent + t).min(sh.end),
+            None => sh.end,
+        };
+        let result = tokio::time::timeout_at(
+            deadline.into(),
+            one_request(&mut send, templates, host, expect),
+        )
+        .await;
+        let now = Instant::now();
+        match result {
+            Ok(Ok(r)) => {
+                let mut rec = ctx.recorder.borrow_mut();
+                rec.bytes_read(now, r.bytes);
+                rec.response(now, start, sent, r.status, host, r.matched);
+            }
+            Ok(Err(e)) => {
+                let connection_gone = e.is_io() || e.is_go_away() || e.reason().is_none();
+                let kind = if e.is_io() {
+                    ErrorKind::Read
+                } else {
+                    ErrorKind::Protocol
+                };
+                ctx.recorder.borrow_mut().error(start, kind, Some(host));
+                if connection_gone {
+                    return StreamEnd::Broken;
+                }
+            }
+            Err(_elapsed) => {
+                if now >= sh.end {
+                    return StreamEnd::Ended(true);
+                }
+                ctx.recorder
+                    .borrow_mut()
+                    .error(start, ErrorKind::Timeout, Some(host));
+            }
+        }
+    }
+}
+
+async fn one_request(
+    send: &mut SendRequest<Bytes>,
+    templates: &H2Templates,
+    host: usize,
+    expect: Option<(&HeaderName, &[u8])>,
+) -> Result<StreamResponse, h2::Error> {
+    poll_fn(|cx| send.poll_ready(cx)).await?;
+    let req = templates.request(host);
+    let (response, mut stream) = send.send_request(req, templates.body.is_none())?;
+    if let Some(body) = &templates.body {
+        stream.send_data(body.clone(), true)?;
+    }
+    let response = response.await?;
+    let status = response.status().as_u16();
+    let matched = expect.map(|(name, want)| {
+        response
+            .headers()
+            .get(name)
+            .is_some_and(|v| v.as_bytes() == want)
+    });
+    let mut body = response.into_body();
+    let mut bytes = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        bytes += chunk.len();
+        // Returning the window lets the server keep sending; failure means the stream is
+        // already gone, which the next data() call reports.
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    Ok(StreamResponse {
+        status,
+        matched,
+        bytes,
+    })
+}

@@ -1,0 +1,115 @@
+//! The `pier-load` binary: parse flags, run, print, write files, apply thresholds.
+//!
+//! Exit codes: 0 success, 1 the run could not be performed, 2 bad usage, 3 a `--fail-if`
+//! threshold was crossed.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use pier_load::cli::{build_config, Cli, Command};
+use pier_load::report::{csv, html, human, json, SecondRow};
+use pier_load::scenario;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pier-load: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(Command::Scenario { file, rounds, json }) = cli.command {
+        let mut s = scenario::load(&file)?;
+        if let Some(r) = rounds {
+            s.rounds = r.max(1);
+        }
+        eprintln!(
+            "scenario {}: {} target(s), {} round(s)",
+            s.name,
+            s.targets.len(),
+            s.rounds
+        );
+        let mut reports = Vec::new();
+        let cmp = scenario::run_scenario(&s, &mut |round, name, r| {
+            eprintln!(
+                "  round {} {name}: {:.1} req/s, p99 {}, failed {}",
+                round + 1,
+                r.rps(),
+                pier_load::units::fmt_micros(pier_load::Report::at(&r.latency, 99.0) as f64),
+                r.failed()
+            );
+            reports.push(serde_json::json!({
+                "round": round + 1,
+                "target": name,
+                "report": json::to_value(r),
+            }));
+        })?;
+        print!("{}", cmp.table());
+        if let Some(path) = json {
+            let doc = serde_json::json!({
+                "schema": "pier-load-scenario/v1",
+                "comparison": cmp,
+                "runs": reports,
+            });
+            std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let cfg = build_config(&cli.load)?;
+    let progress = !cli.output.no_progress && std::io::stderr().is_terminal();
+    let total = cfg.duration.as_secs();
+    let mut on_second = |row: &SecondRow| {
+        if progress {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(
+                err,
+                "\r\x1b[2K  {:>4}s/{}s  {:>10.0} req/s  failed {:>6}  p99 {}",
+                row.second + 1,
+                total,
+                row.rps(),
+                row.errors,
+                pier_load::units::fmt_micros(row.p99_us as f64)
+            );
+            let _ = err.flush();
+        }
+    };
+    let report = pier_load::run(&cfg, &mut on_second)?;
+    if progress {
+        eprint!("\r\x1b[2K");
+    }
+    let mut out = std::io::stdout().lock();
+    human::write(&report, cli.load.latency, &mut out)?;
+    if let Some(p) = &cli.output.json {
+        std::fs::write(p, json::to_string(&report))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &cli.output.csv {
+        std::fs::write(p, csv::to_string(&report))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &cli.output.html {
+        std::fs::write(p, html::to_string(&report))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    let mut failed = false;
+    for t in &cli.output.fail_if {
+        if let Some(msg) = t.violated(&report) {
+            writeln!(out, "{msg}")?;
+            failed = true;
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
