@@ -1,1 +1,140 @@
-fn main() {}
+//! `pier-balancer --config FILE [--check]`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use pier_balancer::config::Config;
+use pier_balancer::server::{start_workers, Shared};
+use pier_balancer::{admin, logging, reload};
+
+/// pier's hostname-routing HTTP reverse proxy.
+#[derive(Parser, Debug)]
+#[command(name = "pier-balancer", version, about)]
+struct Args {
+    /// The balancer config file (TOML).
+    #[arg(short, long, default_value = "config/balancer.toml")]
+    config: PathBuf,
+    /// Validate the config and its routes file, print a summary or every problem, and exit.
+    #[arg(long, alias = "test", short = 't')]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(errs) => {
+            eprintln!("{errs}");
+            eprintln!("{}: configuration is invalid", args.config.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let table = match config
+        .routes_file
+        .as_deref()
+        .map(|p| reload::load_table(p, None))
+    {
+        Some(Ok(t)) => t,
+        Some(Err(errs)) => {
+            for e in errs {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: configuration is invalid", args.config.display());
+            return ExitCode::FAILURE;
+        }
+        None => pier_routes::RouteTable::empty(),
+    };
+    if args.check {
+        println!(
+            "{}: configuration is valid: {} listener(s), {} app(s), {} domain(s)",
+            args.config.display(),
+            config.listeners.len(),
+            table.app_count(),
+            table.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let _log_guard = logging::init(&config.log);
+    match run(config, table) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "pier-balancer failed");
+            eprintln!("pier-balancer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config, table: pier_routes::RouteTable) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let shared = Shared::new(config, table);
+    let cfg = &shared.config;
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the control runtime")?;
+    // The admin listener is bound before the workers so a port clash stops start-up early.
+    let admin_listener = match cfg.admin {
+        Some(addr) => Some(
+            control
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .with_context(|| format!("binding admin listener {addr}"))?,
+        ),
+        None => None,
+    };
+    let workers = start_workers(&shared).context("binding listeners")?;
+    tracing::info!(
+        listeners = ?cfg.listeners.iter().map(|l| l.addr).collect::<Vec<_>>(),
+        admin = ?cfg.admin,
+        workers = cfg.workers,
+        mode = ?cfg.mode,
+        apps = shared.routes.load().app_count(),
+        domains = shared.routes.load().len(),
+        "pier-balancer started"
+    );
+    control.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        if let Some(l) = admin_listener {
+            tokio::spawn(admin::serve_admin(Arc::clone(&shared), l));
+        }
+        if cfg.routes_watch {
+            tokio::spawn(reload::watch_file(
+                Arc::clone(&shared),
+                cfg.routes_watch_interval,
+            ));
+        }
+        loop {
+            tokio::select! {
+                _ = hup.recv() => { reload::reload(&shared, "sighup"); }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let started = Instant::now();
+    tracing::info!(
+        open_connections = shared.open_connections(),
+        deadline_s = cfg.timeouts.shutdown.as_secs(),
+        "shutting down: draining connections"
+    );
+    shared.begin_shutdown();
+    let deadline = started + cfg.timeouts.shutdown + Duration::from_millis(500);
+    for w in workers {
+        while !w.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    tracing::info!(
+        left = shared.open_connections(),
+        drained_ms = started.elapsed().as_millis() as u64,
+        "pier-balancer stopped"
+    );
+    Ok(())
+}

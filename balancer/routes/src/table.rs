@@ -152,7 +152,7 @@ impl RouteTable {
     pub fn build(spec: &RouteSpec, previous: Option<&RouteTable>) -> Result<Self, Vec<BuildError>> {
         let domain_total: usize = spec.apps.iter().map(|a| a.domains.len()).sum();
         let mut table = RouteTable {
-            hasher: previous.map(|p| p.hasher.clone()).unwrap_or_default(),
+            hasher: previous.map(|p| p.hasher).unwrap_or_default(),
             domains: Sharded::with_capacity(domain_total),
             apps: Sharded::with_capacity(spec.apps.len()),
             app_domains: spec.app_domains.clone().into(),
@@ -187,7 +187,7 @@ impl RouteTable {
 
     fn insert_app(&mut self, app: &Arc<App>) -> Result<(), BuildError> {
         let hash = self.hash(&app.name);
-        let hasher = self.hasher.clone();
+        let hasher = self.hasher;
         let shard = self.apps.shard_mut(hash);
         match shard.entry(hash, |a| a.name == app.name, |a| hasher.hash_one(&*a.name)) {
             hashbrown::hash_table::Entry::Occupied(_) => {
@@ -220,7 +220,7 @@ impl RouteTable {
             DomainPattern::Wildcard(n) => (n, true),
         };
         let hash = self.hash(name);
-        let hasher = self.hasher.clone();
+        let hasher = self.hasher;
         let shard = self.domains.shard_mut(hash);
         let entry = shard
             .entry(hash, |e| e.name == *name, |e| hasher.hash_one(&*e.name))

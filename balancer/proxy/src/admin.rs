@@ -1,0 +1,155 @@
+//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/routes` (JSON dump).
+//!
+//! It is a separate, small HTTP/1.1 server on its own address, using the same strict parser as
+//! the proxy; every answer closes the connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use pier_routes::{Action, DomainPattern, RouteTable};
+
+use crate::h1::head::{parse_request, HeadLimits};
+use crate::server::Shared;
+use crate::util::now_ms;
+
+const LIMITS: HeadLimits = HeadLimits {
+    max_line: 4096,
+    max_head: 16 * 1024,
+    max_headers: 64,
+};
+
+pub async fn serve_admin(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let s = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(30), handle(s, stream)).await;
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
+    let mut buf = BytesMut::with_capacity(4096);
+    let path = loop {
+        match parse_request(&buf, &LIMITS) {
+            Ok(Some((len, parts))) => {
+                let head = parts.into_head(buf.split_to(len).freeze());
+                let target = head.target();
+                let path = target.split(|&b| b == b'?').next().unwrap_or(b"");
+                break Some((head.method().to_vec(), path.to_vec()));
+            }
+            Ok(None) => {}
+            Err(_) => break None,
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    };
+    let (status, ctype, body) = match path.as_ref().map(|(m, p)| (m.as_slice(), p.as_slice())) {
+        None => (400, "text/plain", "bad request\n".to_string()),
+        Some((m, _)) if m != b"GET" && m != b"HEAD" => (405, "text/plain", "GET only\n".into()),
+        Some((_, b"/metrics")) => {
+            let table = shared.routes.load();
+            (
+                200,
+                "text/plain; version=0.0.4",
+                shared.metrics.render(&table),
+            )
+        }
+        Some((_, b"/healthz")) => {
+            if shared.is_shutting_down() {
+                (503, "text/plain", "draining\n".into())
+            } else {
+                (200, "text/plain", "ok\n".into())
+            }
+        }
+        Some((_, b"/routes")) => {
+            let table = shared.routes.load();
+            (200, "application/json", routes_json(&table).to_string())
+        }
+        Some(_) => (
+            404,
+            "text/plain",
+            "not found (try /metrics, /healthz, /routes)\n".into(),
+        ),
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        crate::respond::status_text(status),
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    if !matches!(&path, Some((m, _)) if m == b"HEAD") {
+        let _ = stream.write_all(body.as_bytes()).await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// The whole table as JSON (apps sorted by name, domains sorted).
+pub fn routes_json(table: &RouteTable) -> serde_json::Value {
+    let mut domains: std::collections::HashMap<&str, Vec<String>> =
+        std::collections::HashMap::new();
+    for (pattern, app) in table.domains() {
+        let text = match &pattern {
+            DomainPattern::CatchAll => "*".to_string(),
+            p => p.to_string(),
+        };
+        domains.entry(&*app.name).or_default().push(text);
+    }
+    let now = now_ms();
+    let mut apps: Vec<_> = table.apps().collect();
+    apps.sort_by(|a, b| a.name.cmp(&b.name));
+    let apps: Vec<_> = apps
+        .into_iter()
+        .map(|app| {
+            let mut d = domains.remove(&*app.name).unwrap_or_default();
+            d.sort();
+            let s = &app.settings;
+            let action = match &s.action {
+                Action::Proxy => json!({"type": "proxy"}),
+                Action::Redirect { status, location, keep_path } => {
+                    json!({"type": "redirect", "status": status, "location": &**location, "keep_path": keep_path})
+                }
+                Action::Static { status, body, content_type } => {
+                    json!({"type": "static", "status": status, "bytes": body.len(), "content_type": &**content_type})
+                }
+                Action::Maintenance { retry_after, .. } => {
+                    json!({"type": "maintenance", "retry_after": retry_after})
+                }
+            };
+            json!({
+                "name": &*app.name,
+                "domains": d,
+                "action": action,
+                "policy": s.policy.name(),
+                "max_body": s.max_body,
+                "backends": app.backends.iter().map(|b| json!({
+                    "id": &*b.id,
+                    "address": b.addr.to_string(),
+                    "outstanding": b.state.outstanding(),
+                    "ejected": b.state.is_ejected(now),
+                    "expires_at_ms": b.expires_at_ms,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "version": table.version(),
+        "domains": table.len(),
+        "app_domains": table.app_domains().iter().map(|d| &**d).collect::<Vec<_>>(),
+        "apps": apps,
+    })
+}

@@ -1,0 +1,593 @@
+//! The balancer's configuration file (TOML).
+//!
+//! A visible pipeline: text → [`ConfigFile`] (unknown keys refused) → [`ConfigFile::validate`] →
+//! [`Config`], whose fields are typed (`SocketAddr`, `Duration`, byte counts). Every problem is
+//! reported with the file and key it is about, like `nginx -t`. Every key is documented in
+//! docs/configuration.md, and every file under config/ is parsed by a test.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pier_routes::file::toml_reason;
+use pier_routes::units::{parse_duration, SizeValue};
+use serde::Deserialize;
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+/// Every problem found in a config, printed one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub listen: Option<ListenFile>,
+    pub admin: Option<AdminFile>,
+    pub routes: Option<RoutesFileRef>,
+    pub runtime: Option<RuntimeFile>,
+    pub timeouts: Option<TimeoutsFile>,
+    pub upstream: Option<UpstreamFile>,
+    pub limits: Option<LimitsFile>,
+    pub headers: Option<HeadersFile>,
+    pub log: Option<LogFile>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    #[serde(default)]
+    pub http: Vec<ListenerEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ListenerEntry {
+    Address(String),
+    Full(ListenerTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTable {
+    pub address: String,
+    #[serde(default)]
+    pub trusted: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesFileRef {
+    pub file: Option<String>,
+    pub watch: Option<bool>,
+    pub watch_interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeFile {
+    pub workers: Option<usize>,
+    pub mode: Option<String>,
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    pub client_header: Option<String>,
+    pub client_keepalive: Option<String>,
+    pub client_body: Option<String>,
+    pub connect: Option<String>,
+    pub first_byte: Option<String>,
+    pub upstream_idle: Option<String>,
+    pub shutdown: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub retries: Option<u32>,
+    pub eject_after: Option<u32>,
+    pub eject_for: Option<String>,
+    pub pool_max_idle: Option<usize>,
+    pub pool_idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub max_request_line: Option<SizeValue>,
+    pub max_header_bytes: Option<SizeValue>,
+    pub max_headers: Option<usize>,
+    pub max_body: Option<SizeValue>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersFile {
+    pub via: Option<String>,
+    pub request_id: Option<bool>,
+    pub request_start: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    pub level: Option<String>,
+    pub format: Option<String>,
+    pub access: Option<bool>,
+}
+
+/// A listening address and whether its clients' `X-Forwarded-*` are believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub trusted: bool,
+}
+
+/// How worker threads are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeMode {
+    /// One single-threaded runtime per worker, each with its own `SO_REUSEPORT` listener and
+    /// upstream pool (nginx/sozu style: no cross-core wake-ups).
+    PerCore,
+    /// One work-stealing runtime with `workers` threads sharing listeners and pools.
+    Shared,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub client_header: Duration,
+    pub client_keepalive: Duration,
+    pub client_body: Duration,
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub upstream_idle: Duration,
+    pub shutdown: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamSettings {
+    pub retries: u32,
+    pub eject_after: u32,
+    pub eject_for: Duration,
+    pub pool_max_idle: usize,
+    pub pool_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_request_line: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// 0 = no limit.
+    pub max_body: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderSettings {
+    /// The pseudonym in `Via` (`1.1 <via>`); empty disables Via.
+    pub via: String,
+    pub request_id: bool,
+    pub request_start: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+    pub access: bool,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file this was read from.
+    pub path: PathBuf,
+    pub listeners: Vec<Listener>,
+    pub admin: Option<SocketAddr>,
+    /// The routes file, resolved relative to the config file.
+    pub routes_file: Option<PathBuf>,
+    pub routes_watch: bool,
+    pub routes_watch_interval: Duration,
+    pub workers: usize,
+    pub mode: RuntimeMode,
+    pub max_connections: usize,
+    pub timeouts: Timeouts,
+    pub upstream: UpstreamSettings,
+    pub limits: Limits,
+    pub headers: HeaderSettings,
+    pub log: LogSettings,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: file.clone(),
+                key: "(file)".into(),
+                reason: e.to_string(),
+            }])
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses config text as if read from `path` (relative paths resolve against its folder).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let parsed: ConfigFile = toml::from_str(text).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: file.clone(),
+                key: "(syntax)".into(),
+                reason: toml_reason(&e),
+            }])
+        })?;
+        parsed.validate(path)
+    }
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, key: &str, reason: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            key: key.to_owned(),
+            reason: reason.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, value: &Option<String>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(v) => match parse_duration(v) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.err(key, "must be above zero");
+                    default
+                }
+                Err(r) => {
+                    self.err(key, r);
+                    default
+                }
+            },
+        }
+    }
+
+    fn size(&mut self, key: &str, value: &Option<SizeValue>, default: u64) -> u64 {
+        match value {
+            None => default,
+            Some(v) => v.bytes().unwrap_or_else(|r| {
+                self.err(key, r);
+                default
+            }),
+        }
+    }
+
+    fn addr(&mut self, key: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    key,
+                    format!("{value:?} is not IP:port (e.g. \"127.0.0.1:8080\", \"[::]:80\")"),
+                );
+                None
+            }
+        }
+    }
+}
+
+impl ConfigFile {
+    pub fn validate(&self, path: &Path) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let mut c = Checker {
+            file: &file,
+            errors: Vec::new(),
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+
+        let mut listeners = Vec::new();
+        let http = self.listen.as_ref().map(|l| &l.http[..]).unwrap_or(&[]);
+        if http.is_empty() {
+            c.err("listen.http", "at least one address is needed");
+        }
+        for (i, entry) in http.iter().enumerate() {
+            let (address, trusted) = match entry {
+                ListenerEntry::Address(a) => (a.as_str(), false),
+                ListenerEntry::Full(t) => (t.address.as_str(), t.trusted),
+            };
+            if let Some(addr) = c.addr(&format!("listen.http[{i}]"), address) {
+                if listeners.iter().any(|l: &Listener| l.addr == addr) {
+                    c.err(
+                        &format!("listen.http[{i}]"),
+                        format!("{addr} is listed twice"),
+                    );
+                }
+                listeners.push(Listener { addr, trusted });
+            }
+        }
+        let admin = self
+            .admin
+            .as_ref()
+            .and_then(|a| a.listen.as_deref())
+            .and_then(|a| c.addr("admin.listen", a));
+        if let (Some(a), true) = (admin, listeners.iter().any(|l| Some(l.addr) == admin)) {
+            c.err("admin.listen", format!("{a} is also a proxy listener"));
+        }
+
+        let routes = self.routes.as_ref();
+        let routes_file = routes.and_then(|r| r.file.as_deref()).map(|f| base.join(f));
+        if routes_file.is_none() {
+            c.err("routes.file", "a routes file is needed");
+        }
+        let routes_watch = routes.and_then(|r| r.watch).unwrap_or(true);
+        let routes_watch_interval = c.duration(
+            "routes.watch_interval",
+            &routes.and_then(|r| r.watch_interval.clone()),
+            Duration::from_secs(1),
+        );
+
+        let rt = self.runtime.as_ref();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = match rt.and_then(|r| r.workers) {
+            None | Some(0) => cpus,
+            Some(n) if n > 1024 => {
+                c.err("runtime.workers", "at most 1024");
+                cpus
+            }
+            Some(n) => n,
+        };
+        let mode = match rt.and_then(|r| r.mode.as_deref()) {
+            None | Some("per-core") => RuntimeMode::PerCore,
+            Some("shared") => RuntimeMode::Shared,
+            Some(other) => {
+                c.err(
+                    "runtime.mode",
+                    format!("unknown mode {other:?} (use \"per-core\" or \"shared\")"),
+                );
+                RuntimeMode::PerCore
+            }
+        };
+        let max_connections = rt.and_then(|r| r.max_connections).unwrap_or(100_000);
+        if max_connections == 0 {
+            c.err("runtime.max_connections", "must be above zero");
+        }
+
+        let t = self.timeouts.as_ref();
+        let d = |f: fn(&TimeoutsFile) -> &Option<String>| t.and_then(|t| f(t).clone());
+        let timeouts = Timeouts {
+            client_header: c.duration(
+                "timeouts.client_header",
+                &d(|t| &t.client_header),
+                Duration::from_secs(10),
+            ),
+            client_keepalive: c.duration(
+                "timeouts.client_keepalive",
+                &d(|t| &t.client_keepalive),
+                Duration::from_secs(60),
+            ),
+            client_body: c.duration(
+                "timeouts.client_body",
+                &d(|t| &t.client_body),
+                Duration::from_secs(60),
+            ),
+            connect: c.duration(
+                "timeouts.connect",
+                &d(|t| &t.connect),
+                Duration::from_secs(3),
+            ),
+            first_byte: c.duration(
+                "timeouts.first_byte",
+                &d(|t| &t.first_byte),
+                Duration::from_secs(60),
+            ),
+            upstream_idle: c.duration(
+                "timeouts.upstream_idle",
+                &d(|t| &t.upstream_idle),
+                Duration::from_secs(60),
+            ),
+            shutdown: c.duration(
+                "timeouts.shutdown",
+                &d(|t| &t.shutdown),
+                Duration::from_secs(30),
+            ),
+        };
+
+        let u = self.upstream.as_ref();
+        let upstream = UpstreamSettings {
+            retries: u.and_then(|u| u.retries).unwrap_or(2),
+            eject_after: u.and_then(|u| u.eject_after).unwrap_or(5),
+            eject_for: c.duration(
+                "upstream.eject_for",
+                &u.and_then(|u| u.eject_for.clone()),
+                Duration::from_secs(10),
+            ),
+            pool_max_idle: u.and_then(|u| u.pool_max_idle).unwrap_or(256),
+            pool_idle_timeout: c.duration(
+                "upstream.pool_idle_timeout",
+                &u.and_then(|u| u.pool_idle_timeout.clone()),
+                Duration::from_secs(15),
+            ),
+        };
+        if upstream.retries > 16 {
+            c.err("upstream.retries", "at most 16");
+        }
+
+        let l = self.limits.as_ref();
+        let max_request_line = c.size(
+            "limits.max_request_line",
+            &l.and_then(|l| l.max_request_line.clone()),
+            8 * 1024,
+        );
+        let max_header_bytes = c.size(
+            "limits.max_header_bytes",
+            &l.and_then(|l| l.max_header_bytes.clone()),
+            32 * 1024,
+        );
+        if !(64..=1 << 20).contains(&max_header_bytes) {
+            c.err(
+                "limits.max_header_bytes",
+                "must be between 64 bytes and 1MiB",
+            );
+        }
+        if !(16..=max_header_bytes).contains(&max_request_line) {
+            c.err(
+                "limits.max_request_line",
+                "must be between 16 bytes and limits.max_header_bytes",
+            );
+        }
+        let max_headers = l.and_then(|l| l.max_headers).unwrap_or(100);
+        if !(1..=10_000).contains(&max_headers) {
+            c.err("limits.max_headers", "must be between 1 and 10000");
+        }
+        let limits = Limits {
+            max_request_line: max_request_line as usize,
+            max_header_bytes: max_header_bytes as usize,
+            max_headers,
+            max_body: c.size("limits.max_body", &l.and_then(|l| l.max_body.clone()), 0),
+        };
+
+        let h = self.headers.as_ref();
+        let via = h
+            .and_then(|h| h.via.clone())
+            .unwrap_or_else(|| "pier".into());
+        if !via.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b',') {
+            c.err(
+                "headers.via",
+                "must be one token of visible characters (no spaces or commas)",
+            );
+        }
+        let headers = HeaderSettings {
+            via,
+            request_id: h.and_then(|h| h.request_id).unwrap_or(true),
+            request_start: h.and_then(|h| h.request_start).unwrap_or(true),
+        };
+
+        let lg = self.log.as_ref();
+        let level = lg
+            .and_then(|l| l.level.clone())
+            .unwrap_or_else(|| "info".into());
+        if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+            c.err(
+                "log.level",
+                format!("unknown level {level:?} (error, warn, info, debug, trace)"),
+            );
+        }
+        let format = match lg.and_then(|l| l.format.as_deref()) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                c.err(
+                    "log.format",
+                    format!("unknown format {other:?} (use \"text\" or \"json\")"),
+                );
+                LogFormat::Text
+            }
+        };
+        let log = LogSettings {
+            level,
+            format,
+            access: lg.and_then(|l| l.access).unwrap_or(true),
+        };
+
+        if !c.errors.is_empty() {
+            return Err(ConfigErrors(c.errors));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            listeners,
+            admin,
+            routes_file,
+            routes_watch,
+            routes_watch_interval,
+            workers,
+            mode,
+            max_connections,
+            timeouts,
+            upstream,
+            limits,
+            headers,
+            log,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text, Path::new("/etc/pier/balancer.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(
+            "[listen]\nhttp = [\"127.0.0.1:8080\", { address = \"127.0.0.1:8081\", trusted = true }]\n\
+             [admin]\nlisten = \"127.0.0.1:9901\"\n[routes]\nfile = \"routes.toml\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        assert!(!c.listeners[0].trusted);
+        assert!(c.listeners[1].trusted);
+        assert_eq!(c.routes_file.unwrap(), Path::new("/etc/pier/routes.toml"));
+        assert_eq!(c.timeouts.client_header, Duration::from_secs(10));
+        assert_eq!(c.limits.max_body, 0);
+        assert_eq!(c.mode, RuntimeMode::PerCore);
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_with_file_and_key() {
+        let errs = parse(
+            "[listen]\nhttp = [\"nope\"]\n[timeouts]\nconnect = \"3 parsecs\"\n\
+             [runtime]\nmode = \"fast\"\n[limits]\nmax_body = \"1ZB\"\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "listen.http[0]",
+                "routes.file",
+                "runtime.mode",
+                "timeouts.connect",
+                "limits.max_body"
+            ]
+        );
+        assert!(errs
+            .to_string()
+            .starts_with("/etc/pier/balancer.toml: listen.http[0]: "));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let errs = parse("[listen]\nhttp = []\nhttps = []\n").unwrap_err();
+        assert!(errs.0[0].reason.contains("unknown field `https`"), "{errs}");
+    }
+}

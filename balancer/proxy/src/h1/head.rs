@@ -1,0 +1,592 @@
+//! Strict HTTP/1.x message heads (RFC 9112 §2-§5), parsed in place.
+//!
+//! The parser refuses what a lenient peer might read differently (the root of request
+//! smuggling): bare CR or LF, obs-fold, whitespace before the colon, control characters in names
+//! or values, malformed request or status lines. Header positions are kept as offsets into the
+//! head's bytes, so parsing allocates nothing and the head can be kept as one `Bytes`.
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+
+/// Limits applied while parsing a head.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub max_line: usize,
+    pub max_head: usize,
+    pub max_headers: usize,
+}
+
+/// Why a head was refused. Each maps to one status and one `X-Pier-Error` reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// Request line longer than the limit (414).
+    LineTooLong,
+    /// Head bytes over the limit (431).
+    HeadTooLarge,
+    /// More header fields than the limit (431).
+    TooManyHeaders,
+    BadRequestLine,
+    BadMethod,
+    BadTarget,
+    BadVersion,
+    /// A well-formed version we do not speak (505).
+    UnsupportedVersion,
+    BadStatusLine,
+    BadHeaderName,
+    BadHeaderValue,
+    WhitespaceBeforeColon,
+    ObsFold,
+    BareLf,
+}
+
+impl HeadError {
+    /// The short reason sent in `X-Pier-Error` and counted in metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            HeadError::LineTooLong => "request-line-too-long",
+            HeadError::HeadTooLarge => "headers-too-large",
+            HeadError::TooManyHeaders => "too-many-headers",
+            HeadError::BadRequestLine => "bad-request-line",
+            HeadError::BadMethod => "bad-method",
+            HeadError::BadTarget => "bad-target",
+            HeadError::BadVersion => "bad-version",
+            HeadError::UnsupportedVersion => "unsupported-version",
+            HeadError::BadStatusLine => "bad-status-line",
+            HeadError::BadHeaderName => "bad-header-name",
+            HeadError::BadHeaderValue => "bad-header-value",
+            HeadError::WhitespaceBeforeColon => "whitespace-before-colon",
+            HeadError::ObsFold => "obs-fold",
+            HeadError::BareLf => "bare-lf",
+        }
+    }
+}
+
+/// Byte ranges of one header field within the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderPos {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl HeaderPos {
+    /// The same field with its value narrowed to `len` bytes at `offset` within the value.
+    pub fn sub_value(&self, offset: usize, len: usize) -> HeaderPos {
+        let start = self.value.0 + offset as u32;
+        HeaderPos {
+            name: self.name,
+            value: (start, start + len as u32),
+        }
+    }
+}
+
+/// HTTP versions spoken on either side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+/// Header positions, inline for the common case.
+pub type HeaderList = SmallVec<[HeaderPos; 32]>;
+
+/// A parsed request head; all slices borrow from `buf`.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub buf: Bytes,
+    method: (u32, u32),
+    target: (u32, u32),
+    pub version: Version,
+    pub headers: HeaderList,
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    pub buf: Bytes,
+    pub version: Version,
+    pub status: u16,
+    reason: (u32, u32),
+    pub headers: HeaderList,
+}
+
+fn slice(buf: &[u8], r: (u32, u32)) -> &[u8] {
+    &buf[r.0 as usize..r.1 as usize]
+}
+
+impl RequestHead {
+    pub fn method(&self) -> &[u8] {
+        slice(&self.buf, self.method)
+    }
+    pub fn target(&self) -> &[u8] {
+        slice(&self.buf, self.target)
+    }
+    pub fn name(&self, h: &HeaderPos) -> &[u8] {
+        slice(&self.buf, h.name)
+    }
+    pub fn value(&self, h: &HeaderPos) -> &[u8] {
+        slice(&self.buf, h.value)
+    }
+    /// Every value of a header, by case-insensitive name.
+    pub fn values<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers
+            .iter()
+            .filter(move |h| self.name(h).eq_ignore_ascii_case(name))
+            .map(move |h| self.value(h))
+    }
+    pub fn is_method(&self, m: &[u8]) -> bool {
+        self.method() == m
+    }
+}
+
+impl ResponseHead {
+    pub fn reason(&self) -> &[u8] {
+        slice(&self.buf, self.reason)
+    }
+    pub fn name(&self, h: &HeaderPos) -> &[u8] {
+        slice(&self.buf, h.name)
+    }
+    pub fn value(&self, h: &HeaderPos) -> &[u8] {
+        slice(&self.buf, h.value)
+    }
+    pub fn values<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers
+            .iter()
+            .filter(move |h| self.name(h).eq_ignore_ascii_case(name))
+            .map(move |h| self.value(h))
+    }
+}
+
+/// tchar (RFC 9110 §5.6.2).
+pub(crate) const fn is_tchar(b: u8) -> bool {
+    matches!(b,
+        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`'
+        | b'|' | b'~' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+}
+
+static TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = is_tchar(i as u8);
+        i += 1;
+    }
+    t
+};
+
+/// field-vchar / SP / HTAB (RFC 9110 §5.5): everything but CTLs (NUL, CR, LF, DEL …).
+static FIELD_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = i == 0x09 || (i >= 0x20 && i != 0x7f);
+        i += 1;
+    }
+    t
+};
+
+/// Characters allowed in a request-target: visible ASCII only (no SP, CTL or non-ASCII).
+static TARGET_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0x21;
+    while i < 0x7f {
+        t[i] = true;
+        i += 1;
+    }
+    t
+};
+
+/// Finds the end of a head in `buf`: the offset just past the empty line, or `None` when more
+/// bytes are needed. Also enforces the line and head limits while looking.
+fn find_head_end(
+    buf: &[u8],
+    start: usize,
+    limits: &HeadLimits,
+    is_request: bool,
+) -> Result<Option<usize>, HeadError> {
+    let mut line_start = start;
+    let mut first = true;
+    loop {
+        let Some(nl) = memchr::memchr(b'\n', &buf[line_start..]) else {
+            let pending = buf.len() - line_start;
+            if first && is_request && pending > limits.max_line {
+                return Err(HeadError::LineTooLong);
+            }
+            if buf.len() - start > limits.max_head {
+                return Err(HeadError::HeadTooLarge);
+            }
+            return Ok(None);
+        };
+        let nl = line_start + nl;
+        if nl == line_start || buf[nl - 1] != b'\r' {
+            return Err(HeadError::BareLf);
+        }
+        if first && is_request && nl - line_start > limits.max_line + 1 {
+            return Err(HeadError::LineTooLong);
+        }
+        if nl + 1 - start > limits.max_head + 2 {
+            return Err(HeadError::HeadTooLarge);
+        }
+        if nl == line_start + 1 && !first {
+            return Ok(Some(nl + 1));
+        }
+        first = false;
+        line_start = nl + 1;
+    }
+}
+
+/// Splits the lines of a complete head (CRLF already checked) and parses the header fields.
+fn parse_fields(
+    buf: &[u8],
+    mut pos: usize,
+    end: usize,
+    limits: &HeadLimits,
+) -> Result<HeaderList, HeadError> {
+    let mut headers = HeaderList::new();
+    // `end` is just past the final CRLF of the empty line.
+    while pos < end - 2 {
+        let nl = match memchr::memchr(b'\n', &buf[pos..end]) {
+            Some(i) => pos + i,
+            None => return Err(HeadError::BadHeaderValue),
+        };
+        let line = &buf[pos..nl - 1];
+        match line.first() {
+            Some(b' ') | Some(b'\t') => return Err(HeadError::ObsFold),
+            _ => {}
+        }
+        let colon = line.iter().position(|&b| !TCHAR[b as usize]);
+        let colon = match colon {
+            Some(c) if line[c] == b':' => c,
+            Some(c) if line[c] == b' ' || line[c] == b'\t' => {
+                return Err(HeadError::WhitespaceBeforeColon)
+            }
+            _ => return Err(HeadError::BadHeaderName),
+        };
+        if colon == 0 {
+            return Err(HeadError::BadHeaderName);
+        }
+        let mut vs = colon + 1;
+        let mut ve = line.len();
+        while vs < ve && (line[vs] == b' ' || line[vs] == b'\t') {
+            vs += 1;
+        }
+        while ve > vs && (line[ve - 1] == b' ' || line[ve - 1] == b'\t') {
+            ve -= 1;
+        }
+        if !line[vs..ve].iter().all(|&b| FIELD_BYTE[b as usize]) {
+            return Err(HeadError::BadHeaderValue);
+        }
+        if headers.len() >= limits.max_headers {
+            return Err(HeadError::TooManyHeaders);
+        }
+        headers.push(HeaderPos {
+            name: (pos as u32, (pos + colon) as u32),
+            value: ((pos + vs) as u32, (pos + ve) as u32),
+        });
+        pos = nl + 1;
+    }
+    Ok(headers)
+}
+
+fn parse_version(v: &[u8], bad: HeadError) -> Result<Version, HeadError> {
+    match v {
+        b"HTTP/1.1" => Ok(Version::Http11),
+        b"HTTP/1.0" => Ok(Version::Http10),
+        [b'H', b'T', b'T', b'P', b'/', d1, b'.', d2]
+            if d1.is_ascii_digit() && d2.is_ascii_digit() =>
+        {
+            Err(HeadError::UnsupportedVersion)
+        }
+        [b'H', b'T', b'T', b'P', b'/', d1] if d1.is_ascii_digit() => {
+            Err(HeadError::UnsupportedVersion)
+        }
+        _ => Err(bad),
+    }
+}
+
+/// Parses a request head at the start of `buf`. `Ok(None)` asks for more bytes; on success
+/// returns the head and its length (the caller splits that many bytes off). Up to a few empty
+/// lines before the request line are skipped, as RFC 9112 §2.2 asks of servers.
+pub fn parse_request(
+    buf: &[u8],
+    limits: &HeadLimits,
+) -> Result<Option<(usize, RequestParts)>, HeadError> {
+    let mut start = 0;
+    while start < 8 && buf[start..].starts_with(b"\r\n") {
+        start += 2;
+    }
+    if buf.len() <= start {
+        return Ok(None);
+    }
+    let Some(end) = find_head_end(buf, start, limits, true)? else {
+        return Ok(None);
+    };
+    let line_end = start + memchr::memchr(b'\n', &buf[start..end]).unwrap_or(0) - 1;
+    let line = &buf[start..line_end];
+    let sp1 = memchr::memchr(b' ', line).ok_or(HeadError::BadRequestLine)?;
+    let rest = &line[sp1 + 1..];
+    let sp2 = memchr::memchr(b' ', rest).ok_or(HeadError::BadRequestLine)?;
+    let method = &line[..sp1];
+    let target = &rest[..sp2];
+    let version = &rest[sp2 + 1..];
+    if method.is_empty() || !method.iter().all(|&b| TCHAR[b as usize]) {
+        return Err(HeadError::BadMethod);
+    }
+    if target.is_empty() || !target.iter().all(|&b| TARGET_BYTE[b as usize]) {
+        return Err(HeadError::BadTarget);
+    }
+    let version = parse_version(version, HeadError::BadVersion)?;
+    let headers = parse_fields(buf, line_end + 2, end, limits)?;
+    let m0 = start as u32;
+    let t0 = (start + sp1 + 1) as u32;
+    Ok(Some((
+        end,
+        RequestParts {
+            method: (m0, m0 + method.len() as u32),
+            target: (t0, t0 + target.len() as u32),
+            version,
+            headers,
+        },
+    )))
+}
+
+/// Positions of a parsed request, before its bytes are frozen into a [`RequestHead`].
+#[derive(Debug)]
+pub struct RequestParts {
+    method: (u32, u32),
+    target: (u32, u32),
+    version: Version,
+    headers: HeaderList,
+}
+
+impl RequestParts {
+    pub fn into_head(self, buf: Bytes) -> RequestHead {
+        RequestHead {
+            buf,
+            method: self.method,
+            target: self.target,
+            version: self.version,
+            headers: self.headers,
+        }
+    }
+}
+
+/// Positions of a parsed response.
+#[derive(Debug)]
+pub struct ResponseParts {
+    version: Version,
+    status: u16,
+    reason: (u32, u32),
+    headers: HeaderList,
+}
+
+impl ResponseParts {
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+    pub fn into_head(self, buf: Bytes) -> ResponseHead {
+        ResponseHead {
+            buf,
+            version: self.version,
+            status: self.status,
+            reason: self.reason,
+            headers: self.headers,
+        }
+    }
+}
+
+/// Parses a response head at the start of `buf` (same contract as [`parse_request`]).
+pub fn parse_response(
+    buf: &[u8],
+    limits: &HeadLimits,
+) -> Result<Option<(usize, ResponseParts)>, HeadError> {
+    let Some(end) = find_head_end(buf, 0, limits, false)? else {
+        return Ok(None);
+    };
+    let line_end = memchr::memchr(b'\n', &buf[..end])
+        .unwrap_or(0)
+        .saturating_sub(1);
+    let line = &buf[..line_end];
+    // status-line = HTTP-version SP 3DIGIT SP [ reason-phrase ]; a missing final SP is tolerated.
+    if line.len() < 12 || line[8] != b' ' {
+        return Err(HeadError::BadStatusLine);
+    }
+    let version = parse_version(&line[..8], HeadError::BadStatusLine)?;
+    let code = &line[9..12];
+    if !code.iter().all(u8::is_ascii_digit) || code[0] == b'0' {
+        return Err(HeadError::BadStatusLine);
+    }
+    let status = code
+        .iter()
+        .fold(0u16, |acc, &d| acc * 10 + u16::from(d - b'0'));
+    let reason = match line.get(12) {
+        None => (12, 12),
+        Some(b' ') => {
+            let r = &line[13..];
+            if !r.iter().all(|&b| FIELD_BYTE[b as usize]) {
+                return Err(HeadError::BadStatusLine);
+            }
+            (13, line.len() as u32)
+        }
+        Some(_) => return Err(HeadError::BadStatusLine),
+    };
+    let headers = parse_fields(buf, line_end + 2, end, limits)?;
+    Ok(Some((
+        end,
+        ResponseParts {
+            version,
+            status,
+            reason,
+            headers,
+        },
+    )))
+}
+
+/// Splits a comma-separated list value into trimmed, non-empty elements.
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').filter_map(|item| {
+        let item = item.trim_ascii();
+        (!item.is_empty()).then_some(item)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_line: 64,
+        max_head: 256,
+        max_headers: 4,
+    };
+
+    fn req(raw: &[u8]) -> Result<Option<RequestHead>, HeadError> {
+        parse_request(raw, &LIMITS).map(|o| {
+            o.map(|(n, p)| {
+                assert!(n <= raw.len());
+                p.into_head(Bytes::copy_from_slice(&raw[..n]))
+            })
+        })
+    }
+
+    #[test]
+    fn parses_a_request() {
+        let h = req(b"GET /a?b=c HTTP/1.1\r\nHost: x.test\r\nX-A:  v  \r\n\r\nrest")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.method(), b"GET");
+        assert_eq!(h.target(), b"/a?b=c");
+        assert_eq!(h.version, Version::Http11);
+        assert_eq!(h.headers.len(), 2);
+        assert_eq!(h.values(b"host").next().unwrap(), b"x.test");
+        assert_eq!(h.values(b"x-a").next().unwrap(), b"v");
+        assert_eq!(h.buf.len(), 49);
+    }
+
+    #[test]
+    fn skips_leading_empty_lines() {
+        let h = req(b"\r\n\r\nGET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.version, Version::Http10);
+        assert!(h.headers.is_empty());
+    }
+
+    #[test]
+    fn incomplete_heads_ask_for_more() {
+        assert!(req(b"GET / HTTP/1.1\r\nHost: a").unwrap().is_none());
+        assert!(req(b"GET / HTTP/1.1\r\n").unwrap().is_none());
+        assert!(req(b"").unwrap().is_none());
+        assert!(req(b"\r\n").unwrap().is_none());
+    }
+
+    #[test]
+    fn refuses_smuggling_shapes() {
+        use HeadError::*;
+        let cases: &[(&[u8], HeadError)] = &[
+            (b"GET / HTTP/1.1\nHost: a\r\n\r\n", BareLf),
+            (b"GET / HTTP/1.1\r\nHost: a\n\r\n", BareLf),
+            (b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n", BadHeaderValue),
+            (b"GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n", BadHeaderValue),
+            (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", WhitespaceBeforeColon),
+            (
+                b"GET / HTTP/1.1\r\nHost\t: a\r\n\r\n",
+                WhitespaceBeforeColon,
+            ),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n b\r\n\r\n", ObsFold),
+            (b"GET / HTTP/1.1\r\n Host: a\r\n\r\n", ObsFold),
+            (b"GET / HTTP/1.1\r\nHo(st: a\r\n\r\n", BadHeaderName),
+            (b"GET / HTTP/1.1\r\n: a\r\n\r\n", BadHeaderName),
+            (b"GET / HTTP/1.1\r\nHost a\r\n\r\n", WhitespaceBeforeColon),
+            (b"GET  / HTTP/1.1\r\n\r\n", BadTarget),
+            (b"GET / HTTP/1.1 \r\n\r\n", BadVersion),
+            (b"GET /\x7f HTTP/1.1\r\n\r\n", BadTarget),
+            (b"GET /\xc3\xa9 HTTP/1.1\r\n\r\n", BadTarget),
+            (b"G(T / HTTP/1.1\r\n\r\n", BadMethod),
+            (b"GET / HTTP/2.0\r\n\r\n", UnsupportedVersion),
+            (b"GET / HTTP/1.1x\r\n\r\n", BadVersion),
+            (b"GET / http/1.1\r\n\r\n", BadVersion),
+            (b"GET /\r\n\r\n", BadRequestLine),
+            (b"GET\r\n\r\n", BadRequestLine),
+            (
+                b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n\r\n",
+                TooManyHeaders,
+            ),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(
+                req(raw).unwrap_err(),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn limits_apply_before_the_head_is_complete() {
+        let long_line = [b"GET /".as_slice(), &[b'a'; 100]].concat();
+        assert_eq!(req(&long_line).unwrap_err(), HeadError::LineTooLong);
+        let mut big = b"GET / HTTP/1.1\r\n".to_vec();
+        big.extend_from_slice(&[b'x'; 300]);
+        assert_eq!(req(&big).unwrap_err(), HeadError::HeadTooLarge);
+    }
+
+    #[test]
+    fn obs_text_in_values_is_kept() {
+        let h = req(b"GET / HTTP/1.1\r\nX: caf\xc3\xa9\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.values(b"x").next().unwrap(), b"caf\xc3\xa9");
+    }
+
+    #[test]
+    fn parses_responses() {
+        let (n, p) = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", &LIMITS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 38);
+        assert_eq!(p.status(), 200);
+        let (_, p) = parse_response(b"HTTP/1.0 404\r\n\r\n", &LIMITS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.status(), 404);
+        for bad in [
+            &b"HTTP/1.1 20 OK\r\n\r\n"[..],
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 abc OK\r\n\r\n",
+            b"HTTP/1.1 200 O\x01K\r\n\r\n",
+            b"HTTP/1.1  200 OK\r\n\r\n",
+            b"ICY 200 OK\r\n\r\n",
+        ] {
+            assert!(parse_response(bad, &LIMITS).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n", &LIMITS).unwrap_err(),
+            HeadError::ObsFold
+        );
+    }
+
+    #[test]
+    fn list_items_split_and_trim() {
+        let v: Vec<&[u8]> = list_items(b" close , ,Keep-Alive,").collect();
+        assert_eq!(v, vec![&b"close"[..], b"Keep-Alive"]);
+    }
+}

@@ -1,0 +1,364 @@
+//! The heads pier writes: the canonical HTTP/1.1 request sent upstream, and the response head
+//! sent back to the client.
+//!
+//! Hop-by-hop fields and the fields a `Connection` header lists are dropped in both directions;
+//! framing (`Content-Length` / `Transfer-Encoding`) is always written by pier from the framing it
+//! parsed, never copied. Upstream requests get `X-Forwarded-*`, `X-Request-Id`,
+//! `X-Request-Start` and `Via`; on a public listener the client's own `X-Forwarded-*` are
+//! dropped first, on a trusted one they are kept and `X-Forwarded-For` is appended to.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::h1::framing::{is_hop_by_hop, BodyKind, Connection, ResponseFraming};
+use crate::h1::head::{HeaderPos, RequestHead, ResponseHead, Version};
+
+/// Per-request facts needed to write the upstream head.
+pub struct Forwarding<'a> {
+    pub client: SocketAddr,
+    pub listener_port: u16,
+    pub trusted: bool,
+    /// The origin-form target (path and query).
+    pub target: &'a [u8],
+    /// The Host to send (from the Host field or the absolute-form target).
+    pub host: &'a [u8],
+    pub request_id: &'a [u8],
+    pub body: BodyKind,
+    pub explicit_zero_length: bool,
+    pub request_start_ms: Option<u64>,
+    pub via: &'a str,
+}
+
+fn listed(head_value: impl Fn(&HeaderPos) -> bool, conn: &Connection) -> bool {
+    conn.listed.iter().any(head_value)
+}
+
+fn is_forwarded_field(name: &[u8]) -> bool {
+    name.len() >= 15
+        && name[..12].eq_ignore_ascii_case(b"x-forwarded-")
+        && [&b"for"[..], b"proto", b"port", b"host"]
+            .iter()
+            .any(|s| name[12..].eq_ignore_ascii_case(s))
+}
+
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    // An IPv4-mapped IPv6 peer (dual-stack listener) is written as plain IPv4.
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let _ = write!(out, "{ip}");
+}
+
+/// Writes the canonical request head for the backend into `out`.
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    req: &RequestHead,
+    conn: &Connection,
+    f: &Forwarding<'_>,
+) {
+    out.extend_from_slice(req.method());
+    out.push(b' ');
+    out.extend_from_slice(f.target);
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(f.host);
+    out.extend_from_slice(b"\r\n");
+    let mut prior_xff: smallvec::SmallVec<[&[u8]; 2]> = smallvec::SmallVec::new();
+    let mut keep_xf_proto = false;
+    let mut keep_xf_host = false;
+    let mut keep_xf_port = false;
+    let mut keep_start = false;
+    for h in &req.headers {
+        let name = req.name(h);
+        if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"host")
+            || listed(|t| req.value(t).eq_ignore_ascii_case(name), conn)
+        {
+            continue;
+        }
+        if is_forwarded_field(name) {
+            if !f.trusted {
+                continue;
+            }
+            let suffix = &name[12..];
+            if suffix.eq_ignore_ascii_case(b"for") {
+                // Several X-Forwarded-For fields are one list, joined below.
+                prior_xff.push(req.value(h));
+                continue;
+            }
+            if suffix.eq_ignore_ascii_case(b"proto") {
+                keep_xf_proto = true;
+            } else if suffix.eq_ignore_ascii_case(b"host") {
+                keep_xf_host = true;
+            } else {
+                keep_xf_port = true;
+            }
+        } else if name.eq_ignore_ascii_case(b"x-request-id") {
+            // The id pier settled on is written below, once.
+            continue;
+        } else if name.eq_ignore_ascii_case(b"x-request-start") {
+            if !f.trusted {
+                continue;
+            }
+            keep_start = true;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(req.value(h));
+        out.extend_from_slice(b"\r\n");
+    }
+    match f.body {
+        BodyKind::Length(n) => {
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        BodyKind::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        BodyKind::None | BodyKind::UntilClose => {
+            if f.explicit_zero_length {
+                out.extend_from_slice(b"Content-Length: 0\r\n");
+            }
+        }
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for prior in prior_xff {
+        out.extend_from_slice(prior);
+        out.extend_from_slice(b", ");
+    }
+    write_ip(out, f.client.ip());
+    out.extend_from_slice(b"\r\n");
+    if !keep_xf_proto {
+        out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+    }
+    if !keep_xf_port {
+        let _ = write!(out, "X-Forwarded-Port: {}\r\n", f.listener_port);
+    }
+    if !keep_xf_host {
+        out.extend_from_slice(b"X-Forwarded-Host: ");
+        out.extend_from_slice(f.host);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !f.request_id.is_empty() {
+        out.extend_from_slice(b"X-Request-Id: ");
+        out.extend_from_slice(f.request_id);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let (Some(ms), false) = (f.request_start_ms, keep_start) {
+        let _ = write!(out, "X-Request-Start: t={ms}\r\n");
+    }
+    if !f.via.is_empty() {
+        let _ = write!(out, "Via: 1.1 {}\r\n", f.via);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the response body will be written to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFraming {
+    /// No body follows (HEAD, 204, 304, 1xx, or an empty body).
+    NoBody,
+    Length(u64),
+    Chunked,
+    /// Body delimited by closing the connection (HTTP/1.0 clients, unknown length).
+    Close,
+}
+
+/// Decides how to frame a response for this client.
+pub fn client_framing(body: BodyKind, client: Version) -> ClientFraming {
+    match (body, client) {
+        (BodyKind::None, _) => ClientFraming::NoBody,
+        (BodyKind::Length(n), _) => ClientFraming::Length(n),
+        (BodyKind::Chunked | BodyKind::UntilClose, Version::Http11) => ClientFraming::Chunked,
+        (BodyKind::Chunked | BodyKind::UntilClose, Version::Http10) => ClientFraming::Close,
+    }
+}
+
+/// Writes the response head for the client into `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    resp: &ResponseHead,
+    framing: &ResponseFraming,
+    out_framing: ClientFraming,
+    client: Version,
+    keep_alive: bool,
+    head_request: bool,
+    via: &str,
+) {
+    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+    out.extend_from_slice(resp.reason());
+    out.extend_from_slice(b"\r\n");
+    for h in &resp.headers {
+        let name = resp.name(h);
+        if is_hop_by_hop(name)
+            || listed(|t| resp.value(t).eq_ignore_ascii_case(name), &framing.conn)
+        {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(resp.value(h));
+        out.extend_from_slice(b"\r\n");
+    }
+    let status = resp.status;
+    match out_framing {
+        ClientFraming::NoBody => {
+            // HEAD and 304 answers describe the body they do not carry: keep its length.
+            if (head_request || status == 304) && status != 204 {
+                if let Some(n) = framing.length {
+                    let _ = write!(out, "Content-Length: {n}\r\n");
+                }
+            } else if status != 204 && status >= 200 {
+                out.extend_from_slice(b"Content-Length: 0\r\n");
+            }
+        }
+        ClientFraming::Length(n) => {
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        ClientFraming::Close => {}
+    }
+    if !via.is_empty() {
+        let _ = write!(out, "Via: 1.1 {via}\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if client == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes an interim (1xx) response for an HTTP/1.1 client.
+pub fn write_interim(out: &mut Vec<u8>, resp: &ResponseHead) {
+    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+    out.extend_from_slice(resp.reason());
+    out.extend_from_slice(b"\r\n");
+    for h in &resp.headers {
+        let name = resp.name(h);
+        if is_hop_by_hop(name) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(resp.value(h));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::h1::framing::RequestFraming;
+    use crate::h1::head::{parse_request, HeadLimits};
+    use bytes::Bytes;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_line: 1024,
+        max_head: 8192,
+        max_headers: 64,
+    };
+
+    fn forward(raw: &str, trusted: bool) -> String {
+        let (n, p) = parse_request(raw.as_bytes(), &LIMITS).unwrap().unwrap();
+        let head = p.into_head(Bytes::copy_from_slice(&raw.as_bytes()[..n]));
+        let fr = RequestFraming::of(&head).unwrap();
+        let mut out = Vec::new();
+        let host = head.value(&fr.host.unwrap()).to_vec();
+        write_request_head(
+            &mut out,
+            &head,
+            &fr.conn,
+            &Forwarding {
+                client: "10.1.2.3:5555".parse().unwrap(),
+                listener_port: 8080,
+                trusted,
+                target: head.target(),
+                host: &host,
+                request_id: b"rid",
+                body: fr.body,
+                explicit_zero_length: fr.length == Some(0),
+                request_start_ms: Some(1000),
+                via: "pier",
+            },
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_and_listed_fields_are_dropped() {
+        let out = forward(
+            "GET /p HTTP/1.1\r\nHost: a.test\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\n\
+             Keep-Alive: 5\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nAccept: */*\r\n\r\n",
+            false,
+        );
+        assert!(
+            out.starts_with("GET /p HTTP/1.1\r\nHost: a.test\r\n"),
+            "{out}"
+        );
+        for gone in [
+            "X-Secret",
+            "Keep-Alive",
+            "TE:",
+            "Upgrade",
+            "Proxy-Connection",
+            "Connection",
+        ] {
+            assert!(!out.contains(gone), "{gone} in {out}");
+        }
+        assert!(out.contains("Accept: */*\r\n"));
+        assert!(out.contains("X-Forwarded-For: 10.1.2.3\r\n"));
+        assert!(out.contains("X-Forwarded-Proto: http\r\n"));
+        assert!(out.contains("X-Forwarded-Port: 8080\r\n"));
+        assert!(out.contains("X-Forwarded-Host: a.test\r\n"));
+        assert!(out.contains("X-Request-Id: rid\r\n"));
+        assert!(out.contains("X-Request-Start: t=1000\r\n"));
+        assert!(out.ends_with("Via: 1.1 pier\r\n\r\n"));
+    }
+
+    #[test]
+    fn public_listener_strips_client_forwarded_fields() {
+        let out = forward(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\n\
+             X-Forwarded-Host: evil\r\nX-Request-Id: theirs\r\n\r\n",
+            false,
+        );
+        assert!(!out.contains("1.1.1.1"));
+        assert!(!out.contains("https"));
+        assert!(!out.contains("evil"));
+        assert!(!out.contains("theirs"));
+        assert_eq!(out.matches("X-Forwarded-For").count(), 1);
+    }
+
+    #[test]
+    fn trusted_listener_appends_to_client_forwarded_for() {
+        let out = forward(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\n\r\n",
+            true,
+        );
+        assert!(
+            out.contains("X-Forwarded-For: 1.1.1.1, 10.1.2.3\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("X-Forwarded-Proto: https\r\n"));
+        assert!(!out.contains("X-Forwarded-Proto: http\r\n"));
+    }
+
+    #[test]
+    fn framing_is_rewritten() {
+        let out = forward(
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        );
+        assert!(out.contains("Transfer-Encoding: chunked\r\n"));
+        let out = forward(
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert!(out.contains("Content-Length: 0\r\n"));
+        let out = forward(
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\n\r\n",
+            false,
+        );
+        assert!(out.contains("Content-Length: 7\r\n"));
+    }
+}

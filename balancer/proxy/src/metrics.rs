@@ -1,0 +1,172 @@
+//! Prometheus metrics: process-wide counters kept by the `prometheus` crate, plus per-app
+//! response counters that live in the route table's apps and are rendered at scrape time.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use pier_routes::RouteTable;
+
+/// Every metric the balancer exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Responses sent, by status class (index 0 = 1xx … 4 = 5xx).
+    responses: [IntCounter; 5],
+    /// Answers pier produced itself because something failed, by `X-Pier-Error` reason.
+    pub errors: IntCounterVec,
+    pub duration: Histogram,
+    pub upstream_connect_errors: IntCounter,
+    pub upstream_retries: IntCounter,
+    pub upstream_ejections: IntCounter,
+    pub upstream_reused: IntCounter,
+    pub upstream_connects: IntCounter,
+    pub connections_open: IntGauge,
+    pub connections_total: IntCounter,
+    pub route_domains: IntGauge,
+    pub route_apps: IntGauge,
+    pub route_version: IntGauge,
+    pub reloads: IntCounterVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    register(r, Box::new(c.clone()));
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    register(r, Box::new(g.clone()));
+    g
+}
+
+fn register(r: &Registry, c: Box<dyn prometheus::core::Collector>) {
+    // Names are constants defined below; a clash is a programming error caught by the tests.
+    r.register(c).expect("metric names are unique");
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let responses_vec = IntCounterVec::new(
+            Opts::new(
+                "pier_responses_total",
+                "Responses sent to clients, by status class",
+            ),
+            &["class"],
+        )
+        .expect("valid metric");
+        register(&r, Box::new(responses_vec.clone()));
+        let responses =
+            ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| responses_vec.with_label_values(&[c]));
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "pier_errors_total",
+                "Answers the balancer produced itself, by X-Pier-Error reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        register(&r, Box::new(errors.clone()));
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "pier_request_duration_seconds",
+                "Time from the request head to the end of the response",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+        )
+        .expect("valid metric");
+        register(&r, Box::new(duration.clone()));
+        let reloads = IntCounterVec::new(
+            Opts::new("pier_route_reloads_total", "Route table reloads, by result"),
+            &["result"],
+        )
+        .expect("valid metric");
+        register(&r, Box::new(reloads.clone()));
+        Metrics {
+            responses,
+            errors,
+            duration,
+            upstream_connect_errors: counter(
+                &r,
+                "pier_upstream_connect_errors_total",
+                "Failed connection attempts to backends",
+            ),
+            upstream_retries: counter(
+                &r,
+                "pier_upstream_retries_total",
+                "Requests retried on another backend or connection",
+            ),
+            upstream_ejections: counter(
+                &r,
+                "pier_upstream_ejections_total",
+                "Backends ejected after consecutive failures",
+            ),
+            upstream_reused: counter(
+                &r,
+                "pier_upstream_reused_total",
+                "Requests sent on a pooled connection",
+            ),
+            upstream_connects: counter(
+                &r,
+                "pier_upstream_connects_total",
+                "New connections opened to backends",
+            ),
+            connections_open: gauge(&r, "pier_connections_open", "Client connections open now"),
+            connections_total: counter(&r, "pier_connections_total", "Client connections accepted"),
+            route_domains: gauge(&r, "pier_route_table_domains", "Domains in the route table"),
+            route_apps: gauge(&r, "pier_route_table_apps", "Apps in the route table"),
+            route_version: gauge(
+                &r,
+                "pier_route_table_version",
+                "Version of the route table in use",
+            ),
+            reloads,
+            registry: r,
+        }
+    }
+
+    pub fn response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].inc();
+    }
+
+    pub fn table(&self, t: &RouteTable) {
+        self.route_domains.set(t.len() as i64);
+        self.route_apps.set(t.app_count() as i64);
+        self.route_version.set(t.version() as i64);
+    }
+
+    /// The Prometheus text exposition of every metric, per-app counters included.
+    pub fn render(&self, table: &RouteTable) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let mut text = String::from_utf8(out).unwrap_or_default();
+        text.push_str(
+            "# HELP pier_app_responses_total Responses sent for each app, by status class\n",
+        );
+        text.push_str("# TYPE pier_app_responses_total counter\n");
+        use std::fmt::Write;
+        for app in table.apps() {
+            for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+                let _ = writeln!(
+                    text,
+                    "pier_app_responses_total{{app=\"{}\",class=\"{class}\"}} {}",
+                    app.name,
+                    app.counters.get(i)
+                );
+            }
+        }
+        text
+    }
+}

@@ -1,0 +1,313 @@
+//! Streaming a message body from one socket to another, whatever its framing on either side.
+//!
+//! Bodies are never held whole: at most one read buffer's worth is in memory at a time, so a
+//! 1 GiB upload or download passes with flat memory. Chunked input is decoded and re-encoded
+//! canonically (no extensions); trailers are passed on when the output is chunked and dropped
+//! when it is not (RFC 9110 §6.5.1 lets a recipient discard them).
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+
+use crate::h1::framing::{trailer_fields, BodyKind, ChunkError, ChunkedDecoder, Decoded};
+
+/// How the body is written to the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutCoding {
+    /// The bytes as they are (Content-Length or close-delimited output).
+    Identity,
+    /// Re-chunked.
+    Chunked,
+}
+
+/// Where a relay failed.
+#[derive(Debug)]
+pub enum RelayError {
+    SrcRead(io::Error),
+    /// The source closed before the body was complete.
+    SrcEof,
+    SrcTimeout,
+    SrcChunk(ChunkError),
+    DstWrite(io::Error),
+    DstTimeout,
+    /// More than the allowed number of body bytes.
+    TooLarge,
+}
+
+/// Idle limits and size cap of one relay.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayLimits {
+    pub read_idle: Duration,
+    pub write_idle: Duration,
+    /// 0 = no limit.
+    pub max_bytes: u64,
+}
+
+const READ_CHUNK: usize = 64 * 1024;
+
+async fn fill<R: AsyncRead + Unpin>(
+    src: &mut R,
+    buf: &mut BytesMut,
+    idle: Duration,
+) -> Result<usize, RelayError> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(READ_CHUNK);
+    }
+    match timeout(idle, src.read_buf(buf)).await {
+        Err(_) => Err(RelayError::SrcTimeout),
+        Ok(Err(e)) => Err(RelayError::SrcRead(e)),
+        Ok(Ok(n)) => Ok(n),
+    }
+}
+
+async fn send<W: AsyncWrite + Unpin>(
+    dst: &mut W,
+    data: &[u8],
+    idle: Duration,
+) -> Result<(), RelayError> {
+    match timeout(idle, dst.write_all(data)).await {
+        Err(_) => Err(RelayError::DstTimeout),
+        Ok(Err(e)) => Err(RelayError::DstWrite(e)),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+/// Fields that must not be taken from a trailer section (RFC 9110 §6.5.1): framing, routing,
+/// and hop-by-hop fields.
+fn forbidden_trailer(name: &[u8]) -> bool {
+    crate::h1::framing::is_hop_by_hop(name)
+        || [
+            &b"host"[..],
+            b"trailer",
+            b"content-type",
+            b"content-encoding",
+            b"content-range",
+        ]
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Copies a body of kind `kind` from `src` (bytes already read are in `buf`) to `dst`.
+/// Returns the number of body bytes relayed. `scratch` is reused for chunk framing.
+pub async fn relay_body<R, W>(
+    src: &mut R,
+    buf: &mut BytesMut,
+    dst: &mut W,
+    kind: BodyKind,
+    out: OutCoding,
+    limits: RelayLimits,
+    scratch: &mut Vec<u8>,
+) -> Result<u64, RelayError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let over = |n: u64| limits.max_bytes != 0 && n > limits.max_bytes;
+    let mut total: u64 = 0;
+    match kind {
+        BodyKind::None => {}
+        BodyKind::Length(n) => {
+            let mut left = n;
+            while left > 0 {
+                if buf.is_empty() && fill(src, buf, limits.read_idle).await? == 0 {
+                    return Err(RelayError::SrcEof);
+                }
+                let take = (buf.len() as u64).min(left) as usize;
+                write_data(dst, &buf[..take], out, limits.write_idle, scratch).await?;
+                buf.advance(take);
+                left -= take as u64;
+                total += take as u64;
+            }
+            if out == OutCoding::Chunked {
+                send(dst, b"0\r\n\r\n", limits.write_idle).await?;
+            }
+        }
+        BodyKind::UntilClose => loop {
+            if buf.is_empty() && fill(src, buf, limits.read_idle).await? == 0 {
+                if out == OutCoding::Chunked {
+                    send(dst, b"0\r\n\r\n", limits.write_idle).await?;
+                }
+                break;
+            }
+            let len = buf.len();
+            total += len as u64;
+            if over(total) {
+                return Err(RelayError::TooLarge);
+            }
+            write_data(dst, &buf[..len], out, limits.write_idle, scratch).await?;
+            buf.advance(len);
+        },
+        BodyKind::Chunked => {
+            let mut dec = ChunkedDecoder::default();
+            loop {
+                if buf.is_empty() && fill(src, buf, limits.read_idle).await? == 0 {
+                    return Err(RelayError::SrcEof);
+                }
+                let (used, ev) = dec.step(buf).map_err(RelayError::SrcChunk)?;
+                match ev {
+                    Decoded::Data { start, len } => {
+                        total += len as u64;
+                        if over(total) {
+                            return Err(RelayError::TooLarge);
+                        }
+                        write_data(
+                            dst,
+                            &buf[start..start + len],
+                            out,
+                            limits.write_idle,
+                            scratch,
+                        )
+                        .await?;
+                        buf.advance(used);
+                    }
+                    Decoded::NeedMore => {
+                        buf.advance(used);
+                    }
+                    Decoded::Done => {
+                        buf.advance(used);
+                        if out == OutCoding::Chunked {
+                            scratch.clear();
+                            scratch.extend_from_slice(b"0\r\n");
+                            for (name, line) in trailer_fields(dec.trailers()) {
+                                if !forbidden_trailer(name) {
+                                    scratch.extend_from_slice(line);
+                                    scratch.extend_from_slice(b"\r\n");
+                                }
+                            }
+                            scratch.extend_from_slice(b"\r\n");
+                            send(dst, scratch, limits.write_idle).await?;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(total)
+}
+
+async fn write_data<W: AsyncWrite + Unpin>(
+    dst: &mut W,
+    data: &[u8],
+    out: OutCoding,
+    idle: Duration,
+    scratch: &mut Vec<u8>,
+) -> Result<(), RelayError> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    match out {
+        OutCoding::Identity => send(dst, data, idle).await,
+        OutCoding::Chunked => {
+            use std::io::Write;
+            scratch.clear();
+            let _ = write!(scratch, "{:x}\r\n", data.len());
+            scratch.extend_from_slice(data);
+            scratch.extend_from_slice(b"\r\n");
+            send(dst, scratch, idle).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: RelayLimits = RelayLimits {
+        read_idle: Duration::from_secs(5),
+        write_idle: Duration::from_secs(5),
+        max_bytes: 0,
+    };
+
+    async fn run(
+        input: &[u8],
+        kind: BodyKind,
+        out: OutCoding,
+    ) -> Result<(Vec<u8>, u64), RelayError> {
+        let mut src: &[u8] = input;
+        let mut buf = BytesMut::new();
+        let mut dst = Vec::new();
+        let mut scratch = Vec::new();
+        let n = relay_body(
+            &mut src,
+            &mut buf,
+            &mut dst,
+            kind,
+            out,
+            LIMITS,
+            &mut scratch,
+        )
+        .await?;
+        Ok((dst, n))
+    }
+
+    #[tokio::test]
+    async fn chunked_to_chunked_keeps_trailers_and_drops_extensions() {
+        let (out, n) = run(
+            b"3;x=y\r\nabc\r\n0\r\nX-Sum: 1\r\nContent-Length: 9\r\n\r\n",
+            BodyKind::Chunked,
+            OutCoding::Chunked,
+        )
+        .await
+        .unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(out, b"3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn chunked_to_identity_drops_trailers() {
+        let (out, _) = run(
+            b"3\r\nabc\r\n2\r\nde\r\n0\r\nX: 1\r\n\r\n",
+            BodyKind::Chunked,
+            OutCoding::Identity,
+        )
+        .await
+        .unwrap();
+        assert_eq!(out, b"abcde");
+    }
+
+    #[tokio::test]
+    async fn length_and_close_delimited() {
+        let (out, _) = run(b"hello world", BodyKind::Length(5), OutCoding::Identity)
+            .await
+            .unwrap();
+        assert_eq!(out, b"hello");
+        let (out, _) = run(b"hello", BodyKind::UntilClose, OutCoding::Chunked)
+            .await
+            .unwrap();
+        assert_eq!(out, b"5\r\nhello\r\n0\r\n\r\n");
+        assert!(matches!(
+            run(b"hel", BodyKind::Length(5), OutCoding::Identity).await,
+            Err(RelayError::SrcEof)
+        ));
+        assert!(matches!(
+            run(b"3\r\nabc\r\n", BodyKind::Chunked, OutCoding::Identity).await,
+            Err(RelayError::SrcEof)
+        ));
+    }
+
+    #[tokio::test]
+    async fn size_cap_applies_to_chunked_input() {
+        let mut src: &[u8] = b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n";
+        let mut buf = BytesMut::new();
+        let mut dst = Vec::new();
+        let limits = RelayLimits {
+            max_bytes: 7,
+            ..LIMITS
+        };
+        let r = relay_body(
+            &mut src,
+            &mut buf,
+            &mut dst,
+            BodyKind::Chunked,
+            OutCoding::Chunked,
+            limits,
+            &mut Vec::new(),
+        )
+        .await;
+        assert!(matches!(r, Err(RelayError::TooLarge)));
+    }
+}

@@ -1,0 +1,249 @@
+//! Answers pier writes itself, and the one place where a failure becomes a status code.
+//!
+//! Every failure the proxy can meet is a [`ProxyError`]: it says who failed (client, routing,
+//! upstream), which status the client gets, the short reason sent in `X-Pier-Error` and counted
+//! in `pier_errors_total`, and whether another backend may be tried.
+
+use std::io::Write;
+
+use crate::h1::framing::{ChunkError, FramingError};
+use crate::h1::head::HeadError;
+use crate::util::with_http_date;
+
+/// Everything that can stop a request from being proxied normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// The request head was malformed or over a limit.
+    Head(HeadError),
+    /// The request's framing or its Host/Expect fields were unusable.
+    Framing(FramingError),
+    /// The request body's chunked coding was malformed.
+    RequestChunk(ChunkError),
+    BadHost,
+    BadTarget,
+    ConnectNotSupported,
+    BodyTooLarge,
+    /// The client took too long to send its head.
+    HeaderTimeout,
+    /// The client stopped sending its body.
+    BodyTimeout,
+    UnknownHost,
+    NoBackend,
+    /// Every attempt to connect to a backend failed.
+    UpstreamConnect,
+    UpstreamConnectTimeout,
+    /// The backend closed or reset the connection before a full response head.
+    UpstreamClosed,
+    /// The backend's response was malformed (head or framing).
+    UpstreamBadResponse(&'static str),
+    /// No response head within the first-byte timeout.
+    UpstreamTimeout,
+    UpstreamIo,
+}
+
+impl ProxyError {
+    pub fn status(self) -> u16 {
+        use ProxyError::*;
+        match self {
+            Head(HeadError::LineTooLong) => 414,
+            Head(HeadError::HeadTooLarge | HeadError::TooManyHeaders) => 431,
+            Head(HeadError::UnsupportedVersion) => 505,
+            Head(_) | RequestChunk(_) | BadHost | BadTarget => 400,
+            Framing(f) => f.status(),
+            ConnectNotSupported => 405,
+            BodyTooLarge => 413,
+            HeaderTimeout | BodyTimeout => 408,
+            UnknownHost => 404,
+            NoBackend => 503,
+            UpstreamConnect | UpstreamClosed | UpstreamBadResponse(_) | UpstreamIo => 502,
+            UpstreamConnectTimeout | UpstreamTimeout => 504,
+        }
+    }
+
+    /// The `X-Pier-Error` value: short, stable, documented in docs/configuration.md.
+    pub fn reason(self) -> &'static str {
+        use ProxyError::*;
+        match self {
+            Head(h) => h.reason(),
+            Framing(f) => f.reason(),
+            RequestChunk(c) => c.reason(),
+            BadHost => "bad-host",
+            BadTarget => "bad-target",
+            ConnectNotSupported => "connect-not-supported",
+            BodyTooLarge => "body-too-large",
+            HeaderTimeout => "header-timeout",
+            BodyTimeout => "body-timeout",
+            UnknownHost => "unknown-host",
+            NoBackend => "no-backend",
+            UpstreamConnect => "upstream-connect-failed",
+            UpstreamConnectTimeout => "upstream-connect-timeout",
+            UpstreamClosed => "upstream-closed",
+            UpstreamBadResponse(r) => r,
+            UpstreamTimeout => "upstream-timeout",
+            UpstreamIo => "upstream-io",
+        }
+    }
+
+    /// Whether the client connection can stay open after this answer: only when the request
+    /// was fully read and understood.
+    pub fn keeps_connection(self) -> bool {
+        use ProxyError::*;
+        matches!(
+            self,
+            UnknownHost
+                | NoBackend
+                | UpstreamConnect
+                | UpstreamConnectTimeout
+                | UpstreamClosed
+                | UpstreamBadResponse(_)
+                | UpstreamTimeout
+                | UpstreamIo
+        )
+    }
+}
+
+/// The reason phrase for the statuses pier writes itself.
+pub fn status_text(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        410 => "Gone",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+/// A response pier writes without a backend.
+pub struct LocalResponse<'a> {
+    pub status: u16,
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+    pub error: Option<&'static str>,
+    pub location: Option<&'a [u8]>,
+    pub retry_after: Option<u32>,
+    pub request_id: &'a [u8],
+}
+
+impl<'a> LocalResponse<'a> {
+    /// A short text answer for an error.
+    pub fn error(err: ProxyError, body: &'a [u8], request_id: &'a [u8]) -> Self {
+        LocalResponse {
+            status: err.status(),
+            content_type: "text/plain; charset=utf-8",
+            body,
+            error: Some(err.reason()),
+            location: None,
+            retry_after: None,
+            request_id,
+        }
+    }
+
+    /// Writes the whole response (head and, unless `head_request`, body) into `out`.
+    pub fn write(&self, out: &mut Vec<u8>, keep_alive: bool, http10: bool, head_request: bool) {
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\n",
+            self.status,
+            status_text(self.status)
+        );
+        with_http_date(|d| {
+            out.extend_from_slice(b"Date: ");
+            out.extend_from_slice(d.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        });
+        let _ = write!(
+            out,
+            "Content-Type: {}\r\nContent-Length: {}\r\n",
+            self.content_type,
+            self.body.len()
+        );
+        if let Some(reason) = self.error {
+            let _ = write!(out, "X-Pier-Error: {reason}\r\n");
+        }
+        if let Some(loc) = self.location {
+            out.extend_from_slice(b"Location: ");
+            out.extend_from_slice(loc);
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(secs) = self.retry_after {
+            let _ = write!(out, "Retry-After: {secs}\r\n");
+        }
+        if !self.request_id.is_empty() {
+            out.extend_from_slice(b"X-Request-Id: ");
+            out.extend_from_slice(self.request_id);
+            out.extend_from_slice(b"\r\n");
+        }
+        if !keep_alive {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if http10 {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !head_request {
+            out.extend_from_slice(self.body);
+        }
+    }
+}
+
+/// The body of an error answer: `<status> <text>: <reason>`.
+pub fn error_body(err: ProxyError) -> Vec<u8> {
+    let status = err.status();
+    format!("{status} {}: {}\n", status_text(status), err.reason()).into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_issue() {
+        assert_eq!(ProxyError::Head(HeadError::ObsFold).status(), 400);
+        assert_eq!(ProxyError::Head(HeadError::LineTooLong).status(), 414);
+        assert_eq!(ProxyError::Head(HeadError::HeadTooLarge).status(), 431);
+        assert_eq!(ProxyError::BodyTooLarge.status(), 413);
+        assert_eq!(ProxyError::UnknownHost.status(), 404);
+        assert_eq!(ProxyError::NoBackend.status(), 503);
+        assert_eq!(ProxyError::UpstreamConnect.status(), 502);
+        assert_eq!(ProxyError::UpstreamTimeout.status(), 504);
+        assert_eq!(
+            ProxyError::Framing(FramingError::UnsupportedTransferEncoding).status(),
+            501
+        );
+    }
+
+    #[test]
+    fn local_response_is_complete() {
+        let body = error_body(ProxyError::UnknownHost);
+        let mut out = Vec::new();
+        LocalResponse::error(ProxyError::UnknownHost, &body, b"id1")
+            .write(&mut out, false, false, false);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(text.contains("X-Pier-Error: unknown-host\r\n"));
+        assert!(text.contains("Connection: close\r\n"));
+        assert!(text.contains(&format!("Content-Length: {}\r\n", body.len())));
+        assert!(text.ends_with("404 Not Found: unknown-host\n"));
+    }
+}

@@ -1,0 +1,515 @@
+//! Stage `serve`: one client connection, request after request.
+//!
+//! For each request: read and parse the head (stage `serve`), check its framing, find the
+//! app (stage `route`), then answer locally (redirect, static page, maintenance, errors) or hand
+//! over to stage `forward`. Pipelined requests are answered strictly in order because the next
+//! head is parsed only once the previous response is written.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use pier_routes::{Action, App, RequestHost};
+
+use crate::config::Listener;
+use crate::forward::{forward, Forwarded};
+use crate::h1::framing::{BodyKind, RequestFraming};
+use crate::h1::head::{parse_request, HeadLimits, RequestHead, Version};
+use crate::respond::{error_body, LocalResponse, ProxyError};
+use crate::server::Worker;
+use crate::util::{is_sane_request_id, new_request_id, now_ms};
+
+/// A client connection and its reusable buffers.
+pub struct Client {
+    pub stream: TcpStream,
+    /// Bytes read from the client and not yet used.
+    pub buf: BytesMut,
+    /// Where heads are written before they are sent.
+    pub out: Vec<u8>,
+    /// Chunk framing while relaying bodies.
+    pub scratch: Vec<u8>,
+    pub peer: SocketAddr,
+    pub listener: Listener,
+}
+
+/// One request, parsed and checked.
+pub struct Request {
+    pub head: RequestHead,
+    pub framing: RequestFraming,
+    /// The origin-form target sent upstream.
+    target: Bytes,
+    /// The Host sent upstream (the Host field, or the authority of an absolute-form target).
+    host: Bytes,
+    pub request_id: SmallVec<[u8; 64]>,
+    pub start: Instant,
+    pub start_ms: u64,
+    pub head_request: bool,
+    /// Whether the client asked to keep the connection open.
+    pub keep_alive: bool,
+    /// Largest body accepted for this request (0 = no limit).
+    pub max_body: u64,
+}
+
+impl Request {
+    pub fn target(&self) -> &[u8] {
+        &self.target
+    }
+    pub fn host(&self) -> &[u8] {
+        &self.host
+    }
+}
+
+/// Serves one client connection until it closes, fails, idles out or the balancer drains.
+pub async fn serve_connection(
+    w: Arc<Worker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Listener,
+) {
+    let mut client = Client {
+        stream,
+        buf: BytesMut::with_capacity(8 * 1024),
+        out: Vec::with_capacity(4 * 1024),
+        scratch: Vec::new(),
+        peer,
+        listener,
+    };
+    let mut first = true;
+    loop {
+        let head = match read_head(&w, &mut client, first).await {
+            Ok(Some(h)) => h,
+            Ok(None) => break,
+            Err(err) => {
+                answer_error(&w, &mut client, err, b"", false, false).await;
+                log_refused(&client, err);
+                break;
+            }
+        };
+        first = false;
+        if !handle(&w, &mut client, head).await {
+            break;
+        }
+    }
+    close(&mut client).await;
+}
+
+fn limits(w: &Worker) -> HeadLimits {
+    let l = &w.shared.config.limits;
+    HeadLimits {
+        max_line: l.max_request_line,
+        max_head: l.max_header_bytes,
+        max_headers: l.max_headers,
+    }
+}
+
+/// Reads until a whole request head is buffered. `Ok(None)` means the connection should
+/// close quietly (peer closed, idle timeout, or the balancer is draining an idle connection).
+async fn read_head(
+    w: &Worker,
+    client: &mut Client,
+    first: bool,
+) -> Result<Option<RequestHead>, ProxyError> {
+    let cfg = &w.shared.config;
+    let limits = limits(w);
+    let mut started: Option<Instant> = None;
+    let mut shutdown = w.shared.shutdown_rx.clone();
+    loop {
+        if !client.buf.is_empty() {
+            match parse_request(&client.buf, &limits) {
+                Ok(Some((len, parts))) => {
+                    return Ok(Some(parts.into_head(client.buf.split_to(len).freeze())));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ProxyError::Head(e)),
+            }
+            started.get_or_insert_with(Instant::now);
+        }
+        let wait = match started {
+            Some(t) => cfg.timeouts.client_header.saturating_sub(t.elapsed()),
+            None if first => cfg.timeouts.client_header,
+            None => cfg.timeouts.client_keepalive,
+        };
+        if client.buf.capacity() - client.buf.len() < 1024 {
+            client.buf.reserve(8 * 1024);
+        }
+        let idle = started.is_none();
+        tokio::select! {
+            r = timeout(wait, client.stream.read_buf(&mut client.buf)) => match r {
+                Err(_) if idle => return Ok(None),
+                Err(_) => return Err(ProxyError::HeaderTimeout),
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+                Ok(Ok(_)) => {}
+            },
+            _ = shutdown.wait_for(|down| *down), if idle => return Ok(None),
+        }
+    }
+}
+
+/// Splits an absolute-form target (`http://authority/path`) into authority and origin-form.
+fn absolute_form(target: &Bytes) -> Option<(Bytes, Bytes)> {
+    let lower_starts =
+        |p: &[u8]| target.len() >= p.len() && target[..p.len()].eq_ignore_ascii_case(p);
+    let scheme_len = if lower_starts(b"http://") {
+        7
+    } else if lower_starts(b"https://") {
+        8
+    } else {
+        return None;
+    };
+    let rest = target.slice(scheme_len..);
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?' || b == b'#')
+        .unwrap_or(rest.len());
+    let authority = rest.slice(..end);
+    if authority.contains(&b'@') {
+        // userinfo is deprecated for http(s) URIs and never forwarded.
+        return None;
+    }
+    let path = rest.slice(end..);
+    let origin = match path.first() {
+        None => Bytes::from_static(b"/"),
+        Some(b'/') => path,
+        Some(_) => {
+            let mut v = Vec::with_capacity(path.len() + 1);
+            v.push(b'/');
+            v.extend_from_slice(&path);
+            Bytes::from(v)
+        }
+    };
+    Some((authority, origin))
+}
+
+/// Handles one request; returns whether the connection may carry another.
+async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
+    let start = Instant::now();
+    let start_ms = now_ms();
+    let cfg = &w.shared.config;
+    let framing = match RequestFraming::of(&head) {
+        Ok(f) => f,
+        Err(e) => {
+            let err = ProxyError::Framing(e);
+            answer_error(w, client, err, b"", head.is_method(b"HEAD"), false).await;
+            log_refused(client, err);
+            return false;
+        }
+    };
+    let mut request_id = SmallVec::<[u8; 64]>::new();
+    match head.values(b"x-request-id").next() {
+        Some(v) if is_sane_request_id(v) => request_id.extend_from_slice(v),
+        _ if cfg.headers.request_id => {
+            let mut v = Vec::with_capacity(36);
+            new_request_id(&mut v);
+            request_id.extend_from_slice(&v);
+        }
+        _ => {}
+    }
+    let head_request = head.is_method(b"HEAD");
+    // A request whose body we did not read leaves the connection unusable after a local answer.
+    let in_sync = framing.body == BodyKind::None;
+    let raw_target = head.buf.slice_ref(head.target());
+    let host_field = framing.host.map(|h| head.buf.slice_ref(head.value(&h)));
+    let (host, target) = if head.is_method(b"CONNECT") {
+        let err = ProxyError::ConnectNotSupported;
+        answer_error(w, client, err, &request_id, false, false).await;
+        log_refused(client, err);
+        return false;
+    } else if raw_target.first() == Some(&b'/')
+        || (&raw_target[..] == b"*" && head.is_method(b"OPTIONS"))
+    {
+        (host_field.unwrap_or_default(), raw_target)
+    } else if let Some((authority, origin)) = absolute_form(&raw_target) {
+        (authority, origin)
+    } else {
+        let err = ProxyError::BadTarget;
+        answer_error(w, client, err, &request_id, head_request, false).await;
+        log_refused(client, err);
+        return false;
+    };
+    let parsed_host = if host.is_empty() && head.version == Version::Http10 {
+        None
+    } else {
+        match RequestHost::parse(&host) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                let err = ProxyError::BadHost;
+                answer_error(w, client, err, &request_id, head_request, false).await;
+                log_refused(client, err);
+                return false;
+            }
+        }
+    };
+    let keep_alive = framing.keep_alive(head.version) && !w.shared.is_shutting_down();
+    let app: Option<Arc<App>> = {
+        let table = w.shared.routes.load();
+        let name = parsed_host.as_ref().map_or("", |h| h.as_str());
+        table.lookup(name).map(|m| Arc::clone(m.app))
+    };
+    let mut req = Request {
+        head,
+        framing,
+        target,
+        host,
+        request_id,
+        start,
+        start_ms,
+        head_request,
+        keep_alive,
+        max_body: cfg.limits.max_body,
+    };
+    let Some(app) = app else {
+        let err = ProxyError::UnknownHost;
+        let ok = answer_error(
+            w,
+            client,
+            err,
+            &req.request_id,
+            head_request,
+            keep_alive && in_sync,
+        )
+        .await;
+        finish(
+            w,
+            client,
+            &req,
+            None,
+            &local_outcome(err.status(), Some(err), keep_alive && in_sync && ok),
+        );
+        return keep_alive && in_sync && ok;
+    };
+    let outcome = match &app.settings.action {
+        Action::Proxy => {
+            req.max_body = app.settings.max_body.unwrap_or(cfg.limits.max_body);
+            if !app.has_live_backend(now_ms()) {
+                let err = ProxyError::NoBackend;
+                let ka = keep_alive && in_sync;
+                let ok = answer_error(w, client, err, &req.request_id, head_request, ka).await;
+                local_outcome(err.status(), Some(err), ka && ok)
+            } else if matches!(req.framing.body, BodyKind::Length(n) if req.max_body != 0 && n > req.max_body)
+            {
+                let err = ProxyError::BodyTooLarge;
+                let _ = answer_error(w, client, err, &req.request_id, head_request, false).await;
+                local_outcome(err.status(), Some(err), false)
+            } else {
+                let f = forward(w, client, &req, &app).await;
+                if let Some(err) = f.error {
+                    let ka = f.keep_alive && keep_alive && err.keeps_connection();
+                    let ok = answer_error(w, client, err, &req.request_id, head_request, ka).await;
+                    Forwarded {
+                        keep_alive: ka && ok,
+                        ..f
+                    }
+                } else {
+                    f
+                }
+            }
+        }
+        Action::Redirect {
+            status,
+            location,
+            keep_path,
+        } => {
+            let mut loc = location.as_bytes().to_vec();
+            if *keep_path {
+                let path = req.target();
+                if loc.ends_with(b"/") && path.starts_with(b"/") {
+                    loc.pop();
+                }
+                loc.extend_from_slice(path);
+            }
+            let body = format!("Redirecting to {}\n", String::from_utf8_lossy(&loc));
+            let resp = LocalResponse {
+                status: *status,
+                content_type: "text/plain; charset=utf-8",
+                body: body.as_bytes(),
+                error: None,
+                location: Some(&loc),
+                retry_after: None,
+                request_id: &req.request_id,
+            };
+            let ka = keep_alive && in_sync;
+            let ok = send_local(client, &resp, ka, req.head.version, head_request).await;
+            local_outcome(*status, None, ka && ok)
+        }
+        Action::Static {
+            status,
+            body,
+            content_type,
+        } => {
+            let resp = LocalResponse {
+                status: *status,
+                content_type,
+                body,
+                error: None,
+                location: None,
+                retry_after: None,
+                request_id: &req.request_id,
+            };
+            let ka = keep_alive && in_sync;
+            let ok = send_local(client, &resp, ka, req.head.version, head_request).await;
+            local_outcome(*status, None, ka && ok)
+        }
+        Action::Maintenance {
+            body,
+            content_type,
+            retry_after,
+        } => {
+            let resp = LocalResponse {
+                status: 503,
+                content_type,
+                body,
+                error: Some("maintenance"),
+                location: None,
+                retry_after: *retry_after,
+                request_id: &req.request_id,
+            };
+            let ka = keep_alive && in_sync;
+            let ok = send_local(client, &resp, ka, req.head.version, head_request).await;
+            local_outcome(503, None, ka && ok)
+        }
+    };
+    app.counters.record(outcome.status);
+    finish(w, client, &req, Some(&app), &outcome);
+    outcome.keep_alive && outcome.aborted.is_none()
+}
+
+fn local_outcome(status: u16, error: Option<ProxyError>, keep_alive: bool) -> Forwarded {
+    Forwarded {
+        status,
+        upstream: None,
+        bytes_out: 0,
+        first_byte: None,
+        keep_alive,
+        error,
+        aborted: None,
+    }
+}
+
+/// Metrics and the access log line for one request.
+fn finish(w: &Worker, client: &Client, req: &Request, app: Option<&Arc<App>>, o: &Forwarded) {
+    let m = &w.shared.metrics;
+    let elapsed = req.start.elapsed();
+    if o.status != 0 {
+        m.response(o.status);
+    }
+    m.duration.observe(elapsed.as_secs_f64());
+    if let Some(err) = o.error {
+        m.errors.with_label_values(&[err.reason()]).inc();
+    }
+    tracing::info!(
+        target: "pier::access",
+        client = %client.peer,
+        method = %String::from_utf8_lossy(req.head.method()),
+        host = %String::from_utf8_lossy(req.host()),
+        path = %String::from_utf8_lossy(req.target()),
+        app = app.map_or("-", |a| &*a.name),
+        status = o.status,
+        upstream = %o.upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
+        duration_us = elapsed.as_micros() as u64,
+        first_byte_us = o.first_byte.map_or(0, |d| d.as_micros() as u64),
+        bytes = o.bytes_out,
+        request_id = %String::from_utf8_lossy(&req.request_id),
+        error = o.error.map_or("-", ProxyError::reason),
+        aborted = o.aborted.unwrap_or("-"),
+        "request"
+    );
+}
+
+fn log_refused(client: &Client, err: ProxyError) {
+    tracing::info!(
+        target: "pier::access",
+        client = %client.peer,
+        status = err.status(),
+        error = err.reason(),
+        "refused"
+    );
+}
+
+/// Writes an error answer; returns whether it was written.
+async fn answer_error(
+    w: &Worker,
+    client: &mut Client,
+    err: ProxyError,
+    request_id: &[u8],
+    head_request: bool,
+    keep_alive: bool,
+) -> bool {
+    let body = error_body(err);
+    let resp = LocalResponse::error(err, &body, request_id);
+    if request_id.is_empty() {
+        // Errors before a request id exists still count.
+        w.shared
+            .metrics
+            .errors
+            .with_label_values(&[err.reason()])
+            .inc();
+        w.shared.metrics.response(err.status());
+    }
+    send_local(client, &resp, keep_alive, Version::Http11, head_request).await
+}
+
+async fn send_local(
+    client: &mut Client,
+    resp: &LocalResponse<'_>,
+    keep_alive: bool,
+    version: Version,
+    head_request: bool,
+) -> bool {
+    client.out.clear();
+    resp.write(
+        &mut client.out,
+        keep_alive,
+        version == Version::Http10,
+        head_request,
+    );
+    matches!(
+        timeout(
+            Duration::from_secs(10),
+            client.stream.write_all(&client.out)
+        )
+        .await,
+        Ok(Ok(()))
+    )
+}
+
+/// Closes a connection without losing a response still in flight: half-close, then read and
+/// discard what the client still sends (briefly), so the kernel does not answer with a reset.
+async fn close(client: &mut Client) {
+    let _ = client.stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut drained = 0usize;
+    while drained < 256 * 1024 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, client.stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_form_targets_split() {
+        let t = Bytes::from_static(b"http://Example.com:8080/a?b");
+        let (a, o) = absolute_form(&t).unwrap();
+        assert_eq!(&a[..], b"Example.com:8080");
+        assert_eq!(&o[..], b"/a?b");
+        let (a, o) = absolute_form(&Bytes::from_static(b"HTTPS://x.test")).unwrap();
+        assert_eq!(&a[..], b"x.test");
+        assert_eq!(&o[..], b"/");
+        let (_, o) = absolute_form(&Bytes::from_static(b"http://x.test?q=1")).unwrap();
+        assert_eq!(&o[..], b"/?q=1");
+        assert!(absolute_form(&Bytes::from_static(b"ftp://x.test/")).is_none());
+        assert!(absolute_form(&Bytes::from_static(b"http://u@x.test/")).is_none());
+    }
+}

@@ -1,0 +1,258 @@
+//! Stage `accept`: listeners, worker runtimes, the accept loop, and draining on shutdown.
+//!
+//! Two layouts (`[runtime] mode`): `per-core` runs one single-threaded tokio runtime per worker
+//! thread, each with its own `SO_REUSEPORT` listener socket and upstream pool, so a connection
+//! lives and dies on one core; `shared` runs one work-stealing runtime whose threads share the
+//! listeners and one pool. A semaphore caps open client connections; accept errors are logged
+//! and backed off; shutdown stops accepting, lets in-flight requests finish, and closes idle
+//! keep-alive connections.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use pier_routes::RouteTable;
+
+use crate::config::{Config, Listener, RuntimeMode};
+use crate::metrics::Metrics;
+use crate::serve::serve_connection;
+use crate::upstream::UpstreamPool;
+
+/// State shared by every worker: the config, the route table, metrics, shutdown.
+pub struct Shared {
+    pub config: Config,
+    /// The one route snapshot, replaced whole on reload.
+    pub routes: ArcSwap<RouteTable>,
+    pub metrics: Metrics,
+    pub shutdown_tx: watch::Sender<bool>,
+    pub shutdown_rx: watch::Receiver<bool>,
+    /// Client connections open now (drained to zero on shutdown).
+    pub open: AtomicUsize,
+    pub conn_limit: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub fn new(config: Config, table: RouteTable) -> Arc<Self> {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let metrics = Metrics::new();
+        metrics.table(&table);
+        let limit = config.max_connections;
+        Arc::new(Shared {
+            config,
+            routes: ArcSwap::from_pointee(table),
+            metrics,
+            shutdown_tx,
+            shutdown_rx,
+            open: AtomicUsize::new(0),
+            conn_limit: Arc::new(Semaphore::new(limit)),
+        })
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown_rx.borrow()
+    }
+
+    /// Stops accepting and asks idle connections to close.
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutdown_tx.send(true);
+    }
+
+    /// Installs a new route table.
+    pub fn swap_routes(&self, table: RouteTable) {
+        self.metrics.table(&table);
+        self.routes.store(Arc::new(table));
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// What one worker owns: its upstream pool (and a handle on the shared state).
+pub struct Worker {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub pool: UpstreamPool,
+}
+
+impl Worker {
+    pub fn new(id: usize, shared: Arc<Shared>) -> Arc<Self> {
+        let u = &shared.config.upstream;
+        let pool = UpstreamPool::new(u.pool_max_idle, u.pool_idle_timeout);
+        Arc::new(Worker { id, shared, pool })
+    }
+}
+
+/// Creates a listening socket. With `reuse_port`, several sockets may bind the same address and
+/// the kernel spreads connections among them.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Decrements the open-connection count when a connection task ends.
+struct OpenGuard(Arc<Shared>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.connections_open.dec();
+    }
+}
+
+/// Accepts connections on one listener until shutdown.
+pub async fn accept_loop(worker: Arc<Worker>, listener: TcpListener, cfg: Listener) {
+    let shared = Arc::clone(&worker.shared);
+    let mut shutdown = shared.shutdown_rx.clone();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&shared.conn_limit).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = shutdown.wait_for(|d| *d) => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|d| *d) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(5);
+                let _ = stream.set_nodelay(true);
+                shared.open.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.connections_open.inc();
+                shared.metrics.connections_total.inc();
+                let guard = OpenGuard(Arc::clone(&shared));
+                let w = Arc::clone(&worker);
+                tokio::spawn(async move {
+                    serve_connection(w, stream, peer, cfg).await;
+                    drop(guard);
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: wait a little instead of spinning on the error.
+                tracing::warn!(listener = %cfg.addr, error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Binds every listener (for per-core mode, once per worker) and starts the workers on their
+/// own threads. Returns once all sockets are bound, so bind errors reach the caller.
+pub fn start_workers(shared: &Arc<Shared>) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let cfg = &shared.config;
+    let mut threads = Vec::new();
+    match cfg.mode {
+        RuntimeMode::PerCore => {
+            let mut per_worker = Vec::new();
+            for _ in 0..cfg.workers {
+                let socks = cfg
+                    .listeners
+                    .iter()
+                    .map(|l| bind(l.addr, true).map(|s| (s, *l)))
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                per_worker.push(socks);
+            }
+            for (id, socks) in per_worker.into_iter().enumerate() {
+                let worker = Worker::new(id, Arc::clone(shared));
+                let handle = std::thread::Builder::new()
+                    .name(format!("pier-worker-{id}"))
+                    .spawn(move || {
+                        let rt = match tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            Ok(rt) => rt,
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot start worker runtime");
+                                return;
+                            }
+                        };
+                        rt.block_on(run_worker(worker, socks));
+                    })?;
+                threads.push(handle);
+            }
+        }
+        RuntimeMode::Shared => {
+            let socks = cfg
+                .listeners
+                .iter()
+                .map(|l| bind(l.addr, false).map(|s| (s, *l)))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            let worker = Worker::new(0, Arc::clone(shared));
+            let threads_n = cfg.workers;
+            let handle = std::thread::Builder::new()
+                .name("pier-runtime".into())
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(threads_n)
+                        .thread_name("pier-worker")
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot start runtime");
+                            return;
+                        }
+                    };
+                    rt.block_on(run_worker(worker, socks));
+                })?;
+            threads.push(handle);
+        }
+    }
+    Ok(threads)
+}
+
+/// Runs one worker's accept loops and its pool reaper until shutdown, then waits for its
+/// connections to drain.
+async fn run_worker(worker: Arc<Worker>, socks: Vec<(std::net::TcpListener, Listener)>) {
+    let mut loops = Vec::new();
+    for (sock, cfg) in socks {
+        match TcpListener::from_std(sock) {
+            Ok(l) => loops.push(tokio::spawn(accept_loop(Arc::clone(&worker), l, cfg))),
+            Err(e) => tracing::error!(listener = %cfg.addr, error = %e, "cannot register listener"),
+        }
+    }
+    let reaper = {
+        let w = Arc::clone(&worker);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                w.pool.reap();
+            }
+        })
+    };
+    for l in loops {
+        let _ = l.await;
+    }
+    // Listeners are closed now; keep the runtime alive while connections finish.
+    let deadline = tokio::time::Instant::now() + worker.shared.config.timeouts.shutdown;
+    while worker.shared.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reaper.abort();
+}

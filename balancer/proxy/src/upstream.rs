@@ -1,0 +1,168 @@
+//! Connections to backends, and the keep-alive pool that reuses them.
+//!
+//! Each worker owns one [`UpstreamPool`] (in the per-core runtime mode nothing is shared between
+//! cores; in the shared mode all threads use one). Idle connections are kept last-in first-out
+//! so the warmest is reused, dropped after `pool_idle_timeout` (keep it below the backends' own
+//! keep-alive timeout), and checked for a close or stray bytes before each reuse.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// One connection to a backend, with its read buffer.
+pub struct UpstreamConn {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    pub addr: SocketAddr,
+    /// True when this connection came from the pool (it may have been closed by the backend).
+    pub reused: bool,
+    idle_since: Instant,
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug)]
+pub enum ConnectError {
+    Timeout,
+    Io(io::Error),
+}
+
+/// Opens a new connection to `addr` within `timeout`.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn, ConnectError> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(ConnectError::Io)?;
+    socket.set_nodelay(true).map_err(ConnectError::Io)?;
+    let stream = match tokio::time::timeout(timeout, socket.connect(addr)).await {
+        Err(_) => return Err(ConnectError::Timeout),
+        Ok(Err(e)) => return Err(ConnectError::Io(e)),
+        Ok(Ok(s)) => s,
+    };
+    Ok(UpstreamConn {
+        stream,
+        buf: BytesMut::with_capacity(16 * 1024),
+        addr,
+        reused: false,
+        idle_since: Instant::now(),
+    })
+}
+
+/// Idle keep-alive connections by backend address.
+pub struct UpstreamPool {
+    idle: Mutex<HashMap<SocketAddr, Vec<UpstreamConn>>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl UpstreamPool {
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+        UpstreamPool {
+            idle: Mutex::new(HashMap::new()),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// Takes the most recently used live connection to `addr`, if any.
+    pub fn take(&self, addr: SocketAddr) -> Option<UpstreamConn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(&addr)?;
+        while let Some(mut conn) = list.pop() {
+            if conn.idle_since.elapsed() >= self.idle_timeout {
+                // Everything below is older still.
+                list.clear();
+                return None;
+            }
+            if is_quiet(&conn.stream) {
+                conn.reused = true;
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last exchange ended cleanly.
+    pub fn put(&self, mut conn: UpstreamConn) {
+        if self.max_idle == 0 || !conn.buf.is_empty() {
+            return;
+        }
+        conn.idle_since = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(conn.addr).or_default();
+        if list.len() >= self.max_idle {
+            list.remove(0);
+        }
+        list.push(conn);
+    }
+
+    /// Drops connections idle for longer than the timeout; called periodically.
+    pub fn reap(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|_, list| {
+            list.retain(|c| c.idle_since.elapsed() < self.idle_timeout);
+            !list.is_empty()
+        });
+    }
+
+    /// Number of idle connections held.
+    pub fn idle_count(&self) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.values().map(Vec::len).sum()
+    }
+}
+
+/// True when an idle connection has neither been closed by the peer nor sent stray bytes.
+/// tokio answers from its readiness state without a system call unless the socket became
+/// readable, so this is nearly free for a healthy connection.
+fn is_quiet(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn pool_reuses_live_and_drops_closed_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = UpstreamPool::new(4, Duration::from_secs(30));
+        let a = connect(addr, Duration::from_secs(1)).await.unwrap();
+        let (mut server_a, _) = listener.accept().await.unwrap();
+        let b = connect(addr, Duration::from_secs(1)).await.unwrap();
+        let (_server_b, _) = listener.accept().await.unwrap();
+        pool.put(b);
+        pool.put(a);
+        assert_eq!(pool.idle_count(), 2);
+        // The server closes `a` (the most recent): take() must skip it and return `b`.
+        server_a.shutdown().await.unwrap();
+        drop(server_a);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = pool.take(addr).expect("b is still alive");
+        assert!(got.reused);
+        assert!(pool.take(addr).is_none());
+    }
+
+    #[tokio::test]
+    async fn idle_timeout_expires_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = UpstreamPool::new(4, Duration::from_millis(20));
+        let a = connect(addr, Duration::from_secs(1)).await.unwrap();
+        let _s = listener.accept().await.unwrap();
+        pool.put(a);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        pool.reap();
+        assert_eq!(pool.idle_count(), 0);
+    }
+}

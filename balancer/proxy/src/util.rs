@@ -1,0 +1,109 @@
+//! Small per-thread helpers for the request path: a cached `Date`, request ids, the clock.
+
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch (what backend liveness deadlines are written in).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs `f` with the current `Date` value (RFC 9110 §5.6.7), formatted once per second per thread.
+pub fn with_http_date<R>(f: impl FnOnce(&str) -> R) -> R {
+    thread_local! {
+        static CACHE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        let now = SystemTime::now();
+        let secs = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        if c.0 != secs || c.1.is_empty() {
+            *c = (secs, httpdate::fmt_http_date(now));
+        }
+        f(&c.1)
+    })
+}
+
+/// A per-thread wyrand generator: request ids need uniqueness, not secrecy.
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(now_ms());
+            h.finish()
+        });
+    }
+    STATE.with(|s| {
+        let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+        s.set(x);
+        let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
+        (t as u64) ^ ((t >> 64) as u64)
+    })
+}
+
+/// Writes a new request id (a random UUID, version 4 layout) into `out`.
+pub fn new_request_id(out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let a = random_u64();
+    let b = random_u64();
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&a.to_le_bytes());
+    bytes[8..].copy_from_slice(&b.to_le_bytes());
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push(b'-');
+        }
+        out.push(HEX[usize::from(byte >> 4)]);
+        out.push(HEX[usize::from(byte & 0xf)]);
+    }
+}
+
+/// A client-supplied request id is kept when it is 1-200 characters of letters, digits and
+/// `-_.:+/=` (what tracing systems use), so it cannot inject anything into logs or headers.
+pub fn is_sane_request_id(v: &[u8]) -> bool {
+    (1..=200).contains(&v.len())
+        && v.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_uuid_shaped_and_distinct() {
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        new_request_id(&mut a);
+        new_request_id(&mut b);
+        assert_eq!(a.len(), 36);
+        assert_ne!(a, b);
+        assert_eq!(a[14], b'4');
+        assert!(is_sane_request_id(&a));
+    }
+
+    #[test]
+    fn request_id_sanity() {
+        assert!(is_sane_request_id(b"abc-123"));
+        assert!(!is_sane_request_id(b""));
+        assert!(!is_sane_request_id(b"a b"));
+        assert!(!is_sane_request_id(b"a\"b"));
+        assert!(!is_sane_request_id(&[b'a'; 201]));
+    }
+
+    #[test]
+    fn date_is_imf_fixdate() {
+        with_http_date(|d| {
+            assert_eq!(d.len(), 29);
+            assert!(d.ends_with(" GMT"));
+        });
+    }
+}
