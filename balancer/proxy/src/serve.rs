@@ -25,6 +25,9 @@ use crate::respond::{error_body, LocalResponse, ProxyError};
 use crate::server::Worker;
 use crate::util::{is_sane_request_id, new_request_id, now_ms};
 
+/// How long an idle keep-alive connection is still read from once shutdown begins.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
 /// A client connection and its reusable buffers.
 pub struct Client {
     pub stream: TcpStream,
@@ -118,6 +121,7 @@ async fn read_head(
     let cfg = &w.shared.config;
     let limits = limits(w);
     let mut started: Option<Instant> = None;
+    let mut drain_deadline: Option<Instant> = None;
     let mut shutdown = w.shared.shutdown_rx.clone();
     loop {
         if !client.buf.is_empty() {
@@ -130,7 +134,7 @@ async fn read_head(
             }
             started.get_or_insert_with(Instant::now);
         }
-        let wait = match started {
+        let mut wait = match started {
             Some(t) => cfg.timeouts.client_header.saturating_sub(t.elapsed()),
             None if first => cfg.timeouts.client_header,
             None => cfg.timeouts.client_keepalive,
@@ -139,6 +143,13 @@ async fn read_head(
             client.buf.reserve(8 * 1024);
         }
         let idle = started.is_none();
+        let draining = w.shared.is_shutting_down();
+        if idle && draining {
+            // A request may already be on its way on this idle connection: closing at once
+            // would lose it. Wait a moment; if one comes it is served with Connection: close.
+            let until = *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_GRACE);
+            wait = wait.min(until.saturating_duration_since(Instant::now()));
+        }
         tokio::select! {
             r = timeout(wait, client.stream.read_buf(&mut client.buf)) => match r {
                 Err(_) if idle => return Ok(None),
@@ -146,7 +157,7 @@ async fn read_head(
                 Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
                 Ok(Ok(_)) => {}
             },
-            _ = shutdown.wait_for(|down| *down), if idle => return Ok(None),
+            _ = shutdown.wait_for(|down| *down), if idle && !draining => {}
         }
     }
 }

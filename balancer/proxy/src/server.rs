@@ -128,26 +128,16 @@ pub async fn accept_loop(worker: Arc<Worker>, listener: TcpListener, cfg: Listen
                 Ok(p) => p,
                 Err(_) => return,
             },
-            _ = shutdown.wait_for(|d| *d) => return,
+            _ = shutdown.wait_for(|d| *d) => break,
         };
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = shutdown.wait_for(|d| *d) => return,
+            _ = shutdown.wait_for(|d| *d) => break,
         };
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                let _ = stream.set_nodelay(true);
-                shared.open.fetch_add(1, Ordering::Relaxed);
-                shared.metrics.connections_open.inc();
-                shared.metrics.connections_total.inc();
-                let guard = OpenGuard(Arc::clone(&shared));
-                let w = Arc::clone(&worker);
-                tokio::spawn(async move {
-                    serve_connection(w, stream, peer, cfg).await;
-                    drop(guard);
-                    drop(permit);
-                });
+                spawn_connection(&worker, stream, peer, cfg, Some(permit));
             }
             Err(e) => {
                 // EMFILE and friends: wait a little instead of spinning on the error.
@@ -157,6 +147,37 @@ pub async fn accept_loop(worker: Arc<Worker>, listener: TcpListener, cfg: Listen
             }
         }
     }
+    // Connections the kernel already accepted would be reset when the socket closes. Shrink
+    // the backlog so new SYNs are dropped (the client retries, then finds the port closed),
+    // take what is queued, serve it (the answers say Connection: close), and close only once
+    // the queue has stayed empty for a moment.
+    let _ = socket2::SockRef::from(&listener).listen(0);
+    while let Ok(Ok((stream, peer))) =
+        tokio::time::timeout(Duration::from_millis(10), listener.accept()).await
+    {
+        spawn_connection(&worker, stream, peer, cfg, None);
+    }
+}
+
+fn spawn_connection(
+    worker: &Arc<Worker>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    cfg: Listener,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let shared = &worker.shared;
+    let _ = stream.set_nodelay(true);
+    shared.open.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.connections_open.inc();
+    shared.metrics.connections_total.inc();
+    let guard = OpenGuard(Arc::clone(shared));
+    let w = Arc::clone(worker);
+    tokio::spawn(async move {
+        serve_connection(w, stream, peer, cfg).await;
+        drop(guard);
+        drop(permit);
+    });
 }
 
 /// Binds every listener (for per-core mode, once per worker) and starts the workers on their

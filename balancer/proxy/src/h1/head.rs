@@ -479,7 +479,7 @@ mod tests {
         assert_eq!(h.headers.len(), 2);
         assert_eq!(h.values(b"host").next().unwrap(), b"x.test");
         assert_eq!(h.values(b"x-a").next().unwrap(), b"v");
-        assert_eq!(h.buf.len(), 49);
+        assert_eq!(h.buf.len(), 48);
     }
 
     #[test]

@@ -387,6 +387,7 @@ impl Seen {
 /// - `/continue`: send `100 Continue` before reading the body
 /// - `/raw/NAME`: send a canned malformed response (see `RAW`)
 /// - anything else: 200 with body `<backend name> <path>`
+///
 /// Request bodies are read (and counted, kept when small) before answering, except `/early`,
 /// which answers 413 at once without reading the body.
 #[derive(Clone)]
