@@ -312,8 +312,10 @@ fn worker_thread(
     id: usize,
     tx: &mpsc::Sender<Msg>,
 ) -> std::io::Result<ThreadResult> {
+    // IO and timers only: the signal and process drivers would add work to every park.
     let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_io()
+        .enable_time()
         .build()?;
     let cfg = &sh.cfg;
     let schedule = match cfg.model {

@@ -225,10 +225,16 @@ async fn stream_worker(ctx: Rc<ThreadCtx>, conn: usize, mut send: SendRequest<By
         )
         .await;
         let now = Instant::now();
+        if now >= sh.end {
+            // Finished or not, this stream was still open when the run ended.
+            return StreamEnd::Ended(true);
+        }
         match result {
             Ok(Ok(r)) => {
                 let mut rec = ctx.recorder.borrow_mut();
+                // h2 byte counts are DATA payloads only (headers are HPACK-compressed).
                 rec.bytes_read(now, r.bytes);
+                rec.bytes_written(now, templates.body.as_ref().map_or(0, Bytes::len));
                 rec.response(now, start, sent, r.status, host, r.matched);
             }
             Ok(Err(e)) => {
