@@ -194,8 +194,8 @@ async fn stream_worker(ctx: Rc<ThreadCtx>, conn: usize, mut send: SendRequest<By
         if now >= sh.end {
             return StreamEnd::Ended(false);
         }
-        let start = match &ctx.schedule {
-            None => now,
+        let (due, start) = match &ctx.schedule {
+            None => (now, now),
             Some(s) => {
                 let Some(due) = s.claim() else {
                     tokio::time::sleep_until(sh.end.into()).await;
@@ -206,7 +206,7 @@ async fn stream_worker(ctx: Rc<ThreadCtx>, conn: usize, mut send: SendRequest<By
                     now = Instant::now();
                 }
                 s.mark_sent(due);
-                due.min(now)
+                (due, due.min(now))
             }
         };
         let host = ctx.next_host(conn);
@@ -235,7 +235,7 @@ async fn stream_worker(ctx: Rc<ThreadCtx>, conn: usize, mut send: SendRequest<By
                 // h2 byte counts are DATA payloads only (headers are HPACK-compressed).
                 rec.bytes_read(now, r.bytes);
                 rec.bytes_written(now, templates.body.as_ref().map_or(0, Bytes::len));
-                rec.response(now, start, sent, r.status, host, r.matched);
+                rec.response(now, due, start, sent, r.status, host, r.matched);
             }
             Ok(Err(e)) => {
                 let connection_gone = e.is_io() || e.is_go_away() || e.reason().is_none();
@@ -244,7 +244,7 @@ async fn stream_worker(ctx: Rc<ThreadCtx>, conn: usize, mut send: SendRequest<By
                 } else {
                     ErrorKind::Protocol
                 };
-                ctx.recorder.borrow_mut().error(start, kind, Some(host));
+                ctx.recorder.borrow_mut().error(due, kind, Some(host));
                 if connection_gone {
                     return StreamEnd::Broken;
                 }
@@ -255,7 +255,7 @@ async fn stream_worker(ctx: Rc<ThreadCtx>, conn: usize, mut send: SendRequest<By
                 }
                 ctx.recorder
                     .borrow_mut()
-                    .error(start, ErrorKind::Timeout, Some(host));
+                    .error(due, ErrorKind::Timeout, Some(host));
             }
         }
     }

@@ -195,18 +195,22 @@ impl Recorder {
         }
     }
 
-    /// A complete response. `start` is when the request was due (open) or sent (closed).
+    /// A complete response. `due` places the request in warm-up or the measured window (its
+    /// scheduled time in the open model, its send in the closed one); latency runs from
+    /// `start` (the due time, or the send if that came earlier) and service time from `sent`.
+    #[allow(clippy::too_many_arguments)]
     #[inline]
     pub fn response(
         &mut self,
         now: Instant,
+        due: Instant,
         start: Instant,
         sent: Instant,
         status: u16,
         host: usize,
         matched: Option<bool>,
     ) {
-        if start < self.measure_start {
+        if due < self.measure_start {
             self.warmup_requests += 1;
             return;
         }
@@ -232,9 +236,9 @@ impl Recorder {
         }
     }
 
-    /// A request (or connection attempt) that failed without a response.
-    pub fn error(&mut self, start: Instant, kind: ErrorKind, host: Option<usize>) {
-        if start < self.measure_start {
+    /// A request (or connection attempt) that failed without a response; `due` as above.
+    pub fn error(&mut self, due: Instant, kind: ErrorKind, host: Option<usize>) {
+        if due < self.measure_start {
             return;
         }
         self.errors.bump(kind);

@@ -21,7 +21,9 @@ const READ_BUF: usize = 16 * 1024;
 /// One request written (or queued for writing) and not yet answered.
 #[derive(Debug, Clone, Copy)]
 struct Inflight {
-    /// Latency is measured from here: the due time (open model, when late) or the send.
+    /// When the request was due (open model) or sent (closed model).
+    due: Instant,
+    /// Latency is measured from here: the due time, or the send if that came earlier.
     start: Instant,
     sent: Instant,
     host: usize,
@@ -98,7 +100,7 @@ pub(crate) async fn run(ctx: &ThreadCtx, conn: usize) -> u64 {
 fn fail_all(ctx: &ThreadCtx, st: &mut ConnState, kind: ErrorKind) {
     let mut rec = ctx.recorder.borrow_mut();
     for f in st.inflight.drain(..) {
-        rec.error(f.start, kind, Some(f.host));
+        rec.error(f.due, kind, Some(f.host));
     }
 }
 
@@ -128,7 +130,7 @@ async fn drive<T: Transport>(
         }
         let mut next_send = None;
         while st.inflight.len() < depth {
-            let start = match &ctx.schedule {
+            let due = match &ctx.schedule {
                 None => now,
                 Some(s) => {
                     let due = match st.pending.take().or_else(|| s.claim()) {
@@ -141,13 +143,14 @@ async fn drive<T: Transport>(
                         break;
                     }
                     s.mark_sent(due);
-                    due.min(now)
+                    due
                 }
             };
             let host = ctx.next_host(conn);
             sh.requests.write_request(host, &mut st.wbuf);
             st.inflight.push_back(Inflight {
-                start,
+                due,
+                start: due.min(now),
                 sent: now,
                 host,
             });
@@ -241,6 +244,7 @@ async fn drive<T: Transport>(
                     if let Some(f) = st.inflight.pop_front() {
                         ctx.recorder.borrow_mut().response(
                             now,
+                            f.due,
                             f.start,
                             f.sent,
                             resp.status,
@@ -284,6 +288,7 @@ async fn drive<T: Transport>(
                             st.inflight.pop_front();
                             rec.response(
                                 now,
+                                front.due,
                                 front.start,
                                 front.sent,
                                 response.status,

@@ -41,6 +41,9 @@ pub struct Seen {
     /// Most h2 streams open at once on one connection.
     pub max_streams: AtomicU64,
     pub per_host: Mutex<HashMap<String, u64>>,
+    /// Request body bytes received, and requests by method.
+    pub body_bytes: AtomicU64,
+    pub methods: Mutex<HashMap<String, u64>>,
     pub sni: Mutex<HashMap<String, u64>>,
 }
 
@@ -202,6 +205,9 @@ async fn serve_h1<S: AsyncRead + AsyncWrite + Unpin>(
                 break;
             }
             buf.drain(..end + 4 + len);
+            seen.body_bytes.fetch_add(len as u64, Ordering::SeqCst);
+            let method = head.split(' ').next().unwrap_or("").to_string();
+            *seen.methods.lock().unwrap().entry(method).or_default() += 1;
             let host = header(&head, "host").unwrap_or("").to_string();
             let host = host.split(':').next().unwrap_or("").to_string();
             seen.count_host(&host);
