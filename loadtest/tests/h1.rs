@@ -250,8 +250,9 @@ fn open_model_holds_the_rate() {
     // Every due request is accounted for: answered, failed, in flight or never sent.
     let due = r.responses() + r.errors.total() + r.in_flight_at_end + r.unsent;
     assert!((1999..=2001).contains(&due), "{due} requests accounted for");
-    assert!(r.responses() >= 1980, "{} responses", r.responses());
-    assert!((r.rps() - 1000.0).abs() < 10.0, "{} req/s", r.rps());
+    // Loose bounds: other tests share the two cores. The benchmark checks the 1% claim.
+    assert!(r.responses() >= 1950, "{} responses", r.responses());
+    assert!((r.rps() - 1000.0).abs() < 30.0, "{} req/s", r.rps());
 }
 
 #[test]
