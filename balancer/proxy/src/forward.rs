@@ -24,7 +24,7 @@ use crate::headers::{
     client_framing, write_interim, write_request_head, write_response_head, ClientFraming,
     Forwarding,
 };
-use crate::relay::{relay_body, OutCoding, RelayError, RelayLimits};
+use crate::relay::{relay_body, write_all_timed, OutCoding, RelayError, RelayLimits};
 use crate::respond::ProxyError;
 use crate::serve::{Client, Request};
 use crate::server::Worker;
@@ -94,7 +94,8 @@ pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<A
     let mut skip_pool = false;
     let mut stale_retries = 0;
     loop {
-        let now = now_ms();
+        // The request's start time is recent enough for liveness and ejection checks.
+        let now = req.start_ms;
         let Some(idx) = app.pick(now, &tried) else {
             break;
         };
@@ -320,7 +321,7 @@ async fn exchange(
         buf: client_buf,
         out,
         scratch,
-        peer,
+        peer_ip,
         listener,
         ..
     } = client;
@@ -330,7 +331,7 @@ async fn exchange(
         &req.head,
         &req.framing.conn,
         &Forwarding {
-            client: *peer,
+            client_ip: peer_ip,
             listener_port: listener.addr.port(),
             trusted: listener.trusted,
             target: req.target(),
@@ -351,18 +352,18 @@ async fn exchange(
             body_done = true;
         }
     }
-    match timeout(t.idle, conn.stream.write_all(out)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => return Err(io_failure(reused, true, body_done)),
-        Err(_) => {
+    let (mut up_r, mut up_w) = conn.stream.split();
+    match write_all_timed(&mut up_w, out, t.idle).await {
+        Ok(()) => {}
+        Err(RelayError::DstTimeout) => {
             return Err(Failure::Upstream {
                 err: ProxyError::UpstreamTimeout,
                 in_sync: body_done,
             })
         }
+        Err(_) => return Err(io_failure(reused, true, body_done)),
     }
     let sent_at = Instant::now();
-    let (mut up_r, mut up_w) = conn.stream.split();
     let (mut cl_r, mut cl_w) = client_stream.split();
     let mut interim = Vec::new();
     let max_body = req.max_body;
@@ -517,9 +518,11 @@ async fn exchange(
             body_written = true;
         }
     }
-    match timeout(cfg.timeouts.client_body, cl_w.write_all(out)).await {
-        Ok(Ok(())) => {}
-        _ => return Err(Failure::Aborted("client-write")),
+    if write_all_timed(&mut cl_w, out, cfg.timeouts.client_body)
+        .await
+        .is_err()
+    {
+        return Err(Failure::Aborted("client-write"));
     }
     let mut bytes_out = match framing.body {
         BodyKind::Length(n) if body_written => n,

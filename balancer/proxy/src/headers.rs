@@ -7,7 +7,6 @@
 //! `X-Request-Start` and `Via`; on a public listener the client's own `X-Forwarded-*` are
 //! dropped first, on a trusted one they are kept and `X-Forwarded-For` is appended to.
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::h1::framing::{is_hop_by_hop, BodyKind, Connection, ResponseFraming};
@@ -15,7 +14,8 @@ use crate::h1::head::{HeaderPos, RequestHead, ResponseHead, Version};
 
 /// Per-request facts needed to write the upstream head.
 pub struct Forwarding<'a> {
-    pub client: SocketAddr,
+    /// The client's address as text (see [`client_ip_text`]).
+    pub client_ip: &'a [u8],
     pub listener_port: u16,
     pub trusted: bool,
     /// The origin-form target (path and query).
@@ -41,13 +41,19 @@ fn is_forwarded_field(name: &[u8]) -> bool {
             .any(|s| name[12..].eq_ignore_ascii_case(s))
 }
 
-fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    // An IPv4-mapped IPv6 peer (dual-stack listener) is written as plain IPv4.
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+/// The text of a client address as sent in `X-Forwarded-For` (computed once per connection).
+/// An IPv4-mapped IPv6 peer (dual-stack listener) is written as plain IPv4.
+pub fn client_ip_text(addr: SocketAddr) -> Vec<u8> {
+    let ip = match addr.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr.ip(), IpAddr::V4),
         v4 => v4,
     };
-    let _ = write!(out, "{ip}");
+    ip.to_string().into_bytes()
+}
+
+/// Appends a decimal number.
+pub fn put_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Writes the canonical request head for the backend into `out`.
@@ -109,7 +115,9 @@ pub fn write_request_head(
     }
     match f.body {
         BodyKind::Length(n) => {
-            let _ = write!(out, "Content-Length: {n}\r\n");
+            out.extend_from_slice(b"Content-Length: ");
+            put_u64(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         BodyKind::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         BodyKind::None | BodyKind::UntilClose => {
@@ -123,13 +131,15 @@ pub fn write_request_head(
         out.extend_from_slice(prior);
         out.extend_from_slice(b", ");
     }
-    write_ip(out, f.client.ip());
+    out.extend_from_slice(f.client_ip);
     out.extend_from_slice(b"\r\n");
     if !keep_xf_proto {
         out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
     }
     if !keep_xf_port {
-        let _ = write!(out, "X-Forwarded-Port: {}\r\n", f.listener_port);
+        out.extend_from_slice(b"X-Forwarded-Port: ");
+        put_u64(out, u64::from(f.listener_port));
+        out.extend_from_slice(b"\r\n");
     }
     if !keep_xf_host {
         out.extend_from_slice(b"X-Forwarded-Host: ");
@@ -142,10 +152,14 @@ pub fn write_request_head(
         out.extend_from_slice(b"\r\n");
     }
     if let (Some(ms), false) = (f.request_start_ms, keep_start) {
-        let _ = write!(out, "X-Request-Start: t={ms}\r\n");
+        out.extend_from_slice(b"X-Request-Start: t=");
+        put_u64(out, ms);
+        out.extend_from_slice(b"\r\n");
     }
     if !f.via.is_empty() {
-        let _ = write!(out, "Via: 1.1 {}\r\n", f.via);
+        out.extend_from_slice(b"Via: 1.1 ");
+        out.extend_from_slice(f.via.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -183,7 +197,9 @@ pub fn write_response_head(
     head_request: bool,
     via: &str,
 ) {
-    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    put_u64(out, u64::from(resp.status));
+    out.push(b' ');
     out.extend_from_slice(resp.reason());
     out.extend_from_slice(b"\r\n");
     for h in &resp.headers {
@@ -204,20 +220,26 @@ pub fn write_response_head(
             // HEAD and 304 answers describe the body they do not carry: keep its length.
             if (head_request || status == 304) && status != 204 {
                 if let Some(n) = framing.length {
-                    let _ = write!(out, "Content-Length: {n}\r\n");
+                    out.extend_from_slice(b"Content-Length: ");
+                    put_u64(out, n);
+                    out.extend_from_slice(b"\r\n");
                 }
             } else if status != 204 && status >= 200 {
                 out.extend_from_slice(b"Content-Length: 0\r\n");
             }
         }
         ClientFraming::Length(n) => {
-            let _ = write!(out, "Content-Length: {n}\r\n");
+            out.extend_from_slice(b"Content-Length: ");
+            put_u64(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         ClientFraming::Close => {}
     }
     if !via.is_empty() {
-        let _ = write!(out, "Via: 1.1 {via}\r\n");
+        out.extend_from_slice(b"Via: 1.1 ");
+        out.extend_from_slice(via.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     if !keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -229,7 +251,9 @@ pub fn write_response_head(
 
 /// Writes an interim (1xx) response for an HTTP/1.1 client.
 pub fn write_interim(out: &mut Vec<u8>, resp: &ResponseHead) {
-    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    put_u64(out, u64::from(resp.status));
+    out.push(b' ');
     out.extend_from_slice(resp.reason());
     out.extend_from_slice(b"\r\n");
     for h in &resp.headers {
@@ -269,7 +293,7 @@ mod tests {
             &head,
             &fr.conn,
             &Forwarding {
-                client: "10.1.2.3:5555".parse().unwrap(),
+                client_ip: b"10.1.2.3",
                 listener_port: 8080,
                 trusted,
                 target: head.target(),

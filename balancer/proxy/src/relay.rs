@@ -75,6 +75,22 @@ async fn send<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Writes all of `data`, trying a non-blocking write first: on the fast path (a small head
+/// into an empty socket buffer) no timer is armed at all.
+pub async fn write_all_timed(
+    dst: &mut tokio::net::tcp::WriteHalf<'_>,
+    data: &[u8],
+    idle: Duration,
+) -> Result<(), RelayError> {
+    let rest = match dst.try_write(data) {
+        Ok(n) if n == data.len() => return Ok(()),
+        Ok(n) => &data[n..],
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => data,
+        Err(e) => return Err(RelayError::DstWrite(e)),
+    };
+    send(dst, rest, idle).await
+}
+
 /// Fields that must not be taken from a trailer section (RFC 9110 §6.5.1): framing, routing,
 /// and hop-by-hop fields.
 fn forbidden_trailer(name: &[u8]) -> bool {
@@ -189,6 +205,21 @@ where
     Ok(total)
 }
 
+fn put_hex(out: &mut Vec<u8>, mut n: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 async fn write_data<W: AsyncWrite + Unpin>(
     dst: &mut W,
     data: &[u8],
@@ -202,9 +233,9 @@ async fn write_data<W: AsyncWrite + Unpin>(
     match out {
         OutCoding::Identity => send(dst, data, idle).await,
         OutCoding::Chunked => {
-            use std::io::Write;
             scratch.clear();
-            let _ = write!(scratch, "{:x}\r\n", data.len());
+            put_hex(scratch, data.len());
+            scratch.extend_from_slice(b"\r\n");
             scratch.extend_from_slice(data);
             scratch.extend_from_slice(b"\r\n");
             send(dst, scratch, idle).await

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at};
 
 use pier_routes::{Action, App, RequestHost};
 
@@ -27,6 +27,8 @@ use crate::util::{is_sane_request_id, new_request_id, now_ms};
 
 /// How long an idle keep-alive connection is still read from once shutdown begins.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
+/// How often an idle keep-alive connection checks whether the balancer is draining.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// A client connection and its reusable buffers.
 pub struct Client {
@@ -38,6 +40,8 @@ pub struct Client {
     /// Chunk framing while relaying bodies.
     pub scratch: Vec<u8>,
     pub peer: SocketAddr,
+    /// `peer`'s address as written in `X-Forwarded-For`.
+    pub peer_ip: Vec<u8>,
     pub listener: Listener,
 }
 
@@ -81,6 +85,7 @@ pub async fn serve_connection(
         out: Vec::with_capacity(4 * 1024),
         scratch: Vec::new(),
         peer,
+        peer_ip: crate::headers::client_ip_text(peer),
         listener,
     };
     let mut first = true;
@@ -120,9 +125,9 @@ async fn read_head(
 ) -> Result<Option<RequestHead>, ProxyError> {
     let cfg = &w.shared.config;
     let limits = limits(w);
+    let entered = Instant::now();
     let mut started: Option<Instant> = None;
     let mut drain_deadline: Option<Instant> = None;
-    let mut shutdown = w.shared.shutdown_rx.clone();
     loop {
         if !client.buf.is_empty() {
             match parse_request(&client.buf, &limits) {
@@ -134,30 +139,39 @@ async fn read_head(
             }
             started.get_or_insert_with(Instant::now);
         }
-        let mut wait = match started {
-            Some(t) => cfg.timeouts.client_header.saturating_sub(t.elapsed()),
-            None if first => cfg.timeouts.client_header,
-            None => cfg.timeouts.client_keepalive,
+        let idle = started.is_none();
+        let limit = match started {
+            Some(t) => t + cfg.timeouts.client_header,
+            None if first => entered + cfg.timeouts.client_header,
+            None => entered + cfg.timeouts.client_keepalive,
         };
+        let draining = w.shared.is_shutting_down();
+        let mut until = limit;
+        if idle {
+            let now = Instant::now();
+            until = if draining {
+                // A request may already be on its way on this idle connection: closing at
+                // once would lose it. Wait a moment; if one comes it is served with
+                // Connection: close.
+                until.min(*drain_deadline.get_or_insert(now + DRAIN_GRACE))
+            } else {
+                // Idle connections wake up now and then to notice a shutdown; this costs a
+                // timer per second of idleness instead of a shutdown watcher per request.
+                until.min(now + IDLE_CHECK)
+            };
+        }
         if client.buf.capacity() - client.buf.len() < 1024 {
             client.buf.reserve(8 * 1024);
         }
-        let idle = started.is_none();
-        let draining = w.shared.is_shutting_down();
-        if idle && draining {
-            // A request may already be on its way on this idle connection: closing at once
-            // would lose it. Wait a moment; if one comes it is served with Connection: close.
-            let until = *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_GRACE);
-            wait = wait.min(until.saturating_duration_since(Instant::now()));
-        }
-        tokio::select! {
-            r = timeout(wait, client.stream.read_buf(&mut client.buf)) => match r {
-                Err(_) if idle => return Ok(None),
-                Err(_) => return Err(ProxyError::HeaderTimeout),
-                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
-                Ok(Ok(_)) => {}
-            },
-            _ = shutdown.wait_for(|down| *down), if idle && !draining => {}
+        match timeout_at(until.into(), client.stream.read_buf(&mut client.buf)).await {
+            Err(_) if !idle => return Err(ProxyError::HeaderTimeout),
+            Err(_) => {
+                if draining || Instant::now() >= limit {
+                    return Ok(None);
+                }
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+            Ok(Ok(_)) => {}
         }
     }
 }
@@ -297,7 +311,7 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
     let outcome = match &app.settings.action {
         Action::Proxy => {
             req.max_body = app.settings.max_body.unwrap_or(cfg.limits.max_body);
-            if !app.has_live_backend(now_ms()) {
+            if !app.has_live_backend(req.start_ms) {
                 let err = ProxyError::NoBackend;
                 let ka = keep_alive && in_sync;
                 let ok = answer_error(w, client, err, &req.request_id, head_request, ka).await;

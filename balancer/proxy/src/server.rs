@@ -32,6 +32,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub shutdown_tx: watch::Sender<bool>,
     pub shutdown_rx: watch::Receiver<bool>,
+    /// Mirrors the watch channel for the request path: one relaxed load, no lock.
+    shutting_down: std::sync::atomic::AtomicBool,
     /// Client connections open now (drained to zero on shutdown).
     pub open: AtomicUsize,
     pub conn_limit: Arc<Semaphore>,
@@ -49,17 +51,19 @@ impl Shared {
             metrics,
             shutdown_tx,
             shutdown_rx,
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
             open: AtomicUsize::new(0),
             conn_limit: Arc::new(Semaphore::new(limit)),
         })
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown_rx.borrow()
+        self.shutting_down.load(Ordering::Relaxed)
     }
 
     /// Stops accepting and asks idle connections to close.
     pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
         let _ = self.shutdown_tx.send(true);
     }
 
