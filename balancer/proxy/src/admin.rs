@@ -137,11 +137,11 @@ pub fn routes_json(table: &RouteTable) -> serde_json::Value {
                 "policy": s.policy.name(),
                 "max_body": s.max_body,
                 "backends": app.backends.iter().map(|b| json!({
-                    "id": &*b.id,
+                    "id": b.id(),
                     "address": b.addr.to_string(),
                     "outstanding": b.state.outstanding(),
                     "ejected": b.state.is_ejected(now),
-                    "expires_at_ms": b.expires_at_ms,
+                    "expires_at_ms": (b.expires_at_ms != 0).then_some(b.expires_at_ms),
                 })).collect::<Vec<_>>(),
             })
         })

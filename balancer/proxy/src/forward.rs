@@ -139,7 +139,7 @@ pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<A
                 }
             },
         };
-        let _outstanding = backend.state.begin();
+        let _outstanding = app.begin(idx);
         let reused = conn.reused;
         match exchange(w, client, req, &mut conn, &timeouts).await {
             Ok(done) => {

@@ -157,13 +157,17 @@ impl Metrics {
         );
         text.push_str("# TYPE pier_app_responses_total counter\n");
         use std::fmt::Write;
+        // Apps that never answered have no counters yet and print nothing.
         for app in table.apps() {
+            let Some(counters) = app.counters_if_used() else {
+                continue;
+            };
             for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
                 let _ = writeln!(
                     text,
                     "pier_app_responses_total{{app=\"{}\",class=\"{class}\"}} {}",
                     app.name,
-                    app.counters.get(i)
+                    counters.get(i)
                 );
             }
         }

@@ -399,7 +399,7 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
             local_outcome(503, None, ka && ok)
         }
     };
-    app.counters.record(outcome.status);
+    app.counters().record(outcome.status);
     finish(w, client, &req, Some(&app), &outcome);
     outcome.keep_alive && outcome.aborted.is_none()
 }

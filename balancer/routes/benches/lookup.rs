@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use pier_routes::{AppSettings, AppSpec, BackendSpec, DomainPattern, RequestHost, RouteSpec, RouteTable};
+use pier_routes::{
+    AppSettings, AppSpec, BackendSpec, DomainPattern, RequestHost, RouteSpec, RouteTable,
+};
 
 /// `n` hostnames spread over `n / 10` apps: half exact names `h<i>.bench.test`, half wildcards
 /// `*.w<i>.bench.test`.
@@ -31,9 +33,9 @@ pub fn spec(n: usize) -> RouteSpec {
                     })
                     .collect(),
                 backends: vec![BackendSpec {
-                    id: "b".into(),
+                    id: Some("b".into()),
                     addr: "127.0.0.1:9000".parse().expect("literal address"),
-                    expires_at_ms: None,
+                    expires_at_ms: 0,
                 }],
                 settings: Arc::clone(&settings),
             })
@@ -47,9 +49,16 @@ fn lookups(c: &mut Criterion) {
     for n in [1_000usize, 100_000, 1_000_000] {
         let table = RouteTable::build(&spec(n), None).expect("valid spec");
         // Hosts spread over the whole table, so caches see a realistic mix.
-        let exact: Vec<String> = (0..1024).map(|k| format!("h{}.bench.test", (k * 7919 * 2) % n / 2 * 2)).collect();
+        let exact: Vec<String> = (0..1024)
+            .map(|k| format!("h{}.bench.test", (k * 7919 * 2) % n / 2 * 2))
+            .collect();
         let wild: Vec<String> = (0..1024)
-            .map(|k| format!("app.x.w{}.bench.test", ((k * 7919 * 2) % n / 2 * 2 + 1).min(n - 1)))
+            .map(|k| {
+                format!(
+                    "app.x.w{}.bench.test",
+                    ((k * 7919 * 2) % n / 2 * 2 + 1).min(n - 1)
+                )
+            })
             .collect();
         let mut i = 0;
         g.bench_with_input(BenchmarkId::new("exact", n), &n, |b, _| {

@@ -46,9 +46,9 @@ fn main() {
                     })
                     .collect(),
                 backends: vec![BackendSpec {
-                    id: "b".into(),
+                    id: Some("b".into()),
                     addr: "127.0.0.1:9000".parse().expect("literal address"),
-                    expires_at_ms: None,
+                    expires_at_ms: 0,
                 }],
                 settings: Arc::clone(&settings),
             })

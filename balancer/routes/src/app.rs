@@ -6,8 +6,8 @@
 //! forgets that a backend is ejected.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -78,18 +78,35 @@ pub struct AppSettings {
 }
 
 /// One backend instance of an app.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Backend {
-    /// Stable identity (an instance id, or the address when none was given): state such as
-    /// ejection follows the id, so a recycled port never inherits another instance's state.
-    pub id: Box<str>,
+    /// Stable identity (an instance id); `None` means the address is the identity. State such
+    /// as ejection follows the id, so a recycled port never inherits another instance's state.
+    pub id: Option<Box<str>>,
     pub addr: SocketAddr,
-    /// Liveness deadline in milliseconds since the Unix epoch; past it the backend is skipped.
-    pub expires_at_ms: Option<u64>,
-    pub state: Arc<BackendState>,
+    /// Liveness deadline in milliseconds since the Unix epoch (0 = none); past it the backend
+    /// is skipped.
+    pub expires_at_ms: u64,
+    pub state: BackendState,
 }
 
-/// Per-backend state shared by every snapshot that holds the backend.
+impl Backend {
+    /// The backend's identity as text.
+    pub fn id(&self) -> std::borrow::Cow<'_, str> {
+        match &self.id {
+            Some(id) => std::borrow::Cow::Borrowed(id),
+            None => std::borrow::Cow::Owned(self.addr.to_string()),
+        }
+    }
+
+    /// Whether the backend is within its liveness deadline at `now_ms`.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.expires_at_ms == 0 || self.expires_at_ms > now_ms
+    }
+}
+
+/// Per-backend balancing state. Kept inline in the backend; a rebuilt table copies the
+/// failure count and ejection over (in-flight counts start afresh: they only steer choices).
 #[derive(Debug, Default)]
 pub struct BackendState {
     outstanding: AtomicU32,
@@ -100,12 +117,6 @@ pub struct BackendState {
 impl BackendState {
     pub fn outstanding(&self) -> u32 {
         self.outstanding.load(Ordering::Relaxed)
-    }
-
-    /// Counts a request as outstanding until the guard drops.
-    pub fn begin(self: &Arc<Self>) -> OutstandingGuard {
-        self.outstanding.fetch_add(1, Ordering::Relaxed);
-        OutstandingGuard(Arc::clone(self))
     }
 
     pub fn is_ejected(&self, now_ms: u64) -> bool {
@@ -130,15 +141,29 @@ impl BackendState {
         }
         false
     }
+
+    /// A copy of the failure count and ejection (for a rebuilt table).
+    pub fn carried_over(&self) -> BackendState {
+        BackendState {
+            outstanding: AtomicU32::new(0),
+            failures: AtomicU32::new(self.failures.load(Ordering::Relaxed)),
+            ejected_until_ms: AtomicU64::new(self.ejected_until_ms.load(Ordering::Relaxed)),
+        }
+    }
 }
 
-/// Decrements a backend's outstanding count when dropped.
+/// Counts one request as outstanding on a backend until dropped.
 #[derive(Debug)]
-pub struct OutstandingGuard(Arc<BackendState>);
+pub struct OutstandingGuard {
+    app: Arc<App>,
+    idx: usize,
+}
 
 impl Drop for OutstandingGuard {
     fn drop(&mut self) {
-        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+        if let Some(b) = self.app.backends.get(self.idx) {
+            b.state.outstanding.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -164,11 +189,14 @@ impl AppCounters {
 /// An app as the balancer sees it.
 #[derive(Debug)]
 pub struct App {
-    pub name: Box<str>,
+    /// Inline up to 24 bytes: most app names cost no allocation of their own.
+    pub name: compact_str::CompactString,
     pub settings: Arc<AppSettings>,
     pub backends: Box<[Backend]>,
-    pub counters: Arc<AppCounters>,
-    rr: AtomicUsize,
+    /// Created on the first response, shared with later snapshots of the same app, so idle
+    /// apps cost nothing here and a reload does not reset counts.
+    counters: OnceLock<Arc<AppCounters>>,
+    rr: AtomicU32,
 }
 
 /// Most backends an app may have for the exclusion list of [`App::pick`] to stay on the stack.
@@ -176,17 +204,42 @@ pub const MAX_TRIED: usize = 8;
 
 impl App {
     pub fn new(
-        name: Box<str>,
+        name: &str,
         settings: Arc<AppSettings>,
         backends: Box<[Backend]>,
-        counters: Arc<AppCounters>,
+        counters: Option<Arc<AppCounters>>,
     ) -> Self {
+        let cell = OnceLock::new();
+        if let Some(c) = counters {
+            let _ = cell.set(c);
+        }
         App {
-            name,
+            name: name.into(),
             settings,
             backends,
-            counters,
-            rr: AtomicUsize::new(0),
+            counters: cell,
+            rr: AtomicU32::new(0),
+        }
+    }
+
+    /// This app's response counters (created on first use).
+    pub fn counters(&self) -> &Arc<AppCounters> {
+        self.counters.get_or_init(Arc::default)
+    }
+
+    /// The counters if any response was counted yet.
+    pub fn counters_if_used(&self) -> Option<&Arc<AppCounters>> {
+        self.counters.get()
+    }
+
+    /// Counts a request as outstanding on backend `idx` until the guard drops.
+    pub fn begin(self: &Arc<Self>, idx: usize) -> OutstandingGuard {
+        if let Some(b) = self.backends.get(idx) {
+            b.state.outstanding.fetch_add(1, Ordering::Relaxed);
+        }
+        OutstandingGuard {
+            app: Arc::clone(self),
+            idx,
         }
     }
 
@@ -200,12 +253,12 @@ impl App {
         }
         let live = |i: usize| {
             let b = &self.backends[i];
-            !tried.contains(&i) && b.expires_at_ms.is_none_or(|t| t > now_ms)
+            !tried.contains(&i) && b.is_live(now_ms)
         };
         let healthy = |i: usize| live(i) && !self.backends[i].state.is_ejected(now_ms);
         match self.settings.policy {
             Policy::RoundRobin => {
-                let start = self.rr.fetch_add(1, Ordering::Relaxed);
+                let start = self.rr.fetch_add(1, Ordering::Relaxed) as usize;
                 (0..n)
                     .map(|k| (start + k) % n)
                     .find(|&i| healthy(i))
@@ -254,9 +307,7 @@ impl App {
 
     /// True when at least one backend is within its liveness deadline.
     pub fn has_live_backend(&self, now_ms: u64) -> bool {
-        self.backends
-            .iter()
-            .any(|b| b.expires_at_ms.is_none_or(|t| t > now_ms))
+        self.backends.iter().any(|b| b.is_live(now_ms))
     }
 }
 
@@ -288,20 +339,20 @@ mod tests {
     fn app(policy: Policy, n: usize) -> App {
         let backends = (0..n)
             .map(|i| Backend {
-                id: format!("b{i}").into(),
+                id: Some(format!("b{i}").into()),
                 addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
-                expires_at_ms: None,
-                state: Arc::default(),
+                expires_at_ms: 0,
+                state: BackendState::default(),
             })
             .collect();
         App::new(
-            "a".into(),
+            "a",
             Arc::new(AppSettings {
                 policy,
                 ..AppSettings::default()
             }),
             backends,
-            Arc::default(),
+            None,
         )
     }
 
@@ -340,19 +391,20 @@ mod tests {
     #[test]
     fn expired_backends_are_never_picked() {
         let mut a = app(Policy::LeastOutstanding, 2);
-        a.backends[0].expires_at_ms = Some(100);
+        a.backends[0].expires_at_ms = 100;
         for _ in 0..50 {
             assert_eq!(a.pick(200, &[]), Some(1));
         }
-        a.backends[1].expires_at_ms = Some(100);
+        a.backends[1].expires_at_ms = 100;
         assert_eq!(a.pick(200, &[]), None);
         assert!(!a.has_live_backend(200));
     }
 
     #[test]
     fn least_outstanding_prefers_idle_backend() {
-        let a = app(Policy::LeastOutstanding, 2);
-        let _busy: Vec<_> = (0..5).map(|_| a.backends[0].state.begin()).collect();
+        let a = Arc::new(app(Policy::LeastOutstanding, 2));
+        let _busy: Vec<_> = (0..5).map(|_| a.begin(0)).collect();
+        assert_eq!(a.backends[0].state.outstanding(), 5);
         let picks: Vec<_> = (0..100).map(|_| a.pick(0, &[]).unwrap()).collect();
         let ones = picks.iter().filter(|&&p| p == 1).count();
         // With two backends both are always drawn, and the idle one wins.

@@ -252,17 +252,21 @@ impl AppFile {
             };
             match address.parse::<SocketAddr>() {
                 Ok(addr) if addr.port() != 0 => {
-                    let id: Box<str> = id.unwrap_or(address).into();
-                    if backends.iter().any(|o| o.id == id) {
+                    let same = |o: &BackendSpec| match (&o.id, id) {
+                        (Some(a), Some(b)) => &**a == b,
+                        (None, None) => o.addr == addr,
+                        _ => false,
+                    };
+                    if backends.iter().any(same) {
                         err(
                             format!("{key}.backends[{j}]"),
-                            format!("backend id {id:?} is used twice"),
+                            format!("backend {} is listed twice", id.unwrap_or(address)),
                         );
                     }
                     backends.push(BackendSpec {
-                        id,
+                        id: id.map(Into::into),
                         addr,
-                        expires_at_ms: None,
+                        expires_at_ms: 0,
                     });
                 }
                 _ => err(

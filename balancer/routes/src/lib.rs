@@ -21,7 +21,10 @@ pub mod spec;
 pub mod table;
 pub mod units;
 
-pub use app::{Action, App, AppCounters, AppSettings, Backend, BackendState, Policy, Timeouts};
+pub use app::{
+    Action, App, AppCounters, AppSettings, Backend, BackendState, OutstandingGuard, Policy,
+    Timeouts,
+};
 pub use host::{DomainPattern, HostError, RequestHost};
 pub use spec::{AppSpec, BackendSpec, RouteSpec};
 pub use table::{BuildError, MatchKind, RouteMatch, RouteTable};

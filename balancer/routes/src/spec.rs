@@ -27,7 +27,9 @@ pub struct AppSpec {
 /// One backend of an app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendSpec {
-    pub id: Box<str>,
+    /// Instance id; `None` when the address is the identity.
+    pub id: Option<Box<str>>,
     pub addr: SocketAddr,
-    pub expires_at_ms: Option<u64>,
+    /// Liveness deadline, milliseconds since the Unix epoch; 0 = none.
+    pub expires_at_ms: u64,
 }

@@ -12,13 +12,13 @@
 //! whatever the size of the table. Domains live in a fixed number of shards behind `Arc`s, so an
 //! edit of a cloned table copies only the shards it touches, not the whole table.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use hashbrown::HashTable;
 
-use crate::app::{App, AppCounters, Backend, BackendState};
+use crate::app::{App, Backend};
 use crate::host::DomainPattern;
 use crate::spec::{AppSpec, RouteSpec};
 
@@ -53,7 +53,8 @@ pub enum BuildError {
 
 #[derive(Clone)]
 struct DomainEntry {
-    name: Arc<str>,
+    /// Inline up to 24 bytes: most hostnames cost no allocation of their own.
+    name: CompactString,
     exact: Option<Arc<App>>,
     wildcard: Option<Arc<App>>,
 }
@@ -61,19 +62,21 @@ struct DomainEntry {
 /// A hash map split into shards that are shared between snapshots until written.
 #[derive(Clone)]
 struct Sharded<E> {
-    shift: u32,
     shards: Box<[Arc<HashTable<E>>]>,
 }
 
+/// Entries per shard at build time: 7/8 of 1024 buckets (896) is hashbrown's growth point; 800
+/// keeps shards dense while leaving room for the spread of a random split (a shard that passes
+/// 896 doubles, measured: 880 per shard cost more memory than 800).
+const PER_SHARD: usize = 800;
+
 impl<E: Clone> Sharded<E> {
     fn with_capacity(n: usize) -> Self {
-        // About a thousand entries per shard keeps a copy-on-write edit in the tens of
-        // microseconds at a million entries; small tables get a single shard.
-        let shards = (n / 1024).clamp(1, 4096).next_power_of_two();
-        let bits = shards.trailing_zeros();
-        let per = n / shards + 1;
+        // Shards keep a copy-on-write edit in the tens of microseconds at a million entries;
+        // small tables get a single shard.
+        let shards = n.div_ceil(PER_SHARD).clamp(1, 1 << 16);
+        let per = n.div_ceil(shards);
         Sharded {
-            shift: 64 - bits,
             shards: (0..shards)
                 .map(|_| Arc::new(HashTable::with_capacity(per)))
                 .collect(),
@@ -81,11 +84,10 @@ impl<E: Clone> Sharded<E> {
     }
 
     fn shard_of(&self, hash: u64) -> usize {
-        if self.shards.len() == 1 {
-            0
-        } else {
-            (hash >> self.shift) as usize
-        }
+        // Bits 20..52 pick the shard (multiply-shift, so any shard count works); hashbrown uses
+        // the low bits for the bucket and the top seven for its tag, which stay independent.
+        let mid = u64::from((hash >> 20) as u32);
+        ((mid * self.shards.len() as u64) >> 32) as usize
     }
 
     fn find(&self, hash: u64, eq: impl FnMut(&E) -> bool) -> Option<&E> {
@@ -189,7 +191,11 @@ impl RouteTable {
         let hash = self.hash(&app.name);
         let hasher = self.hasher;
         let shard = self.apps.shard_mut(hash);
-        match shard.entry(hash, |a| a.name == app.name, |a| hasher.hash_one(&*a.name)) {
+        match shard.entry(
+            hash,
+            |a| a.name == app.name,
+            |a| hasher.hash_one(a.name.as_str()),
+        ) {
             hashbrown::hash_table::Entry::Occupied(_) => {
                 Err(BuildError::DuplicateApp(app.name.to_string()))
             }
@@ -223,9 +229,13 @@ impl RouteTable {
         let hasher = self.hasher;
         let shard = self.domains.shard_mut(hash);
         let entry = shard
-            .entry(hash, |e| e.name == *name, |e| hasher.hash_one(&*e.name))
+            .entry(
+                hash,
+                |e| e.name == **name,
+                |e| hasher.hash_one(e.name.as_str()),
+            )
             .or_insert_with(|| DomainEntry {
-                name: Arc::clone(name),
+                name: CompactString::from(&**name),
                 exact: None,
                 wildcard: None,
             });
@@ -246,7 +256,7 @@ impl RouteTable {
     pub fn lookup(&self, host: &str) -> Option<RouteMatch<'_>> {
         let probe = |key: &str| {
             let hash = self.hash(key);
-            self.domains.find(hash, |e| &*e.name == key)
+            self.domains.find(hash, |e| e.name == key)
         };
         if let Some(app) = probe(host).and_then(|e| e.exact.as_ref()) {
             return Some(RouteMatch {
@@ -303,11 +313,11 @@ impl RouteTable {
             let exact = e
                 .exact
                 .as_ref()
-                .map(|a| (DomainPattern::Exact(Arc::clone(&e.name)), a));
+                .map(|a| (DomainPattern::Exact(Arc::from(e.name.as_str())), a));
             let wild = e
                 .wildcard
                 .as_ref()
-                .map(|a| (DomainPattern::Wildcard(Arc::clone(&e.name)), a));
+                .map(|a| (DomainPattern::Wildcard(Arc::from(e.name.as_str())), a));
             exact.into_iter().chain(wild)
         });
         named.chain(self.catch_all.iter().map(|a| (DomainPattern::CatchAll, a)))
@@ -344,29 +354,28 @@ impl RouteTable {
 
 fn build_app(spec: &AppSpec, previous: Option<&RouteTable>) -> App {
     let old = previous.and_then(|p| p.app(&spec.name));
-    let old_state: HashMap<&str, &Arc<BackendState>> = old
-        .map(|a| a.backends.iter().map(|b| (&*b.id, &b.state)).collect())
-        .unwrap_or_default();
     let backends = spec
         .backends
         .iter()
-        .map(|b| Backend {
-            id: b.id.clone(),
-            addr: b.addr,
-            expires_at_ms: b.expires_at_ms,
-            state: old_state
-                .get(&*b.id)
-                .map(|s| Arc::clone(s))
-                .unwrap_or_default(),
+        .map(|b| {
+            // Apps have a handful of backends: a scan beats building a map.
+            let prior = old.and_then(|o| {
+                o.backends.iter().find(|ob| match (&ob.id, &b.id) {
+                    (Some(x), Some(y)) => x == y,
+                    (None, None) => ob.addr == b.addr,
+                    _ => false,
+                })
+            });
+            Backend {
+                id: b.id.clone(),
+                addr: b.addr,
+                expires_at_ms: b.expires_at_ms,
+                state: prior.map(|p| p.state.carried_over()).unwrap_or_default(),
+            }
         })
         .collect();
-    let counters: Arc<AppCounters> = old.map(|a| Arc::clone(&a.counters)).unwrap_or_default();
-    App::new(
-        spec.name.clone(),
-        Arc::clone(&spec.settings),
-        backends,
-        counters,
-    )
+    let counters = old.and_then(|a| a.counters_if_used().cloned());
+    App::new(&spec.name, Arc::clone(&spec.settings), backends, counters)
 }
 
 #[cfg(test)]
@@ -387,9 +396,9 @@ mod tests {
                         .map(|d| DomainPattern::parse(d).unwrap())
                         .collect(),
                     backends: vec![BackendSpec {
-                        id: "b".into(),
+                        id: Some("b".into()),
                         addr: "127.0.0.1:1".parse().unwrap(),
-                        expires_at_ms: None,
+                        expires_at_ms: 0,
                     }],
                     settings: Arc::new(AppSettings::default()),
                 })
@@ -464,13 +473,15 @@ mod tests {
     fn state_carries_over_between_builds() {
         let s = spec(&[("a", &["x.test"])]);
         let t1 = RouteTable::build(&s, None).unwrap();
-        t1.app("a").unwrap().counters.record(200);
+        t1.app("a").unwrap().counters().record(200);
+        t1.app("a").unwrap().backends[0].state.record_failure(
+            0,
+            1,
+            std::time::Duration::from_secs(60),
+        );
         let t2 = RouteTable::build(&s, Some(&t1)).unwrap();
-        assert_eq!(t2.app("a").unwrap().counters.get(1), 1);
-        assert!(Arc::ptr_eq(
-            &t1.app("a").unwrap().backends[0].state,
-            &t2.app("a").unwrap().backends[0].state
-        ));
+        assert_eq!(t2.app("a").unwrap().counters().get(1), 1);
+        assert!(t2.app("a").unwrap().backends[0].state.is_ejected(1000));
         assert_eq!(t2.version(), t1.version() + 1);
     }
 

@@ -15,7 +15,9 @@ fn model(spec: &RouteSpec, host: &str) -> Option<String> {
             let rank = match d {
                 DomainPattern::Exact(n) if &**n == host => Some(0),
                 // A longer suffix is more specific: rank by how many bytes are left before it.
-                DomainPattern::Wildcard(n) if host.ends_with(&format!(".{n}")) => Some(1 + host.len() - n.len()),
+                DomainPattern::Wildcard(n) if host.ends_with(&format!(".{n}")) => {
+                    Some(1 + host.len() - n.len())
+                }
                 DomainPattern::CatchAll => Some(usize::MAX),
                 _ => None,
             };
@@ -71,9 +73,9 @@ fn spec_strategy() -> impl Strategy<Value = RouteSpec> {
                         .filter(|p| claimed.insert(p.clone()))
                         .collect(),
                     backends: vec![BackendSpec {
-                        id: "b".into(),
+                        id: Some("b".into()),
                         addr: "127.0.0.1:1".parse().unwrap(),
-                        expires_at_ms: None,
+                        expires_at_ms: 0,
                     }],
                     settings: Arc::new(AppSettings::default()),
                 })
