@@ -360,7 +360,10 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
             };
             let ka = keep_alive && in_sync;
             let ok = send_local(client, &resp, ka, req.head.version, head_request).await;
-            local_outcome(*status, None, ka && ok)
+            Forwarded {
+                bytes_out: if head_request { 0 } else { body.len() as u64 },
+                ..local_outcome(*status, None, ka && ok)
+            }
         }
         Action::Static {
             status,
@@ -378,7 +381,10 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
             };
             let ka = keep_alive && in_sync;
             let ok = send_local(client, &resp, ka, req.head.version, head_request).await;
-            local_outcome(*status, None, ka && ok)
+            Forwarded {
+                bytes_out: if head_request { 0 } else { body.len() as u64 },
+                ..local_outcome(*status, None, ka && ok)
+            }
         }
         Action::Maintenance {
             body,
@@ -396,7 +402,10 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
             };
             let ka = keep_alive && in_sync;
             let ok = send_local(client, &resp, ka, req.head.version, head_request).await;
-            local_outcome(503, None, ka && ok)
+            Forwarded {
+                bytes_out: if head_request { 0 } else { body.len() as u64 },
+                ..local_outcome(503, None, ka && ok)
+            }
         }
     };
     app.counters().record(outcome.status);
