@@ -62,6 +62,13 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
         None => (400, "text/plain", "bad request\n".to_string()),
         Some((m, _)) if m != b"GET" && m != b"HEAD" => (405, "text/plain", "GET only\n".into()),
         Some((_, b"/metrics")) => {
+            let contact = shared
+                .registry_contact_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if contact > 0 {
+                let age = now_ms().saturating_sub(contact) as f64 / 1000.0;
+                shared.metrics.registry_contact_age.set(age);
+            }
             let table = shared.routes.load();
             (
                 200,

@@ -38,6 +38,7 @@ pub struct ConfigFile {
     pub upstream: Option<UpstreamFile>,
     pub limits: Option<LimitsFile>,
     pub headers: Option<HeadersFile>,
+    pub spin: Option<SpinFile>,
     pub log: Option<LogFile>,
 }
 
@@ -75,6 +76,21 @@ pub struct RoutesFileRef {
     pub file: Option<String>,
     pub watch: Option<bool>,
     pub watch_interval: Option<String>,
+    pub redis: Option<String>,
+    pub prefix: Option<String>,
+    pub resync_interval: Option<String>,
+    pub max_drop: Option<f64>,
+    pub allow_mass_drop: Option<bool>,
+    pub snapshot_file: Option<String>,
+    #[serde(default)]
+    pub app_domains: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SpinFile {
+    pub timeout: Option<String>,
+    pub max_held: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -199,8 +215,30 @@ pub struct LogSettings {
     pub access: bool,
 }
 
+/// Where routes come from when they come from the registry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistrySettings {
+    pub url: String,
+    pub prefix: String,
+    /// A full resync this often, whatever the feed says.
+    pub resync_interval: Duration,
+    /// A resync that would remove more than this share of all domains is held.
+    pub max_drop: f64,
+    pub allow_mass_drop: bool,
+    /// Where the last full snapshot is kept, to serve from at start-up before Redis answers.
+    pub snapshot_file: Option<PathBuf>,
+    pub app_domains: Vec<Box<str>>,
+}
+
+/// Holding requests of apps that have no live backend yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpinSettings {
+    pub timeout: Duration,
+    pub max_held: usize,
+}
+
 /// The validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file this was read from.
     pub path: PathBuf,
@@ -210,6 +248,9 @@ pub struct Config {
     pub routes_file: Option<PathBuf>,
     pub routes_watch: bool,
     pub routes_watch_interval: Duration,
+    /// Set when routes come from the Redis registry instead of a file.
+    pub registry: Option<RegistrySettings>,
+    pub spin: SpinSettings,
     pub workers: usize,
     pub mode: RuntimeMode,
     pub max_connections: usize,
@@ -343,9 +384,66 @@ impl ConfigFile {
 
         let routes = self.routes.as_ref();
         let routes_file = routes.and_then(|r| r.file.as_deref()).map(|f| base.join(f));
-        if routes_file.is_none() {
-            c.err("routes.file", "a routes file is needed");
+        let redis = routes.and_then(|r| r.redis.clone());
+        match (&routes_file, &redis) {
+            (None, None) => c.err("routes", "set routes.file or routes.redis"),
+            (Some(_), Some(_)) => c.err("routes", "set routes.file or routes.redis, not both"),
+            _ => {}
         }
+        let registry = match (redis, routes) {
+            (Some(url), Some(r)) => {
+                if !(url.starts_with("redis://")
+                    || url.starts_with("rediss://")
+                    || url.starts_with("unix://"))
+                {
+                    c.err("routes.redis", format!("{url:?} is not a redis:// URL"));
+                }
+                let max_drop = r.max_drop.unwrap_or(0.5);
+                if !(0.0..=1.0).contains(&max_drop) {
+                    c.err("routes.max_drop", "must be between 0 and 1");
+                }
+                let mut app_domains = Vec::new();
+                for (i, d) in r.app_domains.iter().enumerate() {
+                    match pier_routes::host::normalise_name(d) {
+                        Ok(n) => app_domains.push(n),
+                        Err(e) => c.err(&format!("routes.app_domains[{i}]"), e.to_string()),
+                    }
+                }
+                Some(RegistrySettings {
+                    url,
+                    prefix: r.prefix.clone().unwrap_or_else(|| "pier:".into()),
+                    resync_interval: c.duration(
+                        "routes.resync_interval",
+                        &r.resync_interval,
+                        Duration::from_secs(300),
+                    ),
+                    max_drop,
+                    allow_mass_drop: r.allow_mass_drop.unwrap_or(false),
+                    snapshot_file: match r.snapshot_file.as_deref() {
+                        Some("") => None,
+                        Some(f) => Some(base.join(f)),
+                        None => Some(base.join("pier-routes.snapshot.json")),
+                    },
+                    app_domains,
+                })
+            }
+            _ => None,
+        };
+        if registry.is_none() && routes.is_some_and(|r| !r.app_domains.is_empty()) {
+            c.err(
+                "routes.app_domains",
+                "only for routes.redis (a routes file has its own app_domains)",
+            );
+        }
+        let sp = self.spin.as_ref();
+        let spin = SpinSettings {
+            timeout: c.duration(
+                "spin.timeout",
+                &sp.and_then(|s| s.timeout.clone()),
+                Duration::from_secs(30),
+            ),
+            max_held: sp.and_then(|s| s.max_held).unwrap_or(1000),
+        };
         let routes_watch = routes.and_then(|r| r.watch).unwrap_or(true);
         let routes_watch_interval = c.duration(
             "routes.watch_interval",
@@ -526,6 +624,8 @@ impl ConfigFile {
             routes_file,
             routes_watch,
             routes_watch_interval,
+            registry,
+            spin,
             workers,
             mode,
             max_connections,
@@ -574,7 +674,7 @@ mod tests {
             keys,
             vec![
                 "listen.http[0]",
-                "routes.file",
+                "routes",
                 "runtime.mode",
                 "timeouts.connect",
                 "limits.max_body"

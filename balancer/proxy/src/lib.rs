@@ -14,6 +14,7 @@
 //! 4. [`respond`] — respond: the one mapping from failure to status code and `X-Pier-Error`.
 //!
 //! Around it: [`config`] (the TOML pipeline), [`reload`] (routes file → table → `ArcSwap`),
+//! [`registry_sync`] (the Redis registry → table edits → `ArcSwap`),
 //! [`admin`] (`/metrics`, `/healthz`, `/routes`), [`metrics`], [`logging`], [`util`].
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod h1;
 pub mod headers;
 pub mod logging;
 pub mod metrics;
+pub mod registry_sync;
 pub mod relay;
 pub mod reload;
 pub mod respond;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use pier_balancer::config::Config;
 use pier_balancer::server::{start_workers, Shared};
-use pier_balancer::{admin, logging, reload};
+use pier_balancer::{admin, logging, registry_sync, reload};
 
 /// pier's hostname-routing HTTP reverse proxy.
 #[derive(Parser, Debug)]
@@ -45,19 +45,34 @@ fn main() -> ExitCode {
             eprintln!("{}: configuration is invalid", args.config.display());
             return ExitCode::FAILURE;
         }
+        // Routes from the registry: start empty (or from the local snapshot, loaded once
+        // logging is up) and fill from Redis.
         None => pier_routes::RouteTable::empty(),
     };
     if args.check {
-        println!(
-            "{}: configuration is valid: {} listener(s), {} app(s), {} domain(s)",
-            args.config.display(),
-            config.listeners.len(),
-            table.app_count(),
-            table.len()
-        );
+        match &config.registry {
+            Some(r) => println!(
+                "{}: configuration is valid: {} listener(s), routes from {} (prefix {:?})",
+                args.config.display(),
+                config.listeners.len(),
+                r.url,
+                r.prefix
+            ),
+            None => println!(
+                "{}: configuration is valid: {} listener(s), {} app(s), {} domain(s)",
+                args.config.display(),
+                config.listeners.len(),
+                table.app_count(),
+                table.len()
+            ),
+        }
         return ExitCode::SUCCESS;
     }
     let _log_guard = logging::init(&config.log);
+    let table = match config.registry.as_ref() {
+        Some(r) => registry_sync::load_snapshot_file(r).unwrap_or(table),
+        None => table,
+    };
     match run(config, table) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -103,11 +118,14 @@ fn run(config: Config, table: pier_routes::RouteTable) -> anyhow::Result<()> {
         if let Some(l) = admin_listener {
             tokio::spawn(admin::serve_admin(Arc::clone(&shared), l));
         }
-        if cfg.routes_watch {
+        if cfg.routes_watch && cfg.routes_file.is_some() {
             tokio::spawn(reload::watch_file(
                 Arc::clone(&shared),
                 cfg.routes_watch_interval,
             ));
+        }
+        if let Some(r) = cfg.registry.clone() {
+            tokio::spawn(registry_sync::run(Arc::clone(&shared), r));
         }
         loop {
             tokio::select! {

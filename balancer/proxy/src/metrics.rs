@@ -2,7 +2,7 @@
 //! response counters that live in the route table's apps and are rendered at scrape time.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 
@@ -27,6 +27,23 @@ pub struct Metrics {
     pub route_apps: IntGauge,
     pub route_version: IntGauge,
     pub reloads: IntCounterVec,
+    pub registry_connected: IntGauge,
+    pub registry_changes: IntCounter,
+    pub registry_bad_entries: IntCounter,
+    pub registry_resyncs: IntCounterVec,
+    pub registry_resyncs_held: IntCounter,
+    pub registry_held: IntGauge,
+    pub registry_lag: Gauge,
+    pub registry_contact_age: Gauge,
+    pub spin_held: IntGauge,
+    pub spin_released: IntCounter,
+    pub spin_timeouts: IntCounter,
+}
+
+fn fgauge(r: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help).expect("valid metric");
+    register(r, Box::new(g.clone()));
+    g
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -36,7 +53,7 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let g = IntGauge::new(name, help).expect("valid metric");
     register(r, Box::new(g.clone()));
     g
 }
@@ -93,7 +110,67 @@ impl Metrics {
         )
         .expect("valid metric");
         register(&r, Box::new(reloads.clone()));
+        let registry_resyncs = IntCounterVec::new(
+            Opts::new(
+                "pier_registry_resyncs_total",
+                "Full registry resyncs applied, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        register(&r, Box::new(registry_resyncs.clone()));
         Metrics {
+            registry_connected: gauge(
+                &r,
+                "pier_registry_connected",
+                "1 while connected to the registry",
+            ),
+            registry_changes: counter(
+                &r,
+                "pier_registry_changes_applied_total",
+                "Registry changes applied from the feed",
+            ),
+            registry_bad_entries: counter(
+                &r,
+                "pier_registry_bad_entries_total",
+                "Registry entries skipped as invalid",
+            ),
+            registry_resyncs,
+            registry_resyncs_held: counter(
+                &r,
+                "pier_registry_resyncs_held_total",
+                "Resyncs refused because they would drop too many routes",
+            ),
+            registry_held: gauge(
+                &r,
+                "pier_registry_resync_held",
+                "1 while a resync is being held",
+            ),
+            registry_lag: fgauge(
+                &r,
+                "pier_registry_sync_lag_seconds",
+                "Age of the last applied change when applied",
+            ),
+            registry_contact_age: fgauge(
+                &r,
+                "pier_registry_last_contact_seconds",
+                "Seconds since the registry last answered",
+            ),
+            spin_held: gauge(
+                &r,
+                "pier_spin_held_requests",
+                "Requests held waiting for a backend to register",
+            ),
+            spin_released: counter(
+                &r,
+                "pier_spin_released_total",
+                "Held requests released to a backend",
+            ),
+            spin_timeouts: counter(
+                &r,
+                "pier_spin_timeouts_total",
+                "Held requests answered 503 after the spin timeout",
+            ),
             responses,
             errors,
             duration,

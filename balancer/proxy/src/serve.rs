@@ -311,7 +311,13 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
     let outcome = match &app.settings.action {
         Action::Proxy => {
             req.max_body = app.settings.max_body.unwrap_or(cfg.limits.max_body);
-            if !app.has_live_backend(req.start_ms) {
+            let mut app = Arc::clone(&app);
+            if !app.has_live_backend(req.start_ms) && app.settings.spin {
+                if let Some(ready) = spin(w, &app.name).await {
+                    app = ready;
+                }
+            }
+            if !app.has_live_backend(now_ms()) {
                 let err = ProxyError::NoBackend;
                 let ka = keep_alive && in_sync;
                 let ok = answer_error(w, client, err, &req.request_id, head_request, ka).await;
@@ -411,6 +417,52 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
     app.counters().record(outcome.status);
     finish(w, client, &req, Some(&app), &outcome);
     outcome.keep_alive && outcome.aborted.is_none()
+}
+
+/// mantrid's `spin`: while an app boots it has no live backend; hold the request until one
+/// registers (any table swap may bring it) or the spin timeout passes. Bounded in count: past
+/// `max_held` held requests, the answer is an immediate 503.
+async fn spin(w: &Worker, app: &str) -> Option<Arc<App>> {
+    let shared = &w.shared;
+    let limit = shared.config.spin;
+    if shared
+        .spin_held
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        >= limit.max_held
+    {
+        shared
+            .spin_held
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        return None;
+    }
+    shared.metrics.spin_held.inc();
+    let deadline = tokio::time::Instant::now() + limit.timeout;
+    let found = loop {
+        // Register for the next swap before looking, so a swap in between is not missed.
+        let changed = shared.routes_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let current = shared.routes.load().app(app).cloned();
+        match current {
+            Some(a) if a.has_live_backend(now_ms()) => break Some(a),
+            Some(_) => {}
+            // The app is gone: stop waiting.
+            None => break None,
+        }
+        if timeout_at(deadline, changed).await.is_err() {
+            break None;
+        }
+    };
+    shared
+        .spin_held
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    shared.metrics.spin_held.dec();
+    if found.is_some() {
+        shared.metrics.spin_released.inc();
+    } else {
+        shared.metrics.spin_timeouts.inc();
+    }
+    found
 }
 
 fn local_outcome(status: u16, error: Option<ProxyError>, keep_alive: bool) -> Forwarded {

@@ -37,6 +37,12 @@ pub struct Shared {
     /// Client connections open now (drained to zero on shutdown).
     pub open: AtomicUsize,
     pub conn_limit: Arc<Semaphore>,
+    /// Woken on every route table swap (held `spin` requests wait on it).
+    pub routes_changed: tokio::sync::Notify,
+    /// When the registry last answered (ms since the epoch; 0 = never).
+    pub registry_contact_ms: std::sync::atomic::AtomicU64,
+    /// Requests held by `spin` now.
+    pub spin_held: AtomicUsize,
 }
 
 impl Shared {
@@ -54,6 +60,9 @@ impl Shared {
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             open: AtomicUsize::new(0),
             conn_limit: Arc::new(Semaphore::new(limit)),
+            routes_changed: tokio::sync::Notify::new(),
+            registry_contact_ms: std::sync::atomic::AtomicU64::new(0),
+            spin_held: AtomicUsize::new(0),
         })
     }
 
@@ -71,6 +80,7 @@ impl Shared {
     pub fn swap_routes(&self, table: RouteTable) {
         self.metrics.table(&table);
         self.routes.store(Arc::new(table));
+        self.routes_changed.notify_waiters();
     }
 
     pub fn open_connections(&self) -> usize {

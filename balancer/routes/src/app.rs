@@ -75,6 +75,9 @@ pub struct AppSettings {
     pub max_body: Option<u64>,
     /// How many other backends a failed connect may be retried on (`None` = global default).
     pub retries: Option<u32>,
+    /// While the app has no live backend, hold its requests until one registers (bounded by
+    /// the balancer's spin settings) instead of answering 503 at once.
+    pub spin: bool,
 }
 
 /// One backend instance of an app.
@@ -96,6 +99,15 @@ impl Backend {
         match &self.id {
             Some(id) => std::borrow::Cow::Borrowed(id),
             None => std::borrow::Cow::Owned(self.addr.to_string()),
+        }
+    }
+
+    /// What this backend was built from.
+    pub fn spec(&self) -> crate::spec::BackendSpec {
+        crate::spec::BackendSpec {
+            id: self.id.clone(),
+            addr: self.addr,
+            expires_at_ms: self.expires_at_ms,
         }
     }
 

@@ -59,6 +59,8 @@ pub struct AppFile {
     pub policy: Option<String>,
     pub max_body: Option<SizeValue>,
     pub retries: Option<u32>,
+    #[serde(default)]
+    pub spin: bool,
     pub timeouts: Option<TimeoutsFile>,
     pub redirect: Option<RedirectFile>,
     #[serde(rename = "static")]
@@ -409,6 +411,7 @@ impl AppFile {
                 timeouts,
                 max_body,
                 retries: self.retries,
+                spin: self.spin,
             }),
         })
     }

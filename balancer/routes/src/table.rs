@@ -9,8 +9,15 @@
 //! 4. the catch-all `*`, if an app claims it.
 //!
 //! Each step is one hash probe, so a lookup costs at most one probe per label of the host,
-//! whatever the size of the table. Domains live in a fixed number of shards behind `Arc`s, so an
-//! edit of a cloned table copies only the shards it touches, not the whole table.
+//! whatever the size of the table.
+//!
+//! Layout: domains map a name to app *ids* (the exact app and the wildcard app for that name);
+//! apps live in fixed-size chunks indexed by id; a second map finds an app's id by name. Every
+//! part is split into pieces behind `Arc`s, so editing a clone of a table (the registry feeds
+//! changes one at a time) copies only the pieces it touches: adding a domain copies one domain
+//! shard, replacing an app's backends copies one chunk of apps, and no domain has to be touched
+//! when an app changes. Ids are never reused within a table's lineage, so a stale reference can
+//! only miss, never reach another app.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -18,9 +25,9 @@ use std::sync::Arc;
 use compact_str::CompactString;
 use hashbrown::HashTable;
 
-use crate::app::{App, Backend};
+use crate::app::{App, AppSettings, Backend};
 use crate::host::DomainPattern;
-use crate::spec::{AppSpec, RouteSpec};
+use crate::spec::{BackendSpec, RouteSpec};
 
 /// How a host matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +45,7 @@ pub struct RouteMatch<'a> {
     pub kind: MatchKind,
 }
 
-/// Why a table could not be built.
+/// Why a table could not be built or edited.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuildError {
     #[error("domain {domain} is claimed by both app {first:?} and app {second:?}")]
@@ -49,14 +56,25 @@ pub enum BuildError {
     },
     #[error("app name {0:?} is used twice")]
     DuplicateApp(String),
+    #[error("no app named {0:?}")]
+    NoSuchApp(String),
 }
+
+/// No app.
+const NONE: u32 = u32::MAX;
 
 #[derive(Clone)]
 struct DomainEntry {
     /// Inline up to 24 bytes: most hostnames cost no allocation of their own.
     name: CompactString,
-    exact: Option<Arc<App>>,
-    wildcard: Option<Arc<App>>,
+    exact: u32,
+    wildcard: u32,
+}
+
+#[derive(Clone)]
+struct NameEntry {
+    name: CompactString,
+    id: u32,
 }
 
 /// A hash map split into shards that are shared between snapshots until written.
@@ -67,7 +85,7 @@ struct Sharded<E> {
 
 /// Entries per shard at build time: 7/8 of 1024 buckets (896) is hashbrown's growth point; 800
 /// keeps shards dense while leaving room for the spread of a random split (a shard that passes
-/// 896 doubles, measured: 880 per shard cost more memory than 800).
+/// 896 doubles; measured: 880 per shard cost more memory than 800).
 const PER_SHARD: usize = 800;
 
 impl<E: Clone> Sharded<E> {
@@ -104,14 +122,47 @@ impl<E: Clone> Sharded<E> {
     }
 }
 
-/// An immutable routing snapshot.
+const CHUNK: usize = 1024;
+
+/// Apps by id, in `Arc`'d chunks of 1024 slots.
+#[derive(Clone, Default)]
+struct AppChunks {
+    chunks: Vec<Arc<Vec<Option<Arc<App>>>>>,
+}
+
+impl AppChunks {
+    fn get(&self, id: u32) -> Option<&Arc<App>> {
+        let id = id as usize;
+        self.chunks.get(id / CHUNK)?.get(id % CHUNK)?.as_ref()
+    }
+
+    fn set(&mut self, id: u32, app: Option<Arc<App>>) {
+        let id = id as usize;
+        while self.chunks.len() <= id / CHUNK {
+            self.chunks.push(Arc::new(Vec::with_capacity(CHUNK)));
+        }
+        let chunk = Arc::make_mut(&mut self.chunks[id / CHUNK]);
+        if chunk.len() <= id % CHUNK {
+            chunk.resize(id % CHUNK + 1, None);
+        }
+        chunk[id % CHUNK] = app;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
+        self.chunks.iter().flat_map(|c| c.iter().flatten())
+    }
+}
+
+/// An immutable routing snapshot (edit a clone to make the next one).
 #[derive(Clone)]
 pub struct RouteTable {
     hasher: foldhash::fast::RandomState,
     domains: Sharded<DomainEntry>,
-    apps: Sharded<Arc<App>>,
+    names: Sharded<NameEntry>,
+    apps: AppChunks,
+    next_id: u32,
     app_domains: Arc<[Box<str>]>,
-    catch_all: Option<Arc<App>>,
+    catch_all: u32,
     domain_count: usize,
     app_count: usize,
     version: u64,
@@ -136,12 +187,18 @@ impl Default for RouteTable {
 impl RouteTable {
     /// A table with no routes: every host is unknown.
     pub fn empty() -> Self {
+        Self::with_capacity(0, 0, None)
+    }
+
+    fn with_capacity(domains: usize, apps: usize, previous: Option<&RouteTable>) -> Self {
         RouteTable {
-            hasher: foldhash::fast::RandomState::default(),
-            domains: Sharded::with_capacity(0),
-            apps: Sharded::with_capacity(0),
+            hasher: previous.map(|p| p.hasher).unwrap_or_default(),
+            domains: Sharded::with_capacity(domains),
+            names: Sharded::with_capacity(apps),
+            apps: AppChunks::default(),
+            next_id: 0,
             app_domains: Arc::from(Vec::new()),
-            catch_all: None,
+            catch_all: NONE,
             domain_count: 0,
             app_count: 0,
             version: 0,
@@ -149,29 +206,24 @@ impl RouteTable {
     }
 
     /// Builds a table from a spec. State that outlives a snapshot (per-app counters, backend
-    /// ejection and outstanding counts) is carried over from `previous` by app name and
-    /// backend id. Every problem is reported, not only the first.
+    /// ejection) is carried over from `previous` by app name and backend id. Every problem is
+    /// reported, not only the first.
     pub fn build(spec: &RouteSpec, previous: Option<&RouteTable>) -> Result<Self, Vec<BuildError>> {
         let domain_total: usize = spec.apps.iter().map(|a| a.domains.len()).sum();
-        let mut table = RouteTable {
-            hasher: previous.map(|p| p.hasher).unwrap_or_default(),
-            domains: Sharded::with_capacity(domain_total),
-            apps: Sharded::with_capacity(spec.apps.len()),
-            app_domains: spec.app_domains.clone().into(),
-            catch_all: None,
-            domain_count: 0,
-            app_count: 0,
-            version: previous.map_or(1, |p| p.version + 1),
-        };
+        let mut table = Self::with_capacity(domain_total, spec.apps.len(), previous);
+        table.app_domains = spec.app_domains.clone().into();
+        table.version = previous.map_or(1, |p| p.version + 1);
         let mut errors = Vec::new();
         for app_spec in &spec.apps {
-            let app = Arc::new(build_app(app_spec, previous));
-            if let Err(e) = table.insert_app(&app) {
-                errors.push(e);
+            if table.app_id(&app_spec.name).is_some() {
+                errors.push(BuildError::DuplicateApp(app_spec.name.to_string()));
                 continue;
             }
+            let old = previous.and_then(|p| p.app(&app_spec.name)).map(|a| &**a);
+            let app = build_app(&app_spec.name, &app_spec.settings, &app_spec.backends, old);
+            let id = table.insert_new_app(app);
             for pattern in &app_spec.domains {
-                if let Err(e) = table.claim(pattern, &app) {
+                if let Err(e) = table.claim(pattern, id, false) {
                     errors.push(e);
                 }
             }
@@ -187,45 +239,67 @@ impl RouteTable {
         self.hasher.hash_one(key)
     }
 
-    fn insert_app(&mut self, app: &Arc<App>) -> Result<(), BuildError> {
-        let hash = self.hash(&app.name);
-        let hasher = self.hasher;
-        let shard = self.apps.shard_mut(hash);
-        match shard.entry(
-            hash,
-            |a| a.name == app.name,
-            |a| hasher.hash_one(a.name.as_str()),
-        ) {
-            hashbrown::hash_table::Entry::Occupied(_) => {
-                Err(BuildError::DuplicateApp(app.name.to_string()))
-            }
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(Arc::clone(app));
-                self.app_count += 1;
-                Ok(())
-            }
-        }
+    fn app_id(&self, name: &str) -> Option<u32> {
+        let hash = self.hash(name);
+        self.names.find(hash, |e| e.name == name).map(|e| e.id)
     }
 
-    fn claim(&mut self, pattern: &DomainPattern, app: &Arc<App>) -> Result<(), BuildError> {
-        let conflict = |first: &App| BuildError::DomainConflict {
-            domain: pattern.to_string(),
-            first: first.name.to_string(),
-            second: app.name.to_string(),
+    fn insert_new_app(&mut self, app: App) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let hash = self.hash(&app.name);
+        let hasher = self.hasher;
+        self.names.shard_mut(hash).insert_unique(
+            hash,
+            NameEntry {
+                name: app.name.clone(),
+                id,
+            },
+            |e| hasher.hash_one(e.name.as_str()),
+        );
+        self.apps.set(id, Some(Arc::new(app)));
+        self.app_count += 1;
+        id
+    }
+
+    /// Points `pattern` at app `id`. With `replace`, a pattern held by another app moves;
+    /// without, that is a conflict.
+    fn claim(&mut self, pattern: &DomainPattern, id: u32, replace: bool) -> Result<(), BuildError> {
+        let name_of = |t: &Self, i: u32| {
+            t.apps
+                .get(i)
+                .map_or_else(String::new, |a| a.name.to_string())
         };
         let (name, wildcard) = match pattern {
             DomainPattern::CatchAll => {
-                if let Some(first) = &self.catch_all {
-                    return Err(conflict(first));
+                if self.catch_all != NONE && self.catch_all != id && !replace {
+                    return Err(BuildError::DomainConflict {
+                        domain: pattern.to_string(),
+                        first: name_of(self, self.catch_all),
+                        second: name_of(self, id),
+                    });
                 }
-                self.catch_all = Some(Arc::clone(app));
-                self.domain_count += 1;
+                if self.catch_all == NONE {
+                    self.domain_count += 1;
+                }
+                self.catch_all = id;
                 return Ok(());
             }
             DomainPattern::Exact(n) => (n, false),
             DomainPattern::Wildcard(n) => (n, true),
         };
         let hash = self.hash(name);
+        let current = self
+            .domains
+            .find(hash, |e| e.name == **name)
+            .map_or(NONE, |e| if wildcard { e.wildcard } else { e.exact });
+        if current != NONE && current != id && !replace && self.apps.get(current).is_some() {
+            return Err(BuildError::DomainConflict {
+                domain: pattern.to_string(),
+                first: name_of(self, current),
+                second: name_of(self, id),
+            });
+        }
         let hasher = self.hasher;
         let shard = self.domains.shard_mut(hash);
         let entry = shard
@@ -236,19 +310,19 @@ impl RouteTable {
             )
             .or_insert_with(|| DomainEntry {
                 name: CompactString::from(&**name),
-                exact: None,
-                wildcard: None,
-            });
+                exact: NONE,
+                wildcard: NONE,
+            })
+            .into_mut();
         let slot = if wildcard {
-            &mut entry.into_mut().wildcard
+            &mut entry.wildcard
         } else {
-            &mut entry.into_mut().exact
+            &mut entry.exact
         };
-        if let Some(first) = slot {
-            return Err(conflict(first));
+        if *slot == NONE {
+            self.domain_count += 1;
         }
-        *slot = Some(Arc::clone(app));
-        self.domain_count += 1;
+        *slot = id;
         Ok(())
     }
 
@@ -258,7 +332,7 @@ impl RouteTable {
             let hash = self.hash(key);
             self.domains.find(hash, |e| e.name == key)
         };
-        if let Some(app) = probe(host).and_then(|e| e.exact.as_ref()) {
+        if let Some(app) = probe(host).and_then(|e| self.apps.get(e.exact)) {
             return Some(RouteMatch {
                 app,
                 kind: MatchKind::Exact,
@@ -267,7 +341,7 @@ impl RouteTable {
         let bytes = host.as_bytes();
         for (i, &b) in bytes.iter().enumerate() {
             if b == b'.' {
-                if let Some(app) = probe(&host[i + 1..]).and_then(|e| e.wildcard.as_ref()) {
+                if let Some(app) = probe(&host[i + 1..]).and_then(|e| self.apps.get(e.wildcard)) {
                     return Some(RouteMatch {
                         app,
                         kind: MatchKind::Wildcard,
@@ -290,7 +364,7 @@ impl RouteTable {
                 }
             }
         }
-        self.catch_all.as_ref().map(|app| RouteMatch {
+        self.apps.get(self.catch_all).map(|app| RouteMatch {
             app,
             kind: MatchKind::CatchAll,
         })
@@ -298,8 +372,7 @@ impl RouteTable {
 
     /// The app with this name.
     pub fn app(&self, name: &str) -> Option<&Arc<App>> {
-        let hash = self.hash(name);
-        self.apps.find(hash, |a| &*a.name == name)
+        self.app_id(name).and_then(|id| self.apps.get(id))
     }
 
     /// Every app, in no particular order.
@@ -309,18 +382,33 @@ impl RouteTable {
 
     /// Every claimed domain with its app, in no particular order.
     pub fn domains(&self) -> impl Iterator<Item = (DomainPattern, &Arc<App>)> {
-        let named = self.domains.iter().flat_map(|e| {
-            let exact = e
-                .exact
-                .as_ref()
+        let named = self.domains.iter().flat_map(move |e| {
+            let exact = self
+                .apps
+                .get(e.exact)
                 .map(|a| (DomainPattern::Exact(Arc::from(e.name.as_str())), a));
-            let wild = e
-                .wildcard
-                .as_ref()
+            let wild = self
+                .apps
+                .get(e.wildcard)
                 .map(|a| (DomainPattern::Wildcard(Arc::from(e.name.as_str())), a));
             exact.into_iter().chain(wild)
         });
-        named.chain(self.catch_all.iter().map(|a| (DomainPattern::CatchAll, a)))
+        named.chain(
+            self.apps
+                .get(self.catch_all)
+                .map(|a| (DomainPattern::CatchAll, a)),
+        )
+    }
+
+    /// The app a domain pattern points at, if any.
+    pub fn domain_owner(&self, pattern: &DomainPattern) -> Option<&Arc<App>> {
+        let (name, wildcard) = match pattern {
+            DomainPattern::CatchAll => return self.apps.get(self.catch_all),
+            DomainPattern::Exact(n) => (n, false),
+            DomainPattern::Wildcard(n) => (n, true),
+        };
+        let e = self.domains.find(self.hash(name), |e| e.name == **name)?;
+        self.apps.get(if wildcard { e.wildcard } else { e.exact })
     }
 
     /// The `{app}.{base}` bases.
@@ -350,22 +438,148 @@ impl RouteTable {
     pub fn set_version(&mut self, version: u64) {
         self.version = version;
     }
+
+    /// Replaces the `{app}.{base}` bases.
+    pub fn set_app_domains(&mut self, bases: Vec<Box<str>>) {
+        self.app_domains = bases.into();
+    }
+
+    // ---- edits: apply one registry change to a clone of the table in use ----
+
+    /// Creates or replaces an app's settings and backends. Its domains are untouched; state
+    /// (counters, ejection) carries over from the app it replaces.
+    pub fn upsert_app(&mut self, name: &str, settings: Arc<AppSettings>, backends: &[BackendSpec]) {
+        match self.app_id(name) {
+            Some(id) => {
+                let app = build_app(name, &settings, backends, self.apps.get(id).map(|a| &**a));
+                self.apps.set(id, Some(Arc::new(app)));
+            }
+            None => {
+                let app = build_app(name, &settings, backends, None);
+                self.insert_new_app(app);
+            }
+        }
+    }
+
+    /// Removes an app; domains that pointed at it stop matching.
+    pub fn remove_app(&mut self, name: &str) -> bool {
+        let Some(id) = self.app_id(name) else {
+            return false;
+        };
+        let hash = self.hash(name);
+        if let Ok(entry) = self
+            .names
+            .shard_mut(hash)
+            .find_entry(hash, |e| e.name == name)
+        {
+            entry.remove();
+        }
+        self.apps.set(id, None);
+        self.app_count -= 1;
+        true
+    }
+
+    /// Adds or replaces one backend of an app (matched by id, or by address when it has none).
+    pub fn put_backend(&mut self, app: &str, backend: BackendSpec) -> Result<(), BuildError> {
+        let current = self
+            .app(app)
+            .ok_or_else(|| BuildError::NoSuchApp(app.into()))?;
+        let mut list: Vec<BackendSpec> = current.backends.iter().map(Backend::spec).collect();
+        match list.iter_mut().find(|b| same_backend(b, &backend)) {
+            Some(b) => *b = backend,
+            None => list.push(backend),
+        }
+        let settings = Arc::clone(&current.settings);
+        self.upsert_app(app, settings, &list);
+        Ok(())
+    }
+
+    /// Removes one backend of an app by id (or address text when it has no id).
+    pub fn remove_backend(&mut self, app: &str, id: &str) -> Result<bool, BuildError> {
+        let current = self
+            .app(app)
+            .ok_or_else(|| BuildError::NoSuchApp(app.into()))?;
+        let list: Vec<BackendSpec> = current
+            .backends
+            .iter()
+            .filter(|b| b.id() != id)
+            .map(Backend::spec)
+            .collect();
+        if list.len() == current.backends.len() {
+            return Ok(false);
+        }
+        let settings = Arc::clone(&current.settings);
+        self.upsert_app(app, settings, &list);
+        Ok(true)
+    }
+
+    /// Points a domain at an app, taking it from whichever app held it.
+    pub fn put_domain(&mut self, pattern: &DomainPattern, app: &str) -> Result<(), BuildError> {
+        let id = self
+            .app_id(app)
+            .ok_or_else(|| BuildError::NoSuchApp(app.into()))?;
+        self.claim(pattern, id, true)
+    }
+
+    /// Removes a domain; returns whether it was there.
+    pub fn remove_domain(&mut self, pattern: &DomainPattern) -> bool {
+        let (name, wildcard) = match pattern {
+            DomainPattern::CatchAll => {
+                let had = self.catch_all != NONE;
+                if had {
+                    self.catch_all = NONE;
+                    self.domain_count -= 1;
+                }
+                return had;
+            }
+            DomainPattern::Exact(n) => (n, false),
+            DomainPattern::Wildcard(n) => (n, true),
+        };
+        let hash = self.hash(name);
+        if self.domains.find(hash, |e| e.name == **name).is_none() {
+            return false;
+        }
+        let shard = self.domains.shard_mut(hash);
+        let Ok(mut entry) = shard.find_entry(hash, |e| e.name == **name) else {
+            return false;
+        };
+        let e = entry.get_mut();
+        let slot = if wildcard {
+            &mut e.wildcard
+        } else {
+            &mut e.exact
+        };
+        let had = *slot != NONE;
+        *slot = NONE;
+        if e.exact == NONE && e.wildcard == NONE {
+            entry.remove();
+        }
+        if had {
+            self.domain_count -= 1;
+        }
+        had
+    }
 }
 
-fn build_app(spec: &AppSpec, previous: Option<&RouteTable>) -> App {
-    let old = previous.and_then(|p| p.app(&spec.name));
-    let backends = spec
-        .backends
+fn same_backend(a: &BackendSpec, b: &BackendSpec) -> bool {
+    match (&a.id, &b.id) {
+        (Some(x), Some(y)) => x == y,
+        (None, None) => a.addr == b.addr,
+        _ => false,
+    }
+}
+
+fn build_app(
+    name: &str,
+    settings: &Arc<AppSettings>,
+    backends: &[BackendSpec],
+    old: Option<&App>,
+) -> App {
+    let backends = backends
         .iter()
         .map(|b| {
             // Apps have a handful of backends: a scan beats building a map.
-            let prior = old.and_then(|o| {
-                o.backends.iter().find(|ob| match (&ob.id, &b.id) {
-                    (Some(x), Some(y)) => x == y,
-                    (None, None) => ob.addr == b.addr,
-                    _ => false,
-                })
-            });
+            let prior = old.and_then(|o| o.backends.iter().find(|ob| same_backend(&ob.spec(), b)));
             Backend {
                 id: b.id.clone(),
                 addr: b.addr,
@@ -375,14 +589,14 @@ fn build_app(spec: &AppSpec, previous: Option<&RouteTable>) -> App {
         })
         .collect();
     let counters = old.and_then(|a| a.counters_if_used().cloned());
-    App::new(&spec.name, Arc::clone(&spec.settings), backends, counters)
+    App::new(name, Arc::clone(settings), backends, counters)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::app::AppSettings;
-    use crate::spec::BackendSpec;
+    use crate::spec::{AppSpec, BackendSpec};
 
     fn spec(apps: &[(&str, &[&str])]) -> RouteSpec {
         RouteSpec {
@@ -483,6 +697,48 @@ mod tests {
         assert_eq!(t2.app("a").unwrap().counters().get(1), 1);
         assert!(t2.app("a").unwrap().backends[0].state.is_ejected(1000));
         assert_eq!(t2.version(), t1.version() + 1);
+    }
+
+    #[test]
+    fn edits_touch_only_what_changed() {
+        let s = spec(&[("a", &["x.test", "*.w.test"]), ("b", &["y.test"])]);
+        let t1 = RouteTable::build(&s, None).unwrap();
+        let mut t2 = t1.clone();
+        // Backends change: the app is replaced, its domains follow without being touched.
+        t2.put_backend(
+            "a",
+            BackendSpec {
+                id: Some("new".into()),
+                addr: "127.0.0.1:2".parse().unwrap(),
+                expires_at_ms: 0,
+            },
+        )
+        .unwrap();
+        assert_eq!(t2.lookup("q.w.test").unwrap().app.backends.len(), 2);
+        assert_eq!(t1.lookup("q.w.test").unwrap().app.backends.len(), 1);
+        assert!(t2.remove_backend("a", "b").unwrap());
+        assert_eq!(&*t2.app("a").unwrap().backends[0].id(), "new");
+        // A domain moves to another app, another is removed.
+        t2.put_domain(&DomainPattern::parse("x.test").unwrap(), "b")
+            .unwrap();
+        assert_eq!(&*t2.lookup("x.test").unwrap().app.name, "b");
+        assert!(t2.remove_domain(&DomainPattern::parse("*.w.test").unwrap()));
+        assert!(t2.lookup("q.w.test").is_none());
+        assert_eq!(t2.len(), 2);
+        // Removing an app makes its remaining domains miss; ids are not reused.
+        t2.upsert_app("c", Arc::new(AppSettings::default()), &[]);
+        assert!(t2.remove_app("b"));
+        assert!(t2.lookup("y.test").is_none());
+        assert!(t2.lookup("x.test").is_none());
+        t2.upsert_app("d", Arc::new(AppSettings::default()), &[]);
+        assert!(t2.lookup("y.test").is_none());
+        assert_eq!(t2.app_count(), 3);
+        // The original snapshot is unchanged.
+        assert_eq!(&*t1.lookup("x.test").unwrap().app.name, "a");
+        assert_eq!(&*t1.lookup("y.test").unwrap().app.name, "b");
+        assert!(t2
+            .put_domain(&DomainPattern::parse("z.test").unwrap(), "nope")
+            .is_err());
     }
 
     #[test]

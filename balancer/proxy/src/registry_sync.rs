@@ -1,0 +1,227 @@
+//! Following the Redis registry: a full load, then the change feed applied one change at a
+//! time, with a full resync after a gap, a reconnect or a timer.
+//!
+//! The request path never waits on any of this: it reads whatever table is installed. When
+//! Redis is down, hung or unreachable the last table keeps serving; the task reconnects with
+//! backoff and resyncs when Redis answers again. A resync that would drop more than
+//! `max_drop` of all domains at once (Redis came back empty, say) is held and alarmed instead
+//! of applied, unless `allow_mass_drop` is set. After each applied full resync the snapshot is
+//! written to a local file, from which a restarted balancer serves before Redis answers.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pier_registry::apply::{apply_change, table_from_snapshot};
+use pier_registry::{Registry, RegistryError, Snapshot};
+use pier_routes::RouteTable;
+
+use crate::config::RegistrySettings;
+use crate::server::Shared;
+use crate::util::now_ms;
+
+/// How long one feed read waits for a change before checking timers.
+const FEED_BLOCK: Duration = Duration::from_millis(1000);
+/// Most changes applied in one table swap.
+const FEED_BATCH: usize = 2000;
+
+/// Loads the local snapshot file, if there is one, into a table.
+pub fn load_snapshot_file(s: &RegistrySettings) -> Option<RouteTable> {
+    let path = s.snapshot_file.as_deref()?;
+    let text = std::fs::read(path).ok()?;
+    match serde_json::from_slice::<Snapshot>(&text) {
+        Ok(snap) => {
+            let (table, problems) = table_from_snapshot(&snap, &s.app_domains, None);
+            for p in problems {
+                tracing::warn!(problem = %p, "bad entry in snapshot file skipped");
+            }
+            tracing::info!(
+                file = %path.display(),
+                version = table.version(),
+                domains = table.len(),
+                "serving the local snapshot until the registry answers"
+            );
+            Some(table)
+        }
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "snapshot file unreadable; ignored");
+            None
+        }
+    }
+}
+
+fn write_snapshot_file(path: &Path, snap: Snapshot) {
+    let tmp = path.with_extension("tmp");
+    let result = serde_json::to_vec(&snap)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        tracing::warn!(file = %path.display(), error = %e, "cannot write the registry snapshot file");
+    }
+}
+
+/// Follows the registry forever (until the process exits).
+pub async fn run(shared: Arc<Shared>, settings: RegistrySettings) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match Registry::connect_with_prefix(&settings.url, &settings.prefix).await {
+            Ok(reg) => {
+                shared.metrics.registry_connected.set(1);
+                backoff = Duration::from_millis(100);
+                if let Err(e) = follow(&shared, &reg, &settings).await {
+                    tracing::warn!(error = %e, "registry sync interrupted; serving the last table");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the registry; serving the last table")
+            }
+        }
+        shared.metrics.registry_connected.set(0);
+        // Jitter keeps a fleet of balancers from reconnecting in lockstep.
+        let jitter = Duration::from_millis(crate::util::random_u64() % 100);
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+enum Resync {
+    /// Installed; tail the feed from this position.
+    Applied(String),
+    /// Refused by the mass-drop guard; try again later.
+    Held,
+}
+
+async fn follow(
+    shared: &Shared,
+    reg: &Registry,
+    s: &RegistrySettings,
+) -> Result<(), RegistryError> {
+    let mut reason = "connect";
+    'resync: loop {
+        let mut feed_id = match full_resync(shared, reg, s, reason).await? {
+            Resync::Applied(id) => id,
+            Resync::Held => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                reason = "retry-held";
+                continue 'resync;
+            }
+        };
+        let resynced_at = Instant::now();
+        loop {
+            if resynced_at.elapsed() >= s.resync_interval {
+                reason = "timer";
+                continue 'resync;
+            }
+            let changes = reg.changes(&feed_id, FEED_BLOCK, FEED_BATCH).await?;
+            shared
+                .registry_contact_ms
+                .store(now_ms(), Ordering::Relaxed);
+            if changes.is_empty() {
+                continue;
+            }
+            let current = shared.routes.load_full();
+            let mut table = (*current).clone();
+            let mut applied = 0u64;
+            for c in &changes {
+                let expected = table.version() + 1;
+                if c.version < expected {
+                    // Already in the table (seen by the snapshot scan).
+                    feed_id.clone_from(&c.id);
+                    continue;
+                }
+                if c.version > expected {
+                    tracing::warn!(
+                        expected,
+                        got = c.version,
+                        "gap in the registry change log; resyncing"
+                    );
+                    if applied > 0 {
+                        shared.swap_routes(table);
+                    }
+                    reason = "gap";
+                    continue 'resync;
+                }
+                if let Err(problem) = apply_change(&mut table, c) {
+                    shared.metrics.registry_bad_entries.inc();
+                    tracing::warn!(%problem, version = c.version, "bad registry entry skipped");
+                }
+                feed_id.clone_from(&c.id);
+                applied += 1;
+            }
+            if applied > 0 {
+                shared.swap_routes(table);
+                shared.metrics.registry_changes.inc_by(applied);
+                if let Some(last) = changes.last() {
+                    // Stream ids start with the append time in milliseconds.
+                    let appended: u64 = last
+                        .id
+                        .split('-')
+                        .next()
+                        .and_then(|ms| ms.parse().ok())
+                        .unwrap_or(0);
+                    let lag = now_ms().saturating_sub(appended);
+                    shared.metrics.registry_lag.set(lag as f64 / 1000.0);
+                }
+            }
+        }
+    }
+}
+
+async fn full_resync(
+    shared: &Shared,
+    reg: &Registry,
+    s: &RegistrySettings,
+    reason: &'static str,
+) -> Result<Resync, RegistryError> {
+    let started = Instant::now();
+    let snap = reg.snapshot().await?;
+    shared
+        .registry_contact_ms
+        .store(now_ms(), Ordering::Relaxed);
+    let current = shared.routes.load_full();
+    let (table, problems) = table_from_snapshot(&snap, &s.app_domains, Some(&current));
+    for p in &problems {
+        shared.metrics.registry_bad_entries.inc();
+        tracing::warn!(problem = %p, "bad registry entry skipped");
+    }
+    let before = current.len();
+    let after = table.len();
+    let dropped = before.saturating_sub(after);
+    if !s.allow_mass_drop && before > 0 && dropped as f64 > s.max_drop * before as f64 {
+        shared.metrics.registry_resyncs_held.inc();
+        shared.metrics.registry_held.set(1);
+        tracing::error!(
+            reason,
+            domains_now = before,
+            domains_in_registry = after,
+            max_drop = s.max_drop,
+            "registry resync held: it would drop too many routes at once; the current table keeps \
+             serving (set routes.allow_mass_drop to accept)"
+        );
+        return Ok(Resync::Held);
+    }
+    shared.metrics.registry_held.set(0);
+    shared
+        .metrics
+        .registry_resyncs
+        .with_label_values(&[reason])
+        .inc();
+    tracing::info!(
+        reason,
+        version = table.version(),
+        domains = after,
+        apps = table.app_count(),
+        skipped = problems.len(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "registry resync applied"
+    );
+    let feed_id = snap.feed_id.clone();
+    shared.swap_routes(table);
+    if let Some(path) = s.snapshot_file.clone() {
+        // Serialising a large registry takes a while: do it off the sync task.
+        tokio::task::spawn_blocking(move || write_snapshot_file(&path, snap));
+    }
+    Ok(Resync::Applied(feed_id))
+}

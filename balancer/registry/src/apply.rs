@@ -1,0 +1,316 @@
+//! From registry data to routes: a snapshot becomes a [`RouteSpec`], a change becomes an edit
+//! of a table. Bad entries (unparseable JSON or address, a domain or backend of a missing app)
+//! are reported and skipped; they never stop the rest from loading.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pier_routes::{AppSpec, BackendSpec, DomainPattern, RouteSpec, RouteTable};
+
+use crate::model::{AppRecord, BackendRecord, Change, ChangeKind, DomainRecord, Snapshot};
+
+fn backend_spec(id: &str, rec: &BackendRecord) -> Result<BackendSpec, String> {
+    let addr: SocketAddr = rec
+        .address
+        .parse()
+        .map_err(|_| format!("address {:?} is not IP:port", rec.address))?;
+    if addr.port() == 0 {
+        return Err(format!("address {:?} has port 0", rec.address));
+    }
+    Ok(BackendSpec {
+        id: Some(id.into()),
+        addr,
+        expires_at_ms: rec.expires_at_ms,
+    })
+}
+
+fn split_backend_key(key: &str) -> Result<(&str, &str), String> {
+    key.split_once('/')
+        .filter(|(a, i)| !a.is_empty() && !i.is_empty())
+        .ok_or_else(|| format!("backend key {key:?} is not app/id"))
+}
+
+/// Builds a route spec from a snapshot. Returns the spec and one line per skipped entry.
+pub fn spec_from_snapshot(s: &Snapshot, app_domains: &[Box<str>]) -> (RouteSpec, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut apps: Vec<AppSpec> = Vec::with_capacity(s.apps.len());
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(s.apps.len());
+    for (name, json) in &s.apps {
+        let settings = serde_json::from_str::<AppRecord>(json)
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.to_settings());
+        match settings {
+            Ok(settings) => {
+                index.insert(name.as_str(), apps.len());
+                apps.push(AppSpec {
+                    name: name.as_str().into(),
+                    domains: Vec::new(),
+                    backends: Vec::new(),
+                    settings,
+                });
+            }
+            Err(e) => problems.push(format!("app {name}: {e}")),
+        }
+    }
+    for (key, json) in &s.backends {
+        let parsed = split_backend_key(key).and_then(|(app, id)| {
+            let rec: BackendRecord = serde_json::from_str(json).map_err(|e| e.to_string())?;
+            let spec = backend_spec(id, &rec)?;
+            let i = index
+                .get(app)
+                .ok_or_else(|| format!("app {app:?} does not exist"))?;
+            Ok((*i, spec))
+        });
+        match parsed {
+            Ok((i, spec)) => apps[i].backends.push(spec),
+            Err(e) => problems.push(format!("backend {key}: {e}")),
+        }
+    }
+    for (key, json) in &s.domains {
+        let parsed = DomainPattern::parse(key)
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
+                let rec: DomainRecord = serde_json::from_str(json).map_err(|e| e.to_string())?;
+                let i = index
+                    .get(rec.app.as_str())
+                    .ok_or_else(|| format!("app {:?} does not exist", rec.app))?;
+                Ok((*i, p, rec.verified))
+            });
+        match parsed {
+            Ok((i, p, true)) => apps[i].domains.push(p),
+            Ok((_, _, false)) => {} // pending verification: not routed
+            Err(e) => problems.push(format!("domain {key}: {e}")),
+        }
+    }
+    (
+        RouteSpec {
+            app_domains: app_domains.to_vec(),
+            apps,
+        },
+        problems,
+    )
+}
+
+/// Applies one change to `table` (a clone of the table in use). The table's version is set to
+/// the change's. An error means the entry was bad and skipped; the table is still consistent.
+pub fn apply_change(table: &mut RouteTable, c: &Change) -> Result<(), String> {
+    table.set_version(c.version);
+    match (c.kind, &c.value) {
+        (ChangeKind::App, Some(json)) => {
+            let rec: AppRecord =
+                serde_json::from_str(json).map_err(|e| format!("app {}: {e}", c.key))?;
+            let settings = rec
+                .to_settings()
+                .map_err(|e| format!("app {}: {e}", c.key))?;
+            let backends: Vec<BackendSpec> = table
+                .app(&c.key)
+                .map(|a| a.backends.iter().map(|b| b.spec()).collect())
+                .unwrap_or_default();
+            table.upsert_app(&c.key, settings, &backends);
+        }
+        (ChangeKind::App, None) => {
+            table.remove_app(&c.key);
+        }
+        (ChangeKind::Domain, value) => {
+            let pattern =
+                DomainPattern::parse(&c.key).map_err(|e| format!("domain {}: {e}", c.key))?;
+            match value {
+                None => {
+                    table.remove_domain(&pattern);
+                }
+                Some(json) => {
+                    let rec: DomainRecord =
+                        serde_json::from_str(json).map_err(|e| format!("domain {}: {e}", c.key))?;
+                    if rec.verified {
+                        table
+                            .put_domain(&pattern, &rec.app)
+                            .map_err(|e| format!("domain {}: {e}", c.key))?;
+                    } else {
+                        table.remove_domain(&pattern);
+                    }
+                }
+            }
+        }
+        (ChangeKind::Backend, value) => {
+            let (app, id) = split_backend_key(&c.key)?;
+            match value {
+                None => {
+                    table
+                        .remove_backend(app, id)
+                        .map_err(|e| format!("backend {}: {e}", c.key))?;
+                }
+                Some(json) => {
+                    let rec: BackendRecord = serde_json::from_str(json)
+                        .map_err(|e| format!("backend {}: {e}", c.key))?;
+                    let spec =
+                        backend_spec(id, &rec).map_err(|e| format!("backend {}: {e}", c.key))?;
+                    table
+                        .put_backend(app, spec)
+                        .map_err(|e| format!("backend {}: {e}", c.key))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Builds a whole table from a snapshot (state carried over from `previous`).
+pub fn table_from_snapshot(
+    s: &Snapshot,
+    app_domains: &[Box<str>],
+    previous: Option<&RouteTable>,
+) -> (RouteTable, Vec<String>) {
+    let (spec, mut problems) = spec_from_snapshot(s, app_domains);
+    let mut table = match RouteTable::build(&spec, previous) {
+        Ok(t) => t,
+        Err(errors) => {
+            // The registry guarantees one owner per domain; if a hand-edited registry breaks
+            // that, keep the first claim and report the rest.
+            problems.extend(errors.iter().map(|e| e.to_string()));
+            let mut t = RouteTable::empty();
+            t.set_app_domains(app_domains.to_vec());
+            for app in &spec.apps {
+                t.upsert_app(&app.name, Arc::clone(&app.settings), &app.backends);
+            }
+            for app in &spec.apps {
+                for d in &app.domains {
+                    if t.domain_owner(d).is_none() {
+                        let _ = t.put_domain(d, &app.name);
+                    }
+                }
+            }
+            t
+        }
+    };
+    table.set_version(s.version);
+    (table, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap() -> Snapshot {
+        Snapshot {
+            version: 7,
+            feed_id: "0-0".into(),
+            apps: vec![
+                ("blog".into(), "{}".into()),
+                ("bad".into(), "{\"policy\": \"random\"}".into()),
+                ("junk".into(), "not json".into()),
+            ],
+            domains: vec![
+                (
+                    "blog.test".into(),
+                    "{\"app\":\"blog\",\"verified\":true}".into(),
+                ),
+                (
+                    "pending.test".into(),
+                    "{\"app\":\"blog\",\"verified\":false,\"token\":\"t\"}".into(),
+                ),
+                (
+                    "orphan.test".into(),
+                    "{\"app\":\"gone\",\"verified\":true}".into(),
+                ),
+                (
+                    "bad..name".into(),
+                    "{\"app\":\"blog\",\"verified\":true}".into(),
+                ),
+            ],
+            backends: vec![
+                ("blog/i1".into(), "{\"address\":\"127.0.0.1:9001\"}".into()),
+                ("blog/i2".into(), "{\"address\":\"nowhere\"}".into()),
+                ("gone/i3".into(), "{\"address\":\"127.0.0.1:9003\"}".into()),
+                ("noslash".into(), "{\"address\":\"127.0.0.1:9004\"}".into()),
+            ],
+        }
+    }
+
+    #[test]
+    fn bad_entries_are_skipped_and_reported() {
+        let (t, problems) = table_from_snapshot(&snap(), &[], None);
+        assert_eq!(t.version(), 7);
+        assert_eq!(t.app_count(), 1);
+        assert_eq!(t.len(), 1);
+        let app = t.lookup("blog.test").unwrap().app;
+        assert_eq!(app.backends.len(), 1);
+        assert!(t.lookup("pending.test").is_none());
+        assert_eq!(problems.len(), 7, "{problems:#?}");
+    }
+
+    #[test]
+    fn changes_edit_the_table() {
+        let (mut t, _) = table_from_snapshot(&snap(), &[], None);
+        let ch = |v, kind, key: &str, value: Option<&str>| Change {
+            id: format!("{v}-0"),
+            version: v,
+            kind,
+            key: key.into(),
+            value: value.map(Into::into),
+        };
+        apply_change(&mut t, &ch(8, ChangeKind::App, "shop", Some("{}"))).unwrap();
+        apply_change(
+            &mut t,
+            &ch(
+                9,
+                ChangeKind::Domain,
+                "*.shop.test",
+                Some("{\"app\":\"shop\",\"verified\":true}"),
+            ),
+        )
+        .unwrap();
+        apply_change(
+            &mut t,
+            &ch(
+                10,
+                ChangeKind::Backend,
+                "shop/a",
+                Some("{\"address\":\"127.0.0.1:9100\"}"),
+            ),
+        )
+        .unwrap();
+        let m = t.lookup("www.shop.test").unwrap();
+        assert_eq!(&*m.app.name, "shop");
+        assert_eq!(m.app.backends.len(), 1);
+        // Settings change keeps backends.
+        apply_change(
+            &mut t,
+            &ch(
+                11,
+                ChangeKind::App,
+                "shop",
+                Some("{\"policy\":\"least-outstanding\"}"),
+            ),
+        )
+        .unwrap();
+        assert_eq!(t.app("shop").unwrap().backends.len(), 1);
+        assert!(apply_change(
+            &mut t,
+            &ch(
+                12,
+                ChangeKind::Backend,
+                "shop/b",
+                Some("{\"address\":\"x\"}")
+            )
+        )
+        .is_err());
+        assert!(apply_change(
+            &mut t,
+            &ch(
+                13,
+                ChangeKind::Backend,
+                "nope/b",
+                Some("{\"address\":\"127.0.0.1:1\"}")
+            )
+        )
+        .is_err());
+        apply_change(&mut t, &ch(14, ChangeKind::Backend, "shop/a", None)).unwrap();
+        assert!(t.app("shop").unwrap().backends.is_empty());
+        apply_change(&mut t, &ch(15, ChangeKind::Domain, "*.shop.test", None)).unwrap();
+        assert!(t.lookup("www.shop.test").is_none());
+        apply_change(&mut t, &ch(16, ChangeKind::App, "shop", None)).unwrap();
+        assert!(t.app("shop").is_none());
+        assert_eq!(t.version(), 16);
+    }
+}

@@ -1,0 +1,23 @@
+//! The registry: pier's source of truth for apps, domains and backends, kept in Redis.
+//!
+//! This crate owns the Redis schema (documented in docs/registry.md), the typed records stored
+//! in it, atomic writes (each one a Lua script that changes the data, bumps the version and
+//! appends to the change log in one step), and the two reads a balancer needs: a full snapshot
+//! and the change feed from a position. It turns registry data into a
+//! [`pier_routes::RouteSpec`] and changes into table edits, skipping (and counting) bad entries
+//! so one broken record never poisons a table. It does not serve HTTP (that is `platform/`) and
+//! does not route (that is `pier-balancer`).
+//!
+//! Modules:
+//! - [`schema`]: key names.
+//! - [`model`]: the records (apps, domains, backends, tokens) and the change entries.
+//! - [`client`]: [`Registry`], the typed client: writes, snapshot, feed.
+//! - [`apply`]: registry data to route specs and table edits.
+
+pub mod apply;
+pub mod client;
+pub mod model;
+pub mod schema;
+
+pub use client::{Registry, RegistryError};
+pub use model::{AppRecord, BackendRecord, Change, DomainRecord, Snapshot};

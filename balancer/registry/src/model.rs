@@ -1,0 +1,250 @@
+//! What the registry stores (JSON values in Redis hashes) and what its change log carries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pier_routes::{Action, AppSettings, Policy, Timeouts};
+use serde::{Deserialize, Serialize};
+
+/// An app's settings as stored under `apps` (every field optional; defaults as in the routes
+/// file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "TimeoutsRecord::is_empty")]
+    pub timeouts: TimeoutsRecord,
+    #[serde(default)]
+    pub action: ActionRecord,
+    /// Hold requests while the app has no live backend (mantrid's `spin`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spin: bool,
+}
+
+/// Per-app upstream timeouts, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_byte_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+}
+
+impl TimeoutsRecord {
+    fn is_empty(&self) -> bool {
+        self == &TimeoutsRecord::default()
+    }
+}
+
+/// What the balancer does with an app's requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ActionRecord {
+    #[default]
+    Proxy,
+    Redirect {
+        location: String,
+        #[serde(default = "default_redirect")]
+        status: u16,
+        #[serde(default)]
+        keep_path: bool,
+    },
+    Static {
+        #[serde(default = "default_static")]
+        status: u16,
+        body: String,
+        #[serde(default = "default_text")]
+        content_type: String,
+    },
+    Maintenance {
+        #[serde(default)]
+        body: Option<String>,
+        #[serde(default = "default_html")]
+        content_type: String,
+        #[serde(default)]
+        retry_after: Option<u32>,
+    },
+}
+
+fn default_redirect() -> u16 {
+    302
+}
+fn default_static() -> u16 {
+    200
+}
+fn default_text() -> String {
+    "text/plain; charset=utf-8".into()
+}
+fn default_html() -> String {
+    "text/html; charset=utf-8".into()
+}
+
+const MAINTENANCE_PAGE: &str = "<!doctype html><title>Down for maintenance</title>\
+<h1>Down for maintenance</h1><p>This site is being worked on and will be back shortly.</p>\n";
+
+fn header_safe(text: &str) -> bool {
+    text.bytes()
+        .all(|b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b))
+}
+
+impl AppRecord {
+    /// Checks the record and turns it into the route table's settings.
+    pub fn to_settings(&self) -> Result<Arc<AppSettings>, String> {
+        let policy = match self.policy.as_deref() {
+            None | Some("round-robin") => Policy::RoundRobin,
+            Some("least-outstanding") => Policy::LeastOutstanding,
+            Some(other) => return Err(format!("unknown policy {other:?}")),
+        };
+        let ms = |v: Option<u64>, what: &str| -> Result<Option<Duration>, String> {
+            match v {
+                Some(0) => Err(format!("timeouts.{what} must be above zero")),
+                v => Ok(v.map(Duration::from_millis)),
+            }
+        };
+        let timeouts = Timeouts {
+            connect: ms(self.timeouts.connect_ms, "connect_ms")?,
+            first_byte: ms(self.timeouts.first_byte_ms, "first_byte_ms")?,
+            idle: ms(self.timeouts.idle_ms, "idle_ms")?,
+        };
+        let action = match &self.action {
+            ActionRecord::Proxy => Action::Proxy,
+            ActionRecord::Redirect {
+                location,
+                status,
+                keep_path,
+            } => {
+                if ![301, 302, 303, 307, 308].contains(status) {
+                    return Err(format!(
+                        "redirect status {status} must be 301, 302, 303, 307 or 308"
+                    ));
+                }
+                if location.is_empty() || !header_safe(location) {
+                    return Err("redirect location must be non-empty visible text".into());
+                }
+                Action::Redirect {
+                    status: *status,
+                    location: location.as_str().into(),
+                    keep_path: *keep_path,
+                }
+            }
+            ActionRecord::Static {
+                status,
+                body,
+                content_type,
+            } => {
+                if !(200..=599).contains(status) {
+                    return Err(format!("static status {status} is outside 200..=599"));
+                }
+                if !header_safe(content_type) {
+                    return Err("content_type has characters not allowed in a header".into());
+                }
+                Action::Static {
+                    status: *status,
+                    body: body.clone().into(),
+                    content_type: content_type.as_str().into(),
+                }
+            }
+            ActionRecord::Maintenance {
+                body,
+                content_type,
+                retry_after,
+            } => {
+                if !header_safe(content_type) {
+                    return Err("content_type has characters not allowed in a header".into());
+                }
+                Action::Maintenance {
+                    body: body
+                        .clone()
+                        .unwrap_or_else(|| MAINTENANCE_PAGE.into())
+                        .into(),
+                    content_type: content_type.as_str().into(),
+                    retry_after: *retry_after,
+                }
+            }
+        };
+        Ok(Arc::new(AppSettings {
+            action,
+            policy,
+            timeouts,
+            max_body: self.max_body,
+            retries: self.retries,
+            spin: self.spin,
+        }))
+    }
+}
+
+/// A domain's owner and verification state, stored under `domains`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainRecord {
+    pub app: String,
+    /// Only verified domains are routed.
+    pub verified: bool,
+    /// The token a pending domain must serve at
+    /// `/.well-known/pier-challenge/<token>` to be verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// One backend instance, stored under `backends` as `app/id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendRecord {
+    pub address: String,
+    /// Liveness deadline in milliseconds since the Unix epoch; 0 = no deadline.
+    #[serde(default)]
+    pub expires_at_ms: u64,
+}
+
+/// A token's rights, stored under `tokens` by the SHA-256 of the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRecord {
+    /// `operator` or `owner`.
+    pub role: String,
+    /// The app an owner token acts on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    #[serde(default)]
+    pub created_ms: u64,
+}
+
+/// What a change-log entry is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    App,
+    Domain,
+    Backend,
+}
+
+/// One change-log entry: after version `version`, `key` of `kind` has `value` (JSON), or is
+/// gone when `value` is `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The stream entry id (the feed position).
+    pub id: String,
+    pub version: u64,
+    pub kind: ChangeKind,
+    pub key: String,
+    pub value: Option<String>,
+}
+
+/// Everything route-affecting in the registry at one version (raw JSON values). Also the
+/// format of a balancer's local snapshot file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: u64,
+    /// Feed position to tail from after this snapshot.
+    pub feed_id: String,
+    pub apps: Vec<(String, String)>,
+    pub domains: Vec<(String, String)>,
+    pub backends: Vec<(String, String)>,
+}

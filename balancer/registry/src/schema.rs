@@ -1,0 +1,59 @@
+//! Key names. Every key starts with a prefix (default `pier:`) so several registries can share
+//! one Redis database. See docs/registry.md for the whole schema.
+
+/// Key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// Route-affecting version counter (INCR on every such write).
+    pub version: String,
+    /// The change log: a stream of `{v, op, key, value}` entries.
+    pub changes: String,
+    /// Hash: app name → [`crate::AppRecord`] JSON.
+    pub apps: String,
+    /// Hash: domain pattern → [`crate::DomainRecord`] JSON.
+    pub domains: String,
+    /// Hash: `app/instance-id` → [`crate::BackendRecord`] JSON.
+    pub backends: String,
+    /// Hash: SHA-256 of a token (hex) → [`crate::model::TokenRecord`] JSON.
+    pub tokens: String,
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            version: format!("{prefix}version"),
+            changes: format!("{prefix}changes"),
+            apps: format!("{prefix}apps"),
+            domains: format!("{prefix}domains"),
+            backends: format!("{prefix}backends"),
+            tokens: format!("{prefix}tokens"),
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// Set of an app's domain patterns (an index, kept by the write scripts).
+    pub fn app_domains(&self, app: &str) -> String {
+        format!("{}app:{app}:domains", self.prefix)
+    }
+
+    /// Set of an app's backend keys (`app/id`).
+    pub fn app_backends(&self, app: &str) -> String {
+        format!("{}app:{app}:backends", self.prefix)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys::new("pier:")
+    }
+}
+
+/// The field of a backend in the backends hash.
+pub fn backend_field(app: &str, id: &str) -> String {
+    format!("{app}/{id}")
+}
