@@ -1,0 +1,615 @@
+//! The handlers: what each route does with the registry, and the JSON it takes and returns.
+//!
+//! Every handler authenticates first (401), then checks the caller's right on the app (403),
+//! then that the app exists (404): an owner learns nothing about apps that are not theirs.
+//! Values are validated before anything is written (422 with the reason).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::StatusCode;
+use pier_registry::model::{AppRecord, BackendRecord, DomainRecord, TokenRecord};
+use pier_registry::Registry;
+use pier_routes::DomainPattern;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::auth::{self, Authenticator, Caller};
+use crate::error::ApiError;
+use crate::verify::{Challenge, Verifier, CHALLENGE_PREFIX};
+
+/// Longest backend TTL a runner may ask for: a year. A longer one is a mistake (use no TTL).
+pub const MAX_TTL_S: u64 = 365 * 24 * 3600;
+
+/// What every handler shares.
+pub struct ApiState {
+    pub registry: Registry,
+    pub auth: Authenticator,
+    pub verifier: Arc<dyn Verifier>,
+}
+
+/// A handler's answer: a status and a JSON body (`None`: no body, for 204).
+pub type Reply = Result<(StatusCode, Option<Value>), ApiError>;
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Reply {
+    let v = serde_json::to_value(v).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((status, Some(v)))
+}
+
+/// Parses a request body. Text that is not JSON is a 400; JSON of the wrong shape (missing or
+/// unknown fields, wrong types) is a 422, like JSON with refused values.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
+        _ => ApiError::BadRequest(format!("body is not valid JSON: {e}")),
+    })
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+// ------------------------------------------------------------------- views
+
+#[derive(Debug, Serialize)]
+pub struct AppView {
+    pub name: String,
+    pub settings: AppRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domains: Option<Vec<DomainView>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backends: Option<Vec<BackendView>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChallengeView {
+    /// Path the app must answer, for the domain's `Host`.
+    pub path: String,
+    /// Exact body it must answer with.
+    pub body: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DomainView {
+    pub domain: String,
+    pub app: String,
+    pub verified: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<ChallengeView>,
+}
+
+impl DomainView {
+    fn new(domain: &str, rec: &DomainRecord) -> Self {
+        DomainView {
+            domain: domain.to_string(),
+            app: rec.app.clone(),
+            verified: rec.verified,
+            challenge: match (&rec.token, rec.verified) {
+                (Some(t), false) => Some(ChallengeView {
+                    path: format!("{CHALLENGE_PREFIX}{t}"),
+                    body: t.clone(),
+                }),
+                _ => None,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendView {
+    pub id: String,
+    pub address: String,
+    /// Liveness deadline, ms since the epoch; 0 = none.
+    pub expires_at_ms: u64,
+    /// Whether the balancer considers it now (its deadline is not past).
+    pub live: bool,
+}
+
+impl BackendView {
+    fn new(id: &str, rec: &BackendRecord, now: u64) -> Self {
+        BackendView {
+            id: id.to_string(),
+            address: rec.address.clone(),
+            expires_at_ms: rec.expires_at_ms,
+            live: rec.expires_at_ms == 0 || rec.expires_at_ms > now,
+        }
+    }
+}
+
+// ------------------------------------------------------------------- bodies
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApp {
+    pub name: String,
+    #[serde(default)]
+    pub settings: Option<AppRecord>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDomain {
+    pub domain: String,
+    /// Operator only: add the domain as verified, skipping the ownership check.
+    #[serde(default)]
+    pub verified: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// Operator only: mark verified without running the check.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewBackend {
+    pub address: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Seconds until the backend expires unless a heartbeat extends it; absent = never.
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub ttl_s: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub app: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenView {
+    pub token: String,
+    pub role: String,
+    pub app: String,
+}
+
+// ------------------------------------------------------------------- checks
+
+fn check_app_name(name: &str) -> Result<(), ApiError> {
+    pier_routes::file::check_app_name(name).map_err(ApiError::Unprocessable)
+}
+
+fn parse_domain(raw: &str) -> Result<DomainPattern, ApiError> {
+    DomainPattern::parse(raw).map_err(|e| ApiError::Unprocessable(format!("domain {raw:?}: {e}")))
+}
+
+fn check_address(raw: &str) -> Result<(), ApiError> {
+    let addr: SocketAddr = raw.parse().map_err(|_| {
+        ApiError::Unprocessable(format!(
+            "address {raw:?} is not IP:port (e.g. 10.0.0.5:8000)"
+        ))
+    })?;
+    if addr.port() == 0 {
+        return Err(ApiError::Unprocessable(format!(
+            "address {raw:?} has port 0"
+        )));
+    }
+    Ok(())
+}
+
+/// Instance ids end up in `app/id` keys and URLs: keep them short and plain.
+fn check_backend_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Unprocessable(format!(
+            "backend id {id:?} must be 1-64 letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+fn check_ttl(ttl_s: u64) -> Result<u64, ApiError> {
+    if ttl_s == 0 || ttl_s > MAX_TTL_S {
+        return Err(ApiError::Unprocessable(format!(
+            "ttl_s must be between 1 and {MAX_TTL_S}"
+        )));
+    }
+    Ok(now_ms().saturating_add(ttl_s * 1000))
+}
+
+fn check_settings(rec: &AppRecord) -> Result<(), ApiError> {
+    rec.to_settings()
+        .map(|_| ())
+        .map_err(|e| ApiError::Unprocessable(format!("settings: {e}")))
+}
+
+async fn existing_app(state: &ApiState, app: &str) -> Result<AppRecord, ApiError> {
+    state
+        .registry
+        .app(app)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no app named {app:?}")))
+}
+
+/// The app's domain `raw`, 404 when it is not there or is another app's (the same answer, so
+/// an owner cannot tell which).
+async fn own_domain(
+    state: &ApiState,
+    app: &str,
+    raw: &str,
+) -> Result<(DomainPattern, DomainRecord), ApiError> {
+    let pattern = parse_domain(raw)?;
+    match state.registry.domain(&pattern.to_string()).await? {
+        Some(rec) if rec.app == app => Ok((pattern, rec)),
+        _ => Err(ApiError::NotFound(format!(
+            "app {app:?} has no domain {pattern}"
+        ))),
+    }
+}
+
+// ------------------------------------------------------------------- handlers
+
+pub async fn healthz(state: &ApiState) -> Reply {
+    let v = state.registry.version().await?;
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"status": "ok", "registry_version": v}),
+    )
+}
+
+pub async fn list_apps(state: &ApiState, caller: &Caller) -> Reply {
+    let names = match caller {
+        Caller::Operator => state.registry.app_names().await?,
+        Caller::Owner(app) => vec![app.clone()],
+    };
+    let mut apps = Vec::with_capacity(names.len());
+    for name in names {
+        // An owner's app may have been deleted: it is then simply not listed.
+        if let Some(settings) = state.registry.app(&name).await? {
+            apps.push(AppView {
+                name,
+                settings,
+                domains: None,
+                backends: None,
+            });
+        }
+    }
+    json(StatusCode::OK, &serde_json::json!({ "apps": apps }))
+}
+
+pub async fn create_app(state: &ApiState, caller: &Caller, body: &[u8]) -> Reply {
+    caller.require_operator("create apps")?;
+    let req: NewApp = parse_body(body)?;
+    check_app_name(&req.name)?;
+    let settings = req.settings.unwrap_or_default();
+    check_settings(&settings)?;
+    // Check-then-write is not atomic: two concurrent creates of one name both succeed, the
+    // last settings winning. Only the operator creates apps, so this is accepted.
+    if state.registry.app(&req.name).await?.is_some() {
+        return Err(ApiError::Conflict(format!("app {:?} exists", req.name)));
+    }
+    state.registry.put_app(&req.name, &settings).await?;
+    tracing::info!(app = %req.name, "app created");
+    json(
+        StatusCode::CREATED,
+        &AppView {
+            name: req.name,
+            settings,
+            domains: None,
+            backends: None,
+        },
+    )
+}
+
+pub async fn show_app(state: &ApiState, caller: &Caller, app: &str) -> Reply {
+    caller.may_act_on(app)?;
+    let settings = existing_app(state, app).await?;
+    let now = now_ms();
+    let domains = state
+        .registry
+        .app_domains(app)
+        .await?
+        .iter()
+        .map(|(d, r)| DomainView::new(d, r))
+        .collect();
+    let backends = state
+        .registry
+        .app_backends(app)
+        .await?
+        .iter()
+        .map(|(id, r)| BackendView::new(id, r, now))
+        .collect();
+    json(
+        StatusCode::OK,
+        &AppView {
+            name: app.to_string(),
+            settings,
+            domains: Some(domains),
+            backends: Some(backends),
+        },
+    )
+}
+
+/// PATCH: each top-level field in the body replaces the app's; `null` resets it to the default.
+pub async fn update_app(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -> Reply {
+    caller.may_act_on(app)?;
+    let patch: Value = parse_body(body)?;
+    let Value::Object(patch) = patch else {
+        return Err(ApiError::Unprocessable(
+            "body must be a JSON object of app settings".into(),
+        ));
+    };
+    let current = existing_app(state, app).await?;
+    let mut merged = match serde_json::to_value(&current) {
+        Ok(Value::Object(m)) => m,
+        _ => return Err(ApiError::Internal("app record is not an object".into())),
+    };
+    for (k, v) in patch {
+        if v.is_null() {
+            merged.remove(&k);
+        } else {
+            merged.insert(k, v);
+        }
+    }
+    let settings: AppRecord = serde_json::from_value(Value::Object(merged))
+        .map_err(|e| ApiError::Unprocessable(format!("settings: {e}")))?;
+    check_settings(&settings)?;
+    state.registry.put_app(app, &settings).await?;
+    json(
+        StatusCode::OK,
+        &AppView {
+            name: app.to_string(),
+            settings,
+            domains: None,
+            backends: None,
+        },
+    )
+}
+
+pub async fn delete_app(state: &ApiState, caller: &Caller, app: &str) -> Reply {
+    // Deleting is the operator's, like creating: an owner token outlives its app, and an app
+    // re-created under the same name must not fall to the old owner by the owner's own act.
+    caller.require_operator("delete apps")?;
+    match state.registry.delete_app(app).await? {
+        Some(_) => {
+            tracing::info!(app, "app deleted");
+            Ok((StatusCode::NO_CONTENT, None))
+        }
+        None => Err(ApiError::NotFound(format!("no app named {app:?}"))),
+    }
+}
+
+pub async fn list_domains(state: &ApiState, caller: &Caller, app: &str) -> Reply {
+    caller.may_act_on(app)?;
+    existing_app(state, app).await?;
+    let domains: Vec<DomainView> = state
+        .registry
+        .app_domains(app)
+        .await?
+        .iter()
+        .map(|(d, r)| DomainView::new(d, r))
+        .collect();
+    json(StatusCode::OK, &serde_json::json!({ "domains": domains }))
+}
+
+pub async fn add_domain(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -> Reply {
+    caller.may_act_on(app)?;
+    let req: NewDomain = parse_body(body)?;
+    let pattern = parse_domain(&req.domain)?;
+    if req.verified {
+        caller.require_operator("add a domain as verified")?;
+    }
+    if pattern == DomainPattern::CatchAll {
+        // `*` takes every unknown hostname: not an owner's to claim.
+        caller.require_operator("add the catch-all domain \"*\"")?;
+    }
+    existing_app(state, app).await?;
+    let key = pattern.to_string();
+    let rec = match state.registry.domain(&key).await? {
+        Some(cur) if cur.app != app => {
+            return Err(ApiError::Conflict(format!(
+                "domain {key} belongs to another app"
+            )))
+        }
+        // Adding a domain again must not send a verified one back to pending.
+        Some(cur) if cur.verified || !req.verified => {
+            return json(StatusCode::OK, &DomainView::new(&key, &cur));
+        }
+        _ if req.verified => DomainRecord {
+            app: app.to_string(),
+            verified: true,
+            token: None,
+        },
+        _ => DomainRecord {
+            app: app.to_string(),
+            verified: false,
+            token: Some(auth::random_hex(16)?),
+        },
+    };
+    state.registry.put_domain(&key, &rec).await?;
+    tracing::info!(app, domain = %key, verified = rec.verified, "domain added");
+    json(StatusCode::CREATED, &DomainView::new(&key, &rec))
+}
+
+pub async fn remove_domain(state: &ApiState, caller: &Caller, app: &str, raw: &str) -> Reply {
+    caller.may_act_on(app)?;
+    let (pattern, _) = own_domain(state, app, raw).await?;
+    match state.registry.delete_domain(&pattern.to_string()).await? {
+        Some(_) => Ok((StatusCode::NO_CONTENT, None)),
+        None => Err(ApiError::NotFound(format!("no domain {pattern}"))),
+    }
+}
+
+pub async fn verify_domain(
+    state: &ApiState,
+    caller: &Caller,
+    app: &str,
+    raw: &str,
+    body: &[u8],
+) -> Reply {
+    caller.may_act_on(app)?;
+    let req: VerifyRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        VerifyRequest::default()
+    } else {
+        parse_body(body)?
+    };
+    let (pattern, rec) = own_domain(state, app, raw).await?;
+    let key = pattern.to_string();
+    if rec.verified {
+        return json(StatusCode::OK, &DomainView::new(&key, &rec));
+    }
+    if req.force {
+        caller.require_operator("verify a domain without its check")?;
+    } else {
+        let DomainPattern::Exact(name) = &pattern else {
+            // No single hostname answers for a wildcard: the HTTP check proves nothing.
+            return Err(ApiError::VerificationFailed(format!(
+                "{key} is a wildcard: an operator verifies it (force)"
+            )));
+        };
+        let token = rec
+            .token
+            .clone()
+            .ok_or_else(|| ApiError::Internal(format!("pending domain {key} has no token")))?;
+        let now = now_ms();
+        let backends = state
+            .registry
+            .app_backends(app)
+            .await?
+            .into_iter()
+            .map(|(id, r)| BackendView::new(&id, &r, now))
+            .filter(|b| b.live)
+            .map(|b| b.address)
+            .collect();
+        let challenge = Challenge {
+            domain: name.to_string(),
+            token,
+            backends,
+        };
+        if let Err(e) = state.verifier.verify(&challenge).await {
+            tracing::info!(app, domain = %key, error = %e, "domain verification failed");
+            return Err(ApiError::VerificationFailed(e.to_string()));
+        }
+    }
+    let verified = DomainRecord {
+        app: app.to_string(),
+        verified: true,
+        token: None,
+    };
+    state.registry.put_domain(&key, &verified).await?;
+    tracing::info!(app, domain = %key, forced = req.force, "domain verified");
+    json(StatusCode::OK, &DomainView::new(&key, &verified))
+}
+
+pub async fn list_backends(state: &ApiState, caller: &Caller, app: &str) -> Reply {
+    caller.may_act_on(app)?;
+    existing_app(state, app).await?;
+    let now = now_ms();
+    let backends: Vec<BackendView> = state
+        .registry
+        .app_backends(app)
+        .await?
+        .iter()
+        .map(|(id, r)| BackendView::new(id, r, now))
+        .collect();
+    json(StatusCode::OK, &serde_json::json!({ "backends": backends }))
+}
+
+pub async fn add_backend(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -> Reply {
+    caller.may_act_on(app)?;
+    let req: NewBackend = parse_body(body)?;
+    check_address(&req.address)?;
+    let id = match req.id {
+        Some(id) => {
+            check_backend_id(&id)?;
+            id
+        }
+        None => auth::random_hex(6)?,
+    };
+    let expires_at_ms = req.ttl_s.map(check_ttl).transpose()?.unwrap_or(0);
+    let rec = BackendRecord {
+        address: req.address,
+        expires_at_ms,
+    };
+    // The registry refuses a backend of a missing app (NoSuchApp → 404) atomically.
+    state.registry.put_backend(app, &id, &rec).await?;
+    tracing::debug!(app, id, address = %rec.address, "backend registered");
+    json(StatusCode::CREATED, &BackendView::new(&id, &rec, now_ms()))
+}
+
+pub async fn heartbeat(
+    state: &ApiState,
+    caller: &Caller,
+    app: &str,
+    id: &str,
+    body: &[u8],
+) -> Reply {
+    caller.may_act_on(app)?;
+    check_backend_id(id)?;
+    let req: HeartbeatRequest = parse_body(body)?;
+    let expires_at_ms = check_ttl(req.ttl_s)?;
+    // A heartbeat refreshes a registered backend; one that was removed must register again
+    // (with its address), so a late heartbeat cannot bring back a deregistered instance.
+    let Some((_, cur)) = state
+        .registry
+        .app_backends(app)
+        .await?
+        .into_iter()
+        .find(|(i, _)| i == id)
+    else {
+        return Err(ApiError::NotFound(format!(
+            "app {app:?} has no backend {id:?}"
+        )));
+    };
+    let rec = BackendRecord {
+        address: cur.address,
+        expires_at_ms,
+    };
+    state.registry.put_backend(app, id, &rec).await?;
+    json(StatusCode::OK, &BackendView::new(id, &rec, now_ms()))
+}
+
+pub async fn remove_backend(state: &ApiState, caller: &Caller, app: &str, id: &str) -> Reply {
+    caller.may_act_on(app)?;
+    match state.registry.delete_backend(app, id).await? {
+        Some(_) => Ok((StatusCode::NO_CONTENT, None)),
+        None => Err(ApiError::NotFound(format!(
+            "app {app:?} has no backend {id:?}"
+        ))),
+    }
+}
+
+pub async fn create_token(state: &ApiState, caller: &Caller, body: &[u8]) -> Reply {
+    caller.require_operator("create tokens")?;
+    let req: NewToken = parse_body(body)?;
+    check_app_name(&req.app)?;
+    existing_app(state, &req.app).await?;
+    let token = auth::new_token()?;
+    let rec = TokenRecord {
+        role: "owner".into(),
+        app: Some(req.app.clone()),
+        created_ms: now_ms(),
+    };
+    state
+        .registry
+        .put_token(&auth::hash_token(&token), &rec)
+        .await?;
+    tracing::info!(app = %req.app, "owner token created");
+    json(
+        StatusCode::CREATED,
+        &TokenView {
+            token,
+            role: rec.role,
+            app: req.app,
+        },
+    )
+}

@@ -1,0 +1,395 @@
+//! The `pier` command line: the arguments (clap) and the client verbs, which call the registry
+//! API with [`ApiClient`] and print short text (or the API's JSON with `--json`).
+//!
+//! Exit codes: 0 on success, 1 when the API refused or could not be reached, 2 for usage
+//! errors (clap's own, a missing token, a bad argument).
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use http::Method;
+use serde_json::{json, Value};
+
+use crate::client::{encode_segment, ApiClient, ApiResponse, ClientError};
+
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "pier",
+    version,
+    about = "pier: the registry API server and its command-line client"
+)]
+pub struct Cli {
+    /// Registry API base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "PIER_API_URL",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub api: String,
+    /// API token (the operator's or an app owner's).
+    #[arg(long, global = true, env = "PIER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON answers instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run the registry API server.
+    Api(ApiArgs),
+    /// Create, list, show, update and delete apps.
+    #[command(subcommand)]
+    Apps(AppsCmd),
+    /// An app's domains.
+    #[command(subcommand)]
+    Domains(DomainsCmd),
+    /// An app's backends (instances).
+    #[command(subcommand)]
+    Backends(BackendsCmd),
+    /// API tokens.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// The registry's Redis.
+    #[arg(
+        long,
+        env = "PIER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0"
+    )]
+    pub redis: String,
+    /// Key prefix in Redis (must match the balancers' `[routes] prefix`).
+    #[arg(long, default_value = "pier:")]
+    pub prefix: String,
+    /// The operator token (prefer the environment: arguments show in `ps`).
+    #[arg(long, env = "PIER_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: Option<String>,
+    /// Send domain challenges to this address instead of the app's backends.
+    #[arg(long)]
+    pub challenge_via: Option<SocketAddr>,
+    /// Seconds a domain challenge may take per backend tried.
+    #[arg(long, default_value_t = 5)]
+    pub challenge_timeout: u64,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AppsCmd {
+    /// Create an app (operator).
+    Create { name: String },
+    /// List the apps the token may see.
+    List,
+    /// Show an app with its domains and backends.
+    Show { name: String },
+    /// Change settings: a JSON object of app settings, e.g. '{"spin": true}'.
+    Update { name: String, settings: String },
+    /// Delete an app with its domains and backends (operator).
+    Delete { name: String },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DomainsCmd {
+    /// Add a domain; it stays pending until verified, unless the operator passes --verified.
+    Add {
+        app: String,
+        host: String,
+        /// Skip the ownership check (operator only).
+        #[arg(long)]
+        verified: bool,
+    },
+    /// List an app's domains.
+    List { app: String },
+    /// Remove a domain.
+    Remove { app: String, host: String },
+    /// Run the ownership check of a pending domain.
+    Verify {
+        app: String,
+        host: String,
+        /// Mark verified without the check (operator only).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BackendsCmd {
+    /// Register a backend instance at ADDR (IP:port).
+    Add {
+        app: String,
+        addr: String,
+        /// Instance id (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+        /// Seconds it lives without a heartbeat (default: forever).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Deregister a backend instance.
+    Remove { app: String, id: String },
+    /// List an app's backends.
+    List { app: String },
+    /// Extend a backend's deadline to now + TTL seconds.
+    Heartbeat {
+        app: String,
+        id: String,
+        #[arg(long)]
+        ttl: u64,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TokensCmd {
+    /// Create an owner token for an app (operator). The token is the last line printed.
+    Create {
+        #[arg(long)]
+        app: String,
+    },
+}
+
+/// Why a client verb failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{reason} (HTTP {status} {code})")]
+    Api {
+        status: u16,
+        code: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn check(resp: ApiResponse) -> Result<Value, CliError> {
+    if resp.status.is_success() {
+        return Ok(resp.body);
+    }
+    Err(CliError::Api {
+        status: resp.status.as_u16(),
+        code: resp
+            .body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("error")
+            .to_string(),
+        reason: resp.reason(),
+    })
+}
+
+fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn domain_line(d: &Value) -> String {
+    let verified = d.get("verified").and_then(Value::as_bool).unwrap_or(false);
+    if verified {
+        format!("{}\tverified", s(d, "domain"))
+    } else {
+        let path = d
+            .get("challenge")
+            .map(|c| s(c, "path").to_string())
+            .unwrap_or_default();
+        format!("{}\tpending\t{path}", s(d, "domain"))
+    }
+}
+
+fn backend_line(b: &Value) -> String {
+    let live = if b.get("live").and_then(Value::as_bool).unwrap_or(false) {
+        "live"
+    } else {
+        "expired"
+    };
+    let expires = b.get("expires_at_ms").and_then(Value::as_u64).unwrap_or(0);
+    let expires = if expires == 0 {
+        "no-deadline".to_string()
+    } else {
+        format!("expires_at_ms={expires}")
+    };
+    format!("{}\t{}\t{live}\t{expires}", s(b, "id"), s(b, "address"))
+}
+
+fn items<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// Runs one client verb (anything but `api`), writing its output to `out`.
+pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    let token =
+        cli.token.clone().filter(|t| !t.is_empty()).ok_or_else(|| {
+            CliError::Usage("no API token: set PIER_TOKEN or pass --token".into())
+        })?;
+    let client =
+        ApiClient::new(&cli.api, Some(token)).map_err(|e| CliError::Usage(e.to_string()))?;
+    let app_path = |app: &str| format!("/v1/apps/{}", encode_segment(app));
+    let (method, path, body) = match &cli.command {
+        Command::Api(_) => return Err(CliError::Usage("`pier api` is not a client verb".into())),
+        Command::Apps(AppsCmd::Create { name }) => (
+            Method::POST,
+            "/v1/apps".to_string(),
+            Some(json!({ "name": name })),
+        ),
+        Command::Apps(AppsCmd::List) => (Method::GET, "/v1/apps".to_string(), None),
+        Command::Apps(AppsCmd::Show { name }) => (Method::GET, app_path(name), None),
+        Command::Apps(AppsCmd::Update { name, settings }) => {
+            let v: Value = serde_json::from_str(settings)
+                .map_err(|e| CliError::Usage(format!("settings are not JSON: {e}")))?;
+            (Method::PATCH, app_path(name), Some(v))
+        }
+        Command::Apps(AppsCmd::Delete { name }) => (Method::DELETE, app_path(name), None),
+        Command::Domains(DomainsCmd::Add {
+            app,
+            host,
+            verified,
+        }) => (
+            Method::POST,
+            format!("{}/domains", app_path(app)),
+            Some(json!({ "domain": host, "verified": verified })),
+        ),
+        Command::Domains(DomainsCmd::List { app }) => {
+            (Method::GET, format!("{}/domains", app_path(app)), None)
+        }
+        Command::Domains(DomainsCmd::Remove { app, host }) => (
+            Method::DELETE,
+            format!("{}/domains/{}", app_path(app), encode_segment(host)),
+            None,
+        ),
+        Command::Domains(DomainsCmd::Verify { app, host, force }) => (
+            Method::POST,
+            format!("{}/domains/{}/verify", app_path(app), encode_segment(host)),
+            Some(json!({ "force": force })),
+        ),
+        Command::Backends(BackendsCmd::Add { app, addr, id, ttl }) => {
+            let mut b = json!({ "address": addr });
+            if let Some(id) = id {
+                b["id"] = json!(id);
+            }
+            if let Some(ttl) = ttl {
+                b["ttl_s"] = json!(ttl);
+            }
+            (Method::POST, format!("{}/backends", app_path(app)), Some(b))
+        }
+        Command::Backends(BackendsCmd::Remove { app, id }) => (
+            Method::DELETE,
+            format!("{}/backends/{}", app_path(app), encode_segment(id)),
+            None,
+        ),
+        Command::Backends(BackendsCmd::List { app }) => {
+            (Method::GET, format!("{}/backends", app_path(app)), None)
+        }
+        Command::Backends(BackendsCmd::Heartbeat { app, id, ttl }) => (
+            Method::PUT,
+            format!(
+                "{}/backends/{}/heartbeat",
+                app_path(app),
+                encode_segment(id)
+            ),
+            Some(json!({ "ttl_s": ttl })),
+        ),
+        Command::Tokens(TokensCmd::Create { app }) => (
+            Method::POST,
+            "/v1/tokens".to_string(),
+            Some(json!({ "app": app })),
+        ),
+    };
+    let v = check(client.call(method, &path, body.as_ref()).await?)?;
+    if cli.json {
+        if !v.is_null() {
+            writeln!(out, "{v:#}")?;
+        }
+        return Ok(());
+    }
+    match &cli.command {
+        Command::Api(_) => {}
+        Command::Apps(AppsCmd::Create { name }) => writeln!(out, "created app {name}")?,
+        Command::Apps(AppsCmd::List) => {
+            for a in items(&v, "apps") {
+                writeln!(out, "{}", s(a, "name"))?;
+            }
+        }
+        Command::Apps(AppsCmd::Show { .. }) => {
+            writeln!(out, "app {}", s(&v, "name"))?;
+            writeln!(
+                out,
+                "settings {}",
+                v.get("settings").cloned().unwrap_or(Value::Null)
+            )?;
+            for d in items(&v, "domains") {
+                writeln!(out, "domain\t{}", domain_line(d))?;
+            }
+            for b in items(&v, "backends") {
+                writeln!(out, "backend\t{}", backend_line(b))?;
+            }
+        }
+        Command::Apps(AppsCmd::Update { name, .. }) => writeln!(out, "updated app {name}")?,
+        Command::Apps(AppsCmd::Delete { name }) => writeln!(out, "deleted app {name}")?,
+        Command::Domains(DomainsCmd::Add { app, .. }) => {
+            let domain = s(&v, "domain");
+            if v.get("verified").and_then(Value::as_bool).unwrap_or(false) {
+                writeln!(out, "{domain} routes to {app} (verified)")?;
+            } else {
+                let c = v.get("challenge").cloned().unwrap_or(Value::Null);
+                writeln!(out, "{domain} added to {app}, pending verification")?;
+                writeln!(
+                    out,
+                    "serve GET {} for Host: {domain} with the body {} from the app, then run:",
+                    s(&c, "path"),
+                    s(&c, "body")
+                )?;
+                writeln!(out, "  pier domains verify {app} {domain}")?;
+            }
+        }
+        Command::Domains(DomainsCmd::List { .. }) => {
+            for d in items(&v, "domains") {
+                writeln!(out, "{}", domain_line(d))?;
+            }
+        }
+        Command::Domains(DomainsCmd::Remove { app, host }) => {
+            writeln!(out, "removed {host} from {app}")?
+        }
+        Command::Domains(DomainsCmd::Verify { .. }) => {
+            writeln!(out, "{} verified", s(&v, "domain"))?
+        }
+        Command::Backends(BackendsCmd::Add { .. } | BackendsCmd::Heartbeat { .. }) => {
+            writeln!(out, "{}", backend_line(&v))?
+        }
+        Command::Backends(BackendsCmd::Remove { app, id }) => {
+            writeln!(out, "removed backend {id} of {app}")?
+        }
+        Command::Backends(BackendsCmd::List { .. }) => {
+            for b in items(&v, "backends") {
+                writeln!(out, "{}", backend_line(b))?;
+            }
+        }
+        Command::Tokens(TokensCmd::Create { app }) => {
+            writeln!(
+                out,
+                "owner token for app {app} (shown once, only its hash is stored):"
+            )?;
+            writeln!(out, "{}", s(&v, "token"))?;
+        }
+    }
+    Ok(())
+}

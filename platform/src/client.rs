@@ -1,0 +1,200 @@
+//! A small HTTP/1.1 client over hyper: one request per connection, with a deadline and a cap
+//! on the response body. Used by the CLI verbs ([`ApiClient`]) and by the domain verifier.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Why a request got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad API URL {0:?}: use http://HOST:PORT")]
+    BadUrl(String),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("no answer from {0} within {1:?}")]
+    Timeout(String, Duration),
+    #[error("HTTP error talking to {0}: {1}")]
+    Http(String, String),
+    #[error("response from {0} is larger than {1} bytes")]
+    TooLarge(String, usize),
+    #[error("cannot build request: {0}")]
+    Request(String),
+}
+
+/// Sends `req` to `addr` (`host:port`) and returns the status and the whole body.
+pub async fn send(
+    addr: &str,
+    req: Request<Full<Bytes>>,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<(StatusCode, Bytes), ClientError> {
+    let work = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Http(addr.to_string(), e.to_string()))?;
+        // The connection task ends when the response is read and `sender` is dropped.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Http(addr.to_string(), e.to_string()))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), max_body)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    ClientError::TooLarge(addr.to_string(), max_body)
+                } else {
+                    ClientError::Http(addr.to_string(), e.to_string())
+                }
+            })?
+            .to_bytes();
+        Ok((status, body))
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(ClientError::Timeout(addr.to_string(), timeout)),
+    }
+}
+
+/// An answer from the API: its status and its JSON body (`Null` when empty or not JSON).
+#[derive(Debug, Clone)]
+pub struct ApiResponse {
+    pub status: StatusCode,
+    pub body: serde_json::Value,
+    pub text: String,
+}
+
+impl ApiResponse {
+    /// The `reason` of an error body, or the raw text.
+    pub fn reason(&self) -> String {
+        match self.body.get("reason").and_then(|r| r.as_str()) {
+            Some(r) => r.to_string(),
+            None => self.text.clone(),
+        }
+    }
+}
+
+/// A client of the registry API at one base URL, with an optional bearer token.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    authority: String,
+    base_path: String,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+impl ApiClient {
+    /// `url` is `http://host:port` with an optional path prefix (`http://host/pier`).
+    pub fn new(url: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| ClientError::BadUrl(url.to_string()))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err(ClientError::BadUrl(url.to_string()));
+        }
+        let authority = if authority.contains(':') && !authority.ends_with(']') {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(ApiClient {
+            authority,
+            base_path: path.trim_end_matches('/').to_string(),
+            token,
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// Sends one request; `path` starts with `/` and is appended to the base URL's path.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<ApiResponse, ClientError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base_path))
+            .header(header::HOST, &self.authority)
+            .header(header::ACCEPT, "application/json");
+        if let Some(t) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let payload = match body {
+            Some(v) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Bytes::from(v.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let req = req
+            .body(Full::new(payload))
+            .map_err(|e| ClientError::Request(e.to_string()))?;
+        let (status, bytes) = send(&self.authority, req, self.timeout, 16 << 20).await?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Ok(ApiResponse { status, body, text })
+    }
+}
+
+/// Percent-encodes one path segment (a domain such as `*.example.com` or a Unicode name).
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let c = ApiClient::new("http://127.0.0.1:7070", None).unwrap();
+        assert_eq!(c.authority, "127.0.0.1:7070");
+        assert_eq!(c.base_path, "");
+        let c = ApiClient::new("http://api.local/pier/", None).unwrap();
+        assert_eq!(c.authority, "api.local:80");
+        assert_eq!(c.base_path, "/pier");
+        assert!(ApiClient::new("https://x", None).is_err());
+        assert!(ApiClient::new("http://", None).is_err());
+    }
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(encode_segment("*.example.com"), "%2A.example.com");
+        assert_eq!(encode_segment("a/b"), "a%2Fb");
+    }
+}

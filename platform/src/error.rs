@@ -1,0 +1,102 @@
+//! [`ApiError`]: every way a request can fail, and the one place that maps it to a status code
+//! and the JSON error body `{"error": "<code>", "reason": "<text>"}`.
+
+use http::StatusCode;
+use pier_registry::RegistryError;
+use serde::Serialize;
+
+/// Why a request failed. Each variant carries the human-readable reason sent to the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON, or not the JSON shape the route expects.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// No token, or a token the registry does not know.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// A known token without the right to do this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(String),
+    /// The thing exists already, or belongs to someone else.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("request body too large: {0}")]
+    TooLarge(String),
+    /// Well-formed JSON whose values are refused (bad hostname, address, app name, setting),
+    /// or a domain whose ownership check failed.
+    #[error("unprocessable: {0}")]
+    Unprocessable(String),
+    /// The domain's ownership check ran and failed.
+    #[error("verification failed: {0}")]
+    VerificationFailed(String),
+    /// Redis did not answer (or answered with an error): retrying later may work.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+    /// Bad data in the registry or a bug: not the client's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    pub error: &'a str,
+    pub reason: &'a str,
+}
+
+impl ApiError {
+    /// The status code and the short machine-readable code of this error.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
+            ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            ApiError::VerificationFailed(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "verification-failed")
+            }
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "registry-unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            ApiError::BadRequest(r)
+            | ApiError::Unauthorized(r)
+            | ApiError::Forbidden(r)
+            | ApiError::NotFound(r)
+            | ApiError::MethodNotAllowed(r)
+            | ApiError::Conflict(r)
+            | ApiError::TooLarge(r)
+            | ApiError::Unprocessable(r)
+            | ApiError::VerificationFailed(r)
+            | ApiError::Unavailable(r)
+            | ApiError::Internal(r) => r,
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::NoSuchApp(app) => ApiError::NotFound(format!("no app named {app:?}")),
+            RegistryError::DomainTaken { domain, .. } => {
+                // The owner's name is not told: it is another customer's business.
+                ApiError::Conflict(format!("domain {domain} belongs to another app"))
+            }
+            RegistryError::BadData(m) => ApiError::Internal(m),
+            e @ (RegistryError::Redis(_) | RegistryError::Timeout(_)) => {
+                ApiError::Unavailable(e.to_string())
+            }
+        }
+    }
+}

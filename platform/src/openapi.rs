@@ -1,0 +1,495 @@
+//! The OpenAPI 3.0 document served at `/openapi.json`. It is written by hand next to
+//! [`crate::router::ROUTES`]; the integration tests check that both list the same operations
+//! and that every response a test run sees has a declared status and matches its schema.
+
+use serde_json::{json, Map, Value};
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn status_text(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No content",
+        400 => "Malformed request: the body is not JSON, or the path is badly encoded",
+        401 => "No token, or an unknown token",
+        403 => {
+            "The token may not do this (an owner acting on another app, or an operator-only action)"
+        }
+        404 => "No such app, domain or backend",
+        409 => "Exists already, or the domain belongs to another app",
+        413 => "Request body too large",
+        422 => "Invalid values (app name, hostname, address, settings) or a failed domain check",
+        503 => "The registry (Redis) is unavailable",
+        _ => "",
+    }
+}
+
+/// Error statuses every authenticated operation can answer.
+const AUTHED: &[u16] = &[400, 401, 413, 503];
+
+struct Op<'a> {
+    id: &'a str,
+    summary: &'a str,
+    authed: bool,
+    body: Option<&'a str>,
+    ok: &'a [(u16, Option<&'a str>)],
+    errors: &'a [u16],
+}
+
+fn operation(op: &Op<'_>) -> Value {
+    let mut responses = Map::new();
+    for (status, schema) in op.ok {
+        let mut r = json!({ "description": status_text(*status) });
+        if let Some(s) = schema {
+            r["content"] = json!({ "application/json": { "schema": schema_ref(s) } });
+        }
+        responses.insert(status.to_string(), r);
+    }
+    let mut errors: Vec<u16> = op.errors.to_vec();
+    if op.authed {
+        errors.extend_from_slice(AUTHED);
+    }
+    errors.sort_unstable();
+    errors.dedup();
+    for status in errors {
+        responses.insert(
+            status.to_string(),
+            json!({
+                "description": status_text(status),
+                "content": { "application/json": { "schema": schema_ref("Error") } }
+            }),
+        );
+    }
+    let mut v = json!({
+        "operationId": op.id,
+        "summary": op.summary,
+        "responses": responses,
+    });
+    if !op.authed {
+        v["security"] = json!([]);
+    }
+    if let Some(b) = op.body {
+        v["requestBody"] = json!({
+            "required": true,
+            "content": { "application/json": { "schema": schema_ref(b) } }
+        });
+    }
+    v
+}
+
+fn path_params(names: &[&str]) -> Value {
+    let descr = |n: &str| match n {
+        "app" => "App name",
+        "domain" => "Domain pattern (percent-encode '*' as %2A if your client needs to)",
+        _ => "Backend instance id",
+    };
+    Value::Array(
+        names
+            .iter()
+            .map(|n| {
+                json!({
+                    "name": n, "in": "path", "required": true,
+                    "description": descr(n), "schema": { "type": "string" }
+                })
+            })
+            .collect(),
+    )
+}
+
+fn schemas() -> Value {
+    let string = json!({ "type": "string" });
+    let int = json!({ "type": "integer", "minimum": 0 });
+    json!({
+        "Error": {
+            "type": "object",
+            "required": ["error", "reason"],
+            "properties": {
+                "error": { "type": "string", "description": "Short code: bad-request, unauthorized, forbidden, not-found, method-not-allowed, conflict, too-large, unprocessable, verification-failed, registry-unavailable, internal" },
+                "reason": { "type": "string", "description": "What was wrong, for a human" }
+            }
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status", "registry_version"],
+            "properties": { "status": string, "registry_version": int }
+        },
+        "OpenApi": {
+            "type": "object",
+            "required": ["openapi", "info", "paths"],
+            "properties": { "openapi": string, "info": { "type": "object" }, "paths": { "type": "object" } }
+        },
+        "Timeouts": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": { "connect_ms": int, "first_byte_ms": int, "idle_ms": int }
+        },
+        "Action": {
+            "type": "object",
+            "required": ["type"],
+            "description": "proxy (default); redirect {location, status, keep_path}; static {status, body, content_type}; maintenance {body, content_type, retry_after}",
+            "properties": {
+                "type": { "type": "string", "enum": ["proxy", "redirect", "static", "maintenance"] },
+                "location": string, "status": int, "keep_path": { "type": "boolean" },
+                "body": { "type": "string", "nullable": true }, "content_type": string,
+                "retry_after": { "type": "integer", "nullable": true }
+            }
+        },
+        "AppSettings": {
+            "type": "object",
+            "additionalProperties": false,
+            "description": "Every field optional; PATCH replaces the fields given, null resets one",
+            "properties": {
+                "policy": { "type": "string", "enum": ["round-robin", "least-outstanding"] },
+                "max_body": int,
+                "retries": int,
+                "timeouts": schema_ref("Timeouts"),
+                "action": schema_ref("Action"),
+                "spin": { "type": "boolean" }
+            }
+        },
+        "App": {
+            "type": "object",
+            "required": ["name", "settings"],
+            "properties": {
+                "name": string,
+                "settings": schema_ref("AppSettings"),
+                "domains": { "type": "array", "items": schema_ref("Domain"), "description": "Only in GET /v1/apps/{app}" },
+                "backends": { "type": "array", "items": schema_ref("Backend"), "description": "Only in GET /v1/apps/{app}" }
+            }
+        },
+        "AppList": {
+            "type": "object",
+            "required": ["apps"],
+            "properties": { "apps": { "type": "array", "items": schema_ref("App") } }
+        },
+        "NewApp": {
+            "type": "object",
+            "required": ["name"],
+            "additionalProperties": false,
+            "properties": { "name": string, "settings": schema_ref("AppSettings") }
+        },
+        "Domain": {
+            "type": "object",
+            "required": ["domain", "app", "verified"],
+            "properties": {
+                "domain": string,
+                "app": string,
+                "verified": { "type": "boolean", "description": "Only verified domains are routed" },
+                "challenge": {
+                    "type": "object",
+                    "required": ["path", "body"],
+                    "description": "While pending: the app must answer GET <path> for Host: <domain> with <body>",
+                    "properties": { "path": string, "body": string }
+                }
+            }
+        },
+        "DomainList": {
+            "type": "object",
+            "required": ["domains"],
+            "properties": { "domains": { "type": "array", "items": schema_ref("Domain") } }
+        },
+        "NewDomain": {
+            "type": "object",
+            "required": ["domain"],
+            "additionalProperties": false,
+            "properties": {
+                "domain": string,
+                "verified": { "type": "boolean", "description": "Operator only: skip the ownership check" }
+            }
+        },
+        "VerifyRequest": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": { "force": { "type": "boolean", "description": "Operator only: verify without the check" } }
+        },
+        "Backend": {
+            "type": "object",
+            "required": ["id", "address", "expires_at_ms", "live"],
+            "properties": {
+                "id": string,
+                "address": string,
+                "expires_at_ms": int,
+                "live": { "type": "boolean" }
+            }
+        },
+        "BackendList": {
+            "type": "object",
+            "required": ["backends"],
+            "properties": { "backends": { "type": "array", "items": schema_ref("Backend") } }
+        },
+        "NewBackend": {
+            "type": "object",
+            "required": ["address"],
+            "additionalProperties": false,
+            "properties": {
+                "address": { "type": "string", "description": "IP:port" },
+                "id": { "type": "string", "description": "Instance id (default: generated)" },
+                "ttl_s": { "type": "integer", "minimum": 1, "description": "Seconds to live without a heartbeat (default: forever)" }
+            }
+        },
+        "Heartbeat": {
+            "type": "object",
+            "required": ["ttl_s"],
+            "additionalProperties": false,
+            "properties": { "ttl_s": { "type": "integer", "minimum": 1 } }
+        },
+        "NewToken": {
+            "type": "object",
+            "required": ["app"],
+            "additionalProperties": false,
+            "properties": { "app": string }
+        },
+        "Token": {
+            "type": "object",
+            "required": ["token", "role", "app"],
+            "properties": {
+                "token": { "type": "string", "description": "Shown once; only its SHA-256 is stored" },
+                "role": string,
+                "app": string
+            }
+        }
+    })
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let app = &["app"][..];
+    let app_domain = &["app", "domain"][..];
+    let app_id = &["app", "id"][..];
+    let ops: &[(&str, &str, &[&str], Op<'_>)] = &[
+        (
+            "/healthz",
+            "get",
+            &[],
+            Op {
+                id: "healthz",
+                summary: "Liveness, with the registry's version",
+                authed: false,
+                body: None,
+                ok: &[(200, Some("Health"))],
+                errors: &[503],
+            },
+        ),
+        (
+            "/openapi.json",
+            "get",
+            &[],
+            Op {
+                id: "openapi",
+                summary: "This document",
+                authed: false,
+                body: None,
+                ok: &[(200, Some("OpenApi"))],
+                errors: &[],
+            },
+        ),
+        (
+            "/v1/apps",
+            "get",
+            &[],
+            Op {
+                id: "listApps",
+                summary: "Apps the token may see (all for the operator)",
+                authed: true,
+                body: None,
+                ok: &[(200, Some("AppList"))],
+                errors: &[],
+            },
+        ),
+        (
+            "/v1/apps",
+            "post",
+            &[],
+            Op {
+                id: "createApp",
+                summary: "Create an app (operator)",
+                authed: true,
+                body: Some("NewApp"),
+                ok: &[(201, Some("App"))],
+                errors: &[403, 409, 422],
+            },
+        ),
+        (
+            "/v1/apps/{app}",
+            "get",
+            app,
+            Op {
+                id: "showApp",
+                summary: "An app with its domains and backends",
+                authed: true,
+                body: None,
+                ok: &[(200, Some("App"))],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}",
+            "patch",
+            app,
+            Op {
+                id: "updateApp",
+                summary: "Change an app's settings",
+                authed: true,
+                body: Some("AppSettings"),
+                ok: &[(200, Some("App"))],
+                errors: &[403, 404, 422],
+            },
+        ),
+        (
+            "/v1/apps/{app}",
+            "delete",
+            app,
+            Op {
+                id: "deleteApp",
+                summary: "Delete an app with its domains and backends (operator)",
+                authed: true,
+                body: None,
+                ok: &[(204, None)],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}/domains",
+            "get",
+            app,
+            Op {
+                id: "listDomains",
+                summary: "An app's domains",
+                authed: true,
+                body: None,
+                ok: &[(200, Some("DomainList"))],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}/domains",
+            "post",
+            app,
+            Op {
+                id: "addDomain",
+                summary: "Add a domain (pending until verified; 200 if the app has it already)",
+                authed: true,
+                body: Some("NewDomain"),
+                ok: &[(200, Some("Domain")), (201, Some("Domain"))],
+                errors: &[403, 404, 409, 422],
+            },
+        ),
+        (
+            "/v1/apps/{app}/domains/{domain}",
+            "delete",
+            app_domain,
+            Op {
+                id: "removeDomain",
+                summary: "Remove a domain",
+                authed: true,
+                body: None,
+                ok: &[(204, None)],
+                errors: &[403, 404, 422],
+            },
+        ),
+        (
+            "/v1/apps/{app}/domains/{domain}/verify",
+            "post",
+            app_domain,
+            Op {
+                id: "verifyDomain",
+                summary: "Run the ownership check of a pending domain (body optional)",
+                authed: true,
+                body: Some("VerifyRequest"),
+                ok: &[(200, Some("Domain"))],
+                errors: &[403, 404, 422],
+            },
+        ),
+        (
+            "/v1/apps/{app}/backends",
+            "get",
+            app,
+            Op {
+                id: "listBackends",
+                summary: "An app's backends",
+                authed: true,
+                body: None,
+                ok: &[(200, Some("BackendList"))],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}/backends",
+            "post",
+            app,
+            Op {
+                id: "addBackend",
+                summary: "Register (or re-register) a backend",
+                authed: true,
+                body: Some("NewBackend"),
+                ok: &[(201, Some("Backend"))],
+                errors: &[403, 404, 422],
+            },
+        ),
+        (
+            "/v1/apps/{app}/backends/{id}/heartbeat",
+            "put",
+            app_id,
+            Op {
+                id: "heartbeat",
+                summary: "Extend a backend's deadline to now + ttl_s",
+                authed: true,
+                body: Some("Heartbeat"),
+                ok: &[(200, Some("Backend"))],
+                errors: &[403, 404, 422],
+            },
+        ),
+        (
+            "/v1/apps/{app}/backends/{id}",
+            "delete",
+            app_id,
+            Op {
+                id: "removeBackend",
+                summary: "Deregister a backend",
+                authed: true,
+                body: None,
+                ok: &[(204, None)],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/tokens",
+            "post",
+            &[],
+            Op {
+                id: "createToken",
+                summary: "Create an owner token for an app (operator); shown once",
+                authed: true,
+                body: Some("NewToken"),
+                ok: &[(201, Some("Token"))],
+                errors: &[403, 404, 422],
+            },
+        ),
+    ];
+    let mut paths = Map::new();
+    for (path, method, params, op) in ops {
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        if !params.is_empty() {
+            entry["parameters"] = path_params(params);
+        }
+        entry[*method] = operation(op);
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "pier registry API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Apps, domains, backends and tokens of a pier platform. Errors are {\"error\", \"reason\"}; an unknown path answers 404 and a known path with another method 405 with an Allow header. See docs/api.md."
+        },
+        "servers": [{ "url": "/" }],
+        "security": [{ "bearer": [] }],
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": schemas()
+        }
+    })
+}

@@ -1,0 +1,248 @@
+//! The HTTP server: accept loop, one task per connection (hyper, HTTP/1.1), request body
+//! limits, dispatch through [`crate::router`] to [`crate::api`], JSON responses.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::api::{self, ApiState};
+use crate::error::{ApiError, ErrorBody};
+use crate::openapi;
+use crate::router::{self, Match, RouteId};
+
+/// Largest request body accepted: app settings with a static page fit well within it.
+pub const MAX_BODY: usize = 1 << 20;
+/// Connections served at once; more wait in the listen queue.
+const MAX_CONNECTIONS: usize = 1024;
+/// A client must send its request head within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests get to finish after shutdown starts.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Serves the API on `listener` until `shutdown` completes, then lets open connections finish
+/// their request (for at most [`DRAIN_DEADLINE`]).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ApiState>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Usually out of file descriptors: back off rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        backoff = Duration::from_millis(5);
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = async { drop(stop.wait_for(|s| *s).await) } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+    // Every connection task holds a permit: when all are back, all connections are done.
+    let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN_DEADLINE, limit.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown deadline passed with connections still open");
+    }
+    Ok(())
+}
+
+/// Serves one request: never fails, every error becomes a JSON error response.
+pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = match dispatch(state, req).await {
+        Ok((status, Some(body))) => json_response(status, body.to_string()),
+        Ok((status, None)) => empty_response(status),
+        Err(Rejection::WrongMethod(allowed, e)) => {
+            let mut r = error_response(&e);
+            let allow = allowed
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                r.headers_mut().insert(header::ALLOW, v);
+            }
+            r
+        }
+        Err(Rejection::Error(e)) => error_response(&e),
+    };
+    tracing::debug!(%method, path, status = resp.status().as_u16(), "request");
+    resp
+}
+
+enum Rejection {
+    WrongMethod(Vec<Method>, ApiError),
+    Error(ApiError),
+}
+
+impl From<ApiError> for Rejection {
+    fn from(e: ApiError) -> Self {
+        Rejection::Error(e)
+    }
+}
+
+async fn dispatch(
+    state: &ApiState,
+    req: Request<Incoming>,
+) -> Result<(StatusCode, Option<serde_json::Value>), Rejection> {
+    let (route, params) = match router::match_route(req.method(), req.uri().path())? {
+        Match::Found(r, p) => (r, p),
+        Match::WrongMethod(allowed) => {
+            let e = ApiError::MethodNotAllowed(format!(
+                "{} is not allowed on {}",
+                req.method(),
+                req.uri().path()
+            ));
+            return Err(Rejection::WrongMethod(allowed, e));
+        }
+        Match::NotFound => {
+            return Err(ApiError::NotFound(format!("no route for {}", req.uri().path())).into())
+        }
+    };
+    let p = |i: usize| params.get(i).map(String::as_str).unwrap_or_default();
+    match route.id {
+        RouteId::Healthz => return Ok(api::healthz(state).await?),
+        RouteId::OpenApi => return Ok((StatusCode::OK, Some(openapi::document()))),
+        _ => {}
+    }
+    let caller = state
+        .auth
+        .caller(
+            &state.registry,
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
+        )
+        .await?;
+    let body = read_body(req).await?;
+    let reply = match route.id {
+        RouteId::Healthz | RouteId::OpenApi => unreachable_route(),
+        RouteId::ListApps => api::list_apps(state, &caller).await,
+        RouteId::CreateApp => api::create_app(state, &caller, &body).await,
+        RouteId::ShowApp => api::show_app(state, &caller, p(0)).await,
+        RouteId::UpdateApp => api::update_app(state, &caller, p(0), &body).await,
+        RouteId::DeleteApp => api::delete_app(state, &caller, p(0)).await,
+        RouteId::ListDomains => api::list_domains(state, &caller, p(0)).await,
+        RouteId::AddDomain => api::add_domain(state, &caller, p(0), &body).await,
+        RouteId::RemoveDomain => api::remove_domain(state, &caller, p(0), p(1)).await,
+        RouteId::VerifyDomain => api::verify_domain(state, &caller, p(0), p(1), &body).await,
+        RouteId::ListBackends => api::list_backends(state, &caller, p(0)).await,
+        RouteId::AddBackend => api::add_backend(state, &caller, p(0), &body).await,
+        RouteId::Heartbeat => api::heartbeat(state, &caller, p(0), p(1), &body).await,
+        RouteId::RemoveBackend => api::remove_backend(state, &caller, p(0), p(1)).await,
+        RouteId::CreateToken => api::create_token(state, &caller, &body).await,
+    };
+    Ok(reply?)
+}
+
+fn unreachable_route() -> api::Reply {
+    Err(ApiError::Internal(
+        "route handled before authentication".into(),
+    ))
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::TooLarge(format!(
+                "request body is over {MAX_BODY} bytes"
+            )))
+        }
+        Err(e) => Err(ApiError::BadRequest(format!("cannot read body: {e}"))),
+    }
+}
+
+fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn empty_response(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}
+
+fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
+    let (status, code) = e.status_and_code();
+    if status.is_server_error() {
+        tracing::warn!(error = %e, "request failed");
+    }
+    let body = serde_json::to_string(&ErrorBody {
+        error: code,
+        reason: e.reason(),
+    })
+    .unwrap_or_else(|_| format!("{{\"error\":\"{code}\",\"reason\":\"\"}}"));
+    let mut r = json_response(status, body);
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"pier\""),
+        );
+    }
+    r
+}

@@ -1,0 +1,725 @@
+//! The registry API over real loopback sockets, against a real redis-server.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{ApiServer, TestBackend};
+use http::Method;
+use pier_platform::router::ROUTES;
+use serde_json::json;
+
+#[tokio::test]
+async fn openapi_document_lists_exactly_the_routes_served() {
+    let api = ApiServer::start().await;
+    let doc = api
+        .client(None)
+        .expect(Method::GET, "/openapi.json", None, 200)
+        .await
+        .body;
+    let methods = ["get", "post", "put", "patch", "delete"];
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (k, _) in item.as_object().unwrap() {
+            if methods.contains(&k.as_str()) {
+                documented.insert((k.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    let served: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|r| (r.method.to_string(), r.pattern.to_string()))
+        .collect();
+    assert_eq!(documented, served);
+    // Every $ref points at a declared schema.
+    let text = doc.to_string();
+    for piece in text.split("\"#/components/schemas/").skip(1) {
+        let name = piece.split('"').next().unwrap();
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "dangling $ref {name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn health_and_unknown_routes() {
+    let api = ApiServer::start().await;
+    let anon = api.client(None);
+    let h = anon.expect(Method::GET, "/healthz", None, 200).await;
+    assert_eq!(h.body["status"], "ok");
+    let r = anon.call(Method::GET, "/nope", None).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body["error"], "not-found");
+    let r = api.operator().call(Method::PUT, "/v1/apps", None).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.body["error"], "method-not-allowed");
+}
+
+#[tokio::test]
+async fn app_crud() {
+    let api = ApiServer::start().await;
+    let op = api.operator();
+    let created = op
+        .expect(
+            Method::POST,
+            "/v1/apps",
+            Some(json!({"name": "blog", "settings": {"spin": true}})),
+            201,
+        )
+        .await;
+    assert_eq!(created.body["name"], "blog");
+    assert_eq!(created.body["settings"]["spin"], true);
+    // Creating it again is a conflict, and leaves the settings alone.
+    let again = op
+        .expect(Method::POST, "/v1/apps", Some(json!({"name": "blog"})), 409)
+        .await;
+    assert_eq!(again.body["error"], "conflict");
+    assert!(api.registry.app("blog").await.unwrap().unwrap().spin);
+    op.expect(Method::POST, "/v1/apps", Some(json!({"name": "shop"})), 201)
+        .await;
+
+    let list = op.expect(Method::GET, "/v1/apps", None, 200).await;
+    let names: Vec<&str> = list.body["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["blog", "shop"]);
+
+    let shown = op.expect(Method::GET, "/v1/apps/blog", None, 200).await;
+    assert_eq!(shown.body["domains"], json!([]));
+    assert_eq!(shown.body["backends"], json!([]));
+
+    // PATCH replaces the given fields, keeps the others, null resets one.
+    let patched = op
+        .expect(
+            Method::PATCH,
+            "/v1/apps/blog",
+            Some(json!({
+                "policy": "least-outstanding",
+                "timeouts": {"connect_ms": 500},
+                "action": {"type": "redirect", "location": "https://example.com/", "status": 301}
+            })),
+            200,
+        )
+        .await;
+    assert_eq!(patched.body["settings"]["spin"], true);
+    let rec = api.registry.app("blog").await.unwrap().unwrap();
+    assert_eq!(rec.policy.as_deref(), Some("least-outstanding"));
+    assert_eq!(rec.timeouts.connect_ms, Some(500));
+    op.expect(
+        Method::PATCH,
+        "/v1/apps/blog",
+        Some(json!({"spin": null})),
+        200,
+    )
+    .await;
+    assert!(!api.registry.app("blog").await.unwrap().unwrap().spin);
+
+    // Settings the balancer would refuse are refused here, and nothing changes.
+    for bad in [
+        json!({"policy": "random"}),
+        json!({"timeouts": {"connect_ms": 0}}),
+        json!({"action": {"type": "redirect", "location": "x", "status": 200}}),
+        json!({"colour": "blue"}),
+        json!([1, 2]),
+    ] {
+        let r = op
+            .expect(Method::PATCH, "/v1/apps/blog", Some(bad.clone()), 422)
+            .await;
+        assert!(!r.body["reason"].as_str().unwrap().is_empty(), "{bad}");
+    }
+    assert_eq!(
+        api.registry
+            .app("blog")
+            .await
+            .unwrap()
+            .unwrap()
+            .policy
+            .as_deref(),
+        Some("least-outstanding")
+    );
+    op.expect(
+        Method::PATCH,
+        "/v1/apps/nope",
+        Some(json!({"spin": true})),
+        404,
+    )
+    .await;
+
+    op.expect(Method::DELETE, "/v1/apps/blog", None, 204).await;
+    op.expect(Method::GET, "/v1/apps/blog", None, 404).await;
+    op.expect(Method::DELETE, "/v1/apps/blog", None, 404).await;
+    assert_eq!(api.registry.app_names().await.unwrap(), ["shop"]);
+}
+
+#[tokio::test]
+async fn malformed_and_invalid_bodies() {
+    let api = ApiServer::start().await;
+    let op = api.operator();
+    // Not JSON at all: 400.
+    let r = op
+        .client
+        .call(Method::POST, "/v1/apps", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.body["error"], "bad-request");
+    // JSON of the wrong shape: 422.
+    op.expect(Method::POST, "/v1/apps", Some(json!({"nom": "x"})), 422)
+        .await;
+    op.expect(Method::POST, "/v1/apps", Some(json!({"name": 5})), 422)
+        .await;
+    for bad in ["Blog", "my_app", "-x", "", &"a".repeat(64), "a/b"] {
+        let r = op
+            .expect(Method::POST, "/v1/apps", Some(json!({"name": bad})), 422)
+            .await;
+        assert!(
+            r.body["reason"].as_str().unwrap().contains("app name"),
+            "{bad}"
+        );
+    }
+    assert!(api.registry.app_names().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn domains_normalised_wildcards_and_one_owner() {
+    let api = ApiServer::start().await;
+    let op = api.operator();
+    for app in ["blog", "shop"] {
+        op.expect(Method::POST, "/v1/apps", Some(json!({"name": app})), 201)
+            .await;
+    }
+    let add = |app: &str, d: &str| {
+        let op = op.clone();
+        let path = format!("/v1/apps/{app}/domains");
+        let body = json!({"domain": d, "verified": true});
+        async move { op.call(Method::POST, &path, Some(body)).await }
+    };
+    let r = add("blog", "Blog.Example.COM.").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["domain"], "blog.example.com");
+    assert_eq!(r.body["verified"], true);
+    let r = add("blog", "*.Example.org").await;
+    assert_eq!(r.body["domain"], "*.example.org");
+    let r = add("blog", "bücher.example").await;
+    assert_eq!(r.body["domain"], "xn--bcher-kva.example");
+    // The same hostname, spelled differently, is still blog's: 409 for shop.
+    let r = add("shop", "BLOG.example.com").await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert_eq!(r.body["error"], "conflict");
+    let r = add("shop", "*.example.org").await;
+    assert_eq!(r.status, 409);
+    assert_eq!(
+        api.registry
+            .domain("blog.example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .app,
+        "blog"
+    );
+    // Adding again to the same app is harmless.
+    assert_eq!(add("blog", "blog.example.com").await.status, 200);
+
+    for bad in [
+        "exa mple.com",
+        "a..b",
+        "*.*.example.com",
+        "-x.example.com",
+        "x*.example.com",
+        "",
+    ] {
+        let r = add("blog", bad).await;
+        assert_eq!(r.status, 422, "{bad}: {}", r.text);
+        assert!(
+            r.body["reason"].as_str().unwrap().contains("domain"),
+            "{bad}"
+        );
+    }
+    let list = op
+        .expect(Method::GET, "/v1/apps/blog/domains", None, 200)
+        .await;
+    let names: Vec<&str> = list.body["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["domain"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["*.example.org", "blog.example.com", "xn--bcher-kva.example"]
+    );
+
+    // Removing: by any spelling (the wildcard percent-encoded), and only from its own app.
+    op.expect(
+        Method::DELETE,
+        "/v1/apps/shop/domains/blog.example.com",
+        None,
+        404,
+    )
+    .await;
+    op.expect(
+        Method::DELETE,
+        "/v1/apps/blog/domains/%2A.example.org",
+        None,
+        204,
+    )
+    .await;
+    op.expect(
+        Method::DELETE,
+        "/v1/apps/blog/domains/BLOG.example.com",
+        None,
+        204,
+    )
+    .await;
+    op.expect(
+        Method::DELETE,
+        "/v1/apps/blog/domains/blog.example.com",
+        None,
+        404,
+    )
+    .await;
+    assert!(api
+        .registry
+        .domain("blog.example.com")
+        .await
+        .unwrap()
+        .is_none());
+    // Now free, shop may have it.
+    assert_eq!(add("shop", "blog.example.com").await.status, 201);
+    op.expect(
+        Method::POST,
+        "/v1/apps/nope/domains",
+        Some(json!({"domain": "x.example.com"})),
+        404,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn backends_register_heartbeat_expire_deregister() {
+    let api = ApiServer::start().await;
+    let owner = api.app_with_owner("blog").await;
+    let r = owner
+        .expect(
+            Method::POST,
+            "/v1/apps/blog/backends",
+            Some(json!({"address": "127.0.0.1:9001", "id": "web-1", "ttl_s": 30})),
+            201,
+        )
+        .await;
+    let first_deadline = r.body["expires_at_ms"].as_u64().unwrap();
+    assert!(first_deadline > pier_platform::api::now_ms() + 25_000);
+    assert_eq!(r.body["live"], true);
+    // Without an id one is generated; without a TTL it never expires.
+    let r = owner
+        .expect(
+            Method::POST,
+            "/v1/apps/blog/backends",
+            Some(json!({"address": "[::1]:9002"})),
+            201,
+        )
+        .await;
+    let generated = r.body["id"].as_str().unwrap().to_string();
+    assert!(!generated.is_empty());
+    assert_eq!(r.body["expires_at_ms"], 0);
+
+    let r = owner
+        .expect(
+            Method::PUT,
+            "/v1/apps/blog/backends/web-1/heartbeat",
+            Some(json!({"ttl_s": 600})),
+            200,
+        )
+        .await;
+    assert!(r.body["expires_at_ms"].as_u64().unwrap() > first_deadline + 500_000);
+    assert_eq!(r.body["address"], "127.0.0.1:9001");
+    let stored = api.registry.app_backends("blog").await.unwrap();
+    assert_eq!(stored.len(), 2);
+    assert!(stored
+        .iter()
+        .any(|(id, b)| id == "web-1" && b.expires_at_ms > first_deadline));
+
+    owner
+        .expect(
+            Method::PUT,
+            "/v1/apps/blog/backends/ghost/heartbeat",
+            Some(json!({"ttl_s": 5})),
+            404,
+        )
+        .await;
+    for bad in [
+        json!({"address": "localhost:80"}),
+        json!({"address": "10.0.0.1"}),
+        json!({"address": "10.0.0.1:0"}),
+        json!({"address": "10.0.0.1:80", "id": "a/b"}),
+        json!({"address": "10.0.0.1:80", "ttl_s": 0}),
+    ] {
+        owner
+            .expect(Method::POST, "/v1/apps/blog/backends", Some(bad), 422)
+            .await;
+    }
+
+    // A backend whose deadline passes is listed as not live.
+    owner
+        .expect(
+            Method::POST,
+            "/v1/apps/blog/backends",
+            Some(json!({"address": "127.0.0.1:9003", "id": "short", "ttl_s": 1})),
+            201,
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let list = owner
+        .expect(Method::GET, "/v1/apps/blog/backends", None, 200)
+        .await;
+    let live: Vec<(&str, bool)> = list.body["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["id"].as_str().unwrap(), b["live"].as_bool().unwrap()))
+        .collect();
+    assert!(live.contains(&("short", false)), "{live:?}");
+    assert!(live.contains(&("web-1", true)), "{live:?}");
+
+    owner
+        .expect(Method::DELETE, "/v1/apps/blog/backends/web-1", None, 204)
+        .await;
+    owner
+        .expect(Method::DELETE, "/v1/apps/blog/backends/web-1", None, 404)
+        .await;
+    let left: Vec<String> = api
+        .registry
+        .app_backends("blog")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let mut want = vec![generated, "short".to_string()];
+    want.sort();
+    assert_eq!(left, want);
+}
+
+#[tokio::test]
+async fn tokens_authenticate_and_owners_act_only_on_their_app() {
+    let api = ApiServer::start().await;
+    let a = api.app_with_owner("app-a").await;
+    let b = api.app_with_owner("app-b").await;
+
+    // No token, a malformed header, an unknown token: 401.
+    let anon = api.client(None);
+    let r = anon.expect(Method::GET, "/v1/apps", None, 401).await;
+    assert_eq!(r.body["error"], "unauthorized");
+    api.client(Some("pier_not-a-real-token"))
+        .expect(Method::GET, "/v1/apps/app-a", None, 401)
+        .await;
+    anon.expect(Method::POST, "/v1/apps", Some(json!({"name": "x"})), 401)
+        .await;
+
+    // Owner A on app B: 403 everywhere.
+    let forbidden: &[(Method, &str, Option<serde_json::Value>)] = &[
+        (Method::GET, "/v1/apps/app-b", None),
+        (Method::PATCH, "/v1/apps/app-b", Some(json!({"spin": true}))),
+        (Method::GET, "/v1/apps/app-b/domains", None),
+        (
+            Method::POST,
+            "/v1/apps/app-b/domains",
+            Some(json!({"domain": "b.example.com"})),
+        ),
+        (Method::DELETE, "/v1/apps/app-b/domains/b.example.com", None),
+        (
+            Method::POST,
+            "/v1/apps/app-b/domains/b.example.com/verify",
+            None,
+        ),
+        (Method::GET, "/v1/apps/app-b/backends", None),
+        (
+            Method::POST,
+            "/v1/apps/app-b/backends",
+            Some(json!({"address": "127.0.0.1:1234"})),
+        ),
+        (
+            Method::PUT,
+            "/v1/apps/app-b/backends/x/heartbeat",
+            Some(json!({"ttl_s": 5})),
+        ),
+        (Method::DELETE, "/v1/apps/app-b/backends/x", None),
+        // Not even learning whether an app exists.
+        (Method::GET, "/v1/apps/no-such-app", None),
+        // Operator-only actions, even on its own app.
+        (Method::POST, "/v1/apps", Some(json!({"name": "app-c"}))),
+        (Method::DELETE, "/v1/apps/app-a", None),
+        (Method::POST, "/v1/tokens", Some(json!({"app": "app-a"}))),
+        (
+            Method::POST,
+            "/v1/apps/app-a/domains",
+            Some(json!({"domain": "a.example.com", "verified": true})),
+        ),
+        (
+            Method::POST,
+            "/v1/apps/app-a/domains",
+            Some(json!({"domain": "*"})),
+        ),
+    ];
+    for (m, path, body) in forbidden {
+        let r = a.call(m.clone(), path, body.clone()).await;
+        assert_eq!(r.status, 403, "{m} {path}: {}", r.text);
+        assert_eq!(r.body["error"], "forbidden");
+    }
+    assert!(!api.registry.app("app-b").await.unwrap().unwrap().spin);
+    assert!(api.registry.app_domains("app-b").await.unwrap().is_empty());
+    assert!(api.registry.app("app-c").await.unwrap().is_none());
+
+    // Owner A on app A: allowed; and it sees only its own app.
+    a.expect(
+        Method::PATCH,
+        "/v1/apps/app-a",
+        Some(json!({"spin": true})),
+        200,
+    )
+    .await;
+    a.expect(
+        Method::POST,
+        "/v1/apps/app-a/backends",
+        Some(json!({"address": "127.0.0.1:1234", "id": "one"})),
+        201,
+    )
+    .await;
+    let list = a.expect(Method::GET, "/v1/apps", None, 200).await;
+    assert_eq!(list.body["apps"].as_array().unwrap().len(), 1);
+    assert_eq!(list.body["apps"][0]["name"], "app-a");
+    b.expect(Method::GET, "/v1/apps/app-b", None, 200).await;
+
+    // The operator makes tokens only for apps that exist, with valid names.
+    let op = api.operator();
+    op.expect(
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"app": "ghost"})),
+        404,
+    )
+    .await;
+    op.expect(
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"app": "Bad Name"})),
+        422,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn tokens_are_stored_only_hashed() {
+    let api = ApiServer::start().await;
+    let op = api.operator();
+    op.expect(Method::POST, "/v1/apps", Some(json!({"name": "blog"})), 201)
+        .await;
+    let t = op
+        .expect(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"app": "blog"})),
+            201,
+        )
+        .await;
+    let token = t.body["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("pier_"));
+    assert_eq!(t.body["app"], "blog");
+    let everything = api.redis.everything().await;
+    for s in &everything {
+        assert!(!s.contains(&token), "raw token stored in Redis: {s}");
+        assert!(
+            !s.contains(&token["pier_".len()..]),
+            "token secret stored: {s}"
+        );
+        assert!(!s.contains(common::OPERATOR), "operator token stored: {s}");
+    }
+    let hash = pier_platform::auth::hash_token(&token);
+    let rec = api.registry.token(&hash).await.unwrap().unwrap();
+    assert_eq!(rec.role, "owner");
+    assert_eq!(rec.app.as_deref(), Some("blog"));
+    // And the stored hash is what authenticates it.
+    api.client(Some(&token))
+        .expect(Method::GET, "/v1/apps/blog", None, 200)
+        .await;
+}
+
+#[tokio::test]
+async fn pending_domain_is_verified_only_once_the_challenge_is_served() {
+    let api = ApiServer::start().await;
+    let owner = api.app_with_owner("blog").await;
+    let r = owner
+        .expect(
+            Method::POST,
+            "/v1/apps/blog/domains",
+            Some(json!({"domain": "WWW.Blog-Example.test"})),
+            201,
+        )
+        .await;
+    assert_eq!(r.body["verified"], false);
+    let token = r.body["challenge"]["body"].as_str().unwrap().to_string();
+    assert_eq!(
+        r.body["challenge"]["path"],
+        format!("/.well-known/pier-challenge/{token}")
+    );
+    let rec = api
+        .registry
+        .domain("www.blog-example.test")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!rec.verified);
+    assert_eq!(rec.token.as_deref(), Some(token.as_str()));
+    let verify = "/v1/apps/blog/domains/www.blog-example.test/verify";
+
+    // No backend yet: nothing can answer.
+    let r = owner.expect(Method::POST, verify, None, 422).await;
+    assert_eq!(r.body["error"], "verification-failed");
+    assert!(r.body["reason"]
+        .as_str()
+        .unwrap()
+        .contains("no live backend"));
+
+    // A backend that does not serve the token (or serves it for another host): still pending.
+    let backend = TestBackend::start("blog").await;
+    owner
+        .expect(
+            Method::POST,
+            "/v1/apps/blog/backends",
+            Some(json!({"address": backend.addr.to_string(), "id": "web"})),
+            201,
+        )
+        .await;
+    backend.serve_challenge("other.test", &token);
+    let r = owner.expect(Method::POST, verify, None, 422).await;
+    assert!(
+        r.body["reason"].as_str().unwrap().contains("404"),
+        "{}",
+        r.text
+    );
+    assert!(
+        !api.registry
+            .domain("www.blog-example.test")
+            .await
+            .unwrap()
+            .unwrap()
+            .verified
+    );
+    // The verifier asked the app's backend, for the domain's Host.
+    let seen = backend.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.last().unwrap(),
+        &(
+            "GET".to_string(),
+            format!("/.well-known/pier-challenge/{token}"),
+            "www.blog-example.test".to_string()
+        )
+    );
+
+    // The app serves the token for its domain: verified, token gone.
+    backend.serve_challenge("www.blog-example.test", &token);
+    let r = owner.expect(Method::POST, verify, None, 200).await;
+    assert_eq!(r.body["verified"], true);
+    assert!(r.body.get("challenge").is_none());
+    let rec = api
+        .registry
+        .domain("www.blog-example.test")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rec.verified);
+    assert_eq!(rec.token, None);
+    // Adding it again does not send it back to pending.
+    let r = owner
+        .expect(
+            Method::POST,
+            "/v1/apps/blog/domains",
+            Some(json!({"domain": "www.blog-example.test"})),
+            200,
+        )
+        .await;
+    assert_eq!(r.body["verified"], true);
+}
+
+#[tokio::test]
+async fn wildcards_and_force_need_the_operator() {
+    let api = ApiServer::start().await;
+    let owner = api.app_with_owner("blog").await;
+    owner
+        .expect(
+            Method::POST,
+            "/v1/apps/blog/domains",
+            Some(json!({"domain": "*.blog.test"})),
+            201,
+        )
+        .await;
+    let path = "/v1/apps/blog/domains/*.blog.test/verify";
+    let r = owner.expect(Method::POST, path, None, 422).await;
+    assert!(r.body["reason"].as_str().unwrap().contains("wildcard"));
+    owner
+        .expect(Method::POST, path, Some(json!({"force": true})), 403)
+        .await;
+    owner
+        .expect(Method::POST, path, Some(json!({"froce": true})), 422)
+        .await;
+    assert!(
+        !api.registry
+            .domain("*.blog.test")
+            .await
+            .unwrap()
+            .unwrap()
+            .verified
+    );
+    let r = api
+        .operator()
+        .expect(Method::POST, path, Some(json!({"force": true})), 200)
+        .await;
+    assert_eq!(r.body["verified"], true);
+    assert!(
+        api.registry
+            .domain("*.blog.test")
+            .await
+            .unwrap()
+            .unwrap()
+            .verified
+    );
+}
+
+#[tokio::test]
+async fn deleting_an_app_removes_its_domains_and_backends() {
+    let api = ApiServer::start().await;
+    let op = api.operator();
+    op.expect(Method::POST, "/v1/apps", Some(json!({"name": "blog"})), 201)
+        .await;
+    op.expect(
+        Method::POST,
+        "/v1/apps/blog/domains",
+        Some(json!({"domain": "blog.test", "verified": true})),
+        201,
+    )
+    .await;
+    op.expect(
+        Method::POST,
+        "/v1/apps/blog/backends",
+        Some(json!({"address": "127.0.0.1:5000"})),
+        201,
+    )
+    .await;
+    op.expect(Method::DELETE, "/v1/apps/blog", None, 204).await;
+    assert!(api.registry.domain("blog.test").await.unwrap().is_none());
+    assert!(api.registry.app_backends("blog").await.unwrap().is_empty());
+    op.expect(Method::GET, "/v1/apps/blog/domains", None, 404)
+        .await;
+    op.expect(
+        Method::POST,
+        "/v1/apps/blog/backends",
+        Some(json!({"address": "127.0.0.1:5000"})),
+        404,
+    )
+    .await;
+}
