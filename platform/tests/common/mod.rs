@@ -488,3 +488,128 @@ pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> std::io::Resu
         .unwrap_or_default();
     Ok((status, body))
 }
+
+// ------------------------------------------------------------------ the pier binary
+
+/// `pier api` as a separate process on a free port, with its own redis-server; killed when
+/// dropped.
+pub struct ApiProcess {
+    child: Child,
+    pub port: u16,
+    pub redis: RedisServer,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ApiProcess {
+    pub fn start() -> ApiProcess {
+        let redis = RedisServer::start();
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("api.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pier"))
+            .args(["api", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--redis", &redis.url()])
+            .env("PIER_OPERATOR_TOKEN", OPERATOR)
+            .env_remove("PIER_TOKEN")
+            .env_remove("PIER_API_URL")
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap();
+        let mut api = ApiProcess {
+            child,
+            port,
+            redis,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = api.child.try_wait() {
+                panic!("pier api exited with {status}: {}", api.log_text());
+            }
+            if healthz_ok(port) {
+                return api;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pier api did not start: {}",
+                api.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `pier ARGS` against this API with `token` in `PIER_TOKEN`.
+    pub fn pier(&self, token: Option<&str>, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pier"));
+        cmd.args(args).env("PIER_API_URL", self.url());
+        match token {
+            Some(t) => cmd.env("PIER_TOKEN", t),
+            None => cmd.env_remove("PIER_TOKEN"),
+        };
+        Output::of(cmd)
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn healthz_ok(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200")
+}
+
+/// What a `pier` run printed and how it exited.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn of(mut cmd: Command) -> Output {
+        let out = cmd.output().unwrap();
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Output {
+        assert_eq!(self.code, 0, "pier failed: {self:?}");
+        self
+    }
+
+    pub fn last_line(&self) -> &str {
+        self.stdout.lines().last().unwrap_or("")
+    }
+}

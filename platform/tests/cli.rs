@@ -1,0 +1,203 @@
+//! The `pier` binary end to end: `pier api` as a process with its own redis-server, and the
+//! client verbs run as processes against it, as operators' scripts run them.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{ApiProcess, Output, OPERATOR};
+
+#[test]
+fn operator_and_owner_workflow() {
+    let api = ApiProcess::start();
+    let op = Some(OPERATOR);
+
+    let out = api.pier(op, &["apps", "create", "blog"]).ok();
+    assert!(out.stdout.contains("created app blog"), "{out:?}");
+    // Again: an API error, exit 1, the reason on stderr.
+    let out = api.pier(op, &["apps", "create", "blog"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("exists") && out.stderr.contains("409"),
+        "{out:?}"
+    );
+    assert!(out.stdout.is_empty());
+
+    // tokens create: the new token is the last line.
+    let out = api.pier(op, &["tokens", "create", "--app", "blog"]).ok();
+    let token = out.last_line().to_string();
+    assert!(
+        token.starts_with("pier_") && !token.contains(' '),
+        "{out:?}"
+    );
+    let owner = Some(token.as_str());
+
+    let out = api.pier(owner, &["apps", "list"]).ok();
+    assert_eq!(out.stdout.trim(), "blog");
+    // The owner cannot create apps or tokens.
+    let out = api.pier(owner, &["apps", "create", "shop"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("operator"), "{out:?}");
+    let out = api.pier(owner, &["tokens", "create", "--app", "blog"]);
+    assert_eq!(out.code, 1);
+
+    // Domains: the operator's --verified skips the check; an owner's domain is pending.
+    api.pier(
+        op,
+        &["domains", "add", "blog", "WWW.Blog.test", "--verified"],
+    )
+    .ok();
+    let out = api
+        .pier(owner, &["domains", "add", "blog", "shop.blog.test"])
+        .ok();
+    assert!(out.stdout.contains("pending"), "{out:?}");
+    assert!(
+        out.stdout.contains("/.well-known/pier-challenge/"),
+        "{out:?}"
+    );
+    let out = api.pier(
+        owner,
+        &["domains", "add", "blog", "x.blog.test", "--verified"],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    let out = api.pier(owner, &["domains", "list", "blog"]).ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert_eq!(lines[1], "www.blog.test\tverified");
+    assert!(lines[0].starts_with("shop.blog.test\tpending\t/.well-known/pier-challenge/"));
+    let out = api.pier(owner, &["domains", "add", "blog", "bad host"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("422") && out.stderr.contains("domain"),
+        "{out:?}"
+    );
+
+    // Backends.
+    let out = api
+        .pier(
+            owner,
+            &[
+                "backends",
+                "add",
+                "blog",
+                "127.0.0.1:9000",
+                "--id",
+                "web1",
+                "--ttl",
+                "30",
+            ],
+        )
+        .ok();
+    assert!(
+        out.stdout
+            .starts_with("web1\t127.0.0.1:9000\tlive\texpires_at_ms="),
+        "{out:?}"
+    );
+    api.pier(
+        owner,
+        &["backends", "add", "blog", "127.0.0.1:9001", "--id", "web2"],
+    )
+    .ok();
+    let out = api.pier(owner, &["backends", "list", "blog"]).ok();
+    assert_eq!(out.stdout.lines().count(), 2, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("web2\t127.0.0.1:9001\tlive\tno-deadline"),
+        "{out:?}"
+    );
+    api.pier(owner, &["backends", "remove", "blog", "web1"])
+        .ok();
+    let out = api.pier(owner, &["backends", "list", "blog"]).ok();
+    assert!(!out.stdout.contains("web1"), "{out:?}");
+    let out = api.pier(owner, &["backends", "remove", "blog", "web1"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("404"), "{out:?}");
+    let out = api.pier(owner, &["backends", "add", "blog", "not-an-address"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("IP:port"), "{out:?}");
+
+    // --json prints the API's answer.
+    let out = api
+        .pier(owner, &["--json", "backends", "list", "blog"])
+        .ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["backends"][0]["id"], "web2");
+
+    // The registry holds what the CLI said.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let reg = pier_registry::Registry::connect(&api.redis.url())
+            .await
+            .unwrap();
+        let d = reg.domain("www.blog.test").await.unwrap().unwrap();
+        assert!(d.verified);
+        assert!(
+            !reg.domain("shop.blog.test")
+                .await
+                .unwrap()
+                .unwrap()
+                .verified
+        );
+        assert_eq!(reg.app_backends("blog").await.unwrap().len(), 1);
+    });
+}
+
+#[test]
+fn exit_codes_and_overrides() {
+    let api = ApiProcess::start();
+    // Usage errors: exit 2.
+    assert_eq!(api.pier(Some(OPERATOR), &["apps"]).code, 2);
+    assert_eq!(api.pier(Some(OPERATOR), &["apps", "frobnicate"]).code, 2);
+    assert_eq!(
+        api.pier(Some(OPERATOR), &["backends", "add", "blog"]).code,
+        2
+    );
+    let out = api.pier(None, &["apps", "list"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("PIER_TOKEN"), "{out:?}");
+
+    // Unknown token: an API error (401), exit 1.
+    let out = api.pier(Some("pier_nope"), &["apps", "list"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("401"), "{out:?}");
+
+    // Nothing listening: exit 1 with the address in the message.
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let out = api.pier(Some(OPERATOR), &["--api", &dead, "apps", "list"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("cannot connect"), "{out:?}");
+
+    // --api and --token override the environment.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pier"));
+    cmd.args([
+        "--api",
+        &api.url(),
+        "--token",
+        OPERATOR,
+        "apps",
+        "create",
+        "blog",
+    ])
+    .env("PIER_API_URL", &dead)
+    .env("PIER_TOKEN", "pier_wrong");
+    let out = Output::of(cmd).ok();
+    assert!(out.stdout.contains("created app blog"));
+
+    // `pier api` without an operator token refuses to start.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pier"));
+    cmd.args([
+        "api",
+        "--listen",
+        "127.0.0.1:0",
+        "--redis",
+        &api.redis.url(),
+    ])
+    .env_remove("PIER_OPERATOR_TOKEN");
+    let out = Output::of(cmd);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("PIER_OPERATOR_TOKEN"), "{out:?}");
+}
