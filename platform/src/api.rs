@@ -376,9 +376,15 @@ pub async fn update_app(state: &ApiState, caller: &Caller, app: &str, body: &[u8
 }
 
 pub async fn delete_app(state: &ApiState, caller: &Caller, app: &str) -> Reply {
-    // Deleting is the operator's, like creating: an owner token outlives its app, and an app
-    // re-created under the same name must not fall to the old owner by the owner's own act.
+    // Deleting is the operator's, like creating. The app's owner tokens go with it, so an app
+    // re-created under the same name does not fall to the old owner.
     caller.require_operator("delete apps")?;
+    // Tokens first: if this fails the app is still there and the DELETE can be retried; the
+    // other way round a retry would answer 404 and leave the old owner's tokens behind.
+    let revoked = state.registry.delete_app_tokens(app).await?;
+    if revoked > 0 {
+        tracing::info!(app, revoked, "owner tokens revoked");
+    }
     match state.registry.delete_app(app).await? {
         Some(_) => {
             tracing::info!(app, "app deleted");

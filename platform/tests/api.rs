@@ -723,3 +723,24 @@ async fn deleting_an_app_removes_its_domains_and_backends() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn deleting_an_app_revokes_its_owner_tokens() {
+    let api = ApiServer::start().await;
+    let blog_owner = api.app_with_owner("blog").await;
+    let shop_owner = api.app_with_owner("shop").await;
+    blog_owner
+        .expect(Method::GET, "/v1/apps/blog", None, 200)
+        .await;
+    let op = api.operator();
+    op.expect(Method::DELETE, "/v1/apps/blog", None, 204).await;
+    op.expect(Method::POST, "/v1/apps", Some(json!({"name": "blog"})), 201)
+        .await;
+    // The old owner of "blog" has no rights on the new "blog"; shop's owner keeps its own.
+    blog_owner
+        .expect(Method::GET, "/v1/apps/blog", None, 401)
+        .await;
+    shop_owner
+        .expect(Method::GET, "/v1/apps/shop", None, 200)
+        .await;
+}

@@ -277,6 +277,30 @@ return emit('backend', ARGV[2], '')
         timed(c.hset::<_, _, _, ()>(&self.keys.tokens, token_hash, json)).await
     }
 
+    /// Deletes every token of `app` (when the app is deleted, so a new app of the same name
+    /// does not fall to the old owner). Returns how many were deleted. Scans the whole tokens
+    /// hash in one script: app deletions are rare, and the scan must not race a token made
+    /// meanwhile.
+    pub async fn delete_app_tokens(&self, app: &str) -> Result<u64, RegistryError> {
+        let s = Script::new(
+            r#"
+local n = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local ok, rec = pcall(cjson.decode, all[i + 1])
+  if ok and type(rec) == 'table' and rec.app == ARGV[1] then
+    redis.call('HDEL', KEYS[1], all[i])
+    n = n + 1
+  end
+end
+return n
+"#,
+        );
+        let mut inv = s.prepare_invoke();
+        inv.key(&self.keys.tokens).arg(app);
+        timed(inv.invoke_async(&mut self.conn.clone())).await
+    }
+
     pub async fn token(&self, token_hash: &str) -> Result<Option<TokenRecord>, RegistryError> {
         let mut c = self.conn.clone();
         let v: Option<String> = timed(c.hget(&self.keys.tokens, token_hash)).await?;
