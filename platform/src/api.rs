@@ -5,8 +5,8 @@
 //! Values are validated before anything is written (422 with the reason).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use pier_registry::model::{AppRecord, BackendRecord, DomainRecord, TokenRecord};
@@ -22,11 +22,74 @@ use crate::verify::{Challenge, Verifier, CHALLENGE_PREFIX};
 /// Longest backend TTL a runner may ask for: a year. A longer one is a mistake (use no TTL).
 pub const MAX_TTL_S: u64 = 365 * 24 * 3600;
 
+/// Least time between two attempts to reconnect to Redis.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+
 /// What every handler shares.
 pub struct ApiState {
-    pub registry: Registry,
+    /// The registry connection in use. A multiplexed Redis connection does not come back by
+    /// itself once Redis has gone away, so [`ApiState::registry_failed`] swaps in a new one.
+    registry: RwLock<Registry>,
+    redis_url: String,
+    prefix: String,
+    last_reconnect: Mutex<Option<Instant>>,
     pub auth: Authenticator,
     pub verifier: Arc<dyn Verifier>,
+}
+
+impl ApiState {
+    /// `registry` is connected to `redis_url` with key prefix `prefix` (reconnections use them).
+    pub fn new(
+        registry: Registry,
+        redis_url: &str,
+        prefix: &str,
+        auth: Authenticator,
+        verifier: Arc<dyn Verifier>,
+    ) -> Self {
+        ApiState {
+            registry: RwLock::new(registry),
+            redis_url: redis_url.to_string(),
+            prefix: prefix.to_string(),
+            last_reconnect: Mutex::new(None),
+            auth,
+            verifier,
+        }
+    }
+
+    /// The registry client (a cheap clone of the connection in use).
+    pub fn registry(&self) -> Registry {
+        self.registry
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Called when a request found Redis unavailable: reconnects, at most once per
+    /// [`RECONNECT_EVERY`], so the next requests use a fresh connection once Redis is back.
+    pub async fn registry_failed(&self) {
+        {
+            let mut last = self
+                .last_reconnect
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < RECONNECT_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        match Registry::connect_with_prefix(&self.redis_url, &self.prefix).await {
+            Ok(fresh) => {
+                *self
+                    .registry
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = fresh;
+                tracing::info!(redis = %self.redis_url, "reconnected to the registry");
+            }
+            Err(e) => {
+                tracing::warn!(redis = %self.redis_url, error = %e, "registry reconnect failed")
+            }
+        }
+    }
 }
 
 /// A handler's answer: a status and a JSON body (`None`: no body, for 204).
@@ -234,7 +297,7 @@ fn check_settings(rec: &AppRecord) -> Result<(), ApiError> {
 
 async fn existing_app(state: &ApiState, app: &str) -> Result<AppRecord, ApiError> {
     state
-        .registry
+        .registry()
         .app(app)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no app named {app:?}")))
@@ -248,7 +311,7 @@ async fn own_domain(
     raw: &str,
 ) -> Result<(DomainPattern, DomainRecord), ApiError> {
     let pattern = parse_domain(raw)?;
-    match state.registry.domain(&pattern.to_string()).await? {
+    match state.registry().domain(&pattern.to_string()).await? {
         Some(rec) if rec.app == app => Ok((pattern, rec)),
         _ => Err(ApiError::NotFound(format!(
             "app {app:?} has no domain {pattern}"
@@ -259,7 +322,7 @@ async fn own_domain(
 // ------------------------------------------------------------------- handlers
 
 pub async fn healthz(state: &ApiState) -> Reply {
-    let v = state.registry.version().await?;
+    let v = state.registry().version().await?;
     json(
         StatusCode::OK,
         &serde_json::json!({"status": "ok", "registry_version": v}),
@@ -268,13 +331,13 @@ pub async fn healthz(state: &ApiState) -> Reply {
 
 pub async fn list_apps(state: &ApiState, caller: &Caller) -> Reply {
     let names = match caller {
-        Caller::Operator => state.registry.app_names().await?,
+        Caller::Operator => state.registry().app_names().await?,
         Caller::Owner(app) => vec![app.clone()],
     };
     let mut apps = Vec::with_capacity(names.len());
     for name in names {
         // An owner's app may have been deleted: it is then simply not listed.
-        if let Some(settings) = state.registry.app(&name).await? {
+        if let Some(settings) = state.registry().app(&name).await? {
             apps.push(AppView {
                 name,
                 settings,
@@ -294,10 +357,10 @@ pub async fn create_app(state: &ApiState, caller: &Caller, body: &[u8]) -> Reply
     check_settings(&settings)?;
     // Check-then-write is not atomic: two concurrent creates of one name both succeed, the
     // last settings winning. Only the operator creates apps, so this is accepted.
-    if state.registry.app(&req.name).await?.is_some() {
+    if state.registry().app(&req.name).await?.is_some() {
         return Err(ApiError::Conflict(format!("app {:?} exists", req.name)));
     }
-    state.registry.put_app(&req.name, &settings).await?;
+    state.registry().put_app(&req.name, &settings).await?;
     tracing::info!(app = %req.name, "app created");
     json(
         StatusCode::CREATED,
@@ -315,14 +378,14 @@ pub async fn show_app(state: &ApiState, caller: &Caller, app: &str) -> Reply {
     let settings = existing_app(state, app).await?;
     let now = now_ms();
     let domains = state
-        .registry
+        .registry()
         .app_domains(app)
         .await?
         .iter()
         .map(|(d, r)| DomainView::new(d, r))
         .collect();
     let backends = state
-        .registry
+        .registry()
         .app_backends(app)
         .await?
         .iter()
@@ -363,7 +426,7 @@ pub async fn update_app(state: &ApiState, caller: &Caller, app: &str, body: &[u8
     let settings: AppRecord = serde_json::from_value(Value::Object(merged))
         .map_err(|e| ApiError::Unprocessable(format!("settings: {e}")))?;
     check_settings(&settings)?;
-    state.registry.put_app(app, &settings).await?;
+    state.registry().put_app(app, &settings).await?;
     json(
         StatusCode::OK,
         &AppView {
@@ -381,11 +444,11 @@ pub async fn delete_app(state: &ApiState, caller: &Caller, app: &str) -> Reply {
     caller.require_operator("delete apps")?;
     // Tokens first: if this fails the app is still there and the DELETE can be retried; the
     // other way round a retry would answer 404 and leave the old owner's tokens behind.
-    let revoked = state.registry.delete_app_tokens(app).await?;
+    let revoked = state.registry().delete_app_tokens(app).await?;
     if revoked > 0 {
         tracing::info!(app, revoked, "owner tokens revoked");
     }
-    match state.registry.delete_app(app).await? {
+    match state.registry().delete_app(app).await? {
         Some(_) => {
             tracing::info!(app, "app deleted");
             Ok((StatusCode::NO_CONTENT, None))
@@ -398,7 +461,7 @@ pub async fn list_domains(state: &ApiState, caller: &Caller, app: &str) -> Reply
     caller.may_act_on(app)?;
     existing_app(state, app).await?;
     let domains: Vec<DomainView> = state
-        .registry
+        .registry()
         .app_domains(app)
         .await?
         .iter()
@@ -420,7 +483,7 @@ pub async fn add_domain(state: &ApiState, caller: &Caller, app: &str, body: &[u8
     }
     existing_app(state, app).await?;
     let key = pattern.to_string();
-    let rec = match state.registry.domain(&key).await? {
+    let rec = match state.registry().domain(&key).await? {
         Some(cur) if cur.app != app => {
             return Err(ApiError::Conflict(format!(
                 "domain {key} belongs to another app"
@@ -441,7 +504,7 @@ pub async fn add_domain(state: &ApiState, caller: &Caller, app: &str, body: &[u8
             token: Some(auth::random_hex(16)?),
         },
     };
-    state.registry.put_domain(&key, &rec).await?;
+    state.registry().put_domain(&key, &rec).await?;
     tracing::info!(app, domain = %key, verified = rec.verified, "domain added");
     json(StatusCode::CREATED, &DomainView::new(&key, &rec))
 }
@@ -449,7 +512,7 @@ pub async fn add_domain(state: &ApiState, caller: &Caller, app: &str, body: &[u8
 pub async fn remove_domain(state: &ApiState, caller: &Caller, app: &str, raw: &str) -> Reply {
     caller.may_act_on(app)?;
     let (pattern, _) = own_domain(state, app, raw).await?;
-    match state.registry.delete_domain(&pattern.to_string()).await? {
+    match state.registry().delete_domain(&pattern.to_string()).await? {
         Some(_) => Ok((StatusCode::NO_CONTENT, None)),
         None => Err(ApiError::NotFound(format!("no domain {pattern}"))),
     }
@@ -488,7 +551,7 @@ pub async fn verify_domain(
             .ok_or_else(|| ApiError::Internal(format!("pending domain {key} has no token")))?;
         let now = now_ms();
         let backends = state
-            .registry
+            .registry()
             .app_backends(app)
             .await?
             .into_iter()
@@ -511,7 +574,7 @@ pub async fn verify_domain(
         verified: true,
         token: None,
     };
-    state.registry.put_domain(&key, &verified).await?;
+    state.registry().put_domain(&key, &verified).await?;
     tracing::info!(app, domain = %key, forced = req.force, "domain verified");
     json(StatusCode::OK, &DomainView::new(&key, &verified))
 }
@@ -521,7 +584,7 @@ pub async fn list_backends(state: &ApiState, caller: &Caller, app: &str) -> Repl
     existing_app(state, app).await?;
     let now = now_ms();
     let backends: Vec<BackendView> = state
-        .registry
+        .registry()
         .app_backends(app)
         .await?
         .iter()
@@ -547,7 +610,7 @@ pub async fn add_backend(state: &ApiState, caller: &Caller, app: &str, body: &[u
         expires_at_ms,
     };
     // The registry refuses a backend of a missing app (NoSuchApp → 404) atomically.
-    state.registry.put_backend(app, &id, &rec).await?;
+    state.registry().put_backend(app, &id, &rec).await?;
     tracing::debug!(app, id, address = %rec.address, "backend registered");
     json(StatusCode::CREATED, &BackendView::new(&id, &rec, now_ms()))
 }
@@ -566,7 +629,7 @@ pub async fn heartbeat(
     // A heartbeat refreshes a registered backend; one that was removed must register again
     // (with its address), so a late heartbeat cannot bring back a deregistered instance.
     let Some((_, cur)) = state
-        .registry
+        .registry()
         .app_backends(app)
         .await?
         .into_iter()
@@ -580,13 +643,13 @@ pub async fn heartbeat(
         address: cur.address,
         expires_at_ms,
     };
-    state.registry.put_backend(app, id, &rec).await?;
+    state.registry().put_backend(app, id, &rec).await?;
     json(StatusCode::OK, &BackendView::new(id, &rec, now_ms()))
 }
 
 pub async fn remove_backend(state: &ApiState, caller: &Caller, app: &str, id: &str) -> Reply {
     caller.may_act_on(app)?;
-    match state.registry.delete_backend(app, id).await? {
+    match state.registry().delete_backend(app, id).await? {
         Some(_) => Ok((StatusCode::NO_CONTENT, None)),
         None => Err(ApiError::NotFound(format!(
             "app {app:?} has no backend {id:?}"
@@ -606,7 +669,7 @@ pub async fn create_token(state: &ApiState, caller: &Caller, body: &[u8]) -> Rep
         created_ms: now_ms(),
     };
     state
-        .registry
+        .registry()
         .put_token(&auth::hash_token(&token), &rec)
         .await?;
     tracing::info!(app = %req.app, "owner token created");

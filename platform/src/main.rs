@@ -65,14 +65,16 @@ fn run_api(args: &ApiArgs) -> anyhow::Result<()> {
         let registry = pier_registry::Registry::connect_with_prefix(&args.redis, &args.prefix)
             .await
             .with_context(|| format!("connecting to the registry at {}", args.redis))?;
-        let state = Arc::new(ApiState {
+        let state = Arc::new(ApiState::new(
             registry,
-            auth: Authenticator::new(operator_token.trim()),
-            verifier: Arc::new(HttpVerifier {
+            &args.redis,
+            &args.prefix,
+            Authenticator::new(operator_token.trim()),
+            Arc::new(HttpVerifier {
                 via: args.challenge_via,
                 timeout: Duration::from_secs(args.challenge_timeout.max(1)),
             }),
-        });
+        ));
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;

@@ -119,7 +119,12 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Full<B
             }
             r
         }
-        Err(Rejection::Error(e)) => error_response(&e),
+        Err(Rejection::Error(e)) => {
+            if matches!(e, ApiError::Unavailable(_)) {
+                state.registry_failed().await;
+            }
+            error_response(&e)
+        }
     };
     tracing::debug!(%method, path, status = resp.status().as_u16(), "request");
     resp
@@ -163,7 +168,7 @@ async fn dispatch(
     let caller = state
         .auth
         .caller(
-            &state.registry,
+            &state.registry(),
             req.headers()
                 .get(header::AUTHORIZATION)
                 .map(HeaderValue::as_bytes),

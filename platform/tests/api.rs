@@ -744,3 +744,32 @@ async fn deleting_an_app_revokes_its_owner_tokens() {
         .expect(Method::GET, "/v1/apps/shop", None, 200)
         .await;
 }
+
+#[tokio::test]
+async fn api_reconnects_when_redis_comes_back() {
+    let mut api = ApiServer::start().await;
+    let op = api.operator();
+    op.expect(Method::POST, "/v1/apps", Some(json!({"name": "blog"})), 201)
+        .await;
+    api.redis.restart();
+    // The first requests may fail (503) while the API notices; then it is back, on the new,
+    // empty Redis.
+    let start = std::time::Instant::now();
+    loop {
+        let r = op
+            .call(Method::POST, "/v1/apps", Some(json!({"name": "blog"})))
+            .await;
+        if r.status == 201 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text);
+        assert_eq!(r.body["error"], "registry-unavailable");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "API still failing: {}",
+            r.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    op.expect(Method::GET, "/v1/apps/blog", None, 200).await;
+}

@@ -37,7 +37,19 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let port = free_port();
+        Self::start_on(free_port())
+    }
+
+    /// Kills this server and starts an empty one on the same port.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let fresh = Self::start_on(self.port);
+        let old = std::mem::replace(self, fresh);
+        std::mem::forget(old); // its process is already gone; dropping it would kill nothing
+    }
+
+    fn start_on(port: u16) -> RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
@@ -150,14 +162,16 @@ impl ApiServer {
         let registry = pier_registry::Registry::connect(&redis.url())
             .await
             .unwrap();
-        let state = Arc::new(ApiState {
-            registry: registry.clone(),
-            auth: Authenticator::new(OPERATOR),
-            verifier: Arc::new(HttpVerifier {
+        let state = Arc::new(ApiState::new(
+            registry.clone(),
+            &redis.url(),
+            "pier:",
+            Authenticator::new(OPERATOR),
+            Arc::new(HttpVerifier {
                 via: None,
                 timeout: Duration::from_secs(2),
             }),
-        });
+        ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
