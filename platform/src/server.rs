@@ -243,6 +243,11 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
     })
     .unwrap_or_else(|_| format!("{{\"error\":\"{code}\",\"reason\":\"\"}}"));
     let mut r = json_response(status, body);
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body was not read: the connection cannot carry another request.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,

@@ -773,3 +773,26 @@ async fn api_reconnects_when_redis_comes_back() {
     }
     op.expect(Method::GET, "/v1/apps/blog", None, 200).await;
 }
+
+#[tokio::test]
+async fn oversized_bodies_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = ApiServer::start().await;
+    let body = format!("{{\"name\": \"{}\"}}", "a".repeat(1_100_000));
+    let mut s = tokio::net::TcpStream::connect(api.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/apps HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        common::OPERATOR,
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer and close before reading it all: a failed write is fine.
+    let _ = s.write_all(body.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("\"too-large\""), "{text}");
+    assert!(api.registry.app_names().await.unwrap().is_empty());
+}
