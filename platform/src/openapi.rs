@@ -35,6 +35,8 @@ struct Op<'a> {
     summary: &'a str,
     authed: bool,
     body: Option<&'a str>,
+    /// The body may be left out.
+    optional_body: bool,
     ok: &'a [(u16, Option<&'a str>)],
     errors: &'a [u16],
 }
@@ -73,7 +75,7 @@ fn operation(op: &Op<'_>) -> Value {
     }
     if let Some(b) = op.body {
         v["requestBody"] = json!({
-            "required": true,
+            "required": !op.optional_body,
             "content": { "application/json": { "schema": schema_ref(b) } }
         });
     }
@@ -148,6 +150,19 @@ fn schemas() -> Value {
                 "timeouts": schema_ref("Timeouts"),
                 "action": schema_ref("Action"),
                 "spin": { "type": "boolean" }
+            }
+        },
+        "AppSettingsPatch": {
+            "type": "object",
+            "additionalProperties": false,
+            "description": "AppSettings fields to replace; null resets a field to its default",
+            "properties": {
+                "policy": { "type": "string", "enum": ["round-robin", "least-outstanding"], "nullable": true },
+                "max_body": { "type": "integer", "minimum": 0, "nullable": true },
+                "retries": { "type": "integer", "minimum": 0, "nullable": true },
+                "timeouts": { "allOf": [schema_ref("Timeouts")], "nullable": true },
+                "action": { "allOf": [schema_ref("Action")], "nullable": true },
+                "spin": { "type": "boolean", "nullable": true }
             }
         },
         "App": {
@@ -269,6 +284,7 @@ pub fn document() -> Value {
                 summary: "Liveness, with the registry's version",
                 authed: false,
                 body: None,
+                optional_body: false,
                 ok: &[(200, Some("Health"))],
                 errors: &[503],
             },
@@ -282,6 +298,7 @@ pub fn document() -> Value {
                 summary: "This document",
                 authed: false,
                 body: None,
+                optional_body: false,
                 ok: &[(200, Some("OpenApi"))],
                 errors: &[],
             },
@@ -295,6 +312,7 @@ pub fn document() -> Value {
                 summary: "Apps the token may see (all for the operator)",
                 authed: true,
                 body: None,
+                optional_body: false,
                 ok: &[(200, Some("AppList"))],
                 errors: &[],
             },
@@ -308,6 +326,7 @@ pub fn document() -> Value {
                 summary: "Create an app (operator)",
                 authed: true,
                 body: Some("NewApp"),
+                optional_body: false,
                 ok: &[(201, Some("App"))],
                 errors: &[403, 409, 422],
             },
@@ -321,6 +340,7 @@ pub fn document() -> Value {
                 summary: "An app with its domains and backends",
                 authed: true,
                 body: None,
+                optional_body: false,
                 ok: &[(200, Some("App"))],
                 errors: &[403, 404],
             },
@@ -333,7 +353,8 @@ pub fn document() -> Value {
                 id: "updateApp",
                 summary: "Change an app's settings",
                 authed: true,
-                body: Some("AppSettings"),
+                body: Some("AppSettingsPatch"),
+                optional_body: false,
                 ok: &[(200, Some("App"))],
                 errors: &[403, 404, 422],
             },
@@ -347,6 +368,7 @@ pub fn document() -> Value {
                 summary: "Delete an app with its domains and backends (operator)",
                 authed: true,
                 body: None,
+                optional_body: false,
                 ok: &[(204, None)],
                 errors: &[403, 404],
             },
@@ -360,6 +382,7 @@ pub fn document() -> Value {
                 summary: "An app's domains",
                 authed: true,
                 body: None,
+                optional_body: false,
                 ok: &[(200, Some("DomainList"))],
                 errors: &[403, 404],
             },
@@ -373,6 +396,7 @@ pub fn document() -> Value {
                 summary: "Add a domain (pending until verified; 200 if the app has it already)",
                 authed: true,
                 body: Some("NewDomain"),
+                optional_body: false,
                 ok: &[(200, Some("Domain")), (201, Some("Domain"))],
                 errors: &[403, 404, 409, 422],
             },
@@ -386,6 +410,7 @@ pub fn document() -> Value {
                 summary: "Remove a domain",
                 authed: true,
                 body: None,
+                optional_body: false,
                 ok: &[(204, None)],
                 errors: &[403, 404, 422],
             },
@@ -399,6 +424,7 @@ pub fn document() -> Value {
                 summary: "Run the ownership check of a pending domain (body optional)",
                 authed: true,
                 body: Some("VerifyRequest"),
+                optional_body: true,
                 ok: &[(200, Some("Domain"))],
                 errors: &[403, 404, 422],
             },
@@ -412,6 +438,7 @@ pub fn document() -> Value {
                 summary: "An app's backends",
                 authed: true,
                 body: None,
+                optional_body: false,
                 ok: &[(200, Some("BackendList"))],
                 errors: &[403, 404],
             },
@@ -425,6 +452,7 @@ pub fn document() -> Value {
                 summary: "Register (or re-register) a backend",
                 authed: true,
                 body: Some("NewBackend"),
+                optional_body: false,
                 ok: &[(201, Some("Backend"))],
                 errors: &[403, 404, 422],
             },
@@ -438,6 +466,7 @@ pub fn document() -> Value {
                 summary: "Extend a backend's deadline to now + ttl_s",
                 authed: true,
                 body: Some("Heartbeat"),
+                optional_body: false,
                 ok: &[(200, Some("Backend"))],
                 errors: &[403, 404, 422],
             },
@@ -451,6 +480,7 @@ pub fn document() -> Value {
                 summary: "Deregister a backend",
                 authed: true,
                 body: None,
+                optional_body: false,
                 ok: &[(204, None)],
                 errors: &[403, 404],
             },
@@ -464,6 +494,7 @@ pub fn document() -> Value {
                 summary: "Create an owner token for an app (operator); shown once",
                 authed: true,
                 body: Some("NewToken"),
+                optional_body: false,
                 ok: &[(201, Some("Token"))],
                 errors: &[403, 404, 422],
             },

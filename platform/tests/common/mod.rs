@@ -248,6 +248,9 @@ impl Api {
             .await
             .unwrap();
         check_against_openapi(&method, path, &r);
+        if r.status.is_success() {
+            check_request_against_openapi(&method, path, body.as_ref());
+        }
         r
     }
 
@@ -315,7 +318,36 @@ pub fn check_against_openapi(method: &Method, path: &str, r: &ApiResponse) {
     }
 }
 
-/// A JSON Schema subset: $ref, type (with nullable), required, properties,
+/// Checks that a request body the server accepted matches the operation's declared request
+/// schema, so the document does not describe bodies the server would refuse or vice versa.
+pub fn check_request_against_openapi(method: &Method, path: &str, body: Option<&Value>) {
+    let doc = pier_platform::openapi::document();
+    let Ok(Match::Found(route, _)) = router::match_route(method, path) else {
+        return;
+    };
+    let op = &doc["paths"][route.pattern][method.as_str().to_ascii_lowercase()];
+    let Some(schema) = op
+        .get("requestBody")
+        .map(|b| &b["content"]["application/json"]["schema"])
+    else {
+        assert!(
+            body.is_none(),
+            "{method} {}: body sent but none declared",
+            route.pattern
+        );
+        return;
+    };
+    if let Some(body) = body {
+        if let Err(e) = validate(&doc, schema, body, "$") {
+            panic!(
+                "{method} {}: accepted request body does not match its schema: {e}\nbody: {body}",
+                route.pattern
+            );
+        }
+    }
+}
+
+/// A JSON Schema subset (allOf of one schema for nullable references): $ref, type (with nullable), required, properties,
 /// additionalProperties: false, items, enum, minimum.
 pub fn validate(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
     if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
@@ -326,6 +358,11 @@ pub fn validate(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), 
     }
     if v.is_null() && schema.get("nullable") == Some(&Value::Bool(true)) {
         return Ok(());
+    }
+    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+        for s in all {
+            validate(doc, s, v, at)?;
+        }
     }
     if let Some(t) = schema.get("type").and_then(Value::as_str) {
         let ok = match t {
