@@ -796,3 +796,57 @@ async fn oversized_bodies_are_refused() {
     assert!(text.contains("\"too-large\""), "{text}");
     assert!(api.registry.app_names().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn verifier_skips_a_dead_backend_and_gives_up_on_a_silent_one() {
+    use pier_platform::verify::{Challenge, HttpVerifier, Verifier};
+    use std::time::{Duration, Instant};
+
+    let good = TestBackend::start("good").await;
+    good.serve_challenge("www.example.test", "tok123");
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let v = HttpVerifier {
+        via: None,
+        timeout: Duration::from_millis(300),
+    };
+    let challenge = |backends: Vec<String>| Challenge {
+        domain: "www.example.test".into(),
+        token: "tok123".into(),
+        backends,
+    };
+    v.verify(&challenge(vec![dead.clone(), good.addr.to_string()]))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let e = v
+        .verify(&challenge(vec![silent_addr.clone(), dead]))
+        .await
+        .unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(e.to_string().contains("no answer"), "{e}");
+
+    // With `via`, the challenge goes there whatever the backends.
+    let via = HttpVerifier {
+        via: Some(good.addr),
+        timeout: Duration::from_secs(2),
+    };
+    via.verify(&challenge(vec![])).await.unwrap();
+    let wrong = Challenge {
+        token: "other".into(),
+        ..challenge(vec![])
+    };
+    assert!(via.verify(&wrong).await.is_err());
+}

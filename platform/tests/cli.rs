@@ -201,3 +201,74 @@ fn exit_codes_and_overrides() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("PIER_OPERATOR_TOKEN"), "{out:?}");
 }
+
+#[test]
+fn remaining_verbs() {
+    let api = ApiProcess::start();
+    let op = Some(OPERATOR);
+    api.pier(op, &["apps", "create", "blog"]).ok();
+    let out = api
+        .pier(op, &["apps", "update", "blog", r#"{"spin": true}"#])
+        .ok();
+    assert!(out.stdout.contains("updated app blog"), "{out:?}");
+    let out = api.pier(op, &["apps", "update", "blog", r#"{"policy": "random"}"#]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("policy"), "{out:?}");
+    assert_eq!(api.pier(op, &["apps", "update", "blog", "{nope"]).code, 2);
+
+    api.pier(
+        op,
+        &[
+            "backends",
+            "add",
+            "blog",
+            "127.0.0.1:9000",
+            "--id",
+            "w",
+            "--ttl",
+            "5",
+        ],
+    )
+    .ok();
+    let out = api
+        .pier(op, &["backends", "heartbeat", "blog", "w", "--ttl", "600"])
+        .ok();
+    let expires: u64 = out
+        .stdout
+        .split("expires_at_ms=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(expires > pier_platform::api::now_ms() + 500_000, "{out:?}");
+
+    api.pier(op, &["domains", "add", "blog", "*.blog.test"])
+        .ok();
+    let out = api.pier(op, &["domains", "verify", "blog", "*.blog.test"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("wildcard"), "{out:?}");
+    let out = api
+        .pier(op, &["domains", "verify", "blog", "*.blog.test", "--force"])
+        .ok();
+    assert!(out.stdout.contains("*.blog.test verified"), "{out:?}");
+
+    let out = api.pier(op, &["apps", "show", "blog"]).ok();
+    assert!(out.stdout.contains("\"spin\":true"), "{out:?}");
+    assert!(
+        out.stdout.contains("domain\t*.blog.test\tverified"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("backend\tw\t127.0.0.1:9000\tlive"),
+        "{out:?}"
+    );
+
+    api.pier(op, &["domains", "remove", "blog", "*.blog.test"])
+        .ok();
+    assert_eq!(api.pier(op, &["domains", "list", "blog"]).ok().stdout, "");
+    api.pier(op, &["apps", "delete", "blog"]).ok();
+    let out = api.pier(op, &["apps", "show", "blog"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("404"), "{out:?}");
+}
