@@ -22,13 +22,14 @@ fn status_text(status: u16) -> &'static str {
         409 => "Exists already, or the domain belongs to another app",
         413 => "Request body too large",
         422 => "Invalid values (app name, hostname, address, settings) or a failed domain check",
+        500 => "Bad data in the registry, or a bug",
         503 => "The registry (Redis) is unavailable",
         _ => "",
     }
 }
 
 /// Error statuses every authenticated operation can answer.
-const AUTHED: &[u16] = &[400, 401, 413, 503];
+const AUTHED: &[u16] = &[400, 401, 413, 500, 503];
 
 struct Op<'a> {
     id: &'a str,
@@ -426,7 +427,7 @@ pub fn document() -> Value {
                 body: Some("VerifyRequest"),
                 optional_body: true,
                 ok: &[(200, Some("Domain"))],
-                errors: &[403, 404, 422],
+                errors: &[403, 404, 409, 422],
             },
         ),
         (
