@@ -628,22 +628,15 @@ pub async fn heartbeat(
     let expires_at_ms = check_ttl(req.ttl_s)?;
     // A heartbeat refreshes a registered backend; one that was removed must register again
     // (with its address), so a late heartbeat cannot bring back a deregistered instance.
-    let Some((_, cur)) = state
+    let Some(rec) = state
         .registry()
-        .app_backends(app)
+        .refresh_backend(app, id, expires_at_ms)
         .await?
-        .into_iter()
-        .find(|(i, _)| i == id)
     else {
         return Err(ApiError::NotFound(format!(
             "app {app:?} has no backend {id:?}"
         )));
     };
-    let rec = BackendRecord {
-        address: cur.address,
-        expires_at_ms,
-    };
-    state.registry().put_backend(app, id, &rec).await?;
     json(StatusCode::OK, &BackendView::new(id, &rec, now_ms()))
 }
 

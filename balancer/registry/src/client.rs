@@ -220,6 +220,52 @@ return emit('backend', ARGV[2], ARGV[4])
         }
     }
 
+    /// Moves a registered backend's liveness deadline (a heartbeat). Returns the updated
+    /// record, or `None` if the backend is not registered: a heartbeat never registers, so a
+    /// late one cannot bring back an instance that was deregistered. One script, so it cannot
+    /// race a deregistration.
+    pub async fn refresh_backend(
+        &self,
+        app: &str,
+        id: &str,
+        expires_at_ms: u64,
+    ) -> Result<Option<BackendRecord>, RegistryError> {
+        // cjson keeps 14 significant digits: millisecond timestamps have 13 until year 2286.
+        let s = script(
+            r#"
+local cur = redis.call('HGET', KEYS[3], ARGV[2])
+if not cur then return false end
+local ok, rec = pcall(cjson.decode, cur)
+if not ok or type(rec) ~= 'table' then return {err = 'baddata'} end
+rec.expires_at_ms = tonumber(ARGV[3])
+local json = cjson.encode(rec)
+redis.call('HSET', KEYS[3], ARGV[2], json)
+emit('backend', ARGV[2], json)
+return json
+"#,
+        );
+        let mut inv = s.prepare_invoke();
+        inv.key(&self.keys.version)
+            .key(&self.keys.changes)
+            .key(&self.keys.backends);
+        inv.arg(CHANGE_LOG_LEN)
+            .arg(backend_field(app, id))
+            .arg(expires_at_ms);
+        let json: Option<String> = match timed(inv.invoke_async(&mut self.conn.clone())).await {
+            Err(RegistryError::Redis(e)) if e.to_string().contains("baddata") => {
+                return Err(RegistryError::BadData(format!(
+                    "backend {app}/{id}: not JSON"
+                )))
+            }
+            other => other?,
+        };
+        json.map(|j| {
+            serde_json::from_str(&j)
+                .map_err(|e| RegistryError::BadData(format!("backend {app}/{id}: {e}")))
+        })
+        .transpose()
+    }
+
     /// Deregisters a backend instance. Returns the version after, or `None` if it was not there.
     pub async fn delete_backend(&self, app: &str, id: &str) -> Result<Option<u64>, RegistryError> {
         let s = script(
