@@ -87,7 +87,11 @@ fn run(config: Config, table: pier_routes::RouteTable) -> anyhow::Result<()> {
     use anyhow::Context;
     let shared = Shared::new(config, table);
     let cfg = &shared.config;
-    let control = tokio::runtime::Builder::new_current_thread()
+    // Two threads: registry loads parse one page while the next is fetched, and admin requests
+    // are answered during a long load.
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("pier-control")
         .enable_all()
         .build()
         .context("starting the control runtime")?;

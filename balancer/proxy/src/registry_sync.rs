@@ -13,7 +13,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pier_registry::apply::{apply_change, table_from_snapshot};
+use pier_registry::apply::{apply_change, table_from_snapshot, write_table_snapshot, TableLoader};
+use pier_registry::model::ChangeKind;
 use pier_registry::{Registry, RegistryError, Snapshot};
 use pier_routes::RouteTable;
 
@@ -51,11 +52,14 @@ pub fn load_snapshot_file(s: &RegistrySettings) -> Option<RouteTable> {
     }
 }
 
-fn write_snapshot_file(path: &Path, snap: Snapshot) {
+fn write_snapshot_file(path: &Path, table: &RouteTable, feed_id: &str) {
     let tmp = path.with_extension("tmp");
-    let result = serde_json::to_vec(&snap)
-        .map_err(std::io::Error::other)
-        .and_then(|bytes| std::fs::write(&tmp, bytes))
+    let result = std::fs::File::create(&tmp)
+        .and_then(|f| {
+            let mut w = std::io::BufWriter::new(f);
+            write_table_snapshot(table, feed_id, &mut w)?;
+            std::io::Write::flush(&mut w)
+        })
         .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = result {
         tracing::warn!(file = %path.display(), error = %e, "cannot write the registry snapshot file");
@@ -169,6 +173,27 @@ async fn follow(
     }
 }
 
+/// Loads one hash: a task fetches pages (on another thread of the control runtime) while this
+/// one parses the previous page into the table.
+async fn load_phase(
+    reg: &Registry,
+    kind: ChangeKind,
+    mut consume: impl FnMut(Vec<(String, String)>),
+) -> Result<(), RegistryError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let reader = reg.clone();
+    let fetch = tokio::spawn(async move { reader.scan_into(kind, tx).await });
+    while let Some(page) = rx.recv().await {
+        consume(page);
+    }
+    match fetch.await {
+        Ok(result) => result,
+        Err(e) => Err(RegistryError::BadData(format!(
+            "registry scan task failed: {e}"
+        ))),
+    }
+}
+
 async fn full_resync(
     shared: &Shared,
     reg: &Registry,
@@ -176,15 +201,30 @@ async fn full_resync(
     reason: &'static str,
 ) -> Result<Resync, RegistryError> {
     let started = Instant::now();
-    let snap = reg.snapshot().await?;
+    let head = reg.snapshot_head().await?;
+    let current = shared.routes.load_full();
+    // Entries are parsed into the new table batch by batch as they arrive, so a large
+    // registry is never in memory both as text and as a table.
+    let mut loader = TableLoader::new(&s.app_domains, head.apps, head.domains, Some(&current));
+    load_phase(reg, ChangeKind::App, |b| loader.apps(b)).await?;
+    let apps_ms = started.elapsed().as_millis() as u64;
+    load_phase(reg, ChangeKind::Backend, |b| loader.backends(b)).await?;
+    let backends_ms = started.elapsed().as_millis() as u64;
+    load_phase(reg, ChangeKind::Domain, |b| loader.domains(b)).await?;
+    tracing::debug!(apps_ms, backends_ms, "registry load phases");
     shared
         .registry_contact_ms
         .store(now_ms(), Ordering::Relaxed);
-    let current = shared.routes.load_full();
-    let (table, problems) = table_from_snapshot(&snap, &s.app_domains, Some(&current));
+    let (table, skipped, problems) = loader.finish(head.version);
+    shared.metrics.registry_bad_entries.inc_by(skipped as u64);
     for p in &problems {
-        shared.metrics.registry_bad_entries.inc();
         tracing::warn!(problem = %p, "bad registry entry skipped");
+    }
+    if skipped > problems.len() {
+        tracing::warn!(
+            more = skipped - problems.len(),
+            "more bad registry entries skipped"
+        );
     }
     let before = current.len();
     let after = table.len();
@@ -213,15 +253,18 @@ async fn full_resync(
         version = table.version(),
         domains = after,
         apps = table.app_count(),
-        skipped = problems.len(),
+        skipped,
         took_ms = started.elapsed().as_millis() as u64,
         "registry resync applied"
     );
-    let feed_id = snap.feed_id.clone();
+    drop(current);
     shared.swap_routes(table);
     if let Some(path) = s.snapshot_file.clone() {
-        // Serialising a large registry takes a while: do it off the sync task.
-        tokio::task::spawn_blocking(move || write_snapshot_file(&path, snap));
+        // Writing a large table takes a while: do it off the sync task, from the installed
+        // table itself (no copy).
+        let installed = shared.routes.load_full();
+        let feed_id = head.feed_id.clone();
+        tokio::task::spawn_blocking(move || write_snapshot_file(&path, &installed, &feed_id));
     }
-    Ok(Resync::Applied(feed_id))
+    Ok(Resync::Applied(head.feed_id))
 }

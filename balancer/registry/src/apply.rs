@@ -187,6 +187,152 @@ pub fn table_from_snapshot(
     (table, problems)
 }
 
+/// Builds a table from a registry scanned in batches: apps first, then backends, then
+/// domains, each entry parsed and inserted as it arrives, so a large registry is never held in
+/// memory as text and as a table at once. Bad entries are counted and a sample kept.
+pub struct TableLoader<'a> {
+    table: RouteTable,
+    previous: Option<&'a RouteTable>,
+    problems: Vec<String>,
+    skipped: usize,
+}
+
+/// How many problem lines a load keeps (all are counted).
+const KEEP_PROBLEMS: usize = 100;
+
+impl<'a> TableLoader<'a> {
+    pub fn new(
+        app_domains: &[Box<str>],
+        apps: usize,
+        domains: usize,
+        previous: Option<&'a RouteTable>,
+    ) -> Self {
+        let mut table = RouteTable::with_capacity(domains, apps, previous);
+        table.set_app_domains(app_domains.to_vec());
+        TableLoader {
+            table,
+            previous,
+            problems: Vec::new(),
+            skipped: 0,
+        }
+    }
+
+    fn problem(&mut self, p: String) {
+        self.skipped += 1;
+        if self.problems.len() < KEEP_PROBLEMS {
+            self.problems.push(p);
+        }
+    }
+
+    pub fn apps(&mut self, batch: Vec<(String, String)>) {
+        for (name, json) in batch {
+            let settings = serde_json::from_str::<AppRecord>(&json)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.to_settings());
+            match settings {
+                Ok(settings) => self
+                    .table
+                    .upsert_app_from(&name, settings, &[], self.previous),
+                Err(e) => self.problem(format!("app {name}: {e}")),
+            }
+        }
+    }
+
+    pub fn backends(&mut self, batch: Vec<(String, String)>) {
+        for (key, json) in batch {
+            let result = split_backend_key(&key).and_then(|(app, id)| {
+                let rec: BackendRecord = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+                let spec = backend_spec(id, &rec)?;
+                self.table
+                    .put_backend_from(app, spec, self.previous)
+                    .map_err(|e| e.to_string())
+            });
+            if let Err(e) = result {
+                self.problem(format!("backend {key}: {e}"));
+            }
+        }
+    }
+
+    pub fn domains(&mut self, batch: Vec<(String, String)>) {
+        for (key, json) in batch {
+            let result = DomainPattern::parse(&key)
+                .map_err(|e| e.to_string())
+                .and_then(|p| {
+                    let rec: DomainRecord =
+                        serde_json::from_str(&json).map_err(|e| e.to_string())?;
+                    if rec.verified {
+                        self.table
+                            .put_domain(&p, &rec.app)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                });
+            if let Err(e) = result {
+                self.problem(format!("domain {key}: {e}"));
+            }
+        }
+    }
+
+    /// The table at `version`, the number of skipped entries, and a sample of the problems.
+    pub fn finish(mut self, version: u64) -> (RouteTable, usize, Vec<String>) {
+        self.table.set_version(version);
+        (self.table, self.skipped, self.problems)
+    }
+}
+
+/// The registry data a table holds, in the snapshot format (for the local snapshot file).
+/// Written by streaming, entry by entry, so a large table is not copied into text first.
+pub fn write_table_snapshot(
+    table: &RouteTable,
+    feed_id: &str,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    let json = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into());
+    write!(
+        out,
+        "{{\"version\":{},\"feed_id\":{},\"apps\":[",
+        table.version(),
+        json(feed_id)
+    )?;
+    for (i, app) in table.apps().enumerate() {
+        let rec = serde_json::to_string(&AppRecord::from_settings(&app.settings))
+            .map_err(std::io::Error::other)?;
+        let sep = if i == 0 { "" } else { "," };
+        write!(out, "{sep}[{},{}]", json(&app.name), json(&rec))?;
+    }
+    out.write_all(b"],\"domains\":[")?;
+    for (i, (pattern, app)) in table.domains().enumerate() {
+        let rec = serde_json::to_string(&DomainRecord {
+            app: app.name.to_string(),
+            verified: true,
+            token: None,
+        })
+        .map_err(std::io::Error::other)?;
+        let sep = if i == 0 { "" } else { "," };
+        write!(out, "{sep}[{},{}]", json(&pattern.to_string()), json(&rec))?;
+    }
+    out.write_all(b"],\"backends\":[")?;
+    let mut first = true;
+    for app in table.apps() {
+        for b in app.backends.iter() {
+            let rec = serde_json::to_string(&BackendRecord {
+                address: b.addr.to_string(),
+                expires_at_ms: b.expires_at_ms,
+            })
+            .map_err(std::io::Error::other)?;
+            let sep = if first { "" } else { "," };
+            first = false;
+            write!(
+                out,
+                "{sep}[{},{}]",
+                json(&format!("{}/{}", app.name, b.id())),
+                json(&rec)
+            )?;
+        }
+    }
+    out.write_all(b"]}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +383,32 @@ mod tests {
         assert_eq!(app.backends.len(), 1);
         assert!(t.lookup("pending.test").is_none());
         assert_eq!(problems.len(), 7, "{problems:#?}");
+    }
+
+    #[test]
+    fn batch_loader_matches_the_spec_builder_and_snapshots_round_trip() {
+        let s = snap();
+        let mut l = TableLoader::new(&[], 3, 4, None);
+        l.apps(s.apps.clone());
+        l.backends(s.backends.clone());
+        l.domains(s.domains.clone());
+        let (t, skipped, _) = l.finish(s.version);
+        let (t2, problems) = table_from_snapshot(&s, &[], None);
+        assert_eq!(skipped, problems.len());
+        assert_eq!(t.len(), t2.len());
+        assert_eq!(t.app_count(), t2.app_count());
+        assert_eq!(t.lookup("blog.test").unwrap().app.backends.len(), 1);
+        // The table written as a snapshot loads back into the same routes.
+        let mut out = Vec::new();
+        write_table_snapshot(&t, "5-0", &mut out).unwrap();
+        let back: Snapshot = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back.version, 7);
+        assert_eq!(back.feed_id, "5-0");
+        let (t3, problems) = table_from_snapshot(&back, &[], None);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(t3.len(), t.len());
+        let app = t3.lookup("blog.test").unwrap().app;
+        assert_eq!(app.backends[0].addr, "127.0.0.1:9001".parse().unwrap());
     }
 
     #[test]

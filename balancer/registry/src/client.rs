@@ -26,6 +26,17 @@ pub enum RegistryError {
     BadData(String),
 }
 
+/// Where a full load starts: the version and feed position (read together) and the sizes of
+/// the three hashes (to size the table up front).
+#[derive(Debug, Clone)]
+pub struct SnapshotHead {
+    pub version: u64,
+    pub feed_id: String,
+    pub apps: usize,
+    pub domains: usize,
+    pub backends: usize,
+}
+
 /// Longest a single registry command may take before it counts as failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Change-log entries kept (approximately): a balancer further behind than this resyncs.
@@ -434,28 +445,84 @@ return n
     /// the last change-log id are read atomically first, so changes made while the hashes are
     /// scanned are seen again in the feed (applying them twice is harmless).
     pub async fn snapshot(&self) -> Result<Snapshot, RegistryError> {
-        let mut c = self.conn.clone();
-        let (version, last): (Option<u64>, Value) = timed(
-            redis::pipe()
-                .atomic()
-                .get(&self.keys.version)
-                .cmd("XREVRANGE")
-                .arg(&self.keys.changes)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut c),
-        )
-        .await?;
-        let feed_id = first_stream_id(&last).unwrap_or_else(|| "0-0".to_string());
+        let head = self.snapshot_head().await?;
         Ok(Snapshot {
-            version: version.unwrap_or(0),
-            feed_id,
+            version: head.version,
+            feed_id: head.feed_id,
             apps: self.scan_hash(&self.keys.apps).await?,
             domains: self.scan_hash(&self.keys.domains).await?,
             backends: self.scan_hash(&self.keys.backends).await?,
         })
+    }
+
+    /// The version, feed position and sizes a full load starts from (read atomically).
+    pub async fn snapshot_head(&self) -> Result<SnapshotHead, RegistryError> {
+        let mut c = self.conn.clone();
+        let (version, last, apps, domains, backends): (Option<u64>, Value, usize, usize, usize) =
+            timed(
+                redis::pipe()
+                    .atomic()
+                    .get(&self.keys.version)
+                    .cmd("XREVRANGE")
+                    .arg(&self.keys.changes)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .hlen(&self.keys.apps)
+                    .hlen(&self.keys.domains)
+                    .hlen(&self.keys.backends)
+                    .query_async(&mut c),
+            )
+            .await?;
+        Ok(SnapshotHead {
+            version: version.unwrap_or(0),
+            feed_id: first_stream_id(&last).unwrap_or_else(|| "0-0".to_string()),
+            apps,
+            domains,
+            backends,
+        })
+    }
+
+    /// One page of an `HSCAN` over one of the hashes: the next cursor (0 when done) and the
+    /// entries. An entry may be seen more than once while Redis rehashes.
+    pub async fn scan_page(
+        &self,
+        kind: ChangeKind,
+        cursor: u64,
+    ) -> Result<(u64, Vec<(String, String)>), RegistryError> {
+        let key = match kind {
+            ChangeKind::App => &self.keys.apps,
+            ChangeKind::Domain => &self.keys.domains,
+            ChangeKind::Backend => &self.keys.backends,
+        };
+        let mut c = self.conn.clone();
+        timed(
+            redis::cmd("HSCAN")
+                .arg(key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(10_000)
+                .query_async(&mut c),
+        )
+        .await
+    }
+
+    /// Scans one of the hashes page by page, sending each page into `tx` while the next one is
+    /// being fetched (the receiver builds the table meanwhile). Stops early if `tx` is closed.
+    pub async fn scan_into(
+        &self,
+        kind: ChangeKind,
+        tx: tokio::sync::mpsc::Sender<Vec<(String, String)>>,
+    ) -> Result<(), RegistryError> {
+        let mut cursor = 0;
+        loop {
+            let (next, page) = self.scan_page(kind, cursor).await?;
+            if tx.send(page).await.is_err() || next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 
     async fn scan_hash(&self, key: &str) -> Result<Vec<(String, String)>, RegistryError> {

@@ -19,5 +19,5 @@ pub mod client;
 pub mod model;
 pub mod schema;
 
-pub use client::{Registry, RegistryError};
+pub use client::{Registry, RegistryError, SnapshotHead};
 pub use model::{AppRecord, BackendRecord, Change, DomainRecord, Snapshot};

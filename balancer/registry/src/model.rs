@@ -96,6 +96,55 @@ fn header_safe(text: &str) -> bool {
 }
 
 impl AppRecord {
+    /// The record that gives these settings (the inverse of [`AppRecord::to_settings`]).
+    pub fn from_settings(s: &AppSettings) -> AppRecord {
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+        AppRecord {
+            policy: match s.policy {
+                Policy::RoundRobin => None,
+                p => Some(p.name().to_string()),
+            },
+            max_body: s.max_body,
+            retries: s.retries,
+            timeouts: TimeoutsRecord {
+                connect_ms: ms(s.timeouts.connect),
+                first_byte_ms: ms(s.timeouts.first_byte),
+                idle_ms: ms(s.timeouts.idle),
+            },
+            action: match &s.action {
+                Action::Proxy => ActionRecord::Proxy,
+                Action::Redirect {
+                    status,
+                    location,
+                    keep_path,
+                } => ActionRecord::Redirect {
+                    location: location.to_string(),
+                    status: *status,
+                    keep_path: *keep_path,
+                },
+                Action::Static {
+                    status,
+                    body,
+                    content_type,
+                } => ActionRecord::Static {
+                    status: *status,
+                    body: String::from_utf8_lossy(body).into_owned(),
+                    content_type: content_type.to_string(),
+                },
+                Action::Maintenance {
+                    body,
+                    content_type,
+                    retry_after,
+                } => ActionRecord::Maintenance {
+                    body: Some(String::from_utf8_lossy(body).into_owned()),
+                    content_type: content_type.to_string(),
+                    retry_after: *retry_after,
+                },
+            },
+            spin: s.spin,
+        }
+    }
+
     /// Checks the record and turns it into the route table's settings.
     pub fn to_settings(&self) -> Result<Arc<AppSettings>, String> {
         let policy = match self.policy.as_deref() {

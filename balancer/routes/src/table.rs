@@ -190,7 +190,9 @@ impl RouteTable {
         Self::with_capacity(0, 0, None)
     }
 
-    fn with_capacity(domains: usize, apps: usize, previous: Option<&RouteTable>) -> Self {
+    /// An empty table sized for `domains` domains and `apps` apps (loading in bulk without
+    /// regrowing), sharing `previous`'s hasher.
+    pub fn with_capacity(domains: usize, apps: usize, previous: Option<&RouteTable>) -> Self {
         RouteTable {
             hasher: previous.map(|p| p.hasher).unwrap_or_default(),
             domains: Sharded::with_capacity(domains),
@@ -459,6 +461,63 @@ impl RouteTable {
                 self.insert_new_app(app);
             }
         }
+    }
+
+    /// Creates or replaces an app, carrying state over from the app of the same name in
+    /// `previous` (a bulk load into a fresh table keeps counters and ejections of the table in
+    /// use).
+    pub fn upsert_app_from(
+        &mut self,
+        name: &str,
+        settings: Arc<AppSettings>,
+        backends: &[BackendSpec],
+        previous: Option<&RouteTable>,
+    ) {
+        let old = previous.and_then(|p| p.app(name)).map(|a| &**a);
+        match self.app_id(name) {
+            Some(id) => {
+                let app = build_app(
+                    name,
+                    &settings,
+                    backends,
+                    old.or(self.apps.get(id).map(|a| &**a)),
+                );
+                self.apps.set(id, Some(Arc::new(app)));
+            }
+            None => {
+                let app = build_app(name, &settings, backends, old);
+                self.insert_new_app(app);
+            }
+        }
+    }
+
+    /// Adds or replaces one backend of an app during a bulk load: one lookup of the app, state
+    /// carried over from the same app in `previous`.
+    pub fn put_backend_from(
+        &mut self,
+        app: &str,
+        backend: BackendSpec,
+        previous: Option<&RouteTable>,
+    ) -> Result<(), BuildError> {
+        let id = self
+            .app_id(app)
+            .ok_or_else(|| BuildError::NoSuchApp(app.into()))?;
+        let current = self
+            .apps
+            .get(id)
+            .ok_or_else(|| BuildError::NoSuchApp(app.into()))?;
+        let mut list: Vec<BackendSpec> = current.backends.iter().map(Backend::spec).collect();
+        match list.iter_mut().find(|b| same_backend(b, &backend)) {
+            Some(b) => *b = backend,
+            None => list.push(backend),
+        }
+        let old = match previous {
+            Some(p) if !p.is_empty() || p.app_count() > 0 => p.app(app).map(|a| &**a),
+            _ => None,
+        };
+        let app = build_app(app, &current.settings, &list, old.or(Some(&**current)));
+        self.apps.set(id, Some(Arc::new(app)));
+        Ok(())
     }
 
     /// Removes an app; domains that pointed at it stop matching.
