@@ -113,6 +113,10 @@ pub struct LoadArgs {
     /// Trust the CA certificates in this PEM file.
     #[arg(long, value_name = "FILE")]
     pub cacert: Option<PathBuf>,
+    /// Under load, wait this long before sleeping so answers arrive in batches and the
+    /// server is spared wake-ups ("0" disables; see docs/loadtest.md).
+    #[arg(long, default_value = "20us", value_parser = parse_duration)]
+    pub coalesce: Duration,
     /// Target URL (http:// or https://).
     #[arg(required = true)]
     pub url: Option<String>,
@@ -219,6 +223,7 @@ pub fn build_config(a: &LoadArgs) -> Result<RunConfig, CliError> {
     };
     cfg.expect_header = a.expect_header.clone();
     cfg.timeout = (!a.timeout.is_zero()).then_some(a.timeout);
+    cfg.coalesce = a.coalesce;
     cfg.tls = TlsOptions {
         insecure: a.insecure,
         ca_file: a.cacert.clone(),
@@ -245,6 +250,8 @@ mod tests {
             "-H",
             "X-A: b",
             "--latency",
+            "--coalesce",
+            "0",
             "http://127.0.0.1:8080/",
         ])
         .unwrap();
@@ -254,6 +261,12 @@ mod tests {
         assert_eq!(cfg.model, LoadModel::Open { rate: 1000.0 });
         assert_eq!(cfg.headers, vec![("X-A".to_string(), "b".to_string())]);
         assert!(cli.load.latency);
+        assert!(cfg.coalesce.is_zero());
+        let cli = parse(&["http://h/"]).unwrap();
+        assert_eq!(
+            build_config(&cli.load).unwrap().coalesce,
+            crate::coalesce::DEFAULT
+        );
     }
 
     #[test]

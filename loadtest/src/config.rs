@@ -71,6 +71,9 @@ pub struct RunConfig {
     /// connection is closed.
     pub timeout: Option<Duration>,
     pub tls: TlsOptions,
+    /// Under load, wait this long before sleeping in epoll so answers are collected in
+    /// batches (see `coalesce`); zero disables.
+    pub coalesce: Duration,
 }
 
 /// A configuration that cannot run.
@@ -115,6 +118,7 @@ impl RunConfig {
             expect_header: None,
             timeout: Some(Duration::from_secs(2)),
             tls: TlsOptions::default(),
+            coalesce: crate::coalesce::DEFAULT,
         }
     }
 

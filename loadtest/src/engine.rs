@@ -313,10 +313,13 @@ fn worker_thread(
     tx: &mpsc::Sender<Msg>,
 ) -> std::io::Result<ThreadResult> {
     // IO and timers only: the signal and process drivers would add work to every park.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_io().enable_time();
+    let coalesce = sh.cfg.coalesce;
+    if !coalesce.is_zero() {
+        builder.on_thread_park(move || crate::coalesce::before_park(coalesce));
+    }
+    let rt = builder.build()?;
     let cfg = &sh.cfg;
     let schedule = match cfg.model {
         LoadModel::Closed => None,

@@ -19,6 +19,7 @@
 //! - [`threshold`]: `--fail-if`; [`units`]: durations and sizes as people write them.
 
 pub mod cli;
+pub mod coalesce;
 pub mod config;
 pub mod engine;
 pub mod h1;

@@ -267,6 +267,7 @@ async fn drive<T: Transport>(
                 rend += n;
                 let mut rec = ctx.recorder.borrow_mut();
                 rec.bytes_read(now, n);
+                crate::coalesce::note_read();
                 loop {
                     let Some(front) = st.inflight.front().copied() else {
                         if rstart < rend {
