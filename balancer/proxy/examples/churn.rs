@@ -11,7 +11,9 @@ use pier_registry::Registry;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let url = args.next().unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
+    let url = args
+        .next()
+        .unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
     let rate: u64 = args.next().map_or(Ok(1000), |a| a.parse())?;
     let seconds: u64 = args.next().map_or(Ok(10), |a| a.parse())?;
     let apps: u64 = args.next().map_or(Ok(1000), |a| a.parse())?;
@@ -32,7 +34,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let app = format!("a{}", x % apps);
         if done % 2 == 0 {
-            let rec = BackendRecord { address: backend.clone(), expires_at_ms: 0 };
+            let rec = BackendRecord {
+                address: backend.clone(),
+                expires_at_ms: 0,
+            };
             reg.put_backend(&app, "churn", &rec).await?;
         } else {
             reg.delete_backend(&app, "churn").await?;
