@@ -27,13 +27,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while started.elapsed() < Duration::from_secs(seconds) {
         tick.tick().await;
         // Each app gets its extra backend added, then removed on the next tick.
-        if done % 2 == 0 {
+        if done.is_multiple_of(2) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
         }
         let app = format!("a{}", x % apps);
-        if done % 2 == 0 {
+        if done.is_multiple_of(2) {
             let rec = BackendRecord {
                 address: backend.clone(),
                 expires_at_ms: 0,
