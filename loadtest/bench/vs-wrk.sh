@@ -31,8 +31,9 @@ url="http://127.0.0.1:$port/"
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores; wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'); $("$PIER_LOAD" --version)"
 echo "# target: nginx $(nginx -v 2>&1 | sed 's/.*\///'), 1 worker, $url"
-echo "# each run: -t$threads -c$conns -d$duration; cpu = user + sys of the generator process"
-printf '%-6s %-10s %12s %12s %8s %14s %9s\n' round tool req/s requests cpu_s req/cpu_s maxrss_kb
+echo "# each run: -t$threads -c$conns -d$duration; cpu = user + sys of the generator process;"
+echo "# load1 = 1-minute load average before the run; this benchmark alone keeps it near 2 (generator + nginx), clearly more means other work shared the 2 cores"
+printf '%-6s %-10s %12s %12s %8s %14s %9s %6s\n' round tool req/s requests cpu_s req/cpu_s maxrss_kb load1
 
 # One run: prints "req_per_s requests cpu_s rss_kb".
 run() {
@@ -52,9 +53,10 @@ run() {
 for r in $(seq "$rounds"); do
     if [ $((r % 2)) -eq 1 ]; then order="wrk pier-load"; else order="pier-load wrk"; fi
     for tool in $order; do
+        load=$(cut -d' ' -f1 /proc/loadavg)
         read -r rps reqs cpu rss < <(run "$tool")
         per=$(awk -v n="$reqs" -v c="$cpu" 'BEGIN {printf "%.0f", n / c}')
-        printf '%-6s %-10s %12s %12s %8s %14s %9s\n' "$r" "$tool" "$rps" "$reqs" "$cpu" "$per" "$rss"
+        printf '%-6s %-10s %12s %12s %8s %14s %9s %6s\n' "$r" "$tool" "$rps" "$reqs" "$cpu" "$per" "$rss" "$load"
         echo "$tool $rps $per" >>"$work/results"
         sleep 1
     done
