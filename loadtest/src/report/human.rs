@@ -171,9 +171,12 @@ pub fn write(r: &Report, detail: bool, out: &mut dyn Write) -> io::Result<()> {
         let unreached = counts.iter().filter(|c| **c == 0).count();
         writeln!(
             out,
-            "  Hosts: {} ({:?}), responses per host min {min} avg {:.1} max {max}, never answered {unreached}",
+            "  Hosts: {} ({}), responses per host min {min} avg {:.1} max {max}, never answered {unreached}",
             r.per_host.len(),
-            r.host_mode,
+            match r.host_mode {
+                crate::config::HostMode::Rotate => "rotate",
+                crate::config::HostMode::Pin => "pin",
+            },
             r.responses() as f64 / r.per_host.len() as f64,
         )?;
     }
