@@ -55,6 +55,8 @@ fn writes_reports_and_applies_thresholds() {
     assert!(v["requests"]["responses"].as_u64().unwrap() > 10);
     assert_eq!(v["config"]["model"], "closed");
     assert_eq!(v["per_host"].as_array().unwrap().len(), 3);
+    assert_eq!(v["per_host_summary"]["hosts"], 3);
+    assert_eq!(v["per_host_summary"]["never_answered"], 0);
     assert!(v["latency_us"]["corrected"]["percentiles"]["99.999"]
         .as_u64()
         .is_some());

@@ -31,6 +31,21 @@ fn distribution(h: &Histogram<u64>) -> Value {
     })
 }
 
+/// Above this many hosts the per-host list is left out of the JSON (it would dominate the
+/// file); the summary is always there.
+pub const PER_HOST_LIMIT: usize = 100_000;
+
+fn host_summary(r: &Report) -> Value {
+    let counts = r.per_host.iter().map(|h| h.responses);
+    json!({
+        "hosts": r.per_host.len(),
+        "min_responses": counts.clone().min().unwrap_or(0),
+        "max_responses": counts.clone().max().unwrap_or(0),
+        "never_answered": counts.filter(|c| *c == 0).count(),
+        "listed": r.per_host.len() <= PER_HOST_LIMIT,
+    })
+}
+
 pub fn to_value(r: &Report) -> Value {
     let (pipeline, streams) = match r.protocol {
         Protocol::Http1 { pipeline } => (json!(pipeline), Value::Null),
@@ -84,7 +99,8 @@ pub fn to_value(r: &Report) -> Value {
             "header": r.expect_header,
             "mismatched": r.mismatched,
         },
-        "per_host": r.per_host,
+        "per_host_summary": host_summary(r),
+        "per_host": if r.per_host.len() <= PER_HOST_LIMIT { json!(r.per_host) } else { json!([]) },
         "series": r.series,
     })
 }
