@@ -285,6 +285,7 @@ pub fn run(cfg: &RunConfig, on_second: &mut dyn FnMut(&SecondRow)) -> Result<Rep
         report.bytes_read += rec.bytes_read;
         report.bytes_written += rec.bytes_written;
         report.reconnects += rec.reconnects;
+        report.retried += rec.retried;
         report.mismatched += rec.mismatched;
         report.warmup_requests += rec.warmup_requests;
         report.in_flight_at_end += r.in_flight;
@@ -515,6 +516,7 @@ impl Report {
             bytes_read: 0,
             bytes_written: 0,
             reconnects: 0,
+            retried: 0,
             mismatched: 0,
             warmup_requests: 0,
             in_flight_at_end: 0,

@@ -2,6 +2,7 @@
 //! stream workers on it, each issuing requests one after the other (closed model) or at
 //! their due times (open model). Every stream is counted on its own.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -102,10 +103,11 @@ enum StreamEnd {
 /// Runs one h2 connection slot until the end of the run; returns streams in flight at the end.
 pub(crate) async fn run(ctx: Rc<ThreadCtx>, conn: usize, max_streams: usize) -> u64 {
     let sh = ctx.sh.clone();
+    let retry: RetryQueue = Rc::new(RefCell::new(Vec::new()));
     let mut backoff = Duration::from_millis(5);
     loop {
         if Instant::now() >= sh.end {
-            return 0;
+            return retry.borrow().len() as u64;
         }
         let handshake = match connect(&ctx, ctx.sni_host(conn)).await {
             Ok(Conn::Plain(tcp)) => builder()
@@ -123,7 +125,7 @@ pub(crate) async fn run(ctx: Rc<ThreadCtx>, conn: usize, max_streams: usize) -> 
                     .await
                     .map(|(s, c)| (s, tokio::task::spawn_local(async move { c.await.is_ok() })))
             }
-            Ok(Conn::Ended) => return 0,
+            Ok(Conn::Ended) => return retry.borrow().len() as u64,
             Err(e) => {
                 ctx.connect_failed(&e);
                 wait(&mut backoff, sh.end).await;
@@ -140,7 +142,14 @@ pub(crate) async fn run(ctx: Rc<ThreadCtx>, conn: usize, max_streams: usize) -> 
         };
         backoff = Duration::from_millis(5);
         let workers: Vec<_> = (0..max_streams)
-            .map(|_| tokio::task::spawn_local(stream_worker(ctx.clone(), conn, send.clone())))
+            .map(|_| {
+                tokio::task::spawn_local(stream_worker(
+                    ctx.clone(),
+                    conn,
+                    send.clone(),
+                    retry.clone(),
+                ))
+            })
             .collect();
         drop(send);
         let mut in_flight = 0;
@@ -156,7 +165,7 @@ pub(crate) async fn run(ctx: Rc<ThreadCtx>, conn: usize, max_streams: usize) -> 
         }
         driver.abort();
         if ended || Instant::now() >= sh.end {
-            return in_flight;
+            return in_flight + retry.borrow().len() as u64;
         }
         ctx.recorder.borrow_mut().reconnect(Instant::now());
     }
@@ -184,7 +193,29 @@ struct StreamResponse {
     bytes: usize,
 }
 
-async fn stream_worker(ctx: Rc<ThreadCtx>, conn: usize, mut send: SendRequest<Bytes>) -> StreamEnd {
+/// A request the server refused unprocessed, to be sent again on the next connection.
+#[derive(Debug, Clone, Copy)]
+struct Refused {
+    due: Instant,
+    start: Instant,
+    host: usize,
+}
+
+type RetryQueue = Rc<RefCell<Vec<Refused>>>;
+
+/// The server says the stream was not processed: REFUSED_STREAM, or cut off by a graceful
+/// GOAWAY (RFC 9113 §8.7), so sending it again is safe.
+fn refused_unprocessed(e: &h2::Error) -> bool {
+    e.reason() == Some(h2::Reason::REFUSED_STREAM)
+        || (e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR))
+}
+
+async fn stream_worker(
+    ctx: Rc<ThreadCtx>,
+    conn: usize,
+    mut send: SendRequest<Bytes>,
+    retry: RetryQueue,
+) -> StreamEnd {
     let sh = ctx.sh.clone();
     let Some(templates) = sh.h2.as_ref() else {
         return StreamEnd::Broken;
@@ -194,9 +225,11 @@ async fn stream_worker(ctx: Rc<ThreadCtx>, conn: usize, mut send: SendRequest<By
         if now >= sh.end {
             return StreamEnd::Ended(false);
         }
-        let (due, start) = match &ctx.schedule {
-            None => (now, now),
-            Some(s) => {
+        let again = retry.borrow_mut().pop();
+        let (due, start) = match (&ctx.schedule, again) {
+            (_, Some(r)) => (r.due, r.start),
+            (None, None) => (now, now),
+            (Some(s), None) => {
                 let Some(due) = s.claim() else {
                     tokio::time::sleep_until(sh.end.into()).await;
                     return StreamEnd::Ended(false);
@@ -209,7 +242,10 @@ async fn stream_worker(ctx: Rc<ThreadCtx>, conn: usize, mut send: SendRequest<By
                 (due, due.min(now))
             }
         };
-        let host = ctx.next_host(conn);
+        let host = match again {
+            Some(r) => r.host,
+            None => ctx.next_host(conn),
+        };
         let expect = sh
             .expect
             .as_ref()
@@ -236,6 +272,13 @@ async fn stream_worker(ctx: Rc<ThreadCtx>, conn: usize, mut send: SendRequest<By
                 rec.bytes_read(now, r.bytes);
                 rec.bytes_written(now, templates.body.as_ref().map_or(0, Bytes::len));
                 rec.response(now, due, start, sent, r.status, host, r.matched);
+            }
+            Ok(Err(e)) if refused_unprocessed(&e) => {
+                ctx.recorder.borrow_mut().retried += 1;
+                retry.borrow_mut().push(Refused { due, start, host });
+                if e.is_go_away() {
+                    return StreamEnd::Broken;
+                }
             }
             Ok(Err(e)) => {
                 let connection_gone = e.is_io() || e.is_go_away() || e.reason().is_none();

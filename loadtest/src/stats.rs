@@ -169,6 +169,9 @@ pub struct Recorder {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub reconnects: u64,
+    /// Requests sent again because the server refused them unprocessed (HTTP/1.1 requests
+    /// pipelined behind `Connection: close`, h2 streams refused or cut by a graceful GOAWAY).
+    pub retried: u64,
     pub mismatched: u64,
     /// Requests that started during warm-up and are therefore not counted anywhere else.
     pub warmup_requests: u64,
@@ -188,6 +191,7 @@ impl Recorder {
             bytes_read: 0,
             bytes_written: 0,
             reconnects: 0,
+            retried: 0,
             mismatched: 0,
             warmup_requests: 0,
             per_host: vec![HostCounts::default(); hosts],

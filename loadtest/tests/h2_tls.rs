@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{scratch, start_h2c, start_tls, tls_config, Behaviour};
+use common::{scratch, start_h2c, start_h2c_with, start_tls, tls_config, Behaviour};
 use pier_load::config::{HostMode, Protocol, RunConfig, TlsOptions};
 use pier_load::hosts::expand_pattern;
 use pier_load::target::Target;
@@ -115,4 +115,21 @@ fn h1_over_tls_insecure_and_verification_failure() {
     );
     assert_eq!(r.errors.total(), 0, "{:?}", r.errors);
     assert!(server.seen.sni.lock().unwrap().contains_key("secure.test"));
+}
+
+#[test]
+fn graceful_goaway_is_a_reconnect_not_an_error() {
+    // Like nginx's keepalive_requests: after 40 streams the server sends GOAWAY; streams the
+    // client opened beyond it were not processed and are sent again on a new connection.
+    let server = start_h2c_with(Behaviour {
+        h2_streams_per_conn: Some(40),
+        ..Default::default()
+    });
+    let mut cfg = config(&server.url());
+    cfg.protocol = Protocol::Http2 { max_streams: 8 };
+    let r = pier_load::run(&cfg, &mut |_| {}).unwrap();
+    server.wait_idle();
+    assert!(r.responses() > 100, "{} responses", r.responses());
+    assert_eq!(r.errors.total(), 0, "{:?}", r.errors);
+    assert!(r.reconnects > 3, "{} reconnects", r.reconnects);
 }

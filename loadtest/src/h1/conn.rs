@@ -36,6 +36,9 @@ struct ConnState {
     inflight: VecDeque<Inflight>,
     /// Open model: a due time claimed from the schedule but not sent yet.
     pending: Option<Instant>,
+    /// Requests the server announced it would not process (pipelined behind a
+    /// `Connection: close` answer): sent again, first thing, on the next connection.
+    retry: VecDeque<Inflight>,
 }
 
 enum Outcome {
@@ -63,11 +66,12 @@ pub(crate) async fn run(ctx: &ThreadCtx, conn: usize) -> u64 {
         wbuf: Vec::with_capacity(1024),
         inflight: VecDeque::with_capacity(depth),
         pending: None,
+        retry: VecDeque::new(),
     };
     let mut backoff = Duration::from_millis(5);
     loop {
         if Instant::now() >= sh.end {
-            return 0;
+            return st.retry.len() as u64;
         }
         let outcome = match connect(ctx, ctx.sni_host(conn)).await {
             Ok(Conn::Plain(tcp)) => match PlainTcp::new(tcp) {
@@ -78,7 +82,7 @@ pub(crate) async fn run(ctx: &ThreadCtx, conn: usize) -> u64 {
                 }
             },
             Ok(Conn::Tls(tls)) => drive(ctx, conn, depth, TokioIo(*tls), &mut st).await,
-            Ok(Conn::Ended) => return 0,
+            Ok(Conn::Ended) => return st.retry.len() as u64,
             Err(e) => {
                 ctx.connect_failed(&e);
                 // Back off so a refused port does not turn into a connect() busy loop.
@@ -126,10 +130,17 @@ async fn drive<T: Transport>(
     loop {
         let now = Instant::now();
         if now >= sh.end {
-            return Outcome::Ended(st.inflight.len() as u64);
+            return Outcome::Ended((st.inflight.len() + st.retry.len()) as u64);
         }
         let mut next_send = None;
         while st.inflight.len() < depth {
+            if let Some(mut again) = st.retry.pop_front() {
+                // Keeps its due time and start: the detour shows in its latency.
+                sh.requests.write_request(again.host, &mut st.wbuf);
+                again.sent = now;
+                st.inflight.push_back(again);
+                continue;
+            }
             let due = match &ctx.schedule {
                 None => now,
                 Some(s) => {
@@ -262,7 +273,7 @@ async fn drive<T: Transport>(
                 let now = Instant::now();
                 if now >= sh.end {
                     // Answers that arrive after the end are not counted as done in time.
-                    return Outcome::Ended(st.inflight.len() as u64);
+                    return Outcome::Ended((st.inflight.len() + st.retry.len()) as u64);
                 }
                 rend += n;
                 let mut rec = ctx.recorder.borrow_mut();
@@ -297,8 +308,11 @@ async fn drive<T: Transport>(
                                 response.matched,
                             );
                             if response.close {
-                                drop(rec);
-                                fail_all(ctx, st, ErrorKind::Read);
+                                // RFC 9112 §9.6: after announcing close the server processes
+                                // nothing more on this connection, so what is pipelined
+                                // behind is safe to send again.
+                                rec.retried += st.inflight.len() as u64;
+                                st.retry.extend(st.inflight.drain(..));
                                 return Outcome::Reconnect;
                             }
                         }

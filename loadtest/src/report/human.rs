@@ -163,7 +163,11 @@ pub fn write(r: &Report, detail: bool, out: &mut dyn Write) -> io::Result<()> {
     if r.rate().is_some() {
         write!(out, ", due but never sent: {}", r.unsent)?;
     }
-    writeln!(out, ", reconnects: {}", r.reconnects)?;
+    write!(out, ", reconnects: {}", r.reconnects)?;
+    if r.retried > 0 {
+        write!(out, ", retried (refused unprocessed): {}", r.retried)?;
+    }
+    writeln!(out)?;
     if r.per_host.len() > 1 {
         let counts: Vec<u64> = r.per_host.iter().map(|h| h.responses).collect();
         let min = counts.iter().min().copied().unwrap_or(0);

@@ -79,6 +79,7 @@ pub fn to_value(r: &Report) -> Value {
             "unsent": r.unsent,
             "warmup_excluded": r.warmup_requests,
             "reconnects": r.reconnects,
+            "retried": r.retried,
         },
         "status": r.status,
         "errors": {

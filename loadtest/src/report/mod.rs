@@ -76,6 +76,8 @@ pub struct Report {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub reconnects: u64,
+    /// Requests sent again after the server refused them unprocessed.
+    pub retried: u64,
     pub mismatched: u64,
     pub warmup_requests: u64,
     pub in_flight_at_end: u64,

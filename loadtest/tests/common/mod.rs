@@ -28,6 +28,8 @@ pub struct Behaviour {
     pub chunked_every: Option<u64>,
     /// Read requests but never answer.
     pub silent: bool,
+    /// h2: after this many streams on a connection, shut it down gracefully (GOAWAY).
+    pub h2_streams_per_conn: Option<u64>,
 }
 
 /// What the server saw.
@@ -111,7 +113,11 @@ pub fn start_tls(b: Behaviour, tls: Arc<rustls::ServerConfig>) -> TestServer {
 }
 
 pub fn start_h2c() -> TestServer {
-    start_inner(Behaviour::default(), Some(Mode::H2c))
+    start_h2c_with(Behaviour::default())
+}
+
+pub fn start_h2c_with(b: Behaviour) -> TestServer {
+    start_inner(b, Some(Mode::H2c))
 }
 
 enum Mode {
@@ -140,7 +146,7 @@ fn start_inner(b: Behaviour, mode: Option<Mode>) -> TestServer {
             tokio::spawn(async move {
                 match mode.as_deref() {
                     None => serve_h1(sock, &s, &b, started).await,
-                    Some(Mode::H2c) => serve_h2(sock, &s).await,
+                    Some(Mode::H2c) => serve_h2(sock, &s, &b).await,
                     Some(Mode::Tls(cfg)) => {
                         let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
                         if let Ok(tls) = acceptor.accept(sock).await {
@@ -149,7 +155,7 @@ fn start_inner(b: Behaviour, mode: Option<Mode>) -> TestServer {
                                 *s.sni.lock().unwrap().entry(name.to_string()).or_default() += 1;
                             }
                             if conn.alpn_protocol() == Some(b"h2") {
-                                serve_h2(tls, &s).await;
+                                serve_h2(tls, &s, &b).await;
                             } else {
                                 serve_h1(tls, &s, &b, started).await;
                             }
@@ -276,12 +282,18 @@ async fn serve_h1<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin>(sock: S, seen: &Seen) {
+async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin>(sock: S, seen: &Seen, b: &Behaviour) {
     let Ok(mut conn) = h2::server::handshake(sock).await else {
         return;
     };
     let open = Arc::new(AtomicU64::new(0));
+    let mut accepted = 0u64;
     while let Some(Ok((req, mut respond))) = conn.accept().await {
+        accepted += 1;
+        if b.h2_streams_per_conn == Some(accepted) {
+            // GOAWAY: streams after this one are refused unprocessed.
+            conn.graceful_shutdown();
+        }
         let host = req
             .uri()
             .authority()
