@@ -12,7 +12,8 @@
 //! Modules, in the order a run flows through them:
 //! - [`cli`] and [`scenario`]: flags or a TOML file → [`config::RunConfig`].
 //! - [`hosts`], [`target`]: host lists and patterns; the URL and pre-built request bytes.
-//! - [`engine`]: worker threads (one current-thread runtime each), connections, collector.
+//! - [`engine`]: worker threads (one current-thread runtime each), connections, collector;
+//!   [`coalesce`]: how a busy thread batches its wake-ups.
 //! - [`h1`] (parser + connection loop), [`h2conn`], [`transport`], [`tls`]: the wire.
 //! - [`schedule`]: the open model's arrival schedule.
 //! - [`stats`]: per-thread recording; [`report`]: merged results and their renderings.
