@@ -114,9 +114,9 @@ pub struct LoadArgs {
     #[arg(long, value_name = "FILE")]
     pub cacert: Option<PathBuf>,
     /// Under load, wait this long before sleeping so answers arrive in batches and the
-    /// server is spared wake-ups ("0" disables; see docs/loadtest.md).
-    #[arg(long, default_value = "20us", value_parser = parse_duration)]
-    pub coalesce: Duration,
+    /// server is spared wake-ups. Default 20us in the closed model, 0 (off) with -R.
+    #[arg(long, value_parser = parse_duration)]
+    pub coalesce: Option<Duration>,
     /// Target URL (http:// or https://).
     #[arg(required = true)]
     pub url: Option<String>,
@@ -223,7 +223,9 @@ pub fn build_config(a: &LoadArgs) -> Result<RunConfig, CliError> {
     };
     cfg.expect_header = a.expect_header.clone();
     cfg.timeout = (!a.timeout.is_zero()).then_some(a.timeout);
-    cfg.coalesce = a.coalesce;
+    cfg.coalesce = a
+        .coalesce
+        .unwrap_or_else(|| crate::coalesce::default_for(cfg.model));
     cfg.tls = TlsOptions {
         insecure: a.insecure,
         ca_file: a.cacert.clone(),
@@ -267,6 +269,8 @@ mod tests {
             build_config(&cli.load).unwrap().coalesce,
             crate::coalesce::DEFAULT
         );
+        let cli = parse(&["-R", "10", "http://h/"]).unwrap();
+        assert!(build_config(&cli.load).unwrap().coalesce.is_zero());
     }
 
     #[test]

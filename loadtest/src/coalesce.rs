@@ -15,8 +15,18 @@
 use std::cell::Cell;
 use std::time::Duration;
 
-/// Default wait before sleeping under load.
+/// Default wait before sleeping under load, in the closed model.
 pub const DEFAULT: Duration = Duration::from_micros(20);
+
+/// The default for a load model: on for the closed model (throughput), off for the open
+/// model, where latency is the point and the batching would move it (measured at 50k req/s
+/// on nginx: p50 275 → 330 µs, p99 about 1.1 → 0.9 ms).
+pub fn default_for(model: crate::config::LoadModel) -> Duration {
+    match model {
+        crate::config::LoadModel::Closed => DEFAULT,
+        crate::config::LoadModel::Open { .. } => Duration::ZERO,
+    }
+}
 
 /// Reads since the last park at which the thread counts as busy.
 const BUSY_READS: u32 = 4;

@@ -49,6 +49,8 @@ pub struct LoadSection {
     pub h2: Option<bool>,
     pub max_streams: Option<usize>,
     pub timeout: Option<String>,
+    /// Wake-up coalescing (`--coalesce`); default depends on the load model.
+    pub coalesce: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +139,12 @@ impl ScenarioFile {
             }
             None => Some(std::time::Duration::from_secs(2)),
         };
+        let coalesce = match &self.load.coalesce {
+            Some(c) => {
+                Some(parse_duration(c).map_err(|e| invalid("load.coalesce", e.to_string()))?)
+            }
+            None => None,
+        };
         let method = self.request.method.clone().unwrap_or_else(|| "GET".into());
         check_method(&method).map_err(|e| invalid("request.method", e.to_string()))?;
         let headers = self
@@ -199,6 +207,7 @@ impl ScenarioFile {
             cfg.host_mode = mode;
             cfg.expect_header = expect.clone();
             cfg.timeout = timeout;
+            cfg.coalesce = coalesce.unwrap_or_else(|| crate::coalesce::default_for(cfg.model));
             cfg.tls = TlsOptions {
                 insecure: t.insecure,
                 ca_file: t.cacert.as_ref().map(|c| base.join(c)),
