@@ -133,3 +133,25 @@ fn graceful_goaway_is_a_reconnect_not_an_error() {
     assert_eq!(r.errors.total(), 0, "{:?}", r.errors);
     assert!(r.reconnects > 3, "{} reconnects", r.reconnects);
 }
+
+#[test]
+fn h2_open_model_accounts_for_every_due_request() {
+    let server = start_h2c();
+    let mut cfg = config(&server.url());
+    cfg.protocol = Protocol::Http2 { max_streams: 4 };
+    cfg.duration = Duration::from_secs(1);
+    cfg.warmup = Duration::from_millis(200);
+    cfg.model = pier_load::LoadModel::Open { rate: 500.0 };
+    let r = pier_load::run(&cfg, &mut |_| {}).unwrap();
+    let due = r.responses() + r.errors.total() + r.in_flight_at_end + r.unsent;
+    assert!(
+        (499..=501).contains(&due),
+        "{due} accounted for: {} answered, {:?}, {} in flight, {} unsent",
+        r.responses(),
+        r.errors,
+        r.in_flight_at_end,
+        r.unsent
+    );
+    assert!(r.responses() >= 480, "{} responses", r.responses());
+    assert_eq!(r.errors.total(), 0, "{:?}", r.errors);
+}
