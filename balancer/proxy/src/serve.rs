@@ -364,12 +364,14 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
                 retry_after: None,
                 request_id: &req.request_id,
             };
-            let ka = keep_alive && in_sync;
-            let ok = send_local(client, &resp, ka, req.head.version, head_request).await;
-            Forwarded {
-                bytes_out: if head_request { 0 } else { body.len() as u64 },
-                ..local_outcome(*status, None, ka && ok)
-            }
+            answer_local(
+                client,
+                &resp,
+                keep_alive && in_sync,
+                req.head.version,
+                head_request,
+            )
+            .await
         }
         Action::Static {
             status,
@@ -385,12 +387,14 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
                 retry_after: None,
                 request_id: &req.request_id,
             };
-            let ka = keep_alive && in_sync;
-            let ok = send_local(client, &resp, ka, req.head.version, head_request).await;
-            Forwarded {
-                bytes_out: if head_request { 0 } else { body.len() as u64 },
-                ..local_outcome(*status, None, ka && ok)
-            }
+            answer_local(
+                client,
+                &resp,
+                keep_alive && in_sync,
+                req.head.version,
+                head_request,
+            )
+            .await
         }
         Action::Maintenance {
             body,
@@ -406,17 +410,38 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
                 retry_after: *retry_after,
                 request_id: &req.request_id,
             };
-            let ka = keep_alive && in_sync;
-            let ok = send_local(client, &resp, ka, req.head.version, head_request).await;
-            Forwarded {
-                bytes_out: if head_request { 0 } else { body.len() as u64 },
-                ..local_outcome(503, None, ka && ok)
-            }
+            answer_local(
+                client,
+                &resp,
+                keep_alive && in_sync,
+                req.head.version,
+                head_request,
+            )
+            .await
         }
     };
     app.counters().record(outcome.status);
     finish(w, client, &req, Some(&app), &outcome);
     outcome.keep_alive && outcome.aborted.is_none()
+}
+
+/// Sends an app's own answer (redirect, static page, maintenance) and describes the outcome.
+async fn answer_local(
+    client: &mut Client,
+    resp: &LocalResponse<'_>,
+    keep_alive: bool,
+    version: Version,
+    head_request: bool,
+) -> Forwarded {
+    let ok = send_local(client, resp, keep_alive, version, head_request).await;
+    Forwarded {
+        bytes_out: if head_request {
+            0
+        } else {
+            resp.body.len() as u64
+        },
+        ..local_outcome(resp.status, None, keep_alive && ok)
+    }
 }
 
 /// mantrid's `spin`: while an app boots it has no live backend; hold the request until one
