@@ -420,7 +420,7 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
             .await
         }
     };
-    app.counters().record(outcome.status);
+    app.record_response(outcome.status);
     finish(w, client, &req, Some(&app), &outcome);
     outcome.keep_alive && outcome.aborted.is_none()
 }

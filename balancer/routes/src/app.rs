@@ -7,7 +7,9 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -179,10 +181,12 @@ impl Drop for OutstandingGuard {
     }
 }
 
-/// Requests answered for one app, by status class (index 0 = 1xx … 4 = 5xx).
+/// Requests answered for one app, by status class (index 0 = 1xx … 4 = 5xx), and the app's
+/// round-robin position (kept here so it survives rebuilds and costs idle apps nothing).
 #[derive(Debug, Default)]
 pub struct AppCounters {
     pub responses: [AtomicU64; 5],
+    rr: AtomicU32,
 }
 
 impl AppCounters {
@@ -205,10 +209,9 @@ pub struct App {
     pub name: compact_str::CompactString,
     pub settings: Arc<AppSettings>,
     pub backends: Box<[Backend]>,
-    /// Created on the first response, shared with later snapshots of the same app, so idle
-    /// apps cost nothing here and a reload does not reset counts.
-    counters: OnceLock<Arc<AppCounters>>,
-    rr: AtomicU32,
+    /// Created on first use, shared with later snapshots of the same app, so idle apps cost
+    /// one pointer here and a reload does not reset counts.
+    counters: ArcSwapOption<AppCounters>,
 }
 
 /// Most backends an app may have for the exclusion list of [`App::pick`] to stay on the stack.
@@ -221,27 +224,39 @@ impl App {
         backends: Box<[Backend]>,
         counters: Option<Arc<AppCounters>>,
     ) -> Self {
-        let cell = OnceLock::new();
-        if let Some(c) = counters {
-            let _ = cell.set(c);
-        }
         App {
             name: name.into(),
             settings,
             backends,
-            counters: cell,
-            rr: AtomicU32::new(0),
+            counters: ArcSwapOption::new(counters),
         }
     }
 
-    /// This app's response counters (created on first use).
-    pub fn counters(&self) -> &Arc<AppCounters> {
-        self.counters.get_or_init(Arc::default)
+    /// Runs `f` on this app's counters, creating them on first use.
+    fn with_counters<R>(&self, f: impl FnOnce(&AppCounters) -> R) -> R {
+        {
+            let current = self.counters.load();
+            if let Some(c) = current.as_deref() {
+                return f(c);
+            }
+        }
+        // First use: install fresh counters unless another thread just did.
+        let fresh = Arc::new(AppCounters::default());
+        let _ = self
+            .counters
+            .compare_and_swap(&None::<Arc<AppCounters>>, Some(Arc::clone(&fresh)));
+        let current = self.counters.load();
+        f(current.as_deref().unwrap_or(&fresh))
     }
 
-    /// The counters if any response was counted yet.
-    pub fn counters_if_used(&self) -> Option<&Arc<AppCounters>> {
-        self.counters.get()
+    /// Counts one response of this app.
+    pub fn record_response(&self, status: u16) {
+        self.with_counters(|c| c.record(status));
+    }
+
+    /// The counters if anything was counted yet.
+    pub fn counters_if_used(&self) -> Option<Arc<AppCounters>> {
+        self.counters.load_full()
     }
 
     /// Counts a request as outstanding on backend `idx` until the guard drops.
@@ -270,7 +285,7 @@ impl App {
         let healthy = |i: usize| live(i) && !self.backends[i].state.is_ejected(now_ms);
         match self.settings.policy {
             Policy::RoundRobin => {
-                let start = self.rr.fetch_add(1, Ordering::Relaxed) as usize;
+                let start = self.with_counters(|c| c.rr.fetch_add(1, Ordering::Relaxed)) as usize;
                 (0..n)
                     .map(|k| (start + k) % n)
                     .find(|&i| healthy(i))

@@ -71,12 +71,6 @@ struct DomainEntry {
     wildcard: u32,
 }
 
-#[derive(Clone)]
-struct NameEntry {
-    name: CompactString,
-    id: u32,
-}
-
 /// A hash map split into shards that are shared between snapshots until written.
 #[derive(Clone)]
 struct Sharded<E> {
@@ -158,7 +152,8 @@ impl AppChunks {
 pub struct RouteTable {
     hasher: foldhash::fast::RandomState,
     domains: Sharded<DomainEntry>,
-    names: Sharded<NameEntry>,
+    /// App name → id; holds only ids (names are read from the apps).
+    names: Sharded<u32>,
     apps: AppChunks,
     next_id: u32,
     app_domains: Arc<[Box<str>]>,
@@ -243,7 +238,10 @@ impl RouteTable {
 
     fn app_id(&self, name: &str) -> Option<u32> {
         let hash = self.hash(name);
-        self.names.find(hash, |e| e.name == name).map(|e| e.id)
+        let apps = &self.apps;
+        self.names
+            .find(hash, |&id| apps.get(id).is_some_and(|a| a.name == name))
+            .copied()
     }
 
     fn insert_new_app(&mut self, app: App) -> u32 {
@@ -251,15 +249,13 @@ impl RouteTable {
         self.next_id += 1;
         let hash = self.hash(&app.name);
         let hasher = self.hasher;
-        self.names.shard_mut(hash).insert_unique(
-            hash,
-            NameEntry {
-                name: app.name.clone(),
-                id,
-            },
-            |e| hasher.hash_one(e.name.as_str()),
-        );
+        // The app goes in first: the name index stores only ids and reads names from the apps
+        // (when it rehashes, too), so a name is stored once.
         self.apps.set(id, Some(Arc::new(app)));
+        let RouteTable { names, apps, .. } = self;
+        names.shard_mut(hash).insert_unique(hash, id, |&i| {
+            apps.get(i).map_or(0, |a| hasher.hash_one(a.name.as_str()))
+        });
         self.app_count += 1;
         id
     }
@@ -526,14 +522,11 @@ impl RouteTable {
             return false;
         };
         let hash = self.hash(name);
-        if let Ok(entry) = self
-            .names
-            .shard_mut(hash)
-            .find_entry(hash, |e| e.name == name)
-        {
+        let RouteTable { names, apps, .. } = self;
+        if let Ok(entry) = names.shard_mut(hash).find_entry(hash, |&i| i == id) {
             entry.remove();
         }
-        self.apps.set(id, None);
+        apps.set(id, None);
         self.app_count -= 1;
         true
     }
@@ -647,7 +640,7 @@ fn build_app(
             }
         })
         .collect();
-    let counters = old.and_then(|a| a.counters_if_used().cloned());
+    let counters = old.and_then(|a| a.counters_if_used());
     App::new(name, Arc::clone(settings), backends, counters)
 }
 
@@ -746,14 +739,14 @@ mod tests {
     fn state_carries_over_between_builds() {
         let s = spec(&[("a", &["x.test"])]);
         let t1 = RouteTable::build(&s, None).unwrap();
-        t1.app("a").unwrap().counters().record(200);
+        t1.app("a").unwrap().record_response(200);
         t1.app("a").unwrap().backends[0].state.record_failure(
             0,
             1,
             std::time::Duration::from_secs(60),
         );
         let t2 = RouteTable::build(&s, Some(&t1)).unwrap();
-        assert_eq!(t2.app("a").unwrap().counters().get(1), 1);
+        assert_eq!(t2.app("a").unwrap().counters_if_used().unwrap().get(1), 1);
         assert!(t2.app("a").unwrap().backends[0].state.is_ejected(1000));
         assert_eq!(t2.version(), t1.version() + 1);
     }
