@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Churn benchmark: 1000 apps in a registry, the balancer on CPU 0 following it, wrk (CPU 1)
-# rotating over the 1000 hosts; rounds alternate a run without churn and a run with 1000
-# backend changes per second. Prints per-run req/s and p99, then medians and ratios.
+# Churn benchmark: 1000 apps in a registry, the balancer on CPU 0 following it, wrk and the
+# backend on CPU 1 rotating over the 1000 hosts; rounds alternate a run without churn and a run
+# with 1000 backend changes per second. Redis and the churn generator run on CHURN_CPU (default
+# 0, the balancer's own core: the stricter layout, they take CPU from the balancer). Prints
+# per-run req/s, p99 and the balancer's CPU per 1000 requests, then medians and the median of
+# the per-round paired ratios (churn/quiet), as ../shared/bench/compare.sh reports them.
 set -euo pipefail
 R=/work/main/target/release; ROUNDS=${ROUNDS:-3}; DUR=${DUR:-10}
-redis-server --port 6390 --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --logfile /tmp/rb/redis.log
+taskset -c ${CHURN_CPU:-0} redis-server --port 6390 --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --logfile /tmp/rb/redis.log
 sleep 0.3; redis-cli -p 6390 flushall >/dev/null
 $R/examples/registry_fill redis://127.0.0.1:6390/0 1000 127.0.0.1:29101
 cat > /tmp/rb/c.toml <<CONF
@@ -34,7 +37,7 @@ taskset -c 1 wrk -t1 -c50 -d3s -s /tmp/rb/hosts.lua http://127.0.0.1:18170/ >/de
 : > /tmp/rb/churn-results.txt
 for r in $(seq 1 $ROUNDS); do
   for mode in quiet churn; do
-    if [ $mode = churn ]; then taskset -c 1 $R/examples/churn redis://127.0.0.1:6390/0 1000 $((DUR+1)) 1000 127.0.0.1:29101 > /tmp/rb/churn.out & CP=$!; sleep 0.5; fi
+    if [ $mode = churn ]; then taskset -c ${CHURN_CPU:-0} $R/examples/churn redis://127.0.0.1:6390/0 1000 $((DUR+1)) 1000 127.0.0.1:29101 > /tmp/rb/churn.out & CP=$!; sleep 0.5; fi
     t0=$(awk '{ s=$0; sub(/^.*\) /, "", s); split(s, a, " "); print a[12]+a[13] }' /proc/$BPID/stat)
     res=$(taskset -c 1 wrk -t1 -c50 -d${DUR}s -s /tmp/rb/hosts.lua http://127.0.0.1:18170/ | awk '/^RESULT/{print $2, $3, $4}')
     t1=$(awk '{ s=$0; sub(/^.*\) /, "", s); split(s, a, " "); print a[12]+a[13] }' /proc/$BPID/stat)
@@ -45,8 +48,8 @@ for r in $(seq 1 $ROUNDS); do
 done
 echo "changes applied by the balancer: $(curl -s http://127.0.0.1:18171/metrics | awk '/^pier_registry_changes_applied_total/{print $2}')"
 kill $BPID; redis-cli -p 6390 shutdown nosave >/dev/null 2>&1 || true
-awk '{rps[$2]=rps[$2]" "$3; p99[$2]=p99[$2]" "$4; err[$2]+=$5; cpu[$2]=cpu[$2]" "$6}
-  function med(s,  a,n,i,j,t){n=split(s,a," "); for(i=1;i<=n;i++)for(j=i+1;j<=n;j++)if(a[j]<a[i]){t=a[i];a[i]=a[j];a[j]=t}; return a[int((n+1)/2)]}
-  END{q=med(rps["quiet"]); c=med(rps["churn"]); pq=med(p99["quiet"]); pc=med(p99["churn"]);
-      cq=med(cpu["quiet"]); cc=med(cpu["churn"]);
-      printf "median req/s quiet=%d churn=%d ratio=%.3f | median p99_us quiet=%d churn=%d ratio=%.3f | balancer cpu_ms/1k quiet=%.3f churn=%.3f ratio=%.3f | errors quiet=%d churn=%d\n", q, c, c/q, pq, pc, pc/pq, cq, cc, cc/cq, err["quiet"], err["churn"]}' /tmp/rb/churn-results.txt
+awk '{ r = $1; m = $2; rps[m, r] = $3; p99[m, r] = $4; cpu[m, r] = $6; err[m] += $5; if (r > n) n = r }
+  function med(a, k,   i, j, t) { for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }; return (k % 2) ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2 }
+  END {
+    for (r = 1; r <= n; r++) { q[r] = rps["quiet", r]; c[r] = rps["churn", r]; rr[r] = c[r] / q[r]; pr[r] = p99["churn", r] / p99["quiet", r]; cr[r] = cpu["churn", r] / cpu["quiet", r] }
+    printf "median req/s quiet=%d churn=%d | paired ratios (median over %d rounds): req/s=%.3f p99=%.3f balancer_cpu_per_req=%.3f | errors quiet=%d churn=%d\n", med(q, n), med(c, n), n, med(rr, n), med(pr, n), med(cr, n), err["quiet"], err["churn"] }' /tmp/rb/churn-results.txt
