@@ -1,12 +1,10 @@
-//! From registry data to routes: a snapshot becomes a [`RouteSpec`], a change becomes an edit
-//! of a table. Bad entries (unparseable JSON or address, a domain or backend of a missing app)
+//! From registry data to routes: a snapshot (or a scan, page by page) becomes a table, a change
+//! becomes an edit of a table. Bad entries (unparseable JSON or address, a domain or backend of a missing app)
 //! are reported and skipped; they never stop the rest from loading.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use pier_routes::{AppSpec, BackendSpec, DomainPattern, RouteSpec, RouteTable};
+use pier_routes::{BackendSpec, DomainPattern, RouteTable};
 
 use crate::model::{AppRecord, BackendRecord, Change, ChangeKind, DomainRecord, Snapshot};
 
@@ -29,67 +27,6 @@ fn split_backend_key(key: &str) -> Result<(&str, &str), String> {
     key.split_once('/')
         .filter(|(a, i)| !a.is_empty() && !i.is_empty())
         .ok_or_else(|| format!("backend key {key:?} is not app/id"))
-}
-
-/// Builds a route spec from a snapshot. Returns the spec and one line per skipped entry.
-pub fn spec_from_snapshot(s: &Snapshot, app_domains: &[Box<str>]) -> (RouteSpec, Vec<String>) {
-    let mut problems = Vec::new();
-    let mut apps: Vec<AppSpec> = Vec::with_capacity(s.apps.len());
-    let mut index: HashMap<&str, usize> = HashMap::with_capacity(s.apps.len());
-    for (name, json) in &s.apps {
-        let settings = serde_json::from_str::<AppRecord>(json)
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.to_settings());
-        match settings {
-            Ok(settings) => {
-                index.insert(name.as_str(), apps.len());
-                apps.push(AppSpec {
-                    name: name.as_str().into(),
-                    domains: Vec::new(),
-                    backends: Vec::new(),
-                    settings,
-                });
-            }
-            Err(e) => problems.push(format!("app {name}: {e}")),
-        }
-    }
-    for (key, json) in &s.backends {
-        let parsed = split_backend_key(key).and_then(|(app, id)| {
-            let rec: BackendRecord = serde_json::from_str(json).map_err(|e| e.to_string())?;
-            let spec = backend_spec(id, &rec)?;
-            let i = index
-                .get(app)
-                .ok_or_else(|| format!("app {app:?} does not exist"))?;
-            Ok((*i, spec))
-        });
-        match parsed {
-            Ok((i, spec)) => apps[i].backends.push(spec),
-            Err(e) => problems.push(format!("backend {key}: {e}")),
-        }
-    }
-    for (key, json) in &s.domains {
-        let parsed = DomainPattern::parse(key)
-            .map_err(|e| e.to_string())
-            .and_then(|p| {
-                let rec: DomainRecord = serde_json::from_str(json).map_err(|e| e.to_string())?;
-                let i = index
-                    .get(rec.app.as_str())
-                    .ok_or_else(|| format!("app {:?} does not exist", rec.app))?;
-                Ok((*i, p, rec.verified))
-            });
-        match parsed {
-            Ok((i, p, true)) => apps[i].domains.push(p),
-            Ok((_, _, false)) => {} // pending verification: not routed
-            Err(e) => problems.push(format!("domain {key}: {e}")),
-        }
-    }
-    (
-        RouteSpec {
-            app_domains: app_domains.to_vec(),
-            apps,
-        },
-        problems,
-    )
 }
 
 /// Applies one change to `table` (a clone of the table in use). The table's version is set to
@@ -155,35 +92,18 @@ pub fn apply_change(table: &mut RouteTable, c: &Change) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds a whole table from a snapshot (state carried over from `previous`).
+/// Builds a whole table from a snapshot (state carried over from `previous`). Returns the
+/// table and one line per skipped entry (the first hundred).
 pub fn table_from_snapshot(
     s: &Snapshot,
     app_domains: &[Box<str>],
     previous: Option<&RouteTable>,
 ) -> (RouteTable, Vec<String>) {
-    let (spec, mut problems) = spec_from_snapshot(s, app_domains);
-    let mut table = match RouteTable::build(&spec, previous) {
-        Ok(t) => t,
-        Err(errors) => {
-            // The registry guarantees one owner per domain; if a hand-edited registry breaks
-            // that, keep the first claim and report the rest.
-            problems.extend(errors.iter().map(|e| e.to_string()));
-            let mut t = RouteTable::empty();
-            t.set_app_domains(app_domains.to_vec());
-            for app in &spec.apps {
-                t.upsert_app(&app.name, Arc::clone(&app.settings), &app.backends);
-            }
-            for app in &spec.apps {
-                for d in &app.domains {
-                    if t.domain_owner(d).is_none() {
-                        let _ = t.put_domain(d, &app.name);
-                    }
-                }
-            }
-            t
-        }
-    };
-    table.set_version(s.version);
+    let mut loader = TableLoader::new(app_domains, s.apps.len(), s.domains.len(), previous);
+    loader.apps(s.apps.clone());
+    loader.backends(s.backends.clone());
+    loader.domains(s.domains.clone());
+    let (table, _, problems) = loader.finish(s.version);
     (table, problems)
 }
 
@@ -386,17 +306,9 @@ mod tests {
     }
 
     #[test]
-    fn batch_loader_matches_the_spec_builder_and_snapshots_round_trip() {
+    fn snapshots_round_trip() {
         let s = snap();
-        let mut l = TableLoader::new(&[], 3, 4, None);
-        l.apps(s.apps.clone());
-        l.backends(s.backends.clone());
-        l.domains(s.domains.clone());
-        let (t, skipped, _) = l.finish(s.version);
-        let (t2, problems) = table_from_snapshot(&s, &[], None);
-        assert_eq!(skipped, problems.len());
-        assert_eq!(t.len(), t2.len());
-        assert_eq!(t.app_count(), t2.app_count());
+        let (t, _) = table_from_snapshot(&s, &[], None);
         assert_eq!(t.lookup("blog.test").unwrap().app.backends.len(), 1);
         // The table written as a snapshot loads back into the same routes.
         let mut out = Vec::new();

@@ -85,7 +85,7 @@ impl Registry {
 
     /// Creates or replaces an app's settings.
     pub async fn put_app(&self, name: &str, app: &AppRecord) -> Result<u64, RegistryError> {
-        let json = serde_json::to_string(app).map_err(|e| RegistryError::BadData(e.to_string()))?;
+        let json = to_json(app)?;
         let s = script(
             "redis.call('HSET', KEYS[3], ARGV[2], ARGV[3]) return emit('app', ARGV[2], ARGV[3])",
         );
@@ -132,7 +132,7 @@ return emit('app', ARGV[2], '')
     /// Gives `domain` (a normalised pattern) to `app`. A domain belongs to one app: if another
     /// app holds it, nothing changes and [`RegistryError::DomainTaken`] says who.
     pub async fn put_domain(&self, domain: &str, rec: &DomainRecord) -> Result<u64, RegistryError> {
-        let json = serde_json::to_string(rec).map_err(|e| RegistryError::BadData(e.to_string()))?;
+        let json = to_json(rec)?;
         let s = script(
             r#"
 if redis.call('HEXISTS', KEYS[4], ARGV[3]) == 0 then return {err = 'noapp'} end
@@ -153,10 +153,10 @@ return emit('domain', ARGV[2], ARGV[4])
             .key(&self.keys.apps)
             .key(self.keys.app_domains(&rec.app));
         inv.arg(CHANGE_LOG_LEN).arg(domain).arg(&rec.app).arg(json);
-        match timed(inv.invoke_async(&mut self.conn.clone())).await {
-            Err(RegistryError::Redis(e)) if e.to_string().contains("noapp") => {
-                Err(RegistryError::NoSuchApp(rec.app.clone()))
-            }
+        match no_such_app(
+            timed(inv.invoke_async(&mut self.conn.clone())).await,
+            &rec.app,
+        ) {
             Err(RegistryError::Redis(e)) if e.to_string().contains("taken:") => {
                 let msg = e.to_string();
                 let owner = msg
@@ -204,7 +204,7 @@ return emit('domain', ARGV[2], '')
         id: &str,
         rec: &BackendRecord,
     ) -> Result<u64, RegistryError> {
-        let json = serde_json::to_string(rec).map_err(|e| RegistryError::BadData(e.to_string()))?;
+        let json = to_json(rec)?;
         let s = script(
             r#"
 if redis.call('HEXISTS', KEYS[4], ARGV[3]) == 0 then return {err = 'noapp'} end
@@ -223,12 +223,7 @@ return emit('backend', ARGV[2], ARGV[4])
             .arg(backend_field(app, id))
             .arg(app)
             .arg(json);
-        match timed(inv.invoke_async(&mut self.conn.clone())).await {
-            Err(RegistryError::Redis(e)) if e.to_string().contains("noapp") => {
-                Err(RegistryError::NoSuchApp(app.into()))
-            }
-            other => other,
-        }
+        no_such_app(timed(inv.invoke_async(&mut self.conn.clone())).await, app)
     }
 
     /// Moves a registered backend's liveness deadline (a heartbeat). Returns the updated
@@ -329,7 +324,7 @@ return emit('backend', ARGV[2], '')
         token_hash: &str,
         rec: &TokenRecord,
     ) -> Result<(), RegistryError> {
-        let json = serde_json::to_string(rec).map_err(|e| RegistryError::BadData(e.to_string()))?;
+        let json = to_json(rec)?;
         let mut c = self.conn.clone();
         timed(c.hset::<_, _, _, ()>(&self.keys.tokens, token_hash, json)).await
     }
@@ -582,6 +577,20 @@ async fn timed<T>(
     match tokio::time::timeout(COMMAND_TIMEOUT, fut).await {
         Err(_) => Err(RegistryError::Timeout(COMMAND_TIMEOUT)),
         Ok(r) => Ok(r?),
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, RegistryError> {
+    serde_json::to_string(v).map_err(|e| RegistryError::BadData(e.to_string()))
+}
+
+/// Maps the `noapp` error the write scripts raise to [`RegistryError::NoSuchApp`].
+fn no_such_app<T>(r: Result<T, RegistryError>, app: &str) -> Result<T, RegistryError> {
+    match r {
+        Err(RegistryError::Redis(e)) if e.to_string().contains("noapp") => {
+            Err(RegistryError::NoSuchApp(app.into()))
+        }
+        other => other,
     }
 }
 

@@ -4,7 +4,7 @@
 //! in it, atomic writes (each one a Lua script that changes the data, bumps the version and
 //! appends to the change log in one step), and the two reads a balancer needs: a full snapshot
 //! and the change feed from a position. It turns registry data into a
-//! [`pier_routes::RouteSpec`] and changes into table edits, skipping (and counting) bad entries
+//! [`pier_routes::RouteTable`] and changes into table edits, skipping (and counting) bad entries
 //! so one broken record never poisons a table. It does not serve HTTP (that is `platform/`) and
 //! does not route (that is `pier-balancer`).
 //!

@@ -447,16 +447,7 @@ impl RouteTable {
     /// Creates or replaces an app's settings and backends. Its domains are untouched; state
     /// (counters, ejection) carries over from the app it replaces.
     pub fn upsert_app(&mut self, name: &str, settings: Arc<AppSettings>, backends: &[BackendSpec]) {
-        match self.app_id(name) {
-            Some(id) => {
-                let app = build_app(name, &settings, backends, self.apps.get(id).map(|a| &**a));
-                self.apps.set(id, Some(Arc::new(app)));
-            }
-            None => {
-                let app = build_app(name, &settings, backends, None);
-                self.insert_new_app(app);
-            }
-        }
+        self.upsert_app_from(name, settings, backends, None);
     }
 
     /// Creates or replaces an app, carrying state over from the app of the same name in
@@ -487,8 +478,8 @@ impl RouteTable {
         }
     }
 
-    /// Adds or replaces one backend of an app during a bulk load: one lookup of the app, state
-    /// carried over from the same app in `previous`.
+    /// Adds or replaces one backend of an app (one lookup of the app), carrying state over from
+    /// the same app in `previous` if given, else from the app it replaces.
     pub fn put_backend_from(
         &mut self,
         app: &str,
@@ -507,10 +498,7 @@ impl RouteTable {
             Some(b) => *b = backend,
             None => list.push(backend),
         }
-        let old = match previous {
-            Some(p) if !p.is_empty() || p.app_count() > 0 => p.app(app).map(|a| &**a),
-            _ => None,
-        };
+        let old = previous.and_then(|p| p.app(app)).map(|a| &**a);
         let app = build_app(app, &current.settings, &list, old.or(Some(&**current)));
         self.apps.set(id, Some(Arc::new(app)));
         Ok(())
@@ -533,17 +521,7 @@ impl RouteTable {
 
     /// Adds or replaces one backend of an app (matched by id, or by address when it has none).
     pub fn put_backend(&mut self, app: &str, backend: BackendSpec) -> Result<(), BuildError> {
-        let current = self
-            .app(app)
-            .ok_or_else(|| BuildError::NoSuchApp(app.into()))?;
-        let mut list: Vec<BackendSpec> = current.backends.iter().map(Backend::spec).collect();
-        match list.iter_mut().find(|b| same_backend(b, &backend)) {
-            Some(b) => *b = backend,
-            None => list.push(backend),
-        }
-        let settings = Arc::clone(&current.settings);
-        self.upsert_app(app, settings, &list);
-        Ok(())
+        self.put_backend_from(app, backend, None)
     }
 
     /// Removes one backend of an app by id (or address text when it has no id).
