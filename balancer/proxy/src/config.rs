@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pier_routes::file::toml_reason;
@@ -40,6 +41,8 @@ pub struct ConfigFile {
     pub headers: Option<HeadersFile>,
     pub spin: Option<SpinFile>,
     pub log: Option<LogFile>,
+    pub tls: Option<TlsFile>,
+    pub http2: Option<Http2File>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -47,6 +50,33 @@ pub struct ConfigFile {
 pub struct ListenFile {
     #[serde(default)]
     pub http: Vec<ListenerEntry>,
+    #[serde(default)]
+    pub https: Vec<ListenerEntry>,
+    /// Cleartext HTTP/2 with prior knowledge on the `http` listeners.
+    pub h2c: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub handshake_timeout: Option<String>,
+    pub unknown_sni: Option<String>,
+    pub https_port: Option<u16>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Http2File {
+    pub enabled: Option<bool>,
+    pub max_concurrent_streams: Option<u32>,
+    pub max_header_list_size: Option<SizeValue>,
+    pub initial_window_size: Option<SizeValue>,
+    pub connection_window_size: Option<SizeValue>,
+    pub max_frame_size: Option<SizeValue>,
+    pub control_frame_rate: Option<u32>,
+    pub max_header_frames: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +140,7 @@ pub struct TimeoutsFile {
     pub connect: Option<String>,
     pub first_byte: Option<String>,
     pub upstream_idle: Option<String>,
+    pub tunnel_idle: Option<String>,
     pub shutdown: Option<String>,
 }
 
@@ -153,6 +184,60 @@ pub struct LogFile {
 pub struct Listener {
     pub addr: SocketAddr,
     pub trusted: bool,
+    /// An `https` listener: TLS first, then HTTP/1.1 or h2 by ALPN.
+    pub tls: bool,
+}
+
+/// What the TLS listeners present when a client names a host that has no certificate of its
+/// own (or names none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownSni {
+    /// The default certificate (`[tls] cert`), like nginx's default server.
+    Default,
+    /// Refuse the handshake with an `unrecognized_name` alert.
+    Reject,
+}
+
+/// The TLS listeners' settings. The default certificate is read and checked at load.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub default_cert: Arc<rustls::sign::CertifiedKey>,
+    pub handshake_timeout: Duration,
+    pub unknown_sni: UnknownSni,
+    /// The port named in HTTP→HTTPS redirects (443 is left out of the URL).
+    pub https_port: u16,
+}
+
+impl PartialEq for TlsSettings {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert_file == other.cert_file
+            && self.key_file == other.key_file
+            && Arc::ptr_eq(&self.default_cert, &other.default_cert)
+            && self.handshake_timeout == other.handshake_timeout
+            && self.unknown_sni == other.unknown_sni
+            && self.https_port == other.https_port
+    }
+}
+
+/// HTTP/2 limits (downstream connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Settings {
+    /// Offer `h2` in ALPN on the TLS listeners.
+    pub enabled: bool,
+    /// Accept cleartext h2 with prior knowledge on the plain listeners.
+    pub h2c: bool,
+    pub max_concurrent_streams: u32,
+    pub max_header_list_size: u32,
+    pub initial_window_size: u32,
+    pub connection_window_size: u32,
+    pub max_frame_size: u32,
+    /// Control frames (PING, SETTINGS, RST_STREAM, PRIORITY, empty DATA/HEADERS without
+    /// END_STREAM) a client may send per second before the connection gets GOAWAY.
+    pub control_frame_rate: u32,
+    /// HEADERS + CONTINUATION frames allowed in one header block.
+    pub max_header_frames: u32,
 }
 
 /// How worker threads are laid out.
@@ -173,6 +258,8 @@ pub struct Timeouts {
     pub connect: Duration,
     pub first_byte: Duration,
     pub upstream_idle: Duration,
+    /// A WebSocket (or other upgraded) tunnel with no byte either way for this long is closed.
+    pub tunnel_idle: Duration,
     pub shutdown: Duration,
 }
 
@@ -259,6 +346,9 @@ pub struct Config {
     pub limits: Limits,
     pub headers: HeaderSettings,
     pub log: LogSettings,
+    /// Set when there are `https` listeners.
+    pub tls: Option<TlsSettings>,
+    pub http2: Http2Settings,
 }
 
 impl Config {
@@ -354,23 +444,25 @@ impl ConfigFile {
         let base = path.parent().unwrap_or(Path::new("."));
 
         let mut listeners = Vec::new();
-        let http = self.listen.as_ref().map(|l| &l.http[..]).unwrap_or(&[]);
-        if http.is_empty() {
+        let listen = self.listen.as_ref();
+        let http = listen.map(|l| &l.http[..]).unwrap_or(&[]);
+        let https = listen.map(|l| &l.https[..]).unwrap_or(&[]);
+        if http.is_empty() && https.is_empty() {
             c.err("listen.http", "at least one address is needed");
         }
-        for (i, entry) in http.iter().enumerate() {
-            let (address, trusted) = match entry {
-                ListenerEntry::Address(a) => (a.as_str(), false),
-                ListenerEntry::Full(t) => (t.address.as_str(), t.trusted),
-            };
-            if let Some(addr) = c.addr(&format!("listen.http[{i}]"), address) {
-                if listeners.iter().any(|l: &Listener| l.addr == addr) {
-                    c.err(
-                        &format!("listen.http[{i}]"),
-                        format!("{addr} is listed twice"),
-                    );
+        for (kind, entries, tls) in [("http", http, false), ("https", https, true)] {
+            for (i, entry) in entries.iter().enumerate() {
+                let (address, trusted) = match entry {
+                    ListenerEntry::Address(a) => (a.as_str(), false),
+                    ListenerEntry::Full(t) => (t.address.as_str(), t.trusted),
+                };
+                let key = format!("listen.{kind}[{i}]");
+                if let Some(addr) = c.addr(&key, address) {
+                    if listeners.iter().any(|l: &Listener| l.addr == addr) {
+                        c.err(&key, format!("{addr} is listed twice"));
+                    }
+                    listeners.push(Listener { addr, trusted, tls });
                 }
-                listeners.push(Listener { addr, trusted });
             }
         }
         let admin = self
@@ -510,6 +602,11 @@ impl ConfigFile {
                 &d(|t| &t.upstream_idle),
                 Duration::from_secs(60),
             ),
+            tunnel_idle: c.duration(
+                "timeouts.tunnel_idle",
+                &d(|t| &t.tunnel_idle),
+                Duration::from_secs(300),
+            ),
             shutdown: c.duration(
                 "timeouts.shutdown",
                 &d(|t| &t.shutdown),
@@ -614,6 +711,69 @@ impl ConfigFile {
             access: lg.and_then(|l| l.access).unwrap_or(true),
         };
 
+        let tls = self.tls_settings(&mut c, base, &listeners);
+        let h2 = self.http2.as_ref();
+        let h2_size = |c: &mut Checker<'_>,
+                       key: &str,
+                       v: Option<&SizeValue>,
+                       default: u64,
+                       min: u64,
+                       max: u64| {
+            let n = c.size(key, &v.cloned(), default);
+            if !(min..=max).contains(&n) {
+                c.err(key, format!("must be between {min} and {max} bytes"));
+            }
+            n.clamp(min, max) as u32
+        };
+        let http2 = Http2Settings {
+            enabled: h2.and_then(|h| h.enabled).unwrap_or(true),
+            h2c: listen.and_then(|l| l.h2c).unwrap_or(true),
+            max_concurrent_streams: h2.and_then(|h| h.max_concurrent_streams).unwrap_or(128),
+            max_header_list_size: h2_size(
+                &mut c,
+                "http2.max_header_list_size",
+                h2.and_then(|h| h.max_header_list_size.as_ref()),
+                max_header_bytes,
+                1024,
+                1 << 20,
+            ),
+            initial_window_size: h2_size(
+                &mut c,
+                "http2.initial_window_size",
+                h2.and_then(|h| h.initial_window_size.as_ref()),
+                256 * 1024,
+                1024,
+                (1 << 31) - 1,
+            ),
+            connection_window_size: h2_size(
+                &mut c,
+                "http2.connection_window_size",
+                h2.and_then(|h| h.connection_window_size.as_ref()),
+                1 << 20,
+                65_535,
+                (1 << 31) - 1,
+            ),
+            max_frame_size: h2_size(
+                &mut c,
+                "http2.max_frame_size",
+                h2.and_then(|h| h.max_frame_size.as_ref()),
+                16 * 1024,
+                16 * 1024,
+                (1 << 24) - 1,
+            ),
+            control_frame_rate: h2.and_then(|h| h.control_frame_rate).unwrap_or(1000),
+            max_header_frames: h2.and_then(|h| h.max_header_frames).unwrap_or(32),
+        };
+        if http2.max_concurrent_streams == 0 {
+            c.err("http2.max_concurrent_streams", "must be above zero");
+        }
+        if http2.control_frame_rate == 0 {
+            c.err("http2.control_frame_rate", "must be above zero");
+        }
+        if http2.max_header_frames == 0 {
+            c.err("http2.max_header_frames", "must be above zero");
+        }
+
         if !c.errors.is_empty() {
             return Err(ConfigErrors(c.errors));
         }
@@ -634,6 +794,87 @@ impl ConfigFile {
             limits,
             headers,
             log,
+            tls,
+            http2,
+        })
+    }
+
+    /// `[tls]`: required with `https` listeners, refused without them. The default certificate
+    /// and key are read and checked here, so `--check` catches a bad pair.
+    fn tls_settings(
+        &self,
+        c: &mut Checker<'_>,
+        base: &Path,
+        listeners: &[Listener],
+    ) -> Option<TlsSettings> {
+        let https = listeners.iter().find(|l| l.tls);
+        let Some(t) = self.tls.as_ref() else {
+            if https.is_some() {
+                c.err("tls", "listen.https needs [tls] cert and key");
+            }
+            return None;
+        };
+        let Some(first) = https else {
+            c.err("tls", "[tls] is set but there is no listen.https address");
+            return None;
+        };
+        let handshake_timeout = c.duration(
+            "tls.handshake_timeout",
+            &t.handshake_timeout,
+            Duration::from_secs(10),
+        );
+        let unknown_sni = match t.unknown_sni.as_deref() {
+            None | Some("default") => UnknownSni::Default,
+            Some("reject") => UnknownSni::Reject,
+            Some(other) => {
+                c.err(
+                    "tls.unknown_sni",
+                    format!("unknown value {other:?} (use \"default\" or \"reject\")"),
+                );
+                UnknownSni::Default
+            }
+        };
+        let (Some(cert), Some(key)) = (t.cert.as_deref(), t.key.as_deref()) else {
+            if t.cert.is_none() {
+                c.err(
+                    "tls.cert",
+                    "the default certificate chain (PEM file) is required",
+                );
+            }
+            if t.key.is_none() {
+                c.err(
+                    "tls.key",
+                    "the default certificate's private key (PEM file) is required",
+                );
+            }
+            return None;
+        };
+        let cert_file = base.join(cert);
+        let key_file = base.join(key);
+        let read = |c: &mut Checker<'_>, k: &str, p: &Path| match std::fs::read_to_string(p) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                c.err(k, format!("cannot read {}: {e}", p.display()));
+                None
+            }
+        };
+        let cert_pem = read(c, "tls.cert", &cert_file);
+        let key_pem = read(c, "tls.key", &key_file);
+        let (cert_pem, key_pem) = (cert_pem?, key_pem?);
+        let default_cert = match crate::tls::certified_key(&cert_pem, &key_pem) {
+            Ok(k) => k,
+            Err(e) => {
+                c.err("tls.cert", e);
+                return None;
+            }
+        };
+        Some(TlsSettings {
+            cert_file,
+            key_file,
+            default_cert,
+            handshake_timeout,
+            unknown_sni,
+            https_port: t.https_port.unwrap_or(first.addr.port()),
         })
     }
 }
@@ -687,7 +928,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let errs = parse("[listen]\nhttp = []\nhttps = []\n").unwrap_err();
-        assert!(errs.0[0].reason.contains("unknown field `https`"), "{errs}");
+        let errs = parse("[listen]\nhttp = []\nhttp3 = []\n").unwrap_err();
+        assert!(errs.0[0].reason.contains("unknown field `http3`"), "{errs}");
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::tcp::ReadHalf;
 use tokio::time::timeout;
 
 use pier_routes::app::MAX_TRIED;
@@ -28,6 +28,7 @@ use crate::relay::{relay_body, write_all_timed, OutCoding, RelayError, RelayLimi
 use crate::respond::ProxyError;
 use crate::serve::{Client, Request};
 use crate::server::Worker;
+use crate::stream::ClientWrite;
 use crate::upstream::{connect, ConnectError, UpstreamConn};
 use crate::util::now_ms;
 
@@ -67,21 +68,30 @@ enum Failure {
 }
 
 /// The effective upstream timeouts for an app.
-struct Timeouts {
-    connect: Duration,
-    first_byte: Duration,
-    idle: Duration,
+pub(crate) struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
 }
+
+impl Timeouts {
+    pub(crate) fn of(cfg: &crate::config::Config, app: &App) -> Self {
+        let t = &app.settings.timeouts;
+        Timeouts {
+            connect: t.connect.unwrap_or(cfg.timeouts.connect),
+            first_byte: t.first_byte.unwrap_or(cfg.timeouts.first_byte),
+            idle: t.idle.unwrap_or(cfg.timeouts.upstream_idle),
+        }
+    }
+}
+
+/// Limits for response heads from backends (shared with the h2 path).
+pub(crate) const UPSTREAM_HEAD_LIMITS: HeadLimits = UPSTREAM_HEAD;
 
 /// Forwards `req` to one of `app`'s backends and relays the answer to the client.
 pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<App>) -> Forwarded {
     let cfg = &w.shared.config;
-    let t = &app.settings.timeouts;
-    let timeouts = Timeouts {
-        connect: t.connect.unwrap_or(cfg.timeouts.connect),
-        first_byte: t.first_byte.unwrap_or(cfg.timeouts.first_byte),
-        idle: t.idle.unwrap_or(cfg.timeouts.upstream_idle),
-    };
+    let timeouts = Timeouts::of(cfg, app);
     let retries = app.settings.retries.unwrap_or(cfg.upstream.retries) as usize;
     let idempotent = matches!(
         req.head.method(),
@@ -90,55 +100,30 @@ pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<A
     let replayable = idempotent && req.framing.body == BodyKind::None;
     let metrics = &w.shared.metrics;
     let mut tried: SmallVec<[usize; MAX_TRIED]> = SmallVec::new();
-    let mut last_error = ProxyError::NoBackend;
+    let last_error;
     let mut skip_pool = false;
     let mut stale_retries = 0;
     loop {
         // The request's start time is recent enough for liveness and ejection checks.
         let now = req.start_ms;
-        let Some(idx) = app.pick(now, &tried) else {
-            break;
+        let (idx, mut conn) = match acquire(
+            w,
+            app,
+            &mut tried,
+            skip_pool,
+            timeouts.connect,
+            retries,
+            now,
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                last_error = e;
+                break;
+            }
         };
         let backend = &app.backends[idx];
-        let pooled = if skip_pool {
-            None
-        } else {
-            w.pool.take(backend.addr)
-        };
-        let mut conn = match pooled {
-            Some(c) => {
-                metrics.upstream_reused.inc();
-                c
-            }
-            None => match connect(backend.addr, timeouts.connect).await {
-                Ok(c) => {
-                    metrics.upstream_connects.inc();
-                    c
-                }
-                Err(e) => {
-                    metrics.upstream_connect_errors.inc();
-                    last_error = match e {
-                        ConnectError::Timeout => ProxyError::UpstreamConnectTimeout,
-                        ConnectError::Io(_) => ProxyError::UpstreamConnect,
-                    };
-                    tracing::debug!(backend = %backend.addr, app = %app.name, error = ?e, "upstream connect failed");
-                    if backend.state.record_failure(
-                        now,
-                        cfg.upstream.eject_after,
-                        cfg.upstream.eject_for,
-                    ) {
-                        metrics.upstream_ejections.inc();
-                        tracing::warn!(backend = %backend.addr, app = %app.name, "backend ejected");
-                    }
-                    tried.push(idx);
-                    if tried.len() > retries || tried.len() >= MAX_TRIED {
-                        break;
-                    }
-                    metrics.upstream_retries.inc();
-                    continue;
-                }
-            },
-        };
         let _outstanding = app.begin(idx);
         let reused = conn.reused;
         match exchange(w, client, req, &mut conn, &timeouts).await {
@@ -212,6 +197,62 @@ pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<A
     }
 }
 
+/// Picks a backend of `app` not in `tried` and gets a connection to it: a pooled one unless
+/// `skip_pool`, else a new one. A backend that cannot be connected to counts a failure
+/// (towards ejection), joins `tried`, and the next one is tried, `retries` times at most.
+pub(crate) async fn acquire(
+    w: &Worker,
+    app: &App,
+    tried: &mut SmallVec<[usize; MAX_TRIED]>,
+    skip_pool: bool,
+    connect_timeout: Duration,
+    retries: usize,
+    now: u64,
+) -> Result<(usize, UpstreamConn), ProxyError> {
+    let cfg = &w.shared.config;
+    let metrics = &w.shared.metrics;
+    let mut last_error = ProxyError::NoBackend;
+    loop {
+        let Some(idx) = app.pick(now, tried) else {
+            return Err(last_error);
+        };
+        let backend = &app.backends[idx];
+        if !skip_pool {
+            if let Some(c) = w.pool.take(backend.addr) {
+                metrics.upstream_reused.inc();
+                return Ok((idx, c));
+            }
+        }
+        match connect(backend.addr, connect_timeout).await {
+            Ok(c) => {
+                metrics.upstream_connects.inc();
+                return Ok((idx, c));
+            }
+            Err(e) => {
+                metrics.upstream_connect_errors.inc();
+                last_error = match e {
+                    ConnectError::Timeout => ProxyError::UpstreamConnectTimeout,
+                    ConnectError::Io(_) => ProxyError::UpstreamConnect,
+                };
+                tracing::debug!(backend = %backend.addr, app = %app.name, error = ?e, "upstream connect failed");
+                if backend.state.record_failure(
+                    now,
+                    cfg.upstream.eject_after,
+                    cfg.upstream.eject_for,
+                ) {
+                    metrics.upstream_ejections.inc();
+                    tracing::warn!(backend = %backend.addr, app = %app.name, "backend ejected");
+                }
+                tried.push(idx);
+                if tried.len() > retries || tried.len() >= MAX_TRIED {
+                    return Err(last_error);
+                }
+                metrics.upstream_retries.inc();
+            }
+        }
+    }
+}
+
 fn upstream_failed(err: ProxyError, in_sync: bool, addr: SocketAddr) -> Forwarded {
     Forwarded {
         status: err.status(),
@@ -253,9 +294,10 @@ fn io_failure(reused: bool, got_nothing: bool, in_sync: bool) -> Failure {
 async fn read_final_head(
     up: &mut ReadHalf<'_>,
     buf: &mut BytesMut,
-    client: &mut WriteHalf<'_>,
+    client: &mut ClientWrite<'_>,
     client_version: Version,
     interim: &mut Vec<u8>,
+    upgrading: bool,
 ) -> Result<ResponseHead, (ProxyError, bool)> {
     let mut got_any = false;
     loop {
@@ -264,15 +306,17 @@ async fn read_final_head(
                 let head = parts.into_head(buf.split_to(len).freeze());
                 got_any = true;
                 match head.status {
+                    101 if upgrading => return Ok(head),
                     101 => return Err((ProxyError::UpstreamBadResponse("unexpected-101"), true)),
                     100..=199 => {
                         if client_version == Version::Http11 {
                             interim.clear();
                             write_interim(interim, &head);
-                            client
-                                .write_all(interim)
-                                .await
-                                .map_err(|_| (ProxyError::UpstreamIo, true))?;
+                            let sent = async {
+                                client.write_all(interim).await?;
+                                client.flush().await
+                            };
+                            sent.await.map_err(|_| (ProxyError::UpstreamIo, true))?;
                         }
                         continue;
                     }
@@ -341,6 +385,8 @@ async fn exchange(
             explicit_zero_length: req.framing.length == Some(0),
             request_start_ms: cfg.headers.request_start.then_some(req.start_ms),
             via: &cfg.headers.via,
+            proto: if listener.tls { "https" } else { "http" },
+            upgrade: req.upgrade.as_deref(),
         },
     );
     // A small Content-Length body already read goes out with the head in one write.
@@ -377,6 +423,7 @@ async fn exchange(
                 &mut cl_w,
                 req.head.version,
                 &mut interim,
+                req.upgrade.is_some(),
             ),
         )
         .await
@@ -426,6 +473,7 @@ async fn exchange(
             &mut cl_w,
             req.head.version,
             &mut interim,
+            false,
         );
         tokio::pin!(body);
         tokio::pin!(head_read);
@@ -481,6 +529,22 @@ async fn exchange(
         }
     };
     let first_byte = sent_at.elapsed();
+    if head.status == 101 {
+        // Only a WebSocket handshake gets here (read_final_head refuses other 101s).
+        return tunnel(
+            w,
+            &head,
+            &mut up_r,
+            &mut up_w,
+            &mut conn.buf,
+            &mut cl_r,
+            &mut cl_w,
+            client_buf,
+            out,
+            first_byte,
+        )
+        .await;
+    }
     let head_request = req.head_request;
     let framing = ResponseFraming::of(&head, head_request).map_err(|e| Failure::Upstream {
         err: ProxyError::UpstreamBadResponse(match e {
@@ -497,7 +561,8 @@ async fn exchange(
         && !early_response
         && out_framing != ClientFraming::Close
         && !w.shared.is_shutting_down();
-    let mut reusable = !early_response && framing.reusable(head.version);
+    // A backend that refused an upgrade may still expect one on that connection: do not reuse.
+    let mut reusable = !early_response && framing.reusable(head.version) && req.upgrade.is_none();
     out.clear();
     write_response_head(
         out,
@@ -569,5 +634,65 @@ async fn exchange(
         reusable,
         client_keep_alive,
         aborted: None,
+    })
+}
+
+/// The backend agreed to switch protocols: pass its 101 on, then copy bytes both ways until
+/// either side closes (the close is passed on) or nothing moves for `timeouts.tunnel_idle`.
+#[allow(clippy::too_many_arguments)]
+async fn tunnel(
+    w: &Worker,
+    head: &ResponseHead,
+    up_r: &mut ReadHalf<'_>,
+    up_w: &mut tokio::net::tcp::WriteHalf<'_>,
+    up_buf: &mut BytesMut,
+    cl_r: &mut crate::stream::ClientRead<'_>,
+    cl_w: &mut ClientWrite<'_>,
+    cl_buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    first_byte: Duration,
+) -> Result<Exchanged, Failure> {
+    let cfg = &w.shared.config;
+    let accepted = head.values(b"upgrade").next().is_some_and(|v| {
+        crate::h1::head::list_items(v).any(|p| {
+            p.eq_ignore_ascii_case(b"websocket")
+                || (p.len() > 10 && p[..10].eq_ignore_ascii_case(b"websocket/"))
+        })
+    });
+    if !accepted {
+        return Err(Failure::Upstream {
+            err: ProxyError::UpstreamBadResponse("bad-upgrade-response"),
+            in_sync: false,
+        });
+    }
+    out.clear();
+    crate::headers::write_switching_head(out, head, &cfg.headers.via);
+    if write_all_timed(cl_w, out, cfg.timeouts.client_body)
+        .await
+        .is_err()
+    {
+        return Err(Failure::Aborted("client-write"));
+    }
+    let m = &w.shared.metrics;
+    m.tunnels_total.inc();
+    m.tunnels_open.inc();
+    let (down, why) = crate::relay::tunnel(
+        cl_r,
+        cl_w,
+        cl_buf,
+        up_r,
+        up_w,
+        up_buf,
+        cfg.timeouts.tunnel_idle,
+    )
+    .await;
+    m.tunnels_open.dec();
+    Ok(Exchanged {
+        status: 101,
+        bytes_out: down,
+        first_byte,
+        reusable: false,
+        client_keep_alive: false,
+        aborted: why,
     })
 }

@@ -27,6 +27,10 @@ pub struct Forwarding<'a> {
     pub explicit_zero_length: bool,
     pub request_start_ms: Option<u64>,
     pub via: &'a str,
+    /// `https` on TLS listeners, else `http`.
+    pub proto: &'static str,
+    /// The protocol of a WebSocket upgrade, passed on with `Connection: upgrade`.
+    pub upgrade: Option<&'a [u8]>,
 }
 
 fn listed(head_value: impl Fn(&HeaderPos) -> bool, conn: &Connection) -> bool {
@@ -63,7 +67,25 @@ pub fn write_request_head(
     conn: &Connection,
     f: &Forwarding<'_>,
 ) {
-    out.extend_from_slice(req.method());
+    let fields = req.headers.iter().filter_map(|h| {
+        let name = req.name(h);
+        let skip = is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"host")
+            || listed(|t| req.value(t).eq_ignore_ascii_case(name), conn);
+        (!skip).then(|| (name, req.value(h)))
+    });
+    write_upstream_head(out, req.method(), fields, f);
+}
+
+/// Writes an upstream HTTP/1.1 request head from end-to-end fields (hop-by-hop ones and
+/// `Host` already left out by the caller), adding framing and the forwarding fields.
+pub fn write_upstream_head<'a>(
+    out: &mut Vec<u8>,
+    method: &[u8],
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    f: &Forwarding<'_>,
+) {
+    out.extend_from_slice(method);
     out.push(b' ');
     out.extend_from_slice(f.target);
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
@@ -74,14 +96,7 @@ pub fn write_request_head(
     let mut keep_xf_host = false;
     let mut keep_xf_port = false;
     let mut keep_start = false;
-    for h in &req.headers {
-        let name = req.name(h);
-        if is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case(b"host")
-            || listed(|t| req.value(t).eq_ignore_ascii_case(name), conn)
-        {
-            continue;
-        }
+    for (name, value) in fields {
         if is_forwarded_field(name) {
             if !f.trusted {
                 continue;
@@ -89,7 +104,7 @@ pub fn write_request_head(
             let suffix = &name[12..];
             if suffix.eq_ignore_ascii_case(b"for") {
                 // Several X-Forwarded-For fields are one list, joined below.
-                prior_xff.push(req.value(h));
+                prior_xff.push(value);
                 continue;
             }
             if suffix.eq_ignore_ascii_case(b"proto") {
@@ -110,7 +125,7 @@ pub fn write_request_head(
         }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(req.value(h));
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     match f.body {
@@ -126,6 +141,11 @@ pub fn write_request_head(
             }
         }
     }
+    if let Some(proto) = f.upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+        out.extend_from_slice(proto);
+        out.extend_from_slice(b"\r\n");
+    }
     out.extend_from_slice(b"X-Forwarded-For: ");
     for prior in prior_xff {
         out.extend_from_slice(prior);
@@ -134,7 +154,9 @@ pub fn write_request_head(
     out.extend_from_slice(f.client_ip);
     out.extend_from_slice(b"\r\n");
     if !keep_xf_proto {
-        out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+        out.extend_from_slice(b"X-Forwarded-Proto: ");
+        out.extend_from_slice(f.proto.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     if !keep_xf_port {
         out.extend_from_slice(b"X-Forwarded-Port: ");
@@ -249,6 +271,36 @@ pub fn write_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Writes a backend's `101 Switching Protocols` for the client: its end-to-end fields, then
+/// `Connection: upgrade` and the `Upgrade` it chose.
+pub fn write_switching_head(out: &mut Vec<u8>, resp: &ResponseHead, via: &str) {
+    out.extend_from_slice(b"HTTP/1.1 101 ");
+    out.extend_from_slice(resp.reason());
+    out.extend_from_slice(b"\r\n");
+    for h in &resp.headers {
+        let name = resp.name(h);
+        if is_hop_by_hop(name) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(resp.value(h));
+        out.extend_from_slice(b"\r\n");
+    }
+    if !via.is_empty() {
+        out.extend_from_slice(b"Via: 1.1 ");
+        out.extend_from_slice(via.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Connection: upgrade\r\n");
+    if let Some(u) = resp.values(b"upgrade").next() {
+        out.extend_from_slice(b"Upgrade: ");
+        out.extend_from_slice(u);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Writes an interim (1xx) response for an HTTP/1.1 client.
 pub fn write_interim(out: &mut Vec<u8>, resp: &ResponseHead) {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -303,6 +355,8 @@ mod tests {
                 explicit_zero_length: fr.length == Some(0),
                 request_start_ms: Some(1000),
                 via: "pier",
+                proto: "http",
+                upgrade: None,
             },
         );
         String::from_utf8(out).unwrap()

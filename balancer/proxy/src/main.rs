@@ -85,7 +85,7 @@ fn main() -> ExitCode {
 
 fn run(config: Config, table: pier_routes::RouteTable) -> anyhow::Result<()> {
     use anyhow::Context;
-    let shared = Shared::new(config, table);
+    let shared = Shared::new(config, table)?;
     let cfg = &shared.config;
     // Two threads: registry loads parse one page while the next is fetched, and admin requests
     // are answered during a long load.

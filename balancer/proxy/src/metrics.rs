@@ -38,6 +38,14 @@ pub struct Metrics {
     pub spin_held: IntGauge,
     pub spin_released: IntCounter,
     pub spin_timeouts: IntCounter,
+    /// TLS handshakes by result (`ok`, `failed`, `timeout`).
+    pub tls_handshakes: IntCounterVec,
+    pub tunnels_open: IntGauge,
+    pub tunnels_total: IntCounter,
+    pub h2_connections: IntCounter,
+    pub h2_streams: IntCounter,
+    /// h2 connections ended with GOAWAY for abuse, by kind.
+    pub h2_abuse: IntCounterVec,
 }
 
 fn fgauge(r: &Registry, name: &str, help: &str) -> Gauge {
@@ -119,7 +127,36 @@ impl Metrics {
         )
         .expect("valid metric");
         register(&r, Box::new(registry_resyncs.clone()));
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new("pier_tls_handshakes_total", "TLS handshakes, by result"),
+            &["result"],
+        )
+        .expect("valid metric");
+        register(&r, Box::new(tls_handshakes.clone()));
+        let h2_abuse = IntCounterVec::new(
+            Opts::new(
+                "pier_h2_abuse_total",
+                "HTTP/2 connections closed with GOAWAY for abuse, by kind",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        register(&r, Box::new(h2_abuse.clone()));
         Metrics {
+            tls_handshakes,
+            h2_abuse,
+            tunnels_open: gauge(
+                &r,
+                "pier_tunnels_open",
+                "Upgraded (WebSocket) tunnels open now",
+            ),
+            tunnels_total: counter(
+                &r,
+                "pier_tunnels_total",
+                "Upgraded (WebSocket) tunnels opened",
+            ),
+            h2_connections: counter(&r, "pier_h2_connections_total", "HTTP/2 client connections"),
+            h2_streams: counter(&r, "pier_h2_streams_total", "HTTP/2 request streams"),
             registry_connected: gauge(
                 &r,
                 "pier_registry_connected",

@@ -6,6 +6,7 @@
 //! when it is not (RFC 9110 §6.5.1 lets a recipient discard them).
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -68,7 +69,12 @@ async fn send<W: AsyncWrite + Unpin>(
     data: &[u8],
     idle: Duration,
 ) -> Result<(), RelayError> {
-    match timeout(idle, dst.write_all(data)).await {
+    let write = async {
+        dst.write_all(data).await?;
+        // TLS buffers records; plain sockets make this a no-op.
+        dst.flush().await
+    };
+    match timeout(idle, write).await {
         Err(_) => Err(RelayError::DstTimeout),
         Ok(Err(e)) => Err(RelayError::DstWrite(e)),
         Ok(Ok(())) => Ok(()),
@@ -77,18 +83,35 @@ async fn send<W: AsyncWrite + Unpin>(
 
 /// Writes all of `data`, trying a non-blocking write first: on the fast path (a small head
 /// into an empty socket buffer) no timer is armed at all.
-pub async fn write_all_timed(
-    dst: &mut tokio::net::tcp::WriteHalf<'_>,
+pub async fn write_all_timed<W: TryWrite + AsyncWrite + Unpin>(
+    dst: &mut W,
     data: &[u8],
     idle: Duration,
 ) -> Result<(), RelayError> {
-    let rest = match dst.try_write(data) {
+    let rest = match dst.try_write_now(data) {
         Ok(n) if n == data.len() => return Ok(()),
         Ok(n) => &data[n..],
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => data,
         Err(e) => return Err(RelayError::DstWrite(e)),
     };
     send(dst, rest, idle).await
+}
+
+/// A destination that can take bytes without waiting when its buffer has room.
+pub trait TryWrite {
+    fn try_write_now(&self, data: &[u8]) -> io::Result<usize>;
+}
+
+impl TryWrite for tokio::net::tcp::WriteHalf<'_> {
+    fn try_write_now(&self, data: &[u8]) -> io::Result<usize> {
+        self.try_write(data)
+    }
+}
+
+impl TryWrite for crate::stream::ClientWrite<'_> {
+    fn try_write_now(&self, data: &[u8]) -> io::Result<usize> {
+        self.try_write(data)
+    }
 }
 
 /// Fields that must not be taken from a trailer section (RFC 9110 §6.5.1): framing, routing,
@@ -239,6 +262,95 @@ async fn write_data<W: AsyncWrite + Unpin>(
             scratch.extend_from_slice(data);
             scratch.extend_from_slice(b"\r\n");
             send(dst, scratch, idle).await
+        }
+    }
+}
+
+/// Copies bytes both ways between a client and a backend after a protocol switch, starting
+/// with what each side already sent (`cl_buf` goes up, `up_buf` goes down). When one side
+/// closes its sending half the other side's writing half is shut down, and the other direction
+/// runs on until it closes too; the whole tunnel ends after `idle` without a byte either way.
+/// Returns the bytes sent to the client, and why the tunnel was cut (`None`: both sides closed).
+pub async fn tunnel<CR, CW, UR, UW>(
+    cl_r: &mut CR,
+    cl_w: &mut CW,
+    cl_buf: &mut BytesMut,
+    up_r: &mut UR,
+    up_w: &mut UW,
+    up_buf: &mut BytesMut,
+    idle: Duration,
+) -> (u64, Option<&'static str>)
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
+{
+    // Both directions run in this one task; atomics only because futures must be Send.
+    let origin = tokio::time::Instant::now();
+    let last = AtomicU64::new(0);
+    let down = AtomicU64::new(0);
+    let up_dir = pump(cl_r, up_w, cl_buf, origin, &last, None);
+    let down_dir = pump(up_r, cl_w, up_buf, origin, &last, Some(&down));
+    let both = async {
+        let (a, b) = tokio::join!(up_dir, down_dir);
+        a.and(b)
+    };
+    let last_at = || origin + Duration::from_millis(last.load(Ordering::Relaxed));
+    let watch = async {
+        loop {
+            tokio::time::sleep_until(last_at() + idle).await;
+            if last_at() + idle <= tokio::time::Instant::now() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        r = both => (down.load(Ordering::Relaxed), r.err()),
+        _ = watch => (down.load(Ordering::Relaxed), Some("tunnel-idle-timeout")),
+    }
+}
+
+/// One direction of a tunnel: copy until EOF, then shut down the destination's write half.
+async fn pump<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    buf: &mut BytesMut,
+    origin: tokio::time::Instant,
+    last: &AtomicU64,
+    count: Option<&AtomicU64>,
+) -> Result<(), &'static str>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        if !buf.is_empty() {
+            let n = buf.len();
+            let sent = async {
+                dst.write_all(buf).await?;
+                dst.flush().await
+            };
+            sent.await.map_err(|_| "tunnel-write")?;
+            buf.advance(n);
+            last.store(origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+            if let Some(c) = count {
+                c.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+        if buf.capacity() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        match src.read_buf(buf).await {
+            Ok(0) => {
+                let _ = dst.shutdown().await;
+                return Ok(());
+            }
+            Ok(_) => last.store(origin.elapsed().as_millis() as u64, Ordering::Relaxed),
+            Err(_) => {
+                let _ = dst.shutdown().await;
+                return Err("tunnel-read");
+            }
         }
     }
 }

@@ -6,6 +6,8 @@
 
 use std::io::Write;
 
+use pier_routes::Action;
+
 use crate::h1::framing::{ChunkError, FramingError};
 use crate::h1::head::HeadError;
 use crate::util::with_http_date;
@@ -39,6 +41,10 @@ pub enum ProxyError {
     /// No response head within the first-byte timeout.
     UpstreamTimeout,
     UpstreamIo,
+    /// An h2 request the RFC calls malformed (RFC 9113 §8.1.1, §8.2, §8.3).
+    BadH2Request(&'static str),
+    /// An h2 request for a host this connection's certificate does not serve (RFC 9110 §15.5.20).
+    Misdirected,
 }
 
 impl ProxyError {
@@ -48,7 +54,8 @@ impl ProxyError {
             Head(HeadError::LineTooLong) => 414,
             Head(HeadError::HeadTooLarge | HeadError::TooManyHeaders) => 431,
             Head(HeadError::UnsupportedVersion) => 505,
-            Head(_) | RequestChunk(_) | BadHost | BadTarget => 400,
+            Head(_) | RequestChunk(_) | BadHost | BadTarget | BadH2Request(_) => 400,
+            Misdirected => 421,
             Framing(f) => f.status(),
             ConnectNotSupported => 405,
             BodyTooLarge => 413,
@@ -81,6 +88,8 @@ impl ProxyError {
             UpstreamBadResponse(r) => r,
             UpstreamTimeout => "upstream-timeout",
             UpstreamIo => "upstream-io",
+            BadH2Request(r) => r,
+            Misdirected => "misdirected-request",
         }
     }
 
@@ -144,6 +153,112 @@ pub struct LocalResponse<'a> {
     pub location: Option<&'a [u8]>,
     pub retry_after: Option<u32>,
     pub request_id: &'a [u8],
+    /// `Strict-Transport-Security` (HTTPS answers of apps that set `hsts`).
+    pub hsts: Option<&'a str>,
+}
+
+/// Scratch space for an app's own answer (the redirect location and body it builds).
+#[derive(Default)]
+pub struct AnswerScratch {
+    location: Vec<u8>,
+    body: String,
+}
+
+/// The answer an app gives itself (redirect, static page, maintenance); `None` for `proxy`.
+/// `target` is the origin-form request target (kept by redirects with `keep_path`).
+pub fn action_response<'a>(
+    action: &'a Action,
+    target: &[u8],
+    request_id: &'a [u8],
+    scratch: &'a mut AnswerScratch,
+) -> Option<LocalResponse<'a>> {
+    match action {
+        Action::Proxy => None,
+        Action::Redirect {
+            status,
+            location,
+            keep_path,
+        } => {
+            let loc = &mut scratch.location;
+            loc.clear();
+            loc.extend_from_slice(location.as_bytes());
+            if *keep_path {
+                if loc.ends_with(b"/") && target.starts_with(b"/") {
+                    loc.pop();
+                }
+                loc.extend_from_slice(target);
+            }
+            scratch.body = format!("Redirecting to {}\n", String::from_utf8_lossy(loc));
+            Some(LocalResponse {
+                status: *status,
+                content_type: "text/plain; charset=utf-8",
+                body: scratch.body.as_bytes(),
+                error: None,
+                location: Some(&scratch.location),
+                retry_after: None,
+                request_id,
+                hsts: None,
+            })
+        }
+        Action::Static {
+            status,
+            body,
+            content_type,
+        } => Some(LocalResponse {
+            status: *status,
+            content_type,
+            body,
+            error: None,
+            location: None,
+            retry_after: None,
+            request_id,
+            hsts: None,
+        }),
+        Action::Maintenance {
+            body,
+            content_type,
+            retry_after,
+        } => Some(LocalResponse {
+            status: 503,
+            content_type,
+            body,
+            error: Some("maintenance"),
+            location: None,
+            retry_after: *retry_after,
+            request_id,
+            hsts: None,
+        }),
+    }
+}
+
+/// The redirect of a plain-HTTP request to HTTPS (apps with `https_redirect`): 308 keeps the
+/// method and body. `host` is the request's host without port.
+pub fn https_redirect<'a>(
+    host: &str,
+    port: u16,
+    target: &[u8],
+    request_id: &'a [u8],
+    scratch: &'a mut AnswerScratch,
+) -> LocalResponse<'a> {
+    let loc = &mut scratch.location;
+    loc.clear();
+    loc.extend_from_slice(b"https://");
+    loc.extend_from_slice(host.as_bytes());
+    if port != 443 {
+        let _ = write!(loc, ":{port}");
+    }
+    loc.extend_from_slice(if target == b"*" { b"/" } else { target });
+    scratch.body = format!("Redirecting to {}\n", String::from_utf8_lossy(loc));
+    LocalResponse {
+        status: 308,
+        content_type: "text/plain; charset=utf-8",
+        body: scratch.body.as_bytes(),
+        error: None,
+        location: Some(&scratch.location),
+        retry_after: None,
+        request_id,
+        hsts: None,
+    }
 }
 
 impl<'a> LocalResponse<'a> {
@@ -157,7 +272,43 @@ impl<'a> LocalResponse<'a> {
             location: None,
             retry_after: None,
             request_id,
+            hsts: None,
         }
+    }
+
+    /// The same answer as an h2 response head (the body is sent separately).
+    pub fn h2_head(&self) -> http::Response<()> {
+        let mut r = http::Response::new(());
+        *r.status_mut() =
+            http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+        let h = r.headers_mut();
+        let mut put = |name: &'static str, v: &[u8]| {
+            if let Ok(v) = http::HeaderValue::from_bytes(v) {
+                h.append(name, v);
+            }
+        };
+        with_http_date(|d| put("date", d.as_bytes()));
+        put("content-type", self.content_type.as_bytes());
+        put(
+            "content-length",
+            itoa::Buffer::new().format(self.body.len()).as_bytes(),
+        );
+        if let Some(reason) = self.error {
+            put("x-pier-error", reason.as_bytes());
+        }
+        if let Some(loc) = self.location {
+            put("location", loc);
+        }
+        if let Some(secs) = self.retry_after {
+            put("retry-after", itoa::Buffer::new().format(secs).as_bytes());
+        }
+        if !self.request_id.is_empty() {
+            put("x-request-id", self.request_id);
+        }
+        if let Some(v) = self.hsts {
+            put("strict-transport-security", v.as_bytes());
+        }
+        r
     }
 
     /// Writes the whole response (head and, unless `head_request`, body) into `out`.
@@ -193,6 +344,11 @@ impl<'a> LocalResponse<'a> {
         if !self.request_id.is_empty() {
             out.extend_from_slice(b"X-Request-Id: ");
             out.extend_from_slice(self.request_id);
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(v) = self.hsts {
+            out.extend_from_slice(b"Strict-Transport-Security: ");
+            out.extend_from_slice(v.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         if !keep_alive {

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at};
 
 use pier_routes::{Action, App, RequestHost};
@@ -21,8 +20,9 @@ use crate::config::Listener;
 use crate::forward::{forward, Forwarded};
 use crate::h1::framing::{BodyKind, RequestFraming};
 use crate::h1::head::{parse_request, HeadLimits, RequestHead, Version};
-use crate::respond::{error_body, LocalResponse, ProxyError};
+use crate::respond::{action_response, error_body, AnswerScratch, LocalResponse, ProxyError};
 use crate::server::Worker;
+use crate::stream::ClientStream;
 use crate::util::{is_sane_request_id, new_request_id, now_ms};
 
 /// How long an idle keep-alive connection is still read from once shutdown begins.
@@ -32,7 +32,7 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// A client connection and its reusable buffers.
 pub struct Client {
-    pub stream: TcpStream,
+    pub stream: ClientStream,
     /// Bytes read from the client and not yet used.
     pub buf: BytesMut,
     /// Where heads are written before they are sent.
@@ -61,6 +61,8 @@ pub struct Request {
     pub keep_alive: bool,
     /// Largest body accepted for this request (0 = no limit).
     pub max_body: u64,
+    /// The `Upgrade` value of a WebSocket handshake (tunnelled once the backend says 101).
+    pub upgrade: Option<Bytes>,
 }
 
 impl Request {
@@ -75,7 +77,7 @@ impl Request {
 /// Serves one client connection until it closes, fails, idles out or the balancer drains.
 pub async fn serve_connection(
     w: Arc<Worker>,
-    stream: TcpStream,
+    stream: ClientStream,
     peer: SocketAddr,
     listener: Listener,
 ) {
@@ -91,7 +93,14 @@ pub async fn serve_connection(
     let mut first = true;
     loop {
         let head = match read_head(&w, &mut client, first).await {
-            Ok(Some(h)) => h,
+            Ok(Some(Incoming::Head(h))) => h,
+            Ok(Some(Incoming::H2Preface)) => {
+                let Client {
+                    stream, buf, peer, ..
+                } = client;
+                crate::h2::serve_h2(w, stream, peer, listener, buf).await;
+                return;
+            }
             Ok(None) => break,
             Err(err) => {
                 answer_error(&w, &mut client, err, b"", false, false).await;
@@ -116,23 +125,49 @@ fn limits(w: &Worker) -> HeadLimits {
     }
 }
 
+/// The HTTP/2 connection preface (RFC 9113 §3.4), which a cleartext client with prior
+/// knowledge sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What starts a connection or follows a response. (Not boxed: it is moved once per request,
+/// and a box would be an allocation per request.)
+#[allow(clippy::large_enum_variant)]
+enum Incoming {
+    Head(RequestHead),
+    /// The h2 preface on a plain listener (h2c with prior knowledge).
+    H2Preface,
+}
+
 /// Reads until a whole request head is buffered. `Ok(None)` means the connection should
 /// close quietly (peer closed, idle timeout, or the balancer is draining an idle connection).
 async fn read_head(
     w: &Worker,
     client: &mut Client,
     first: bool,
-) -> Result<Option<RequestHead>, ProxyError> {
+) -> Result<Option<Incoming>, ProxyError> {
     let cfg = &w.shared.config;
     let limits = limits(w);
     let entered = Instant::now();
     let mut started: Option<Instant> = None;
     let mut drain_deadline: Option<Instant> = None;
+    let h2c = first && cfg.http2.h2c && !client.listener.tls;
     loop {
+        if h2c && client.buf.first() == Some(&b'P') {
+            let n = client.buf.len().min(H2_PREFACE.len());
+            if client.buf[..n] == H2_PREFACE[..n] {
+                if n == H2_PREFACE.len() {
+                    return Ok(Some(Incoming::H2Preface));
+                }
+                // A prefix of the preface: read on (it is not a complete HTTP/1 head either).
+                started.get_or_insert_with(Instant::now);
+            }
+        }
         if !client.buf.is_empty() {
             match parse_request(&client.buf, &limits) {
                 Ok(Some((len, parts))) => {
-                    return Ok(Some(parts.into_head(client.buf.split_to(len).freeze())));
+                    return Ok(Some(Incoming::Head(
+                        parts.into_head(client.buf.split_to(len).freeze()),
+                    )));
                 }
                 Ok(None) => {}
                 Err(e) => return Err(ProxyError::Head(e)),
@@ -211,6 +246,29 @@ fn absolute_form(target: &Bytes) -> Option<(Bytes, Bytes)> {
     Some((authority, origin))
 }
 
+/// The `Upgrade` value when a request is a WebSocket handshake (RFC 6455 §4.1: an HTTP/1.1
+/// GET without a body whose `Connection` lists `upgrade`). Other upgrades (h2c, TLS) are not
+/// passed on: the request is served as plain HTTP/1.1.
+fn websocket_upgrade(head: &RequestHead, framing: &RequestFraming) -> Option<Bytes> {
+    if head.version != Version::Http11
+        || !head.is_method(b"GET")
+        || framing.body != BodyKind::None
+        || !framing
+            .conn
+            .listed
+            .iter()
+            .any(|t| head.value(t).eq_ignore_ascii_case(b"upgrade"))
+    {
+        return None;
+    }
+    let value = head.values(b"upgrade").next()?;
+    let websocket = crate::h1::head::list_items(value).any(|p| {
+        p.eq_ignore_ascii_case(b"websocket")
+            || (p.len() > 10 && p[..10].eq_ignore_ascii_case(b"websocket/"))
+    });
+    websocket.then(|| head.buf.slice_ref(value))
+}
+
 /// Handles one request; returns whether the connection may carry another.
 async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
     let start = Instant::now();
@@ -271,6 +329,7 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
         }
     };
     let keep_alive = framing.keep_alive(head.version) && !w.shared.is_shutting_down();
+    let upgrade = websocket_upgrade(&head, &framing);
     let app: Option<Arc<App>> = {
         let table = w.shared.routes.load();
         let name = parsed_host.as_ref().map_or("", |h| h.as_str());
@@ -287,6 +346,7 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
         head_request,
         keep_alive,
         max_body: cfg.limits.max_body,
+        upgrade,
     };
     let Some(app) = app else {
         let err = ProxyError::UnknownHost;
@@ -341,83 +401,21 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
                 }
             }
         }
-        Action::Redirect {
-            status,
-            location,
-            keep_path,
-        } => {
-            let mut loc = location.as_bytes().to_vec();
-            if *keep_path {
-                let path = req.target();
-                if loc.ends_with(b"/") && path.starts_with(b"/") {
-                    loc.pop();
+        action => {
+            let mut scratch = AnswerScratch::default();
+            match action_response(action, req.target(), &req.request_id, &mut scratch) {
+                Some(resp) => {
+                    answer_local(
+                        client,
+                        &resp,
+                        keep_alive && in_sync,
+                        req.head.version,
+                        head_request,
+                    )
+                    .await
                 }
-                loc.extend_from_slice(path);
+                None => local_outcome(500, None, false),
             }
-            let body = format!("Redirecting to {}\n", String::from_utf8_lossy(&loc));
-            let resp = LocalResponse {
-                status: *status,
-                content_type: "text/plain; charset=utf-8",
-                body: body.as_bytes(),
-                error: None,
-                location: Some(&loc),
-                retry_after: None,
-                request_id: &req.request_id,
-            };
-            answer_local(
-                client,
-                &resp,
-                keep_alive && in_sync,
-                req.head.version,
-                head_request,
-            )
-            .await
-        }
-        Action::Static {
-            status,
-            body,
-            content_type,
-        } => {
-            let resp = LocalResponse {
-                status: *status,
-                content_type,
-                body,
-                error: None,
-                location: None,
-                retry_after: None,
-                request_id: &req.request_id,
-            };
-            answer_local(
-                client,
-                &resp,
-                keep_alive && in_sync,
-                req.head.version,
-                head_request,
-            )
-            .await
-        }
-        Action::Maintenance {
-            body,
-            content_type,
-            retry_after,
-        } => {
-            let resp = LocalResponse {
-                status: 503,
-                content_type,
-                body,
-                error: Some("maintenance"),
-                location: None,
-                retry_after: *retry_after,
-                request_id: &req.request_id,
-            };
-            answer_local(
-                client,
-                &resp,
-                keep_alive && in_sync,
-                req.head.version,
-                head_request,
-            )
-            .await
         }
     };
     app.record_response(outcome.status);
@@ -447,7 +445,7 @@ async fn answer_local(
 /// mantrid's `spin`: while an app boots it has no live backend; hold the request until one
 /// registers (any table swap may bring it) or the spin timeout passes. Bounded in count: past
 /// `max_held` held requests, the answer is an immediate 503.
-async fn spin(w: &Worker, app: &str) -> Option<Arc<App>> {
+pub(crate) async fn spin(w: &Worker, app: &str) -> Option<Arc<App>> {
     let shared = &w.shared;
     let limit = shared.config.spin;
     if shared
@@ -490,7 +488,7 @@ async fn spin(w: &Worker, app: &str) -> Option<Arc<App>> {
     found
 }
 
-fn local_outcome(status: u16, error: Option<ProxyError>, keep_alive: bool) -> Forwarded {
+pub(crate) fn local_outcome(status: u16, error: Option<ProxyError>, keep_alive: bool) -> Forwarded {
     Forwarded {
         status,
         upstream: None,
@@ -504,8 +502,37 @@ fn local_outcome(status: u16, error: Option<ProxyError>, keep_alive: bool) -> Fo
 
 /// Metrics and the access log line for one request.
 fn finish(w: &Worker, client: &Client, req: &Request, app: Option<&Arc<App>>, o: &Forwarded) {
+    record(
+        w,
+        &Exchange {
+            peer: client.peer,
+            method: req.head.method(),
+            host: req.host(),
+            target: req.target(),
+            request_id: &req.request_id,
+            start: req.start,
+            protocol: "http/1.1",
+        },
+        app,
+        o,
+    );
+}
+
+/// What the access log says about a request, whatever protocol carried it.
+pub(crate) struct Exchange<'a> {
+    pub peer: SocketAddr,
+    pub method: &'a [u8],
+    pub host: &'a [u8],
+    pub target: &'a [u8],
+    pub request_id: &'a [u8],
+    pub start: Instant,
+    pub protocol: &'static str,
+}
+
+/// Counts one answered request in the metrics and writes its access log line.
+pub(crate) fn record(w: &Worker, x: &Exchange<'_>, app: Option<&Arc<App>>, o: &Forwarded) {
     let m = &w.shared.metrics;
-    let elapsed = req.start.elapsed();
+    let elapsed = x.start.elapsed();
     if o.status != 0 {
         m.response(o.status);
     }
@@ -515,17 +542,18 @@ fn finish(w: &Worker, client: &Client, req: &Request, app: Option<&Arc<App>>, o:
     }
     tracing::info!(
         target: "pier::access",
-        client = %client.peer,
-        method = %String::from_utf8_lossy(req.head.method()),
-        host = %String::from_utf8_lossy(req.host()),
-        path = %String::from_utf8_lossy(req.target()),
+        client = %x.peer,
+        protocol = x.protocol,
+        method = %String::from_utf8_lossy(x.method),
+        host = %String::from_utf8_lossy(x.host),
+        path = %String::from_utf8_lossy(x.target),
         app = app.map_or("-", |a| &*a.name),
         status = o.status,
         upstream = %o.upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
         duration_us = elapsed.as_micros() as u64,
         first_byte_us = o.first_byte.map_or(0, |d| d.as_micros() as u64),
         bytes = o.bytes_out,
-        request_id = %String::from_utf8_lossy(&req.request_id),
+        request_id = %String::from_utf8_lossy(x.request_id),
         error = o.error.map_or("-", ProxyError::reason),
         aborted = o.aborted.unwrap_or("-"),
         "request"
@@ -579,14 +607,11 @@ async fn send_local(
         version == Version::Http10,
         head_request,
     );
-    matches!(
-        timeout(
-            Duration::from_secs(10),
-            client.stream.write_all(&client.out)
-        )
-        .await,
-        Ok(Ok(()))
-    )
+    let write = async {
+        client.stream.write_all(&client.out).await?;
+        client.stream.flush().await
+    };
+    matches!(timeout(Duration::from_secs(10), write).await, Ok(Ok(())))
 }
 
 /// Closes a connection without losing a response still in flight: half-close, then read and

@@ -22,13 +22,20 @@ use pier_routes::RouteTable;
 use crate::config::{Config, Listener, RuntimeMode};
 use crate::metrics::Metrics;
 use crate::serve::serve_connection;
+use crate::stream::ClientStream;
 use crate::upstream::UpstreamPool;
+use bytes::BytesMut;
 
 /// State shared by every worker: the config, the route table, metrics, shutdown.
 pub struct Shared {
     pub config: Config,
-    /// The one route snapshot, replaced whole on reload.
-    pub routes: ArcSwap<RouteTable>,
+    /// The one route snapshot, replaced whole on reload (certificates included; the TLS
+    /// resolver holds a second handle on it).
+    pub routes: Arc<ArcSwap<RouteTable>>,
+    /// Set when there are `https` listeners.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Chooses certificates by name (also asked whether an h2 request is misdirected).
+    pub tls_resolver: Option<Arc<crate::tls::SniResolver>>,
     pub metrics: Metrics,
     pub shutdown_tx: watch::Sender<bool>,
     pub shutdown_rx: watch::Receiver<bool>,
@@ -46,14 +53,25 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, table: RouteTable) -> Arc<Self> {
+    pub fn new(config: Config, table: RouteTable) -> Result<Arc<Self>, rustls::Error> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let metrics = Metrics::new();
         metrics.table(&table);
         let limit = config.max_connections;
-        Arc::new(Shared {
+        let routes = Arc::new(ArcSwap::from_pointee(table));
+        let (tls, tls_resolver) = match &config.tls {
+            Some(t) => {
+                let resolver = Arc::new(crate::tls::SniResolver::new(Arc::clone(&routes), t));
+                let cfg = crate::tls::server_config(Arc::clone(&resolver), &config.http2)?;
+                (Some(tokio_rustls::TlsAcceptor::from(cfg)), Some(resolver))
+            }
+            None => (None, None),
+        };
+        Ok(Arc::new(Shared {
             config,
-            routes: ArcSwap::from_pointee(table),
+            routes,
+            tls,
+            tls_resolver,
             metrics,
             shutdown_tx,
             shutdown_rx,
@@ -63,7 +81,7 @@ impl Shared {
             routes_changed: tokio::sync::Notify::new(),
             registry_contact_ms: std::sync::atomic::AtomicU64::new(0),
             spin_held: AtomicUsize::new(0),
-        })
+        }))
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -188,10 +206,50 @@ fn spawn_connection(
     let guard = OpenGuard(Arc::clone(shared));
     let w = Arc::clone(worker);
     tokio::spawn(async move {
-        serve_connection(w, stream, peer, cfg).await;
+        if cfg.tls {
+            serve_tls(w, stream, peer, cfg).await;
+        } else {
+            serve_connection(w, ClientStream::Plain(stream), peer, cfg).await;
+        }
         drop(guard);
         drop(permit);
     });
+}
+
+/// The TLS handshake (bounded by `tls.handshake_timeout`, so a client that never sends a
+/// ClientHello is closed), then HTTP/1.1 or h2 as ALPN decided.
+async fn serve_tls(w: Arc<Worker>, stream: tokio::net::TcpStream, peer: SocketAddr, cfg: Listener) {
+    let shared = &w.shared;
+    let (Some(acceptor), Some(tls)) = (&shared.tls, &shared.config.tls) else {
+        return;
+    };
+    let m = &shared.metrics;
+    let stream = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            m.tls_handshakes.with_label_values(&["failed"]).inc();
+            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            m.tls_handshakes.with_label_values(&["timeout"]).inc();
+            tracing::debug!(client = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    m.tls_handshakes.with_label_values(&["ok"]).inc();
+    if crate::tls::negotiated_h2(stream.get_ref().1) {
+        crate::h2::serve_h2(
+            w,
+            ClientStream::Tls(Box::new(stream)),
+            peer,
+            cfg,
+            BytesMut::new(),
+        )
+        .await;
+    } else {
+        serve_connection(w, ClientStream::Tls(Box::new(stream)), peer, cfg).await;
+    }
 }
 
 /// Binds every listener (for per-core mode, once per worker) and starts the workers on their

@@ -1,0 +1,140 @@
+//! Message bodies of h2 streams as byte streams, so the HTTP/1.1 relay code moves them.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Largest piece of a response body handed to `h2` at once.
+const MAX_PIECE: usize = 64 * 1024;
+
+/// A request body received on an h2 stream. Flow-control window is given back as bytes are
+/// taken, so the client can send at most a window ahead of the backend.
+pub struct RecvBody {
+    inner: h2::RecvStream,
+    pending: Bytes,
+}
+
+impl RecvBody {
+    pub fn new(inner: h2::RecvStream, first: Bytes) -> Self {
+        RecvBody {
+            inner,
+            pending: first,
+        }
+    }
+
+    /// Reads up to `limit` bytes of body while they come; returns them and whether the body
+    /// ended. Used to send small bodies with the head in one write and a `Content-Length`.
+    pub async fn read_upto(inner: &mut h2::RecvStream, limit: usize) -> io::Result<(Bytes, bool)> {
+        let mut got = bytes::BytesMut::new();
+        loop {
+            if inner.is_end_stream() {
+                return Ok((got.freeze(), true));
+            }
+            if got.len() >= limit {
+                return Ok((got.freeze(), false));
+            }
+            match std::future::poll_fn(|cx| inner.poll_data(cx)).await {
+                None => return Ok((got.freeze(), true)),
+                Some(Ok(data)) => {
+                    let _ = inner.flow_control().release_capacity(data.len());
+                    if got.is_empty() && data.len() >= limit {
+                        return Ok((data, inner.is_end_stream()));
+                    }
+                    got.extend_from_slice(&data);
+                }
+                Some(Err(e)) => return Err(io::Error::other(e)),
+            }
+        }
+    }
+}
+
+impl AsyncRead for RecvBody {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.pending.is_empty() {
+                let n = this.pending.len().min(buf.remaining());
+                buf.put_slice(&this.pending[..n]);
+                this.pending.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(this.inner.poll_data(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Ok(data)) => {
+                    let _ = this.inner.flow_control().release_capacity(data.len());
+                    this.pending = data;
+                }
+                Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+            }
+        }
+    }
+}
+
+/// A response body sent on an h2 stream, written as bytes; shutting it down ends the stream.
+pub struct SendBody {
+    inner: h2::SendStream<Bytes>,
+    ended: bool,
+}
+
+impl SendBody {
+    pub fn new(inner: h2::SendStream<Bytes>) -> Self {
+        SendBody {
+            inner,
+            ended: false,
+        }
+    }
+}
+
+fn h2_io(e: h2::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, e)
+}
+
+impl AsyncWrite for SendBody {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut cap = this.inner.capacity();
+        if cap == 0 {
+            this.inner.reserve_capacity(buf.len().min(MAX_PIECE));
+            cap = loop {
+                match ready!(this.inner.poll_capacity(cx)) {
+                    None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                    Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
+                    Some(Ok(0)) => continue,
+                    Some(Ok(n)) => break n,
+                }
+            };
+        }
+        let n = cap.min(buf.len());
+        this.inner
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .map_err(h2_io)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.ended {
+            this.ended = true;
+            this.inner.send_data(Bytes::new(), true).map_err(h2_io)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,932 @@
+//! HTTP/2 from clients (over TLS by ALPN, or cleartext with prior knowledge), proxied to
+//! HTTP/1.1 backends.
+//!
+//! The `h2` crate speaks the protocol; [`guard`] bounds control-frame floods it does not. Each
+//! request stream runs as its own task: it is checked (RFC 9113 §8.1.1, §8.2, §8.3 — what
+//! `h2` leaves to the application), routed like an HTTP/1.1 request, and forwarded through the
+//! same backend choice, pool, retries and ejection as HTTP/1.1, as a canonical HTTP/1.1
+//! request. Small request bodies are read whole first and sent with the head under a
+//! `Content-Length`; longer ones stream with their `Content-Length`, or chunked when the client
+//! gave none.
+
+pub mod guard;
+pub mod io;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream};
+use http::request::Parts;
+use smallvec::SmallVec;
+use tokio::io::AsyncWriteExt;
+use tokio::time::timeout;
+
+use pier_routes::app::MAX_TRIED;
+use pier_routes::{Action, App, RequestHost};
+
+use crate::config::Listener;
+use crate::forward::{acquire, Forwarded, Timeouts, UPSTREAM_HEAD_LIMITS};
+use crate::h1::framing::{is_hop_by_hop, BodyKind, ResponseFraming};
+use crate::h1::head::{parse_response, ResponseHead};
+use crate::headers::{put_u64, write_upstream_head, Forwarding};
+use crate::relay::{relay_body, write_all_timed, OutCoding, RelayError, RelayLimits};
+use crate::respond::{
+    action_response, error_body, https_redirect, AnswerScratch, LocalResponse, ProxyError,
+};
+use crate::serve::{local_outcome, record, spin, Exchange};
+use crate::server::Worker;
+use crate::stream::ClientStream;
+use crate::upstream::UpstreamConn;
+use crate::util::{is_sane_request_id, new_request_id, now_ms};
+use guard::{Alarm, FrameCounter, FrameGuard};
+use io::{RecvBody, SendBody};
+
+/// Request bodies up to this size are read whole before the backend is asked.
+const SMALL_BODY: usize = 64 * 1024;
+/// How often an idle connection checks its keep-alive deadline.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// What every stream of one connection shares.
+struct ConnInfo {
+    peer: SocketAddr,
+    peer_ip: Vec<u8>,
+    listener: Listener,
+    /// The certificate the TLS handshake presented (`None` for h2c).
+    cert: Option<Arc<rustls::sign::CertifiedKey>>,
+}
+
+/// Serves one HTTP/2 connection until the client leaves, it idles out, it misbehaves, or the
+/// balancer drains. `prefix` holds bytes already read (the h2c preface).
+pub async fn serve_h2(
+    w: Arc<Worker>,
+    stream: ClientStream,
+    peer: SocketAddr,
+    listener: Listener,
+    prefix: BytesMut,
+) {
+    let shared = Arc::clone(&w.shared);
+    let cfg = &shared.config;
+    let h = &cfg.http2;
+    shared.metrics.h2_connections.inc();
+    let cert = match &stream {
+        ClientStream::Tls(t) => shared
+            .tls_resolver
+            .as_ref()
+            .and_then(|r| r.for_name(t.get_ref().1.server_name())),
+        ClientStream::Plain(_) => None,
+    };
+    let alarm = Arc::new(Alarm::default());
+    let io = FrameGuard::new(
+        stream,
+        prefix,
+        FrameCounter::new(h.control_frame_rate, h.max_header_frames),
+        Arc::clone(&alarm),
+    );
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(h.max_concurrent_streams)
+        .max_header_list_size(h.max_header_list_size)
+        .initial_window_size(h.initial_window_size)
+        .initial_connection_window_size(h.connection_window_size)
+        .max_frame_size(h.max_frame_size)
+        .max_send_buffer_size(256 * 1024)
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(Some(256));
+    let mut conn = match timeout(
+        cfg.timeouts.client_header,
+        builder.handshake::<_, Bytes>(io),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %peer, error = %e, "h2 handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let info = Arc::new(ConnInfo {
+        peer,
+        peer_ip: crate::headers::client_ip_text(peer),
+        listener,
+        cert,
+    });
+    let mut shutdown = shared.shutdown_rx.clone();
+    let mut draining = false;
+    if shared.is_shutting_down() {
+        draining = true;
+        conn.graceful_shutdown();
+    }
+    let keepalive = cfg.timeouts.client_keepalive;
+    let mut last_active = Instant::now();
+    let mut abused = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = alarm.notify.notified() => {
+                if let Some(why) = alarm.raised() {
+                    shared.metrics.h2_abuse.with_label_values(&[why.name()]).inc();
+                    tracing::info!(client = %peer, abuse = why.name(), "h2 GOAWAY ENHANCE_YOUR_CALM");
+                }
+                conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                abused = true;
+                break;
+            }
+            _ = shutdown.wait_for(|d| *d), if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+            }
+            accepted = conn.accept() => match accepted {
+                Some(Ok((req, respond))) => {
+                    last_active = Instant::now();
+                    shared.metrics.h2_streams.inc();
+                    tokio::spawn(handle_stream(Arc::clone(&w), Arc::clone(&info), req, respond));
+                }
+                Some(Err(e)) => {
+                    if let Some(why) = alarm.raised() {
+                        shared.metrics.h2_abuse.with_label_values(&[why.name()]).inc();
+                    }
+                    tracing::debug!(client = %peer, error = %e, "h2 connection error");
+                    break;
+                }
+                None => return,
+            },
+            _ = tokio::time::sleep(IDLE_CHECK), if !draining => {
+                if conn.has_streams() {
+                    last_active = Instant::now();
+                } else if last_active.elapsed() >= keepalive {
+                    draining = true;
+                    conn.graceful_shutdown();
+                }
+            }
+        }
+    }
+    // Send what is queued (a GOAWAY above all) and let the connection close.
+    let grace = if abused {
+        Duration::from_secs(1)
+    } else {
+        cfg.timeouts.shutdown
+    };
+    let _ = timeout(grace, std::future::poll_fn(|cx| conn.poll_closed(cx))).await;
+}
+
+/// One request stream, from its head to the end of its response.
+async fn handle_stream(
+    w: Arc<Worker>,
+    info: Arc<ConnInfo>,
+    req: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let start = Instant::now();
+    let start_ms = now_ms();
+    let (parts, body) = req.into_parts();
+    let mut request_id = SmallVec::<[u8; 64]>::new();
+    match parts.headers.get("x-request-id") {
+        Some(v) if is_sane_request_id(v.as_bytes()) => request_id.extend_from_slice(v.as_bytes()),
+        _ if w.shared.config.headers.request_id => {
+            let mut v = Vec::with_capacity(36);
+            new_request_id(&mut v);
+            request_id.extend_from_slice(&v);
+        }
+        _ => {}
+    }
+    let mut host_text = Bytes::new();
+    let mut target = Bytes::new();
+    let (app, outcome) = match check(&parts) {
+        Err(err) => (None, answer_error(&mut respond, err, &request_id, false)),
+        Ok((host, path)) => {
+            host_text = host;
+            target = path;
+            let mut ctx = StreamCtx {
+                w: &w,
+                info: &info,
+                parts: &parts,
+                request_id: &request_id,
+                start_ms,
+                host: &host_text,
+                target: &target,
+            };
+            route_and_forward(&mut ctx, body, &mut respond).await
+        }
+    };
+    if let Some(app) = &app {
+        app.record_response(outcome.status);
+    }
+    record(
+        &w,
+        &Exchange {
+            peer: info.peer,
+            method: parts.method.as_str().as_bytes(),
+            host: &host_text,
+            target: &target,
+            request_id: &request_id,
+            start,
+            protocol: "h2",
+        },
+        app.as_ref(),
+        &outcome,
+    );
+}
+
+/// The checks RFC 9113 leaves to the application: a request target and authority that make
+/// sense, `Host` agreeing with `:authority`, no surrounding whitespace in field values.
+/// Returns the host (authority) and the origin-form target.
+fn check(parts: &Parts) -> Result<(Bytes, Bytes), ProxyError> {
+    if parts.method == http::Method::CONNECT {
+        return Err(ProxyError::ConnectNotSupported);
+    }
+    for (_, v) in &parts.headers {
+        let b = v.as_bytes();
+        if matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t')) {
+            return Err(ProxyError::BadH2Request("bad-header-value"));
+        }
+    }
+    let authority = parts.uri.authority().map(|a| a.as_str());
+    let host_field = match parts.headers.get_all(http::header::HOST).iter().count() {
+        0 => None,
+        1 => parts.headers.get(http::header::HOST),
+        _ => return Err(ProxyError::BadH2Request("duplicate-host")),
+    };
+    let host = match (authority, host_field) {
+        (Some(a), Some(h)) if !a.as_bytes().eq_ignore_ascii_case(h.as_bytes()) => {
+            return Err(ProxyError::BadH2Request("host-authority-mismatch"))
+        }
+        (Some(a), _) => Bytes::copy_from_slice(a.as_bytes()),
+        (None, Some(h)) => Bytes::copy_from_slice(h.as_bytes()),
+        (None, None) => return Err(ProxyError::BadH2Request("missing-authority")),
+    };
+    if parts
+        .uri
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
+        return Err(ProxyError::BadH2Request("userinfo-in-authority"));
+    }
+    let path = parts.uri.path_and_query().map_or("", |p| p.as_str());
+    let target = if path.starts_with('/') || (path == "*" && parts.method == http::Method::OPTIONS)
+    {
+        Bytes::copy_from_slice(path.as_bytes())
+    } else {
+        return Err(ProxyError::BadTarget);
+    };
+    Ok((host, target))
+}
+
+struct StreamCtx<'a> {
+    w: &'a Worker,
+    info: &'a ConnInfo,
+    parts: &'a Parts,
+    request_id: &'a [u8],
+    start_ms: u64,
+    host: &'a Bytes,
+    target: &'a Bytes,
+}
+
+/// Routes a checked request and answers it: locally, or through a backend.
+async fn route_and_forward(
+    ctx: &mut StreamCtx<'_>,
+    body: RecvStream,
+    respond: &mut SendResponse<Bytes>,
+) -> (Option<Arc<App>>, Forwarded) {
+    let w = ctx.w;
+    let head_request = ctx.parts.method == http::Method::HEAD;
+    let Ok(host) = RequestHost::parse(ctx.host) else {
+        return (
+            None,
+            answer_error(respond, ProxyError::BadHost, ctx.request_id, head_request),
+        );
+    };
+    if let (Some(cert), Some(resolver)) = (&ctx.info.cert, &w.shared.tls_resolver) {
+        // A client may reuse a connection for every name its certificate covers (RFC 9113
+        // §9.1.1); a name that would get another certificate belongs on another connection.
+        let same = resolver
+            .for_name(Some(host.as_str()))
+            .is_some_and(|k| Arc::ptr_eq(&k, cert));
+        if !same {
+            return (
+                None,
+                answer_error(
+                    respond,
+                    ProxyError::Misdirected,
+                    ctx.request_id,
+                    head_request,
+                ),
+            );
+        }
+    }
+    let app = w
+        .shared
+        .routes
+        .load()
+        .lookup(host.as_str())
+        .map(|m| Arc::clone(m.app));
+    let Some(mut app) = app else {
+        return (
+            None,
+            answer_error(
+                respond,
+                ProxyError::UnknownHost,
+                ctx.request_id,
+                head_request,
+            ),
+        );
+    };
+    let tls = ctx.info.listener.tls;
+    let hsts: Option<&str> = if tls {
+        None /*TEMP app.settings.hsts*/
+    } else {
+        None
+    };
+    if false /*TEMP app.settings.https_redirect*/ && !tls {
+        if let Some(t) = &w.shared.config.tls {
+            let mut scratch = AnswerScratch::default();
+            let resp = https_redirect(
+                host.as_str(),
+                t.https_port,
+                ctx.target,
+                ctx.request_id,
+                &mut scratch,
+            );
+            let o = send_local(respond, &resp, head_request);
+            return (Some(app), o);
+        }
+    }
+    if !matches!(app.settings.action, Action::Proxy) {
+        let mut scratch = AnswerScratch::default();
+        let o = match action_response(
+            &app.settings.action,
+            ctx.target,
+            ctx.request_id,
+            &mut scratch,
+        ) {
+            Some(mut resp) => {
+                resp.hsts = hsts;
+                send_local(respond, &resp, head_request)
+            }
+            None => local_outcome(500, None, false),
+        };
+        return (Some(app), o);
+    }
+    if !app.has_live_backend(ctx.start_ms) && app.settings.spin {
+        if let Some(ready) = spin(w, &app.name).await {
+            app = ready;
+        }
+    }
+    if !app.has_live_backend(now_ms()) {
+        let o = answer_error(respond, ProxyError::NoBackend, ctx.request_id, head_request);
+        return (Some(app), o);
+    }
+    let o = forward_h2(ctx, &app, body, respond, hsts).await;
+    (Some(app), o)
+}
+
+/// Sends one of pier's own answers on the stream.
+fn send_local(
+    respond: &mut SendResponse<Bytes>,
+    resp: &LocalResponse<'_>,
+    head_request: bool,
+) -> Forwarded {
+    let empty = head_request || resp.body.is_empty();
+    let sent = match respond.send_response(resp.h2_head(), empty) {
+        Ok(mut s) if !empty => s.send_data(Bytes::copy_from_slice(resp.body), true).is_ok(),
+        Ok(_) => true,
+        Err(_) => false,
+    };
+    Forwarded {
+        bytes_out: if empty { 0 } else { resp.body.len() as u64 },
+        aborted: (!sent).then_some("client-reset"),
+        ..local_outcome(resp.status, None, true)
+    }
+}
+
+fn answer_error(
+    respond: &mut SendResponse<Bytes>,
+    err: ProxyError,
+    request_id: &[u8],
+    head_request: bool,
+) -> Forwarded {
+    let body = error_body(err);
+    let resp = LocalResponse::error(err, &body, request_id);
+    Forwarded {
+        error: Some(err),
+        ..send_local(respond, &resp, head_request)
+    }
+}
+
+/// How an h2 request body goes upstream.
+struct BodyPlan {
+    /// Bytes read before the backend was asked (the whole body when `ended`).
+    first: Bytes,
+    ended: bool,
+    kind: BodyKind,
+    explicit_zero: bool,
+    /// Largest body accepted (0 = no limit).
+    max_body: u64,
+}
+
+async fn plan_body(
+    parts: &Parts,
+    body: &mut RecvStream,
+    max_body: u64,
+) -> Result<BodyPlan, Option<ProxyError>> {
+    let declared = match parts.headers.get(http::header::CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            std::str::from_utf8(v.as_bytes())
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(Some(ProxyError::BadH2Request("bad-content-length")))?,
+        ),
+    };
+    let over = |n: u64| max_body != 0 && n > max_body;
+    if declared.is_some_and(over) {
+        return Err(Some(ProxyError::BodyTooLarge));
+    }
+    let (first, ended) = if body.is_end_stream() {
+        (Bytes::new(), true)
+    } else {
+        RecvBody::read_upto(body, SMALL_BODY)
+            .await
+            .map_err(|_| None)?
+    };
+    if over(first.len() as u64) {
+        return Err(Some(ProxyError::BodyTooLarge));
+    }
+    let kind = if ended {
+        // h2 has already checked the DATA against any Content-Length (RFC 9113 §8.1.1).
+        if first.is_empty() {
+            BodyKind::None
+        } else {
+            BodyKind::Length(first.len() as u64)
+        }
+    } else {
+        match declared {
+            Some(n) => BodyKind::Length(n),
+            None => BodyKind::Chunked,
+        }
+    };
+    Ok(BodyPlan {
+        first,
+        ended,
+        kind,
+        explicit_zero: declared == Some(0),
+        max_body,
+    })
+}
+
+/// Writes the upstream HTTP/1.1 head for an h2 request: its fields (cookies joined back into
+/// one field, RFC 9113 §8.2.3), minus those pier writes itself.
+fn upstream_head(ctx: &StreamCtx<'_>, plan: &BodyPlan, out: &mut Vec<u8>) {
+    let cfg = &ctx.w.shared.config;
+    let headers = &ctx.parts.headers;
+    let mut cookie = Vec::new();
+    for (i, v) in headers.get_all(http::header::COOKIE).iter().enumerate() {
+        if i > 0 {
+            cookie.extend_from_slice(b"; ");
+        }
+        cookie.extend_from_slice(v.as_bytes());
+    }
+    let fields = headers
+        .iter()
+        .filter(|(n, _)| {
+            let n = n.as_str().as_bytes();
+            !(is_hop_by_hop(n) || n == b"host" || n == b"cookie" || n == b"expect")
+        })
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+        .chain((!cookie.is_empty()).then_some((&b"cookie"[..], &cookie[..])));
+    let listener = &ctx.info.listener;
+    write_upstream_head(
+        out,
+        ctx.parts.method.as_str().as_bytes(),
+        fields,
+        &Forwarding {
+            client_ip: &ctx.info.peer_ip,
+            listener_port: listener.addr.port(),
+            trusted: listener.trusted,
+            target: ctx.target,
+            host: ctx.host,
+            request_id: ctx.request_id,
+            body: plan.kind,
+            explicit_zero_length: plan.explicit_zero,
+            request_start_ms: cfg.headers.request_start.then_some(ctx.start_ms),
+            via: &cfg.headers.via,
+            proto: if listener.tls { "https" } else { "http" },
+            upgrade: None,
+        },
+    );
+}
+
+/// Forwards an h2 request to a backend of `app` and streams the answer back.
+async fn forward_h2(
+    ctx: &StreamCtx<'_>,
+    app: &Arc<App>,
+    mut body: RecvStream,
+    respond: &mut SendResponse<Bytes>,
+    hsts: Option<&str>,
+) -> Forwarded {
+    let w = ctx.w;
+    let cfg = &w.shared.config;
+    let head_request = ctx.parts.method == http::Method::HEAD;
+    let max_body = app.settings.max_body.unwrap_or(cfg.limits.max_body);
+    let plan = match plan_body(ctx.parts, &mut body, max_body).await {
+        Ok(p) => p,
+        Err(Some(err)) => {
+            let o = answer_error(respond, err, ctx.request_id, head_request);
+            respond.send_reset(Reason::NO_ERROR);
+            return o;
+        }
+        Err(None) => return aborted(None, "client-reset"),
+    };
+    let mut rest = Some(RecvBody::new(body, Bytes::new()));
+    let timeouts = Timeouts::of(cfg, app);
+    let retries = app.settings.retries.unwrap_or(cfg.upstream.retries) as usize;
+    let idempotent = matches!(
+        ctx.parts.method.as_str(),
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    );
+    // A body held whole can be sent again; one still streaming cannot.
+    let replayable = idempotent && plan.ended;
+    let mut out = Vec::with_capacity(1024);
+    upstream_head(ctx, &plan, &mut out);
+    let head_len = out.len();
+    let mut tried: SmallVec<[usize; MAX_TRIED]> = SmallVec::new();
+    let mut skip_pool = false;
+    let mut stale_retries = 0;
+    loop {
+        let (idx, mut conn) = match acquire(
+            w,
+            app,
+            &mut tried,
+            skip_pool,
+            timeouts.connect,
+            retries,
+            ctx.start_ms,
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(err) => return answer_error(respond, err, ctx.request_id, head_request),
+        };
+        let backend = &app.backends[idx];
+        let _outstanding = app.begin(idx);
+        out.truncate(head_len);
+        if plan.kind == BodyKind::Chunked && !plan.first.is_empty() {
+            // What was read ahead is the first chunk.
+            out.extend_from_slice(format!("{:x}\r\n", plan.first.len()).as_bytes());
+            out.extend_from_slice(&plan.first);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.extend_from_slice(&plan.first);
+        }
+        let r = exchange_h2(
+            ctx,
+            &mut conn,
+            &out,
+            &plan,
+            &mut rest,
+            respond,
+            &timeouts,
+            head_request,
+            hsts,
+        )
+        .await;
+        match r {
+            Ok(done) => {
+                backend.state.record_success();
+                if done.reusable && !w.shared.is_shutting_down() {
+                    w.pool.put(conn);
+                }
+                return Forwarded {
+                    upstream: Some(backend.addr),
+                    ..done.outcome
+                };
+            }
+            Err(H2Failure::Stale) if conn.reused && replayable && stale_retries < 2 => {
+                stale_retries += 1;
+                skip_pool = true;
+                w.shared.metrics.upstream_retries.inc();
+            }
+            Err(H2Failure::Stale) => {
+                let o = answer_error(
+                    respond,
+                    ProxyError::UpstreamClosed,
+                    ctx.request_id,
+                    head_request,
+                );
+                return Forwarded {
+                    upstream: Some(backend.addr),
+                    ..o
+                };
+            }
+            Err(H2Failure::Upstream(err)) => {
+                if backend.state.record_failure(
+                    now_ms(),
+                    cfg.upstream.eject_after,
+                    cfg.upstream.eject_for,
+                ) {
+                    w.shared.metrics.upstream_ejections.inc();
+                    tracing::warn!(backend = %backend.addr, app = %app.name, "backend ejected");
+                }
+                let o = answer_error(respond, err, ctx.request_id, head_request);
+                return Forwarded {
+                    upstream: Some(backend.addr),
+                    ..o
+                };
+            }
+            Err(H2Failure::Client(err)) => {
+                let o = match err {
+                    Some(e) => answer_error(respond, e, ctx.request_id, head_request),
+                    None => aborted(None, "client-reset"),
+                };
+                respond.send_reset(Reason::CANCEL);
+                return Forwarded {
+                    upstream: Some(backend.addr),
+                    ..o
+                };
+            }
+            Err(H2Failure::Aborted(why)) => {
+                respond.send_reset(Reason::INTERNAL_ERROR);
+                return aborted(Some(backend.addr), why);
+            }
+        }
+    }
+}
+
+fn aborted(upstream: Option<SocketAddr>, why: &'static str) -> Forwarded {
+    Forwarded {
+        status: 0,
+        upstream,
+        bytes_out: 0,
+        first_byte: None,
+        keep_alive: true,
+        error: None,
+        aborted: Some(why),
+    }
+}
+
+enum H2Failure {
+    /// A pooled connection was closed before any response byte.
+    Stale,
+    /// The backend failed before a response head was sent on.
+    Upstream(ProxyError),
+    /// The client's body failed (with an answer to give, if any).
+    Client(Option<ProxyError>),
+    /// Broken after the response head went out.
+    Aborted(&'static str),
+}
+
+struct H2Done {
+    outcome: Forwarded,
+    reusable: bool,
+}
+
+/// One attempt: send the head (and the body), read the response head, send it on, relay the
+/// response body.
+#[allow(clippy::too_many_arguments)]
+async fn exchange_h2(
+    ctx: &StreamCtx<'_>,
+    conn: &mut UpstreamConn,
+    head: &[u8],
+    plan: &BodyPlan,
+    rest: &mut Option<RecvBody>,
+    respond: &mut SendResponse<Bytes>,
+    t: &Timeouts,
+    head_request: bool,
+    hsts: Option<&str>,
+) -> Result<H2Done, H2Failure> {
+    let cfg = &ctx.w.shared.config;
+    let reused = conn.reused;
+    let (mut up_r, mut up_w) = conn.stream.split();
+    if write_all_timed(&mut up_w, head, t.idle).await.is_err() {
+        return Err(if reused {
+            H2Failure::Stale
+        } else {
+            H2Failure::Upstream(ProxyError::UpstreamIo)
+        });
+    }
+    let sent_at = Instant::now();
+    let mut scratch = Vec::new();
+    let mut early = false;
+    let response = {
+        let read_head = read_response_head(&mut up_r, &mut conn.buf);
+        tokio::pin!(read_head);
+        if plan.ended {
+            let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
+            tokio::select! {
+                r = timeout(t.first_byte, &mut read_head) => r,
+                _ = reset => return Err(H2Failure::Client(None)),
+            }
+        } else {
+            // The request body is spent either way: no retry can resend it.
+            let Some(mut src) = rest.take() else {
+                return Err(H2Failure::Upstream(ProxyError::UpstreamIo));
+            };
+            let limits = RelayLimits {
+                read_idle: cfg.timeouts.client_body,
+                write_idle: t.idle,
+                max_bytes: plan.max_body,
+            };
+            let out = match plan.kind {
+                BodyKind::Chunked => OutCoding::Chunked,
+                _ => OutCoding::Identity,
+            };
+            let kind = match plan.kind {
+                BodyKind::Length(n) => BodyKind::Length(n - plan.first.len() as u64),
+                _ => BodyKind::UntilClose,
+            };
+            let mut empty = BytesMut::new();
+            let first = {
+                let send_body = relay_body(
+                    &mut src,
+                    &mut empty,
+                    &mut up_w,
+                    kind,
+                    out,
+                    limits,
+                    &mut scratch,
+                );
+                tokio::pin!(send_body);
+                tokio::select! {
+                    biased;
+                    h = &mut read_head => Err(h),
+                    b = &mut send_body => Ok(b),
+                }
+            };
+            match first {
+                Err(h) => {
+                    early = true;
+                    Ok(h)
+                }
+                Ok(Err(e)) => {
+                    return Err(match e {
+                        RelayError::TooLarge => H2Failure::Client(Some(ProxyError::BodyTooLarge)),
+                        RelayError::SrcTimeout => H2Failure::Client(Some(ProxyError::BodyTimeout)),
+                        RelayError::SrcRead(_) | RelayError::SrcEof | RelayError::SrcChunk(_) => {
+                            H2Failure::Client(None)
+                        }
+                        RelayError::DstWrite(_) => H2Failure::Upstream(ProxyError::UpstreamIo),
+                        RelayError::DstTimeout => H2Failure::Upstream(ProxyError::UpstreamTimeout),
+                    })
+                }
+                Ok(Ok(_)) => timeout(t.first_byte, &mut read_head).await,
+            }
+        }
+    };
+    let resp_head = match response {
+        Err(_) => return Err(H2Failure::Upstream(ProxyError::UpstreamTimeout)),
+        Ok(Err((e, got_nothing))) => {
+            return Err(if got_nothing && reused && !early {
+                H2Failure::Stale
+            } else {
+                H2Failure::Upstream(e)
+            })
+        }
+        Ok(Ok(h)) => h,
+    };
+    let first_byte = sent_at.elapsed();
+    let framing = ResponseFraming::of(&resp_head, head_request).map_err(|_| {
+        H2Failure::Upstream(ProxyError::UpstreamBadResponse("bad-response-framing"))
+    })?;
+    let mut reusable = !early && framing.reusable(resp_head.version);
+    let no_body = framing.body == BodyKind::None;
+    let response = h2_response(&resp_head, &framing, &cfg.headers.via, hsts);
+    let mut send = match respond.send_response(response, no_body) {
+        Ok(s) => SendBody::new(s),
+        Err(_) => return Err(H2Failure::Aborted("client-reset")),
+    };
+    let mut bytes_out = 0;
+    if !no_body {
+        let limits = RelayLimits {
+            read_idle: t.idle,
+            write_idle: cfg.timeouts.client_body,
+            max_bytes: 0,
+        };
+        match relay_body(
+            &mut up_r,
+            &mut conn.buf,
+            &mut send,
+            framing.body,
+            OutCoding::Identity,
+            limits,
+            &mut scratch,
+        )
+        .await
+        {
+            Ok(n) => bytes_out = n,
+            Err(RelayError::DstWrite(_) | RelayError::DstTimeout) => {
+                return Err(H2Failure::Aborted("client-write"))
+            }
+            Err(RelayError::SrcTimeout) => return Err(H2Failure::Aborted("upstream-idle-timeout")),
+            Err(RelayError::SrcChunk(_)) => return Err(H2Failure::Aborted("bad-response-chunk")),
+            Err(_) => return Err(H2Failure::Aborted("upstream-closed-mid-body")),
+        }
+        let _ = send.shutdown().await;
+    }
+    if !conn.buf.is_empty() {
+        reusable = false;
+    }
+    Ok(H2Done {
+        outcome: Forwarded {
+            status: resp_head.status,
+            upstream: None,
+            bytes_out,
+            first_byte: Some(first_byte),
+            keep_alive: true,
+            error: None,
+            aborted: None,
+        },
+        reusable,
+    })
+}
+
+/// Reads a final response head (1xx answers are dropped: h2 clients get the final one).
+/// `Err` carries whether nothing at all arrived.
+async fn read_response_head(
+    up: &mut tokio::net::tcp::ReadHalf<'_>,
+    buf: &mut BytesMut,
+) -> Result<ResponseHead, (ProxyError, bool)> {
+    use tokio::io::AsyncReadExt;
+    let mut got_any = false;
+    loop {
+        match parse_response(buf, &UPSTREAM_HEAD_LIMITS) {
+            Ok(Some((len, parts))) => {
+                got_any = true;
+                let head = parts.into_head(buf.split_to(len).freeze());
+                match head.status {
+                    101 => return Err((ProxyError::UpstreamBadResponse("unexpected-101"), false)),
+                    100..=199 => continue,
+                    _ => return Ok(head),
+                }
+            }
+            Ok(None) => {}
+            Err(_) => return Err((ProxyError::UpstreamBadResponse("bad-response-head"), false)),
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        match up.read_buf(buf).await {
+            Ok(0) => {
+                return Err((ProxyError::UpstreamClosed, !got_any && buf.is_empty()));
+            }
+            Ok(_) => {}
+            Err(_) => return Err((ProxyError::UpstreamIo, !got_any && buf.is_empty())),
+        }
+    }
+}
+
+/// The h2 response head for a backend's HTTP/1.1 response: its end-to-end fields (names
+/// lower-cased as h2 requires), the length when known, `Via`, and HSTS when the app wants it.
+fn h2_response(
+    head: &ResponseHead,
+    framing: &ResponseFraming,
+    via: &str,
+    hsts: Option<&str>,
+) -> http::Response<()> {
+    let mut r = http::Response::new(());
+    *r.status_mut() =
+        http::StatusCode::from_u16(head.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    let h = r.headers_mut();
+    let listed = |name: &[u8]| {
+        framing
+            .conn
+            .listed
+            .iter()
+            .any(|t| head.value(t).eq_ignore_ascii_case(name))
+    };
+    let mut has_hsts = false;
+    for f in &head.headers {
+        let name = head.name(f);
+        if is_hop_by_hop(name) || listed(name) {
+            continue;
+        }
+        let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(head.value(f)),
+        ) else {
+            continue;
+        };
+        has_hsts |= n == http::header::STRICT_TRANSPORT_SECURITY;
+        h.append(n, v);
+    }
+    if let Some(n) = framing.length {
+        let mut v = Vec::with_capacity(20);
+        put_u64(&mut v, n);
+        if let Ok(v) = http::HeaderValue::from_bytes(&v) {
+            h.insert(http::header::CONTENT_LENGTH, v);
+        }
+    }
+    if !via.is_empty() {
+        if let Ok(v) = http::HeaderValue::from_str(&format!("1.1 {via}")) {
+            h.append(http::header::VIA, v);
+        }
+    }
+    if let (Some(v), false) = (hsts, has_hsts) {
+        if let Ok(v) = http::HeaderValue::from_str(v) {
+            h.insert(http::header::STRICT_TRANSPORT_SECURITY, v);
+        }
+    }
+    r
+}

@@ -1,0 +1,107 @@
+//! TLS for the `https` listeners: the rustls server configuration, certificate choice by SNI,
+//! and the handshake with its deadline.
+//!
+//! Posture is Mozilla's "intermediate" profile: TLS 1.2 and 1.3 only; ECDHE key exchange
+//! (X25519, P-256, P-384); AEAD ciphers only (AES-GCM and ChaCha20-Poly1305) — which is what
+//! rustls offers at all, so there is nothing weaker to switch off. Certificates are chosen per
+//! handshake from the route table snapshot in use (one atomic load): the certificate of the
+//! exact name, else of the nearest wildcard, else the default certificate from `[tls]`.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+use pier_routes::RouteTable;
+
+use crate::config::{Http2Settings, TlsSettings, UnknownSni};
+
+/// Parses a PEM certificate chain and private key into a key rustls can serve, checking that
+/// the key belongs to the certificate.
+pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, String> {
+    // TEMP until pier_registry::cert lands
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad certificate PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate in the PEM text".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("bad private key PEM: {e}"))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("unsupported private key: {e}"))?;
+    let ck = CertifiedKey::new(certs, signer);
+    ck.keys_match()
+        .map_err(|_| "the private key does not match the certificate".to_string())?;
+    Ok(Arc::new(ck))
+}
+
+/// Picks the certificate for a ClientHello.
+#[derive(Debug)]
+pub struct SniResolver {
+    routes: Arc<ArcSwap<RouteTable>>,
+    default: Arc<CertifiedKey>,
+    unknown: UnknownSni,
+}
+
+impl SniResolver {
+    pub fn new(routes: Arc<ArcSwap<RouteTable>>, tls: &TlsSettings) -> Self {
+        SniResolver {
+            routes,
+            default: Arc::clone(&tls.default_cert),
+            unknown: tls.unknown_sni,
+        }
+    }
+
+    /// The certificate served for `sni` (`None`: the handshake is refused).
+    pub fn for_name(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let table = self.routes.load();
+        if let Some(name) = sni {
+            if self.unknown == UnknownSni::Reject && table.lookup(name).is_none() {
+                return None;
+            }
+        } else if self.unknown == UnknownSni::Reject {
+            return None;
+        }
+        Some(Arc::clone(&self.default))
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // rustls hands over the SNI name already checked as a DNS name and lowercased.
+        self.for_name(hello.server_name())
+    }
+}
+
+/// The rustls configuration of the TLS listeners.
+pub fn server_config(
+    resolver: Arc<SniResolver>,
+    http2: &Http2Settings,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = if http2.enabled {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(64 * 1024);
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    // TLS 1.3 tickets sent after the handshake; two lets a browser open two resumed
+    // connections.
+    cfg.send_tls13_tickets = 2;
+    Ok(Arc::new(cfg))
+}
+
+/// Whether the handshake settled on h2.
+pub fn negotiated_h2(conn: &rustls::ServerConnection) -> bool {
+    conn.alpn_protocol() == Some(b"h2")
+}
