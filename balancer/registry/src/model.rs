@@ -267,6 +267,34 @@ pub struct BackendRecord {
     pub expires_at_ms: u64,
 }
 
+/// A domain's TLS certificate, stored under `certs` by domain pattern. The domain must be a
+/// verified domain of `app`; deleting or un-verifying the domain, or deleting the app, deletes
+/// the certificate.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertRecord {
+    pub app: String,
+    /// PEM: the certificate, then its intermediates.
+    pub cert: String,
+    /// PEM: the private key.
+    pub key: String,
+    /// When it was stored, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub added_ms: u64,
+}
+
+impl std::fmt::Debug for CertRecord {
+    /// Never prints the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertRecord")
+            .field("app", &self.app)
+            .field("cert", &format_args!("<{} bytes of PEM>", self.cert.len()))
+            .field("key", &format_args!("<redacted>"))
+            .field("added_ms", &self.added_ms)
+            .finish()
+    }
+}
+
 /// A token's rights, stored under `tokens` by the SHA-256 of the token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -286,6 +314,8 @@ pub enum ChangeKind {
     App,
     Domain,
     Backend,
+    /// A domain's TLS certificate ([`CertRecord`]), keyed by domain pattern.
+    Cert,
 }
 
 /// One change-log entry: after version `version`, `key` of `kind` has `value` (JSON), or is
@@ -310,6 +340,9 @@ pub struct Snapshot {
     pub apps: Vec<(String, String)>,
     pub domains: Vec<(String, String)>,
     pub backends: Vec<(String, String)>,
+    /// Absent from snapshots written before certificates existed.
+    #[serde(default)]
+    pub certs: Vec<(String, String)>,
 }
 
 #[cfg(test)]
