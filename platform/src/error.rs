@@ -93,6 +93,12 @@ impl From<RegistryError> for ApiError {
                 // The owner's name is not told: it is another customer's business.
                 ApiError::Conflict(format!("domain {domain} belongs to another app"))
             }
+            RegistryError::NotAppDomain { domain, app } => {
+                ApiError::NotFound(format!("app {app:?} has no domain {domain}"))
+            }
+            RegistryError::DomainNotVerified(domain) => ApiError::Conflict(format!(
+                "domain {domain} is not verified yet: verify it before adding a certificate"
+            )),
             RegistryError::BadData(m) => ApiError::Internal(m),
             e @ (RegistryError::Redis(_) | RegistryError::Timeout(_)) => {
                 ApiError::Unavailable(e.to_string())

@@ -1,12 +1,28 @@
 //! From registry data to routes: a snapshot (or a scan, page by page) becomes a table, a change
-//! becomes an edit of a table. Bad entries (unparseable JSON or address, a domain or backend of a missing app)
-//! are reported and skipped; they never stop the rest from loading.
+//! becomes an edit of a table. Bad entries (unparseable JSON or address, a domain or backend of
+//! a missing app, a certificate that does not load) are reported and skipped; they never stop
+//! the rest from loading.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use pier_routes::{BackendSpec, DomainPattern, RouteTable};
 
-use crate::model::{AppRecord, BackendRecord, Change, ChangeKind, DomainRecord, Snapshot};
+use crate::cert::load_pair;
+use crate::model::{
+    AppRecord, BackendRecord, CertRecord, Change, ChangeKind, DomainRecord, Snapshot,
+};
+
+/// Puts the certificate of a `certs` entry into `table`, keeping the record as the entry's
+/// source (so the table can be written back as a snapshot). The validity window is not checked
+/// (see [`crate::cert`]): what loads does not depend on the balancer's clock.
+fn put_cert_record(table: &mut RouteTable, key: &str, json: &str) -> Result<(), String> {
+    let pattern = DomainPattern::parse(key).map_err(|e| e.to_string())?;
+    let rec: CertRecord = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let parsed = load_pair(&rec.cert, &rec.key).map_err(|e| e.to_string())?;
+    table.put_cert_with_source(&pattern, parsed.key, Some(Arc::from(json)));
+    Ok(())
+}
 
 fn backend_spec(id: &str, rec: &BackendRecord) -> Result<BackendSpec, String> {
     let addr: SocketAddr = rec
@@ -88,6 +104,16 @@ pub fn apply_change(table: &mut RouteTable, c: &Change) -> Result<(), String> {
                 }
             }
         }
+        (ChangeKind::Cert, None) => {
+            let pattern = DomainPattern::parse(&c.key)
+                .map_err(|e| format!("certificate of {}: {e}", c.key))?;
+            table.remove_cert(&pattern);
+        }
+        (ChangeKind::Cert, Some(json)) => {
+            // A record that does not load leaves the table as it was (like other bad entries).
+            put_cert_record(table, &c.key, json)
+                .map_err(|e| format!("certificate of {}: {e}", c.key))?;
+        }
     }
     Ok(())
 }
@@ -103,12 +129,13 @@ pub fn table_from_snapshot(
     loader.apps(s.apps.clone());
     loader.backends(s.backends.clone());
     loader.domains(s.domains.clone());
+    loader.certs(s.certs.clone());
     let (table, _, problems) = loader.finish(s.version);
     (table, problems)
 }
 
 /// Builds a table from a registry scanned in batches: apps first, then backends, then
-/// domains, each entry parsed and inserted as it arrives, so a large registry is never held in
+/// domains, then certificates, each entry parsed and inserted as it arrives, so a large registry is never held in
 /// memory as text and as a table at once. Bad entries are counted and a sample kept.
 pub struct TableLoader<'a> {
     table: RouteTable,
@@ -193,6 +220,16 @@ impl<'a> TableLoader<'a> {
         }
     }
 
+    /// Loads a batch of the `certs` hash (domain pattern → certificate record). Call it after
+    /// the domains.
+    pub fn certs(&mut self, batch: Vec<(String, String)>) {
+        for (key, json) in batch {
+            if let Err(e) = put_cert_record(&mut self.table, &key, &json) {
+                self.problem(format!("certificate of {key}: {e}"));
+            }
+        }
+    }
+
     /// The table at `version`, the number of skipped entries, and a sample of the problems.
     pub fn finish(mut self, version: u64) -> (RouteTable, usize, Vec<String>) {
         self.table.set_version(version);
@@ -200,11 +237,32 @@ impl<'a> TableLoader<'a> {
     }
 }
 
-/// The registry data a table holds, in the snapshot format (for the local snapshot file).
+/// The registry data a table holds, in the snapshot format (for the local snapshot file),
+/// without its certificates: their records hold private keys, which this writer does not put
+/// in a file whose permissions it does not control (see [`write_table_snapshot_with_certs`]).
 /// Written by streaming, entry by entry, so a large table is not copied into text first.
 pub fn write_table_snapshot(
     table: &RouteTable,
     feed_id: &str,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    write_snapshot(table, feed_id, false, out)
+}
+
+/// [`write_table_snapshot`] with the certificates that came from the registry (their records,
+/// private keys included): write it only to a file that only the balancer can read (mode 0600).
+pub fn write_table_snapshot_with_certs(
+    table: &RouteTable,
+    feed_id: &str,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    write_snapshot(table, feed_id, true, out)
+}
+
+fn write_snapshot(
+    table: &RouteTable,
+    feed_id: &str,
+    with_certs: bool,
     out: &mut impl std::io::Write,
 ) -> std::io::Result<()> {
     let json = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into());
@@ -250,6 +308,24 @@ pub fn write_table_snapshot(
             )?;
         }
     }
+    out.write_all(b"],\"certs\":[")?;
+    if with_certs {
+        let mut first = true;
+        for (pattern, entry) in table.certs() {
+            // Only registry certificates carry their record; others cannot be written back.
+            let Some(source) = &entry.source else {
+                continue;
+            };
+            let sep = if first { "" } else { "," };
+            first = false;
+            write!(
+                out,
+                "{sep}[{},{}]",
+                json(&pattern.to_string()),
+                json(source)
+            )?;
+        }
+    }
     out.write_all(b"]}")
 }
 
@@ -290,7 +366,137 @@ mod tests {
                 ("gone/i3".into(), "{\"address\":\"127.0.0.1:9003\"}".into()),
                 ("noslash".into(), "{\"address\":\"127.0.0.1:9004\"}".into()),
             ],
+            certs: Vec::new(),
         }
+    }
+
+    /// A certificate record for `names` (self-signed, valid `from`..`to`, years).
+    fn cert_record(names: &[&str], from: i32, to: i32) -> String {
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.not_before = rcgen::date_time_ymd(from, 1, 1);
+        params.not_after = rcgen::date_time_ymd(to, 1, 1);
+        let cert = params.self_signed(&kp).unwrap();
+        serde_json::to_string(&CertRecord {
+            app: "blog".into(),
+            cert: cert.pem(),
+            key: kp.serialize_pem(),
+            added_ms: 1,
+        })
+        .unwrap()
+    }
+
+    fn change(v: u64, kind: ChangeKind, key: &str, value: Option<&str>) -> Change {
+        Change {
+            id: format!("{v}-0"),
+            version: v,
+            kind,
+            key: key.into(),
+            value: value.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn certs_load_from_snapshots_and_bad_ones_are_skipped() {
+        let good = cert_record(&["blog.test"], 2020, 2090);
+        // An expired certificate still loads: the table does not depend on the clock.
+        let expired = cert_record(&["old.test"], 2000, 2001);
+        let other: CertRecord =
+            serde_json::from_str(&cert_record(&["x.test"], 2020, 2090)).unwrap();
+        let mut mismatched: CertRecord = serde_json::from_str(&good).unwrap();
+        mismatched.key = other.key;
+        let mut s = snap();
+        s.certs = vec![
+            ("blog.test".into(), good.clone()),
+            ("old.test".into(), expired),
+            (
+                "mismatch.test".into(),
+                serde_json::to_string(&mismatched).unwrap(),
+            ),
+            ("junk.test".into(), "{".into()),
+            ("bad..name".into(), good.clone()),
+        ];
+        let (t, problems) = table_from_snapshot(&s, &[], None);
+        assert_eq!(t.cert_count(), 2);
+        assert!(t.cert_for("blog.test").is_some());
+        assert!(t.cert_for("old.test").is_some());
+        assert!(t.cert_for("mismatch.test").is_none());
+        assert_eq!(problems.len(), 7 + 3, "{problems:#?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("mismatch.test") && p.contains("does not match")),
+            "{problems:#?}"
+        );
+        // A snapshot file from before certificates existed still loads.
+        let mut old = serde_json::to_value(snap()).unwrap();
+        old.as_object_mut().unwrap().remove("certs");
+        let back: Snapshot = serde_json::from_value(old).unwrap();
+        assert!(back.certs.is_empty());
+        let (t, _) = table_from_snapshot(&back, &[], None);
+        assert_eq!(t.cert_count(), 0);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn cert_changes_edit_the_table_and_bad_ones_leave_it_alone() {
+        let (mut t, _) = table_from_snapshot(&snap(), &[], None);
+        let first = cert_record(&["blog.test"], 2020, 2090);
+        let second = cert_record(&["blog.test"], 2020, 2090);
+        apply_change(
+            &mut t,
+            &change(8, ChangeKind::Cert, "blog.test", Some(&first)),
+        )
+        .unwrap();
+        let one = Arc::clone(t.cert_for("blog.test").unwrap());
+        apply_change(
+            &mut t,
+            &change(9, ChangeKind::Cert, "blog.test", Some(&second)),
+        )
+        .unwrap();
+        let two = Arc::clone(t.cert_for("blog.test").unwrap());
+        assert!(!Arc::ptr_eq(&one, &two));
+        assert!(apply_change(
+            &mut t,
+            &change(10, ChangeKind::Cert, "blog.test", Some("{}"))
+        )
+        .is_err());
+        assert!(Arc::ptr_eq(t.cert_for("blog.test").unwrap(), &two));
+        assert_eq!(t.version(), 10);
+        assert!(apply_change(&mut t, &change(11, ChangeKind::Cert, "a..b", None)).is_err());
+        apply_change(&mut t, &change(12, ChangeKind::Cert, "blog.test", None)).unwrap();
+        assert!(t.cert_for("blog.test").is_none());
+        // Deleting what is not there is harmless (a change seen twice).
+        apply_change(&mut t, &change(13, ChangeKind::Cert, "blog.test", None)).unwrap();
+        assert_eq!(t.cert_count(), 0);
+    }
+
+    #[test]
+    fn certs_go_into_snapshot_files_only_when_asked() {
+        let mut s = snap();
+        s.certs = vec![("blog.test".into(), cert_record(&["blog.test"], 2020, 2090))];
+        let (mut t, _) = table_from_snapshot(&s, &[], None);
+        // A certificate without a record (from a routes file) is never written.
+        let extra: CertRecord =
+            serde_json::from_str(&cert_record(&["x.test"], 2020, 2090)).unwrap();
+        let loaded = load_pair(&extra.cert, &extra.key).unwrap();
+        t.put_cert(&DomainPattern::parse("x.test").unwrap(), loaded.key);
+        let mut out = Vec::new();
+        write_table_snapshot(&t, "5-0", &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+        let back: Snapshot = serde_json::from_str(&text).unwrap();
+        assert!(back.certs.is_empty());
+        let mut out = Vec::new();
+        write_table_snapshot_with_certs(&t, "5-0", &mut out).unwrap();
+        let back: Snapshot = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back.certs, s.certs);
+        let (t2, problems) = table_from_snapshot(&back, &[], None);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(t2.cert_count(), 1);
+        assert!(t2.cert_for("blog.test").is_some());
     }
 
     #[test]

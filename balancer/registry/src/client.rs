@@ -7,7 +7,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, Script, Value};
 
 use crate::model::{
-    AppRecord, BackendRecord, Change, ChangeKind, DomainRecord, Snapshot, TokenRecord,
+    AppRecord, BackendRecord, CertRecord, Change, ChangeKind, DomainRecord, Snapshot, TokenRecord,
 };
 use crate::schema::{backend_field, Keys};
 
@@ -24,10 +24,16 @@ pub enum RegistryError {
     DomainTaken { domain: String, owner: String },
     #[error("bad data in the registry: {0}")]
     BadData(String),
+    /// A certificate for a domain the app does not have (no such domain, or another app's).
+    #[error("app {app:?} has no domain {domain}")]
+    NotAppDomain { domain: String, app: String },
+    /// A certificate for a domain whose ownership is not verified yet.
+    #[error("domain {0} is not verified yet")]
+    DomainNotVerified(String),
 }
 
 /// Where a full load starts: the version and feed position (read together) and the sizes of
-/// the three hashes (to size the table up front).
+/// the hashes (to size the table up front).
 #[derive(Debug, Clone)]
 pub struct SnapshotHead {
     pub version: u64,
@@ -35,6 +41,7 @@ pub struct SnapshotHead {
     pub apps: usize,
     pub domains: usize,
     pub backends: usize,
+    pub certs: usize,
 }
 
 /// Longest a single registry command may take before it counts as failed.
@@ -81,6 +88,16 @@ impl Registry {
         &self.keys
     }
 
+    /// The hash holding records of `kind`.
+    fn hash_of(&self, kind: ChangeKind) -> &str {
+        match kind {
+            ChangeKind::App => &self.keys.apps,
+            ChangeKind::Domain => &self.keys.domains,
+            ChangeKind::Backend => &self.keys.backends,
+            ChangeKind::Cert => &self.keys.certs,
+        }
+    }
+
     // ---------------------------------------------------------------- writes
 
     /// Creates or replaces an app's settings.
@@ -97,13 +114,14 @@ impl Registry {
         timed(inv.invoke_async(&mut self.conn.clone())).await
     }
 
-    /// Deletes an app with all its domains and backends (each removal is its own change, the
-    /// app's last). Returns the version after, or `None` if there was no such app.
+    /// Deletes an app with all its domains (and their certificates) and backends (each removal
+    /// is its own change, the app's last). Returns the version after, or `None` if there was no such app.
     pub async fn delete_app(&self, name: &str) -> Result<Option<u64>, RegistryError> {
         let s = script(
             r#"
 if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 0 then return 0 end
 for _, d in ipairs(redis.call('SMEMBERS', KEYS[6])) do
+  if redis.call('HDEL', KEYS[8], d) == 1 then emit('cert', d, '') end
   redis.call('HDEL', KEYS[4], d)
   emit('domain', d, '')
 end
@@ -123,14 +141,16 @@ return emit('app', ARGV[2], '')
             .key(&self.keys.domains)
             .key(&self.keys.backends)
             .key(self.keys.app_domains(name))
-            .key(self.keys.app_backends(name));
+            .key(self.keys.app_backends(name))
+            .key(&self.keys.certs);
         inv.arg(CHANGE_LOG_LEN).arg(name);
         let v: u64 = timed(inv.invoke_async(&mut self.conn.clone())).await?;
         Ok((v != 0).then_some(v))
     }
 
     /// Gives `domain` (a normalised pattern) to `app`. A domain belongs to one app: if another
-    /// app holds it, nothing changes and [`RegistryError::DomainTaken`] says who.
+    /// app holds it, nothing changes and [`RegistryError::DomainTaken`] says who. A record that
+    /// is not verified deletes the domain's certificate, if any.
     pub async fn put_domain(&self, domain: &str, rec: &DomainRecord) -> Result<u64, RegistryError> {
         let json = to_json(rec)?;
         let s = script(
@@ -140,6 +160,9 @@ local cur = redis.call('HGET', KEYS[3], ARGV[2])
 if cur then
   local ok, rec = pcall(cjson.decode, cur)
   if ok and rec.app ~= ARGV[3] then return {err = 'taken:' .. tostring(rec.app)} end
+end
+if ARGV[5] == '0' and redis.call('HDEL', KEYS[6], ARGV[2]) == 1 then
+  emit('cert', ARGV[2], '')
 end
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
 redis.call('SADD', KEYS[5], ARGV[2])
@@ -151,8 +174,13 @@ return emit('domain', ARGV[2], ARGV[4])
             .key(&self.keys.changes)
             .key(&self.keys.domains)
             .key(&self.keys.apps)
-            .key(self.keys.app_domains(&rec.app));
-        inv.arg(CHANGE_LOG_LEN).arg(domain).arg(&rec.app).arg(json);
+            .key(self.keys.app_domains(&rec.app))
+            .key(&self.keys.certs);
+        inv.arg(CHANGE_LOG_LEN)
+            .arg(domain)
+            .arg(&rec.app)
+            .arg(json)
+            .arg(if rec.verified { "1" } else { "0" });
         match no_such_app(
             timed(inv.invoke_async(&mut self.conn.clone())).await,
             &rec.app,
@@ -176,14 +204,18 @@ return emit('domain', ARGV[2], ARGV[4])
         }
     }
 
-    /// Removes a domain. Returns the version after, or `None` if it was not there.
+    /// Removes a domain and its certificate. Returns the version after, or `None` if it was
+    /// not there.
     pub async fn delete_domain(&self, domain: &str) -> Result<Option<u64>, RegistryError> {
         let s = script(
             r#"
 local cur = redis.call('HGET', KEYS[3], ARGV[2])
 if not cur then return 0 end
 local ok, rec = pcall(cjson.decode, cur)
-if ok and rec.app then redis.call('SREM', ARGV[3] .. 'app:' .. rec.app .. ':domains', ARGV[2]) end
+if ok and type(rec) == 'table' and type(rec.app) == 'string' then
+  redis.call('SREM', ARGV[3] .. 'app:' .. rec.app .. ':domains', ARGV[2])
+end
+if redis.call('HDEL', KEYS[4], ARGV[2]) == 1 then emit('cert', ARGV[2], '') end
 redis.call('HDEL', KEYS[3], ARGV[2])
 return emit('domain', ARGV[2], '')
 "#,
@@ -191,7 +223,8 @@ return emit('domain', ARGV[2], '')
         let mut inv = s.prepare_invoke();
         inv.key(&self.keys.version)
             .key(&self.keys.changes)
-            .key(&self.keys.domains);
+            .key(&self.keys.domains)
+            .key(&self.keys.certs);
         inv.arg(CHANGE_LOG_LEN).arg(domain).arg(self.keys.prefix());
         let v: u64 = timed(inv.invoke_async(&mut self.conn.clone())).await?;
         Ok((v != 0).then_some(v))
@@ -291,6 +324,62 @@ return emit('backend', ARGV[2], '')
         Ok((v != 0).then_some(v))
     }
 
+    /// Stores the TLS certificate of `domain` (a normalised pattern), replacing any. The domain
+    /// must be a verified domain of `rec.app`, checked in the same script as the write:
+    /// otherwise nothing changes and the error is [`RegistryError::NotAppDomain`] or
+    /// [`RegistryError::DomainNotVerified`]. The PEM is not parsed here (the API checks it
+    /// with [`crate::cert::parse_pair`]; balancers skip a record that does not load).
+    pub async fn put_cert(&self, domain: &str, rec: &CertRecord) -> Result<u64, RegistryError> {
+        let json = to_json(rec)?;
+        let s = script(
+            r#"
+local cur = redis.call('HGET', KEYS[3], ARGV[2])
+if not cur then return {err = 'notappdomain'} end
+local ok, rec = pcall(cjson.decode, cur)
+if not ok or type(rec) ~= 'table' or rec.app ~= ARGV[3] then return {err = 'notappdomain'} end
+if rec.verified ~= true then return {err = 'unverified'} end
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[4])
+return emit('cert', ARGV[2], ARGV[4])
+"#,
+        );
+        let mut inv = s.prepare_invoke();
+        inv.key(&self.keys.version)
+            .key(&self.keys.changes)
+            .key(&self.keys.domains)
+            .key(&self.keys.certs);
+        inv.arg(CHANGE_LOG_LEN).arg(domain).arg(&rec.app).arg(json);
+        match timed(inv.invoke_async(&mut self.conn.clone())).await {
+            Err(RegistryError::Redis(e)) if e.to_string().contains("notappdomain") => {
+                Err(RegistryError::NotAppDomain {
+                    domain: domain.into(),
+                    app: rec.app.clone(),
+                })
+            }
+            Err(RegistryError::Redis(e)) if e.to_string().contains("unverified") => {
+                Err(RegistryError::DomainNotVerified(domain.into()))
+            }
+            other => other,
+        }
+    }
+
+    /// Deletes the certificate of `domain`. Returns the version after, or `None` if there was
+    /// none.
+    pub async fn delete_cert(&self, domain: &str) -> Result<Option<u64>, RegistryError> {
+        let s = script(
+            r#"
+if redis.call('HDEL', KEYS[3], ARGV[2]) == 0 then return 0 end
+return emit('cert', ARGV[2], '')
+"#,
+        );
+        let mut inv = s.prepare_invoke();
+        inv.key(&self.keys.version)
+            .key(&self.keys.changes)
+            .key(&self.keys.certs);
+        inv.arg(CHANGE_LOG_LEN).arg(domain);
+        let v: u64 = timed(inv.invoke_async(&mut self.conn.clone())).await?;
+        Ok((v != 0).then_some(v))
+    }
+
     /// Writes a raw value into one of the hashes with a change entry, bypassing every check.
     /// For tests and repairs: this is how bad data gets into a registry.
     pub async fn put_raw(
@@ -299,11 +388,7 @@ return emit('backend', ARGV[2], '')
         key: &str,
         value: &str,
     ) -> Result<u64, RegistryError> {
-        let hash = match kind {
-            ChangeKind::App => &self.keys.apps,
-            ChangeKind::Domain => &self.keys.domains,
-            ChangeKind::Backend => &self.keys.backends,
-        };
+        let hash = self.hash_of(kind);
         let op = kind_name(kind);
         let s = script(
             "redis.call('HSET', KEYS[3], ARGV[2], ARGV[3]) return emit(ARGV[4], ARGV[2], ARGV[3])",
@@ -395,6 +480,17 @@ return n
         .transpose()
     }
 
+    /// The certificate record of `domain` (with its private key: never hand it to a client).
+    pub async fn cert(&self, domain: &str) -> Result<Option<CertRecord>, RegistryError> {
+        let mut c = self.conn.clone();
+        let v: Option<String> = timed(c.hget(&self.keys.certs, domain)).await?;
+        v.map(|s| {
+            serde_json::from_str(&s)
+                .map_err(|e| RegistryError::BadData(format!("certificate of {domain}: {e}")))
+        })
+        .transpose()
+    }
+
     /// An app's domains with their records, sorted.
     pub async fn app_domains(
         &self,
@@ -447,35 +543,38 @@ return n
             apps: self.scan_hash(&self.keys.apps).await?,
             domains: self.scan_hash(&self.keys.domains).await?,
             backends: self.scan_hash(&self.keys.backends).await?,
+            certs: self.scan_hash(&self.keys.certs).await?,
         })
     }
 
     /// The version, feed position and sizes a full load starts from (read atomically).
     pub async fn snapshot_head(&self) -> Result<SnapshotHead, RegistryError> {
         let mut c = self.conn.clone();
-        let (version, last, apps, domains, backends): (Option<u64>, Value, usize, usize, usize) =
-            timed(
-                redis::pipe()
-                    .atomic()
-                    .get(&self.keys.version)
-                    .cmd("XREVRANGE")
-                    .arg(&self.keys.changes)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1)
-                    .hlen(&self.keys.apps)
-                    .hlen(&self.keys.domains)
-                    .hlen(&self.keys.backends)
-                    .query_async(&mut c),
-            )
-            .await?;
+        type Head = (Option<u64>, Value, usize, usize, usize, usize);
+        let (version, last, apps, domains, backends, certs): Head = timed(
+            redis::pipe()
+                .atomic()
+                .get(&self.keys.version)
+                .cmd("XREVRANGE")
+                .arg(&self.keys.changes)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .hlen(&self.keys.apps)
+                .hlen(&self.keys.domains)
+                .hlen(&self.keys.backends)
+                .hlen(&self.keys.certs)
+                .query_async(&mut c),
+        )
+        .await?;
         Ok(SnapshotHead {
             version: version.unwrap_or(0),
             feed_id: first_stream_id(&last).unwrap_or_else(|| "0-0".to_string()),
             apps,
             domains,
             backends,
+            certs,
         })
     }
 
@@ -486,11 +585,7 @@ return n
         kind: ChangeKind,
         cursor: u64,
     ) -> Result<(u64, Vec<(String, String)>), RegistryError> {
-        let key = match kind {
-            ChangeKind::App => &self.keys.apps,
-            ChangeKind::Domain => &self.keys.domains,
-            ChangeKind::Backend => &self.keys.backends,
-        };
+        let key = self.hash_of(kind);
         let mut c = self.conn.clone();
         timed(
             redis::cmd("HSCAN")
@@ -599,6 +694,7 @@ fn kind_name(kind: ChangeKind) -> &'static str {
         ChangeKind::App => "app",
         ChangeKind::Domain => "domain",
         ChangeKind::Backend => "backend",
+        ChangeKind::Cert => "cert",
     }
 }
 
@@ -678,6 +774,7 @@ fn parse_entries(entries: &Value) -> Result<Vec<Change>, RegistryError> {
             Some("app") => ChangeKind::App,
             Some("domain") => ChangeKind::Domain,
             Some("backend") => ChangeKind::Backend,
+            Some("cert") => ChangeKind::Cert,
             other => return Err(bad(&format!("unknown op {other:?} in {id}"))),
         };
         out.push(Change {

@@ -1,4 +1,5 @@
-//! The registry: pier's source of truth for apps, domains and backends, kept in Redis.
+//! The registry: pier's source of truth for apps, domains, backends and certificates, kept in
+//! Redis.
 //!
 //! This crate owns the Redis schema (documented in docs/registry.md), the typed records stored
 //! in it, atomic writes (each one a Lua script that changes the data, bumps the version and
@@ -13,11 +14,16 @@
 //! - [`model`]: the records (apps, domains, backends, tokens) and the change entries.
 //! - [`client`]: [`Registry`], the typed client: writes, snapshot, feed.
 //! - [`apply`]: registry data to route specs and table edits.
+//! - [`cert`]: TLS certificate chains and keys (the parser the routes file uses too).
 
 pub mod apply;
 pub mod client;
+
+/// TLS certificates: parsing, checks and coverage. The code lives in pier-routes because the
+/// routes file uses it too (and pier-routes cannot depend on this crate).
+pub use pier_routes::cert;
 pub mod model;
 pub mod schema;
 
 pub use client::{Registry, RegistryError, SnapshotHead};
-pub use model::{AppRecord, BackendRecord, Change, DomainRecord, Snapshot};
+pub use model::{AppRecord, BackendRecord, CertRecord, Change, DomainRecord, Snapshot};

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use pier_routes::app::check_hsts;
 use pier_routes::{Action, AppSettings, Policy, Timeouts};
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +25,12 @@ pub struct AppRecord {
     /// Hold requests while the app has no live backend (mantrid's `spin`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub spin: bool,
+    /// Answer plain-HTTP requests with a 308 to HTTPS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https_redirect: bool,
+    /// `Strict-Transport-Security` value for HTTPS responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<String>,
 }
 
 /// Per-app upstream timeouts, in milliseconds.
@@ -142,6 +149,8 @@ impl AppRecord {
                 },
             },
             spin: s.spin,
+            https_redirect: s.https_redirect,
+            hsts: s.hsts.as_deref().map(str::to_string),
         }
     }
 
@@ -219,6 +228,9 @@ impl AppRecord {
                 }
             }
         };
+        if let Some(h) = &self.hsts {
+            check_hsts(h)?;
+        }
         Ok(Arc::new(AppSettings {
             action,
             policy,
@@ -226,6 +238,8 @@ impl AppRecord {
             max_body: self.max_body,
             retries: self.retries,
             spin: self.spin,
+            https_redirect: self.https_redirect,
+            hsts: self.hsts.as_deref().map(Box::from),
         }))
     }
 }
@@ -253,6 +267,34 @@ pub struct BackendRecord {
     pub expires_at_ms: u64,
 }
 
+/// A domain's TLS certificate, stored under `certs` by domain pattern. The domain must be a
+/// verified domain of `app`; deleting or un-verifying the domain, or deleting the app, deletes
+/// the certificate.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertRecord {
+    pub app: String,
+    /// PEM: the certificate, then its intermediates.
+    pub cert: String,
+    /// PEM: the private key.
+    pub key: String,
+    /// When it was stored, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub added_ms: u64,
+}
+
+impl std::fmt::Debug for CertRecord {
+    /// Never prints the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertRecord")
+            .field("app", &self.app)
+            .field("cert", &format_args!("<{} bytes of PEM>", self.cert.len()))
+            .field("key", &format_args!("<redacted>"))
+            .field("added_ms", &self.added_ms)
+            .finish()
+    }
+}
+
 /// A token's rights, stored under `tokens` by the SHA-256 of the token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -272,6 +314,8 @@ pub enum ChangeKind {
     App,
     Domain,
     Backend,
+    /// A domain's TLS certificate ([`CertRecord`]), keyed by domain pattern.
+    Cert,
 }
 
 /// One change-log entry: after version `version`, `key` of `kind` has `value` (JSON), or is
@@ -296,4 +340,36 @@ pub struct Snapshot {
     pub apps: Vec<(String, String)>,
     pub domains: Vec<(String, String)>,
     pub backends: Vec<(String, String)>,
+    /// Absent from snapshots written before certificates existed.
+    #[serde(default)]
+    pub certs: Vec<(String, String)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_settings_round_trip_and_are_checked() {
+        let rec: AppRecord = serde_json::from_str(
+            r#"{"https_redirect": true, "hsts": "max-age=600; includeSubDomains"}"#,
+        )
+        .unwrap();
+        let s = rec.to_settings().unwrap();
+        assert!(s.https_redirect);
+        assert_eq!(s.hsts.as_deref(), Some("max-age=600; includeSubDomains"));
+        assert_eq!(AppRecord::from_settings(&s), rec);
+        // Defaults are left out of the JSON.
+        let plain = AppRecord::from_settings(&AppSettings::default());
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(
+            !json.contains("https_redirect") && !json.contains("hsts"),
+            "{json}"
+        );
+        let bad = AppRecord {
+            hsts: Some("preload".into()),
+            ..AppRecord::default()
+        };
+        assert!(bad.to_settings().unwrap_err().contains("max-age"));
+    }
 }

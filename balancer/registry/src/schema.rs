@@ -14,6 +14,8 @@ pub struct Keys {
     pub domains: String,
     /// Hash: `app/instance-id` → [`crate::BackendRecord`] JSON.
     pub backends: String,
+    /// Hash: domain pattern → [`crate::model::CertRecord`] JSON (a TLS certificate and key).
+    pub certs: String,
     /// Hash: SHA-256 of a token (hex) → [`crate::model::TokenRecord`] JSON.
     pub tokens: String,
     prefix: String,
@@ -27,6 +29,7 @@ impl Keys {
             apps: format!("{prefix}apps"),
             domains: format!("{prefix}domains"),
             backends: format!("{prefix}backends"),
+            certs: format!("{prefix}certs"),
             tokens: format!("{prefix}tokens"),
             prefix: prefix.to_string(),
         }

@@ -19,6 +19,7 @@ pub fn spec(n: usize) -> RouteSpec {
     let settings = Arc::new(AppSettings::default());
     let apps = n.div_ceil(10);
     RouteSpec {
+        certs: Vec::new(),
         app_domains: vec![],
         apps: (0..apps)
             .map(|a| AppSpec {

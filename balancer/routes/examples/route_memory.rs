@@ -32,6 +32,7 @@ fn main() {
         .unwrap_or(1);
     let settings = Arc::new(AppSettings::default());
     let spec = RouteSpec {
+        certs: Vec::new(),
         app_domains: vec![],
         apps: (0..n.div_ceil(per_app))
             .map(|a| AppSpec {

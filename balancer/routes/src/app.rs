@@ -80,6 +80,46 @@ pub struct AppSettings {
     /// While the app has no live backend, hold its requests until one registers (bounded by
     /// the balancer's spin settings) instead of answering 503 at once.
     pub spin: bool,
+    /// Answer plain-HTTP requests with a 308 redirect to the same URL over HTTPS.
+    pub https_redirect: bool,
+    /// The `Strict-Transport-Security` value sent on HTTPS responses (checked with
+    /// [`check_hsts`]); `None` sends none.
+    pub hsts: Option<Box<str>>,
+}
+
+/// Longest `Strict-Transport-Security` value accepted.
+pub const MAX_HSTS_LEN: usize = 256;
+
+/// Checks a `Strict-Transport-Security` value: it starts with `max-age=<digits>` (RFC 6797;
+/// directive names in any case), optionally followed by `;` and more directives, all in
+/// visible ASCII and spaces, at most [`MAX_HSTS_LEN`] bytes.
+pub fn check_hsts(value: &str) -> Result<(), String> {
+    if value.len() > MAX_HSTS_LEN {
+        return Err(format!(
+            "hsts value is longer than {MAX_HSTS_LEN} characters"
+        ));
+    }
+    if let Some(c) = value.chars().find(|&c| !(c == ' ' || c.is_ascii_graphic())) {
+        return Err(format!(
+            "hsts value {value:?}: {c:?} is not allowed (visible ASCII and spaces only)"
+        ));
+    }
+    let example = "(e.g. \"max-age=31536000; includeSubDomains\")";
+    let rest = value
+        .get(..8)
+        .filter(|p| p.eq_ignore_ascii_case("max-age="))
+        .map(|_| &value[8..])
+        .ok_or_else(|| {
+            format!("hsts value {value:?} must start with max-age=<seconds> {example}")
+        })?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let after = rest[digits..].trim_start_matches(' ');
+    if digits == 0 || !(after.is_empty() || after.starts_with(';')) {
+        return Err(format!(
+            "hsts value {value:?}: max-age must be a number of seconds {example}"
+        ));
+    }
+    Ok(())
 }
 
 /// One backend instance of an app.
@@ -436,5 +476,33 @@ mod tests {
         let ones = picks.iter().filter(|&&p| p == 1).count();
         // With two backends both are always drawn, and the idle one wins.
         assert_eq!(ones, 100, "backend 1 chosen {ones} times of 100");
+    }
+
+    #[test]
+    fn hsts_values_are_checked() {
+        for ok in [
+            "max-age=31536000",
+            "max-age=0",
+            "Max-Age=600; includeSubDomains",
+            "max-age=63072000; includeSubDomains; preload",
+            "max-age=5 ;preload",
+        ] {
+            assert_eq!(check_hsts(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "includeSubDomains",
+            " max-age=1",
+            "max-age=",
+            "max-age=abc",
+            "max-age=10x",
+            "max-age=\"10\"",
+            "max-age=1;\tpreload",
+            "max-age=1\r\nX-Evil: 1",
+            "max-age=1; caf\u{e9}",
+        ] {
+            assert!(check_hsts(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_hsts(&format!("max-age=1;{}", "a".repeat(300))).is_err());
     }
 }

@@ -3,7 +3,8 @@
 //! The pipeline is TOML → [`RoutesFile`] (unknown keys refused) → [`RoutesFile::validate`] →
 //! [`RouteSpec`]. Validation reports every problem with the key it is about, e.g.
 //! `app[2] (blog).backends[0]: "10.0.0.1" is not IP:port`. Reading the files a `static` or
-//! `maintenance` page names is left to the caller through a loader, so this crate does no I/O.
+//! `maintenance` page or a `[[cert]]` names is left to the caller through a loader, so this
+//! crate does no I/O.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -12,9 +13,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::app::{Action, AppSettings, Policy, Timeouts};
+use crate::app::{check_hsts, Action, AppSettings, Policy, Timeouts};
+use crate::cert::{load_pair, CertError};
 use crate::host::{normalise_name, DomainPattern};
-use crate::spec::{AppSpec, BackendSpec, RouteSpec};
+use crate::spec::{AppSpec, BackendSpec, CertSpec, RouteSpec};
 use crate::units::{parse_duration, SizeValue};
 
 /// One problem in a routes file.
@@ -34,7 +36,8 @@ impl FileError {
     }
 }
 
-/// Loads a file named by the routes file (a static or maintenance page), relative to it.
+/// Loads a file named by the routes file (a static or maintenance page, a certificate or key),
+/// relative to it.
 pub type FileLoader<'a> = &'a dyn Fn(&str) -> Result<Bytes, String>;
 
 /// The routes file as written.
@@ -46,6 +49,21 @@ pub struct RoutesFile {
     pub app_domains: Vec<String>,
     #[serde(default, rename = "app")]
     pub apps: Vec<AppFile>,
+    /// TLS certificates, `[[cert]]`.
+    #[serde(default, rename = "cert")]
+    pub certs: Vec<CertFile>,
+}
+
+/// A `[[cert]]` table: a PEM certificate chain, its key, and the domains it serves.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    /// PEM file: the certificate, then its intermediates.
+    pub cert: String,
+    /// PEM file: the private key.
+    pub key: String,
+    /// Domain patterns to serve it for; default: the certificate's DNS names.
+    pub domains: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +79,9 @@ pub struct AppFile {
     pub retries: Option<u32>,
     #[serde(default)]
     pub spin: bool,
+    #[serde(default)]
+    pub https_redirect: bool,
+    pub hsts: Option<String>,
     pub timeouts: Option<TimeoutsFile>,
     pub redirect: Option<RedirectFile>,
     #[serde(rename = "static")]
@@ -172,8 +193,31 @@ impl RoutesFile {
                 apps.push(spec);
             }
         }
+        let mut certs = Vec::with_capacity(self.certs.len());
+        let mut served: BTreeMap<DomainPattern, usize> = BTreeMap::new();
+        for (i, c) in self.certs.iter().enumerate() {
+            if let Some(spec) = c.validate(i, load, &mut errors) {
+                for (j, d) in spec.domains.iter().enumerate() {
+                    if let Some(other) = served.insert(d.clone(), i) {
+                        let key = match c.domains {
+                            Some(_) => format!("cert[{i}].domains[{j}]"),
+                            None => format!("cert[{i}]"),
+                        };
+                        errors.push(FileError::new(
+                            key,
+                            format!("domain {d} already has a certificate (cert[{other}])"),
+                        ));
+                    }
+                }
+                certs.push(spec);
+            }
+        }
         if errors.is_empty() {
-            Ok(RouteSpec { app_domains, apps })
+            Ok(RouteSpec {
+                app_domains,
+                apps,
+                certs,
+            })
         } else {
             Err(errors)
         }
@@ -398,6 +442,11 @@ impl AppFile {
         } else {
             Action::Proxy
         };
+        if let Some(h) = &self.hsts {
+            if let Err(r) = check_hsts(h) {
+                err(format!("{key}.hsts"), r);
+            }
+        }
         if errors.len() > before {
             return None;
         }
@@ -412,8 +461,124 @@ impl AppFile {
                 max_body,
                 retries: self.retries,
                 spin: self.spin,
+                https_redirect: self.https_redirect,
+                hsts: self.hsts.as_deref().map(Box::from),
             }),
         })
+    }
+}
+
+impl CertFile {
+    /// Reads and checks one `[[cert]]` (its index is `i`). An expired certificate is loaded:
+    /// refusing it would refuse the whole routes file, every app with it.
+    fn validate(
+        &self,
+        i: usize,
+        load: FileLoader<'_>,
+        errors: &mut Vec<FileError>,
+    ) -> Option<CertSpec> {
+        let read = |field: &str, file: &str, errors: &mut Vec<FileError>| {
+            let text = load(file).and_then(|b| {
+                String::from_utf8(b.to_vec()).map_err(|_| "not PEM text (not UTF-8)".to_string())
+            });
+            text.map_err(|r| {
+                errors.push(FileError::new(
+                    format!("cert[{i}].{field}"),
+                    format!("{file:?}: {r}"),
+                ))
+            })
+            .ok()
+        };
+        let cert_pem = read("cert", &self.cert, errors);
+        let key_pem = read("key", &self.key, errors);
+        let (cert_pem, key_pem) = (cert_pem?, key_pem?);
+        let parsed = match load_pair(&cert_pem, &key_pem) {
+            Ok(p) => p,
+            Err(e) => {
+                // Say which file the problem is in.
+                let field = match e {
+                    CertError::NoKey | CertError::UnsupportedKey(_) | CertError::KeyMismatch => {
+                        "key"
+                    }
+                    _ => "cert",
+                };
+                let file = if field == "key" {
+                    &self.key
+                } else {
+                    &self.cert
+                };
+                errors.push(FileError::new(
+                    format!("cert[{i}].{field}"),
+                    format!("{file:?}: {e}"),
+                ));
+                return None;
+            }
+        };
+        let before = errors.len();
+        let mut domains: Vec<DomainPattern> = Vec::new();
+        match &self.domains {
+            Some(list) => {
+                if list.is_empty() {
+                    errors.push(FileError::new(
+                        format!("cert[{i}].domains"),
+                        "is empty (leave it out to serve the certificate's own names)",
+                    ));
+                }
+                for (j, d) in list.iter().enumerate() {
+                    let key = format!("cert[{i}].domains[{j}]");
+                    match DomainPattern::parse(d) {
+                        Ok(p) if domains.contains(&p) => {
+                            errors.push(FileError::new(key, format!("{d:?} listed twice")))
+                        }
+                        Ok(p) if !parsed.covers_pattern(&p) => errors.push(FileError::new(
+                            key,
+                            format!(
+                                "{p} is not covered by the certificate {:?} (its names: {})",
+                                self.cert,
+                                names_text(&parsed.names)
+                            ),
+                        )),
+                        Ok(p) => domains.push(p),
+                        Err(e) => errors.push(FileError::new(key, format!("{d:?}: {e}"))),
+                    }
+                }
+            }
+            None => {
+                if parsed.names.is_empty() {
+                    errors.push(FileError::new(
+                        format!("cert[{i}]"),
+                        format!(
+                            "the certificate {:?} names no DNS names (subjectAltName): list its domains",
+                            self.cert
+                        ),
+                    ));
+                }
+                for n in &parsed.names {
+                    match DomainPattern::parse(n) {
+                        Ok(p) if !domains.contains(&p) => domains.push(p),
+                        Ok(_) => {}
+                        Err(e) => errors.push(FileError::new(
+                            format!("cert[{i}]"),
+                            format!(
+                                "the certificate name {n:?} is not a domain pattern ({e}): list its domains"
+                            ),
+                        )),
+                    }
+                }
+            }
+        }
+        (errors.len() == before).then(|| CertSpec {
+            domains,
+            key: parsed.key,
+        })
+    }
+}
+
+fn names_text(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
     }
 }
 
@@ -562,5 +727,189 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn tls_settings_parse_and_are_checked() {
+        let spec = parse(
+            r#"
+            [[app]]
+            name = "a"
+            https_redirect = true
+            hsts = "max-age=31536000; includeSubDomains"
+            [[app]]
+            name = "b"
+            "#,
+            &no_files,
+        )
+        .unwrap();
+        assert!(spec.apps[0].settings.https_redirect);
+        assert_eq!(
+            spec.apps[0].settings.hsts.as_deref(),
+            Some("max-age=31536000; includeSubDomains")
+        );
+        assert!(!spec.apps[1].settings.https_redirect);
+        assert_eq!(spec.apps[1].settings.hsts, None);
+        let errs = parse(
+            "[[app]]\nname = \"a\"\nhsts = \"includeSubDomains\"\n",
+            &no_files,
+        )
+        .unwrap_err();
+        assert_eq!(errs[0].key, "app[0] (a).hsts", "{errs:?}");
+        assert!(errs[0].reason.contains("max-age"), "{errs:?}");
+        let errs = parse(
+            "[[app]]\nname = \"a\"\nhttps_redirect = \"yes\"\n",
+            &no_files,
+        )
+        .unwrap_err();
+        assert_eq!(errs[0].key, "(syntax)", "{errs:?}");
+    }
+
+    /// Writes a certificate for `names` (valid `from`..`to`, years) and its key into `dir` as
+    /// `<stem>.crt` and `<stem>.key`.
+    fn write_pair(dir: &std::path::Path, stem: &str, names: &[&str], from: i32, to: i32) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.not_before = rcgen::date_time_ymd(from, 1, 1);
+        params.not_after = rcgen::date_time_ymd(to, 1, 1);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+    }
+
+    /// Parses `text` with files read from `dir`, as the balancer does.
+    fn parse_in(dir: &std::path::Path, text: &str) -> Result<RouteSpec, Vec<FileError>> {
+        let base = dir.to_path_buf();
+        let load = move |f: &str| -> Result<Bytes, String> {
+            std::fs::read(base.join(f))
+                .map(Bytes::from)
+                .map_err(|e| e.to_string())
+        };
+        parse(text, &load)
+    }
+
+    #[test]
+    fn certs_load_from_files_relative_to_the_routes_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pair(
+            dir.path(),
+            "shop",
+            &["shop.example.com", "*.shop.example.com"],
+            2020,
+            2090,
+        );
+        write_pair(dir.path(), "old", &["old.example.com"], 2000, 2001);
+        let spec = parse_in(
+            dir.path(),
+            r#"
+            [[app]]
+            name = "shop"
+            domains = ["shop.example.com", "*.shop.example.com", "old.example.com"]
+            [[cert]]
+            cert = "shop.crt"
+            key = "shop.key"
+            [[cert]]
+            cert = "old.crt"
+            key = "old.key"
+            domains = ["Old.Example.com"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(spec.certs.len(), 2);
+        // Default: the certificate's own names; an expired certificate still loads.
+        assert_eq!(
+            spec.certs[0].domains,
+            vec![
+                DomainPattern::parse("shop.example.com").unwrap(),
+                DomainPattern::parse("*.shop.example.com").unwrap()
+            ]
+        );
+        assert_eq!(
+            spec.certs[1].domains,
+            vec![DomainPattern::parse("old.example.com").unwrap()]
+        );
+        let t = crate::RouteTable::build(&spec, None).unwrap();
+        assert_eq!(t.cert_count(), 3);
+        assert!(Arc::ptr_eq(
+            t.cert_for("www.shop.example.com").unwrap(),
+            &spec.certs[0].key
+        ));
+        assert!(Arc::ptr_eq(
+            t.cert_for("old.example.com").unwrap(),
+            &spec.certs[1].key
+        ));
+        assert!(t.cert_for("example.com").is_none());
+    }
+
+    #[test]
+    fn every_cert_problem_is_reported_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pair(dir.path(), "a", &["a.test"], 2020, 2090);
+        write_pair(dir.path(), "b", &["b.test"], 2020, 2090);
+        std::fs::write(dir.path().join("junk.pem"), "not pem").unwrap();
+        std::fs::write(dir.path().join("binary.pem"), [0xff, 0xfe, 0]).unwrap();
+        let errs = parse_in(
+            dir.path(),
+            r#"
+            [[cert]]
+            cert = "missing.crt"
+            key = "a.key"
+            [[cert]]
+            cert = "a.crt"
+            key = "b.key"
+            [[cert]]
+            cert = "a.crt"
+            key = "a.key"
+            domains = ["a.test", "www.a.test", "*.a.test", "a..test", "A.test"]
+            [[cert]]
+            cert = "junk.pem"
+            key = "a.key"
+            [[cert]]
+            cert = "a.crt"
+            key = "junk.pem"
+            [[cert]]
+            cert = "binary.pem"
+            key = "a.key"
+            [[cert]]
+            cert = "b.crt"
+            key = "b.key"
+            [[cert]]
+            cert = "b.crt"
+            key = "b.key"
+            domains = ["b.test"]
+            [[cert]]
+            cert = "b.crt"
+            key = "b.key"
+            domains = []
+            "#,
+        )
+        .unwrap_err();
+        let got: Vec<(&str, &str)> = errs
+            .iter()
+            .map(|e| (e.key.as_str(), e.reason.as_str()))
+            .collect();
+        let has = |key: &str, words: &str| {
+            assert!(
+                got.iter().any(|(k, r)| *k == key && r.contains(words)),
+                "no {key}: ...{words}... in {got:#?}"
+            )
+        };
+        has("cert[0].cert", "\"missing.crt\"");
+        has("cert[1].key", "does not match");
+        has("cert[2].domains[1]", "www.a.test is not covered");
+        has("cert[2].domains[2]", "*.a.test is not covered");
+        has("cert[2].domains[3]", "\"a..test\"");
+        has("cert[2].domains[4]", "listed twice");
+        has("cert[3].cert", "no certificate");
+        has("cert[4].key", "no private key");
+        has("cert[5].cert", "UTF-8");
+        has(
+            "cert[7].domains[0]",
+            "b.test already has a certificate (cert[6])",
+        );
+        has("cert[8].domains", "is empty");
+        assert_eq!(got.len(), 11, "{got:#?}");
     }
 }

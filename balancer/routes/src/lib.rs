@@ -12,9 +12,11 @@
 //! - [`app`]: apps, settings, backends, and the choice of a backend (round-robin, two choices).
 //! - [`spec`]: what a table is built from.
 //! - [`file`]: the routes file (TOML) and its validation, with every error keyed.
+//! - [`cert`]: TLS certificate chains and keys: parsing, checks, what they cover.
 //! - [`units`]: durations and sizes as written in config files.
 
 pub mod app;
+pub mod cert;
 pub mod file;
 pub mod host;
 pub mod spec;
@@ -26,5 +28,5 @@ pub use app::{
     Timeouts,
 };
 pub use host::{DomainPattern, HostError, RequestHost};
-pub use spec::{AppSpec, BackendSpec, RouteSpec};
-pub use table::{BuildError, MatchKind, RouteMatch, RouteTable};
+pub use spec::{AppSpec, BackendSpec, CertSpec, RouteSpec};
+pub use table::{BuildError, CertEntry, MatchKind, RouteMatch, RouteTable};

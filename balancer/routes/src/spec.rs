@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rustls::sign::CertifiedKey;
+
 use crate::app::AppSettings;
 use crate::host::DomainPattern;
 
@@ -13,6 +15,15 @@ pub struct RouteSpec {
     /// Bases for `{app}.{base}` routing, normalised.
     pub app_domains: Vec<Box<str>>,
     pub apps: Vec<AppSpec>,
+    /// TLS certificates and the domain patterns each one is served for.
+    pub certs: Vec<CertSpec>,
+}
+
+/// One certificate (chain and key) and the domain patterns it serves.
+#[derive(Debug, Clone)]
+pub struct CertSpec {
+    pub domains: Vec<DomainPattern>,
+    pub key: Arc<CertifiedKey>,
 }
 
 /// One app.

@@ -18,12 +18,19 @@
 //! shard, replacing an app's backends copies one chunk of apps, and no domain has to be touched
 //! when an app changes. Ids are never reused within a table's lineage, so a stale reference can
 //! only miss, never reach another app.
+//!
+//! TLS certificates live beside the routes, keyed by domain pattern, and are found for a TLS
+//! server name ([`RouteTable::cert_for`]) in the same order as routes: the exact name, then
+//! wildcards walking up, then the catch-all. They sit in one map behind an `Arc`, copied on
+//! the first write to a clone (certificates change rarely; the map holds only `Arc`s).
 
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use compact_str::CompactString;
 use hashbrown::HashTable;
+use rustls::sign::CertifiedKey;
 
 use crate::app::{App, AppSettings, Backend};
 use crate::host::DomainPattern;
@@ -58,6 +65,8 @@ pub enum BuildError {
     DuplicateApp(String),
     #[error("no app named {0:?}")]
     NoSuchApp(String),
+    #[error("domain {0} has two certificates")]
+    DuplicateCert(String),
 }
 
 /// No app.
@@ -147,6 +156,34 @@ impl AppChunks {
     }
 }
 
+/// A certificate held by a table.
+#[derive(Debug, Clone)]
+pub struct CertEntry {
+    /// What rustls serves.
+    pub key: Arc<CertifiedKey>,
+    /// The record it was loaded from, opaque to this crate (the registry keeps its JSON here so
+    /// a table can be written back as a snapshot; a routes-file certificate has none).
+    pub source: Option<Arc<str>>,
+}
+
+/// A name's certificates: for the name itself and for the wildcard below it.
+#[derive(Debug, Clone, Default)]
+struct CertSlots {
+    exact: Option<CertEntry>,
+    wildcard: Option<CertEntry>,
+}
+
+/// Certificates by domain pattern.
+#[derive(Debug, Clone, Default)]
+struct Certs {
+    by_name: HashMap<Box<str>, CertSlots, foldhash::fast::RandomState>,
+    catch_all: Option<CertEntry>,
+    count: usize,
+}
+
+/// Longest TLS server name looked up (a DNS name without its trailing dot).
+const MAX_SNI: usize = crate::host::MAX_HOST_LEN;
+
 /// An immutable routing snapshot (edit a clone to make the next one).
 #[derive(Clone)]
 pub struct RouteTable {
@@ -161,6 +198,7 @@ pub struct RouteTable {
     domain_count: usize,
     app_count: usize,
     version: u64,
+    certs: Arc<Certs>,
 }
 
 impl std::fmt::Debug for RouteTable {
@@ -168,6 +206,7 @@ impl std::fmt::Debug for RouteTable {
         f.debug_struct("RouteTable")
             .field("domains", &self.domain_count)
             .field("apps", &self.app_count)
+            .field("certs", &self.certs.count)
             .field("version", &self.version)
             .finish()
     }
@@ -199,6 +238,7 @@ impl RouteTable {
             domain_count: 0,
             app_count: 0,
             version: 0,
+            certs: Arc::default(),
         }
     }
 
@@ -222,6 +262,15 @@ impl RouteTable {
             for pattern in &app_spec.domains {
                 if let Err(e) = table.claim(pattern, id, false) {
                     errors.push(e);
+                }
+            }
+        }
+        for cert in &spec.certs {
+            for pattern in &cert.domains {
+                if table.cert(pattern).is_some() {
+                    errors.push(BuildError::DuplicateCert(pattern.to_string()));
+                } else {
+                    table.put_cert(pattern, Arc::clone(&cert.key));
                 }
             }
         }
@@ -591,6 +640,142 @@ impl RouteTable {
     }
 }
 
+/// TLS certificates.
+impl RouteTable {
+    /// Sets the certificate for a domain pattern (replacing any).
+    pub fn put_cert(&mut self, pattern: &DomainPattern, key: Arc<CertifiedKey>) {
+        self.put_cert_with_source(pattern, key, None);
+    }
+
+    /// Sets the certificate for a domain pattern with the record it came from (see
+    /// [`CertEntry::source`]).
+    pub fn put_cert_with_source(
+        &mut self,
+        pattern: &DomainPattern,
+        key: Arc<CertifiedKey>,
+        source: Option<Arc<str>>,
+    ) {
+        let certs = Arc::make_mut(&mut self.certs);
+        let entry = Some(CertEntry { key, source });
+        let slot = match pattern {
+            DomainPattern::CatchAll => &mut certs.catch_all,
+            DomainPattern::Exact(n) | DomainPattern::Wildcard(n) => {
+                let slots = certs.by_name.entry(Box::from(&**n)).or_default();
+                if matches!(pattern, DomainPattern::Wildcard(_)) {
+                    &mut slots.wildcard
+                } else {
+                    &mut slots.exact
+                }
+            }
+        };
+        if slot.is_none() {
+            certs.count += 1;
+        }
+        *slot = entry;
+    }
+
+    /// Removes a domain pattern's certificate; returns whether there was one.
+    pub fn remove_cert(&mut self, pattern: &DomainPattern) -> bool {
+        if self.cert(pattern).is_none() {
+            // Nothing to do: do not copy a shared map for nothing.
+            return false;
+        }
+        let certs = Arc::make_mut(&mut self.certs);
+        let removed = match pattern {
+            DomainPattern::CatchAll => certs.catch_all.take().is_some(),
+            DomainPattern::Exact(n) | DomainPattern::Wildcard(n) => {
+                let Some(slots) = certs.by_name.get_mut(&**n) else {
+                    return false;
+                };
+                let slot = if matches!(pattern, DomainPattern::Wildcard(_)) {
+                    &mut slots.wildcard
+                } else {
+                    &mut slots.exact
+                };
+                let had = slot.take().is_some();
+                if slots.exact.is_none() && slots.wildcard.is_none() {
+                    certs.by_name.remove(&**n);
+                }
+                had
+            }
+        };
+        if removed {
+            certs.count -= 1;
+        }
+        removed
+    }
+
+    /// The certificate stored for exactly this pattern.
+    pub fn cert(&self, pattern: &DomainPattern) -> Option<&CertEntry> {
+        match pattern {
+            DomainPattern::CatchAll => self.certs.catch_all.as_ref(),
+            DomainPattern::Exact(n) => self.certs.by_name.get(&**n)?.exact.as_ref(),
+            DomainPattern::Wildcard(n) => self.certs.by_name.get(&**n)?.wildcard.as_ref(),
+        }
+    }
+
+    /// The certificate to serve for a TLS server name (SNI): the exact name's, else the most
+    /// specific wildcard's walking up one label at a time, else the catch-all's — the order of
+    /// [`RouteTable::lookup`]. The name may carry upper case and one trailing dot; it is
+    /// normalised on the stack, without allocating.
+    pub fn cert_for(&self, sni: &str) -> Option<&Arc<CertifiedKey>> {
+        let certs = &*self.certs;
+        if certs.count == 0 {
+            return None;
+        }
+        let sni = sni.strip_suffix('.').unwrap_or(sni);
+        let mut buf = [0u8; MAX_SNI];
+        let name = if sni.bytes().any(|b| b.is_ascii_uppercase()) {
+            let dst = buf.get_mut(..sni.len())?;
+            dst.copy_from_slice(sni.as_bytes());
+            dst.make_ascii_lowercase();
+            std::str::from_utf8(dst).ok()?
+        } else {
+            sni
+        };
+        if !name.is_empty() {
+            let slots = |key: &str| certs.by_name.get(key);
+            if let Some(e) = slots(name).and_then(|s| s.exact.as_ref()) {
+                return Some(&e.key);
+            }
+            for (i, b) in name.bytes().enumerate() {
+                if b == b'.' {
+                    if let Some(e) = slots(&name[i + 1..]).and_then(|s| s.wildcard.as_ref()) {
+                        return Some(&e.key);
+                    }
+                }
+            }
+        }
+        certs.catch_all.as_ref().map(|e| &e.key)
+    }
+
+    /// Every certificate with its pattern, in no particular order.
+    pub fn certs(&self) -> impl Iterator<Item = (DomainPattern, &CertEntry)> {
+        let named = self.certs.by_name.iter().flat_map(|(name, slots)| {
+            let exact = slots
+                .exact
+                .as_ref()
+                .map(|e| (DomainPattern::Exact(Arc::from(&**name)), e));
+            let wild = slots
+                .wildcard
+                .as_ref()
+                .map(|e| (DomainPattern::Wildcard(Arc::from(&**name)), e));
+            exact.into_iter().chain(wild)
+        });
+        named.chain(
+            self.certs
+                .catch_all
+                .as_ref()
+                .map(|e| (DomainPattern::CatchAll, e)),
+        )
+    }
+
+    /// Number of certificates (one per domain pattern).
+    pub fn cert_count(&self) -> usize {
+        self.certs.count
+    }
+}
+
 fn same_backend(a: &BackendSpec, b: &BackendSpec) -> bool {
     match (&a.id, &b.id) {
         (Some(x), Some(y)) => x == y,
@@ -630,6 +815,7 @@ mod tests {
 
     fn spec(apps: &[(&str, &[&str])]) -> RouteSpec {
         RouteSpec {
+            certs: Vec::new(),
             app_domains: vec!["apps.test".into()],
             apps: apps
                 .iter()
@@ -782,5 +968,99 @@ mod tests {
         }
         assert!(t.lookup("h5000.test").is_none());
         assert_eq!(t.domains().count(), 5000);
+    }
+
+    fn key(names: &[&str]) -> Arc<CertifiedKey> {
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let cert =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap()
+                .self_signed(&kp)
+                .unwrap();
+        crate::cert::load_pair(&cert.pem(), &kp.serialize_pem())
+            .unwrap()
+            .key
+    }
+
+    fn pat(p: &str) -> DomainPattern {
+        DomainPattern::parse(p).unwrap()
+    }
+
+    #[test]
+    fn certs_are_found_in_route_order() {
+        let exact = key(&["a.b.example.com"]);
+        let deep = key(&["*.b.example.com"]);
+        let wide = key(&["*.example.com"]);
+        let mut t = RouteTable::empty();
+        assert!(t.cert_for("a.b.example.com").is_none());
+        t.put_cert(&pat("a.b.example.com"), exact.clone());
+        t.put_cert(&pat("*.b.example.com"), deep.clone());
+        t.put_cert(&pat("*.example.com"), wide.clone());
+        assert_eq!(t.cert_count(), 3);
+        let found = |t: &RouteTable, sni: &str| t.cert_for(sni).map(Arc::as_ptr);
+        assert_eq!(found(&t, "a.b.example.com"), Some(Arc::as_ptr(&exact)));
+        assert_eq!(found(&t, "A.B.Example.COM."), Some(Arc::as_ptr(&exact)));
+        assert_eq!(found(&t, "x.b.example.com"), Some(Arc::as_ptr(&deep)));
+        assert_eq!(found(&t, "y.x.b.example.com"), Some(Arc::as_ptr(&deep)));
+        assert_eq!(found(&t, "b.example.com"), Some(Arc::as_ptr(&wide)));
+        assert_eq!(found(&t, "example.com"), None);
+        assert_eq!(found(&t, ""), None);
+        assert_eq!(found(&t, &"A".repeat(300)), None);
+        // The catch-all comes last.
+        let any = key(&["fallback.test"]);
+        t.put_cert(&DomainPattern::CatchAll, any.clone());
+        assert_eq!(found(&t, "example.com"), Some(Arc::as_ptr(&any)));
+        assert_eq!(found(&t, "x.b.example.com"), Some(Arc::as_ptr(&deep)));
+        // An exact and a wildcard certificate for one name are separate.
+        t.put_cert(&pat("b.example.com"), exact.clone());
+        assert_eq!(found(&t, "b.example.com"), Some(Arc::as_ptr(&exact)));
+        assert_eq!(found(&t, "z.b.example.com"), Some(Arc::as_ptr(&deep)));
+        assert_eq!(t.cert_count(), 5);
+        assert_eq!(t.certs().count(), 5);
+    }
+
+    #[test]
+    fn cert_edits_copy_on_write() {
+        let one = key(&["x.test"]);
+        let two = key(&["x.test"]);
+        let mut t1 = RouteTable::empty();
+        t1.put_cert(&pat("x.test"), one.clone());
+        let mut t2 = t1.clone();
+        assert!(Arc::ptr_eq(&t1.certs, &t2.certs), "a clone shares the map");
+        // Removing what is not there copies nothing.
+        assert!(!t2.remove_cert(&pat("*.x.test")));
+        assert!(!t2.remove_cert(&DomainPattern::CatchAll));
+        assert!(Arc::ptr_eq(&t1.certs, &t2.certs));
+        t2.put_cert_with_source(&pat("x.test"), two.clone(), Some(Arc::from("{}")));
+        assert_eq!(t2.cert_count(), 1, "replacing does not count twice");
+        assert!(Arc::ptr_eq(t1.cert_for("x.test").unwrap(), &one));
+        assert!(Arc::ptr_eq(t2.cert_for("x.test").unwrap(), &two));
+        assert_eq!(
+            t2.cert(&pat("x.test")).unwrap().source.as_deref(),
+            Some("{}")
+        );
+        assert!(t2.remove_cert(&pat("x.test")));
+        assert!(t2.cert_for("x.test").is_none());
+        assert_eq!((t1.cert_count(), t2.cert_count()), (1, 0));
+        assert!(t2.certs.by_name.is_empty());
+    }
+
+    #[test]
+    fn built_tables_hold_the_spec_certs() {
+        let k = key(&["x.test", "*.x.test"]);
+        let mut s = spec(&[("a", &["x.test"])]);
+        s.certs.push(crate::spec::CertSpec {
+            domains: vec![pat("x.test"), pat("*.x.test")],
+            key: k.clone(),
+        });
+        let t = RouteTable::build(&s, None).unwrap();
+        assert_eq!(t.cert_count(), 2);
+        assert!(Arc::ptr_eq(t.cert_for("w.x.test").unwrap(), &k));
+        s.certs.push(crate::spec::CertSpec {
+            domains: vec![pat("x.test")],
+            key: k,
+        });
+        let errs = RouteTable::build(&s, None).unwrap_err();
+        assert_eq!(errs, vec![BuildError::DuplicateCert("x.test".into())]);
     }
 }

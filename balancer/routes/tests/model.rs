@@ -61,6 +61,7 @@ fn spec_strategy() -> impl Strategy<Value = RouteSpec> {
     prop::collection::vec(prop::collection::vec(pattern(), 0..5), 1..6).prop_map(|apps| {
         let mut claimed = std::collections::HashSet::new();
         RouteSpec {
+            certs: Vec::new(),
             app_domains: vec!["x".into(), "a.b".into()],
             apps: apps
                 .into_iter()
