@@ -126,7 +126,12 @@ pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<A
         let backend = &app.backends[idx];
         let _outstanding = app.begin(idx);
         let reused = conn.reused;
-        match exchange(w, client, req, &mut conn, &timeouts).await {
+        let hsts = if client.listener.tls {
+            app.settings.hsts.as_deref()
+        } else {
+            None
+        };
+        match exchange(w, client, req, &mut conn, &timeouts, hsts).await {
             Ok(done) => {
                 backend.state.record_success();
                 if done.reusable && !w.shared.is_shutting_down() {
@@ -357,6 +362,7 @@ async fn exchange(
     req: &Request,
     conn: &mut UpstreamConn,
     t: &Timeouts,
+    hsts: Option<&str>,
 ) -> Result<Exchanged, Failure> {
     let cfg = &w.shared.config;
     let reused = conn.reused;
@@ -573,6 +579,7 @@ async fn exchange(
         client_keep_alive,
         head_request,
         &cfg.headers.via,
+        hsts,
     );
     // A body that is already here in full goes out with the head in one write.
     let mut body_written = false;

@@ -218,12 +218,14 @@ pub fn write_response_head(
     keep_alive: bool,
     head_request: bool,
     via: &str,
+    hsts: Option<&str>,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     put_u64(out, u64::from(resp.status));
     out.push(b' ');
     out.extend_from_slice(resp.reason());
     out.extend_from_slice(b"\r\n");
+    let mut has_hsts = false;
     for h in &resp.headers {
         let name = resp.name(h);
         if is_hop_by_hop(name)
@@ -231,6 +233,7 @@ pub fn write_response_head(
         {
             continue;
         }
+        has_hsts |= name.eq_ignore_ascii_case(b"strict-transport-security");
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(resp.value(h));
@@ -261,6 +264,12 @@ pub fn write_response_head(
     if !via.is_empty() {
         out.extend_from_slice(b"Via: 1.1 ");
         out.extend_from_slice(via.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let (Some(v), false) = (hsts, has_hsts) {
+        // The app's own header wins over the balancer's.
+        out.extend_from_slice(b"Strict-Transport-Security: ");
+        out.extend_from_slice(v.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if !keep_alive {

@@ -13,7 +13,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pier_registry::apply::{apply_change, table_from_snapshot, write_table_snapshot, TableLoader};
+use pier_registry::apply::{
+    apply_change, table_from_snapshot, write_table_snapshot_with_certs, TableLoader,
+};
 use pier_registry::model::ChangeKind;
 use pier_registry::{Registry, RegistryError, Snapshot};
 use pier_routes::RouteTable;
@@ -54,13 +56,22 @@ pub fn load_snapshot_file(s: &RegistrySettings) -> Option<RouteTable> {
 
 fn write_snapshot_file(path: &Path, table: &RouteTable, feed_id: &str) {
     let tmp = path.with_extension("tmp");
-    let result = std::fs::File::create(&tmp)
-        .and_then(|f| {
-            let mut w = std::io::BufWriter::new(f);
-            write_table_snapshot(table, feed_id, &mut w)?;
-            std::io::Write::flush(&mut w)
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
+    // The snapshot holds the registry's private keys: only the balancer's user may read it.
+    let result = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+    }
+    .and_then(|f| {
+        let mut w = std::io::BufWriter::new(f);
+        write_table_snapshot_with_certs(table, feed_id, &mut w)?;
+        std::io::Write::flush(&mut w)
+    })
+    .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = result {
         tracing::warn!(file = %path.display(), error = %e, "cannot write the registry snapshot file");
     }
@@ -211,6 +222,7 @@ async fn full_resync(
     load_phase(reg, ChangeKind::Backend, |b| loader.backends(b)).await?;
     let backends_ms = started.elapsed().as_millis() as u64;
     load_phase(reg, ChangeKind::Domain, |b| loader.domains(b)).await?;
+    load_phase(reg, ChangeKind::Cert, |b| loader.certs(b)).await?;
     tracing::debug!(apps_ms, backends_ms, "registry load phases");
     shared
         .registry_contact_ms

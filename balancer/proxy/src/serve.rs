@@ -20,7 +20,9 @@ use crate::config::Listener;
 use crate::forward::{forward, Forwarded};
 use crate::h1::framing::{BodyKind, RequestFraming};
 use crate::h1::head::{parse_request, HeadLimits, RequestHead, Version};
-use crate::respond::{action_response, error_body, AnswerScratch, LocalResponse, ProxyError};
+use crate::respond::{
+    action_response, error_body, https_redirect, AnswerScratch, LocalResponse, ProxyError,
+};
 use crate::server::Worker;
 use crate::stream::ClientStream;
 use crate::util::{is_sane_request_id, new_request_id, now_ms};
@@ -368,7 +370,31 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
         );
         return keep_alive && in_sync && ok;
     };
+    let tls = client.listener.tls;
+    let hsts = if tls {
+        app.settings.hsts.as_deref()
+    } else {
+        None
+    };
+    let redirect_port = match &cfg.tls {
+        Some(t) if app.settings.https_redirect && !tls => Some(t.https_port),
+        _ => None,
+    };
     let outcome = match &app.settings.action {
+        _ if redirect_port.is_some() => {
+            let mut scratch = AnswerScratch::default();
+            let name = parsed_host.as_ref().map_or("", |h| h.as_str());
+            let port = redirect_port.unwrap_or(443);
+            let resp = https_redirect(name, port, req.target(), &req.request_id, &mut scratch);
+            answer_local(
+                client,
+                &resp,
+                keep_alive && in_sync,
+                req.head.version,
+                head_request,
+            )
+            .await
+        }
         Action::Proxy => {
             req.max_body = app.settings.max_body.unwrap_or(cfg.limits.max_body);
             let mut app = Arc::clone(&app);
@@ -404,7 +430,8 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
         action => {
             let mut scratch = AnswerScratch::default();
             match action_response(action, req.target(), &req.request_id, &mut scratch) {
-                Some(resp) => {
+                Some(mut resp) => {
+                    resp.hsts = hsts;
                     answer_local(
                         client,
                         &resp,

@@ -21,23 +21,11 @@ use crate::config::{Http2Settings, TlsSettings, UnknownSni};
 /// Parses a PEM certificate chain and private key into a key rustls can serve, checking that
 /// the key belongs to the certificate.
 pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, String> {
-    // TEMP until pier_registry::cert lands
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("bad certificate PEM: {e}"))?;
-    if certs.is_empty() {
-        return Err("no certificate in the PEM text".into());
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| format!("bad private key PEM: {e}"))?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| format!("unsupported private key: {e}"))?;
-    let ck = CertifiedKey::new(certs, signer);
-    ck.keys_match()
-        .map_err(|_| "the private key does not match the certificate".to_string())?;
-    Ok(Arc::new(ck))
+    // An expired default certificate still loads (clients decide); the registry API is
+    // where expiry is refused.
+    pier_routes::cert::load_pair(cert_pem, key_pem)
+        .map(|p| p.key)
+        .map_err(|e| e.to_string())
 }
 
 /// Picks the certificate for a ClientHello.
@@ -61,6 +49,9 @@ impl SniResolver {
     pub fn for_name(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let table = self.routes.load();
         if let Some(name) = sni {
+            if let Some(k) = table.cert_for(name) {
+                return Some(Arc::clone(k));
+            }
             if self.unknown == UnknownSni::Reject && table.lookup(name).is_none() {
                 return None;
             }

@@ -451,6 +451,9 @@ fn was_refused(frames: &[Frame], stream: u32) -> bool {
         || status_of(frames, stream).as_deref() == Some("0x8c")
 }
 
+/// A conformance case: what it is, its header fields, its body.
+type Case = (&'static str, Vec<(String, String)>, Option<Vec<u8>>);
+
 #[tokio::test]
 async fn malformed_h2_requests_never_reach_the_backend() {
     let backend = Backend::start("one").await;
@@ -458,7 +461,7 @@ async fn malformed_h2_requests_never_reach_the_backend() {
     let s = |v: &[(&'static str, String)]| -> Vec<(String, String)> {
         v.iter().map(|(a, b)| (a.to_string(), b.clone())).collect()
     };
-    let mut cases: Vec<(&str, Vec<(String, String)>, Option<Vec<u8>>)> = Vec::new();
+    let mut cases: Vec<Case> = Vec::new();
     let mut upper = s(&get_fields("/upper"));
     upper.push(("X-Upper".into(), "1".into()));
     cases.push(("uppercase name", upper, None));
@@ -747,4 +750,348 @@ async fn idle_tunnels_are_closed() {
     let end = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
     assert!(end.is_ok(), "the tunnel was not closed");
     assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+// ---- certificates by SNI ----
+
+/// The leaf certificate a TLS listener presents for `sni` (verification off: we look at what
+/// is served, not whether it is trusted).
+async fn served_cert(port: u16, sni: &str) -> Option<Vec<u8>> {
+    #[derive(Debug)]
+    struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    let tls = tls_connect(port, sni, Arc::new(cfg)).await.ok()?;
+    let certs = tls.get_ref().1.peer_certificates()?;
+    Some(certs[0].to_vec())
+}
+
+#[tokio::test]
+async fn certificates_chosen_by_sni_from_the_routes_file_and_swapped_on_reload() {
+    let backend = Backend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let shop = make_cert(dir.path(), "shop", &["shop.test"]);
+    let wild = make_cert(dir.path(), "wild", &["*.apps.test"]);
+    let routes = |shop_cert: &TestCert| {
+        format!(
+            "{}\n[[cert]]\ncert = {:?}\nkey = {:?}\n\n[[cert]]\ncert = {:?}\nkey = {:?}\n",
+            app_routes(
+                "one",
+                &["shop.test", "*.apps.test", "default.test", "other.test"],
+                &[backend.addr],
+                ""
+            ),
+            shop_cert.cert_path,
+            shop_cert.key_path,
+            wild.cert_path,
+            wild.key_path
+        )
+    };
+    let s = tls_balancer(&routes(&shop), "").await;
+    let port = s.tls_port;
+    assert_eq!(
+        served_cert(port, "shop.test").await.unwrap(),
+        shop.der.to_vec()
+    );
+    assert_eq!(
+        served_cert(port, "a.apps.test").await.unwrap(),
+        wild.der.to_vec()
+    );
+    // No certificate of its own: the default one.
+    assert_eq!(
+        served_cert(port, "other.test").await.unwrap(),
+        s.default.der.to_vec()
+    );
+    assert_eq!(
+        served_cert(port, "unknown.test").await.unwrap(),
+        s.default.der.to_vec()
+    );
+    // A verified client gets the page over the shop certificate.
+    let cfg = client_config(&[&shop.der], &[b"http/1.1"]);
+    let mut tls = tls_connect(port, "shop.test", cfg).await.unwrap();
+    assert!(h1_over(&mut tls, "shop.test", "/")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    // Hot swap: a new certificate for shop.test in the routes file, no restart.
+    let renewed = make_cert(dir.path(), "shop2", &["shop.test"]);
+    s.b.write_routes(&routes(&renewed));
+    let t = Instant::now();
+    while served_cert(port, "shop.test").await.unwrap() != renewed.der.to_vec() {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", s.b.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn h2_request_for_a_name_of_another_certificate_is_misdirected() {
+    let backend = Backend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let shop = make_cert(dir.path(), "shop", &["shop.test"]);
+    let routes = format!(
+        "{}\n[[cert]]\ncert = {:?}\nkey = {:?}\n",
+        app_routes(
+            "one",
+            &["shop.test", "default.test", "plain.test"],
+            &[backend.addr],
+            ""
+        ),
+        shop.cert_path,
+        shop.key_path
+    );
+    let s = tls_balancer(&routes, "").await;
+    let cfg = client_config(&[&shop.der], &[b"h2"]);
+    let tls = tls_connect(s.tls_port, "shop.test", cfg).await.unwrap();
+    let mut send = h2_client(tls).await;
+    let (p, _) = h2_get(&mut send, "https://shop.test/ok", None)
+        .await
+        .unwrap();
+    assert_eq!(p.status, 200);
+    // default.test is served with the default certificate: not on this connection.
+    let (p, _) = h2_get(&mut send, "https://default.test/x", None)
+        .await
+        .unwrap();
+    assert_eq!(p.status, 421);
+    assert_eq!(p.headers["x-pier-error"], "misdirected-request");
+    assert_eq!(backend.count(), 1);
+}
+
+#[tokio::test]
+async fn unknown_sni_can_be_refused() {
+    let backend = Backend::start("one").await;
+    let s = tls_balancer(
+        &backend_routes("one", &["default.test"], &backend),
+        "unknown_sni = \"reject\"\n",
+    )
+    .await;
+    assert!(served_cert(s.tls_port, "default.test").await.is_some());
+    assert!(served_cert(s.tls_port, "nobody.test").await.is_none());
+}
+
+#[tokio::test]
+async fn https_redirect_and_hsts_per_app() {
+    let backend = Backend::start("one").await;
+    let routes = format!(
+        "{}\n{}",
+        app_routes(
+            "secure",
+            &["default.test"],
+            &[backend.addr],
+            "https_redirect = true\nhsts = \"max-age=31536000; includeSubDomains\"\n"
+        ),
+        app_routes("loose", &["loose.test"], &[backend.addr], "")
+    );
+    let s = tls_balancer(&routes, "https_port = 443\n").await;
+    let r = get(s.b.addr(), "default.test", "/a/b?c=d").await;
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some("https://default.test/a/b?c=d"));
+    assert_eq!(
+        r.header("strict-transport-security"),
+        None,
+        "never over plain HTTP"
+    );
+    assert_eq!(get(s.b.addr(), "loose.test", "/").await.status, 200);
+    // Over TLS: proxied, with HSTS added.
+    let cfg = client_config(&[&s.default.der], &[b"http/1.1"]);
+    let mut tls = tls_connect(s.tls_port, "default.test", cfg).await.unwrap();
+    let text = h1_over(&mut tls, "default.test", "/in").await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("Strict-Transport-Security: max-age=31536000; includeSubDomains\r\n"),
+        "{text}"
+    );
+    // And over h2, where the h2c request on the plain port is redirected too.
+    let mut plain = h2_client(TcpStream::connect(s.b.addr()).await.unwrap()).await;
+    let (p, _) = h2_get(&mut plain, "http://default.test/h2", None)
+        .await
+        .unwrap();
+    assert_eq!(p.status, 308);
+    let cfg = client_config(&[&s.default.der], &[b"h2"]);
+    let mut send = h2_client(tls_connect(s.tls_port, "default.test", cfg).await.unwrap()).await;
+    let (p, _) = h2_get(&mut send, "https://default.test/h2", None)
+        .await
+        .unwrap();
+    assert_eq!(p.status, 200);
+    assert_eq!(
+        p.headers["strict-transport-security"],
+        "max-age=31536000; includeSubDomains"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_certificates_are_served_and_swapped_without_restart() {
+    use pier_registry::model::{AppRecord, BackendRecord, CertRecord, DomainRecord};
+    let redis = RedisServer::start().await;
+    let reg = pier_registry::Registry::connect(&redis.url())
+        .await
+        .unwrap();
+    let backend = Backend::start("one").await;
+    reg.put_app("shop", &AppRecord::default()).await.unwrap();
+    reg.put_domain(
+        "shop.test",
+        &DomainRecord {
+            app: "shop".into(),
+            verified: true,
+            token: None,
+        },
+    )
+    .await
+    .unwrap();
+    reg.put_backend(
+        "shop",
+        "i0",
+        &BackendRecord {
+            address: backend.addr.to_string(),
+            expires_at_ms: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = make_cert(dir.path(), "first", &["shop.test"]);
+    let rec = |c: &TestCert| CertRecord {
+        app: "shop".into(),
+        cert: c.cert_pem.clone(),
+        key: c.key_pem.clone(),
+        added_ms: 0,
+    };
+    reg.put_cert("shop.test", &rec(&first)).await.unwrap();
+    let s = tls_balancer(
+        "",
+        &format!(
+            "[routes]\nredis = \"{}\"\nsnapshot_file = \"\"\n",
+            redis.url()
+        ),
+    )
+    .await;
+    let wait_for = |want: Vec<u8>| {
+        let port = s.tls_port;
+        async move {
+            let t = Instant::now();
+            loop {
+                if served_cert(port, "shop.test").await == Some(want.clone()) {
+                    return;
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "certificate not served"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(first.der.to_vec()).await;
+    let cfg = client_config(&[&first.der], &[b"h2"]);
+    let mut send = h2_client(tls_connect(s.tls_port, "shop.test", cfg).await.unwrap()).await;
+    let (p, body) = h2_get(&mut send, "https://shop.test/x", None)
+        .await
+        .unwrap();
+    assert_eq!((p.status, body), (http::StatusCode::OK, b"one /x".to_vec()));
+    // Renewed in the registry: the next handshake gets the new one.
+    let second = make_cert(dir.path(), "second", &["shop.test"]);
+    reg.put_cert("shop.test", &rec(&second)).await.unwrap();
+    wait_for(second.der.to_vec()).await;
+    // The open connection keeps working.
+    let (p, _) = h2_get(&mut send, "https://shop.test/y", None)
+        .await
+        .unwrap();
+    assert_eq!(p.status, 200);
+    // Deleted: back to the default certificate.
+    reg.delete_cert("shop.test").await.unwrap();
+    wait_for(s.default.der.to_vec()).await;
+}
+
+#[test]
+fn tls_config_problems_are_keyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"]);
+    let b = make_cert(dir.path(), "b", &["b.test"]);
+    let check = |text: &str| {
+        let p = dir.path().join("balancer.toml");
+        std::fs::write(&p, text).unwrap();
+        std::fs::write(dir.path().join("routes.toml"), "").unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pier-balancer"))
+            .arg("--check")
+            .arg("--config")
+            .arg(&p)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout),
+        )
+    };
+    let base = "[routes]\nfile = \"routes.toml\"\n";
+    let (ok, text) = check(&format!("[listen]\nhttps = [\"127.0.0.1:8443\"]\n{base}"));
+    assert!(
+        !ok && text.contains("tls: listen.https needs [tls] cert and key"),
+        "{text}"
+    );
+    let (ok, text) = check(&format!(
+        "[listen]\nhttps = [\"127.0.0.1:8443\"]\n{base}[tls]\ncert = {:?}\nkey = {:?}\n",
+        a.cert_path, b.key_path
+    ));
+    assert!(!ok && text.contains("tls.cert: "), "{text}");
+    assert!(text.contains("does not match"), "{text}");
+    let (ok, text) = check(&format!(
+        "[listen]\nhttps = [\"127.0.0.1:8443\"]\n{base}[tls]\ncert = \"missing.pem\"\nkey = {:?}\n",
+        a.key_path
+    ));
+    assert!(!ok && text.contains("tls.cert: cannot read"), "{text}");
+    let (ok, text) = check(&format!(
+        "[listen]\nhttps = [\"127.0.0.1:8443\"]\n{base}[tls]\ncert = {:?}\nkey = {:?}\nunknown_sni = \"maybe\"\n",
+        a.cert_path, a.key_path
+    ));
+    assert!(!ok && text.contains("tls.unknown_sni"), "{text}");
+    let (ok, text) = check(&format!(
+        "[listen]\nhttps = [\"127.0.0.1:8443\"]\n{base}[tls]\ncert = {:?}\nkey = {:?}\n",
+        a.cert_path, a.key_path
+    ));
+    assert!(ok, "{text}");
 }

@@ -54,8 +54,8 @@ struct ConnInfo {
     peer: SocketAddr,
     peer_ip: Vec<u8>,
     listener: Listener,
-    /// The certificate the TLS handshake presented (`None` for h2c).
-    cert: Option<Arc<rustls::sign::CertifiedKey>>,
+    /// Over TLS: the name the client gave in SNI (`Some(None)` when it gave none).
+    sni: Option<Option<Box<str>>>,
 }
 
 /// Serves one HTTP/2 connection until the client leaves, it idles out, it misbehaves, or the
@@ -71,11 +71,8 @@ pub async fn serve_h2(
     let cfg = &shared.config;
     let h = &cfg.http2;
     shared.metrics.h2_connections.inc();
-    let cert = match &stream {
-        ClientStream::Tls(t) => shared
-            .tls_resolver
-            .as_ref()
-            .and_then(|r| r.for_name(t.get_ref().1.server_name())),
+    let sni = match &stream {
+        ClientStream::Tls(t) => Some(t.get_ref().1.server_name().map(Box::from)),
         ClientStream::Plain(_) => None,
     };
     let alarm = Arc::new(Alarm::default());
@@ -112,7 +109,7 @@ pub async fn serve_h2(
         peer,
         peer_ip: crate::headers::client_ip_text(peer),
         listener,
-        cert,
+        sni,
     });
     let mut shutdown = shared.shutdown_rx.clone();
     let mut draining = false;
@@ -299,12 +296,14 @@ async fn route_and_forward(
             answer_error(respond, ProxyError::BadHost, ctx.request_id, head_request),
         );
     };
-    if let (Some(cert), Some(resolver)) = (&ctx.info.cert, &w.shared.tls_resolver) {
+    if let (Some(sni), Some(resolver)) = (&ctx.info.sni, &w.shared.tls_resolver) {
         // A client may reuse a connection for every name its certificate covers (RFC 9113
-        // §9.1.1); a name that would get another certificate belongs on another connection.
-        let same = resolver
-            .for_name(Some(host.as_str()))
-            .is_some_and(|k| Arc::ptr_eq(&k, cert));
+        // §9.1.1); a name that gets another certificate belongs on another connection. Both
+        // are asked of the table in use, so a renewed certificate does not strand connections
+        // opened before the renewal.
+        let conn_cert = resolver.for_name(sni.as_deref());
+        let want = resolver.for_name(Some(host.as_str()));
+        let same = matches!((&conn_cert, &want), (Some(a), Some(b)) if Arc::ptr_eq(a, b));
         if !same {
             return (
                 None,
@@ -335,12 +334,7 @@ async fn route_and_forward(
         );
     };
     let tls = ctx.info.listener.tls;
-    let hsts: Option<&str> = if tls {
-        None /*TEMP app.settings.hsts*/
-    } else {
-        None
-    };
-    if false /*TEMP app.settings.https_redirect*/ && !tls {
+    if app.settings.https_redirect && !tls {
         if let Some(t) = &w.shared.config.tls {
             let mut scratch = AnswerScratch::default();
             let resp = https_redirect(
@@ -363,7 +357,11 @@ async fn route_and_forward(
             &mut scratch,
         ) {
             Some(mut resp) => {
-                resp.hsts = hsts;
+                resp.hsts = if tls {
+                    app.settings.hsts.as_deref()
+                } else {
+                    None
+                };
                 send_local(respond, &resp, head_request)
             }
             None => local_outcome(500, None, false),
@@ -379,6 +377,11 @@ async fn route_and_forward(
         let o = answer_error(respond, ProxyError::NoBackend, ctx.request_id, head_request);
         return (Some(app), o);
     }
+    let hsts = if tls {
+        app.settings.hsts.as_deref()
+    } else {
+        None
+    };
     let o = forward_h2(ctx, &app, body, respond, hsts).await;
     (Some(app), o)
 }
