@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
-use pier_registry::model::{AppRecord, BackendRecord, DomainRecord, TokenRecord};
+use pier_registry::cert::{self, ParsedCert};
+use pier_registry::model::{AppRecord, BackendRecord, CertRecord, DomainRecord, TokenRecord};
 use pier_registry::Registry;
 use pier_routes::DomainPattern;
 use serde::{Deserialize, Serialize};
@@ -183,6 +184,35 @@ impl BackendView {
     }
 }
 
+/// What the API tells about a domain's certificate (never its private key).
+#[derive(Debug, Serialize)]
+pub struct CertView {
+    pub domain: String,
+    /// The certificate's DNS names (subjectAltName).
+    pub names: Vec<String>,
+    /// Validity window, RFC 3339 (UTC).
+    pub not_before: String,
+    pub not_after: String,
+    /// SHA-256 of the leaf certificate, lower-case hex.
+    pub fingerprint_sha256: String,
+    pub issuer: String,
+    pub subject: String,
+}
+
+impl CertView {
+    fn new(domain: &str, c: &ParsedCert) -> Self {
+        CertView {
+            domain: domain.to_string(),
+            names: c.names.clone(),
+            not_before: cert::rfc3339(c.not_before_ms),
+            not_after: cert::rfc3339(c.not_after_ms),
+            fingerprint_sha256: c.fingerprint_sha256.clone(),
+            issuer: c.issuer.clone(),
+            subject: c.subject.clone(),
+        }
+    }
+}
+
 // ------------------------------------------------------------------- bodies
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +255,16 @@ pub struct NewBackend {
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     pub ttl_s: u64,
+}
+
+/// A certificate upload. No `Debug`: it holds a private key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCert {
+    /// PEM: the certificate, then its intermediates.
+    pub cert: String,
+    /// PEM: the private key.
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -646,6 +686,88 @@ pub async fn remove_backend(state: &ApiState, caller: &Caller, app: &str, id: &s
         Some(_) => Ok((StatusCode::NO_CONTENT, None)),
         None => Err(ApiError::NotFound(format!(
             "app {app:?} has no backend {id:?}"
+        ))),
+    }
+}
+
+/// The app's verified domain `raw` (404 when it is not the app's, 409 while pending).
+async fn verified_domain(state: &ApiState, app: &str, raw: &str) -> Result<String, ApiError> {
+    let (pattern, rec) = own_domain(state, app, raw).await?;
+    let key = pattern.to_string();
+    if !rec.verified {
+        return Err(ApiError::Conflict(format!(
+            "domain {key} is not verified yet: verify it before adding a certificate"
+        )));
+    }
+    Ok(key)
+}
+
+pub async fn put_cert(
+    state: &ApiState,
+    caller: &Caller,
+    app: &str,
+    raw: &str,
+    body: &[u8],
+) -> Reply {
+    caller.may_act_on(app)?;
+    let req: NewCert = parse_body(body)?;
+    let key = verified_domain(state, app, raw).await?;
+    let parsed = cert::parse_pair(&req.cert, &req.key)
+        .map_err(|e| ApiError::Unprocessable(format!("certificate: {e}")))?;
+    if !cert::covers(&parsed, &key) {
+        let names = if parsed.names.is_empty() {
+            "none".to_string()
+        } else {
+            parsed.names.join(", ")
+        };
+        return Err(ApiError::Unprocessable(format!(
+            "certificate: it does not cover {key} (its names: {names})"
+        )));
+    }
+    let rec = CertRecord {
+        app: app.to_string(),
+        cert: req.cert,
+        key: req.key,
+        added_ms: now_ms(),
+    };
+    // The registry checks ownership and verification again in the write itself.
+    state.registry().put_cert(&key, &rec).await?;
+    tracing::info!(
+        app,
+        domain = %key,
+        fingerprint = %parsed.fingerprint_sha256,
+        not_after = %cert::rfc3339(parsed.not_after_ms),
+        "certificate stored"
+    );
+    json(StatusCode::OK, &CertView::new(&key, &parsed))
+}
+
+pub async fn show_cert(state: &ApiState, caller: &Caller, app: &str, raw: &str) -> Reply {
+    caller.may_act_on(app)?;
+    let (pattern, _) = own_domain(state, app, raw).await?;
+    let key = pattern.to_string();
+    let rec = state
+        .registry()
+        .cert(&key)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("domain {key} has no certificate")))?;
+    // Stored certificates are shown as they are, expired or not.
+    let parsed = cert::load_pair(&rec.cert, &rec.key)
+        .map_err(|e| ApiError::Internal(format!("stored certificate of {key}: {e}")))?;
+    json(StatusCode::OK, &CertView::new(&key, &parsed))
+}
+
+pub async fn remove_cert(state: &ApiState, caller: &Caller, app: &str, raw: &str) -> Reply {
+    caller.may_act_on(app)?;
+    let (pattern, _) = own_domain(state, app, raw).await?;
+    let key = pattern.to_string();
+    match state.registry().delete_cert(&key).await? {
+        Some(_) => {
+            tracing::info!(app, domain = %key, "certificate removed");
+            Ok((StatusCode::NO_CONTENT, None))
+        }
+        None => Err(ApiError::NotFound(format!(
+            "domain {key} has no certificate"
         ))),
     }
 }

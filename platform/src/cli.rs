@@ -47,6 +47,9 @@ pub enum Command {
     /// An app's domains.
     #[command(subcommand)]
     Domains(DomainsCmd),
+    /// TLS certificates of an app's domains.
+    #[command(subcommand)]
+    Certs(CertsCmd),
     /// An app's backends (instances).
     #[command(subcommand)]
     Backends(BackendsCmd),
@@ -117,6 +120,26 @@ pub enum DomainsCmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CertsCmd {
+    /// Set a verified domain's certificate (replacing any) from PEM files.
+    Add {
+        app: String,
+        host: String,
+        /// PEM file: the certificate, then its intermediates.
+        #[arg(long, value_name = "FILE")]
+        cert: std::path::PathBuf,
+        /// PEM file: the private key.
+        #[arg(long, value_name = "FILE")]
+        key: std::path::PathBuf,
+    },
+    /// Show a domain's certificate (names, validity, fingerprint, issuer, subject).
+    Show { app: String, host: String },
+    /// Remove a domain's certificate.
+    #[command(alias = "remove")]
+    Rm { app: String, host: String },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -228,6 +251,33 @@ fn backend_line(b: &Value) -> String {
     format!("{}\t{}\t{live}\t{expires}", s(b, "id"), s(b, "address"))
 }
 
+/// A certificate's facts, one `FIELD<TAB>VALUE` line each.
+fn cert_lines(c: &Value, out: &mut dyn Write) -> std::io::Result<()> {
+    let names: Vec<&str> = items(c, "names").iter().filter_map(Value::as_str).collect();
+    writeln!(out, "domain\t{}", s(c, "domain"))?;
+    writeln!(out, "names\t{}", names.join(", "))?;
+    for field in [
+        "not_before",
+        "not_after",
+        "fingerprint_sha256",
+        "issuer",
+        "subject",
+    ] {
+        writeln!(out, "{field}\t{}", s(c, field))?;
+    }
+    Ok(())
+}
+
+/// Reads a PEM file named on the command line (a problem with it is a usage error).
+fn read_pem(path: &std::path::Path, what: &str) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        CliError::Usage(format!(
+            "cannot read the {what} file {}: {e}",
+            path.display()
+        ))
+    })
+}
+
 fn items<'a>(v: &'a Value, key: &str) -> &'a [Value] {
     v.get(key)
         .and_then(Value::as_array)
@@ -280,6 +330,29 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
             Method::POST,
             format!("{}/domains/{}/verify", app_path(app), encode_segment(host)),
             Some(json!({ "force": force })),
+        ),
+        Command::Certs(CertsCmd::Add {
+            app,
+            host,
+            cert,
+            key,
+        }) => (
+            Method::PUT,
+            format!("{}/domains/{}/cert", app_path(app), encode_segment(host)),
+            Some(json!({
+                "cert": read_pem(cert, "certificate")?,
+                "key": read_pem(key, "key")?,
+            })),
+        ),
+        Command::Certs(CertsCmd::Show { app, host }) => (
+            Method::GET,
+            format!("{}/domains/{}/cert", app_path(app), encode_segment(host)),
+            None,
+        ),
+        Command::Certs(CertsCmd::Rm { app, host }) => (
+            Method::DELETE,
+            format!("{}/domains/{}/cert", app_path(app), encode_segment(host)),
+            None,
         ),
         Command::Backends(BackendsCmd::Add { app, addr, id, ttl }) => {
             let mut b = json!({ "address": addr });
@@ -371,6 +444,14 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
         }
         Command::Domains(DomainsCmd::Verify { .. }) => {
             writeln!(out, "{} verified", s(&v, "domain"))?
+        }
+        Command::Certs(CertsCmd::Add { app, .. }) => {
+            writeln!(out, "certificate for {} of {app} stored", s(&v, "domain"))?;
+            cert_lines(&v, out)?;
+        }
+        Command::Certs(CertsCmd::Show { .. }) => cert_lines(&v, out)?,
+        Command::Certs(CertsCmd::Rm { app, host }) => {
+            writeln!(out, "removed the certificate of {host} from {app}")?
         }
         Command::Backends(BackendsCmd::Add { .. } | BackendsCmd::Heartbeat { .. }) => {
             writeln!(out, "{}", backend_line(&v))?

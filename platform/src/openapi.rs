@@ -18,10 +18,12 @@ fn status_text(status: u16) -> &'static str {
         403 => {
             "The token may not do this (an owner acting on another app, or an operator-only action)"
         }
-        404 => "No such app, domain or backend",
-        409 => "Exists already, or the domain belongs to another app",
+        404 => "No such app, domain, backend or certificate",
+        409 => "Exists already, the domain belongs to another app, or it is not verified yet",
         413 => "Request body too large",
-        422 => "Invalid values (app name, hostname, address, settings) or a failed domain check",
+        422 => {
+            "Invalid values (app name, hostname, address, settings, certificate) or a failed domain check"
+        }
         500 => "Bad data in the registry, or a bug",
         503 => "The registry (Redis) is unavailable",
         _ => "",
@@ -150,7 +152,9 @@ fn schemas() -> Value {
                 "retries": int,
                 "timeouts": schema_ref("Timeouts"),
                 "action": schema_ref("Action"),
-                "spin": { "type": "boolean" }
+                "spin": { "type": "boolean" },
+                "https_redirect": { "type": "boolean", "description": "Answer plain-HTTP requests with a 308 to HTTPS" },
+                "hsts": { "type": "string", "description": "Strict-Transport-Security value for HTTPS responses: max-age=<seconds>[; directives], visible ASCII" }
             }
         },
         "AppSettingsPatch": {
@@ -163,7 +167,9 @@ fn schemas() -> Value {
                 "retries": { "type": "integer", "minimum": 0, "nullable": true },
                 "timeouts": { "allOf": [schema_ref("Timeouts")], "nullable": true },
                 "action": { "allOf": [schema_ref("Action")], "nullable": true },
-                "spin": { "type": "boolean", "nullable": true }
+                "spin": { "type": "boolean", "nullable": true },
+                "https_redirect": { "type": "boolean", "nullable": true },
+                "hsts": { "type": "string", "nullable": true }
             }
         },
         "App": {
@@ -221,6 +227,30 @@ fn schemas() -> Value {
             "additionalProperties": false,
             "properties": { "force": { "type": "boolean", "description": "Operator only: verify without the check" } }
         },
+        "NewCert": {
+            "type": "object",
+            "required": ["cert", "key"],
+            "additionalProperties": false,
+            "properties": {
+                "cert": { "type": "string", "description": "PEM: the certificate, then its intermediates" },
+                "key": { "type": "string", "description": "PEM: its private key (PKCS#8, PKCS#1 or SEC1); never returned" }
+            }
+        },
+        "Cert": {
+            "type": "object",
+            "required": ["domain", "names", "not_before", "not_after", "fingerprint_sha256", "issuer", "subject"],
+            "additionalProperties": false,
+            "description": "A domain's certificate, without its private key",
+            "properties": {
+                "domain": string,
+                "names": { "type": "array", "items": string, "description": "DNS names of the certificate (subjectAltName)" },
+                "not_before": { "type": "string", "description": "RFC 3339, UTC" },
+                "not_after": { "type": "string", "description": "RFC 3339, UTC" },
+                "fingerprint_sha256": { "type": "string", "description": "SHA-256 of the leaf certificate (DER), hex" },
+                "issuer": string,
+                "subject": string
+            }
+        },
         "Backend": {
             "type": "object",
             "required": ["id", "address", "expires_at_ms", "live"],
@@ -274,6 +304,7 @@ fn schemas() -> Value {
 pub fn document() -> Value {
     let app = &["app"][..];
     let app_domain = &["app", "domain"][..];
+    let cert_path = "/v1/apps/{app}/domains/{domain}/cert";
     let app_id = &["app", "id"][..];
     let ops: &[(&str, &str, &[&str], Op<'_>)] = &[
         (
@@ -431,6 +462,48 @@ pub fn document() -> Value {
             },
         ),
         (
+            cert_path,
+            "put",
+            app_domain,
+            Op {
+                id: "putCert",
+                summary: "Set a verified domain's TLS certificate and key (replacing any)",
+                authed: true,
+                body: Some("NewCert"),
+                optional_body: false,
+                ok: &[(200, Some("Cert"))],
+                errors: &[403, 404, 409, 422],
+            },
+        ),
+        (
+            cert_path,
+            "get",
+            app_domain,
+            Op {
+                id: "showCert",
+                summary: "A domain's certificate (never its key)",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("Cert"))],
+                errors: &[403, 404, 422],
+            },
+        ),
+        (
+            cert_path,
+            "delete",
+            app_domain,
+            Op {
+                id: "removeCert",
+                summary: "Remove a domain's certificate",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(204, None)],
+                errors: &[403, 404, 422],
+            },
+        ),
+        (
             "/v1/apps/{app}/backends",
             "get",
             app,
@@ -514,7 +587,7 @@ pub fn document() -> Value {
         "info": {
             "title": "pier registry API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Apps, domains, backends and tokens of a pier platform. Errors are {\"error\", \"reason\"}; an unknown path answers 404 and a known path with another method 405 with an Allow header. See docs/api.md."
+            "description": "Apps, domains and their certificates, backends and tokens of a pier platform. Errors are {\"error\", \"reason\"}; an unknown path answers 404 and a known path with another method 405 with an Allow header. See docs/api.md."
         },
         "servers": [{ "url": "/" }],
         "security": [{ "bearer": [] }],

@@ -19,6 +19,9 @@ pub enum RouteId {
     AddDomain,
     RemoveDomain,
     VerifyDomain,
+    PutCert,
+    ShowCert,
+    RemoveCert,
     ListBackends,
     AddBackend,
     Heartbeat,
@@ -62,6 +65,21 @@ pub static ROUTES: &[Route] = &[
         Method::POST,
         "/v1/apps/{app}/domains/{domain}/verify",
         RouteId::VerifyDomain,
+    ),
+    route(
+        Method::PUT,
+        "/v1/apps/{app}/domains/{domain}/cert",
+        RouteId::PutCert,
+    ),
+    route(
+        Method::GET,
+        "/v1/apps/{app}/domains/{domain}/cert",
+        RouteId::ShowCert,
+    ),
+    route(
+        Method::DELETE,
+        "/v1/apps/{app}/domains/{domain}/cert",
+        RouteId::RemoveCert,
     ),
     route(
         Method::GET,

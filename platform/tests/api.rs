@@ -855,3 +855,269 @@ async fn verifier_skips_a_dead_backend_and_gives_up_on_a_silent_one() {
     };
     assert!(via.verify(&wrong).await.is_err());
 }
+
+/// Adds `domain` to `app` as the operator, verified or pending.
+async fn add_domain(api: &ApiServer, app: &str, domain: &str, verified: bool) {
+    api.operator()
+        .expect(
+            Method::POST,
+            &format!("/v1/apps/{app}/domains"),
+            Some(json!({"domain": domain, "verified": verified})),
+            201,
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn certificates_put_show_delete() {
+    let api = ApiServer::start().await;
+    let owner = api.app_with_owner("shop").await;
+    add_domain(&api, "shop", "shop.example.com", true).await;
+    add_domain(&api, "shop", "*.shop.example.com", true).await;
+    let path = "/v1/apps/shop/domains/shop.example.com/cert";
+    owner.expect(Method::GET, path, None, 404).await;
+
+    let (cert, key) = common::cert_pair(&["shop.example.com", "*.shop.example.com"], 2020, 2090);
+    let put = owner
+        .expect(
+            Method::PUT,
+            path,
+            Some(json!({"cert": cert, "key": key})),
+            200,
+        )
+        .await;
+    assert_eq!(put.body["domain"], "shop.example.com");
+    assert_eq!(
+        put.body["names"],
+        json!(["shop.example.com", "*.shop.example.com"])
+    );
+    assert_eq!(put.body["not_before"], "2020-01-01T00:00:00Z");
+    assert_eq!(put.body["not_after"], "2090-01-01T00:00:00Z");
+    assert_eq!(put.body["fingerprint_sha256"].as_str().unwrap().len(), 64);
+    assert!(put.body["subject"].as_str().unwrap().contains("CN="));
+    let shown = owner.expect(Method::GET, path, None, 200).await;
+    assert_eq!(shown.body, put.body);
+    // The private key is never in an answer, not even as a field name.
+    for r in [&put, &shown] {
+        assert!(!r.text.contains("PRIVATE KEY") && !r.text.contains("\"key\""));
+    }
+    // Stored with its owner, the key kept for the balancers.
+    let rec = api
+        .registry
+        .cert("shop.example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((rec.app.as_str(), rec.key.as_str()), ("shop", key.as_str()));
+
+    // The same certificate serves the wildcard domain (any spelling in the path).
+    let wild = "/v1/apps/shop/domains/%2A.Shop.Example.com/cert";
+    let put = owner
+        .expect(
+            Method::PUT,
+            wild,
+            Some(json!({"cert": cert, "key": key})),
+            200,
+        )
+        .await;
+    assert_eq!(put.body["domain"], "*.shop.example.com");
+
+    // Delete: 204, then 404; the domain stays.
+    owner.expect(Method::DELETE, path, None, 204).await;
+    owner.expect(Method::DELETE, path, None, 404).await;
+    owner.expect(Method::GET, path, None, 404).await;
+    assert!(api
+        .registry
+        .cert("shop.example.com")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(api
+        .registry
+        .domain("shop.example.com")
+        .await
+        .unwrap()
+        .is_some());
+
+    // Deleting the domain takes its certificate along.
+    owner
+        .expect(
+            Method::DELETE,
+            "/v1/apps/shop/domains/%2A.shop.example.com",
+            None,
+            204,
+        )
+        .await;
+    assert!(api
+        .registry
+        .cert("*.shop.example.com")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn bad_certificates_are_refused_with_the_reason() {
+    let api = ApiServer::start().await;
+    let owner = api.app_with_owner("shop").await;
+    add_domain(&api, "shop", "shop.example.com", true).await;
+    let path = "/v1/apps/shop/domains/shop.example.com/cert";
+    let (cert, key) = common::cert_pair(&["shop.example.com"], 2020, 2090);
+    let (_, other_key) = common::cert_pair(&["shop.example.com"], 2020, 2090);
+    let (expired, expired_key) = common::cert_pair(&["shop.example.com"], 2000, 2001);
+    let (future, future_key) = common::cert_pair(&["shop.example.com"], 2990, 2999);
+    let (elsewhere, elsewhere_key) = common::cert_pair(&["www.shop.example.com"], 2020, 2090);
+    let cases: &[(serde_json::Value, &str)] = &[
+        (json!({"cert": "hello", "key": key}), "no certificate"),
+        (
+            json!({"cert": cert.replacen("MII", "M!I", 1), "key": key}),
+            "bad PEM",
+        ),
+        (json!({"cert": cert, "key": "nothing"}), "no private key"),
+        (json!({"cert": cert, "key": other_key}), "does not match"),
+        (
+            json!({"cert": expired, "key": expired_key}),
+            "expired at 2001-01-01T00:00:00Z",
+        ),
+        (
+            json!({"cert": future, "key": future_key}),
+            "not valid before 2990-01-01",
+        ),
+        (
+            json!({"cert": elsewhere, "key": elsewhere_key}),
+            "does not cover shop.example.com (its names: www.shop.example.com)",
+        ),
+        (json!({"cert": cert}), "missing field `key`"),
+        (
+            json!({"cert": cert, "key": key, "chain": ""}),
+            "unknown field",
+        ),
+    ];
+    for (body, why) in cases {
+        let r = owner
+            .expect(Method::PUT, path, Some(body.clone()), 422)
+            .await;
+        assert_eq!(r.body["error"], "unprocessable");
+        let reason = r.body["reason"].as_str().unwrap();
+        assert!(reason.contains(why), "{why}: {reason}");
+        // The key's material is never echoed back.
+        assert!(!reason.contains(&key[40..80]), "{reason}");
+    }
+    assert!(api
+        .registry
+        .cert("shop.example.com")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(api.registry.snapshot().await.unwrap().certs.len(), 0);
+}
+
+#[tokio::test]
+async fn certificates_need_an_own_verified_domain() {
+    let api = ApiServer::start().await;
+    let shop = api.app_with_owner("shop").await;
+    let blog = api.app_with_owner("blog").await;
+    add_domain(&api, "shop", "shop.example.com", true).await;
+    add_domain(&api, "blog", "blog.example.com", true).await;
+    add_domain(&api, "shop", "pending.example.com", false).await;
+    let body = |names: &[&str]| {
+        let (cert, key) = common::cert_pair(names, 2020, 2090);
+        Some(json!({"cert": cert, "key": key}))
+    };
+    let op = api.operator();
+    // Unknown app, unknown domain, another app's domain: 404 (the operator too).
+    for (who, path) in [
+        (&op, "/v1/apps/nope/domains/shop.example.com/cert"),
+        (&op, "/v1/apps/shop/domains/nope.example.com/cert"),
+        (&op, "/v1/apps/shop/domains/blog.example.com/cert"),
+        (&shop, "/v1/apps/shop/domains/blog.example.com/cert"),
+    ] {
+        let domain = path.split('/').nth(5).unwrap();
+        who.expect(Method::PUT, path, body(&[domain]), 404).await;
+        who.expect(Method::GET, path, None, 404).await;
+        who.expect(Method::DELETE, path, None, 404).await;
+    }
+    // A pending domain: 409 until it is verified.
+    let pending = "/v1/apps/shop/domains/pending.example.com/cert";
+    let r = shop
+        .expect(Method::PUT, pending, body(&["pending.example.com"]), 409)
+        .await;
+    assert!(r.body["reason"].as_str().unwrap().contains("not verified"));
+    op.expect(
+        Method::POST,
+        "/v1/apps/shop/domains/pending.example.com/verify",
+        Some(json!({"force": true})),
+        200,
+    )
+    .await;
+    shop.expect(Method::PUT, pending, body(&["pending.example.com"]), 200)
+        .await;
+    // The owner of another app: 403, whatever the domain; the operator may.
+    let own = "/v1/apps/shop/domains/shop.example.com/cert";
+    blog.expect(Method::PUT, own, body(&["shop.example.com"]), 403)
+        .await;
+    blog.expect(Method::GET, own, None, 403).await;
+    blog.expect(Method::DELETE, own, None, 403).await;
+    op.expect(Method::PUT, own, body(&["shop.example.com"]), 200)
+        .await;
+    op.expect(Method::GET, own, None, 200).await;
+    // No token: 401.
+    api.client(None).expect(Method::GET, own, None, 401).await;
+    // Deleting the app deletes its certificates.
+    op.expect(Method::DELETE, "/v1/apps/shop", None, 204).await;
+    assert_eq!(api.registry.snapshot().await.unwrap().certs.len(), 0);
+}
+
+#[tokio::test]
+async fn https_settings_are_kept_and_checked() {
+    let api = ApiServer::start().await;
+    let op = api.operator();
+    let created = op
+        .expect(
+            Method::POST,
+            "/v1/apps",
+            Some(json!({"name": "shop", "settings": {"https_redirect": true}})),
+            201,
+        )
+        .await;
+    assert_eq!(created.body["settings"]["https_redirect"], true);
+    let patched = op
+        .expect(
+            Method::PATCH,
+            "/v1/apps/shop",
+            Some(json!({"hsts": "max-age=31536000; includeSubDomains"})),
+            200,
+        )
+        .await;
+    assert_eq!(
+        patched.body["settings"]["hsts"],
+        "max-age=31536000; includeSubDomains"
+    );
+    let rec = api.registry.app("shop").await.unwrap().unwrap();
+    assert!(rec.https_redirect);
+    let settings = rec.to_settings().unwrap();
+    assert_eq!(
+        settings.hsts.as_deref(),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    for bad in [
+        json!({"hsts": "includeSubDomains"}),
+        json!({"hsts": "max-age=1\r\nx: y"}),
+        json!({"https_redirect": "yes"}),
+    ] {
+        let r = op
+            .expect(Method::PATCH, "/v1/apps/shop", Some(bad.clone()), 422)
+            .await;
+        assert!(!r.body["reason"].as_str().unwrap().is_empty(), "{bad}");
+    }
+    let reset = op
+        .expect(
+            Method::PATCH,
+            "/v1/apps/shop",
+            Some(json!({"hsts": null, "https_redirect": null})),
+            200,
+        )
+        .await;
+    assert_eq!(reset.body["settings"].get("hsts"), None);
+    assert_eq!(reset.body["settings"].get("https_redirect"), None);
+}

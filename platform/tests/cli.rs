@@ -272,3 +272,127 @@ fn remaining_verbs() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("404"), "{out:?}");
 }
+
+#[test]
+fn certs_add_show_rm() {
+    let api = ApiProcess::start();
+    let op = Some(OPERATOR);
+    api.pier(op, &["apps", "create", "shop"]).ok();
+    api.pier(op, &["domains", "add", "shop", "shop.test", "--verified"])
+        .ok();
+    let token = api
+        .pier(op, &["tokens", "create", "--app", "shop"])
+        .ok()
+        .last_line()
+        .to_string();
+    let owner = Some(token.as_str());
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (cert, key) = common::cert_pair(&["shop.test"], 2020, 2090);
+    let (_, other_key) = common::cert_pair(&["shop.test"], 2020, 2090);
+    let (cert_f, key_f) = (file("shop.crt", &cert), file("shop.key", &key));
+    let other_f = file("other.key", &other_key);
+
+    let out = api
+        .pier(
+            owner,
+            &[
+                "certs",
+                "add",
+                "shop",
+                "Shop.Test",
+                "--cert",
+                &cert_f,
+                "--key",
+                &key_f,
+            ],
+        )
+        .ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[0], "certificate for shop.test of shop stored",
+        "{out:?}"
+    );
+    assert!(lines.contains(&"domain\tshop.test"), "{out:?}");
+    assert!(lines.contains(&"names\tshop.test"), "{out:?}");
+    assert!(
+        lines.contains(&"not_after\t2090-01-01T00:00:00Z"),
+        "{out:?}"
+    );
+    assert!(!out.stdout.contains("PRIVATE"), "{out:?}");
+
+    let out = api
+        .pier(owner, &["certs", "show", "shop", "shop.test"])
+        .ok();
+    assert_eq!(out.stdout.lines().count(), 7, "{out:?}");
+    assert!(out.stdout.starts_with("domain\tshop.test\n"), "{out:?}");
+    let fingerprint = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint_sha256\t"))
+        .unwrap()
+        .to_string();
+    assert_eq!(fingerprint.len(), 64);
+    let out = api
+        .pier(owner, &["--json", "certs", "show", "shop", "shop.test"])
+        .ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["fingerprint_sha256"], fingerprint);
+
+    // A mismatched key: the API's 422 and its reason, exit 1.
+    let out = api.pier(
+        owner,
+        &[
+            "certs",
+            "add",
+            "shop",
+            "shop.test",
+            "--cert",
+            &cert_f,
+            "--key",
+            &other_f,
+        ],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("does not match") && out.stderr.contains("422"),
+        "{out:?}"
+    );
+    // An unreadable file or a missing option: a usage error, exit 2.
+    let missing = dir.path().join("missing.crt").display().to_string();
+    let out = api.pier(
+        owner,
+        &[
+            "certs",
+            "add",
+            "shop",
+            "shop.test",
+            "--cert",
+            &missing,
+            "--key",
+            &key_f,
+        ],
+    );
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("missing.crt"), "{out:?}");
+    let out = api.pier(
+        owner,
+        &["certs", "add", "shop", "shop.test", "--cert", &cert_f],
+    );
+    assert_eq!(out.code, 2, "{out:?}");
+
+    let out = api.pier(owner, &["certs", "rm", "shop", "shop.test"]).ok();
+    assert_eq!(
+        out.stdout,
+        "removed the certificate of shop.test from shop\n"
+    );
+    let out = api.pier(owner, &["certs", "show", "shop", "shop.test"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("404"), "{out:?}");
+    let out = api.pier(owner, &["certs", "rm", "shop", "shop.test"]);
+    assert_eq!(out.code, 1, "{out:?}");
+}
