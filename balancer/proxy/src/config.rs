@@ -194,7 +194,8 @@ pub struct Listener {
 pub enum UnknownSni {
     /// The default certificate (`[tls] cert`), like nginx's default server.
     Default,
-    /// Refuse the handshake with an `unrecognized_name` alert.
+    /// Refuse the handshake (rustls sends a fatal `access_denied` alert) when the name has
+    /// neither a certificate nor a route, or there is no SNI.
     Reject,
 }
 
@@ -727,13 +728,16 @@ impl ConfigFile {
         };
         let http2 = Http2Settings {
             enabled: h2.and_then(|h| h.enabled).unwrap_or(true),
-            h2c: listen.and_then(|l| l.h2c).unwrap_or(true),
+            // `enabled = false` turns HTTP/2 off everywhere, h2c included.
+            h2c: listen.and_then(|l| l.h2c).unwrap_or(true)
+                && h2.and_then(|h| h.enabled).unwrap_or(true),
             max_concurrent_streams: h2.and_then(|h| h.max_concurrent_streams).unwrap_or(128),
             max_header_list_size: h2_size(
                 &mut c,
                 "http2.max_header_list_size",
                 h2.and_then(|h| h.max_header_list_size.as_ref()),
-                max_header_bytes,
+                // Follows limits.max_header_bytes unless set (kept inside its own range).
+                max_header_bytes.clamp(1024, 1 << 20),
                 1024,
                 1 << 20,
             ),

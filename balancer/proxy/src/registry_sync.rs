@@ -65,6 +65,12 @@ fn write_snapshot_file(path: &Path, table: &RouteTable, feed_id: &str) {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)
+            .and_then(|f| {
+                // `mode` applies only to a new file: a leftover one keeps its own otherwise.
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                Ok(f)
+            })
     }
     .and_then(|f| {
         let mut w = std::io::BufWriter::new(f);

@@ -5,6 +5,7 @@
 //! canonically (no extensions); trailers are passed on when the output is chunked and dropped
 //! when it is not (RFC 9110 §6.5.1 lets a recipient discard them).
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -74,7 +75,18 @@ async fn send<W: AsyncWrite + Unpin>(
         // TLS buffers records; plain sockets make this a no-op.
         dst.flush().await
     };
-    match timeout(idle, write).await {
+    let mut write = std::pin::pin!(write);
+    // Most writes complete at once (the socket buffer has room): try before arming a timer.
+    let first = std::future::poll_fn(|cx| match write.as_mut().poll(cx) {
+        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await;
+    let result = match first {
+        Some(r) => Ok(r),
+        None => timeout(idle, write).await,
+    };
+    match result {
         Err(_) => Err(RelayError::DstTimeout),
         Ok(Err(e)) => Err(RelayError::DstWrite(e)),
         Ok(Ok(())) => Ok(()),
