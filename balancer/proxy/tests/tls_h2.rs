@@ -1095,3 +1095,140 @@ fn tls_config_problems_are_keyed() {
     ));
     assert!(ok, "{text}");
 }
+
+// ---- command-line clients: curl and openssl s_client ----
+
+fn run_tool(cmd: &str, args: &[&str], stdin: &[u8]) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(cmd)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd} must be installed (.ci/run installs it): {e}"));
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_and_openssl_s_client_see_alpn_sni_and_h2() {
+    let backend = Backend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let shop = make_cert(dir.path(), "shop", &["shop.test"]);
+    let routes = format!(
+        "{}\n[[cert]]\ncert = {:?}\nkey = {:?}\n",
+        app_routes("one", &["shop.test", "default.test"], &[backend.addr], ""),
+        shop.cert_path,
+        shop.key_path
+    );
+    let s = tls_balancer(&routes, "").await;
+    let port = s.tls_port.to_string();
+    let http = s.b.port.to_string();
+    let shop_pem = shop.cert_pem.clone();
+    let tools = tokio::task::spawn_blocking(move || {
+        let resolve = format!("shop.test:{port}:127.0.0.1");
+        let url = format!("https://shop.test:{port}/curl");
+        let cacert = shop.cert_path.to_str().unwrap().to_string();
+        // curl verifies the shop certificate for shop.test and negotiates h2.
+        let h2 = run_tool(
+            "curl",
+            &[
+                "-sS",
+                "--http2",
+                "--cacert",
+                &cacert,
+                "--resolve",
+                &resolve,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+                &url,
+            ],
+            b"",
+        );
+        let h1 = run_tool(
+            "curl",
+            &[
+                "-sS",
+                "--http1.1",
+                "--cacert",
+                &cacert,
+                "--resolve",
+                &resolve,
+                "-w",
+                " %{http_version} %{http_code}",
+                &url,
+            ],
+            b"",
+        );
+        let h2c = run_tool(
+            "curl",
+            &[
+                "-sS",
+                "--http2-prior-knowledge",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+                "-H",
+                "Host: shop.test",
+                &format!("http://127.0.0.1:{http}/h2c"),
+            ],
+            b"",
+        );
+        let s_client = |name: &str| {
+            run_tool(
+                "openssl",
+                &[
+                    "s_client",
+                    "-connect",
+                    &format!("127.0.0.1:{port}"),
+                    "-servername",
+                    name,
+                    "-alpn",
+                    "h2,http/1.1",
+                ],
+                b"",
+            )
+        };
+        (h2, h1, h2c, s_client("shop.test"), s_client("default.test"))
+    })
+    .await
+    .unwrap();
+    let (h2, h1, h2c, shop_hello, default_hello) = tools;
+    assert!(h2.0, "{}", h2.1);
+    assert_eq!(h2.1.trim(), "2 200");
+    assert!(h1.1.ends_with("one /curl 1.1 200"), "{}", h1.1);
+    assert_eq!(h2c.1.trim(), "2 200", "{}", h2c.1);
+    // s_client: the certificate chosen by SNI, ALPN h2, a modern protocol.
+    let served = |text: &str| -> String {
+        let start = text
+            .find("-----BEGIN CERTIFICATE-----")
+            .expect("a certificate");
+        let end = text[start..].find("-----END CERTIFICATE-----").unwrap() + start;
+        text[start..end].split_whitespace().collect()
+    };
+    let pem = |p: &str| -> String {
+        let end = p.find("-----END CERTIFICATE-----").unwrap();
+        p[..end].split_whitespace().collect()
+    };
+    assert_eq!(served(&shop_hello.1), pem(&shop_pem));
+    assert!(
+        shop_hello.1.contains("ALPN protocol: h2"),
+        "{}",
+        shop_hello.1
+    );
+    assert!(shop_hello.1.contains("New, TLSv1.3"), "{}", shop_hello.1);
+    assert_eq!(served(&default_hello.1), pem(&s.default.cert_pem));
+    assert!(
+        default_hello.1.contains("ALPN protocol: h2"),
+        "{}",
+        default_hello.1
+    );
+}

@@ -120,6 +120,8 @@ pub async fn serve_h2(
     let keepalive = cfg.timeouts.client_keepalive;
     let mut last_active = Instant::now();
     let mut abused = false;
+    let mut tick = tokio::time::interval(IDLE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
@@ -151,7 +153,7 @@ pub async fn serve_h2(
                 }
                 None => return,
             },
-            _ = tokio::time::sleep(IDLE_CHECK), if !draining => {
+            _ = tick.tick(), if !draining => {
                 if conn.has_streams() {
                     last_active = Instant::now();
                 } else if last_active.elapsed() >= keepalive {
