@@ -154,7 +154,8 @@ fn schemas() -> Value {
                 "action": schema_ref("Action"),
                 "spin": { "type": "boolean" },
                 "https_redirect": { "type": "boolean", "description": "Answer plain-HTTP requests with a 308 to HTTPS" },
-                "hsts": { "type": "string", "description": "Strict-Transport-Security value for HTTPS responses: max-age=<seconds>[; directives], visible ASCII" }
+                "hsts": { "type": "string", "description": "Strict-Transport-Security value for HTTPS responses: max-age=<seconds>[; directives], visible ASCII" },
+                "backend_protocol": { "type": "string", "enum": ["http1", "h2c"], "description": "What the app's backends speak: HTTP/1.1 (default) or cleartext HTTP/2 with prior knowledge" }
             }
         },
         "AppSettingsPatch": {
@@ -169,7 +170,8 @@ fn schemas() -> Value {
                 "action": { "allOf": [schema_ref("Action")], "nullable": true },
                 "spin": { "type": "boolean", "nullable": true },
                 "https_redirect": { "type": "boolean", "nullable": true },
-                "hsts": { "type": "string", "nullable": true }
+                "hsts": { "type": "string", "nullable": true },
+                "backend_protocol": { "type": "string", "enum": ["http1", "h2c"], "nullable": true }
             }
         },
         "App": {

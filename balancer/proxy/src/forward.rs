@@ -90,6 +90,9 @@ pub(crate) const UPSTREAM_HEAD_LIMITS: HeadLimits = UPSTREAM_HEAD;
 
 /// Forwards `req` to one of `app`'s backends and relays the answer to the client.
 pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<App>) -> Forwarded {
+    if app.settings.backend_protocol == pier_routes::app::BackendProtocol::H2c {
+        return crate::upstream_h2::forward_h1_to_h2(w, client, req, app).await;
+    }
     let cfg = &w.shared.config;
     let timeouts = Timeouts::of(cfg, app);
     let retries = app.settings.retries.unwrap_or(cfg.upstream.retries) as usize;

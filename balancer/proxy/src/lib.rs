@@ -34,4 +34,5 @@ pub mod server;
 pub mod stream;
 pub mod tls;
 pub mod upstream;
+pub mod upstream_h2;
 pub mod util;

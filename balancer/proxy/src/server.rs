@@ -111,13 +111,20 @@ pub struct Worker {
     pub id: usize,
     pub shared: Arc<Shared>,
     pub pool: UpstreamPool,
+    /// Connections to h2c backends (one multiplexed connection per address).
+    pub h2_pool: crate::upstream_h2::H2Pool,
 }
 
 impl Worker {
     pub fn new(id: usize, shared: Arc<Shared>) -> Arc<Self> {
         let u = &shared.config.upstream;
         let pool = UpstreamPool::new(u.pool_max_idle, u.pool_idle_timeout);
-        Arc::new(Worker { id, shared, pool })
+        Arc::new(Worker {
+            id,
+            shared,
+            pool,
+            h2_pool: crate::upstream_h2::H2Pool::default(),
+        })
     }
 }
 

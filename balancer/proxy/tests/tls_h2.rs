@@ -1232,3 +1232,205 @@ async fn curl_and_openssl_s_client_see_alpn_sni_and_h2() {
         default_hello.1
     );
 }
+
+// ---- h2c backends ----
+
+/// An h2c backend (the `h2` crate's server): `/echo` streams each request DATA frame back as it
+/// comes and ends with the request's trailers as response trailers; anything else answers
+/// `h2c <path> <body bytes>` with headers `x-seen-<name>` for a few request fields and trailers
+/// `grpc-status: 0` when the request says `te: trailers`.
+async fn h2c_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&conns);
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(s).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    tokio::spawn(async move {
+                        let (parts, mut body) = req.into_parts();
+                        let path = parts.uri.path().to_string();
+                        if path == "/echo" {
+                            let resp = http::Response::builder().status(200).body(()).unwrap();
+                            let mut out = respond.send_response(resp, false).unwrap();
+                            while let Some(Ok(chunk)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                                out.send_data(chunk, false).unwrap();
+                            }
+                            let trailers = body.trailers().await.unwrap().unwrap_or_default();
+                            out.send_trailers(trailers).unwrap();
+                            return;
+                        }
+                        let mut n = 0;
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            n += chunk.len();
+                        }
+                        let req_trailers = body.trailers().await.ok().flatten();
+                        let mut resp = http::Response::builder().status(200);
+                        for name in [
+                            "x-forwarded-for",
+                            "x-forwarded-proto",
+                            "via",
+                            "te",
+                            "cookie",
+                            "x-client",
+                            "content-length",
+                        ] {
+                            if let Some(v) = parts.headers.get(name) {
+                                resp = resp.header(format!("x-seen-{name}"), v.clone());
+                            }
+                        }
+                        resp = resp
+                            .header("x-seen-authority", parts.uri.authority().unwrap().as_str());
+                        if let Some(t) = &req_trailers {
+                            if let Some(v) = t.get("x-checksum") {
+                                resp = resp.header("x-seen-trailer", v.clone());
+                            }
+                        }
+                        let trailers = parts.headers.get("te").is_some_and(|v| v == "trailers");
+                        let mut out = respond
+                            .send_response(resp.body(()).unwrap(), false)
+                            .unwrap();
+                        out.send_data(Bytes::from(format!("h2c {path} {n}")), !trailers)
+                            .unwrap();
+                        if trailers {
+                            let mut t = http::HeaderMap::new();
+                            t.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            out.send_trailers(t).unwrap();
+                        }
+                    });
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn h2_clients_reach_h2c_backends_with_trailers_both_ways() {
+    let (be, conns) = h2c_backend().await;
+    let b = Balancer::start(
+        &app_routes("grpc", &["g.test"], &[be], "backend_protocol = \"h2c\"\n"),
+        "",
+    )
+    .await;
+    let mut send = h2_client(TcpStream::connect(b.addr()).await.unwrap()).await;
+    // A gRPC-shaped call: te: trailers, a body with request trailers, response trailers.
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://g.test/pkg.Svc/Call")
+        .header("te", "trailers")
+        .header("x-client", "yes")
+        .body(())
+        .unwrap();
+    let mut ready = send.clone().ready().await.unwrap();
+    let (resp, mut stream) = ready.send_request(req, false).unwrap();
+    stream
+        .send_data(Bytes::from_static(b"hello"), false)
+        .unwrap();
+    let mut t = http::HeaderMap::new();
+    t.insert("x-checksum", http::HeaderValue::from_static("abc"));
+    stream.send_trailers(t).unwrap();
+    let resp = resp.await.unwrap();
+    let (parts, mut body) = resp.into_parts();
+    assert_eq!(parts.status, 200);
+    let h = &parts.headers;
+    assert_eq!(h["x-seen-te"], "trailers");
+    assert_eq!(h["x-seen-x-client"], "yes");
+    assert_eq!(h["x-seen-x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-seen-x-forwarded-proto"], "http");
+    assert_eq!(h["x-seen-authority"], "g.test");
+    assert_eq!(h["x-seen-trailer"], "abc");
+    let mut got = Vec::new();
+    while let Some(c) = body.data().await {
+        got.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(got, b"h2c /pkg.Svc/Call 5");
+    let trailers = body.trailers().await.unwrap().unwrap();
+    assert_eq!(trailers["grpc-status"], "0");
+    // Bidirectional streaming: each piece comes back before the next is sent.
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://g.test/echo")
+        .body(())
+        .unwrap();
+    let mut ready = send.clone().ready().await.unwrap();
+    let (resp, mut stream) = ready.send_request(req, false).unwrap();
+    stream
+        .send_data(Bytes::from_static(b"ping-1"), false)
+        .unwrap();
+    let resp = resp.await.unwrap();
+    let mut body = resp.into_body();
+    for i in 1..=5 {
+        let mut piece = Vec::new();
+        while piece.len() < 6 {
+            let c = tokio::time::timeout(Duration::from_secs(5), body.data())
+                .await
+                .expect("an echo before the request ends")
+                .unwrap()
+                .unwrap();
+            let _ = body.flow_control().release_capacity(c.len());
+            piece.extend_from_slice(&c);
+        }
+        assert_eq!(piece, format!("ping-{i}").as_bytes());
+        if i < 5 {
+            stream
+                .send_data(Bytes::from(format!("ping-{}", i + 1)), false)
+                .unwrap();
+        }
+    }
+    stream.send_trailers(http::HeaderMap::new()).unwrap();
+    assert!(body.data().await.is_none());
+    // Many requests, one backend connection (multiplexed).
+    for i in 0..20 {
+        let (p, _) = h2_get(&mut send, &format!("http://g.test/n{i}"), None)
+            .await
+            .unwrap();
+        assert_eq!(p.status, 200);
+    }
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn http11_clients_reach_h2c_backends() {
+    let (be, _) = h2c_backend().await;
+    let dead = free_port();
+    let b = Balancer::start(
+        &app_routes(
+            "grpc",
+            &["g.test"],
+            &[SocketAddr::from(([127, 0, 0, 1], dead)), be],
+            "backend_protocol = \"h2c\"\npolicy = \"round-robin\"\n",
+        ),
+        "",
+    )
+    .await;
+    let mut c = Conn::connect(b.addr()).await;
+    for i in 0..4 {
+        c.send(format!("GET /a{i} HTTP/1.1\r\nHost: g.test\r\nCookie: a=1\r\n\r\n").as_bytes())
+            .await;
+        let r = c.read_response(false).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), format!("h2c /a{i} 0"));
+        assert_eq!(r.header("x-seen-cookie"), Some("a=1"));
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    }
+    // A chunked upload arrives whole.
+    c.send(b"POST /up HTTP/1.1\r\nHost: g.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        .await;
+    let r = c.read_response(false).await.unwrap();
+    assert_eq!(r.text(), "h2c /up 11");
+    // With a Content-Length, the backend sees it.
+    c.send(b"POST /len HTTP/1.1\r\nHost: g.test\r\nContent-Length: 3\r\n\r\nabc")
+        .await;
+    let r = c.read_response(false).await.unwrap();
+    assert_eq!(r.text(), "h2c /len 3");
+    assert_eq!(r.header("x-seen-content-length"), Some("3"));
+}

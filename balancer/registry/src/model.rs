@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pier_routes::app::check_hsts;
+use pier_routes::app::{check_hsts, BackendProtocol};
 use pier_routes::{Action, AppSettings, Policy, Timeouts};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,9 @@ pub struct AppRecord {
     /// `Strict-Transport-Security` value for HTTPS responses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hsts: Option<String>,
+    /// `http1` (default) or `h2c`: what the app's backends speak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_protocol: Option<String>,
 }
 
 /// Per-app upstream timeouts, in milliseconds.
@@ -150,6 +153,10 @@ impl AppRecord {
             },
             spin: s.spin,
             https_redirect: s.https_redirect,
+            backend_protocol: match s.backend_protocol {
+                BackendProtocol::Http1 => None,
+                p => Some(p.name().to_string()),
+            },
             hsts: s.hsts.as_deref().map(str::to_string),
         }
     }
@@ -231,6 +238,10 @@ impl AppRecord {
         if let Some(h) = &self.hsts {
             check_hsts(h)?;
         }
+        let backend_protocol = match self.backend_protocol.as_deref() {
+            None => BackendProtocol::Http1,
+            Some(p) => BackendProtocol::parse(p)?,
+        };
         Ok(Arc::new(AppSettings {
             action,
             policy,
@@ -240,6 +251,7 @@ impl AppRecord {
             spin: self.spin,
             https_redirect: self.https_redirect,
             hsts: self.hsts.as_deref().map(Box::from),
+            backend_protocol,
         }))
     }
 }
@@ -371,5 +383,12 @@ mod tests {
             ..AppRecord::default()
         };
         assert!(bad.to_settings().unwrap_err().contains("max-age"));
+        let h2c: AppRecord = serde_json::from_str(r#"{"backend_protocol": "h2c"}"#).unwrap();
+        let s = h2c.to_settings().unwrap();
+        assert_eq!(s.backend_protocol, BackendProtocol::H2c);
+        assert_eq!(AppRecord::from_settings(&s), h2c);
+        assert!(!json.contains("backend_protocol"), "{json}");
+        let bad: AppRecord = serde_json::from_str(r#"{"backend_protocol": "h3"}"#).unwrap();
+        assert!(bad.to_settings().unwrap_err().contains("backend_protocol"));
     }
 }

@@ -85,6 +85,39 @@ pub struct AppSettings {
     /// The `Strict-Transport-Security` value sent on HTTPS responses (checked with
     /// [`check_hsts`]); `None` sends none.
     pub hsts: Option<Box<str>>,
+    /// What the app's backends speak.
+    pub backend_protocol: BackendProtocol,
+}
+
+/// The protocol pier speaks to an app's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 over pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// Cleartext HTTP/2 with prior knowledge: requests are streams on shared connections,
+    /// trailers pass both ways (gRPC).
+    H2c,
+}
+
+impl BackendProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendProtocol::Http1 => "http1",
+            BackendProtocol::H2c => "h2c",
+        }
+    }
+
+    /// Parses `"http1"` or `"h2c"`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "http1" => Ok(BackendProtocol::Http1),
+            "h2c" => Ok(BackendProtocol::H2c),
+            other => Err(format!(
+                "unknown backend_protocol {other:?} (use \"http1\" or \"h2c\")"
+            )),
+        }
+    }
 }
 
 /// Longest `Strict-Transport-Security` value accepted.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::app::{check_hsts, Action, AppSettings, Policy, Timeouts};
+use crate::app::{check_hsts, Action, AppSettings, BackendProtocol, Policy, Timeouts};
 use crate::cert::{load_pair, CertError};
 use crate::host::{normalise_name, DomainPattern};
 use crate::spec::{AppSpec, BackendSpec, CertSpec, RouteSpec};
@@ -82,6 +82,7 @@ pub struct AppFile {
     #[serde(default)]
     pub https_redirect: bool,
     pub hsts: Option<String>,
+    pub backend_protocol: Option<String>,
     pub timeouts: Option<TimeoutsFile>,
     pub redirect: Option<RedirectFile>,
     #[serde(rename = "static")]
@@ -447,6 +448,14 @@ impl AppFile {
                 err(format!("{key}.hsts"), r);
             }
         }
+        let backend_protocol = match self.backend_protocol.as_deref().map(BackendProtocol::parse) {
+            None => BackendProtocol::Http1,
+            Some(Ok(p)) => p,
+            Some(Err(r)) => {
+                err(format!("{key}.backend_protocol"), r);
+                BackendProtocol::Http1
+            }
+        };
         if errors.len() > before {
             return None;
         }
@@ -463,6 +472,7 @@ impl AppFile {
                 spin: self.spin,
                 https_redirect: self.https_redirect,
                 hsts: self.hsts.as_deref().map(Box::from),
+                backend_protocol,
             }),
         })
     }
@@ -763,6 +773,22 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(errs[0].key, "(syntax)", "{errs:?}");
+        let spec = parse(
+            "[[app]]\nname = \"g\"\nbackend_protocol = \"h2c\"\n[[app]]\nname = \"h\"\n",
+            &no_files,
+        )
+        .unwrap();
+        assert_eq!(spec.apps[0].settings.backend_protocol, BackendProtocol::H2c);
+        assert_eq!(
+            spec.apps[1].settings.backend_protocol,
+            BackendProtocol::Http1
+        );
+        let errs = parse(
+            "[[app]]\nname = \"g\"\nbackend_protocol = \"h3\"\n",
+            &no_files,
+        )
+        .unwrap_err();
+        assert_eq!(errs[0].key, "app[0] (g).backend_protocol", "{errs:?}");
     }
 
     /// Writes a certificate for `names` (valid `from`..`to`, years) and its key into `dir` as

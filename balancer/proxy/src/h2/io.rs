@@ -138,3 +138,51 @@ impl AsyncWrite for SendBody {
         Poll::Ready(Ok(()))
     }
 }
+
+/// Moves one HTTP/2 message body from a stream that receives to one that sends, trailers
+/// included, at the pace the receiving end allows (capacity is reserved before each piece and
+/// window given back once it is sent). Returns the body bytes moved, or why it stopped.
+pub async fn pump(
+    src: &mut h2::RecvStream,
+    dst: &mut h2::SendStream<Bytes>,
+    idle: std::time::Duration,
+) -> Result<u64, &'static str> {
+    use std::future::poll_fn;
+    use tokio::time::timeout;
+    let mut total = 0u64;
+    loop {
+        let next = match timeout(idle, poll_fn(|cx| src.poll_data(cx))).await {
+            Err(_) => return Err("idle-timeout"),
+            Ok(n) => n,
+        };
+        let Some(data) = next else { break };
+        let mut data = data.map_err(|_| "read-reset")?;
+        let n = data.len();
+        while !data.is_empty() {
+            dst.reserve_capacity(data.len().min(MAX_PIECE));
+            let cap = match timeout(idle, poll_fn(|cx| dst.poll_capacity(cx))).await {
+                Err(_) => return Err("idle-timeout"),
+                Ok(None) | Ok(Some(Err(_))) => return Err("write-reset"),
+                Ok(Some(Ok(c))) => c,
+            };
+            if cap == 0 {
+                continue;
+            }
+            let piece = data.split_to(cap.min(data.len()));
+            dst.send_data(piece, false).map_err(|_| "write-reset")?;
+        }
+        let _ = src.flow_control().release_capacity(n);
+        total += n as u64;
+    }
+    let trailers = match timeout(idle, poll_fn(|cx| src.poll_trailers(cx))).await {
+        Err(_) => return Err("idle-timeout"),
+        Ok(t) => t.map_err(|_| "read-reset")?,
+    };
+    match trailers {
+        Some(t) => dst.send_trailers(t).map_err(|_| "write-reset")?,
+        None => dst
+            .send_data(Bytes::new(), true)
+            .map_err(|_| "write-reset")?,
+    }
+    Ok(total)
+}

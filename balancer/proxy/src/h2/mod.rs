@@ -24,6 +24,7 @@ use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
+use pier_routes::app::BackendProtocol;
 use pier_routes::app::MAX_TRIED;
 use pier_routes::{Action, App, RequestHost};
 
@@ -535,6 +536,9 @@ async fn forward_h2(
     let w = ctx.w;
     let cfg = &w.shared.config;
     let head_request = ctx.parts.method == http::Method::HEAD;
+    if app.settings.backend_protocol == BackendProtocol::H2c {
+        return forward_h2_to_h2(ctx, app, body, respond, hsts).await;
+    }
     let max_body = app.settings.max_body.unwrap_or(cfg.limits.max_body);
     let plan = match plan_body(ctx.parts, &mut body, max_body).await {
         Ok(p) => p,
@@ -934,4 +938,179 @@ fn h2_response(
         }
     }
     r
+}
+
+/// Forwards an HTTP/2 request to an h2c backend stream to stream: both bodies stream at once
+/// (bidirectional streaming works), trailers pass both ways, `te: trailers` is kept.
+async fn forward_h2_to_h2(
+    ctx: &StreamCtx<'_>,
+    app: &Arc<App>,
+    mut body: RecvStream,
+    respond: &mut SendResponse<Bytes>,
+    hsts: Option<&str>,
+) -> Forwarded {
+    let w = ctx.w;
+    let cfg = &w.shared.config;
+    let head_request = ctx.parts.method == http::Method::HEAD;
+    let t = Timeouts::of(cfg, app);
+    let retries = app.settings.retries.unwrap_or(cfg.upstream.retries) as usize;
+    let mut tried: SmallVec<[usize; MAX_TRIED]> = SmallVec::new();
+    let (idx, mut send) =
+        match crate::upstream_h2::acquire_h2(w, app, &mut tried, t.connect, retries, ctx.start_ms)
+            .await
+        {
+            Ok(s) => s,
+            Err(err) => return answer_error(respond, err, ctx.request_id, head_request),
+        };
+    let backend = &app.backends[idx];
+    let _outstanding = app.begin(idx);
+    let headers = &ctx.parts.headers;
+    let fields = headers
+        .iter()
+        .filter(|(n, _)| {
+            let n = n.as_str().as_bytes();
+            !(is_hop_by_hop(n) || n == b"host" || n == b"expect")
+        })
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    let length = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let listener = &ctx.info.listener;
+    let forwarding = Forwarding {
+        client_ip: &ctx.info.peer_ip,
+        listener_port: listener.addr.port(),
+        trusted: listener.trusted,
+        target: ctx.target,
+        host: ctx.host,
+        request_id: ctx.request_id,
+        body: BodyKind::None,
+        explicit_zero_length: false,
+        request_start_ms: cfg.headers.request_start.then_some(ctx.start_ms),
+        via: &cfg.headers.via,
+        proto: if listener.tls { "https" } else { "http" },
+        upgrade: None,
+    };
+    let mut request = match crate::upstream_h2::h2_request(
+        ctx.parts.method.as_str().as_bytes(),
+        fields,
+        &forwarding,
+        length,
+    ) {
+        Ok(r) => r,
+        Err(err) => return answer_error(respond, err, ctx.request_id, head_request),
+    };
+    if headers
+        .get(http::header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        request
+            .headers_mut()
+            .insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
+    let end = body.is_end_stream();
+    let (response, mut up_stream) = match send.send_request(request, end) {
+        Ok(pair) => pair,
+        Err(_) => {
+            let o = answer_error(
+                respond,
+                ProxyError::UpstreamIo,
+                ctx.request_id,
+                head_request,
+            );
+            return Forwarded {
+                upstream: Some(backend.addr),
+                ..o
+            };
+        }
+    };
+    let sent_at = Instant::now();
+    let upload = async {
+        if end {
+            return Ok(0);
+        }
+        let r = io::pump(&mut body, &mut up_stream, cfg.timeouts.client_body).await;
+        if r.is_err() {
+            // The client's body broke: the backend must not take a partial one as complete.
+            up_stream.send_reset(Reason::CANCEL);
+        }
+        r
+    };
+    let download = async {
+        let resp = match timeout(t.first_byte, response).await {
+            Err(_) => return Err(ProxyError::UpstreamTimeout),
+            Ok(Err(_)) => return Err(ProxyError::UpstreamClosed),
+            Ok(Ok(r)) => r,
+        };
+        backend.state.record_success();
+        let first_byte = sent_at.elapsed();
+        let (parts, mut resp_body) = resp.into_parts();
+        let status = parts.status.as_u16();
+        let mut head = http::Response::new(());
+        *head.status_mut() = parts.status;
+        let h = head.headers_mut();
+        for (n, v) in &parts.headers {
+            if !is_hop_by_hop(n.as_str().as_bytes()) {
+                h.append(n.clone(), v.clone());
+            }
+        }
+        if let Some(n) = parts.headers.get(http::header::CONTENT_LENGTH) {
+            h.insert(http::header::CONTENT_LENGTH, n.clone());
+        }
+        if !cfg.headers.via.is_empty() {
+            if let Ok(v) = http::HeaderValue::from_str(&format!("2 {}", cfg.headers.via)) {
+                h.append(http::header::VIA, v);
+            }
+        }
+        if let Some(v) = hsts {
+            if !h.contains_key(http::header::STRICT_TRANSPORT_SECURITY) {
+                if let Ok(v) = http::HeaderValue::from_str(v) {
+                    h.insert(http::header::STRICT_TRANSPORT_SECURITY, v);
+                }
+            }
+        }
+        let no_body = resp_body.is_end_stream();
+        let mut down = respond
+            .send_response(head, no_body)
+            .map_err(|_| ProxyError::UpstreamIo)?;
+        let moved = if no_body {
+            Ok(0)
+        } else {
+            io::pump(&mut resp_body, &mut down, t.idle).await
+        };
+        Ok((status, first_byte, moved))
+    };
+    let result = {
+        tokio::pin!(upload, download);
+        let mut uploading = !end;
+        loop {
+            tokio::select! {
+                u = &mut upload, if uploading => {
+                    uploading = false;
+                    if let Err(why) = u {
+                        tracing::debug!(reason = why, "h2 request body to the backend stopped");
+                    }
+                }
+                d = &mut download => break d,
+            }
+        }
+    };
+    match result {
+        Err(err) => {
+            let o = answer_error(respond, err, ctx.request_id, head_request);
+            Forwarded {
+                upstream: Some(backend.addr),
+                ..o
+            }
+        }
+        Ok((status, first_byte, moved)) => Forwarded {
+            status,
+            upstream: Some(backend.addr),
+            bytes_out: *moved.as_ref().unwrap_or(&0),
+            first_byte: Some(first_byte),
+            keep_alive: true,
+            error: None,
+            aborted: moved.err(),
+        },
+    }
 }
