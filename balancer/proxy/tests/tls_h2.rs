@@ -1434,3 +1434,54 @@ async fn http11_clients_reach_h2c_backends() {
     assert_eq!(r.text(), "h2c /len 3");
     assert_eq!(r.header("x-seen-content-length"), Some("3"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_in_flight_finish_when_the_balancer_drains() {
+    let backend = Backend::start("one").await;
+    let mut b = Balancer::start(&backend_routes("one", &["a.test"], &backend), "").await;
+    let mut send = h2_client(TcpStream::connect(b.addr()).await.unwrap()).await;
+    let (p, _) = h2_get(&mut send, "http://a.test/warm", None).await.unwrap();
+    assert_eq!(p.status, 200);
+    let mut slow = send.clone();
+    let in_flight =
+        tokio::spawn(async move { h2_get(&mut slow, "http://a.test/slow/700", None).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    b.signal("TERM");
+    let (p, body) = in_flight
+        .await
+        .unwrap()
+        .expect("the stream in flight completes");
+    assert_eq!(p.status, 200);
+    assert_eq!(body, b"one /slow/700");
+    // The balancer then exits on its own.
+    let t = Instant::now();
+    loop {
+        if let Ok(Some(_)) = b.child.try_wait() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", b.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn websocket_over_tls() {
+    use futures_util::{SinkExt, StreamExt};
+    let echo = ws_echo().await;
+    let s = tls_balancer(&app_routes("ws", &["default.test"], &[echo], ""), "").await;
+    let cfg = client_config(&[&s.default.der], &[b"http/1.1"]);
+    let tls = tls_connect(s.tls_port, "default.test", cfg).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("wss://default.test/chat", tls)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..20 {
+        let text = format!("secure {i} {}", "y".repeat(i * 500));
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text.clone()))
+            .await
+            .unwrap();
+        let m = ws.next().await.unwrap().unwrap();
+        assert_eq!(m.into_text().unwrap().as_str(), text);
+    }
+    ws.close(None).await.unwrap();
+}
