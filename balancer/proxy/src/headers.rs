@@ -261,13 +261,24 @@ pub fn write_response_head(
         ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         ClientFraming::Close => {}
     }
+    end_response_head(out, via, hsts.filter(|_| !has_hsts), keep_alive, client);
+}
+
+/// The end of every response head pier writes for a backend's answer: `Via`, HSTS (when the
+/// app wants it and the backend did not send its own), the connection's fate, the blank line.
+pub fn end_response_head(
+    out: &mut Vec<u8>,
+    via: &str,
+    hsts: Option<&str>,
+    keep_alive: bool,
+    client: Version,
+) {
     if !via.is_empty() {
         out.extend_from_slice(b"Via: 1.1 ");
         out.extend_from_slice(via.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if let (Some(v), false) = (hsts, has_hsts) {
-        // The app's own header wins over the balancer's.
+    if let Some(v) = hsts {
         out.extend_from_slice(b"Strict-Transport-Security: ");
         out.extend_from_slice(v.as_bytes());
         out.extend_from_slice(b"\r\n");

@@ -29,7 +29,7 @@ use pier_routes::App;
 use crate::forward::{Forwarded, Timeouts};
 use crate::h1::framing::{is_hop_by_hop, BodyKind};
 use crate::h1::head::Version;
-use crate::headers::{put_u64, write_upstream_head, Forwarding};
+use crate::headers::{end_response_head, put_u64, write_upstream_head, Forwarding};
 use crate::relay::{relay_body, write_all_timed, OutCoding, RelayError, RelayLimits};
 use crate::respond::ProxyError;
 use crate::serve::{Client, Request};
@@ -263,22 +263,7 @@ fn write_h1_head(
     } else {
         (BodyKind::UntilClose, OutCoding::Identity, false)
     };
-    if !via.is_empty() {
-        out.extend_from_slice(b"Via: 1.1 ");
-        out.extend_from_slice(via.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if let (Some(v), false) = (hsts, has_hsts) {
-        out.extend_from_slice(b"Strict-Transport-Security: ");
-        out.extend_from_slice(v.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if !keep {
-        out.extend_from_slice(b"Connection: close\r\n");
-    } else if client == Version::Http10 {
-        out.extend_from_slice(b"Connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    end_response_head(out, via, hsts.filter(|_| !has_hsts), keep, client);
     (kind, coding, keep)
 }
 
