@@ -90,6 +90,13 @@ impl SendBody {
             ended: false,
         }
     }
+
+    /// Sends a whole (small) body in one frame that ends the stream. `h2` buffers what the
+    /// client's window does not take yet.
+    pub fn send_last(&mut self, body: Bytes) -> Result<(), h2::Error> {
+        self.ended = true;
+        self.inner.send_data(body, true)
+    }
 }
 
 fn h2_io(e: h2::Error) -> io::Error {

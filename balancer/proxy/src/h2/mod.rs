@@ -807,7 +807,21 @@ async fn exchange_h2(
         Err(_) => return Err(H2Failure::Aborted("client-reset")),
     };
     let mut bytes_out = 0;
-    if !no_body {
+    let whole = match framing.body {
+        BodyKind::Length(n) if !no_body && conn.buf.len() as u64 >= n && n <= 64 * 1024 => {
+            Some(n as usize)
+        }
+        _ => None,
+    };
+    if let Some(n) = whole {
+        // The whole body is here (the common small answer): one DATA frame that ends the
+        // stream, instead of the data and then an empty frame to end it.
+        let body = conn.buf.split_to(n).freeze();
+        if send.send_last(body).is_err() {
+            return Err(H2Failure::Aborted("client-write"));
+        }
+        bytes_out = n as u64;
+    } else if !no_body {
         let limits = RelayLimits {
             read_idle: t.idle,
             write_idle: cfg.timeouts.client_body,
