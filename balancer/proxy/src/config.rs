@@ -77,6 +77,7 @@ pub struct Http2File {
     pub max_frame_size: Option<SizeValue>,
     pub control_frame_rate: Option<u32>,
     pub max_header_frames: Option<u32>,
+    pub websocket: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +240,8 @@ pub struct Http2Settings {
     pub control_frame_rate: u32,
     /// HEADERS + CONTINUATION frames allowed in one header block.
     pub max_header_frames: u32,
+    /// Offer WebSocket over HTTP/2 (RFC 8441 extended CONNECT).
+    pub websocket: bool,
 }
 
 /// How worker threads are laid out.
@@ -767,6 +770,7 @@ impl ConfigFile {
             ),
             control_frame_rate: h2.and_then(|h| h.control_frame_rate).unwrap_or(1000),
             max_header_frames: h2.and_then(|h| h.max_header_frames).unwrap_or(32),
+            websocket: h2.and_then(|h| h.websocket).unwrap_or(true),
         };
         if http2.max_concurrent_streams == 0 {
             c.err("http2.max_concurrent_streams", "must be above zero");

@@ -74,6 +74,26 @@ pub fn is_sane_request_id(v: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(&b))
 }
 
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 §4.1). The key is a nonce
+/// against caches, not a secret: the thread's fast generator is enough.
+pub fn websocket_key() -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bytes = [0u8; 18];
+    bytes[..8].copy_from_slice(&random_u64().to_le_bytes());
+    bytes[8..16].copy_from_slice(&random_u64().to_le_bytes());
+    let mut out = String::with_capacity(24);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16) | (u32::from(chunk[1]) << 8) | u32::from(chunk[2]);
+        for shift in [18, 12, 6, 0] {
+            out.push(char::from(B64[((n >> shift) & 63) as usize]));
+        }
+    }
+    // 16 bytes are 22 characters and two of padding.
+    out.truncate(22);
+    out.push_str("==");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +125,17 @@ mod tests {
             assert_eq!(d.len(), 29);
             assert!(d.ends_with(" GMT"));
         });
+    }
+
+    #[test]
+    fn websocket_keys_are_16_bytes_of_base64() {
+        let a = websocket_key();
+        let b = websocket_key();
+        assert_eq!(a.len(), 24);
+        assert!(a.ends_with("==") && !a[..22].contains('='));
+        assert!(a[..22]
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/'));
+        assert_ne!(a, b);
     }
 }

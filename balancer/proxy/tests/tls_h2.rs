@@ -631,7 +631,8 @@ async fn ws_echo() -> SocketAddr {
                 };
                 while let Some(Ok(m)) = ws.next().await {
                     if m.is_close() {
-                        let _ = ws.close(None).await;
+                        // tungstenite queued the close reply; flushing sends it.
+                        let _ = ws.flush().await;
                         break;
                     }
                     if ws.send(m).await.is_err() {
@@ -679,13 +680,15 @@ async fn ws_session(url_port: u16, host: &str) -> Vec<String> {
     got.push(format!("{:?}", m.into_data()));
     ws.close(None).await.unwrap();
     // The close is passed both ways: the server's close frame comes back, then EOF.
+    let mut closed = false;
     while let Some(m) = ws.next().await {
         match m {
-            Ok(m) if m.is_close() => {}
+            Ok(m) if m.is_close() => closed = true,
             Ok(other) => panic!("unexpected {other:?}"),
             Err(_) => break,
         }
     }
+    assert!(closed, "the server's close frame came back");
     got
 }
 
@@ -1484,4 +1487,89 @@ async fn websocket_over_tls() {
         assert_eq!(m.into_text().unwrap().as_str(), text);
     }
     ws.close(None).await.unwrap();
+}
+
+/// A masked client WebSocket frame (RFC 6455 §5.2) with a short payload.
+fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+#[tokio::test]
+async fn websocket_over_h2_extended_connect() {
+    let echo = ws_echo().await;
+    let b = Balancer::start(&app_routes("ws", &["ws.test"], &[echo], ""), "").await;
+    let tcp = TcpStream::connect(b.addr()).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    let t = Instant::now();
+    while !send.is_extended_connect_protocol_enabled() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "SETTINGS_ENABLE_CONNECT_PROTOCOL"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        send = send.ready().await.unwrap();
+    }
+    let mut req = http::Request::builder()
+        .method("CONNECT")
+        .uri("http://ws.test/chat")
+        .header("sec-websocket-version", "13")
+        .body(())
+        .unwrap();
+    req.extensions_mut()
+        .insert(h2::ext::Protocol::from_static("websocket"));
+    let (resp, mut stream) = send.send_request(req, false).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    for i in 0..5 {
+        let text = format!("over h2 {i}");
+        stream
+            .send_data(Bytes::from(ws_frame(0x1, text.as_bytes())), false)
+            .unwrap();
+        let mut got = Vec::new();
+        while got.len() < 2 + text.len() {
+            let c = tokio::time::timeout(Duration::from_secs(5), body.data())
+                .await
+                .expect("an echo")
+                .unwrap()
+                .unwrap();
+            let _ = body.flow_control().release_capacity(c.len());
+            got.extend_from_slice(&c);
+        }
+        assert_eq!(got[0], 0x81);
+        assert_eq!(usize::from(got[1]), text.len());
+        assert_eq!(&got[2..], text.as_bytes());
+    }
+    // Close: the server's close frame comes back and the stream ends.
+    stream
+        .send_data(Bytes::from(ws_frame(0x8, &[0x03, 0xe8])), false)
+        .unwrap();
+    let mut rest = Vec::new();
+    while let Some(c) = tokio::time::timeout(Duration::from_secs(5), body.data())
+        .await
+        .expect("the stream ends")
+    {
+        rest.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(rest.first(), Some(&0x88), "{rest:?} {}", b.log_text());
+    // Plain CONNECT is still refused.
+    let req = http::Request::builder()
+        .method("CONNECT")
+        .uri("ws.test:443")
+        .body(())
+        .unwrap();
+    let mut send = send.ready().await.unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 405);
+    let m = b.metrics().await;
+    assert!(m.contains("pier_tunnels_total 1"), "{m}");
 }

@@ -93,6 +93,9 @@ pub async fn serve_h2(
         .max_send_buffer_size(256 * 1024)
         .max_pending_accept_reset_streams(64)
         .max_local_error_reset_streams(Some(256));
+    if h.websocket {
+        builder.enable_connect_protocol();
+    }
     let mut conn = match timeout(
         cfg.timeouts.client_header,
         builder.handshake::<_, Bytes>(io),
@@ -235,7 +238,9 @@ async fn handle_stream(
 /// sense, `Host` agreeing with `:authority`, no surrounding whitespace in field values.
 /// Returns the host (authority) and the origin-form target.
 fn check(parts: &Parts) -> Result<(Bytes, Bytes), ProxyError> {
-    if parts.method == http::Method::CONNECT {
+    if parts.method == http::Method::CONNECT && websocket_protocol(parts).is_none() {
+        // Plain CONNECT (a TCP tunnel to anywhere) is not offered; extended CONNECT for
+        // WebSocket (RFC 8441) is.
         return Err(ProxyError::ConnectNotSupported);
     }
     for (_, v) in &parts.headers {
@@ -273,6 +278,14 @@ fn check(parts: &Parts) -> Result<(Bytes, Bytes), ProxyError> {
         return Err(ProxyError::BadTarget);
     };
     Ok((host, target))
+}
+
+/// The `:protocol` of an extended CONNECT asking for a WebSocket (RFC 8441 §4).
+fn websocket_protocol(parts: &Parts) -> Option<&h2::ext::Protocol> {
+    parts
+        .extensions
+        .get::<h2::ext::Protocol>()
+        .filter(|p| p.as_str().eq_ignore_ascii_case("websocket"))
 }
 
 struct StreamCtx<'a> {
@@ -378,6 +391,10 @@ async fn route_and_forward(
     }
     if !app.has_live_backend(now_ms()) {
         let o = answer_error(respond, ProxyError::NoBackend, ctx.request_id, head_request);
+        return (Some(app), o);
+    }
+    if ctx.parts.method == http::Method::CONNECT {
+        let o = websocket_h2(ctx, &app, body, respond).await;
         return (Some(app), o);
     }
     let hsts = if tls {
@@ -1126,5 +1143,188 @@ async fn forward_h2_to_h2(
             error: None,
             aborted: moved.err(),
         },
+    }
+}
+
+/// WebSocket over HTTP/2 (RFC 8441): an extended CONNECT with `:protocol websocket` becomes an
+/// HTTP/1.1 WebSocket handshake to a backend (a fresh `Sec-WebSocket-Key`, the client's
+/// version, subprotocols and extensions passed on); once the backend answers `101`, the client
+/// gets `200` and the stream's DATA frames and the backend connection are joined by the same
+/// tunnel as HTTP/1.1 upgrades (idle timeout, close passed both ways). Any other answer is
+/// passed to the client as its status, and the backend connection is closed.
+async fn websocket_h2(
+    ctx: &StreamCtx<'_>,
+    app: &Arc<App>,
+    body: RecvStream,
+    respond: &mut SendResponse<Bytes>,
+) -> Forwarded {
+    let w = ctx.w;
+    let cfg = &w.shared.config;
+    let t = Timeouts::of(cfg, app);
+    let retries = app.settings.retries.unwrap_or(cfg.upstream.retries) as usize;
+    let mut tried: SmallVec<[usize; MAX_TRIED]> = SmallVec::new();
+    // A connection of its own: it becomes the tunnel and is never pooled again.
+    let (idx, mut conn) =
+        match acquire(w, app, &mut tried, true, t.connect, retries, ctx.start_ms).await {
+            Ok(c) => c,
+            Err(err) => return answer_error(respond, err, ctx.request_id, false),
+        };
+    let backend = &app.backends[idx];
+    let _outstanding = app.begin(idx);
+    let key = crate::util::websocket_key();
+    let headers = &ctx.parts.headers;
+    let fields = headers
+        .iter()
+        .filter(|(n, _)| {
+            let n = n.as_str().as_bytes();
+            !(is_hop_by_hop(n)
+                || n == b"host"
+                || n == b"sec-websocket-key"
+                || n == b"content-length")
+        })
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+        .chain(std::iter::once((&b"sec-websocket-key"[..], key.as_bytes())));
+    let listener = &ctx.info.listener;
+    let mut out = Vec::with_capacity(1024);
+    write_upstream_head(
+        &mut out,
+        b"GET",
+        fields,
+        &Forwarding {
+            client_ip: &ctx.info.peer_ip,
+            listener_port: listener.addr.port(),
+            trusted: listener.trusted,
+            target: ctx.target,
+            host: ctx.host,
+            request_id: ctx.request_id,
+            body: BodyKind::None,
+            explicit_zero_length: false,
+            request_start_ms: cfg.headers.request_start.then_some(ctx.start_ms),
+            via: &cfg.headers.via,
+            proto: if listener.tls { "https" } else { "http" },
+            upgrade: Some(b"websocket"),
+        },
+    );
+    let (mut up_r, mut up_w) = conn.stream.split();
+    if write_all_timed(&mut up_w, &out, t.idle).await.is_err() {
+        let o = answer_error(respond, ProxyError::UpstreamIo, ctx.request_id, false);
+        return Forwarded {
+            upstream: Some(backend.addr),
+            ..o
+        };
+    }
+    let sent_at = Instant::now();
+    let head = match timeout(t.first_byte, read_switch_head(&mut up_r, &mut conn.buf)).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout),
+        Ok(r) => r,
+    };
+    let head = match head {
+        Ok(h) => h,
+        Err(err) => {
+            let o = answer_error(respond, err, ctx.request_id, false);
+            return Forwarded {
+                upstream: Some(backend.addr),
+                ..o
+            };
+        }
+    };
+    let first_byte = sent_at.elapsed();
+    let upgraded = head.status == 101
+        && head.values(b"upgrade").next().is_some_and(|v| {
+            crate::h1::head::list_items(v).any(|p| p.eq_ignore_ascii_case(b"websocket"))
+        });
+    let mut resp = http::Response::new(());
+    *resp.status_mut() = if upgraded {
+        http::StatusCode::OK
+    } else if head.status == 101 {
+        http::StatusCode::BAD_GATEWAY
+    } else {
+        http::StatusCode::from_u16(head.status).unwrap_or(http::StatusCode::BAD_GATEWAY)
+    };
+    for f in &head.headers {
+        let name = head.name(f);
+        let pass = name.eq_ignore_ascii_case(b"sec-websocket-protocol")
+            || name.eq_ignore_ascii_case(b"sec-websocket-extensions")
+            || (!upgraded && !is_hop_by_hop(name) && !name.eq_ignore_ascii_case(b"content-length"));
+        if !pass {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(head.value(f)),
+        ) {
+            resp.headers_mut().append(n, v);
+        }
+    }
+    if !upgraded {
+        let status = resp.status().as_u16();
+        let _ = respond.send_response(resp, true);
+        return Forwarded {
+            status,
+            upstream: Some(backend.addr),
+            bytes_out: 0,
+            first_byte: Some(first_byte),
+            keep_alive: true,
+            error: None,
+            aborted: None,
+        };
+    }
+    let send = match respond.send_response(resp, false) {
+        Ok(s) => s,
+        Err(_) => return aborted(Some(backend.addr), "client-reset"),
+    };
+    let m = &w.shared.metrics;
+    m.tunnels_total.inc();
+    m.tunnels_open.inc();
+    let mut cl_r = RecvBody::new(body, Bytes::new());
+    let mut cl_w = SendBody::new(send);
+    let (down, why) = crate::relay::tunnel(
+        &mut cl_r,
+        &mut cl_w,
+        &mut BytesMut::new(),
+        &mut up_r,
+        &mut up_w,
+        &mut conn.buf,
+        cfg.timeouts.tunnel_idle,
+    )
+    .await;
+    m.tunnels_open.dec();
+    Forwarded {
+        status: 200,
+        upstream: Some(backend.addr),
+        bytes_out: down,
+        first_byte: Some(first_byte),
+        keep_alive: true,
+        error: None,
+        aborted: why,
+    }
+}
+
+/// Reads the backend's answer to a WebSocket handshake (a `101`, or a final refusal).
+async fn read_switch_head(
+    up: &mut tokio::net::tcp::ReadHalf<'_>,
+    buf: &mut BytesMut,
+) -> Result<ResponseHead, ProxyError> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        match parse_response(buf, &UPSTREAM_HEAD_LIMITS) {
+            Ok(Some((len, parts))) => {
+                let head = parts.into_head(buf.split_to(len).freeze());
+                if head.status == 100 {
+                    continue;
+                }
+                return Ok(head);
+            }
+            Ok(None) => {}
+            Err(_) => return Err(ProxyError::UpstreamBadResponse("bad-response-head")),
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        match up.read_buf(buf).await {
+            Ok(0) => return Err(ProxyError::UpstreamClosed),
+            Ok(_) => {}
+            Err(_) => return Err(ProxyError::UpstreamIo),
+        }
     }
 }
