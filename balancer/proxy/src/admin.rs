@@ -87,10 +87,14 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
             let table = shared.routes.load();
             (200, "application/json", routes_json(&table).to_string())
         }
+        Some((_, b"/certs")) => {
+            let table = shared.routes.load();
+            (200, "application/json", certs_json(&table).to_string())
+        }
         Some(_) => (
             404,
             "text/plain",
-            "not found (try /metrics, /healthz, /routes)\n".into(),
+            "not found (try /metrics, /healthz, /routes, /certs)\n".into(),
         ),
     };
     let head = format!(
@@ -103,6 +107,28 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
         let _ = stream.write_all(body.as_bytes()).await;
     }
     let _ = stream.shutdown().await;
+}
+
+/// The certificates in the table, soonest expiry first: domain pattern, where it came from,
+/// the leaf's names, notAfter and SHA-256 fingerprint. Private keys are never shown.
+pub fn certs_json(table: &RouteTable) -> serde_json::Value {
+    let mut certs: Vec<_> = table.certs().collect();
+    certs.sort_by_key(|(p, e)| (e.not_after_ms, p.to_string()));
+    let list: Vec<serde_json::Value> = certs
+        .iter()
+        .map(|(pattern, e)| {
+            let leaf = e.key.cert.first();
+            let fingerprint = leaf.map(|c| pier_routes::cert::fingerprint_sha256(c));
+            json!({
+                "domain": pattern.to_string(),
+                "source": if e.source.is_some() { "registry" } else { "routes-file" },
+                "not_after": (e.not_after_ms != i64::MAX).then(|| pier_routes::cert::rfc3339(e.not_after_ms)),
+                "chain_length": e.key.cert.len(),
+                "fingerprint_sha256": fingerprint,
+            })
+        })
+        .collect();
+    json!({ "count": list.len(), "certificates": list })
 }
 
 /// The whole table as JSON (apps sorted by name, domains sorted).

@@ -285,6 +285,26 @@ impl Metrics {
                 );
             }
         }
+        // Certificates: how many, and the soonest expiry (alert on it, e.g. under 14 days).
+        let soonest = table
+            .certs()
+            .map(|(_, e)| e.not_after_ms)
+            .filter(|&ms| ms != i64::MAX)
+            .min();
+        let _ = writeln!(
+            text,
+            "# HELP pier_tls_certificates Certificates in the route table (routes file and registry)\n\
+             # TYPE pier_tls_certificates gauge\npier_tls_certificates {}",
+            table.cert_count()
+        );
+        if let Some(ms) = soonest {
+            let _ = writeln!(
+                text,
+                "# HELP pier_tls_cert_earliest_expiry_seconds notAfter of the certificate that expires first (Unix time)\n\
+                 # TYPE pier_tls_cert_earliest_expiry_seconds gauge\npier_tls_cert_earliest_expiry_seconds {}",
+                ms / 1000
+            );
+        }
         text
     }
 }

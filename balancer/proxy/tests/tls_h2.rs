@@ -861,6 +861,33 @@ async fn certificates_chosen_by_sni_from_the_routes_file_and_swapped_on_reload()
     assert!(h1_over(&mut tls, "shop.test", "/")
         .await
         .starts_with("HTTP/1.1 200"));
+    // The admin view lists them (soonest expiry first, never a key) and metrics count them.
+    let listed = admin_get(s.b.admin, "/certs").await.unwrap();
+    assert_eq!(listed.status, 200);
+    let v: serde_json::Value = serde_json::from_str(&listed.text()).unwrap();
+    assert_eq!(v["count"], 2);
+    let domains: Vec<&str> = v["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["domain"].as_str().unwrap())
+        .collect();
+    assert!(
+        domains.contains(&"shop.test") && domains.contains(&"*.apps.test"),
+        "{v}"
+    );
+    assert_eq!(v["certificates"][0]["source"], "routes-file");
+    assert_eq!(
+        v["certificates"][0]["fingerprint_sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+    assert!(!listed.text().contains("PRIVATE KEY"));
+    let m = s.b.metrics().await;
+    assert!(m.contains("pier_tls_certificates 2"), "{m}");
+    assert!(m.contains("pier_tls_cert_earliest_expiry_seconds "), "{m}");
     // Hot swap: a new certificate for shop.test in the routes file, no restart.
     let renewed = make_cert(dir.path(), "shop2", &["shop.test"]);
     s.b.write_routes(&routes(&renewed));

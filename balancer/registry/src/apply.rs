@@ -20,7 +20,12 @@ fn put_cert_record(table: &mut RouteTable, key: &str, json: &str) -> Result<(), 
     let pattern = DomainPattern::parse(key).map_err(|e| e.to_string())?;
     let rec: CertRecord = serde_json::from_str(json).map_err(|e| e.to_string())?;
     let parsed = load_pair(&rec.cert, &rec.key).map_err(|e| e.to_string())?;
-    table.put_cert_with_source(&pattern, parsed.key, Some(Arc::from(json)));
+    table.put_cert_with_source(
+        &pattern,
+        parsed.key,
+        Some(Arc::from(json)),
+        parsed.not_after_ms,
+    );
     Ok(())
 }
 

@@ -198,6 +198,18 @@ pub fn load_pair(cert_pem: &str, key_pem: &str) -> Result<ParsedCert, CertError>
     })
 }
 
+/// The SHA-256 fingerprint of a certificate (lower-case hex), as the API shows it.
+pub fn fingerprint_sha256(der: &CertificateDer<'_>) -> String {
+    hex(&Sha256::digest(der.as_ref()))
+}
+
+/// The notAfter of a served key's leaf certificate, in milliseconds since the Unix epoch.
+pub fn leaf_not_after_ms(key: &CertifiedKey) -> Option<i64> {
+    let leaf = key.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    Some(cert.validity().not_after.timestamp().saturating_mul(1000))
+}
+
 type LeafFacts = (Vec<String>, i64, i64, String, String, String);
 
 fn describe(

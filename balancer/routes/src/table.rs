@@ -164,6 +164,8 @@ pub struct CertEntry {
     /// The record it was loaded from, opaque to this crate (the registry keeps its JSON here so
     /// a table can be written back as a snapshot; a routes-file certificate has none).
     pub source: Option<Arc<str>>,
+    /// The leaf's notAfter, in milliseconds since the Unix epoch (`i64::MAX` if unreadable).
+    pub not_after_ms: i64,
 }
 
 /// A name's certificates: for the name itself and for the wildcard below it.
@@ -644,19 +646,25 @@ impl RouteTable {
 impl RouteTable {
     /// Sets the certificate for a domain pattern (replacing any).
     pub fn put_cert(&mut self, pattern: &DomainPattern, key: Arc<CertifiedKey>) {
-        self.put_cert_with_source(pattern, key, None);
+        let not_after_ms = crate::cert::leaf_not_after_ms(&key).unwrap_or(i64::MAX);
+        self.put_cert_with_source(pattern, key, None, not_after_ms);
     }
 
     /// Sets the certificate for a domain pattern with the record it came from (see
-    /// [`CertEntry::source`]).
+    /// [`CertEntry::source`]) and its leaf's notAfter (already known to whoever parsed it).
     pub fn put_cert_with_source(
         &mut self,
         pattern: &DomainPattern,
         key: Arc<CertifiedKey>,
         source: Option<Arc<str>>,
+        not_after_ms: i64,
     ) {
         let certs = Arc::make_mut(&mut self.certs);
-        let entry = Some(CertEntry { key, source });
+        let entry = Some(CertEntry {
+            key,
+            source,
+            not_after_ms,
+        });
         let slot = match pattern {
             DomainPattern::CatchAll => &mut certs.catch_all,
             DomainPattern::Exact(n) | DomainPattern::Wildcard(n) => {
@@ -1031,7 +1039,7 @@ mod tests {
         assert!(!t2.remove_cert(&pat("*.x.test")));
         assert!(!t2.remove_cert(&DomainPattern::CatchAll));
         assert!(Arc::ptr_eq(&t1.certs, &t2.certs));
-        t2.put_cert_with_source(&pat("x.test"), two.clone(), Some(Arc::from("{}")));
+        t2.put_cert_with_source(&pat("x.test"), two.clone(), Some(Arc::from("{}")), 0);
         assert_eq!(t2.cert_count(), 1, "replacing does not count twice");
         assert!(Arc::ptr_eq(t1.cert_for("x.test").unwrap(), &one));
         assert!(Arc::ptr_eq(t2.cert_for("x.test").unwrap(), &two));
