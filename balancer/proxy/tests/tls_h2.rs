@@ -1600,3 +1600,38 @@ async fn websocket_over_h2_extended_connect() {
     let m = b.metrics().await;
     assert!(m.contains("pier_tunnels_total 1"), "{m}");
 }
+
+#[tokio::test]
+async fn idle_h2_connections_get_goaway_and_a_split_preface_is_understood() {
+    let backend = Backend::start("one").await;
+    let b = Balancer::start(
+        &backend_routes("one", &["a.test"], &backend),
+        "[timeouts]\nclient_keepalive = \"1s\"\n",
+    )
+    .await;
+    // The preface in two pieces, a moment apart: still h2c, not a malformed HTTP/1 request.
+    let mut tcp = TcpStream::connect(b.addr()).await.unwrap();
+    tcp.write_all(&PREFACE[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tcp.write_all(&PREFACE[10..]).await.unwrap();
+    tcp.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+    let mut c = RawH2 {
+        tcp,
+        buf: Vec::new(),
+    };
+    let fields = get_fields("/split");
+    let refs: Vec<(&str, &str)> = fields.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    c.send(&frame(1, 5, 1, &hpack(&refs))).await.unwrap();
+    let frames = c.until_done(1).await;
+    assert_eq!(status_of(&frames, 1).as_deref(), Some("0x88"), "{frames:?}");
+    // Then idle: a GOAWAY (NO_ERROR) within a few seconds, and the connection closes.
+    let started = Instant::now();
+    let mut goaway = None;
+    while let Some(f) = c.next(Duration::from_secs(5)).await {
+        if f.0 == 7 {
+            goaway = Some(u32::from_be_bytes([f.3[4], f.3[5], f.3[6], f.3[7]]));
+        }
+    }
+    assert_eq!(goaway, Some(0), "GOAWAY NO_ERROR");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -49,6 +49,8 @@ use io::{RecvBody, SendBody};
 const SMALL_BODY: usize = 64 * 1024;
 /// How often an idle connection checks its keep-alive deadline.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How long an idle connection told to go away (GOAWAY) may take to close.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// What every stream of one connection shares.
 struct ConnInfo {
@@ -116,17 +118,24 @@ pub async fn serve_h2(
         sni,
     });
     let mut shutdown = shared.shutdown_rx.clone();
-    let mut draining = false;
-    if shared.is_shutting_down() {
-        draining = true;
+    // While draining, the connection must be gone by this time: a graceful GOAWAY waits for
+    // the client to answer a PING, which a dead or broken client never does.
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let start_drain = |conn: &mut h2::server::Connection<_, Bytes>, within: Duration| {
         conn.graceful_shutdown();
+        Some(tokio::time::Instant::now() + within)
+    };
+    if shared.is_shutting_down() {
+        drain_deadline = start_drain(&mut conn, cfg.timeouts.shutdown);
     }
     let keepalive = cfg.timeouts.client_keepalive;
     let mut last_active = Instant::now();
-    let mut abused = false;
+    let mut cut = false;
     let mut tick = tokio::time::interval(IDLE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let draining = drain_deadline.is_some();
+        let deadline = drain_deadline.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             biased;
             _ = alarm.notify.notified() => {
@@ -135,12 +144,11 @@ pub async fn serve_h2(
                     tracing::info!(client = %peer, abuse = why.name(), "h2 GOAWAY ENHANCE_YOUR_CALM");
                 }
                 conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
-                abused = true;
+                cut = true;
                 break;
             }
             _ = shutdown.wait_for(|d| *d), if !draining => {
-                draining = true;
-                conn.graceful_shutdown();
+                drain_deadline = start_drain(&mut conn, cfg.timeouts.shutdown);
             }
             accepted = conn.accept() => match accepted {
                 Some(Ok((req, respond))) => {
@@ -161,14 +169,19 @@ pub async fn serve_h2(
                 if conn.has_streams() {
                     last_active = Instant::now();
                 } else if last_active.elapsed() >= keepalive {
-                    draining = true;
-                    conn.graceful_shutdown();
+                    drain_deadline = start_drain(&mut conn, IDLE_CLOSE_GRACE);
                 }
+            }
+            _ = tokio::time::sleep_until(deadline), if draining => {
+                // Whatever is still open is cut: the final GOAWAY says so.
+                conn.abrupt_shutdown(Reason::NO_ERROR);
+                cut = true;
+                break;
             }
         }
     }
     // Send what is queued (a GOAWAY above all) and let the connection close.
-    let grace = if abused {
+    let grace = if cut {
         Duration::from_secs(1)
     } else {
         cfg.timeouts.shutdown
