@@ -144,11 +144,23 @@ pub struct DomainView {
     pub verified: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub challenge: Option<ChallengeView>,
+    /// The domain's certificate at a glance (only in the app view; the full facts are at
+    /// `.../domains/{domain}/cert`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertSummary>,
+}
+
+/// When a domain's certificate expires and which one it is.
+#[derive(Debug, Serialize)]
+pub struct CertSummary {
+    pub not_after: String,
+    pub fingerprint_sha256: String,
 }
 
 impl DomainView {
     fn new(domain: &str, rec: &DomainRecord) -> Self {
         DomainView {
+            certificate: None,
             domain: domain.to_string(),
             app: rec.app.clone(),
             verified: rec.verified,
@@ -417,13 +429,24 @@ pub async fn show_app(state: &ApiState, caller: &Caller, app: &str) -> Reply {
     caller.may_act_on(app)?;
     let settings = existing_app(state, app).await?;
     let now = now_ms();
-    let domains = state
-        .registry()
-        .app_domains(app)
-        .await?
-        .iter()
-        .map(|(d, r)| DomainView::new(d, r))
-        .collect();
+    let mut domains = Vec::new();
+    for (d, r) in state.registry().app_domains(app).await?.iter() {
+        let mut view = DomainView::new(d, r);
+        if r.verified {
+            // A stored record that no longer parses is shown as no certificate (the
+            // certificate's own endpoint says why).
+            view.certificate = state
+                .registry()
+                .cert(d)
+                .await?
+                .and_then(|rec| cert::load_pair(&rec.cert, &rec.key).ok())
+                .map(|p| CertSummary {
+                    not_after: cert::rfc3339(p.not_after_ms),
+                    fingerprint_sha256: p.fingerprint_sha256,
+                });
+        }
+        domains.push(view);
+    }
     let backends = state
         .registry()
         .app_backends(app)

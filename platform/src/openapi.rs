@@ -207,6 +207,12 @@ fn schemas() -> Value {
                     "required": ["path", "body"],
                     "description": "While pending: the app must answer GET <path> for Host: <domain> with <body>",
                     "properties": { "path": string, "body": string }
+                },
+                "certificate": {
+                    "type": "object",
+                    "required": ["not_after", "fingerprint_sha256"],
+                    "description": "In the app view only: the domain's certificate, if it has one",
+                    "properties": { "not_after": string, "fingerprint_sha256": string }
                 }
             }
         },

@@ -922,6 +922,19 @@ async fn certificates_put_show_delete() {
         .await;
     assert_eq!(put.body["domain"], "*.shop.example.com");
 
+    // The app view shows each domain's certificate at a glance.
+    let app = owner.expect(Method::GET, "/v1/apps/shop", None, 200).await;
+    let domains = app.body["domains"].as_array().unwrap();
+    assert_eq!(domains.len(), 2);
+    for d in domains {
+        assert_eq!(d["certificate"]["not_after"], "2090-01-01T00:00:00Z", "{d}");
+        assert_eq!(
+            d["certificate"]["fingerprint_sha256"],
+            shown.body["fingerprint_sha256"]
+        );
+    }
+    assert!(!app.text.contains("PRIVATE KEY"));
+
     // Delete: 204, then 404; the domain stays.
     owner.expect(Method::DELETE, path, None, 204).await;
     owner.expect(Method::DELETE, path, None, 404).await;
