@@ -773,7 +773,7 @@ async fn exchange_h2(
                 _ => OutCoding::Identity,
             };
             let kind = match plan.kind {
-                BodyKind::Length(n) => BodyKind::Length(n - plan.first.len() as u64),
+                BodyKind::Length(n) => BodyKind::Length(n.saturating_sub(plan.first.len() as u64)),
                 _ => BodyKind::UntilClose,
             };
             let mut empty = BytesMut::new();
