@@ -4,8 +4,8 @@
 //! The request path never waits on any of this: it reads whatever table is installed. When
 //! Redis is down, hung or unreachable the last table keeps serving; the task reconnects with
 //! backoff and resyncs when Redis answers again. A resync that would drop more than
-//! `max_drop` of all domains at once (Redis came back empty, say) is held and alarmed instead
-//! of applied, unless `allow_mass_drop` is set. After each applied full resync the snapshot is
+//! `max_drop` of all domains (or of all certificates) at once (Redis came back empty, say) is
+//! held and alarmed instead of applied, unless `allow_mass_drop` is set. After each applied full resync the snapshot is
 //! written to a local file, from which a restarted balancer serves before Redis answers.
 
 use std::path::Path;
@@ -246,17 +246,25 @@ async fn full_resync(
     }
     let before = current.len();
     let after = table.len();
-    let dropped = before.saturating_sub(after);
-    if !s.allow_mass_drop && before > 0 && dropped as f64 > s.max_drop * before as f64 {
+    // Certificates are guarded like domains: losing most of them at once would turn a whole
+    // fleet of custom domains to the default certificate.
+    let certs_before = current.cert_count();
+    let certs_after = table.cert_count();
+    let too_many = |before: usize, after: usize| {
+        before > 0 && before.saturating_sub(after) as f64 > s.max_drop * before as f64
+    };
+    if !s.allow_mass_drop && (too_many(before, after) || too_many(certs_before, certs_after)) {
         shared.metrics.registry_resyncs_held.inc();
         shared.metrics.registry_held.set(1);
         tracing::error!(
             reason,
             domains_now = before,
             domains_in_registry = after,
+            certificates_now = certs_before,
+            certificates_in_registry = certs_after,
             max_drop = s.max_drop,
-            "registry resync held: it would drop too many routes at once; the current table keeps \
-             serving (set routes.allow_mass_drop to accept)"
+            "registry resync held: it would drop too many routes or certificates at once; the \
+             current table keeps serving (set routes.allow_mass_drop to accept)"
         );
         return Ok(Resync::Held);
     }

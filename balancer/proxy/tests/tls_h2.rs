@@ -1635,3 +1635,83 @@ async fn idle_h2_connections_get_goaway_and_a_split_preface_is_understood() {
     assert_eq!(goaway, Some(0), "GOAWAY NO_ERROR");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_that_would_drop_most_certificates_is_held() {
+    use pier_registry::model::{AppRecord, CertRecord, DomainRecord};
+    let redis = RedisServer::start().await;
+    let reg = pier_registry::Registry::connect(&redis.url())
+        .await
+        .unwrap();
+    let backend = Backend::start("one").await;
+    reg.put_app("shop", &AppRecord::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut certs = Vec::new();
+    for d in ["a.shop.test", "b.shop.test"] {
+        reg.put_domain(
+            d,
+            &DomainRecord {
+                app: "shop".into(),
+                verified: true,
+                token: None,
+            },
+        )
+        .await
+        .unwrap();
+        let c = make_cert(dir.path(), d, &[d]);
+        reg.put_cert(
+            d,
+            &CertRecord {
+                app: "shop".into(),
+                cert: c.cert_pem.clone(),
+                key: c.key_pem.clone(),
+                added_ms: 0,
+            },
+        )
+        .await
+        .unwrap();
+        certs.push(c);
+    }
+    let _ = backend;
+    let s = tls_balancer(
+        "",
+        &format!(
+            "[routes]\nredis = \"{}\"\nsnapshot_file = \"\"\nresync_interval = \"300ms\"\n",
+            redis.url()
+        ),
+    )
+    .await;
+    let t = Instant::now();
+    while served_cert(s.tls_port, "a.shop.test").await != Some(certs[0].der.to_vec()) {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", s.b.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The certificates vanish behind the balancers' back (no change in the feed): the next
+    // periodic resync would drop them all.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("pier:certs")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    while s.b.metric("pier_registry_resyncs_held_total").await < 1.0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", s.b.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Held: both certificates are still served.
+    assert_eq!(
+        served_cert(s.tls_port, "a.shop.test").await,
+        Some(certs[0].der.to_vec())
+    );
+    assert_eq!(
+        served_cert(s.tls_port, "b.shop.test").await,
+        Some(certs[1].der.to_vec())
+    );
+    assert!(
+        s.b.log_text().contains("certificates_in_registry=0"),
+        "{}",
+        s.b.log_text()
+    );
+}
