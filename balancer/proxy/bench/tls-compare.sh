@@ -14,6 +14,9 @@
 # proxies in a cgroup (v1 cpu controller) capped at N% of a core, so the proxy is the
 # bottleneck and req/s compares capacity at equal CPU. Certificates: a fresh
 # ECDSA P-256 key (the profile both use: Mozilla intermediate ciphers and curves).
+# EQUAL_HEADERS=1 makes nginx add what pier adds to every proxied request and response
+# (X-Forwarded-For/-Proto/-Port/-Host, X-Request-Id, X-Request-Start, Via), so both do the
+# same work; by default nginx adds none of them.
 # Needs: nginx, h2load (nghttp2-client), openssl, taskset.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -60,6 +63,17 @@ http {
   }
 }
 CONF
+EXTRA_NGINX=""
+if [ "${EQUAL_HEADERS:-0}" = 1 ]; then
+  EXTRA_NGINX='      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Port $server_port;
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Request-Id $request_id;
+      proxy_set_header X-Request-Start "t=${msec}";
+      proxy_set_header Via "1.1 nginx";
+      add_header Via "1.1 nginx";'
+fi
 cat > "$W/nginx.conf" <<CONF
 worker_processes 1;
 pid $W/nginx.pid;
@@ -84,6 +98,7 @@ http {
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host \$host;
+$EXTRA_NGINX
     }
   }
 }
@@ -163,7 +178,7 @@ for tgt in nginx pier; do
   taskset -c "$CLIENT_CPU" h2load -t 1 -c 10 -n 2000 --connect-to "127.0.0.1:$([ $tgt = nginx ] && echo $NGINX_PORT || echo $PIER_PORT)" https://bench.test/ >/dev/null 2>&1 || true
 done
 
-echo "tls-compare: REPEATS=$REPEATS DURATION=${DURATION}s CONNS=$CONNS HANDSHAKES=$HANDSHAKES PROXY_QUOTA=${PROXY_QUOTA:-none}% layout: proxies on CPU $PROXY_CPU, backend + h2load on CPU $CLIENT_CPU"
+echo "tls-compare: EQUAL_HEADERS=${EQUAL_HEADERS:-0} REPEATS=$REPEATS DURATION=${DURATION}s CONNS=$CONNS HANDSHAKES=$HANDSHAKES PROXY_QUOTA=${PROXY_QUOTA:-none}% layout: proxies on CPU $PROXY_CPU, backend + h2load on CPU $CLIENT_CPU"
 for sc in $SCENARIOS; do
   : >"$W/$sc.nginx"; : >"$W/$sc.pier"; : >"$W/$sc.ratio"
   for i in $(seq "$REPEATS"); do
