@@ -22,7 +22,6 @@ use crate::h1::framing::{BodyKind, ResponseFraming};
 use crate::h1::head::{parse_response, HeadError, HeadLimits, ResponseHead, Version};
 use crate::headers::{
     client_framing, write_interim, write_request_head, write_response_head, ClientFraming,
-    Forwarding,
 };
 use crate::relay::{relay_body, write_all_timed, OutCoding, RelayError, RelayLimits};
 use crate::respond::ProxyError;
@@ -157,7 +156,7 @@ pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<A
                 continue;
             }
             Err(Failure::Stale) => {
-                return upstream_failed(ProxyError::UpstreamClosed, true, backend.addr);
+                return upstream_failed(ProxyError::UpstreamClosed, true, Some(backend.addr));
             }
             Err(Failure::Upstream { err, in_sync }) => {
                 if backend.state.record_failure(
@@ -168,7 +167,7 @@ pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<A
                     metrics.upstream_ejections.inc();
                     tracing::warn!(backend = %backend.addr, app = %app.name, "backend ejected");
                 }
-                return upstream_failed(err, in_sync, backend.addr);
+                return upstream_failed(err, in_sync, Some(backend.addr));
             }
             Err(Failure::Client(err)) => {
                 return Forwarded {
@@ -194,15 +193,7 @@ pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<A
             }
         }
     }
-    Forwarded {
-        status: last_error.status(),
-        upstream: None,
-        bytes_out: 0,
-        first_byte: None,
-        keep_alive: true,
-        error: Some(last_error),
-        aborted: None,
-    }
+    upstream_failed(last_error, true, None)
 }
 
 /// Picks a backend of `app` not in `tried` and gets a connection to it: a pooled one unless
@@ -261,10 +252,16 @@ pub(crate) async fn acquire(
     }
 }
 
-fn upstream_failed(err: ProxyError, in_sync: bool, addr: SocketAddr) -> Forwarded {
+/// pier's own answer to a failed exchange; `in_sync` says whether the client connection can
+/// carry another request.
+pub(crate) fn upstream_failed(
+    err: ProxyError,
+    in_sync: bool,
+    addr: Option<SocketAddr>,
+) -> Forwarded {
     Forwarded {
         status: err.status(),
-        upstream: Some(addr),
+        upstream: addr,
         bytes_out: 0,
         first_byte: None,
         keep_alive: in_sync,
@@ -383,20 +380,7 @@ async fn exchange(
         out,
         &req.head,
         &req.framing.conn,
-        &Forwarding {
-            client_ip: peer_ip,
-            listener_port: listener.addr.port(),
-            trusted: listener.trusted,
-            target: req.target(),
-            host: req.host(),
-            request_id: &req.request_id,
-            body: req.framing.body,
-            explicit_zero_length: req.framing.length == Some(0),
-            request_start_ms: cfg.headers.request_start.then_some(req.start_ms),
-            via: &cfg.headers.via,
-            proto: if listener.tls { "https" } else { "http" },
-            upgrade: req.upgrade.as_deref(),
-        },
+        &req.forwarding(peer_ip, listener, &cfg.headers),
     );
     // A small Content-Length body already read goes out with the head in one write.
     let mut body_done = req.framing.body == BodyKind::None;
@@ -663,12 +647,10 @@ async fn tunnel(
     first_byte: Duration,
 ) -> Result<Exchanged, Failure> {
     let cfg = &w.shared.config;
-    let accepted = head.values(b"upgrade").next().is_some_and(|v| {
-        crate::h1::head::list_items(v).any(|p| {
-            p.eq_ignore_ascii_case(b"websocket")
-                || (p.len() > 10 && p[..10].eq_ignore_ascii_case(b"websocket/"))
-        })
-    });
+    let accepted = head
+        .values(b"upgrade")
+        .next()
+        .is_some_and(crate::h1::head::lists_websocket);
     if !accepted {
         return Err(Failure::Upstream {
             err: ProxyError::UpstreamBadResponse("bad-upgrade-response"),

@@ -294,19 +294,7 @@ pub fn end_response_head(
 /// Writes a backend's `101 Switching Protocols` for the client: its end-to-end fields, then
 /// `Connection: upgrade` and the `Upgrade` it chose.
 pub fn write_switching_head(out: &mut Vec<u8>, resp: &ResponseHead, via: &str) {
-    out.extend_from_slice(b"HTTP/1.1 101 ");
-    out.extend_from_slice(resp.reason());
-    out.extend_from_slice(b"\r\n");
-    for h in &resp.headers {
-        let name = resp.name(h);
-        if is_hop_by_hop(name) {
-            continue;
-        }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(resp.value(h));
-        out.extend_from_slice(b"\r\n");
-    }
+    write_status_and_fields(out, resp);
     if !via.is_empty() {
         out.extend_from_slice(b"Via: 1.1 ");
         out.extend_from_slice(via.as_bytes());
@@ -323,6 +311,12 @@ pub fn write_switching_head(out: &mut Vec<u8>, resp: &ResponseHead, via: &str) {
 
 /// Writes an interim (1xx) response for an HTTP/1.1 client.
 pub fn write_interim(out: &mut Vec<u8>, resp: &ResponseHead) {
+    write_status_and_fields(out, resp);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The status line of a backend's answer and its end-to-end fields (hop-by-hop ones left out).
+fn write_status_and_fields(out: &mut Vec<u8>, resp: &ResponseHead) {
     out.extend_from_slice(b"HTTP/1.1 ");
     put_u64(out, u64::from(resp.status));
     out.push(b' ');
@@ -338,7 +332,6 @@ pub fn write_interim(out: &mut Vec<u8>, resp: &ResponseHead) {
         out.extend_from_slice(resp.value(h));
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::config::Listener;
 use crate::forward::{forward, Forwarded};
 use crate::h1::framing::{BodyKind, RequestFraming};
 use crate::h1::head::{parse_request, HeadLimits, RequestHead, Version};
+use crate::headers::Forwarding;
 use crate::respond::{
     action_response, error_body, https_redirect, AnswerScratch, LocalResponse, ProxyError,
 };
@@ -70,6 +71,30 @@ pub struct Request {
 impl Request {
     pub fn target(&self) -> &[u8] {
         &self.target
+    }
+
+    /// The forwarding facts of this request for its upstream head, as it came from a client at
+    /// `peer_ip` on `listener`.
+    pub fn forwarding<'a>(
+        &'a self,
+        peer_ip: &'a [u8],
+        listener: &Listener,
+        headers: &'a crate::config::HeaderSettings,
+    ) -> Forwarding<'a> {
+        Forwarding {
+            client_ip: peer_ip,
+            listener_port: listener.addr.port(),
+            trusted: listener.trusted,
+            target: self.target(),
+            host: self.host(),
+            request_id: &self.request_id,
+            body: self.framing.body,
+            explicit_zero_length: self.framing.length == Some(0),
+            request_start_ms: headers.request_start.then_some(self.start_ms),
+            via: &headers.via,
+            proto: if listener.tls { "https" } else { "http" },
+            upgrade: self.upgrade.as_deref(),
+        }
     }
     pub fn host(&self) -> &[u8] {
         &self.host
@@ -264,11 +289,7 @@ fn websocket_upgrade(head: &RequestHead, framing: &RequestFraming) -> Option<Byt
         return None;
     }
     let value = head.values(b"upgrade").next()?;
-    let websocket = crate::h1::head::list_items(value).any(|p| {
-        p.eq_ignore_ascii_case(b"websocket")
-            || (p.len() > 10 && p[..10].eq_ignore_ascii_case(b"websocket/"))
-    });
-    websocket.then(|| head.buf.slice_ref(value))
+    crate::h1::head::lists_websocket(value).then(|| head.buf.slice_ref(value))
 }
 
 /// Handles one request; returns whether the connection may carry another.

@@ -26,7 +26,7 @@ use tokio::time::timeout;
 use pier_routes::app::MAX_TRIED;
 use pier_routes::App;
 
-use crate::forward::{Forwarded, Timeouts};
+use crate::forward::{upstream_failed, Forwarded, Timeouts};
 use crate::h1::framing::{is_hop_by_hop, BodyKind};
 use crate::h1::head::Version;
 use crate::headers::{end_response_head, put_u64, write_upstream_head, Forwarding};
@@ -281,7 +281,7 @@ pub(crate) async fn forward_h1_to_h2(
     let (idx, mut send) =
         match acquire_h2(w, app, &mut tried, t.connect, retries, req.start_ms).await {
             Ok(s) => s,
-            Err(e) => return failed(e, None, true),
+            Err(e) => return upstream_failed(e, true, None),
         };
     let backend = &app.backends[idx];
     let _outstanding = app.begin(idx);
@@ -311,30 +311,23 @@ pub(crate) async fn forward_h1_to_h2(
         _ if req.framing.length == Some(0) => Some(0),
         _ => None,
     };
+    // Framing is the HTTP/2 layer's business: the head carries none.
     let forwarding = Forwarding {
-        client_ip: &client.peer_ip,
-        listener_port: client.listener.addr.port(),
-        trusted: client.listener.trusted,
-        target: req.target(),
-        host: req.host(),
-        request_id: &req.request_id,
         body: BodyKind::None,
         explicit_zero_length: false,
-        request_start_ms: cfg.headers.request_start.then_some(req.start_ms),
-        via: &cfg.headers.via,
-        proto: if tls { "https" } else { "http" },
         upgrade: None,
+        ..req.forwarding(&client.peer_ip, &client.listener, &cfg.headers)
     };
     let request = match h2_request(head.method(), fields, &forwarding, length) {
         Ok(r) => r,
-        Err(e) => return failed(e, Some(backend.addr), true),
+        Err(e) => return upstream_failed(e, true, Some(backend.addr)),
     };
     let has_body = req.framing.body != BodyKind::None;
     let (response, stream) = match send.send_request(request, !has_body) {
         Ok(pair) => pair,
         Err(_) => {
             w.h2_pool.drop_conn(backend.addr);
-            return failed(ProxyError::UpstreamIo, Some(backend.addr), !has_body);
+            return upstream_failed(ProxyError::UpstreamIo, !has_body, Some(backend.addr));
         }
     };
     let Client {
@@ -389,15 +382,15 @@ pub(crate) async fn forward_h1_to_h2(
                 }
             }
         };
-        return failed(err, Some(backend.addr), false);
+        return upstream_failed(err, false, Some(backend.addr));
     }
     let response = match answer {
-        Err(_) => return failed(ProxyError::UpstreamTimeout, Some(backend.addr), true),
+        Err(_) => return upstream_failed(ProxyError::UpstreamTimeout, true, Some(backend.addr)),
         Ok(Err(e)) => {
             if e.is_io() || e.is_go_away() {
                 w.h2_pool.drop_conn(backend.addr);
             }
-            return failed(ProxyError::UpstreamClosed, Some(backend.addr), true);
+            return upstream_failed(ProxyError::UpstreamClosed, true, Some(backend.addr));
         }
         Ok(Ok(r)) => r,
     };
@@ -449,18 +442,6 @@ pub(crate) async fn forward_h1_to_h2(
         first_byte: Some(first_byte),
         keep_alive: keep,
         error: None,
-        aborted: None,
-    }
-}
-
-fn failed(err: ProxyError, upstream: Option<SocketAddr>, in_sync: bool) -> Forwarded {
-    Forwarded {
-        status: err.status(),
-        upstream,
-        bytes_out: 0,
-        first_byte: None,
-        keep_alive: in_sync,
-        error: Some(err),
         aborted: None,
     }
 }

@@ -441,6 +441,14 @@ pub fn parse_response(
     )))
 }
 
+/// Whether an `Upgrade` value lists WebSocket (`websocket`, or `websocket/<version>`).
+pub fn lists_websocket(value: &[u8]) -> bool {
+    list_items(value).any(|p| {
+        p.eq_ignore_ascii_case(b"websocket")
+            || (p.len() > 10 && p[..10].eq_ignore_ascii_case(b"websocket/"))
+    })
+}
+
 /// Splits a comma-separated list value into trimmed, non-empty elements.
 pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').filter_map(|item| {

@@ -311,6 +311,28 @@ struct StreamCtx<'a> {
     target: &'a Bytes,
 }
 
+impl<'a> StreamCtx<'a> {
+    /// The forwarding facts of this stream for an upstream head without a body.
+    fn forwarding(&self, upgrade: Option<&'a [u8]>) -> Forwarding<'a> {
+        let cfg = &self.w.shared.config;
+        let listener = &self.info.listener;
+        Forwarding {
+            client_ip: &self.info.peer_ip,
+            listener_port: listener.addr.port(),
+            trusted: listener.trusted,
+            target: self.target,
+            host: self.host,
+            request_id: self.request_id,
+            body: BodyKind::None,
+            explicit_zero_length: false,
+            request_start_ms: cfg.headers.request_start.then_some(self.start_ms),
+            via: &cfg.headers.via,
+            proto: if listener.tls { "https" } else { "http" },
+            upgrade,
+        }
+    }
+}
+
 /// Routes a checked request and answers it: locally, or through a backend.
 async fn route_and_forward(
     ctx: &mut StreamCtx<'_>,
@@ -516,7 +538,6 @@ async fn plan_body(
 /// Writes the upstream HTTP/1.1 head for an h2 request: its fields (cookies joined back into
 /// one field, RFC 9113 §8.2.3), minus those pier writes itself.
 fn upstream_head(ctx: &StreamCtx<'_>, plan: &BodyPlan, out: &mut Vec<u8>) {
-    let cfg = &ctx.w.shared.config;
     let headers = &ctx.parts.headers;
     let mut cookie = Vec::new();
     for (i, v) in headers.get_all(http::header::COOKIE).iter().enumerate() {
@@ -533,24 +554,14 @@ fn upstream_head(ctx: &StreamCtx<'_>, plan: &BodyPlan, out: &mut Vec<u8>) {
         })
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
         .chain((!cookie.is_empty()).then_some((&b"cookie"[..], &cookie[..])));
-    let listener = &ctx.info.listener;
     write_upstream_head(
         out,
         ctx.parts.method.as_str().as_bytes(),
         fields,
         &Forwarding {
-            client_ip: &ctx.info.peer_ip,
-            listener_port: listener.addr.port(),
-            trusted: listener.trusted,
-            target: ctx.target,
-            host: ctx.host,
-            request_id: ctx.request_id,
             body: plan.kind,
             explicit_zero_length: plan.explicit_zero,
-            request_start_ms: cfg.headers.request_start.then_some(ctx.start_ms),
-            via: &cfg.headers.via,
-            proto: if listener.tls { "https" } else { "http" },
-            upgrade: None,
+            ..ctx.forwarding(None)
         },
     );
 }
@@ -750,7 +761,7 @@ async fn exchange_h2(
     let mut scratch = Vec::new();
     let mut early = false;
     let response = {
-        let read_head = read_response_head(&mut up_r, &mut conn.buf);
+        let read_head = read_response_head(&mut up_r, &mut conn.buf, false);
         tokio::pin!(read_head);
         if plan.ended {
             let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
@@ -895,11 +906,13 @@ async fn exchange_h2(
     })
 }
 
-/// Reads a final response head (1xx answers are dropped: h2 clients get the final one).
-/// `Err` carries whether nothing at all arrived.
+/// Reads a final response head (1xx answers are dropped: h2 clients get the final one), or a
+/// `101` when `switching` (the answer to a WebSocket handshake). `Err` carries whether nothing
+/// at all arrived.
 async fn read_response_head(
     up: &mut tokio::net::tcp::ReadHalf<'_>,
     buf: &mut BytesMut,
+    switching: bool,
 ) -> Result<ResponseHead, (ProxyError, bool)> {
     use tokio::io::AsyncReadExt;
     let mut got_any = false;
@@ -909,6 +922,7 @@ async fn read_response_head(
                 got_any = true;
                 let head = parts.into_head(buf.split_to(len).freeze());
                 match head.status {
+                    101 if switching => return Ok(head),
                     101 => return Err((ProxyError::UpstreamBadResponse("unexpected-101"), false)),
                     100..=199 => continue,
                     _ => return Ok(head),
@@ -1020,25 +1034,10 @@ async fn forward_h2_to_h2(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let listener = &ctx.info.listener;
-    let forwarding = Forwarding {
-        client_ip: &ctx.info.peer_ip,
-        listener_port: listener.addr.port(),
-        trusted: listener.trusted,
-        target: ctx.target,
-        host: ctx.host,
-        request_id: ctx.request_id,
-        body: BodyKind::None,
-        explicit_zero_length: false,
-        request_start_ms: cfg.headers.request_start.then_some(ctx.start_ms),
-        via: &cfg.headers.via,
-        proto: if listener.tls { "https" } else { "http" },
-        upgrade: None,
-    };
     let mut request = match crate::upstream_h2::h2_request(
         ctx.parts.method.as_str().as_bytes(),
         fields,
-        &forwarding,
+        &ctx.forwarding(None),
         length,
     ) {
         Ok(r) => r,
@@ -1197,26 +1196,12 @@ async fn websocket_h2(
         })
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
         .chain(std::iter::once((&b"sec-websocket-key"[..], key.as_bytes())));
-    let listener = &ctx.info.listener;
     let mut out = Vec::with_capacity(1024);
     write_upstream_head(
         &mut out,
         b"GET",
         fields,
-        &Forwarding {
-            client_ip: &ctx.info.peer_ip,
-            listener_port: listener.addr.port(),
-            trusted: listener.trusted,
-            target: ctx.target,
-            host: ctx.host,
-            request_id: ctx.request_id,
-            body: BodyKind::None,
-            explicit_zero_length: false,
-            request_start_ms: cfg.headers.request_start.then_some(ctx.start_ms),
-            via: &cfg.headers.via,
-            proto: if listener.tls { "https" } else { "http" },
-            upgrade: Some(b"websocket"),
-        },
+        &ctx.forwarding(Some(b"websocket")),
     );
     let (mut up_r, mut up_w) = conn.stream.split();
     if write_all_timed(&mut up_w, &out, t.idle).await.is_err() {
@@ -1227,9 +1212,10 @@ async fn websocket_h2(
         };
     }
     let sent_at = Instant::now();
-    let head = match timeout(t.first_byte, read_switch_head(&mut up_r, &mut conn.buf)).await {
+    let switch = read_response_head(&mut up_r, &mut conn.buf, true);
+    let head = match timeout(t.first_byte, switch).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
-        Ok(r) => r,
+        Ok(r) => r.map_err(|(e, _)| e),
     };
     let head = match head {
         Ok(h) => h,
@@ -1243,9 +1229,10 @@ async fn websocket_h2(
     };
     let first_byte = sent_at.elapsed();
     let upgraded = head.status == 101
-        && head.values(b"upgrade").next().is_some_and(|v| {
-            crate::h1::head::list_items(v).any(|p| p.eq_ignore_ascii_case(b"websocket"))
-        });
+        && head
+            .values(b"upgrade")
+            .next()
+            .is_some_and(crate::h1::head::lists_websocket);
     let mut resp = http::Response::new(());
     *resp.status_mut() = if upgraded {
         http::StatusCode::OK
@@ -1310,34 +1297,5 @@ async fn websocket_h2(
         keep_alive: true,
         error: None,
         aborted: why,
-    }
-}
-
-/// Reads the backend's answer to a WebSocket handshake (a `101`, or a final refusal).
-async fn read_switch_head(
-    up: &mut tokio::net::tcp::ReadHalf<'_>,
-    buf: &mut BytesMut,
-) -> Result<ResponseHead, ProxyError> {
-    use tokio::io::AsyncReadExt;
-    loop {
-        match parse_response(buf, &UPSTREAM_HEAD_LIMITS) {
-            Ok(Some((len, parts))) => {
-                let head = parts.into_head(buf.split_to(len).freeze());
-                if head.status == 100 {
-                    continue;
-                }
-                return Ok(head);
-            }
-            Ok(None) => {}
-            Err(_) => return Err(ProxyError::UpstreamBadResponse("bad-response-head")),
-        }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
-        }
-        match up.read_buf(buf).await {
-            Ok(0) => return Err(ProxyError::UpstreamClosed),
-            Ok(_) => {}
-            Err(_) => return Err(ProxyError::UpstreamIo),
-        }
     }
 }
