@@ -17,6 +17,8 @@
 # EQUAL_HEADERS=1 makes nginx add what pier adds to every proxied request and response
 # (X-Forwarded-For/-Proto/-Port/-Host, X-Request-Id, X-Request-Start, Via), so both do the
 # same work; by default nginx adds none of them.
+# FLOOR=1 runs the floor relay (balancer/proxy/examples/floor_relay.rs: TLS, then a blind copy
+# to the backend, no HTTP work at all) in pier's place: the ceiling any proxy could reach here.
 # Needs: nginx, h2load (nghttp2-client), openssl, taskset.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -35,6 +37,7 @@ for t in nginx h2load openssl taskset awk; do
   command -v $t >/dev/null || { echo "missing $t (apt-get install -y nginx nghttp2-client openssl)" >&2; exit 2; }
 done
 cargo build --release -q -p pier-balancer
+[ "${FLOOR:-0}" = 1 ] && cargo build --release -q -p pier-balancer --example floor_relay
 W=$(mktemp -d /tmp/pier-tls-bench.XXXXXX)
 PIDS=()
 CG=""
@@ -131,7 +134,12 @@ taskset -c "$CLIENT_CPU" nginx -p "$W" -c "$W/backend.conf" -g 'daemon off;' >"$
 PIDS+=($!)
 taskset -c "$PROXY_CPU" nginx -p "$W" -c "$W/nginx.conf" -g 'daemon off;' >"$W/nginx.out" 2>&1 &
 PIDS+=($!)
-taskset -c "$PROXY_CPU" ./target/release/pier-balancer --config "$W/balancer.toml" >"$W/pier.out" 2>&1 &
+if [ "${FLOOR:-0}" = 1 ]; then
+  taskset -c "$PROXY_CPU" ./target/release/examples/floor_relay "127.0.0.1:$PIER_PORT" \
+    "127.0.0.1:$BACKEND_PORT" "$W/cert.pem" "$W/key.pem" >"$W/pier.out" 2>&1 &
+else
+  taskset -c "$PROXY_CPU" ./target/release/pier-balancer --config "$W/balancer.toml" >"$W/pier.out" 2>&1 &
+fi
 PIDS+=($!)
 sleep 1
 nginx_worker=$(pgrep -P "$(cat "$W/nginx.pid")" | head -1)
@@ -178,7 +186,7 @@ for tgt in nginx pier; do
   taskset -c "$CLIENT_CPU" h2load -t 1 -c 10 -n 2000 --connect-to "127.0.0.1:$([ $tgt = nginx ] && echo $NGINX_PORT || echo $PIER_PORT)" https://bench.test/ >/dev/null 2>&1 || true
 done
 
-echo "tls-compare: EQUAL_HEADERS=${EQUAL_HEADERS:-0} REPEATS=$REPEATS DURATION=${DURATION}s CONNS=$CONNS HANDSHAKES=$HANDSHAKES PROXY_QUOTA=${PROXY_QUOTA:-none}% layout: proxies on CPU $PROXY_CPU, backend + h2load on CPU $CLIENT_CPU"
+echo "tls-compare: FLOOR=${FLOOR:-0} EQUAL_HEADERS=${EQUAL_HEADERS:-0} REPEATS=$REPEATS DURATION=${DURATION}s CONNS=$CONNS HANDSHAKES=$HANDSHAKES PROXY_QUOTA=${PROXY_QUOTA:-none}% layout: proxies on CPU $PROXY_CPU, backend + h2load on CPU $CLIENT_CPU"
 for sc in $SCENARIOS; do
   : >"$W/$sc.nginx"; : >"$W/$sc.pier"; : >"$W/$sc.ratio"
   for i in $(seq "$REPEATS"); do

@@ -130,7 +130,9 @@ const CHUNK: usize = 1024;
 /// Apps by id, in `Arc`'d chunks of 1024 slots.
 #[derive(Clone, Default)]
 struct AppChunks {
-    chunks: Vec<Arc<Vec<Option<Arc<App>>>>>,
+    /// Each chunk is a full `CHUNK` slots, inline after its reference counts: a slot is one
+    /// load from the chunk pointer, with no vector header in between.
+    chunks: Vec<Arc<[Option<Arc<App>>]>>,
 }
 
 impl AppChunks {
@@ -142,13 +144,9 @@ impl AppChunks {
     fn set(&mut self, id: u32, app: Option<Arc<App>>) {
         let id = id as usize;
         while self.chunks.len() <= id / CHUNK {
-            self.chunks.push(Arc::new(Vec::with_capacity(CHUNK)));
+            self.chunks.push(std::iter::repeat_n(None, CHUNK).collect());
         }
-        let chunk = Arc::make_mut(&mut self.chunks[id / CHUNK]);
-        if chunk.len() <= id % CHUNK {
-            chunk.resize(id % CHUNK + 1, None);
-        }
-        chunk[id % CHUNK] = app;
+        Arc::make_mut(&mut self.chunks[id / CHUNK])[id % CHUNK] = app;
     }
 
     fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
