@@ -340,9 +340,11 @@ async fn run_worker(worker: Arc<Worker>, socks: Vec<(std::net::TcpListener, List
         let w = Arc::clone(&worker);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let idle = w.shared.config.upstream.pool_idle_timeout;
             loop {
                 tick.tick().await;
                 w.pool.reap();
+                w.h2_pool.reap(idle);
             }
         })
     };

@@ -2,7 +2,9 @@
 //!
 //! Each worker keeps one multiplexed connection per backend address ([`H2Pool`]); requests
 //! become streams on it, so there is no per-request connection pool to manage. A connection
-//! that fails is dropped and the next request opens a new one. Requests from HTTP/2 clients are
+//! that fails is dropped and the next request opens a new one; one unused for
+//! `[upstream] pool_idle_timeout` is let go (so backends that leave the table do not keep
+//! connections open). Requests from HTTP/2 clients are
 //! passed stream to stream, trailers included (gRPC); requests from HTTP/1.1 clients are
 //! converted both ways (the body streams; HTTP/2 response trailers are dropped for them, as
 //! RFC 9110 §6.5.1 allows).
@@ -41,6 +43,8 @@ struct H2Backend {
     send: SendRequest<Bytes>,
     /// Set by the connection's driver task when the connection ends.
     closed: Arc<AtomicBool>,
+    /// When a request last took a stream on it.
+    last_used: Instant,
 }
 
 /// Multiplexed connections to h2c backends, one per address.
@@ -58,9 +62,10 @@ impl H2Pool {
         connect_timeout: Duration,
     ) -> Result<(SendRequest<Bytes>, bool), ConnectError> {
         {
-            let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(b) = conns.get(&addr) {
+            let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(b) = conns.get_mut(&addr) {
                 if !b.closed.load(Ordering::Relaxed) {
+                    b.last_used = Instant::now();
                     return Ok((b.send.clone(), true));
                 }
             }
@@ -89,9 +94,18 @@ impl H2Pool {
             H2Backend {
                 send: send.clone(),
                 closed,
+                last_used: Instant::now(),
             },
         );
         Ok((send, false))
+    }
+
+    /// Forgets connections that ended, and lets go of those no request has used for `idle`
+    /// (a backend that left the table, or a quiet one): once its streams in flight finish, an
+    /// h2 connection with no handle left sends GOAWAY and closes. Called periodically.
+    pub fn reap(&self, idle: Duration) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.retain(|_, b| !b.closed.load(Ordering::Relaxed) && b.last_used.elapsed() < idle);
     }
 
     /// Forgets the connection to `addr` (after it failed a request).

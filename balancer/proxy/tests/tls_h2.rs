@@ -1270,16 +1270,30 @@ async fn curl_and_openssl_s_client_see_alpn_sni_and_h2() {
 /// `h2c <path> <body bytes>` with headers `x-seen-<name>` for a few request fields and trailers
 /// `grpc-status: 0` when the request says `te: trailers`.
 async fn h2c_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let (addr, conns, _) = h2c_backend_counting_closes().await;
+    (addr, conns)
+}
+
+/// [`h2c_backend`], also counting the connections that ended.
+async fn h2c_backend_counting_closes() -> (
+    SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let closes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = Arc::clone(&conns);
+    let closed = Arc::clone(&closes);
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let closed = Arc::clone(&closed);
             tokio::spawn(async move {
                 let Ok(mut conn) = h2::server::handshake(s).await else {
+                    closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     return;
                 };
                 while let Some(Ok((req, mut respond))) = conn.accept().await {
@@ -1337,10 +1351,11 @@ async fn h2c_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
                         }
                     });
                 }
+                closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
     });
-    (addr, conns)
+    (addr, conns, closes)
 }
 
 #[tokio::test]
@@ -1463,6 +1478,40 @@ async fn http11_clients_reach_h2c_backends() {
     let r = c.read_response(false).await.unwrap();
     assert_eq!(r.text(), "h2c /len 3");
     assert_eq!(r.header("x-seen-content-length"), Some("3"));
+}
+
+#[tokio::test]
+async fn an_unused_h2c_backend_connection_is_let_go_after_the_pool_idle_timeout() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (be, conns, closes) = h2c_backend_counting_closes().await;
+    let b = Balancer::start(
+        &app_routes("grpc", &["g.test"], &[be], "backend_protocol = \"h2c\"\n"),
+        "[runtime]\nworkers = 1\n[upstream]\npool_idle_timeout = \"300ms\"\n",
+    )
+    .await;
+    let mut c = Conn::connect(b.addr()).await;
+    for i in 0..3 {
+        c.send(format!("GET /a{i} HTTP/1.1\r\nHost: g.test\r\n\r\n").as_bytes())
+            .await;
+        let r = c.read_response(false).await.unwrap();
+        assert_eq!(r.text(), format!("h2c /a{i} 0"));
+    }
+    assert_eq!(conns.load(SeqCst), 1, "one multiplexed connection");
+    assert_eq!(closes.load(SeqCst), 0);
+    // Unused past the idle timeout, the balancer lets the connection go (reaped once a second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while closes.load(SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the idle h2c connection was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The next request opens a new one.
+    c.send(b"GET /again HTTP/1.1\r\nHost: g.test\r\n\r\n").await;
+    let r = c.read_response(false).await.unwrap();
+    assert_eq!(r.text(), "h2c /again 0");
+    assert_eq!(conns.load(SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
