@@ -373,6 +373,7 @@ async fn exchange(
         scratch,
         peer_ip,
         listener,
+        timer,
         ..
     } = client;
     out.clear();
@@ -408,18 +409,19 @@ async fn exchange(
     let max_body = req.max_body;
     let mut early_response = false;
     let head = if body_done {
-        match timeout(
-            t.first_byte,
-            read_final_head(
-                &mut up_r,
-                &mut conn.buf,
-                &mut cl_w,
-                req.head.version,
-                &mut interim,
-                req.upgrade.is_some(),
-            ),
-        )
-        .await
+        match timer
+            .run(
+                (sent_at + t.first_byte).into(),
+                read_final_head(
+                    &mut up_r,
+                    &mut conn.buf,
+                    &mut cl_w,
+                    req.head.version,
+                    &mut interim,
+                    req.upgrade.is_some(),
+                ),
+            )
+            .await
         {
             Err(_) => {
                 return Err(Failure::Upstream {

@@ -46,6 +46,8 @@ pub struct Client {
     /// `peer`'s address as written in `X-Forwarded-For`.
     pub peer_ip: Vec<u8>,
     pub listener: Listener,
+    /// Deadlines of the waits for the next head and for the backend's first byte.
+    pub timer: crate::util::LazyTimer,
 }
 
 /// One request, parsed and checked.
@@ -116,6 +118,7 @@ pub async fn serve_connection(
         peer,
         peer_ip: crate::headers::client_ip_text(peer),
         listener,
+        timer: crate::util::LazyTimer::default(),
     };
     let mut first = true;
     loop {
@@ -175,6 +178,8 @@ async fn read_head(
     let cfg = &w.shared.config;
     let limits = limits(w);
     let entered = Instant::now();
+    // The time of the last wake-up while idle (the idle deadlines are counted from it).
+    let mut now = entered;
     let mut started: Option<Instant> = None;
     let mut drain_deadline: Option<Instant> = None;
     let h2c = first && cfg.http2.h2c && !client.listener.tls;
@@ -210,7 +215,6 @@ async fn read_head(
         let draining = w.shared.is_shutting_down();
         let mut until = limit;
         if idle {
-            let now = Instant::now();
             until = if draining {
                 // A request may already be on its way on this idle connection: closing at
                 // once would lose it. Wait a moment; if one comes it is served with
@@ -225,10 +229,15 @@ async fn read_head(
         if client.buf.capacity() - client.buf.len() < 1024 {
             client.buf.reserve(8 * 1024);
         }
-        match timeout_at(until.into(), client.stream.read_buf(&mut client.buf)).await {
+        match client
+            .timer
+            .run(until.into(), client.stream.read_buf(&mut client.buf))
+            .await
+        {
             Err(_) if !idle => return Err(ProxyError::HeaderTimeout),
             Err(_) => {
-                if draining || Instant::now() >= limit {
+                now = Instant::now();
+                if draining || now >= limit {
                     return Ok(None);
                 }
             }
@@ -419,12 +428,14 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
         Action::Proxy => {
             req.max_body = app.settings.max_body.unwrap_or(cfg.limits.max_body);
             let mut app = Arc::clone(&app);
-            if !app.has_live_backend(req.start_ms) && app.settings.spin {
+            let mut checked_at = req.start_ms;
+            if !app.has_live_backend(checked_at) && app.settings.spin {
                 if let Some(ready) = spin(w, &app.name).await {
                     app = ready;
                 }
+                checked_at = now_ms();
             }
-            if !app.has_live_backend(now_ms()) {
+            if !app.has_live_backend(checked_at) {
                 let err = ProxyError::NoBackend;
                 let ka = keep_alive && in_sync;
                 let ok = answer_error(w, client, err, &req.request_id, head_request, ka).await;

@@ -1,7 +1,11 @@
 //! Small per-thread helpers for the request path: a cached `Date`, request ids, the clock.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::{Instant as TokioInstant, Sleep};
 
 /// Milliseconds since the Unix epoch (what backend liveness deadlines are written in).
 pub fn now_ms() -> u64 {
@@ -94,9 +98,115 @@ pub fn websocket_key() -> String {
     out
 }
 
+/// The wait ran past its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedOut;
+
+/// One connection's timer, re-armed lazily. A keep-alive connection waits with a deadline for
+/// every request (the next head, the backend's first byte), and almost every wait ends early;
+/// a fresh `tokio::time::timeout` each time costs a timer registration and a removal per wait.
+/// This timer is moved only when a wait needs it to fire *earlier* than it is set; when it
+/// fires before the current wait's deadline it is re-armed to that deadline. So the timer is
+/// touched about once per deadline period per connection, not once per request, and a wait
+/// still ends no later than its deadline.
+#[derive(Default)]
+pub struct LazyTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: Option<TokioInstant>,
+}
+
+impl LazyTimer {
+    /// Runs `fut` until it finishes (`Ok`) or `deadline` passes (`Err(TimedOut)`).
+    pub async fn run<F: Future>(
+        &mut self,
+        deadline: TokioInstant,
+        fut: F,
+    ) -> Result<F::Output, TimedOut> {
+        let LazyTimer { sleep, armed } = self;
+        let sleep = match sleep {
+            Some(s) => {
+                if armed.is_none_or(|a| a > deadline) {
+                    s.as_mut().reset(deadline);
+                    *armed = Some(deadline);
+                }
+                s
+            }
+            None => {
+                *armed = Some(deadline);
+                sleep.insert(Box::pin(tokio::time::sleep_until(deadline)))
+            }
+        };
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut fut => return Ok(out),
+                () = sleep.as_mut() => {
+                    if TokioInstant::now() >= deadline {
+                        return Err(TimedOut);
+                    }
+                    sleep.as_mut().reset(deadline);
+                    *armed = Some(deadline);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn lazy_timer_ends_each_wait_at_its_own_deadline() {
+        let mut timer = LazyTimer::default();
+        let t0 = TokioInstant::now();
+        // A wait that finishes in time; the timer stays armed for t0 + 300 ms.
+        let out = timer
+            .run(t0 + Duration::from_millis(300), async { 7 })
+            .await;
+        assert_eq!(out, Ok(7));
+        // A later deadline: the armed timer fires first (at 300 ms), is re-armed, and the
+        // wait ends at its own deadline, not before.
+        let t1 = TokioInstant::now();
+        let out = timer
+            .run(
+                t1 + Duration::from_millis(500),
+                std::future::pending::<()>(),
+            )
+            .await;
+        assert_eq!(out, Err(TimedOut));
+        assert!(
+            t1.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            t1.elapsed()
+        );
+        // An earlier deadline than the one armed (none left here, but set one far away first).
+        let far = timer
+            .run(TokioInstant::now() + Duration::from_secs(60), async { 1 })
+            .await;
+        assert_eq!(far, Ok(1));
+        let t2 = TokioInstant::now();
+        let out = timer
+            .run(t2 + Duration::from_millis(50), std::future::pending::<()>())
+            .await;
+        assert_eq!(out, Err(TimedOut));
+        let took = t2.elapsed();
+        assert!(took >= Duration::from_millis(50), "{took:?}");
+        assert!(
+            took < Duration::from_secs(5),
+            "waited for the far deadline: {took:?}"
+        );
+        // A wait that finishes after a spurious wake-up still returns its output.
+        let t3 = TokioInstant::now();
+        let out = timer
+            .run(t3 + Duration::from_secs(10), async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                "late"
+            })
+            .await;
+        assert_eq!(out, Ok("late"));
+    }
 
     #[test]
     fn request_ids_are_uuid_shaped_and_distinct() {
