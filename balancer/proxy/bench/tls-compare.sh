@@ -4,6 +4,9 @@
 #   - tls-h1:     h2load --h1 -c 50 -m 1 for DURATION, HTTP/1.1 keep-alive over TLS
 #   - handshakes: h2load --h1, HANDSHAKES connections made as fast as the proxy takes them,
 #                 one request each (full handshakes: h2load does not resume sessions)
+#   - tls-h1-wrk: wrk -t1 -c 50 over TLS (OpenSSL), HTTP/1.1 keep-alive: the same load as
+#                 tls-h1 from a client that spends less CPU per request than h2load
+#                 (not in the default SCENARIOS; needs wrk)
 # Rounds are interleaved (nginx, pier, nginx, pier, ...); the table gives medians, the CPU
 # the proxy itself spent per request (from /proc/PID/stat), and per-round ratios pier/nginx.
 #
@@ -164,15 +167,23 @@ run() {
     h2) args=(-c "$CONNS" -m 10 -D "$DURATION") ;;
     tls-h1) args=(--h1 -c "$CONNS" -m 1 -D "$DURATION") ;;
     handshakes) args=(--h1 -c "$HANDSHAKES" -n "$HANDSHAKES" -r 100 --rate-period 10ms) ;;
+    tls-h1-wrk) args=() ;;
   esac
-  local before after out
+  local before after out rps ok
   before=$(cpu_ticks "$pid")
-  out=$(taskset -c "$CLIENT_CPU" h2load -t 1 "${args[@]}" --connect-to "127.0.0.1:$port" "$url" 2>&1)
-  after=$(cpu_ticks "$pid")
+  if [ "$2" = tls-h1-wrk ]; then
+    out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c "$CONNS" -d "${DURATION}s" -H "Host: bench.test" \
+      "https://127.0.0.1:$port/" 2>&1)
+    after=$(cpu_ticks "$pid")
+    rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
+    ok=$(echo "$out" | awk '/requests in/ {t = $1} /Non-2xx/ {b = $NF} END {print t - b}')
+  else
+    out=$(taskset -c "$CLIENT_CPU" h2load -t 1 "${args[@]}" --connect-to "127.0.0.1:$port" "$url" 2>&1)
+    after=$(cpu_ticks "$pid")
+    rps=$(echo "$out" | awk '/^finished in/ {gsub(",","",$4); print $4}')
+    ok=$(echo "$out" | awk '/^status codes:/ {print $3}')
+  fi
   echo "$out" >>"$W/h2load.log"
-  local rps ok
-  rps=$(echo "$out" | awk '/^finished in/ {gsub(",","",$4); print $4}')
-  ok=$(echo "$out" | awk '/^status codes:/ {print $3}')
   if [ -z "$rps" ] || [ "${ok:-0}" = 0 ]; then
     echo "h2load against $1 ($2) gave no answers:" >&2; echo "$out" | tail -5 >&2
     cat "$W/nginx.out" "$W/pier.out" >&2; exit 1
