@@ -36,7 +36,12 @@ pub struct ApiState {
     last_reconnect: Mutex<Option<Instant>>,
     pub auth: Authenticator,
     pub verifier: Arc<dyn Verifier>,
+    /// How long a pending domain claim holds the name against other apps (`None`: for good).
+    pub claim_ttl: Option<Duration>,
 }
+
+/// Default of [`ApiState::claim_ttl`]: three days to serve the challenge.
+pub const DEFAULT_CLAIM_TTL: Duration = Duration::from_secs(72 * 3600);
 
 impl ApiState {
     /// `registry` is connected to `redis_url` with key prefix `prefix` (reconnections use them).
@@ -54,7 +59,23 @@ impl ApiState {
             last_reconnect: Mutex::new(None),
             auth,
             verifier,
+            claim_ttl: Some(DEFAULT_CLAIM_TTL),
         }
+    }
+
+    /// Sets how long a pending domain claim holds the name (`pier api --claim-ttl-hours`).
+    pub fn with_claim_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.claim_ttl = ttl;
+        self
+    }
+
+    /// Whether a pending claim made at `claimed_ms` has lapsed (a claim with no time, from
+    /// before claims carried one, has).
+    fn claim_lapsed(&self, claimed_ms: u64) -> bool {
+        let Some(ttl) = self.claim_ttl else {
+            return false;
+        };
+        claimed_ms == 0 || now_ms().saturating_sub(claimed_ms) >= duration_ms(ttl)
     }
 
     /// The registry client (a cheap clone of the connection in use).
@@ -110,6 +131,10 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     })
 }
 
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -144,6 +169,9 @@ pub struct DomainView {
     pub verified: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub challenge: Option<ChallengeView>,
+    /// When a pending claim stops holding the name against other apps (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim_expires_at: Option<String>,
     /// The domain's certificate at a glance (only in the app view; the full facts are at
     /// `.../domains/{domain}/cert`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -158,12 +186,24 @@ pub struct CertSummary {
 }
 
 impl DomainView {
+    /// The view with the claim's expiry, for a pending claim that has a time.
+    fn pending_until(mut self, rec: &DomainRecord, ttl: Option<Duration>) -> Self {
+        if let (false, Some(ttl)) = (rec.verified || rec.claimed_ms == 0, ttl) {
+            let until = rec.claimed_ms.saturating_add(duration_ms(ttl));
+            if let Ok(until) = i64::try_from(until) {
+                self.claim_expires_at = Some(cert::rfc3339(until));
+            }
+        }
+        self
+    }
+
     fn new(domain: &str, rec: &DomainRecord) -> Self {
         DomainView {
             certificate: None,
             domain: domain.to_string(),
             app: rec.app.clone(),
             verified: rec.verified,
+            claim_expires_at: None,
             challenge: match (&rec.token, rec.verified) {
                 (Some(t), false) => Some(ChallengeView {
                     path: format!("{CHALLENGE_PREFIX}{t}"),
@@ -431,7 +471,7 @@ pub async fn show_app(state: &ApiState, caller: &Caller, app: &str) -> Reply {
     let now = now_ms();
     let mut domains = Vec::new();
     for (d, r) in state.registry().app_domains(app).await?.iter() {
-        let mut view = DomainView::new(d, r);
+        let mut view = DomainView::new(d, r).pending_until(r, state.claim_ttl);
         if r.verified {
             // A stored record that no longer parses is shown as no certificate (the
             // certificate's own endpoint says why).
@@ -528,7 +568,7 @@ pub async fn list_domains(state: &ApiState, caller: &Caller, app: &str) -> Reply
         .app_domains(app)
         .await?
         .iter()
-        .map(|(d, r)| DomainView::new(d, r))
+        .map(|(d, r)| DomainView::new(d, r).pending_until(r, state.claim_ttl))
         .collect();
     json(StatusCode::OK, &serde_json::json!({ "domains": domains }))
 }
@@ -546,30 +586,62 @@ pub async fn add_domain(state: &ApiState, caller: &Caller, app: &str, body: &[u8
     }
     existing_app(state, app).await?;
     let key = pattern.to_string();
-    let rec = match state.registry().domain(&key).await? {
+    let registry = state.registry();
+    let rec = match registry.domain(&key).await? {
+        Some(cur) if cur.app != app && (cur.verified || !state.claim_lapsed(cur.claimed_ms)) => {
+            return Err(ApiError::Conflict(if cur.verified {
+                format!("domain {key} belongs to another app")
+            } else {
+                format!("domain {key} is claimed by another app, pending verification")
+            }))
+        }
         Some(cur) if cur.app != app => {
-            return Err(ApiError::Conflict(format!(
-                "domain {key} belongs to another app"
-            )))
+            // An unverified claim past its time does not hold the name: the new claim replaces
+            // it (with a new token, so the old claimant's challenge no longer verifies).
+            let rec = new_claim(app, req.verified)?;
+            registry
+                .replace_pending_domain(&key, &rec, &cur.app, cur.claimed_ms)
+                .await?;
+            tracing::info!(domain = %key, from = %cur.app, to = app, "lapsed pending claim replaced");
+            return json(
+                StatusCode::CREATED,
+                &DomainView::new(&key, &rec).pending_until(&rec, state.claim_ttl),
+            );
         }
         // Adding a domain again must not send a verified one back to pending.
         Some(cur) if cur.verified || !req.verified => {
-            return json(StatusCode::OK, &DomainView::new(&key, &cur));
+            return json(
+                StatusCode::OK,
+                &DomainView::new(&key, &cur).pending_until(&cur, state.claim_ttl),
+            );
         }
-        _ if req.verified => DomainRecord {
+        _ => new_claim(app, req.verified)?,
+    };
+    registry.put_domain(&key, &rec).await?;
+    tracing::info!(app, domain = %key, verified = rec.verified, "domain added");
+    json(
+        StatusCode::CREATED,
+        &DomainView::new(&key, &rec).pending_until(&rec, state.claim_ttl),
+    )
+}
+
+/// A new domain record for `app`: verified (operator), or pending with a fresh token.
+fn new_claim(app: &str, verified: bool) -> Result<DomainRecord, ApiError> {
+    Ok(if verified {
+        DomainRecord {
             app: app.to_string(),
             verified: true,
             token: None,
-        },
-        _ => DomainRecord {
+            claimed_ms: 0,
+        }
+    } else {
+        DomainRecord {
             app: app.to_string(),
             verified: false,
             token: Some(auth::random_hex(16)?),
-        },
-    };
-    state.registry().put_domain(&key, &rec).await?;
-    tracing::info!(app, domain = %key, verified = rec.verified, "domain added");
-    json(StatusCode::CREATED, &DomainView::new(&key, &rec))
+            claimed_ms: now_ms(),
+        }
+    })
 }
 
 pub async fn remove_domain(state: &ApiState, caller: &Caller, app: &str, raw: &str) -> Reply {
@@ -636,6 +708,7 @@ pub async fn verify_domain(
         app: app.to_string(),
         verified: true,
         token: None,
+        claimed_ms: 0,
     };
     state.registry().put_domain(&key, &verified).await?;
     tracing::info!(app, domain = %key, forced = req.force, "domain verified");

@@ -82,6 +82,10 @@ pub struct ApiArgs {
     /// Seconds a domain challenge may take per backend tried.
     #[arg(long, default_value_t = 5)]
     pub challenge_timeout: u64,
+    /// Hours a pending (unverified) domain claim holds the name against other apps; after
+    /// that another app may claim it. 0: claims never lapse.
+    #[arg(long, default_value_t = 72)]
+    pub claim_ttl_hours: u64,
 }
 
 #[derive(Debug, clap::Subcommand)]

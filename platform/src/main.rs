@@ -65,16 +65,22 @@ fn run_api(args: &ApiArgs) -> anyhow::Result<()> {
         let registry = pier_registry::Registry::connect_with_prefix(&args.redis, &args.prefix)
             .await
             .with_context(|| format!("connecting to the registry at {}", args.redis))?;
-        let state = Arc::new(ApiState::new(
-            registry,
-            &args.redis,
-            &args.prefix,
-            Authenticator::new(operator_token.trim()),
-            Arc::new(HttpVerifier {
-                via: args.challenge_via,
-                timeout: Duration::from_secs(args.challenge_timeout.max(1)),
-            }),
-        ));
+        let state = Arc::new(
+            ApiState::new(
+                registry,
+                &args.redis,
+                &args.prefix,
+                Authenticator::new(operator_token.trim()),
+                Arc::new(HttpVerifier {
+                    via: args.challenge_via,
+                    timeout: Duration::from_secs(args.challenge_timeout.max(1)),
+                }),
+            )
+            .with_claim_ttl(
+                (args.claim_ttl_hours != 0)
+                    .then(|| Duration::from_secs(args.claim_ttl_hours.saturating_mul(3600))),
+            ),
+        );
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;

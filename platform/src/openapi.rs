@@ -208,6 +208,10 @@ fn schemas() -> Value {
                     "description": "While pending: the app must answer GET <path> for Host: <domain> with <body>",
                     "properties": { "path": string, "body": string }
                 },
+                "claim_expires_at": {
+                    "type": "string",
+                    "description": "While pending: when the claim stops holding the name against other apps (RFC 3339; `pier api --claim-ttl-hours`, 72 by default); after it another app may claim the domain"
+                },
                 "certificate": {
                     "type": "object",
                     "required": ["not_after", "fingerprint_sha256"],

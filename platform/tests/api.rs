@@ -4,8 +4,9 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
-use common::{ApiServer, TestBackend};
+use common::{Api, ApiServer, TestBackend};
 use http::Method;
 use pier_platform::router::ROUTES;
 use serde_json::json;
@@ -298,6 +299,108 @@ async fn domains_normalised_wildcards_and_one_owner() {
         404,
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_pending_claim_lapses_and_another_app_may_take_the_name() {
+    let api = ApiServer::start_with_claim_ttl(Some(Duration::from_millis(1500))).await;
+    let squatter = api.app_with_owner("squat").await;
+    let owner = api.app_with_owner("real").await;
+    let r = claim(&squatter, "squat", "www.example.com").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["verified"], false);
+    let expires = r.body["claim_expires_at"].as_str().unwrap().to_string();
+    assert!(expires.ends_with('Z') && expires.len() == 20, "{expires}");
+    let squat_token = r.body["challenge"]["body"].as_str().unwrap().to_string();
+    // While the claim holds: 409, and it says why.
+    let r = claim(&owner, "real", "www.example.com").await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert!(r.text.contains("pending verification"), "{}", r.text);
+    // A verified domain of another app is never taken over, lapsed or not.
+    api.operator()
+        .expect(
+            Method::POST,
+            "/v1/apps/squat/domains",
+            Some(json!({"domain": "shop.example.com", "verified": true})),
+            201,
+        )
+        .await;
+    // Re-adding its own pending claim does not renew it.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let r = claim(&squatter, "squat", "www.example.com").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["claim_expires_at"], expires.as_str());
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    // Past its time the claim no longer holds: the name moves, with a new token.
+    let r = claim(&owner, "real", "www.example.com").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["app"], "real");
+    assert_eq!(r.body["verified"], false);
+    assert_ne!(r.body["challenge"]["body"], squat_token.as_str());
+    let rec = api
+        .registry
+        .domain("www.example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.app, "real");
+    assert!(rec.claimed_ms > 0);
+    // The domain left the old claimant's list.
+    let r = squatter
+        .call(Method::GET, "/v1/apps/squat/domains", None)
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(!r.text.contains("www.example.com"), "{}", r.text);
+    // The replacement is a compare-and-set on the claim seen: a stale view changes nothing.
+    let stale = pier_registry::DomainRecord {
+        app: "squat".into(),
+        verified: false,
+        token: Some("x".into()),
+        claimed_ms: 1,
+    };
+    let err = api
+        .registry
+        .replace_pending_domain("www.example.com", &stale, "real", rec.claimed_ms + 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, pier_registry::RegistryError::DomainTaken { .. }),
+        "{err:?}"
+    );
+    let now = api.registry.domain("www.example.com").await.unwrap();
+    assert_eq!(now, Some(rec));
+    // The old claimant can no longer verify it: it is not its domain.
+    let r = squatter
+        .call(
+            Method::POST,
+            "/v1/apps/squat/domains/www.example.com/verify",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    let r = claim(&owner, "real", "shop.example.com").await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert!(r.text.contains("belongs to another app"), "{}", r.text);
+}
+
+#[tokio::test]
+async fn claims_never_lapse_when_the_ttl_is_off() {
+    let api = ApiServer::start_with_claim_ttl(None).await;
+    let first = api.app_with_owner("first").await;
+    let second = api.app_with_owner("second").await;
+    let r = claim(&first, "first", "a.example.com").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(r.body.get("claim_expires_at").is_none(), "{}", r.text);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = claim(&second, "second", "a.example.com").await;
+    assert_eq!(r.status, 409, "{}", r.text);
+}
+
+/// An owner adds `domain` to `app` (pending until verified).
+async fn claim(api: &Api, app: &str, domain: &str) -> pier_platform::client::ApiResponse {
+    let path = format!("/v1/apps/{app}/domains");
+    api.call(Method::POST, &path, Some(json!({ "domain": domain })))
+        .await
 }
 
 #[tokio::test]

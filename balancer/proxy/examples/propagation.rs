@@ -62,6 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 app: app.clone(),
                 verified: true,
                 token: None,
+                claimed_ms: 0,
             },
         )
         .await?;

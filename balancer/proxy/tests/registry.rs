@@ -27,6 +27,7 @@ async fn add_app(reg: &Registry, app: &str, domains: &[&str], backends: &[std::n
                 app: app.into(),
                 verified: true,
                 token: None,
+                claimed_ms: 0,
             },
         )
         .await
@@ -85,6 +86,7 @@ async fn registry_writes_reach_the_balancer_incrementally() {
             app: "blog".into(),
             verified: true,
             token: None,
+            claimed_ms: 0,
         },
     )
     .await
@@ -98,6 +100,7 @@ async fn registry_writes_reach_the_balancer_incrementally() {
             app: "blog".into(),
             verified: false,
             token: Some("t".into()),
+            claimed_ms: 0,
         },
     )
     .await
@@ -283,6 +286,7 @@ async fn expired_backends_are_skipped_without_any_event() {
             app: "a".into(),
             verified: true,
             token: None,
+            claimed_ms: 0,
         },
     )
     .await
@@ -347,6 +351,7 @@ async fn spin_holds_requests_until_a_backend_registers() {
             app: "boot".into(),
             verified: true,
             token: None,
+            claimed_ms: 0,
         },
     )
     .await
@@ -396,6 +401,7 @@ async fn spin_gives_up_after_its_timeout() {
             app: "boot".into(),
             verified: true,
             token: None,
+            claimed_ms: 0,
         },
     )
     .await

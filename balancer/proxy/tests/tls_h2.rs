@@ -1008,6 +1008,7 @@ async fn registry_certificates_are_served_and_swapped_without_restart() {
             app: "shop".into(),
             verified: true,
             token: None,
+            claimed_ms: 0,
         },
     )
     .await
@@ -1703,6 +1704,7 @@ async fn a_resync_that_would_drop_most_certificates_is_held() {
                 app: "shop".into(),
                 verified: true,
                 token: None,
+                claimed_ms: 0,
             },
         )
         .await

@@ -289,6 +289,7 @@ fn write_snapshot(
             app: app.name.to_string(),
             verified: true,
             token: None,
+            claimed_ms: 0,
         })
         .map_err(std::io::Error::other)?;
         let sep = if i == 0 { "" } else { "," };

@@ -152,6 +152,31 @@ return emit('app', ARGV[2], '')
     /// app holds it, nothing changes and [`RegistryError::DomainTaken`] says who. A record that
     /// is not verified deletes the domain's certificate, if any.
     pub async fn put_domain(&self, domain: &str, rec: &DomainRecord) -> Result<u64, RegistryError> {
+        self.put_domain_over(domain, rec, None).await
+    }
+
+    /// Gives `domain` to `rec.app` in place of another app's *pending* claim, which must still
+    /// be exactly the one seen (`old_app`, claimed at `old_claimed_ms`): if it was verified,
+    /// renewed or replaced meanwhile, nothing changes and [`RegistryError::DomainTaken`] is
+    /// returned, so two apps racing for a lapsed claim cannot both win. The domain leaves the
+    /// old app's list.
+    pub async fn replace_pending_domain(
+        &self,
+        domain: &str,
+        rec: &DomainRecord,
+        old_app: &str,
+        old_claimed_ms: u64,
+    ) -> Result<u64, RegistryError> {
+        self.put_domain_over(domain, rec, Some((old_app, old_claimed_ms)))
+            .await
+    }
+
+    async fn put_domain_over(
+        &self,
+        domain: &str,
+        rec: &DomainRecord,
+        replacing: Option<(&str, u64)>,
+    ) -> Result<u64, RegistryError> {
         let json = to_json(rec)?;
         let s = script(
             r#"
@@ -159,7 +184,14 @@ if redis.call('HEXISTS', KEYS[4], ARGV[3]) == 0 then return {err = 'noapp'} end
 local cur = redis.call('HGET', KEYS[3], ARGV[2])
 if cur then
   local ok, rec = pcall(cjson.decode, cur)
-  if ok and rec.app ~= ARGV[3] then return {err = 'taken:' .. tostring(rec.app)} end
+  if ok and rec.app ~= ARGV[3] then
+    if ARGV[6] ~= '' and rec.app == ARGV[6] and rec.verified ~= true
+       and tonumber(rec.claimed_ms or 0) == tonumber(ARGV[7]) then
+      redis.call('SREM', ARGV[8] .. 'app:' .. rec.app .. ':domains', ARGV[2])
+    else
+      return {err = 'taken:' .. tostring(rec.app)}
+    end
+  end
 end
 if ARGV[5] == '0' and redis.call('HDEL', KEYS[6], ARGV[2]) == 1 then
   emit('cert', ARGV[2], '')
@@ -180,7 +212,10 @@ return emit('domain', ARGV[2], ARGV[4])
             .arg(domain)
             .arg(&rec.app)
             .arg(json)
-            .arg(if rec.verified { "1" } else { "0" });
+            .arg(if rec.verified { "1" } else { "0" })
+            .arg(replacing.map_or("", |r| r.0))
+            .arg(replacing.map_or(0, |r| r.1))
+            .arg(self.keys.prefix());
         match no_such_app(
             timed(inv.invoke_async(&mut self.conn.clone())).await,
             &rec.app,

@@ -267,6 +267,15 @@ pub struct DomainRecord {
     /// `/.well-known/pier-challenge/<token>` to be verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// When a pending claim was made, in milliseconds since the Unix epoch (0: verified, or a
+    /// claim recorded before this field existed). A pending claim older than the API's
+    /// `--claim-ttl-hours` no longer holds the name against other apps.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub claimed_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// One backend instance, stored under `backends` as `app/id`.

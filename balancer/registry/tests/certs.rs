@@ -84,6 +84,7 @@ fn verified(app: &str) -> DomainRecord {
         app: app.into(),
         verified: true,
         token: None,
+        claimed_ms: 0,
     }
 }
 
@@ -102,6 +103,7 @@ async fn setup(reg: &Registry) {
             app: "blog".into(),
             verified: false,
             token: Some("t".into()),
+            claimed_ms: 0,
         },
     )
     .await
@@ -231,6 +233,7 @@ async fn removing_unverifying_or_deleting_the_app_removes_the_cert() {
             app: "shop".into(),
             verified: false,
             token: Some("again".into()),
+            claimed_ms: 0,
         },
     )
     .await
