@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::auth::{self, Authenticator, Caller};
 use crate::error::ApiError;
+use crate::netpolicy::BackendPolicy;
 use crate::verify::{Challenge, Verifier, CHALLENGE_PREFIX};
 
 /// Longest backend TTL a runner may ask for: a year. A longer one is a mistake (use no TTL).
@@ -38,6 +39,8 @@ pub struct ApiState {
     pub verifier: Arc<dyn Verifier>,
     /// How long a pending domain claim holds the name against other apps (`None`: for good).
     pub claim_ttl: Option<Duration>,
+    /// Which addresses owners may register as backends.
+    pub backend_policy: BackendPolicy,
 }
 
 /// Default of [`ApiState::claim_ttl`]: three days to serve the challenge.
@@ -60,7 +63,14 @@ impl ApiState {
             auth,
             verifier,
             claim_ttl: Some(DEFAULT_CLAIM_TTL),
+            backend_policy: BackendPolicy::default(),
         }
+    }
+
+    /// Sets which addresses owners may register as backends (`pier api --backend-allow`).
+    pub fn with_backend_policy(mut self, policy: BackendPolicy) -> Self {
+        self.backend_policy = policy;
+        self
     }
 
     /// Sets how long a pending domain claim holds the name (`pier api --claim-ttl-hours`).
@@ -342,7 +352,9 @@ fn parse_domain(raw: &str) -> Result<DomainPattern, ApiError> {
     DomainPattern::parse(raw).map_err(|e| ApiError::Unprocessable(format!("domain {raw:?}: {e}")))
 }
 
-fn check_address(raw: &str) -> Result<(), ApiError> {
+/// A backend address `caller` may register: IP:port, not port 0, and for owners within the
+/// backend policy.
+fn check_address(state: &ApiState, caller: &Caller, raw: &str) -> Result<(), ApiError> {
     let addr: SocketAddr = raw.parse().map_err(|_| {
         ApiError::Unprocessable(format!(
             "address {raw:?} is not IP:port (e.g. 10.0.0.5:8000)"
@@ -352,6 +364,9 @@ fn check_address(raw: &str) -> Result<(), ApiError> {
         return Err(ApiError::Unprocessable(format!(
             "address {raw:?} has port 0"
         )));
+    }
+    if let (Caller::Owner(_), Some(why)) = (caller, state.backend_policy.refusal(addr)) {
+        return Err(ApiError::Forbidden(why));
     }
     Ok(())
 }
@@ -732,7 +747,7 @@ pub async fn list_backends(state: &ApiState, caller: &Caller, app: &str) -> Repl
 pub async fn add_backend(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -> Reply {
     caller.may_act_on(app)?;
     let req: NewBackend = parse_body(body)?;
-    check_address(&req.address)?;
+    check_address(state, caller, &req.address)?;
     let id = match req.id {
         Some(id) => {
             check_backend_id(&id)?;

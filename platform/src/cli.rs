@@ -86,6 +86,12 @@ pub struct ApiArgs {
     /// that another app may claim it. 0: claims never lapse.
     #[arg(long, default_value_t = 72)]
     pub claim_ttl_hours: u64,
+    /// A network owners' backends must be in (repeat, or comma-separate in the environment),
+    /// e.g. the runners' `10.0.0.0/8`. Without any, every address is allowed except those that
+    /// are never an app instance (link-local such as cloud metadata, unspecified, multicast,
+    /// broadcast). The operator may register any address.
+    #[arg(long, env = "PIER_BACKEND_ALLOW", value_delimiter = ',')]
+    pub backend_allow: Vec<crate::netpolicy::Cidr>,
 }
 
 #[derive(Debug, clap::Subcommand)]

@@ -14,6 +14,7 @@
 //! - [`auth`]: tokens (made, hashed, stored hashed) and who a caller is.
 //! - [`api`]: the handlers and their request and response bodies.
 //! - [`verify`]: the pluggable ownership check of custom domains and its HTTP implementation.
+//! - [`netpolicy`]: which addresses owners may register as backends.
 //! - [`error`]: [`ApiError`], mapped to status codes in one place.
 //! - [`openapi`]: the OpenAPI document served at `/openapi.json`.
 //! - [`client`]: a small HTTP client, and [`client::ApiClient`] for the API.
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod netpolicy;
 pub mod openapi;
 pub mod router;
 pub mod server;

@@ -79,7 +79,10 @@ fn run_api(args: &ApiArgs) -> anyhow::Result<()> {
             .with_claim_ttl(
                 (args.claim_ttl_hours != 0)
                     .then(|| Duration::from_secs(args.claim_ttl_hours.saturating_mul(3600))),
-            ),
+            )
+            .with_backend_policy(pier_platform::netpolicy::BackendPolicy {
+                allow: args.backend_allow.clone(),
+            }),
         );
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await

@@ -404,6 +404,62 @@ async fn claim(api: &Api, app: &str, domain: &str) -> pier_platform::client::Api
 }
 
 #[tokio::test]
+async fn owners_cannot_point_backends_at_the_platform_itself() {
+    // Default policy: loopback is fine (development), cloud metadata and friends are not.
+    let api = ApiServer::start().await;
+    let owner = api.app_with_owner("blog").await;
+    assert_eq!(add_backend(&owner, "127.0.0.1:9000").await.status, 201);
+    for bad in [
+        "169.254.169.254:80",
+        "[::ffff:169.254.169.254]:80",
+        "0.0.0.0:8000",
+        "[fe80::1]:80",
+        "224.0.0.1:80",
+    ] {
+        let r = add_backend(&owner, bad).await;
+        assert_eq!(r.status, 403, "{bad}: {}", r.text);
+        assert_eq!(r.body["error"], "forbidden");
+        assert!(r.text.contains("not an app instance"), "{}", r.text);
+    }
+    // The operator may register anything (it knows what it is doing).
+    let r = add_backend(&api.operator(), "169.254.169.254:80").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    // Nothing refused reached the registry.
+    let listed = owner
+        .call(Method::GET, "/v1/apps/blog/backends", None)
+        .await;
+    let n = listed.body["backends"].as_array().unwrap().len();
+    assert_eq!(n, 2, "{}", listed.text);
+
+    // With an allow-list (the runners' network), owners stay inside it.
+    let api = ApiServer::start_with(|s| {
+        s.with_backend_policy(pier_platform::netpolicy::BackendPolicy {
+            allow: vec!["10.0.0.0/8".parse().unwrap()],
+        })
+    })
+    .await;
+    let owner = api.app_with_owner("blog").await;
+    assert_eq!(add_backend(&owner, "10.1.2.3:8000").await.status, 201);
+    let r = add_backend(&owner, "127.0.0.1:9901").await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert!(
+        r.text.contains("outside the networks allowed"),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("10.0.0.0/8"), "{}", r.text);
+    let r = add_backend(&api.operator(), "127.0.0.1:9901").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+}
+
+/// Registers a backend at `address` for app `blog`.
+async fn add_backend(api: &Api, address: &str) -> pier_platform::client::ApiResponse {
+    let body = json!({ "address": address });
+    api.call(Method::POST, "/v1/apps/blog/backends", Some(body))
+        .await
+}
+
+#[tokio::test]
 async fn backends_register_heartbeat_expire_deregister() {
     let api = ApiServer::start().await;
     let owner = api.app_with_owner("blog").await;

@@ -158,28 +158,30 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub async fn start() -> ApiServer {
-        Self::start_with_claim_ttl(Some(pier_platform::api::DEFAULT_CLAIM_TTL)).await
+        Self::start_with(|s| s).await
     }
 
     /// An API server whose pending domain claims lapse after `ttl`.
     pub async fn start_with_claim_ttl(ttl: Option<Duration>) -> ApiServer {
+        Self::start_with(|s| s.with_claim_ttl(ttl)).await
+    }
+
+    /// An API server with settings changed by `configure`.
+    pub async fn start_with(configure: impl FnOnce(ApiState) -> ApiState) -> ApiServer {
         let redis = RedisServer::start();
         let registry = pier_registry::Registry::connect(&redis.url())
             .await
             .unwrap();
-        let state = Arc::new(
-            ApiState::new(
-                registry.clone(),
-                &redis.url(),
-                "pier:",
-                Authenticator::new(OPERATOR),
-                Arc::new(HttpVerifier {
-                    via: None,
-                    timeout: Duration::from_secs(2),
-                }),
-            )
-            .with_claim_ttl(ttl),
-        );
+        let state = Arc::new(configure(ApiState::new(
+            registry.clone(),
+            &redis.url(),
+            "pier:",
+            Authenticator::new(OPERATOR),
+            Arc::new(HttpVerifier {
+                via: None,
+                timeout: Duration::from_secs(2),
+            }),
+        )));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
