@@ -242,7 +242,10 @@ fn domain_line(d: &Value) -> String {
             .get("challenge")
             .map(|c| s(c, "path").to_string())
             .unwrap_or_default();
-        format!("{}\tpending\t{path}", s(d, "domain"))
+        match d.get("claim_expires_at").and_then(Value::as_str) {
+            Some(until) => format!("{}\tpending\t{path}\t{until}", s(d, "domain")),
+            None => format!("{}\tpending\t{path}", s(d, "domain")),
+        }
     }
 }
 
@@ -442,6 +445,12 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
                     s(&c, "body")
                 )?;
                 writeln!(out, "  pier domains verify {app} {domain}")?;
+                if let Some(until) = v.get("claim_expires_at").and_then(Value::as_str) {
+                    writeln!(
+                        out,
+                        "the claim holds {domain} against other apps until {until}"
+                    )?;
+                }
             }
         }
         Command::Domains(DomainsCmd::List { .. }) => {

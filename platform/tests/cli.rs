@@ -56,6 +56,7 @@ fn operator_and_owner_workflow() {
         out.stdout.contains("/.well-known/pier-challenge/"),
         "{out:?}"
     );
+    assert!(out.stdout.contains("against other apps until 2"), "{out:?}");
     let out = api.pier(
         owner,
         &["domains", "add", "blog", "x.blog.test", "--verified"],
@@ -66,6 +67,9 @@ fn operator_and_owner_workflow() {
     assert_eq!(lines.len(), 2, "{out:?}");
     assert_eq!(lines[1], "www.blog.test\tverified");
     assert!(lines[0].starts_with("shop.blog.test\tpending\t/.well-known/pier-challenge/"));
+    // The fourth column: when the pending claim stops holding the name (RFC 3339, UTC).
+    let until = lines[0].split('\t').nth(3).unwrap_or("");
+    assert!(until.len() == 20 && until.ends_with('Z'), "{}", lines[0]);
     let out = api.pier(owner, &["domains", "add", "blog", "bad host"]);
     assert_eq!(out.code, 1);
     assert!(
