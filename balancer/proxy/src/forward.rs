@@ -90,7 +90,8 @@ pub(crate) const UPSTREAM_HEAD_LIMITS: HeadLimits = UPSTREAM_HEAD;
 /// Forwards `req` to one of `app`'s backends and relays the answer to the client.
 pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<App>) -> Forwarded {
     if app.settings.backend_protocol == pier_routes::app::BackendProtocol::H2c {
-        return crate::upstream_h2::forward_h1_to_h2(w, client, req, app).await;
+        // Boxed: a large future on a rare path would otherwise sit in every connection's task.
+        return Box::pin(crate::upstream_h2::forward_h1_to_h2(w, client, req, app)).await;
     }
     let cfg = &w.shared.config;
     let timeouts = Timeouts::of(cfg, app);
@@ -526,7 +527,7 @@ async fn exchange(
     let first_byte = sent_at.elapsed();
     if head.status == 101 {
         // Only a WebSocket handshake gets here (read_final_head refuses other 101s).
-        return tunnel(
+        return Box::pin(tunnel(
             w,
             &head,
             &mut up_r,
@@ -537,7 +538,7 @@ async fn exchange(
             client_buf,
             out,
             first_byte,
-        )
+        ))
         .await;
     }
     let head_request = req.head_request;

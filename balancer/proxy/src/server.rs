@@ -231,7 +231,10 @@ async fn serve_tls(w: Arc<Worker>, stream: tokio::net::TcpStream, peer: SocketAd
         return;
     };
     let m = &shared.metrics;
-    let stream = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
+    // Boxed: the handshake state (a whole rustls connection) would otherwise be part of every
+    // connection task's size, plain ones included.
+    let handshake = Box::pin(acceptor.accept(stream));
+    let stream = match tokio::time::timeout(tls.handshake_timeout, handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             m.tls_handshakes.with_label_values(&["failed"]).inc();
@@ -245,17 +248,20 @@ async fn serve_tls(w: Arc<Worker>, stream: tokio::net::TcpStream, peer: SocketAd
         }
     };
     m.tls_handshakes.with_label_values(&["ok"]).inc();
+    // Boxed at once: a TLS stream is over a kilobyte, and a moved-from local keeps its place
+    // in the task for the connection's life.
+    let stream = Box::new(stream);
     if crate::tls::negotiated_h2(stream.get_ref().1) {
-        crate::h2::serve_h2(
+        Box::pin(crate::h2::serve_h2(
             w,
-            ClientStream::Tls(Box::new(stream)),
+            ClientStream::Tls(stream),
             peer,
             cfg,
             BytesMut::new(),
-        )
+        ))
         .await;
     } else {
-        serve_connection(w, ClientStream::Tls(Box::new(stream)), peer, cfg).await;
+        serve_connection(w, ClientStream::Tls(stream), peer, cfg).await;
     }
 }
 

@@ -144,6 +144,39 @@ async fn hop_by_hop_fields_are_removed_and_forwarding_fields_added() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_past_its_buffers_release_serves_big_and_split_heads() {
+    // After a second of idleness a keep-alive connection gives its buffers back; the next
+    // request, even a head much bigger than the small buffer it starts again with and sent in
+    // pieces, is read whole and forwarded intact.
+    let (b, be) = setup("", "").await;
+    let mut c = Conn::connect(b.addr()).await;
+    c.send(b"GET /first HTTP/1.1\r\nHost: blog.test\r\n\r\n")
+        .await;
+    assert_eq!(c.read_response(false).await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let big = "v".repeat(6000);
+    let head = format!("GET /second HTTP/1.1\r\nHost: blog.test\r\nX-Big: {big}\r\n\r\n");
+    let (a, rest) = head.as_bytes().split_at(700);
+    c.send(a).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send(rest).await;
+    let r = c.read_response(false).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "b1 /second");
+    let seen = be.seen();
+    let last = seen.last().unwrap();
+    let got = last
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("x-big"));
+    assert_eq!(got.map(|(_, v)| v.len()), Some(6000));
+    // And the connection goes on.
+    c.send(b"GET /third HTTP/1.1\r\nHost: blog.test\r\n\r\n")
+        .await;
+    assert_eq!(c.read_response(false).await.unwrap().text(), "b1 /third");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_listener_keeps_client_forwarding_fields() {
     let be = Backend::start("b1").await;
     let b = Balancer::start(
