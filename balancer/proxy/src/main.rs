@@ -133,7 +133,10 @@ fn run(config: Config, table: pier_routes::RouteTable) -> anyhow::Result<()> {
         }
         loop {
             tokio::select! {
-                _ = hup.recv() => { reload::reload(&shared, "sighup"); }
+                _ = hup.recv() => {
+                    reload::reload(&shared, "sighup");
+                    reload::reload_default_cert(&shared, "sighup");
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }

@@ -1,4 +1,5 @@
-//! Loading the routes file into a table, and swapping it in on SIGHUP or when the file changes.
+//! Loading the routes file into a table, and swapping it in on SIGHUP or when the file changes;
+//! reloading the default TLS certificate on SIGHUP.
 //!
 //! A reload builds a complete new snapshot off to the side and installs it with one store into
 //! the `ArcSwap`; requests already routed keep the `Arc<App>` they hold, so in-flight and
@@ -57,6 +58,39 @@ pub fn reload(shared: &Shared, why: &'static str) -> bool {
             for e in &errors {
                 tracing::error!(why, error = %e, "routes reload refused; the previous table keeps serving");
             }
+            shared.metrics.reloads.with_label_values(&["error"]).inc();
+            false
+        }
+    }
+}
+
+/// Reads the `[tls]` certificate and key files again and serves them from the next handshake
+/// on (certbot and friends replace them in place). A pair that does not load is refused with
+/// its reason logged and the certificate in use keeps serving. Without TLS, nothing to do.
+pub fn reload_default_cert(shared: &Shared, why: &'static str) -> bool {
+    let (Some(tls), Some(resolver)) = (&shared.config.tls, &shared.tls_resolver) else {
+        return false;
+    };
+    let read =
+        |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: (file): {e}", p.display()));
+    let loaded = read(&tls.cert_file).and_then(|cert| {
+        let key = read(&tls.key_file)?;
+        crate::tls::certified_key(&cert, &key).map_err(|e| {
+            format!(
+                "{} and {}: {e}",
+                tls.cert_file.display(),
+                tls.key_file.display()
+            )
+        })
+    });
+    match loaded {
+        Ok(key) => {
+            resolver.set_default(key);
+            tracing::info!(why, cert = %tls.cert_file.display(), "default certificate reloaded");
+            true
+        }
+        Err(e) => {
+            tracing::error!(why, error = %e, "default certificate reload refused; the one in use keeps serving");
             shared.metrics.reloads.with_label_values(&["error"]).inc();
             false
         }

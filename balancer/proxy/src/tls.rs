@@ -32,7 +32,8 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>,
 #[derive(Debug)]
 pub struct SniResolver {
     routes: Arc<ArcSwap<RouteTable>>,
-    default: Arc<CertifiedKey>,
+    /// The `[tls]` certificate; replaced on SIGHUP when its files change.
+    default: ArcSwap<CertifiedKey>,
     unknown: UnknownSni,
 }
 
@@ -40,9 +41,14 @@ impl SniResolver {
     pub fn new(routes: Arc<ArcSwap<RouteTable>>, tls: &TlsSettings) -> Self {
         SniResolver {
             routes,
-            default: Arc::clone(&tls.default_cert),
+            default: ArcSwap::new(Arc::clone(&tls.default_cert)),
             unknown: tls.unknown_sni,
         }
+    }
+
+    /// Serves `key` as the default certificate from the next handshake on.
+    pub fn set_default(&self, key: Arc<CertifiedKey>) {
+        self.default.store(key);
     }
 
     /// The certificate served for `sni` (`None`: the handshake is refused).
@@ -58,7 +64,7 @@ impl SniResolver {
         } else if self.unknown == UnknownSni::Reject {
             return None;
         }
-        Some(Arc::clone(&self.default))
+        Some(self.default.load_full())
     }
 }
 

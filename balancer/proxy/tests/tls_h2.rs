@@ -899,6 +899,50 @@ async fn certificates_chosen_by_sni_from_the_routes_file_and_swapped_on_reload()
 }
 
 #[tokio::test]
+async fn sighup_reloads_the_default_certificate_and_keeps_it_when_the_new_pair_is_bad() {
+    let s = tls_balancer(&app_routes("blog", &["blog.test"], &[], ""), "").await;
+    let port = s.tls_port;
+    assert_eq!(
+        served_cert(port, "default.test").await.unwrap(),
+        s.default.der.to_vec()
+    );
+    // certbot-style renewal: new files in place, then SIGHUP.
+    let renewed = make_cert(s.certs.path(), "default", &["default.test"]);
+    assert_ne!(renewed.der, s.default.der);
+    s.b.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while served_cert(port, "default.test").await.unwrap() != renewed.der.to_vec() {
+        assert!(
+            Instant::now() < deadline,
+            "not reloaded: {}",
+            s.b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A key that does not belong to the certificate: refused, the renewed one keeps serving.
+    let other = make_cert(s.certs.path(), "other", &["other.test"]);
+    std::fs::write(&renewed.key_path, &other.key_pem).unwrap();
+    s.b.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !s
+        .b
+        .log_text()
+        .contains("default certificate reload refused")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged: {}",
+            s.b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        served_cert(port, "default.test").await.unwrap(),
+        renewed.der.to_vec()
+    );
+}
+
+#[tokio::test]
 async fn h2_request_for_a_name_of_another_certificate_is_misdirected() {
     let backend = Backend::start("one").await;
     let dir = tempfile::tempdir().unwrap();
