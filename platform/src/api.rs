@@ -196,24 +196,20 @@ pub struct CertSummary {
 }
 
 impl DomainView {
-    /// The view with the claim's expiry, for a pending claim that has a time.
-    fn pending_until(mut self, rec: &DomainRecord, ttl: Option<Duration>) -> Self {
-        if let (false, Some(ttl)) = (rec.verified || rec.claimed_ms == 0, ttl) {
-            let until = rec.claimed_ms.saturating_add(duration_ms(ttl));
-            if let Ok(until) = i64::try_from(until) {
-                self.claim_expires_at = Some(cert::rfc3339(until));
-            }
-        }
-        self
-    }
-
-    fn new(domain: &str, rec: &DomainRecord) -> Self {
+    /// The view of `rec`; a pending claim with a time shows when it lapses (`claim_ttl`).
+    fn new(domain: &str, rec: &DomainRecord, claim_ttl: Option<Duration>) -> Self {
+        let claim_expires_at = match (rec.verified || rec.claimed_ms == 0, claim_ttl) {
+            (false, Some(ttl)) => i64::try_from(rec.claimed_ms.saturating_add(duration_ms(ttl)))
+                .ok()
+                .map(cert::rfc3339),
+            _ => None,
+        };
         DomainView {
             certificate: None,
             domain: domain.to_string(),
             app: rec.app.clone(),
             verified: rec.verified,
-            claim_expires_at: None,
+            claim_expires_at,
             challenge: match (&rec.token, rec.verified) {
                 (Some(t), false) => Some(ChallengeView {
                     path: format!("{CHALLENGE_PREFIX}{t}"),
@@ -486,7 +482,7 @@ pub async fn show_app(state: &ApiState, caller: &Caller, app: &str) -> Reply {
     let now = now_ms();
     let mut domains = Vec::new();
     for (d, r) in state.registry().app_domains(app).await?.iter() {
-        let mut view = DomainView::new(d, r).pending_until(r, state.claim_ttl);
+        let mut view = DomainView::new(d, r, state.claim_ttl);
         if r.verified {
             // A stored record that no longer parses is shown as no certificate (the
             // certificate's own endpoint says why).
@@ -583,7 +579,7 @@ pub async fn list_domains(state: &ApiState, caller: &Caller, app: &str) -> Reply
         .app_domains(app)
         .await?
         .iter()
-        .map(|(d, r)| DomainView::new(d, r).pending_until(r, state.claim_ttl))
+        .map(|(d, r)| DomainView::new(d, r, state.claim_ttl))
         .collect();
     json(StatusCode::OK, &serde_json::json!({ "domains": domains }))
 }
@@ -602,7 +598,7 @@ pub async fn add_domain(state: &ApiState, caller: &Caller, app: &str, body: &[u8
     existing_app(state, app).await?;
     let key = pattern.to_string();
     let registry = state.registry();
-    let rec = match registry.domain(&key).await? {
+    let lapsed = match registry.domain(&key).await? {
         Some(cur) if cur.app != app && (cur.verified || !state.claim_lapsed(cur.claimed_ms)) => {
             return Err(ApiError::Conflict(if cur.verified {
                 format!("domain {key} belongs to another app")
@@ -610,45 +606,41 @@ pub async fn add_domain(state: &ApiState, caller: &Caller, app: &str, body: &[u8
                 format!("domain {key} is claimed by another app, pending verification")
             }))
         }
-        Some(cur) if cur.app != app => {
-            // An unverified claim past its time does not hold the name: the new claim replaces
-            // it (with a new token, so the old claimant's challenge no longer verifies).
-            let rec = new_claim(app, req.verified)?;
-            registry
-                .replace_pending_domain(&key, &rec, &cur.app, cur.claimed_ms)
-                .await?;
-            tracing::info!(domain = %key, from = %cur.app, to = app, "lapsed pending claim replaced");
-            return json(
-                StatusCode::CREATED,
-                &DomainView::new(&key, &rec).pending_until(&rec, state.claim_ttl),
-            );
-        }
+        // An unverified claim past its time does not hold the name: the new claim replaces it
+        // (with a new token, so the old claimant's challenge no longer verifies).
+        Some(cur) if cur.app != app => Some(cur),
         // Adding a domain again must not send a verified one back to pending.
         Some(cur) if cur.verified || !req.verified => {
             return json(
                 StatusCode::OK,
-                &DomainView::new(&key, &cur).pending_until(&cur, state.claim_ttl),
+                &DomainView::new(&key, &cur, state.claim_ttl),
             );
         }
-        _ => new_claim(app, req.verified)?,
+        _ => None,
     };
-    registry.put_domain(&key, &rec).await?;
-    tracing::info!(app, domain = %key, verified = rec.verified, "domain added");
+    let rec = new_claim(app, req.verified)?;
+    match &lapsed {
+        Some(cur) => {
+            registry
+                .replace_pending_domain(&key, &rec, &cur.app, cur.claimed_ms)
+                .await?;
+            tracing::info!(domain = %key, from = %cur.app, to = app, "lapsed pending claim replaced");
+        }
+        None => {
+            registry.put_domain(&key, &rec).await?;
+            tracing::info!(app, domain = %key, verified = rec.verified, "domain added");
+        }
+    }
     json(
         StatusCode::CREATED,
-        &DomainView::new(&key, &rec).pending_until(&rec, state.claim_ttl),
+        &DomainView::new(&key, &rec, state.claim_ttl),
     )
 }
 
 /// A new domain record for `app`: verified (operator), or pending with a fresh token.
 fn new_claim(app: &str, verified: bool) -> Result<DomainRecord, ApiError> {
     Ok(if verified {
-        DomainRecord {
-            app: app.to_string(),
-            verified: true,
-            token: None,
-            claimed_ms: 0,
-        }
+        DomainRecord::verified(app)
     } else {
         DomainRecord {
             app: app.to_string(),
@@ -684,7 +676,10 @@ pub async fn verify_domain(
     let (pattern, rec) = own_domain(state, app, raw).await?;
     let key = pattern.to_string();
     if rec.verified {
-        return json(StatusCode::OK, &DomainView::new(&key, &rec));
+        return json(
+            StatusCode::OK,
+            &DomainView::new(&key, &rec, state.claim_ttl),
+        );
     }
     if req.force {
         caller.require_operator("verify a domain without its check")?;
@@ -719,15 +714,13 @@ pub async fn verify_domain(
             return Err(ApiError::VerificationFailed(e.to_string()));
         }
     }
-    let verified = DomainRecord {
-        app: app.to_string(),
-        verified: true,
-        token: None,
-        claimed_ms: 0,
-    };
+    let verified = DomainRecord::verified(app);
     state.registry().put_domain(&key, &verified).await?;
     tracing::info!(app, domain = %key, forced = req.force, "domain verified");
-    json(StatusCode::OK, &DomainView::new(&key, &verified))
+    json(
+        StatusCode::OK,
+        &DomainView::new(&key, &verified, state.claim_ttl),
+    )
 }
 
 pub async fn list_backends(state: &ApiState, caller: &Caller, app: &str) -> Reply {

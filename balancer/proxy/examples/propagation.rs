@@ -56,16 +56,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         )
         .await?;
-        reg.put_domain(
-            &host,
-            &DomainRecord {
-                app: app.clone(),
-                verified: true,
-                token: None,
-                claimed_ms: 0,
-            },
-        )
-        .await?;
+        reg.put_domain(&host, &DomainRecord::verified(app.clone()))
+            .await?;
         loop {
             if status(&balancer, &host).await == 200 {
                 break;

@@ -21,17 +21,9 @@ fn registry_config(redis: &RedisServer, extra: &str) -> String {
 async fn add_app(reg: &Registry, app: &str, domains: &[&str], backends: &[std::net::SocketAddr]) {
     reg.put_app(app, &AppRecord::default()).await.unwrap();
     for d in domains {
-        reg.put_domain(
-            d,
-            &DomainRecord {
-                app: app.into(),
-                verified: true,
-                token: None,
-                claimed_ms: 0,
-            },
-        )
-        .await
-        .unwrap();
+        reg.put_domain(d, &DomainRecord::verified(app))
+            .await
+            .unwrap();
     }
     for (i, b) in backends.iter().enumerate() {
         reg.put_backend(
@@ -80,17 +72,9 @@ async fn registry_writes_reach_the_balancer_incrementally() {
     );
 
     // Each further write arrives through the feed, without another resync.
-    reg.put_domain(
-        "*.blog.test",
-        &DomainRecord {
-            app: "blog".into(),
-            verified: true,
-            token: None,
-            claimed_ms: 0,
-        },
-    )
-    .await
-    .unwrap();
+    reg.put_domain("*.blog.test", &DomainRecord::verified("blog"))
+        .await
+        .unwrap();
     let took = wait_status(&b, "www.blog.test", 200).await;
     assert!(took < Duration::from_secs(2), "{took:?}");
     // A pending domain is not routed.
@@ -280,17 +264,9 @@ async fn expired_backends_are_skipped_without_any_event() {
     let reg = Registry::connect(&redis.url()).await.unwrap();
     let be = Backend::start("be").await;
     reg.put_app("a", &AppRecord::default()).await.unwrap();
-    reg.put_domain(
-        "a.test",
-        &DomainRecord {
-            app: "a".into(),
-            verified: true,
-            token: None,
-            claimed_ms: 0,
-        },
-    )
-    .await
-    .unwrap();
+    reg.put_domain("a.test", &DomainRecord::verified("a"))
+        .await
+        .unwrap();
     let deadline = pier_now_ms() + 1500;
     reg.put_backend(
         "a",
@@ -345,17 +321,9 @@ async fn spin_holds_requests_until_a_backend_registers() {
     )
     .await
     .unwrap();
-    reg.put_domain(
-        "boot.test",
-        &DomainRecord {
-            app: "boot".into(),
-            verified: true,
-            token: None,
-            claimed_ms: 0,
-        },
-    )
-    .await
-    .unwrap();
+    reg.put_domain("boot.test", &DomainRecord::verified("boot"))
+        .await
+        .unwrap();
     let b = Balancer::start("", &registry_config(&redis, "[spin]\ntimeout = \"5s\"\n")).await;
     wait_status(&b, "boot.test", 503).await;
     // The first attempt above may itself have been held and timed out; now hold three more.
@@ -395,17 +363,9 @@ async fn spin_gives_up_after_its_timeout() {
     )
     .await
     .unwrap();
-    reg.put_domain(
-        "boot.test",
-        &DomainRecord {
-            app: "boot".into(),
-            verified: true,
-            token: None,
-            claimed_ms: 0,
-        },
-    )
-    .await
-    .unwrap();
+    reg.put_domain("boot.test", &DomainRecord::verified("boot"))
+        .await
+        .unwrap();
     let b = Balancer::start(
         "",
         &registry_config(&redis, "[spin]\ntimeout = \"400ms\"\n"),

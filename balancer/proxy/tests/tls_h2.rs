@@ -1037,26 +1037,28 @@ async fn https_redirect_and_hsts_per_app() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registry_certificates_are_served_and_swapped_without_restart() {
-    use pier_registry::model::{AppRecord, BackendRecord, CertRecord, DomainRecord};
+/// A registry on a fresh redis-server with app `shop` owning `domains` (verified), and a
+/// backend for it (not registered).
+async fn shop_registry(domains: &[&str]) -> (RedisServer, pier_registry::Registry, Backend) {
+    use pier_registry::model::{AppRecord, DomainRecord};
     let redis = RedisServer::start().await;
     let reg = pier_registry::Registry::connect(&redis.url())
         .await
         .unwrap();
     let backend = Backend::start("one").await;
     reg.put_app("shop", &AppRecord::default()).await.unwrap();
-    reg.put_domain(
-        "shop.test",
-        &DomainRecord {
-            app: "shop".into(),
-            verified: true,
-            token: None,
-            claimed_ms: 0,
-        },
-    )
-    .await
-    .unwrap();
+    for d in domains {
+        reg.put_domain(d, &DomainRecord::verified("shop"))
+            .await
+            .unwrap();
+    }
+    (redis, reg, backend)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_certificates_are_served_and_swapped_without_restart() {
+    use pier_registry::model::{BackendRecord, CertRecord};
+    let (redis, reg, backend) = shop_registry(&["shop.test"]).await;
     reg.put_backend(
         "shop",
         "i0",
@@ -1732,27 +1734,12 @@ async fn idle_h2_connections_get_goaway_and_a_split_preface_is_understood() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resync_that_would_drop_most_certificates_is_held() {
-    use pier_registry::model::{AppRecord, CertRecord, DomainRecord};
-    let redis = RedisServer::start().await;
-    let reg = pier_registry::Registry::connect(&redis.url())
-        .await
-        .unwrap();
-    let backend = Backend::start("one").await;
-    reg.put_app("shop", &AppRecord::default()).await.unwrap();
+    use pier_registry::model::CertRecord;
+    let domains = ["a.shop.test", "b.shop.test"];
+    let (redis, reg, backend) = shop_registry(&domains).await;
     let dir = tempfile::tempdir().unwrap();
     let mut certs = Vec::new();
-    for d in ["a.shop.test", "b.shop.test"] {
-        reg.put_domain(
-            d,
-            &DomainRecord {
-                app: "shop".into(),
-                verified: true,
-                token: None,
-                claimed_ms: 0,
-            },
-        )
-        .await
-        .unwrap();
+    for d in domains {
         let c = make_cert(dir.path(), d, &[d]);
         reg.put_cert(
             d,

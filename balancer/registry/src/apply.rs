@@ -285,13 +285,8 @@ fn write_snapshot(
     }
     out.write_all(b"],\"domains\":[")?;
     for (i, (pattern, app)) in table.domains().enumerate() {
-        let rec = serde_json::to_string(&DomainRecord {
-            app: app.name.to_string(),
-            verified: true,
-            token: None,
-            claimed_ms: 0,
-        })
-        .map_err(std::io::Error::other)?;
+        let rec = serde_json::to_string(&DomainRecord::verified(app.name.as_str()))
+            .map_err(std::io::Error::other)?;
         let sep = if i == 0 { "" } else { "," };
         write!(out, "{sep}[{},{}]", json(&pattern.to_string()), json(&rec))?;
     }

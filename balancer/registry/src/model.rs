@@ -274,6 +274,18 @@ pub struct DomainRecord {
     pub claimed_ms: u64,
 }
 
+impl DomainRecord {
+    /// A verified domain of `app` (routed; no token, no claim time).
+    pub fn verified(app: impl Into<String>) -> Self {
+        DomainRecord {
+            app: app.into(),
+            verified: true,
+            token: None,
+            claimed_ms: 0,
+        }
+    }
+}
+
 fn is_zero(v: &u64) -> bool {
     *v == 0
 }

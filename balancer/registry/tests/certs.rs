@@ -79,15 +79,6 @@ fn record(app: &str, names: &[&str]) -> CertRecord {
     }
 }
 
-fn verified(app: &str) -> DomainRecord {
-    DomainRecord {
-        app: app.into(),
-        verified: true,
-        token: None,
-        claimed_ms: 0,
-    }
-}
-
 /// Two apps; `blog` has `blog.test` and `*.blog.test` verified and `pending.test` pending;
 /// `shop` has `shop.test`.
 async fn setup(reg: &Registry) {
@@ -95,7 +86,9 @@ async fn setup(reg: &Registry) {
         reg.put_app(app, &AppRecord::default()).await.unwrap();
     }
     for d in ["blog.test", "*.blog.test"] {
-        reg.put_domain(d, &verified("blog")).await.unwrap();
+        reg.put_domain(d, &DomainRecord::verified("blog"))
+            .await
+            .unwrap();
     }
     reg.put_domain(
         "pending.test",
@@ -108,7 +101,7 @@ async fn setup(reg: &Registry) {
     )
     .await
     .unwrap();
-    reg.put_domain("shop.test", &verified("shop"))
+    reg.put_domain("shop.test", &DomainRecord::verified("shop"))
         .await
         .unwrap();
 }
@@ -223,7 +216,7 @@ async fn removing_unverifying_or_deleting_the_app_removes_the_cert() {
     let mark = changes.last().unwrap().id.clone();
 
     // Re-adding a domain as verified keeps its certificate; as pending drops it.
-    reg.put_domain("shop.test", &verified("shop"))
+    reg.put_domain("shop.test", &DomainRecord::verified("shop"))
         .await
         .unwrap();
     assert!(reg.cert("shop.test").await.unwrap().is_some());
