@@ -257,9 +257,8 @@ async fn read_head(
                 if draining || now >= limit {
                     return Ok(None);
                 }
-                // Idle for a while (IDLE_CHECK): give the buffers back, as nginx does, so
-                // an idle keep-alive connection costs a few hundred bytes rather than ~13 KiB.
-                // A busy connection never gets here between its requests.
+                // Idle for a while (IDLE_CHECK): give the buffers back (up to ~13 KiB), as
+                // nginx does. A busy connection never gets here between its requests.
                 client.release_buffers();
             }
             Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),

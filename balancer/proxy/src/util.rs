@@ -111,8 +111,8 @@ pub struct TimedOut;
 /// still ends no later than its deadline.
 #[derive(Default)]
 pub struct LazyTimer {
+    /// Set on the first wait; its deadline is where the timer is armed.
     sleep: Option<Pin<Box<Sleep>>>,
-    armed: Option<TokioInstant>,
 }
 
 impl LazyTimer {
@@ -122,20 +122,12 @@ impl LazyTimer {
         deadline: TokioInstant,
         fut: F,
     ) -> Result<F::Output, TimedOut> {
-        let LazyTimer { sleep, armed } = self;
-        let sleep = match sleep {
-            Some(s) => {
-                if armed.is_none_or(|a| a > deadline) {
-                    s.as_mut().reset(deadline);
-                    *armed = Some(deadline);
-                }
-                s
-            }
-            None => {
-                *armed = Some(deadline);
-                sleep.insert(Box::pin(tokio::time::sleep_until(deadline)))
-            }
-        };
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() > deadline {
+            sleep.as_mut().reset(deadline);
+        }
         tokio::pin!(fut);
         loop {
             tokio::select! {
@@ -146,7 +138,6 @@ impl LazyTimer {
                         return Err(TimedOut);
                     }
                     sleep.as_mut().reset(deadline);
-                    *armed = Some(deadline);
                 }
             }
         }
