@@ -129,6 +129,19 @@ impl Balancer {
         String::from_utf8(admin_get(self.admin, "/metrics").await.unwrap().body).unwrap()
     }
 
+    /// The metrics once every one of `lines` is in them (a request is counted just after its
+    /// answer is written, so a client can read the answer first), or as they are after 5 s.
+    pub async fn metrics_with(&self, lines: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = self.metrics().await;
+            if lines.iter().all(|l| m.contains(l)) || Instant::now() > deadline {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Value of one metric line (exact name with labels), 0 when absent.
     pub async fn metric(&self, name: &str) -> f64 {
         let text = self.metrics().await;
