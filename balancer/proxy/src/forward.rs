@@ -651,8 +651,7 @@ async fn tunnel(
 ) -> Result<Exchanged, Failure> {
     let cfg = &w.shared.config;
     let accepted = head
-        .values(b"upgrade")
-        .next()
+        .first(crate::h1::head::Known::Upgrade)
         .is_some_and(crate::h1::head::lists_websocket);
     if !accepted {
         return Err(Failure::Upstream {

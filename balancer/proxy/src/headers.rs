@@ -9,8 +9,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::h1::framing::{is_hop_by_hop, BodyKind, Connection, ResponseFraming};
-use crate::h1::head::{HeaderPos, RequestHead, ResponseHead, Version};
+use crate::h1::framing::{BodyKind, Connection, ResponseFraming};
+use crate::h1::head::{HeaderPos, Known, RequestHead, ResponseHead, Version};
 
 /// Per-request facts needed to write the upstream head.
 pub struct Forwarding<'a> {
@@ -37,14 +37,6 @@ fn listed(head_value: impl Fn(&HeaderPos) -> bool, conn: &Connection) -> bool {
     conn.listed.iter().any(head_value)
 }
 
-fn is_forwarded_field(name: &[u8]) -> bool {
-    name.len() >= 15
-        && name[..12].eq_ignore_ascii_case(b"x-forwarded-")
-        && [&b"for"[..], b"proto", b"port", b"host"]
-            .iter()
-            .any(|s| name[12..].eq_ignore_ascii_case(s))
-}
-
 /// The text of a client address as sent in `X-Forwarded-For` (computed once per connection).
 /// An IPv4-mapped IPv6 peer (dual-stack listener) is written as plain IPv4.
 pub fn client_ip_text(addr: SocketAddr) -> Vec<u8> {
@@ -60,6 +52,46 @@ pub fn put_u64(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
+/// Copies the fields of a parsed head that are passed on: runs of neighbouring lines already in
+/// canonical form (`name: value` CRLF) go out in one copy each; any other field is rewritten
+/// as `name: value`.
+struct FieldCopier<'b> {
+    buf: &'b [u8],
+    run: std::ops::Range<usize>,
+}
+
+impl<'b> FieldCopier<'b> {
+    fn new(buf: &'b [u8]) -> Self {
+        FieldCopier { buf, run: 0..0 }
+    }
+
+    fn push(&mut self, out: &mut Vec<u8>, h: &HeaderPos, name: &[u8], value: &[u8]) {
+        match h.line() {
+            Some(line) if line.start == self.run.end && !self.run.is_empty() => {
+                self.run.end = line.end;
+            }
+            Some(line) => {
+                self.flush(out);
+                self.run = line;
+            }
+            None => {
+                self.flush(out);
+                out.extend_from_slice(name);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        if !self.run.is_empty() {
+            out.extend_from_slice(&self.buf[self.run.clone()]);
+            self.run = 0..0;
+        }
+    }
+}
+
 /// Writes the canonical request head for the backend into `out`.
 pub fn write_request_head(
     out: &mut Vec<u8>,
@@ -67,14 +99,22 @@ pub fn write_request_head(
     conn: &Connection,
     f: &Forwarding<'_>,
 ) {
-    let fields = req.headers.iter().filter_map(|h| {
+    let mut fwd = UpstreamFields::start(out, req.method(), f);
+    let mut copier = FieldCopier::new(&req.buf);
+    for h in &req.headers {
         let name = req.name(h);
-        let skip = is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case(b"host")
-            || listed(|t| req.value(t).eq_ignore_ascii_case(name), conn);
-        (!skip).then(|| (name, req.value(h)))
-    });
-    write_upstream_head(out, req.method(), fields, f);
+        let value = req.value(h);
+        let skip = h.kind.is_hop_by_hop()
+            || h.kind == Known::Host
+            || (!conn.listed.is_empty()
+                && listed(|t| req.value(t).eq_ignore_ascii_case(name), conn))
+            || !fwd.keep(h.kind, value);
+        if !skip {
+            copier.push(out, h, name, value);
+        }
+    }
+    copier.flush(out);
+    fwd.finish(out);
 }
 
 /// Writes an upstream HTTP/1.1 request head from end-to-end fields (hop-by-hop ones and
@@ -85,105 +125,142 @@ pub fn write_upstream_head<'a>(
     fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     f: &Forwarding<'_>,
 ) {
-    out.extend_from_slice(method);
-    out.push(b' ');
-    out.extend_from_slice(f.target);
-    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    out.extend_from_slice(f.host);
-    out.extend_from_slice(b"\r\n");
-    let mut prior_xff: smallvec::SmallVec<[&[u8]; 2]> = smallvec::SmallVec::new();
-    let mut keep_xf_proto = false;
-    let mut keep_xf_host = false;
-    let mut keep_xf_port = false;
-    let mut keep_start = false;
+    let mut fwd = UpstreamFields::start(out, method, f);
     for (name, value) in fields {
-        if is_forwarded_field(name) {
-            if !f.trusted {
-                continue;
-            }
-            let suffix = &name[12..];
-            if suffix.eq_ignore_ascii_case(b"for") {
-                // Several X-Forwarded-For fields are one list, joined below.
-                prior_xff.push(value);
-                continue;
-            }
-            if suffix.eq_ignore_ascii_case(b"proto") {
-                keep_xf_proto = true;
-            } else if suffix.eq_ignore_ascii_case(b"host") {
-                keep_xf_host = true;
-            } else {
-                keep_xf_port = true;
-            }
-        } else if name.eq_ignore_ascii_case(b"x-request-id") {
-            // The id pier settled on is written below, once.
-            continue;
-        } else if name.eq_ignore_ascii_case(b"x-request-start") {
-            if !f.trusted {
-                continue;
-            }
-            keep_start = true;
-        }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    }
-    match f.body {
-        BodyKind::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            put_u64(out, n);
+        if fwd.keep(Known::of(name), value) {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
         }
-        BodyKind::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        BodyKind::None | BodyKind::UntilClose => {
-            if f.explicit_zero_length {
-                out.extend_from_slice(b"Content-Length: 0\r\n");
-            }
-        }
     }
-    if let Some(proto) = f.upgrade {
-        out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
-        out.extend_from_slice(proto);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"X-Forwarded-For: ");
-    for prior in prior_xff {
-        out.extend_from_slice(prior);
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(f.client_ip);
-    out.extend_from_slice(b"\r\n");
-    if !keep_xf_proto {
-        out.extend_from_slice(b"X-Forwarded-Proto: ");
-        out.extend_from_slice(f.proto.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if !keep_xf_port {
-        out.extend_from_slice(b"X-Forwarded-Port: ");
-        put_u64(out, u64::from(f.listener_port));
-        out.extend_from_slice(b"\r\n");
-    }
-    if !keep_xf_host {
-        out.extend_from_slice(b"X-Forwarded-Host: ");
+    fwd.finish(out);
+}
+
+/// The forwarding fields of an upstream request head: what the client sent of them, and what
+/// pier adds after the client's fields.
+struct UpstreamFields<'a, 'f> {
+    f: &'f Forwarding<'f>,
+    prior_xff: smallvec::SmallVec<[&'a [u8]; 2]>,
+    keep_xf_proto: bool,
+    keep_xf_host: bool,
+    keep_xf_port: bool,
+    keep_start: bool,
+}
+
+impl<'a, 'f> UpstreamFields<'a, 'f> {
+    /// Writes the request line and `Host`.
+    fn start(out: &mut Vec<u8>, method: &[u8], f: &'f Forwarding<'f>) -> Self {
+        out.extend_from_slice(method);
+        out.push(b' ');
+        out.extend_from_slice(f.target);
+        out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         out.extend_from_slice(f.host);
         out.extend_from_slice(b"\r\n");
+        UpstreamFields {
+            f,
+            prior_xff: smallvec::SmallVec::new(),
+            keep_xf_proto: false,
+            keep_xf_host: false,
+            keep_xf_port: false,
+            keep_start: false,
+        }
     }
-    if !f.request_id.is_empty() {
-        out.extend_from_slice(b"X-Request-Id: ");
-        out.extend_from_slice(f.request_id);
+
+    /// Whether a client's end-to-end field is passed on as it is (`false`: dropped, or taken
+    /// into a field pier writes itself).
+    fn keep(&mut self, kind: Known, value: &'a [u8]) -> bool {
+        match kind {
+            Known::Other => true,
+            // On a public listener a client's own X-Forwarded-* are not believed.
+            k if k.is_forwarded() && !self.f.trusted => false,
+            Known::XForwardedFor => {
+                // Several X-Forwarded-For fields are one list, joined in `finish`.
+                self.prior_xff.push(value);
+                false
+            }
+            Known::XForwardedProto => {
+                self.keep_xf_proto = true;
+                true
+            }
+            Known::XForwardedHost => {
+                self.keep_xf_host = true;
+                true
+            }
+            Known::XForwardedPort => {
+                self.keep_xf_port = true;
+                true
+            }
+            // The id pier settled on is written in `finish`, once.
+            Known::XRequestId => false,
+            Known::XRequestStart => {
+                self.keep_start = self.f.trusted;
+                self.f.trusted
+            }
+            _ => true,
+        }
+    }
+
+    /// Writes framing and the forwarding fields, and ends the head.
+    fn finish(self, out: &mut Vec<u8>) {
+        let f = self.f;
+        match f.body {
+            BodyKind::Length(n) => {
+                out.extend_from_slice(b"Content-Length: ");
+                put_u64(out, n);
+                out.extend_from_slice(b"\r\n");
+            }
+            BodyKind::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+            BodyKind::None | BodyKind::UntilClose => {
+                if f.explicit_zero_length {
+                    out.extend_from_slice(b"Content-Length: 0\r\n");
+                }
+            }
+        }
+        if let Some(proto) = f.upgrade {
+            out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+            out.extend_from_slice(proto);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        for prior in self.prior_xff {
+            out.extend_from_slice(prior);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(f.client_ip);
+        out.extend_from_slice(b"\r\n");
+        if !self.keep_xf_proto {
+            out.extend_from_slice(b"X-Forwarded-Proto: ");
+            out.extend_from_slice(f.proto.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !self.keep_xf_port {
+            out.extend_from_slice(b"X-Forwarded-Port: ");
+            put_u64(out, u64::from(f.listener_port));
+            out.extend_from_slice(b"\r\n");
+        }
+        if !self.keep_xf_host {
+            out.extend_from_slice(b"X-Forwarded-Host: ");
+            out.extend_from_slice(f.host);
+            out.extend_from_slice(b"\r\n");
+        }
+        if !f.request_id.is_empty() {
+            out.extend_from_slice(b"X-Request-Id: ");
+            out.extend_from_slice(f.request_id);
+            out.extend_from_slice(b"\r\n");
+        }
+        if let (Some(ms), false) = (f.request_start_ms, self.keep_start) {
+            out.extend_from_slice(b"X-Request-Start: t=");
+            put_u64(out, ms);
+            out.extend_from_slice(b"\r\n");
+        }
+        if !f.via.is_empty() {
+            out.extend_from_slice(b"Via: 1.1 ");
+            out.extend_from_slice(f.via.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(b"\r\n");
     }
-    if let (Some(ms), false) = (f.request_start_ms, keep_start) {
-        out.extend_from_slice(b"X-Request-Start: t=");
-        put_u64(out, ms);
-        out.extend_from_slice(b"\r\n");
-    }
-    if !f.via.is_empty() {
-        out.extend_from_slice(b"Via: 1.1 ");
-        out.extend_from_slice(f.via.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// How the response body will be written to the client.
@@ -226,19 +303,19 @@ pub fn write_response_head(
     out.extend_from_slice(resp.reason());
     out.extend_from_slice(b"\r\n");
     let mut has_hsts = false;
+    let mut copier = FieldCopier::new(&resp.buf);
     for h in &resp.headers {
         let name = resp.name(h);
-        if is_hop_by_hop(name)
-            || listed(|t| resp.value(t).eq_ignore_ascii_case(name), &framing.conn)
+        if h.kind.is_hop_by_hop()
+            || (!framing.conn.listed.is_empty()
+                && listed(|t| resp.value(t).eq_ignore_ascii_case(name), &framing.conn))
         {
             continue;
         }
-        has_hsts |= name.eq_ignore_ascii_case(b"strict-transport-security");
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(resp.value(h));
-        out.extend_from_slice(b"\r\n");
+        has_hsts |= h.kind == Known::StrictTransportSecurity;
+        copier.push(out, h, name, resp.value(h));
     }
+    copier.flush(out);
     let status = resp.status;
     match out_framing {
         ClientFraming::NoBody => {
@@ -301,7 +378,7 @@ pub fn write_switching_head(out: &mut Vec<u8>, resp: &ResponseHead, via: &str) {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"Connection: upgrade\r\n");
-    if let Some(u) = resp.values(b"upgrade").next() {
+    if let Some(u) = resp.first(Known::Upgrade) {
         out.extend_from_slice(b"Upgrade: ");
         out.extend_from_slice(u);
         out.extend_from_slice(b"\r\n");
@@ -322,16 +399,13 @@ fn write_status_and_fields(out: &mut Vec<u8>, resp: &ResponseHead) {
     out.push(b' ');
     out.extend_from_slice(resp.reason());
     out.extend_from_slice(b"\r\n");
+    let mut copier = FieldCopier::new(&resp.buf);
     for h in &resp.headers {
-        let name = resp.name(h);
-        if is_hop_by_hop(name) {
-            continue;
+        if !h.kind.is_hop_by_hop() {
+            copier.push(out, h, resp.name(h), resp.value(h));
         }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(resp.value(h));
-        out.extend_from_slice(b"\r\n");
     }
+    copier.flush(out);
 }
 
 #[cfg(test)]
@@ -404,6 +478,56 @@ mod tests {
         assert!(out.contains("X-Request-Id: rid\r\n"));
         assert!(out.contains("X-Request-Start: t=1000\r\n"));
         assert!(out.ends_with("Via: 1.1 pier\r\n\r\n"));
+    }
+
+    #[test]
+    fn kept_fields_come_out_in_order_and_canonical() {
+        // Canonical lines are copied in runs; the others are rewritten as `name: value`; the
+        // runs break around the dropped fields.
+        let out = forward(
+            "GET / HTTP/1.1\r\nA: 1\r\nB:2\r\nHost: a\r\nC: \t 3 \r\nConnection: x-drop\r\n\
+             D: 4\r\nE: 5\r\nX-Drop: y\r\nF: \r\nG:\r\nH: 8\r\nX-Request-Id: theirs\r\nI: 9\r\n\r\n",
+            false,
+        );
+        let fields = out
+            .split("\r\n")
+            .skip(2)
+            .take_while(|l| !l.starts_with("X-Forwarded-For"))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            fields,
+            ["A: 1", "B: 2", "C: 3", "D: 4", "E: 5", "F: ", "G: ", "H: 8", "I: 9"],
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn response_fields_are_copied_in_order_without_hop_by_hop() {
+        let raw = "HTTP/1.1 200 OK\r\nServer: s\r\nConnection: keep-alive, X-Hop\r\nX-Hop: h\r\n\
+                   Content-Length: 2\r\nDate:  today\r\nX-A: a\r\nX-B: b\r\n\r\n";
+        let (n, p) = crate::h1::head::parse_response(raw.as_bytes(), &LIMITS)
+            .unwrap()
+            .unwrap();
+        let head = p.into_head(Bytes::copy_from_slice(&raw.as_bytes()[..n]));
+        let fr = ResponseFraming::of(&head, false).unwrap();
+        let mut out = Vec::new();
+        let framing = client_framing(fr.body, Version::Http11);
+        write_response_head(
+            &mut out,
+            &head,
+            &fr,
+            framing,
+            Version::Http11,
+            true,
+            false,
+            "pier",
+            None,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer: s\r\nDate: today\r\nX-A: a\r\nX-B: b\r\n\
+             Content-Length: 2\r\nVia: 1.1 pier\r\n\r\n"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use pier_routes::{Action, App, RequestHost};
 use crate::config::Listener;
 use crate::forward::{forward, Forwarded};
 use crate::h1::framing::{BodyKind, RequestFraming};
-use crate::h1::head::{parse_request, HeadLimits, RequestHead, Version};
+use crate::h1::head::{parse_request, HeadLimits, Known, RequestHead, Version};
 use crate::headers::Forwarding;
 use crate::respond::{
     action_response, error_body, https_redirect, AnswerScratch, LocalResponse, ProxyError,
@@ -317,7 +317,7 @@ fn websocket_upgrade(head: &RequestHead, framing: &RequestFraming) -> Option<Byt
     {
         return None;
     }
-    let value = head.values(b"upgrade").next()?;
+    let value = head.first(Known::Upgrade)?;
     crate::h1::head::lists_websocket(value).then(|| head.buf.slice_ref(value))
 }
 
@@ -336,12 +336,10 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
         }
     };
     let mut request_id = SmallVec::<[u8; 64]>::new();
-    match head.values(b"x-request-id").next() {
+    match head.first(Known::XRequestId) {
         Some(v) if is_sane_request_id(v) => request_id.extend_from_slice(v),
         _ if cfg.headers.request_id => {
-            let mut v = Vec::with_capacity(36);
-            new_request_id(&mut v);
-            request_id.extend_from_slice(&v);
+            request_id.extend_from_slice(&new_request_id());
         }
         _ => {}
     }

@@ -56,7 +56,9 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn
 
 /// Idle keep-alive connections by backend address.
 pub struct UpstreamPool {
-    idle: Mutex<HashMap<SocketAddr, Vec<UpstreamConn>>>,
+    /// Keyed with foldhash rather than SipHash: the keys are backend addresses from the route
+    /// table, not attacker-chosen, and the pool is looked up twice per proxied request.
+    idle: Mutex<HashMap<SocketAddr, Vec<UpstreamConn>, foldhash::fast::RandomState>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -64,7 +66,7 @@ pub struct UpstreamPool {
 impl UpstreamPool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         UpstreamPool {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::default()),
             max_idle,
             idle_timeout,
         }

@@ -51,8 +51,8 @@ pub fn random_u64() -> u64 {
     })
 }
 
-/// Writes a new request id (a random UUID, version 4 layout) into `out`.
-pub fn new_request_id(out: &mut Vec<u8>) {
+/// A new request id: a random UUID (version 4 layout) as 36 characters.
+pub fn new_request_id() -> [u8; 36] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let a = random_u64();
     let b = random_u64();
@@ -61,13 +61,17 @@ pub fn new_request_id(out: &mut Vec<u8>) {
     bytes[8..].copy_from_slice(&b.to_le_bytes());
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let mut out = [b'-'; 36];
+    let mut at = 0;
     for (i, byte) in bytes.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            out.push(b'-');
+            at += 1;
         }
-        out.push(HEX[usize::from(byte >> 4)]);
-        out.push(HEX[usize::from(byte & 0xf)]);
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
     }
+    out
 }
 
 /// A client-supplied request id is kept when it is 1-200 characters of letters, digits and
@@ -201,13 +205,18 @@ mod tests {
 
     #[test]
     fn request_ids_are_uuid_shaped_and_distinct() {
-        let mut a = Vec::new();
-        let mut b = Vec::new();
-        new_request_id(&mut a);
-        new_request_id(&mut b);
-        assert_eq!(a.len(), 36);
+        let a = new_request_id();
+        let b = new_request_id();
         assert_ne!(a, b);
         assert_eq!(a[14], b'4');
+        assert!(matches!(a[19], b'8' | b'9' | b'a' | b'b'));
+        for dash in [8, 13, 18, 23] {
+            assert_eq!(a[dash], b'-');
+        }
+        assert!(a
+            .iter()
+            .enumerate()
+            .all(|(i, c)| [8, 13, 18, 23].contains(&i) || c.is_ascii_hexdigit()));
         assert!(is_sane_request_id(&a));
     }
 

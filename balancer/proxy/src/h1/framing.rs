@@ -4,7 +4,7 @@
 //! Transfer-Encoding, several or malformed Content-Length values, a transfer coding other than
 //! a single final `chunked`, malformed chunk sizes, and chunk data not followed by CRLF.
 
-use super::head::{list_items, HeaderPos, RequestHead, ResponseHead, Version};
+use super::head::{list_items, HeaderPos, Known, RequestHead, ResponseHead, Version};
 use smallvec::SmallVec;
 
 /// How a body is delimited on the wire.
@@ -61,19 +61,10 @@ impl FramingError {
 }
 
 /// Header names a proxy never forwards (RFC 9110 §7.6.1), plus the framing fields pier writes
-/// itself.
+/// itself. (Parsed HTTP/1 heads carry this as [`Known::is_hop_by_hop`] on each field.)
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 7] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-    ];
-    // Cheap pre-filter: every name above is 2..=17 bytes long.
-    (2..=17).contains(&name.len()) && NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+    // Cheap pre-filter: every such name is 2..=17 bytes long.
+    (2..=17).contains(&name.len()) && Known::of(name).is_hop_by_hop()
 }
 
 /// What the framing headers of a message say, shared by requests and responses.
@@ -95,63 +86,100 @@ fn parse_content_length(v: &[u8]) -> Option<u64> {
     )
 }
 
-/// Reads Content-Length / Transfer-Encoding / Connection of a head given as (name, value) pairs.
-fn framing<'a>(
-    version: Version,
-    fields: impl Iterator<Item = (&'a HeaderPos, &'a [u8], &'a [u8])>,
-) -> Result<(Option<u64>, bool, Connection), FramingError> {
-    let mut length: Option<u64> = None;
+/// What a head's fields say about its framing, its connection, its host and an expectation.
+struct Fields {
+    length: Option<u64>,
+    chunked: bool,
+    conn: Connection,
+    host: Option<HeaderPos>,
+    duplicate_host: bool,
+    /// An `Expect: 100-continue` was seen.
+    expect_continue: bool,
+    /// Some other expectation was seen.
+    bad_expect: bool,
+}
+
+/// Reads Content-Length / Transfer-Encoding / Connection (and Host and Expect, which only
+/// requests use) of a head, in one pass over its tagged fields.
+fn framing(version: Version, headers: &[HeaderPos], buf: &[u8]) -> Result<Fields, FramingError> {
+    let value = |h: &HeaderPos| h.value_in(buf);
+    let mut f = Fields {
+        length: None,
+        chunked: false,
+        conn: Connection::default(),
+        host: None,
+        duplicate_host: false,
+        expect_continue: false,
+        bad_expect: false,
+    };
     let mut te_seen = false;
-    let mut chunked = false;
-    let mut conn = Connection::default();
-    for (pos, name, value) in fields {
-        if name.eq_ignore_ascii_case(b"content-length") {
-            if length.is_some() {
-                return Err(FramingError::BadContentLength);
-            }
-            length = Some(parse_content_length(value).ok_or(FramingError::BadContentLength)?);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te_seen = true;
-            for coding in list_items(value) {
-                if chunked {
-                    // Anything after chunked (including a second chunked) is not a final chunked.
-                    return Err(FramingError::BadTransferEncoding);
+    for pos in headers {
+        match pos.kind {
+            Known::ContentLength => {
+                if f.length.is_some() {
+                    return Err(FramingError::BadContentLength);
                 }
-                if coding.eq_ignore_ascii_case(b"chunked") {
-                    chunked = true;
-                } else if coding.iter().all(|&b| super::head::is_tchar(b)) {
-                    return Err(FramingError::UnsupportedTransferEncoding);
+                let v = parse_content_length(value(pos)).ok_or(FramingError::BadContentLength)?;
+                f.length = Some(v);
+            }
+            Known::TransferEncoding => {
+                te_seen = true;
+                for coding in list_items(value(pos)) {
+                    if f.chunked {
+                        // Anything after chunked (including a second chunked) is not a final
+                        // chunked.
+                        return Err(FramingError::BadTransferEncoding);
+                    }
+                    if coding.eq_ignore_ascii_case(b"chunked") {
+                        f.chunked = true;
+                    } else if coding.iter().all(|&b| super::head::is_tchar(b)) {
+                        return Err(FramingError::UnsupportedTransferEncoding);
+                    } else {
+                        return Err(FramingError::BadTransferEncoding);
+                    }
+                }
+            }
+            Known::Connection => {
+                let v = value(pos);
+                for token in list_items(v) {
+                    if !token.iter().all(|&b| super::head::is_tchar(b)) {
+                        return Err(FramingError::BadConnectionHeader);
+                    }
+                    if token.eq_ignore_ascii_case(b"close") {
+                        f.conn.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        f.conn.keep_alive = true;
+                    } else {
+                        f.conn.listed.push(token_pos(v, token, pos));
+                    }
+                }
+            }
+            Known::Host => {
+                f.duplicate_host |= f.host.is_some();
+                f.host = Some(*pos);
+            }
+            Known::Expect => {
+                if value(pos).eq_ignore_ascii_case(b"100-continue") {
+                    f.expect_continue = true;
                 } else {
-                    return Err(FramingError::BadTransferEncoding);
+                    f.bad_expect = true;
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in list_items(value) {
-                if !token.iter().all(|&b| super::head::is_tchar(b)) {
-                    return Err(FramingError::BadConnectionHeader);
-                }
-                if token.eq_ignore_ascii_case(b"close") {
-                    conn.close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    conn.keep_alive = true;
-                } else {
-                    conn.listed.push(token_pos(value, token, pos));
-                }
-            }
+            _ => {}
         }
     }
     if te_seen {
         if version == Version::Http10 {
             return Err(FramingError::TransferEncodingInHttp10);
         }
-        if length.is_some() {
+        if f.length.is_some() {
             return Err(FramingError::ContentLengthAndTransferEncoding);
         }
-        if !chunked {
+        if !f.chunked {
             return Err(FramingError::BadTransferEncoding);
         }
     }
-    Ok((length, chunked, conn))
+    Ok(f)
 }
 
 /// Position of `token` (a sub-slice of `value`) as a header-name-sized range in the head buffer.
@@ -174,49 +202,32 @@ pub struct RequestFraming {
 
 impl RequestFraming {
     pub fn of(head: &RequestHead) -> Result<Self, FramingError> {
-        let fields = head
-            .headers
-            .iter()
-            .map(|h| (h, head.name(h), head.value(h)));
-        let (length, chunked, conn) = framing(head.version, fields)?;
-        let mut host = None;
-        let mut expect_continue = false;
-        for h in &head.headers {
-            let name = head.name(h);
-            if name.eq_ignore_ascii_case(b"host") {
-                if host.is_some() {
-                    return Err(FramingError::DuplicateHost);
-                }
-                host = Some(*h);
-            } else if name.eq_ignore_ascii_case(b"expect") {
-                if head.value(h).eq_ignore_ascii_case(b"100-continue") {
-                    expect_continue = true;
-                } else {
-                    return Err(FramingError::UnsupportedExpect);
-                }
-            }
+        let f = framing(head.version, &head.headers, &head.buf)?;
+        if f.duplicate_host {
+            return Err(FramingError::DuplicateHost);
         }
-        if host.is_none() && head.version == Version::Http11 {
+        if f.bad_expect {
+            return Err(FramingError::UnsupportedExpect);
+        }
+        if f.host.is_none() && head.version == Version::Http11 {
             return Err(FramingError::MissingHost);
         }
         // Expect is defined for HTTP/1.1 only (RFC 9110 §10.1.1).
-        if head.version == Version::Http10 {
-            expect_continue = false;
-        }
-        let body = if chunked {
+        let expect_continue = f.expect_continue && head.version == Version::Http11;
+        let body = if f.chunked {
             BodyKind::Chunked
         } else {
-            match length {
+            match f.length {
                 Some(0) | None => BodyKind::None,
                 Some(n) => BodyKind::Length(n),
             }
         };
         Ok(RequestFraming {
             body,
-            length,
-            conn,
+            length: f.length,
+            conn: f.conn,
             expect_continue,
-            host,
+            host: f.host,
         })
     }
 
@@ -240,11 +251,12 @@ pub struct ResponseFraming {
 
 impl ResponseFraming {
     pub fn of(head: &ResponseHead, head_request: bool) -> Result<Self, FramingError> {
-        let fields = head
-            .headers
-            .iter()
-            .map(|h| (h, head.name(h), head.value(h)));
-        let (length, chunked, conn) = framing(head.version, fields)?;
+        let Fields {
+            length,
+            chunked,
+            conn,
+            ..
+        } = framing(head.version, &head.headers, &head.buf)?;
         let bodiless = head_request
             || (100..200).contains(&head.status)
             || head.status == 204

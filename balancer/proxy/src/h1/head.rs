@@ -60,11 +60,91 @@ impl HeadError {
     }
 }
 
+/// The header names pier acts on, recognised once while a head is parsed so that framing,
+/// routing and the head writers compare a tag instead of the name's bytes (as nginx hashes
+/// names once and hyper keeps standard names as constants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    Other,
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    KeepAlive,
+    ProxyConnection,
+    Te,
+    Upgrade,
+    Expect,
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedPort,
+    XForwardedHost,
+    XRequestId,
+    XRequestStart,
+    StrictTransportSecurity,
+}
+
+impl Known {
+    /// The tag of a field name (case-insensitive).
+    pub fn of(name: &[u8]) -> Known {
+        let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+        match name.len() {
+            2 if is(b"te") => Known::Te,
+            4 if is(b"host") => Known::Host,
+            6 if is(b"expect") => Known::Expect,
+            7 if is(b"upgrade") => Known::Upgrade,
+            10 if is(b"connection") => Known::Connection,
+            10 if is(b"keep-alive") => Known::KeepAlive,
+            12 if is(b"x-request-id") => Known::XRequestId,
+            14 if is(b"content-length") => Known::ContentLength,
+            15 if is(b"x-forwarded-for") => Known::XForwardedFor,
+            15 if is(b"x-request-start") => Known::XRequestStart,
+            16 if is(b"proxy-connection") => Known::ProxyConnection,
+            16 if is(b"x-forwarded-host") => Known::XForwardedHost,
+            16 if is(b"x-forwarded-port") => Known::XForwardedPort,
+            17 if is(b"transfer-encoding") => Known::TransferEncoding,
+            17 if is(b"x-forwarded-proto") => Known::XForwardedProto,
+            25 if is(b"strict-transport-security") => Known::StrictTransportSecurity,
+            _ => Known::Other,
+        }
+    }
+
+    /// Fields a proxy never forwards (RFC 9110 §7.6.1), plus the framing fields pier writes
+    /// itself.
+    pub fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Known::Connection
+                | Known::KeepAlive
+                | Known::ProxyConnection
+                | Known::Te
+                | Known::TransferEncoding
+                | Known::Upgrade
+                | Known::ContentLength
+        )
+    }
+
+    /// `X-Forwarded-For`, `-Proto`, `-Port` or `-Host`.
+    pub fn is_forwarded(self) -> bool {
+        matches!(
+            self,
+            Known::XForwardedFor
+                | Known::XForwardedProto
+                | Known::XForwardedPort
+                | Known::XForwardedHost
+        )
+    }
+}
+
 /// Byte ranges of one header field within the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderPos {
     name: (u32, u32),
     value: (u32, u32),
+    pub kind: Known,
+    /// The field's line is exactly `name: value` CRLF (one space after the colon, no other
+    /// whitespace), so it can be copied as it came, together with its canonical neighbours.
+    canonical: bool,
 }
 
 impl HeaderPos {
@@ -72,9 +152,21 @@ impl HeaderPos {
     pub fn sub_value(&self, offset: usize, len: usize) -> HeaderPos {
         let start = self.value.0 + offset as u32;
         HeaderPos {
-            name: self.name,
             value: (start, start + len as u32),
+            canonical: false,
+            ..*self
         }
+    }
+
+    /// The field's value within its head's bytes.
+    pub fn value_in<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        slice(buf, self.value)
+    }
+
+    /// The field's whole line (`name: value` CRLF) when it can be copied as it came.
+    pub fn line(&self) -> Option<std::ops::Range<usize>> {
+        self.canonical
+            .then(|| self.name.0 as usize..self.value.1 as usize + 2)
     }
 }
 
@@ -134,6 +226,13 @@ impl RequestHead {
             .filter(move |h| self.name(h).eq_ignore_ascii_case(name))
             .map(move |h| self.value(h))
     }
+    /// The first value of a known header.
+    pub fn first(&self, kind: Known) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.kind == kind)
+            .map(|h| self.value(h))
+    }
     pub fn is_method(&self, m: &[u8]) -> bool {
         self.method() == m
     }
@@ -149,11 +248,12 @@ impl ResponseHead {
     pub fn value(&self, h: &HeaderPos) -> &[u8] {
         slice(&self.buf, h.value)
     }
-    pub fn values<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    /// The first value of a known header.
+    pub fn first(&self, kind: Known) -> Option<&[u8]> {
         self.headers
             .iter()
-            .filter(move |h| self.name(h).eq_ignore_ascii_case(name))
-            .map(move |h| self.value(h))
+            .find(|h| h.kind == kind)
+            .map(|h| self.value(h))
     }
 }
 
@@ -235,6 +335,28 @@ fn find_head_end(
     }
 }
 
+/// Whether every byte of a field value is a field-vchar, SP or HTAB (`FIELD_BYTE`), checked
+/// eight bytes at a time: a word with no byte below 0x20 and no DEL passes at once; only a
+/// word that has one (usually an HTAB) is looked at byte by byte.
+fn is_field_value(v: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut words = v.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        let x = u64::from_le_bytes(b);
+        // A byte below 0x20 (bytes from 0x80 never set the flag), or a byte equal to 0x7f.
+        let ctl = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
+        let y = x ^ (ONES * 0x7f);
+        let del = y.wrapping_sub(ONES) & !y & HIGHS;
+        if (ctl | del) != 0 && !w.iter().all(|&b| FIELD_BYTE[b as usize]) {
+            return false;
+        }
+    }
+    words.remainder().iter().all(|&b| FIELD_BYTE[b as usize])
+}
+
 /// Splits the lines of a complete head (CRLF already checked) and parses the header fields.
 fn parse_fields(
     buf: &[u8],
@@ -273,7 +395,7 @@ fn parse_fields(
         while ve > vs && (line[ve - 1] == b' ' || line[ve - 1] == b'\t') {
             ve -= 1;
         }
-        if !line[vs..ve].iter().all(|&b| FIELD_BYTE[b as usize]) {
+        if !is_field_value(&line[vs..ve]) {
             return Err(HeadError::BadHeaderValue);
         }
         if headers.len() >= limits.max_headers {
@@ -282,6 +404,8 @@ fn parse_fields(
         headers.push(HeaderPos {
             name: (pos as u32, (pos + colon) as u32),
             value: ((pos + vs) as u32, (pos + ve) as u32),
+            kind: Known::of(&line[..colon]),
+            canonical: vs == colon + 2 && line[colon + 1] == b' ' && ve == line.len(),
         });
         pos = nl + 1;
     }
@@ -475,6 +599,55 @@ mod tests {
                 p.into_head(Bytes::copy_from_slice(&raw[..n]))
             })
         })
+    }
+
+    #[test]
+    fn known_names_are_recognised_in_any_case() {
+        for (name, kind) in [
+            (&b"te"[..], Known::Te),
+            (b"Host", Known::Host),
+            (b"EXPECT", Known::Expect),
+            (b"upgrade", Known::Upgrade),
+            (b"Connection", Known::Connection),
+            (b"Keep-Alive", Known::KeepAlive),
+            (b"x-request-id", Known::XRequestId),
+            (b"Content-Length", Known::ContentLength),
+            (b"X-Forwarded-For", Known::XForwardedFor),
+            (b"X-Request-Start", Known::XRequestStart),
+            (b"Proxy-Connection", Known::ProxyConnection),
+            (b"x-forwarded-host", Known::XForwardedHost),
+            (b"X-Forwarded-Port", Known::XForwardedPort),
+            (b"Transfer-Encoding", Known::TransferEncoding),
+            (b"X-FORWARDED-PROTO", Known::XForwardedProto),
+            (b"Strict-Transport-Security", Known::StrictTransportSecurity),
+        ] {
+            assert_eq!(Known::of(name), kind, "{}", String::from_utf8_lossy(name));
+        }
+        for other in [
+            &b"accept"[..],
+            b"hosts",
+            b"t",
+            b"content-type",
+            b"x-forwarded-fo",
+            b"",
+        ] {
+            assert_eq!(Known::of(other), Known::Other);
+        }
+    }
+
+    #[test]
+    fn field_values_are_checked_word_by_word_like_byte_by_byte() {
+        // Every byte value at every position of a 17-byte value (two words and a tail).
+        for at in 0..17 {
+            for b in 0..=255u8 {
+                let mut v = *b"abcdefgh\tijklmnop";
+                v[at] = b;
+                let expected = v.iter().all(|&c| FIELD_BYTE[c as usize]);
+                assert_eq!(is_field_value(&v), expected, "byte {b:#x} at {at}");
+            }
+        }
+        assert!(is_field_value(b""));
+        assert!(is_field_value(b"\x80\xff\xfe obs-text \t kept"));
     }
 
     #[test]

@@ -203,9 +203,7 @@ async fn handle_stream(
     match parts.headers.get("x-request-id") {
         Some(v) if is_sane_request_id(v.as_bytes()) => request_id.extend_from_slice(v.as_bytes()),
         _ if w.shared.config.headers.request_id => {
-            let mut v = Vec::with_capacity(36);
-            new_request_id(&mut v);
-            request_id.extend_from_slice(&v);
+            request_id.extend_from_slice(&new_request_id());
         }
         _ => {}
     }
@@ -1230,8 +1228,7 @@ async fn websocket_h2(
     let first_byte = sent_at.elapsed();
     let upgraded = head.status == 101
         && head
-            .values(b"upgrade")
-            .next()
+            .first(crate::h1::head::Known::Upgrade)
             .is_some_and(crate::h1::head::lists_websocket);
     let mut resp = http::Response::new(());
     *resp.status_mut() = if upgraded {
