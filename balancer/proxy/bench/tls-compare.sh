@@ -22,6 +22,8 @@
 # same work; by default nginx adds none of them.
 # FLOOR=1 runs the floor relay (balancer/proxy/examples/floor_relay.rs: TLS, then a blind copy
 # to the backend, no HTTP work at all) in pier's place: the ceiling any proxy could reach here.
+# PIER_BIN=PATH runs that pier-balancer binary instead of building this tree's (to compare
+# builds under the same conditions).
 # Needs: nginx, h2load (nghttp2-client), openssl, taskset.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -39,7 +41,11 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 for t in nginx h2load openssl taskset awk; do
   command -v $t >/dev/null || { echo "missing $t (apt-get install -y nginx nghttp2-client openssl)" >&2; exit 2; }
 done
-cargo build --release -q -p pier-balancer
+PIER_BIN=${PIER_BIN:-}
+if [ -z "$PIER_BIN" ]; then
+  cargo build --release -q -p pier-balancer
+  PIER_BIN=./target/release/pier-balancer
+fi
 [ "${FLOOR:-0}" = 1 ] && cargo build --release -q -p pier-balancer --example floor_relay
 W=$(mktemp -d /tmp/pier-tls-bench.XXXXXX)
 PIDS=()
@@ -141,7 +147,7 @@ if [ "${FLOOR:-0}" = 1 ]; then
   taskset -c "$PROXY_CPU" ./target/release/examples/floor_relay "127.0.0.1:$PIER_PORT" \
     "127.0.0.1:$BACKEND_PORT" "$W/cert.pem" "$W/key.pem" >"$W/pier.out" 2>&1 &
 else
-  taskset -c "$PROXY_CPU" ./target/release/pier-balancer --config "$W/balancer.toml" >"$W/pier.out" 2>&1 &
+  taskset -c "$PROXY_CPU" "$PIER_BIN" --config "$W/balancer.toml" >"$W/pier.out" 2>&1 &
 fi
 PIDS+=($!)
 sleep 1

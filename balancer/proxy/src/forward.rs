@@ -19,7 +19,9 @@ use pier_routes::app::MAX_TRIED;
 use pier_routes::App;
 
 use crate::h1::framing::{BodyKind, ResponseFraming};
-use crate::h1::head::{parse_response, HeadError, HeadLimits, ResponseHead, Version};
+use crate::h1::head::{
+    parse_response_into, recycle, HeadError, HeadLimits, HeaderList, ResponseHead, Version,
+};
 use crate::headers::{
     client_framing, write_interim, write_request_head, write_response_head, ClientFraming,
 };
@@ -304,10 +306,11 @@ async fn read_final_head(
     client_version: Version,
     interim: &mut Vec<u8>,
     upgrading: bool,
+    fields: &mut HeaderList,
 ) -> Result<ResponseHead, (ProxyError, bool)> {
     let mut got_any = false;
     loop {
-        match parse_response(buf, &UPSTREAM_HEAD) {
+        match parse_response_into(buf, &UPSTREAM_HEAD, fields) {
             Ok(Some((len, parts))) => {
                 let head = parts.into_head(buf.split_to(len).freeze());
                 got_any = true;
@@ -375,6 +378,7 @@ async fn exchange(
         peer_ip,
         listener,
         timer,
+        response_fields,
         ..
     } = client;
     out.clear();
@@ -420,6 +424,7 @@ async fn exchange(
                     req.head.version,
                     &mut interim,
                     req.upgrade.is_some(),
+                    response_fields,
                 ),
             )
             .await
@@ -470,6 +475,7 @@ async fn exchange(
             req.head.version,
             &mut interim,
             false,
+            response_fields,
         );
         tokio::pin!(body);
         tokio::pin!(head_read);
@@ -624,8 +630,10 @@ async fn exchange(
         // Bytes after the response: the backend is confused; do not reuse it.
         reusable = false;
     }
+    let status = head.status;
+    recycle(response_fields, head.headers);
     Ok(Exchanged {
-        status: head.status,
+        status,
         bytes_out,
         first_byte,
         reusable,

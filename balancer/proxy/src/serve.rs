@@ -19,7 +19,9 @@ use pier_routes::{Action, App, RequestHost};
 use crate::config::Listener;
 use crate::forward::{forward, Forwarded};
 use crate::h1::framing::{BodyKind, RequestFraming};
-use crate::h1::head::{parse_request, HeadLimits, Known, RequestHead, Version};
+use crate::h1::head::{
+    parse_request_into, recycle, HeadLimits, HeaderList, Known, RequestHead, Version,
+};
 use crate::headers::Forwarding;
 use crate::respond::{
     action_response, error_body, https_redirect, AnswerScratch, LocalResponse, ProxyError,
@@ -48,6 +50,9 @@ pub struct Client {
     pub listener: Listener,
     /// Deadlines of the waits for the next head and for the backend's first byte.
     pub timer: crate::util::LazyTimer,
+    /// The field lists of the last request and response, reused for the next heads.
+    pub fields: HeaderList,
+    pub response_fields: HeaderList,
 }
 
 impl Client {
@@ -59,6 +64,8 @@ impl Client {
         }
         self.out = Vec::new();
         self.scratch = Vec::new();
+        self.fields = HeaderList::new();
+        self.response_fields = HeaderList::new();
     }
 }
 
@@ -133,6 +140,8 @@ pub async fn serve_connection(
         peer_ip: crate::headers::client_ip_text(peer),
         listener,
         timer: crate::util::LazyTimer::default(),
+        fields: HeaderList::new(),
+        response_fields: HeaderList::new(),
     };
     let mut first = true;
     loop {
@@ -209,7 +218,7 @@ async fn read_head(
             }
         }
         if !client.buf.is_empty() {
-            match parse_request(&client.buf, &limits) {
+            match parse_request_into(&client.buf, &limits, &mut client.fields) {
                 Ok(Some((len, parts))) => {
                     return Ok(Some(Incoming::Head(
                         parts.into_head(client.buf.split_to(len).freeze()),
@@ -497,6 +506,7 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
     };
     app.record_response(outcome.status);
     finish(w, client, &req, Some(&app), &outcome);
+    recycle(&mut client.fields, req.head.headers);
     outcome.keep_alive && outcome.aborted.is_none()
 }
 

@@ -51,9 +51,20 @@ pub fn random_u64() -> u64 {
     })
 }
 
+/// The two lower-case hex digits of every byte.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
 /// A new request id: a random UUID (version 4 layout) as 36 characters.
 pub fn new_request_id() -> [u8; 36] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let a = random_u64();
     let b = random_u64();
     let mut bytes = [0u8; 16];
@@ -61,16 +72,16 @@ pub fn new_request_id() -> [u8; 36] {
     bytes[8..].copy_from_slice(&b.to_le_bytes());
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let mut out = [b'-'; 36];
-    let mut at = 0;
-    for (i, byte) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            at += 1;
-        }
-        out[at] = HEX[usize::from(byte >> 4)];
-        out[at + 1] = HEX[usize::from(byte & 0xf)];
-        at += 2;
+    let mut hex = [0u8; 32];
+    for (pair, &byte) in hex.chunks_exact_mut(2).zip(&bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
+    let mut out = [b'-'; 36];
+    out[..8].copy_from_slice(&hex[..8]);
+    out[9..13].copy_from_slice(&hex[8..12]);
+    out[14..18].copy_from_slice(&hex[12..16]);
+    out[19..23].copy_from_slice(&hex[16..20]);
+    out[24..].copy_from_slice(&hex[20..]);
     out
 }
 

@@ -182,6 +182,12 @@ pub enum Version {
 /// positions (512 bytes per head) made an idle connection's task kilobytes larger.
 pub type HeaderList = Vec<HeaderPos>;
 
+/// Gives a used field list back for the next head (see [`parse_request_into`]).
+pub fn recycle(spare: &mut HeaderList, mut used: HeaderList) {
+    used.clear();
+    *spare = used;
+}
+
 /// A parsed request head; all slices borrow from `buf`.
 #[derive(Debug, Clone)]
 pub struct RequestHead {
@@ -347,8 +353,9 @@ fn parse_fields(
     mut pos: usize,
     start: usize,
     limits: &HeadLimits,
-) -> Result<Option<(usize, HeaderList)>, HeadError> {
-    let mut headers = HeaderList::new();
+    headers: &mut HeaderList,
+) -> Result<Option<usize>, HeadError> {
+    headers.clear();
     loop {
         let Some(&first) = buf.get(pos) else {
             return incomplete(buf, start, limits);
@@ -360,7 +367,7 @@ fn parse_fields(
                     Some(b'\n') if pos + 2 - start > limits.max_head + 2 => {
                         Err(HeadError::HeadTooLarge)
                     }
-                    Some(b'\n') => Ok(Some((pos + 2, headers))),
+                    Some(b'\n') => Ok(Some(pos + 2)),
                     Some(_) => Err(HeadError::BadHeaderName),
                 };
             }
@@ -468,6 +475,16 @@ pub fn parse_request(
     buf: &[u8],
     limits: &HeadLimits,
 ) -> Result<Option<(usize, RequestParts)>, HeadError> {
+    parse_request_into(buf, limits, &mut HeaderList::new())
+}
+
+/// [`parse_request`] with a field list to fill: a connection passes the list of its previous
+/// request back in, so that parsing a head does not allocate.
+pub fn parse_request_into(
+    buf: &[u8],
+    limits: &HeadLimits,
+    spare: &mut HeaderList,
+) -> Result<Option<(usize, RequestParts)>, HeadError> {
     let mut start = 0;
     while start < 8 && buf[start..].starts_with(b"\r\n") {
         start += 2;
@@ -492,9 +509,10 @@ pub fn parse_request(
         return Err(HeadError::BadTarget);
     }
     let version = parse_version(version, HeadError::BadVersion)?;
-    let Some((end, headers)) = parse_fields(buf, line_end + 2, start, limits)? else {
+    let Some(end) = parse_fields(buf, line_end + 2, start, limits, spare)? else {
         return Ok(None);
     };
+    let headers = std::mem::take(spare);
     let m0 = start as u32;
     let t0 = (start + sp1 + 1) as u32;
     Ok(Some((
@@ -558,6 +576,15 @@ pub fn parse_response(
     buf: &[u8],
     limits: &HeadLimits,
 ) -> Result<Option<(usize, ResponseParts)>, HeadError> {
+    parse_response_into(buf, limits, &mut HeaderList::new())
+}
+
+/// [`parse_response`] with a field list to fill (see [`parse_request_into`]).
+pub fn parse_response_into(
+    buf: &[u8],
+    limits: &HeadLimits,
+    spare: &mut HeaderList,
+) -> Result<Option<(usize, ResponseParts)>, HeadError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -588,9 +615,10 @@ pub fn parse_response(
         }
         Some(_) => return Err(HeadError::BadStatusLine),
     };
-    let Some((end, headers)) = parse_fields(buf, line_end + 2, 0, limits)? else {
+    let Some(end) = parse_fields(buf, line_end + 2, 0, limits, spare)? else {
         return Ok(None);
     };
+    let headers = std::mem::take(spare);
     Ok(Some((
         end,
         ResponseParts {
