@@ -7,6 +7,8 @@
 #   - tls-h1-wrk: wrk -t1 -c 50 over TLS (OpenSSL), HTTP/1.1 keep-alive: the same load as
 #                 tls-h1 from a client that spends less CPU per request than h2load
 #                 (not in the default SCENARIOS; needs wrk)
+#   - tls-h1-pierload: pier-load -t1 -c 50 over TLS (rustls), HTTP/1.1 keep-alive: the same
+#                 load from this project's generator (not in the default SCENARIOS)
 # Rounds are interleaved (nginx, pier, nginx, pier, ...); the table gives medians, the CPU
 # the proxy itself spent per request (from /proc/PID/stat), and per-round ratios pier/nginx.
 #
@@ -47,6 +49,7 @@ if [ -z "$PIER_BIN" ]; then
   PIER_BIN=./target/release/pier-balancer
 fi
 [ "${FLOOR:-0}" = 1 ] && cargo build --release -q -p pier-balancer --example floor_relay
+case " $SCENARIOS " in *" tls-h1-pierload "*) cargo build --release -q -p pier-load ;; esac
 W=$(mktemp -d /tmp/pier-tls-bench.XXXXXX)
 PIDS=()
 CG=""
@@ -173,13 +176,19 @@ run() {
     h2) args=(-c "$CONNS" -m 10 -D "$DURATION") ;;
     tls-h1) args=(--h1 -c "$CONNS" -m 1 -D "$DURATION") ;;
     handshakes) args=(--h1 -c "$HANDSHAKES" -n "$HANDSHAKES" -r 100 --rate-period 10ms) ;;
-    tls-h1-wrk) args=() ;;
+    tls-h1-wrk | tls-h1-pierload) args=() ;;
   esac
   local before after out rps ok
   before=$(cpu_ticks "$pid")
   if [ "$2" = tls-h1-wrk ]; then
     out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c "$CONNS" -d "${DURATION}s" -H "Host: bench.test" \
       "https://127.0.0.1:$port/" 2>&1)
+    after=$(cpu_ticks "$pid")
+    rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
+    ok=$(echo "$out" | awk '/requests in/ {t = $1} /Non-2xx/ {b = $NF} END {print t - b}')
+  elif [ "$2" = tls-h1-pierload ]; then
+    out=$(taskset -c "$CLIENT_CPU" ./target/release/pier-load -t1 -c "$CONNS" -d "${DURATION}s" -k \
+      --connect-to "127.0.0.1:$port" "$url" 2>&1)
     after=$(cpu_ticks "$pid")
     rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
     ok=$(echo "$out" | awk '/requests in/ {t = $1} /Non-2xx/ {b = $NF} END {print t - b}')

@@ -132,7 +132,7 @@ fn framing(version: Version, headers: &[HeaderPos], buf: &[u8]) -> Result<Fields
                     }
                     if coding.eq_ignore_ascii_case(b"chunked") {
                         f.chunked = true;
-                    } else if coding.iter().all(|&b| super::head::is_tchar(b)) {
+                    } else if super::head::is_token(coding) {
                         return Err(FramingError::UnsupportedTransferEncoding);
                     } else {
                         return Err(FramingError::BadTransferEncoding);
@@ -142,7 +142,7 @@ fn framing(version: Version, headers: &[HeaderPos], buf: &[u8]) -> Result<Fields
             Known::Connection => {
                 let v = value(pos);
                 for token in list_items(v) {
-                    if !token.iter().all(|&b| super::head::is_tchar(b)) {
+                    if !super::head::is_token(token) {
                         return Err(FramingError::BadConnectionHeader);
                     }
                     if token.eq_ignore_ascii_case(b"close") {

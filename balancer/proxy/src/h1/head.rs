@@ -280,6 +280,11 @@ static TCHAR: [bool; 256] = {
     t
 };
 
+/// Whether `s` is made of tchars only (an empty `s` is too).
+pub(crate) fn is_token(s: &[u8]) -> bool {
+    s.iter().all(|&b| TCHAR[b as usize])
+}
+
 /// field-vchar / SP / HTAB (RFC 9110 §5.5): everything but CTLs (NUL, CR, LF, DEL …).
 static FIELD_BYTE: [bool; 256] = {
     let mut t = [false; 256];
