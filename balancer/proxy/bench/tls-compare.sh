@@ -10,7 +10,8 @@
 #   - tls-h1-pierload: pier-load -t1 -c 50 over TLS (rustls), HTTP/1.1 keep-alive: the same
 #                 load from this project's generator (not in the default SCENARIOS)
 # Rounds are interleaved (nginx, pier, nginx, pier, ...); the table gives medians, the CPU
-# the proxy itself spent per request (from /proc/PID/stat), and per-round ratios pier/nginx.
+# the proxy itself spent per request (from /proc/PID/stat), per-round ratios pier/nginx, and
+# the CPU the client (h2load, wrk or pier-load) spent per request against each (GNU time).
 #
 #   bash balancer/proxy/bench/tls-compare.sh            # REPEATS=5 DURATION=10 by default
 #
@@ -26,7 +27,7 @@
 # to the backend, no HTTP work at all) in pier's place: the ceiling any proxy could reach here.
 # PIER_BIN=PATH runs that pier-balancer binary instead of building this tree's (to compare
 # builds under the same conditions).
-# Needs: nginx, h2load (nghttp2-client), openssl, taskset.
+# Needs: nginx, h2load (nghttp2-client), openssl, taskset, GNU time (/usr/bin/time).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 REPEATS=${REPEATS:-5}
@@ -40,6 +41,7 @@ PIER_PORT=${PIER_PORT:-29444}
 PIER_HTTP=${PIER_HTTP:-29480}
 PROXY_CPU=${PROXY_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
+[ -x /usr/bin/time ] || { echo "missing /usr/bin/time (apt-get install -y time)" >&2; exit 2; }
 for t in nginx h2load openssl taskset awk; do
   command -v $t >/dev/null || { echo "missing $t (apt-get install -y nginx nghttp2-client openssl)" >&2; exit 2; }
 done
@@ -181,19 +183,19 @@ run() {
   local before after out rps ok
   before=$(cpu_ticks "$pid")
   if [ "$2" = tls-h1-wrk ]; then
-    out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c "$CONNS" -d "${DURATION}s" -H "Host: bench.test" \
+    out=$(/usr/bin/time -f "%U %S" -o "$W/client.time" taskset -c "$CLIENT_CPU" wrk -t1 -c "$CONNS" -d "${DURATION}s" -H "Host: bench.test" \
       "https://127.0.0.1:$port/" 2>&1)
     after=$(cpu_ticks "$pid")
     rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
     ok=$(echo "$out" | awk '/requests in/ {t = $1} /Non-2xx/ {b = $NF} END {print t - b}')
   elif [ "$2" = tls-h1-pierload ]; then
-    out=$(taskset -c "$CLIENT_CPU" ./target/release/pier-load -t1 -c "$CONNS" -d "${DURATION}s" -k \
+    out=$(/usr/bin/time -f "%U %S" -o "$W/client.time" taskset -c "$CLIENT_CPU" ./target/release/pier-load -t1 -c "$CONNS" -d "${DURATION}s" -k \
       --connect-to "127.0.0.1:$port" "$url" 2>&1)
     after=$(cpu_ticks "$pid")
     rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
     ok=$(echo "$out" | awk '/requests in/ {t = $1} /Non-2xx/ {b = $NF} END {print t - b}')
   else
-    out=$(taskset -c "$CLIENT_CPU" h2load -t 1 "${args[@]}" --connect-to "127.0.0.1:$port" "$url" 2>&1)
+    out=$(/usr/bin/time -f "%U %S" -o "$W/client.time" taskset -c "$CLIENT_CPU" h2load -t 1 "${args[@]}" --connect-to "127.0.0.1:$port" "$url" 2>&1)
     after=$(cpu_ticks "$pid")
     rps=$(echo "$out" | awk '/^finished in/ {gsub(",","",$4); print $4}')
     ok=$(echo "$out" | awk '/^status codes:/ {print $3}')
@@ -203,8 +205,10 @@ run() {
     echo "h2load against $1 ($2) gave no answers:" >&2; echo "$out" | tail -5 >&2
     cat "$W/nginx.out" "$W/pier.out" >&2; exit 1
   fi
-  awk -v r="$rps" -v ok="$ok" -v t=$((after - before)) -v hz="$tick_hz" \
-    'BEGIN { printf "%.0f %.1f %d\n", r, (ok > 0 ? t * 1e6 / hz / ok : 0), ok }'
+  local client
+  client=$(awk '{ print $1 + $2 }' "$W/client.time")
+  awk -v r="$rps" -v ok="$ok" -v t=$((after - before)) -v hz="$tick_hz" -v c="$client" \
+    'BEGIN { printf "%.0f %.1f %d %.1f\n", r, (ok > 0 ? t * 1e6 / hz / ok : 0), ok, (ok > 0 ? c * 1e6 / ok : 0) }'
 }
 
 # Warm-up.
@@ -222,8 +226,9 @@ for sc in $SCENARIOS; do
     echo "  $sc round $i: nginx $n | pier $p" >&2
   done
   med() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
-  printf "%-11s nginx %8s req/s %7s us/req | pier %8s req/s %7s us/req | ratio req/s %s cpu %s\n" "$sc" \
+  printf "%-11s nginx %8s req/s %7s us/req | pier %8s req/s %7s us/req | ratio req/s %s cpu %s | client us/req %s %s\n" "$sc" \
     "$(cut -d' ' -f1 "$W/$sc.nginx" | med)" "$(cut -d' ' -f2 "$W/$sc.nginx" | med)" \
     "$(cut -d' ' -f1 "$W/$sc.pier" | med)" "$(cut -d' ' -f2 "$W/$sc.pier" | med)" \
-    "$(cut -d' ' -f1 "$W/$sc.ratio" | med)" "$(cut -d' ' -f2 "$W/$sc.ratio" | med)"
+    "$(cut -d' ' -f1 "$W/$sc.ratio" | med)" "$(cut -d' ' -f2 "$W/$sc.ratio" | med)" \
+    "$(cut -d' ' -f4 "$W/$sc.nginx" | med)" "$(cut -d' ' -f4 "$W/$sc.pier" | med)"
 done
