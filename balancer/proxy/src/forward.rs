@@ -119,6 +119,7 @@ pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<A
             timeouts.connect,
             retries,
             now,
+            req.start,
         )
         .await
         {
@@ -139,8 +140,12 @@ pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<A
         match exchange(w, client, req, &mut conn, &timeouts, hsts).await {
             Ok(done) => {
                 backend.state.record_success();
+                // One reading of the clock for the pool, the access record and the next
+                // request's idle wait.
+                let end = Instant::now();
+                client.last_done = Some(end);
                 if done.reusable && !w.shared.is_shutting_down() {
-                    w.pool.put(conn);
+                    w.pool.put(conn, end);
                 }
                 return Forwarded {
                     status: done.status,
@@ -202,6 +207,9 @@ pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<A
 /// Picks a backend of `app` not in `tried` and gets a connection to it: a pooled one unless
 /// `skip_pool`, else a new one. A backend that cannot be connected to counts a failure
 /// (towards ejection), joins `tried`, and the next one is tried, `retries` times at most.
+/// `now` and `at` are the request's start in wall-clock milliseconds (liveness, ejection) and as
+/// a monotonic instant (the pool's idle check).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn acquire(
     w: &Worker,
     app: &App,
@@ -210,6 +218,7 @@ pub(crate) async fn acquire(
     connect_timeout: Duration,
     retries: usize,
     now: u64,
+    at: Instant,
 ) -> Result<(usize, UpstreamConn), ProxyError> {
     let cfg = &w.shared.config;
     let metrics = &w.shared.metrics;
@@ -220,7 +229,7 @@ pub(crate) async fn acquire(
         };
         let backend = &app.backends[idx];
         if !skip_pool {
-            if let Some(c) = w.pool.take(backend.addr) {
+            if let Some(c) = w.pool.take(backend.addr, at) {
                 metrics.upstream_reused.inc();
                 return Ok((idx, c));
             }

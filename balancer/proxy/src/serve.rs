@@ -28,7 +28,7 @@ use crate::respond::{
 };
 use crate::server::Worker;
 use crate::stream::ClientStream;
-use crate::util::{is_sane_request_id, new_request_id, now_ms};
+use crate::util::{is_sane_request_id, new_request_id, now_ms, wall_ms};
 
 /// How long an idle keep-alive connection is still read from once shutdown begins.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
@@ -53,6 +53,9 @@ pub struct Client {
     /// The field lists of the last request and response, reused for the next heads.
     pub fields: HeaderList,
     pub response_fields: HeaderList,
+    /// When the last answer was complete: one reading of the clock shared by the upstream pool,
+    /// the access record and the wait for the next head. `None` until read.
+    pub last_done: Option<Instant>,
 }
 
 impl Client {
@@ -142,6 +145,7 @@ pub async fn serve_connection(
         timer: crate::util::LazyTimer::default(),
         fields: HeaderList::new(),
         response_fields: HeaderList::new(),
+        last_done: None,
     };
     let mut first = true;
     loop {
@@ -200,7 +204,11 @@ async fn read_head(
 ) -> Result<Option<Incoming>, ProxyError> {
     let cfg = &w.shared.config;
     let limits = limits(w);
-    let entered = Instant::now();
+    // Idle time counts from the end of the last answer.
+    let entered = match client.last_done {
+        Some(t) if !first => t,
+        _ => Instant::now(),
+    };
     // The time of the last wake-up while idle (the idle deadlines are counted from it).
     let mut now = entered;
     let mut started: Option<Instant> = None;
@@ -333,7 +341,8 @@ fn websocket_upgrade(head: &RequestHead, framing: &RequestFraming) -> Option<Byt
 /// Handles one request; returns whether the connection may carry another.
 async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
     let start = Instant::now();
-    let start_ms = now_ms();
+    let start_ms = wall_ms(start);
+    client.last_done = None;
     let cfg = &w.shared.config;
     let framing = match RequestFraming::of(&head) {
         Ok(f) => f,
@@ -588,7 +597,8 @@ pub(crate) fn local_outcome(status: u16, error: Option<ProxyError>, keep_alive: 
 }
 
 /// Metrics and the access log line for one request.
-fn finish(w: &Worker, client: &Client, req: &Request, app: Option<&Arc<App>>, o: &Forwarded) {
+fn finish(w: &Worker, client: &mut Client, req: &Request, app: Option<&Arc<App>>, o: &Forwarded) {
+    let end = *client.last_done.get_or_insert_with(Instant::now);
     record(
         w,
         &Exchange {
@@ -598,6 +608,7 @@ fn finish(w: &Worker, client: &Client, req: &Request, app: Option<&Arc<App>>, o:
             target: req.target(),
             request_id: &req.request_id,
             start: req.start,
+            end,
             protocol: "http/1.1",
         },
         app,
@@ -613,13 +624,15 @@ pub(crate) struct Exchange<'a> {
     pub target: &'a [u8],
     pub request_id: &'a [u8],
     pub start: Instant,
+    /// When the answer was complete.
+    pub end: Instant,
     pub protocol: &'static str,
 }
 
 /// Counts one answered request in the metrics and writes its access log line.
 pub(crate) fn record(w: &Worker, x: &Exchange<'_>, app: Option<&Arc<App>>, o: &Forwarded) {
     let m = &w.shared.metrics;
-    let elapsed = x.start.elapsed();
+    let elapsed = x.end.saturating_duration_since(x.start);
     if o.status != 0 {
         m.response(o.status);
     }

@@ -72,12 +72,13 @@ impl UpstreamPool {
         }
     }
 
-    /// Takes the most recently used live connection to `addr`, if any.
-    pub fn take(&self, addr: SocketAddr) -> Option<UpstreamConn> {
+    /// Takes the most recently used live connection to `addr`, if any. `now` is a recent
+    /// reading of the clock (the request's start).
+    pub fn take(&self, addr: SocketAddr, now: Instant) -> Option<UpstreamConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&addr)?;
         while let Some(mut conn) = list.pop() {
-            if conn.idle_since.elapsed() >= self.idle_timeout {
+            if now.saturating_duration_since(conn.idle_since) >= self.idle_timeout {
                 // Everything below is older still.
                 list.clear();
                 return None;
@@ -90,12 +91,12 @@ impl UpstreamPool {
         None
     }
 
-    /// Returns a connection whose last exchange ended cleanly.
-    pub fn put(&self, mut conn: UpstreamConn) {
+    /// Returns a connection whose last exchange ended cleanly, at `now`.
+    pub fn put(&self, mut conn: UpstreamConn, now: Instant) {
         if self.max_idle == 0 || !conn.buf.is_empty() {
             return;
         }
-        conn.idle_since = Instant::now();
+        conn.idle_since = now;
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.entry(conn.addr).or_default();
         if list.len() >= self.max_idle {
@@ -143,16 +144,16 @@ mod tests {
         let (mut server_a, _) = listener.accept().await.unwrap();
         let b = connect(addr, Duration::from_secs(1)).await.unwrap();
         let (_server_b, _) = listener.accept().await.unwrap();
-        pool.put(b);
-        pool.put(a);
+        pool.put(b, Instant::now());
+        pool.put(a, Instant::now());
         assert_eq!(pool.idle_count(), 2);
         // The server closes `a` (the most recent): take() must skip it and return `b`.
         server_a.shutdown().await.unwrap();
         drop(server_a);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let got = pool.take(addr).expect("b is still alive");
+        let got = pool.take(addr, Instant::now()).expect("b is still alive");
         assert!(got.reused);
-        assert!(pool.take(addr).is_none());
+        assert!(pool.take(addr, Instant::now()).is_none());
     }
 
     #[tokio::test]
@@ -162,7 +163,7 @@ mod tests {
         let pool = UpstreamPool::new(4, Duration::from_millis(20));
         let a = connect(addr, Duration::from_secs(1)).await.unwrap();
         let _s = listener.accept().await.unwrap();
-        pool.put(a);
+        pool.put(a, Instant::now());
         tokio::time::sleep(Duration::from_millis(40)).await;
         pool.reap();
         assert_eq!(pool.idle_count(), 0);

@@ -3,7 +3,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::time::{Instant as TokioInstant, Sleep};
 
@@ -12,6 +12,26 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Milliseconds since the Unix epoch at the monotonic instant `at`, without reading the wall
+/// clock on every request: each thread keeps one pair of readings (monotonic, wall) and takes a
+/// new pair when `at` is a second or more past it (or before it), so the answer follows the
+/// wall clock to within a second of steps and drift.
+pub fn wall_ms(at: Instant) -> u64 {
+    thread_local! {
+        static ANCHOR: Cell<Option<(Instant, u64)>> = const { Cell::new(None) };
+    }
+    ANCHOR.with(|a| match a.get() {
+        Some((mono, wall)) if at >= mono && at - mono < Duration::from_secs(1) => {
+            wall + (at - mono).as_millis() as u64
+        }
+        _ => {
+            let wall = now_ms();
+            a.set(Some((at, wall)));
+            wall
+        }
+    })
 }
 
 /// Runs `f` with the current `Date` value (RFC 9110 §5.6.7), formatted once per second per thread.
@@ -212,6 +232,26 @@ mod tests {
             })
             .await;
         assert_eq!(out, Ok("late"));
+    }
+
+    #[test]
+    fn wall_ms_follows_the_wall_clock_from_one_reading_per_second() {
+        let at = Instant::now();
+        let wall = wall_ms(at);
+        let direct = now_ms();
+        assert!(
+            wall <= direct + 1 && direct.saturating_sub(wall) < 1000,
+            "{wall} vs {direct}"
+        );
+        // Within the second of the anchor, later instants are the anchor plus their distance.
+        assert_eq!(wall_ms(at + Duration::from_millis(250)), wall + 250);
+        assert_eq!(wall_ms(at + Duration::from_millis(999)), wall + 999);
+        // An instant before the anchor takes a new pair of readings.
+        let earlier = at
+            .checked_sub(Duration::from_millis(10))
+            .expect("clock far from zero");
+        let re = wall_ms(earlier);
+        assert!(re >= wall && re <= now_ms(), "{re}");
     }
 
     #[test]

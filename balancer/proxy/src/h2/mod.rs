@@ -41,7 +41,7 @@ use crate::serve::{local_outcome, record, spin, Exchange};
 use crate::server::Worker;
 use crate::stream::ClientStream;
 use crate::upstream::UpstreamConn;
-use crate::util::{is_sane_request_id, new_request_id, now_ms};
+use crate::util::{is_sane_request_id, new_request_id, now_ms, wall_ms};
 use guard::{Alarm, FrameCounter, FrameGuard};
 use io::{RecvBody, SendBody};
 
@@ -197,7 +197,7 @@ async fn handle_stream(
     mut respond: SendResponse<Bytes>,
 ) {
     let start = Instant::now();
-    let start_ms = now_ms();
+    let start_ms = wall_ms(start);
     let (parts, body) = req.into_parts();
     let mut request_id = SmallVec::<[u8; 64]>::new();
     match parts.headers.get("x-request-id") {
@@ -238,6 +238,7 @@ async fn handle_stream(
             target: &target,
             request_id: &request_id,
             start,
+            end: Instant::now(),
             protocol: "h2",
         },
         app.as_ref(),
@@ -612,6 +613,7 @@ async fn forward_h2(
             timeouts.connect,
             retries,
             ctx.start_ms,
+            Instant::now(),
         )
         .await
         {
@@ -645,7 +647,7 @@ async fn forward_h2(
             Ok(done) => {
                 backend.state.record_success();
                 if done.reusable && !w.shared.is_shutting_down() {
-                    w.pool.put(conn);
+                    w.pool.put(conn, Instant::now());
                 }
                 return Forwarded {
                     upstream: Some(backend.addr),
@@ -1174,11 +1176,21 @@ async fn websocket_h2(
     let retries = app.settings.retries.unwrap_or(cfg.upstream.retries) as usize;
     let mut tried: SmallVec<[usize; MAX_TRIED]> = SmallVec::new();
     // A connection of its own: it becomes the tunnel and is never pooled again.
-    let (idx, mut conn) =
-        match acquire(w, app, &mut tried, true, t.connect, retries, ctx.start_ms).await {
-            Ok(c) => c,
-            Err(err) => return answer_error(respond, err, ctx.request_id, false),
-        };
+    let (idx, mut conn) = match acquire(
+        w,
+        app,
+        &mut tried,
+        true,
+        t.connect,
+        retries,
+        ctx.start_ms,
+        Instant::now(),
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(err) => return answer_error(respond, err, ctx.request_id, false),
+    };
     let backend = &app.backends[idx];
     let _outstanding = app.begin(idx);
     let key = crate::util::websocket_key();
