@@ -20,7 +20,7 @@ use pier_routes::App;
 
 use crate::h1::framing::{BodyKind, ResponseFraming};
 use crate::h1::head::{
-    parse_response_into, recycle, HeadError, HeadLimits, HeaderList, ResponseHead, Version,
+    recycle, HeadError, HeadGate, HeadLimits, HeaderList, ResponseHead, Version,
 };
 use crate::headers::{
     client_framing, write_interim, write_request_head, write_response_head, ClientFraming,
@@ -318,8 +318,9 @@ async fn read_final_head(
     fields: &mut HeaderList,
 ) -> Result<ResponseHead, (ProxyError, bool)> {
     let mut got_any = false;
+    let mut gate = HeadGate::default();
     loop {
-        match parse_response_into(buf, &UPSTREAM_HEAD, fields) {
+        match gate.response(buf, &UPSTREAM_HEAD, fields) {
             Ok(Some((len, parts))) => {
                 let head = parts.into_head(buf.split_to(len).freeze());
                 got_any = true;

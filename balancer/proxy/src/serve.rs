@@ -19,9 +19,7 @@ use pier_routes::{Action, App, RequestHost};
 use crate::config::Listener;
 use crate::forward::{forward, Forwarded};
 use crate::h1::framing::{BodyKind, RequestFraming};
-use crate::h1::head::{
-    parse_request_into, recycle, HeadLimits, HeaderList, Known, RequestHead, Version,
-};
+use crate::h1::head::{recycle, HeadGate, HeadLimits, HeaderList, Known, RequestHead, Version};
 use crate::headers::Forwarding;
 use crate::respond::{
     action_response, error_body, https_redirect, AnswerScratch, LocalResponse, ProxyError,
@@ -214,6 +212,7 @@ async fn read_head(
     let mut started: Option<Instant> = None;
     let mut drain_deadline: Option<Instant> = None;
     let h2c = first && cfg.http2.h2c && !client.listener.tls;
+    let mut gate = HeadGate::default();
     loop {
         if h2c && client.buf.first() == Some(&b'P') {
             let n = client.buf.len().min(H2_PREFACE.len());
@@ -226,7 +225,7 @@ async fn read_head(
             }
         }
         if !client.buf.is_empty() {
-            match parse_request_into(&client.buf, &limits, &mut client.fields) {
+            match gate.request(&client.buf, &limits, &mut client.fields) {
                 Ok(Some((len, parts))) => {
                     return Ok(Some(Incoming::Head(
                         parts.into_head(client.buf.split_to(len).freeze()),

@@ -430,6 +430,95 @@ fn parse_fields(
     }
 }
 
+/// Finds the end of a head in `buf`: the offset just past the empty line, or `None` when more
+/// bytes are needed. Also enforces the line and head limits while looking.
+fn find_head_end(
+    buf: &[u8],
+    start: usize,
+    limits: &HeadLimits,
+    is_request: bool,
+) -> Result<Option<usize>, HeadError> {
+    let mut line_start = start;
+    let mut first = true;
+    loop {
+        let Some(nl) = memchr::memchr(b'\n', &buf[line_start..]) else {
+            let pending = buf.len() - line_start;
+            if first && is_request && pending > limits.max_line {
+                return Err(HeadError::LineTooLong);
+            }
+            if buf.len() - start > limits.max_head {
+                return Err(HeadError::HeadTooLarge);
+            }
+            return Ok(None);
+        };
+        let nl = line_start + nl;
+        if nl == line_start || buf[nl - 1] != b'\r' {
+            return Err(HeadError::BareLf);
+        }
+        if first && is_request && nl - line_start > limits.max_line + 1 {
+            return Err(HeadError::LineTooLong);
+        }
+        if nl + 1 - start > limits.max_head + 2 {
+            return Err(HeadError::HeadTooLarge);
+        }
+        if nl == line_start + 1 && !first {
+            return Ok(Some(nl + 1));
+        }
+        first = false;
+        line_start = nl + 1;
+    }
+}
+
+/// Whether a request head that was incomplete at the last try may be complete now: a cheap scan
+/// for the empty line (one `memchr` per line), so that a head sent in many small pieces is parsed
+/// when it can be whole, not at every read (the one-pass parser scans every byte). Also true
+/// when the head is already malformed or over a limit, for the parser to say why.
+#[derive(Debug, Default)]
+pub struct HeadGate {
+    waiting: bool,
+}
+
+impl HeadGate {
+    /// [`parse_request_into`], skipped while the head cannot be complete yet.
+    #[inline]
+    pub fn request(
+        &mut self,
+        buf: &[u8],
+        limits: &HeadLimits,
+        spare: &mut HeaderList,
+    ) -> Result<Option<(usize, RequestParts)>, HeadError> {
+        if self.waiting {
+            let mut start = 0;
+            while start < 8 && buf[start..].starts_with(b"\r\n") {
+                start += 2;
+            }
+            if buf.len() > start && find_head_end(buf, start, limits, true)?.is_none() {
+                return Ok(None);
+            }
+        }
+        let r = parse_request_into(buf, limits, spare);
+        // Only a head that has begun to arrive is waited for.
+        self.waiting = matches!(r, Ok(None)) && !buf.is_empty();
+        r
+    }
+
+    /// [`parse_response_into`], skipped while the head cannot be complete yet.
+    #[inline]
+    pub fn response(
+        &mut self,
+        buf: &[u8],
+        limits: &HeadLimits,
+        spare: &mut HeaderList,
+    ) -> Result<Option<(usize, ResponseParts)>, HeadError> {
+        if self.waiting && find_head_end(buf, 0, limits, false)?.is_none() {
+            return Ok(None);
+        }
+        let r = parse_response_into(buf, limits, spare);
+        self.waiting = matches!(r, Ok(None)) && !buf.is_empty();
+        r
+    }
+}
+
 /// The first line of a head from `start`: the offset of its CR, or `None` when it is not
 /// complete yet. `max_line` limits requests' lines only.
 fn start_line(
@@ -657,45 +746,6 @@ pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 #[cfg(test)]
 pub(crate) mod reference {
     use super::*;
-
-    /// Finds the end of a head in `buf`: the offset just past the empty line, or `None` when more
-    /// bytes are needed. Also enforces the line and head limits while looking.
-    fn find_head_end(
-        buf: &[u8],
-        start: usize,
-        limits: &HeadLimits,
-        is_request: bool,
-    ) -> Result<Option<usize>, HeadError> {
-        let mut line_start = start;
-        let mut first = true;
-        loop {
-            let Some(nl) = memchr::memchr(b'\n', &buf[line_start..]) else {
-                let pending = buf.len() - line_start;
-                if first && is_request && pending > limits.max_line {
-                    return Err(HeadError::LineTooLong);
-                }
-                if buf.len() - start > limits.max_head {
-                    return Err(HeadError::HeadTooLarge);
-                }
-                return Ok(None);
-            };
-            let nl = line_start + nl;
-            if nl == line_start || buf[nl - 1] != b'\r' {
-                return Err(HeadError::BareLf);
-            }
-            if first && is_request && nl - line_start > limits.max_line + 1 {
-                return Err(HeadError::LineTooLong);
-            }
-            if nl + 1 - start > limits.max_head + 2 {
-                return Err(HeadError::HeadTooLarge);
-            }
-            if nl == line_start + 1 && !first {
-                return Ok(Some(nl + 1));
-            }
-            first = false;
-            line_start = nl + 1;
-        }
-    }
 
     /// Splits the lines of a complete head (CRLF already checked) and parses the header fields.
     fn parse_fields_two_pass(
@@ -1025,6 +1075,64 @@ mod tests {
                 _ => prop_assert!(false, "old {:?} new {:?} for {:?}", old, new, String::from_utf8_lossy(input)),
             }
         }
+    }
+
+    /// Feeds `raw` to a gate `step` bytes at a time, as reads would, until it answers.
+    fn gated(raw: &[u8], step: usize) -> Result<Option<(usize, RequestParts)>, HeadError> {
+        let mut gate = HeadGate::default();
+        let mut spare = HeaderList::new();
+        let mut end = 0;
+        loop {
+            end = (end + step).min(raw.len());
+            match gate.request(&raw[..end], &LIMITS, &mut spare) {
+                Ok(None) if end < raw.len() => continue,
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn heads_in_pieces_parse_as_whole_ones() {
+        let raw = b"GET /a HTTP/1.1\r\nHost: x.test\r\nX-A:  v\r\n\r\nGET /next";
+        let (n, whole) = parse_request(raw, &LIMITS).unwrap().unwrap();
+        for step in [1, 2, 3, 7, 16] {
+            let (m, parts) = gated(raw, step).unwrap().unwrap();
+            assert_eq!(m, n);
+            assert_eq!(parts.headers, whole.headers);
+            assert_eq!((parts.method, parts.target), (whole.method, whole.target));
+        }
+        // Refusals still come, at the latest when the head is complete or over a limit.
+        let bad: &[(&[u8], HeadError)] = &[
+            (
+                b"GET / HTTP/1.1\r\nHo(st: a\r\n\r\n",
+                HeadError::BadHeaderName,
+            ),
+            (b"GET / HTTP/1.1\r\nHost: a\n\r\n", HeadError::BareLf),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\n b\r\n\r\n",
+                HeadError::ObsFold,
+            ),
+        ];
+        for (raw, want) in bad {
+            for step in [1, 5] {
+                assert_eq!(gated(raw, step).unwrap_err(), *want, "step {step}");
+            }
+        }
+        let mut big = b"GET / HTTP/1.1\r\n".to_vec();
+        big.extend_from_slice(&[b'x'; 300]);
+        assert_eq!(gated(&big, 1).unwrap_err(), HeadError::HeadTooLarge);
+        // Responses too.
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let mut gate = HeadGate::default();
+        let mut spare = HeaderList::new();
+        for end in 1..resp.len() - 2 {
+            assert!(gate
+                .response(&resp[..end], &LIMITS, &mut spare)
+                .unwrap()
+                .is_none());
+        }
+        let (n, p) = gate.response(resp, &LIMITS, &mut spare).unwrap().unwrap();
+        assert_eq!((n, p.status()), (38, 200));
     }
 
     #[test]

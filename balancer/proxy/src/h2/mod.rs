@@ -31,7 +31,7 @@ use pier_routes::{Action, App, RequestHost};
 use crate::config::Listener;
 use crate::forward::{acquire, Forwarded, Timeouts, UPSTREAM_HEAD_LIMITS};
 use crate::h1::framing::{is_hop_by_hop, BodyKind, ResponseFraming};
-use crate::h1::head::{parse_response, ResponseHead};
+use crate::h1::head::{HeadGate, HeaderList, ResponseHead};
 use crate::headers::{put_u64, write_upstream_head, Forwarding};
 use crate::relay::{relay_body, write_all_timed, OutCoding, RelayError, RelayLimits};
 use crate::respond::{
@@ -916,8 +916,10 @@ async fn read_response_head(
 ) -> Result<ResponseHead, (ProxyError, bool)> {
     use tokio::io::AsyncReadExt;
     let mut got_any = false;
+    let mut gate = HeadGate::default();
+    let mut fields = HeaderList::new();
     loop {
-        match parse_response(buf, &UPSTREAM_HEAD_LIMITS) {
+        match gate.response(buf, &UPSTREAM_HEAD_LIMITS, &mut fields) {
             Ok(Some((len, parts))) => {
                 got_any = true;
                 let head = parts.into_head(buf.split_to(len).freeze());
