@@ -23,27 +23,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 for t in nginx wrk taskset awk; do
   command -v $t >/dev/null || { echo "missing $t (apt-get install -y nginx wrk)" >&2; exit 2; }
 done
-W=$(mktemp -d /tmp/pier-ab.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
-
-awk -v b=127.0.0.1:$BACKEND_PORT 'BEGIN { for (i = 0; i < 1000; i++) printf "h%d.bench.test %s\n", i, b }' >"$W/hosts.txt"
-cat >"$W/backend.conf" <<CONF
-worker_processes 1;
-pid $W/backend.pid;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  client_body_temp_path $W/cb; proxy_temp_path $W/p; fastcgi_temp_path $W/f;
-  uwsgi_temp_path $W/u; scgi_temp_path $W/s;
-  keepalive_timeout 65; keepalive_requests 100000000;
-  server { listen 127.0.0.1:$BACKEND_PORT backlog=4096; location / { return 200 "ok\n"; } }
-}
-CONF
+. "$here/lib.sh"
+bench_workdir ab
+bench_hosts "$W/hosts.txt" "$BACKEND_PORT"
 cat >"$W/hosts.lua" <<'LUA'
 local reqs, n, i = {}, 1000, 0
 function init(args)
@@ -52,8 +34,7 @@ end
 function request() i = i + 1; if i > n then i = 1 end; return reqs[i] end
 function done(s) io.write(string.format("RESULT %.1f\n", s.requests / (s.duration / 1e6))) end
 LUA
-taskset -c 1 nginx -p "$W" -c "$W/backend.conf" -e "$W/backend.err" -g 'daemon off;' &
-PIDS+=($!)
+bench_backend "$BACKEND_PORT" 1
 PIER_BALANCER=$A setsid taskset -c 0 bash "$here/compare-run.sh" "$PORT_A" "$W/hosts.txt" >"$W/a.out" 2>&1 &
 PIDS+=($!)
 PIER_BALANCER=$B setsid taskset -c 0 bash "$here/compare-run.sh" "$PORT_B" "$W/hosts.txt" >"$W/b.out" 2>&1 &

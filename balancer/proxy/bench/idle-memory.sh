@@ -15,26 +15,9 @@ BIN=${1:-$here/../../../target/release/pier-balancer}
 N=${N:-6000}
 BACKEND_PORT=${BACKEND_PORT:-29301}
 PORT=${PORT:-29370}
-W=$(mktemp -d /tmp/pier-idle.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
-
-awk -v b=127.0.0.1:$BACKEND_PORT 'BEGIN { for (i = 0; i < 1000; i++) printf "h%d.bench.test %s\n", i, b }' >"$W/hosts.txt"
-cat >"$W/backend.conf" <<CONF
-worker_processes 1;
-pid $W/backend.pid;
-events { worker_connections 65536; }
-http {
-  access_log off;
-  client_body_temp_path $W/cb; proxy_temp_path $W/p; fastcgi_temp_path $W/f;
-  uwsgi_temp_path $W/u; scgi_temp_path $W/s;
-  server { listen 127.0.0.1:$BACKEND_PORT backlog=4096; location / { return 200 "ok\n"; } }
-}
-CONF
+. "$here/lib.sh"
+bench_workdir idle
+bench_hosts "$W/hosts.txt" "$BACKEND_PORT"
 cat >"$W/hold.py" <<'PY'
 import resource, socket, sys, time
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -49,8 +32,7 @@ ok = sum(1 for s in socks if s.recv(65536).startswith(b"HTTP/1.1 200"))
 print(f"{ok} of {n} answered", flush=True)
 time.sleep(hold)
 PY
-nginx -p "$W" -c "$W/backend.conf" -e "$W/backend.err" -g 'daemon off;' &
-PIDS+=($!)
+bench_backend "$BACKEND_PORT"
 PIER_BALANCER=$BIN setsid bash "$here/compare-run.sh" "$PORT" "$W/hosts.txt" >"$W/pier.out" 2>&1 &
 PIDS+=($!)
 sleep 2

@@ -29,52 +29,11 @@ if [ -z "$BIN" ]; then
   BIN=./target/release/pier-balancer
 fi
 BIN=$(realpath "$BIN")
-W=$(mktemp -d /tmp/pier-instr.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  [ -n "${KEEP:-}" ] || rm -rf "$W"
-}
-trap cleanup EXIT
-
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 90 \
-  -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test" \
-  -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
-cat > "$W/backend.conf" <<CONF
-worker_processes 1;
-pid $W/backend.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_timeout 65; keepalive_requests 100000000;
-  server { listen 127.0.0.1:$BACKEND_PORT; location / { return 200 "ok\n"; } }
-}
-CONF
-cat > "$W/routes.toml" <<ROUTES
-[[app]]
-name = "bench"
-domains = ["bench.test"]
-backends = ["127.0.0.1:$BACKEND_PORT"]
-ROUTES
-cat > "$W/balancer.toml" <<CONF
-[listen]
-http = ["127.0.0.1:$HTTP_PORT"]
-https = ["127.0.0.1:$HTTPS_PORT"]
-[tls]
-cert = "cert.pem"
-key = "key.pem"
-[routes]
-file = "routes.toml"
-watch = false
-[runtime]
-workers = 1
-[log]
-level = "warn"
-access = false
-CONF
-taskset -c 1 nginx -p "$W" -c "$W/backend.conf" -g 'daemon off;' >"$W/backend.out" 2>&1 &
-PIDS+=($!)
+. balancer/proxy/bench/lib.sh
+bench_workdir instr
+bench_cert
+bench_backend "$BACKEND_PORT" 1
+bench_tls_balancer "$HTTP_PORT" "$HTTPS_PORT" "$BACKEND_PORT"
 taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" --compress-strings=no \
   --compress-pos=no "$BIN" --config "$W/balancer.toml" >"$W/pier.out" 2>&1 &
 VG=$!

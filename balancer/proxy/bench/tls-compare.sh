@@ -52,34 +52,12 @@ if [ -z "$PIER_BIN" ]; then
 fi
 [ "${FLOOR:-0}" = 1 ] && cargo build --release -q -p pier-balancer --example floor_relay
 case " $SCENARIOS " in *" tls-h1-pierload "*) cargo build --release -q -p pier-load ;; esac
-W=$(mktemp -d /tmp/pier-tls-bench.XXXXXX)
-PIDS=()
+. balancer/proxy/bench/lib.sh
+bench_workdir tls-bench
 CG=""
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  if [ -n "$CG" ]; then rmdir "$CG" 2>/dev/null || true; fi
-  rm -rf "$W"
-}
-trap cleanup EXIT
-
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 90 \
-  -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test" \
-  -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
-
-cat > "$W/backend.conf" <<CONF
-worker_processes 1;
-pid $W/backend.pid;
-events { worker_connections 16384; }
-http {
-  access_log off;
-  keepalive_timeout 65; keepalive_requests 100000000;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT backlog=4096;
-    location / { return 200 "ok\n"; }
-  }
-}
-CONF
+bench_on_exit() { if [ -n "$CG" ]; then rmdir "$CG" 2>/dev/null || true; fi; }
+bench_cert
+bench_backend "$BACKEND_PORT" "$CLIENT_CPU"
 EXTRA_NGINX=""
 if [ "${EQUAL_HEADERS:-0}" = 1 ]; then
   EXTRA_NGINX='      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
@@ -120,32 +98,8 @@ $EXTRA_NGINX
   }
 }
 CONF
-cat > "$W/routes.toml" <<ROUTES
-[[app]]
-name = "bench"
-domains = ["bench.test"]
-backends = ["127.0.0.1:$BACKEND_PORT"]
-ROUTES
-cat > "$W/balancer.toml" <<CONF
-[listen]
-http = ["127.0.0.1:$PIER_HTTP"]
-https = ["127.0.0.1:$PIER_PORT"]
-[tls]
-cert = "cert.pem"
-key = "key.pem"
-[routes]
-file = "routes.toml"
-watch = false
-[runtime]
-workers = 1
-max_connections = 200000
-[log]
-level = "warn"
-access = false
-CONF
+bench_tls_balancer "$PIER_HTTP" "$PIER_PORT" "$BACKEND_PORT"
 
-taskset -c "$CLIENT_CPU" nginx -p "$W" -c "$W/backend.conf" -g 'daemon off;' >"$W/backend.out" 2>&1 &
-PIDS+=($!)
 taskset -c "$PROXY_CPU" nginx -p "$W" -c "$W/nginx.conf" -g 'daemon off;' >"$W/nginx.out" 2>&1 &
 PIDS+=($!)
 if [ "${FLOOR:-0}" = 1 ]; then

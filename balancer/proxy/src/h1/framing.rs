@@ -63,8 +63,7 @@ impl FramingError {
 /// Header names a proxy never forwards (RFC 9110 §7.6.1), plus the framing fields pier writes
 /// itself. (Parsed HTTP/1 heads carry this as [`Known::is_hop_by_hop`] on each field.)
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    // Cheap pre-filter: every such name is 2..=17 bytes long.
-    (2..=17).contains(&name.len()) && Known::of(name).is_hop_by_hop()
+    Known::of(name).is_hop_by_hop()
 }
 
 /// What the framing headers of a message say, shared by requests and responses.

@@ -488,10 +488,7 @@ impl HeadGate {
         spare: &mut HeaderList,
     ) -> Result<Option<(usize, RequestParts)>, HeadError> {
         if self.waiting {
-            let mut start = 0;
-            while start < 8 && buf[start..].starts_with(b"\r\n") {
-                start += 2;
-            }
+            let start = empty_lines(buf);
             if buf.len() > start && find_head_end(buf, start, limits, true)?.is_none() {
                 return Ok(None);
             }
@@ -562,6 +559,70 @@ fn parse_version(v: &[u8], bad: HeadError) -> Result<Version, HeadError> {
     }
 }
 
+/// How many bytes of empty lines precede a request line: up to four CRLFs are skipped, as
+/// RFC 9112 §2.2 asks of servers.
+fn empty_lines(buf: &[u8]) -> usize {
+    let mut start = 0;
+    while start < 8 && buf[start..].starts_with(b"\r\n") {
+        start += 2;
+    }
+    start
+}
+
+/// The method and target (as positions in the head, which begins `start` bytes before `line`)
+/// and the version of a request line.
+type RequestLine = ((u32, u32), (u32, u32), Version);
+
+fn request_line(line: &[u8], start: usize) -> Result<RequestLine, HeadError> {
+    let sp1 = memchr::memchr(b' ', line).ok_or(HeadError::BadRequestLine)?;
+    let rest = &line[sp1 + 1..];
+    let sp2 = memchr::memchr(b' ', rest).ok_or(HeadError::BadRequestLine)?;
+    let method = &line[..sp1];
+    let target = &rest[..sp2];
+    if method.is_empty() || !method.iter().all(|&b| TCHAR[b as usize]) {
+        return Err(HeadError::BadMethod);
+    }
+    if target.is_empty() || !target.iter().all(|&b| TARGET_BYTE[b as usize]) {
+        return Err(HeadError::BadTarget);
+    }
+    let version = parse_version(&rest[sp2 + 1..], HeadError::BadVersion)?;
+    let m0 = start as u32;
+    let t0 = (start + sp1 + 1) as u32;
+    Ok((
+        (m0, m0 + method.len() as u32),
+        (t0, t0 + target.len() as u32),
+        version,
+    ))
+}
+
+/// The version, status and reason-phrase position of a status line (at the head's start).
+fn status_line(line: &[u8]) -> Result<(Version, u16, (u32, u32)), HeadError> {
+    // status-line = HTTP-version SP 3DIGIT SP [ reason-phrase ]; a missing final SP is tolerated.
+    if line.len() < 12 || line[8] != b' ' {
+        return Err(HeadError::BadStatusLine);
+    }
+    let version = parse_version(&line[..8], HeadError::BadStatusLine)?;
+    let code = &line[9..12];
+    if !code.iter().all(u8::is_ascii_digit) || code[0] == b'0' {
+        return Err(HeadError::BadStatusLine);
+    }
+    let status = code
+        .iter()
+        .fold(0u16, |acc, &d| acc * 10 + u16::from(d - b'0'));
+    let reason = match line.get(12) {
+        None => (12, 12),
+        Some(b' ') => {
+            let r = &line[13..];
+            if !r.iter().all(|&b| FIELD_BYTE[b as usize]) {
+                return Err(HeadError::BadStatusLine);
+            }
+            (13, line.len() as u32)
+        }
+        Some(_) => return Err(HeadError::BadStatusLine),
+    };
+    Ok((version, status, reason))
+}
+
 /// Parses a request head at the start of `buf`. `Ok(None)` asks for more bytes; on success
 /// returns the head and its length (the caller splits that many bytes off). Up to a few empty
 /// lines before the request line are skipped, as RFC 9112 §2.2 asks of servers.
@@ -579,41 +640,23 @@ pub fn parse_request_into(
     limits: &HeadLimits,
     spare: &mut HeaderList,
 ) -> Result<Option<(usize, RequestParts)>, HeadError> {
-    let mut start = 0;
-    while start < 8 && buf[start..].starts_with(b"\r\n") {
-        start += 2;
-    }
+    let start = empty_lines(buf);
     if buf.len() <= start {
         return Ok(None);
     }
     let Some(line_end) = start_line(buf, start, limits, Some(limits.max_line))? else {
         return Ok(None);
     };
-    let line = &buf[start..line_end];
-    let sp1 = memchr::memchr(b' ', line).ok_or(HeadError::BadRequestLine)?;
-    let rest = &line[sp1 + 1..];
-    let sp2 = memchr::memchr(b' ', rest).ok_or(HeadError::BadRequestLine)?;
-    let method = &line[..sp1];
-    let target = &rest[..sp2];
-    let version = &rest[sp2 + 1..];
-    if method.is_empty() || !method.iter().all(|&b| TCHAR[b as usize]) {
-        return Err(HeadError::BadMethod);
-    }
-    if target.is_empty() || !target.iter().all(|&b| TARGET_BYTE[b as usize]) {
-        return Err(HeadError::BadTarget);
-    }
-    let version = parse_version(version, HeadError::BadVersion)?;
+    let (method, target, version) = request_line(&buf[start..line_end], start)?;
     let Some(end) = parse_fields(buf, line_end + 2, start, limits, spare)? else {
         return Ok(None);
     };
     let headers = std::mem::take(spare);
-    let m0 = start as u32;
-    let t0 = (start + sp1 + 1) as u32;
     Ok(Some((
         end,
         RequestParts {
-            method: (m0, m0 + method.len() as u32),
-            target: (t0, t0 + target.len() as u32),
+            method,
+            target,
             version,
             headers,
         },
@@ -685,30 +728,7 @@ pub fn parse_response_into(
     let Some(line_end) = start_line(buf, 0, limits, None)? else {
         return Ok(None);
     };
-    let line = &buf[..line_end];
-    // status-line = HTTP-version SP 3DIGIT SP [ reason-phrase ]; a missing final SP is tolerated.
-    if line.len() < 12 || line[8] != b' ' {
-        return Err(HeadError::BadStatusLine);
-    }
-    let version = parse_version(&line[..8], HeadError::BadStatusLine)?;
-    let code = &line[9..12];
-    if !code.iter().all(u8::is_ascii_digit) || code[0] == b'0' {
-        return Err(HeadError::BadStatusLine);
-    }
-    let status = code
-        .iter()
-        .fold(0u16, |acc, &d| acc * 10 + u16::from(d - b'0'));
-    let reason = match line.get(12) {
-        None => (12, 12),
-        Some(b' ') => {
-            let r = &line[13..];
-            if !r.iter().all(|&b| FIELD_BYTE[b as usize]) {
-                return Err(HeadError::BadStatusLine);
-            }
-            (13, line.len() as u32)
-        }
-        Some(_) => return Err(HeadError::BadStatusLine),
-    };
+    let (version, status, reason) = status_line(&buf[..line_end])?;
     let Some(end) = parse_fields(buf, line_end + 2, 0, limits, spare)? else {
         return Ok(None);
     };
@@ -741,8 +761,8 @@ pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// The parser as it was before the one-pass field scan (two passes: line ends first, then
-/// fields), kept to check the one-pass parser against: both must accept the same heads with the
-/// same fields, and refuse the same inputs.
+/// fields; the start lines are read by the same functions), kept to check the one-pass parser
+/// against: both must accept the same heads with the same fields, and refuse the same inputs.
 #[cfg(test)]
 pub(crate) mod reference {
     use super::*;
@@ -809,10 +829,7 @@ pub(crate) mod reference {
         buf: &[u8],
         limits: &HeadLimits,
     ) -> Result<Option<(usize, RequestParts)>, HeadError> {
-        let mut start = 0;
-        while start < 8 && buf[start..].starts_with(b"\r\n") {
-            start += 2;
-        }
+        let start = empty_lines(buf);
         if buf.len() <= start {
             return Ok(None);
         }
@@ -820,28 +837,13 @@ pub(crate) mod reference {
             return Ok(None);
         };
         let line_end = start + memchr::memchr(b'\n', &buf[start..end]).unwrap_or(0) - 1;
-        let line = &buf[start..line_end];
-        let sp1 = memchr::memchr(b' ', line).ok_or(HeadError::BadRequestLine)?;
-        let rest = &line[sp1 + 1..];
-        let sp2 = memchr::memchr(b' ', rest).ok_or(HeadError::BadRequestLine)?;
-        let method = &line[..sp1];
-        let target = &rest[..sp2];
-        let version = &rest[sp2 + 1..];
-        if method.is_empty() || !method.iter().all(|&b| TCHAR[b as usize]) {
-            return Err(HeadError::BadMethod);
-        }
-        if target.is_empty() || !target.iter().all(|&b| TARGET_BYTE[b as usize]) {
-            return Err(HeadError::BadTarget);
-        }
-        let version = parse_version(version, HeadError::BadVersion)?;
+        let (method, target, version) = request_line(&buf[start..line_end], start)?;
         let headers = parse_fields_two_pass(buf, line_end + 2, end, limits)?;
-        let m0 = start as u32;
-        let t0 = (start + sp1 + 1) as u32;
         Ok(Some((
             end,
             RequestParts {
-                method: (m0, m0 + method.len() as u32),
-                target: (t0, t0 + target.len() as u32),
+                method,
+                target,
                 version,
                 headers,
             },
@@ -859,30 +861,7 @@ pub(crate) mod reference {
         let line_end = memchr::memchr(b'\n', &buf[..end])
             .unwrap_or(0)
             .saturating_sub(1);
-        let line = &buf[..line_end];
-        // status-line = HTTP-version SP 3DIGIT SP [ reason-phrase ]; a missing final SP is tolerated.
-        if line.len() < 12 || line[8] != b' ' {
-            return Err(HeadError::BadStatusLine);
-        }
-        let version = parse_version(&line[..8], HeadError::BadStatusLine)?;
-        let code = &line[9..12];
-        if !code.iter().all(u8::is_ascii_digit) || code[0] == b'0' {
-            return Err(HeadError::BadStatusLine);
-        }
-        let status = code
-            .iter()
-            .fold(0u16, |acc, &d| acc * 10 + u16::from(d - b'0'));
-        let reason = match line.get(12) {
-            None => (12, 12),
-            Some(b' ') => {
-                let r = &line[13..];
-                if !r.iter().all(|&b| FIELD_BYTE[b as usize]) {
-                    return Err(HeadError::BadStatusLine);
-                }
-                (13, line.len() as u32)
-            }
-            Some(_) => return Err(HeadError::BadStatusLine),
-        };
+        let (version, status, reason) = status_line(&buf[..line_end])?;
         let headers = parse_fields_two_pass(buf, line_end + 2, end, limits)?;
         Ok(Some((
             end,
@@ -957,15 +936,13 @@ mod tests {
             for b in 0..=255u8 {
                 let mut v = *b"ab\tdefghijklmnopq";
                 v[at] = b;
-                let expected = v.iter().position(|&c| !FIELD_BYTE[c as usize]);
-                assert_eq!(find_value_end(&v, 0), expected, "byte {b:#x} at {at}");
-                assert_eq!(
-                    find_value_end(&v, 1),
-                    v[1..]
+                for from in [0, 1] {
+                    let expected = v[from..]
                         .iter()
                         .position(|&c| !FIELD_BYTE[c as usize])
-                        .map(|k| k + 1)
-                );
+                        .map(|k| k + from);
+                    assert_eq!(find_value_end(&v, from), expected, "byte {b:#x} at {at}");
+                }
             }
         }
         assert_eq!(find_value_end(b"", 0), None);

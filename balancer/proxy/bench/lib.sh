@@ -1,0 +1,86 @@
+# Shared pieces of the benchmark scripts in this folder (sourced, not run).
+#
+#   bench_workdir NAME          work directory $W, process list PIDS, cleanup on exit (processes
+#                               or their groups killed; then a function bench_on_exit, if
+#                               defined; $W removed unless KEEP=1)
+#   bench_backend PORT [CPU]    nginx, one worker, `return 200 "ok\n"` on 127.0.0.1:PORT, keep-alive
+#                               never recycled, pinned to CPU if given; its PID joins PIDS
+#   bench_cert                  a fresh ECDSA P-256 certificate for bench.test in $W/cert.pem,
+#                               $W/key.pem (the key type both nginx and pier are measured with)
+#   bench_tls_balancer H S B    pier-balancer config for bench.test over TLS (see below)
+#   bench_hosts FILE PORT       1000 names h<i>.bench.test, each to 127.0.0.1:PORT (the hosts file
+#                               format of compare.sh and compare-run.sh)
+
+bench_workdir() {
+  W=$(mktemp -d "/tmp/pier-$1.XXXXXX")
+  PIDS=()
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  for p in "${PIDS[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done
+  sleep 0.3
+  if declare -F bench_on_exit >/dev/null; then bench_on_exit; fi
+  [ -n "${KEEP:-}" ] || rm -rf "$W"
+}
+
+bench_backend() {
+  local port=$1 cpu=${2:-}
+  cat >"$W/backend.conf" <<CONF
+worker_processes 1;
+pid $W/backend.pid;
+events { worker_connections 65536; }
+http {
+  access_log off;
+  client_body_temp_path $W/cb; proxy_temp_path $W/p; fastcgi_temp_path $W/f;
+  uwsgi_temp_path $W/u; scgi_temp_path $W/s;
+  keepalive_timeout 65; keepalive_requests 100000000;
+  server { listen 127.0.0.1:$port backlog=4096; location / { return 200 "ok\n"; } }
+}
+CONF
+  if [ -n "$cpu" ]; then
+    taskset -c "$cpu" nginx -p "$W" -c "$W/backend.conf" -e "$W/backend.err" -g 'daemon off;' >"$W/backend.out" 2>&1 &
+  else
+    nginx -p "$W" -c "$W/backend.conf" -e "$W/backend.err" -g 'daemon off;' >"$W/backend.out" 2>&1 &
+  fi
+  PIDS+=($!)
+}
+
+bench_cert() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 90 \
+    -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test" \
+    -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
+}
+
+bench_hosts() {
+  awk -v b="127.0.0.1:$2" 'BEGIN { for (i = 0; i < 1000; i++) printf "h%d.bench.test %s\n", i, b }' >"$1"
+}
+
+# bench_tls_balancer HTTP_PORT HTTPS_PORT BACKEND_PORT: $W/routes.toml (app "bench", domain
+# bench.test, one backend) and $W/balancer.toml (one worker, TLS with bench_cert's pair, access
+# log off) for pier-balancer.
+bench_tls_balancer() {
+  cat >"$W/routes.toml" <<ROUTES
+[[app]]
+name = "bench"
+domains = ["bench.test"]
+backends = ["127.0.0.1:$3"]
+ROUTES
+  cat >"$W/balancer.toml" <<CONF
+[listen]
+http = ["127.0.0.1:$1"]
+https = ["127.0.0.1:$2"]
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+[routes]
+file = "routes.toml"
+watch = false
+[runtime]
+workers = 1
+max_connections = 200000
+[log]
+level = "warn"
+access = false
+CONF
+}
