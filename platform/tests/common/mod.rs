@@ -21,12 +21,23 @@ use tokio::net::TcpListener;
 
 pub const OPERATOR: &str = "op-secret-token-for-tests";
 
+/// A loopback port nothing listens on right now, never handed out before by this process: the
+/// kernel can give the same port to two `bind(0)` calls in a row once the first socket is closed,
+/// and a test that asks for two ports (a listener and an admin port) must not get one twice.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    // Hold every socket tried until a new port comes up, so the kernel cannot offer one again.
+    let mut held = Vec::new();
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+        held.push(l);
+    }
 }
 
 /// A private `redis-server` on a free port, killed when dropped.

@@ -14,12 +14,23 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// A loopback port nothing listens on right now, never handed out before by this process: the
+/// kernel can give the same port to two `bind(0)` calls in a row once the first socket is closed,
+/// and a test that asks for two ports (a listener and an admin port) must not get one twice.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    // Hold every socket tried until a new port comes up, so the kernel cannot offer one again.
+    let mut held = Vec::new();
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+        held.push(l);
+    }
 }
 
 /// A running balancer process. Killed when dropped.
@@ -33,10 +44,17 @@ pub struct Balancer {
 
 impl Balancer {
     /// Starts a balancer with `routes` as its routes file and `extra` appended to its config.
+    /// A port chosen here can be taken by another test process before the balancer binds it;
+    /// such a start is tried again on new ports (twice at most), any other failure is final.
     pub async fn start(routes: &str, extra: &str) -> Balancer {
-        Self::try_start(routes, extra)
-            .await
-            .expect("balancer starts")
+        let mut tries = 0;
+        loop {
+            match Self::try_start(routes, extra).await {
+                Ok(b) => return b,
+                Err(e) if tries < 2 && e.contains("Address already in use") => tries += 1,
+                Err(e) => panic!("balancer starts: {e}"),
+            }
+        }
     }
 
     pub async fn try_start(routes: &str, extra: &str) -> Result<Balancer, String> {
