@@ -995,8 +995,9 @@ async fn verifier_skips_a_dead_backend_and_gives_up_on_a_silent_one() {
         .verify(&challenge(vec![silent_addr.clone(), dead]))
         .await
         .unwrap_err();
+    // 300 ms for the silent one; the default timeout would take 5 s.
     assert!(
-        start.elapsed() < Duration::from_secs(2),
+        start.elapsed() < Duration::from_secs(4),
         "{:?}",
         start.elapsed()
     );

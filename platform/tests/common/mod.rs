@@ -48,6 +48,13 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        // A port chosen here can be taken by another process before redis-server binds it; the
+        // server then exits at once, and is started again on another port (twice at most).
+        for _ in 0..2 {
+            if let Some(server) = Self::try_start_on(free_port()) {
+                return server;
+            }
+        }
         Self::start_on(free_port())
     }
 
@@ -61,6 +68,11 @@ impl RedisServer {
     }
 
     fn start_on(port: u16) -> RedisServer {
+        Self::try_start_on(port).expect("redis-server starts")
+    }
+
+    /// The server on `port` once it answers PING, or None if it exited (port taken).
+    fn try_start_on(port: u16) -> Option<RedisServer> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
@@ -68,11 +80,14 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (apt-get install redis-server)");
-        let server = RedisServer { child, port };
+        let mut server = RedisServer { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            if let Ok(Some(_)) = server.child.try_wait() {
+                return None; // exited already (its port was taken)
+            }
             if server.ping() {
-                return server;
+                return Some(server);
             }
             assert!(
                 Instant::now() < deadline,
