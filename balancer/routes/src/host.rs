@@ -118,7 +118,9 @@ impl RequestHost {
                 HostError::InvalidChar
             });
         }
-        if !bracketed && host.windows(2).any(|w| w == b"..") {
+        // An empty label: two dots in a row, or a dot left at the end once one was stripped
+        // ("a.example.com.." is not "a.example.com.").
+        if !bracketed && (host.ends_with(b".") || host.windows(2).any(|w| w == b"..")) {
             return Err(HostError::InvalidChar);
         }
         out.len = host.len() as u8;
@@ -277,6 +279,9 @@ mod tests {
         assert_eq!(host("a/b"), Err(HostError::InvalidChar));
         assert_eq!(host("a@b"), Err(HostError::InvalidChar));
         assert_eq!(host("a..b"), Err(HostError::InvalidChar));
+        // One trailing dot is stripped; a second is an empty label (found by fuzzing).
+        assert_eq!(host("x.1b.."), Err(HostError::InvalidChar));
+        assert_eq!(host("a.test..:80"), Err(HostError::InvalidChar));
         assert_eq!(host(".a"), Err(HostError::InvalidChar));
         assert_eq!(host("a:8x"), Err(HostError::InvalidPort));
         assert_eq!(host("a:99999"), Err(HostError::InvalidPort));

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs pier-balancer's fuzz targets with libFuzzer, each for a while (bounded, stops by itself).
+#
+#   bash balancer/proxy/fuzz/run.sh                 # every target, 60 s each
+#   SECONDS_EACH=600 bash balancer/proxy/fuzz/run.sh h1_request chunked
+#
+# Needs cargo-fuzz (installed here when missing). libFuzzer's instrumentation needs unstable
+# compiler flags: on a stable toolchain RUSTC_BOOTSTRAP=1 allows them for this build only.
+# Safe Rust cannot corrupt memory, so no sanitizer: the targets look for panics (including
+# their own assertions), hangs and unbounded memory. Findings land in fuzz/artifacts/TARGET/;
+# a crash input replays with `cargo fuzz run TARGET FILE` from balancer/proxy/.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here/.."
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+export RUSTC_BOOTSTRAP=1
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(h1_request h1_response chunked host)
+secs="${SECONDS_EACH:-60}"
+for t in "${targets[@]}"; do
+  corpus="$here/corpus/$t"
+  mkdir -p "$corpus"
+  seeds=()
+  [ -d "$here/seeds/$t" ] && seeds=("$here/seeds/$t")
+  dict=()
+  [ -f "$here/http.dict" ] && [ "$t" != host ] && dict=(-dict="$here/http.dict")
+  mkdir -p "$here/artifacts"
+  log="$here/artifacts/$t.log"
+  echo "== $t ($secs s; log: $log)"
+  if ! cargo fuzz run --sanitizer none --release "$t" "$corpus" "${seeds[@]}" -- \
+    -max_total_time="$secs" -max_len=4096 -timeout=10 -rss_limit_mb=2048 "${dict[@]}" \
+    -print_final_stats=1 >"$log" 2>&1; then
+    tail -40 "$log" >&2
+    echo "!! $t failed; inputs that fail are in $here/artifacts/$t/" >&2
+    exit 1
+  fi
+  grep -E "^#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb" "$log" || true
+done
