@@ -2,8 +2,9 @@
 //!
 //! Bodies are never held whole: at most one read buffer's worth is in memory at a time, so a
 //! 1 GiB upload or download passes with flat memory. Chunked input is decoded and re-encoded
-//! canonically (no extensions); trailers are passed on when the output is chunked and dropped
-//! when it is not (RFC 9110 §6.5.1 lets a recipient discard them).
+//! canonically (no extensions); trailers are passed on when the output is chunked, handed to
+//! the caller for an HTTP/2 client ([`OutCoding::IdentityKeepTrailers`]), and dropped when the
+//! output is an HTTP/1 body without chunks (RFC 9110 §6.5.1 lets a recipient discard them).
 
 use std::future::Future;
 use std::io;
@@ -23,6 +24,10 @@ pub enum OutCoding {
     Identity,
     /// Re-chunked.
     Chunked,
+    /// The bytes as they are; a chunked source's trailer fields that may be passed on are left
+    /// in `scratch` (`name: value` CRLF lines) for the caller, which sends them its own way (an
+    /// HTTP/2 trailers frame).
+    IdentityKeepTrailers,
 }
 
 /// Where a relay failed.
@@ -219,15 +224,19 @@ where
                     }
                     Decoded::Done => {
                         buf.advance(used);
+                        scratch.clear();
                         if out == OutCoding::Chunked {
-                            scratch.clear();
                             scratch.extend_from_slice(b"0\r\n");
+                        }
+                        if out != OutCoding::Identity {
                             for (name, line) in trailer_fields(dec.trailers()) {
                                 if !forbidden_trailer(name) {
                                     scratch.extend_from_slice(line);
                                     scratch.extend_from_slice(b"\r\n");
                                 }
                             }
+                        }
+                        if out == OutCoding::Chunked {
                             scratch.extend_from_slice(b"\r\n");
                             send(dst, scratch, limits.write_idle).await?;
                         }
@@ -266,7 +275,7 @@ async fn write_data<W: AsyncWrite + Unpin>(
         return Ok(());
     }
     match out {
-        OutCoding::Identity => send(dst, data, idle).await,
+        OutCoding::Identity | OutCoding::IdentityKeepTrailers => send(dst, data, idle).await,
         OutCoding::Chunked => {
             scratch.clear();
             put_hex(scratch, data.len());
@@ -422,6 +431,30 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(out, b"abcde");
+    }
+
+    #[tokio::test]
+    async fn chunked_to_identity_can_hand_its_trailers_back() {
+        let mut src: &[u8] = b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nHost: evil\r\nX-B:  2 \r\n\r\n";
+        let (mut buf, mut dst, mut scratch) = (BytesMut::new(), Vec::new(), Vec::new());
+        relay_body(
+            &mut src,
+            &mut buf,
+            &mut dst,
+            BodyKind::Chunked,
+            OutCoding::IdentityKeepTrailers,
+            LIMITS,
+            &mut scratch,
+        )
+        .await
+        .unwrap();
+        assert_eq!(dst, b"abc");
+        // Host may not come from trailers; the others are handed back as lines.
+        assert_eq!(scratch, b"X-Sum: 1\r\nX-B:  2 \r\n");
+        let map = crate::h2::io::trailers_from_lines(&scratch);
+        assert_eq!(map.len(), 2);
+        assert_eq!(map.get("x-sum").unwrap(), "1");
+        assert_eq!(map.get("x-b").unwrap(), "2");
     }
 
     #[tokio::test]

@@ -310,6 +310,40 @@ async fn h2c_with_prior_knowledge_on_the_plain_listener() {
 }
 
 #[tokio::test]
+async fn chunked_answers_reach_h2_clients_with_their_trailers() {
+    let backend = Backend::start("one").await;
+    let s = tls_balancer(&backend_routes("one", &["default.test"], &backend), "").await;
+    let cfg = client_config(&[&s.default.der], &[b"h2"]);
+    let tls = tls_connect(s.tls_port, "default.test", cfg).await.unwrap();
+    let mut send = h2_client(tls).await.ready().await.unwrap();
+    for (path, trailer) in [("/chunked", Some("abc")), ("/n1", None)] {
+        let req = http::Request::get(format!("https://default.test{path}"))
+            .body(())
+            .unwrap();
+        let (resp, _) = send.send_request(req, true).unwrap();
+        let (parts, mut body) = resp.await.unwrap().into_parts();
+        assert_eq!(parts.status, 200, "{path}");
+        let mut got = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        let trailers = body.trailers().await.unwrap();
+        match trailer {
+            Some(v) => {
+                // The backend sends `5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Checksum: abc`.
+                assert_eq!(got, b"hello world");
+                let t = trailers.expect("a trailers frame");
+                assert_eq!(t.get("x-checksum").unwrap(), v);
+                assert_eq!(t.len(), 1);
+            }
+            None => assert!(trailers.is_none(), "{path}: {trailers:?}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn h2_request_bodies_small_and_streamed() {
     let backend = Backend::start("one").await;
     let b = Balancer::start(&backend_routes("one", &["a.test"], &backend), "").await;

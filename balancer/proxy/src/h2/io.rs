@@ -97,6 +97,32 @@ impl SendBody {
         self.ended = true;
         self.inner.send_data(body, true)
     }
+
+    /// Ends the stream with a trailers frame.
+    pub fn send_trailers(&mut self, trailers: http::HeaderMap) -> Result<(), h2::Error> {
+        self.ended = true;
+        self.inner.send_trailers(trailers)
+    }
+}
+
+/// HTTP/1.1 trailer lines (`name: value` CRLF, already checked and filtered by the chunked
+/// decoder and the relay) as HTTP/2 trailers: names lower-cased (RFC 9113 §8.2.2), values
+/// without surrounding whitespace; a line `http` refuses is left out.
+pub fn trailers_from_lines(lines: &[u8]) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    for (name, line) in crate::h1::framing::trailer_fields(lines) {
+        let value = line[name.len()..]
+            .strip_prefix(b":")
+            .unwrap_or_default()
+            .trim_ascii();
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(value),
+        ) {
+            map.append(n, v);
+        }
+    }
+    map
 }
 
 fn h2_io(e: h2::Error) -> io::Error {

@@ -868,12 +868,14 @@ async fn exchange_h2(
             write_idle: cfg.timeouts.client_body,
             max_bytes: 0,
         };
+        // A chunked answer's trailers come back in `scratch` and end the stream.
+        scratch.clear();
         match relay_body(
             &mut up_r,
             &mut conn.buf,
             &mut send,
             framing.body,
-            OutCoding::Identity,
+            OutCoding::IdentityKeepTrailers,
             limits,
             &mut scratch,
         )
@@ -887,7 +889,12 @@ async fn exchange_h2(
             Err(RelayError::SrcChunk(_)) => return Err(H2Failure::Aborted("bad-response-chunk")),
             Err(_) => return Err(H2Failure::Aborted("upstream-closed-mid-body")),
         }
-        let _ = send.shutdown().await;
+        let trailers = io::trailers_from_lines(&scratch);
+        if trailers.is_empty() {
+            let _ = send.shutdown().await;
+        } else if send.send_trailers(trailers).is_err() {
+            return Err(H2Failure::Aborted("client-write"));
+        }
     }
     if !conn.buf.is_empty() {
         reusable = false;
