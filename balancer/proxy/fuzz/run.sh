@@ -15,7 +15,7 @@ cd "$here/.."
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(h1_request h1_response chunked host)
+[ ${#targets[@]} -gt 0 ] || targets=(h1_request h1_response chunked host h2_frames)
 secs="${SECONDS_EACH:-60}"
 for t in "${targets[@]}"; do
   corpus="$here/corpus/$t"
@@ -23,7 +23,7 @@ for t in "${targets[@]}"; do
   seeds=()
   [ -d "$here/seeds/$t" ] && seeds=("$here/seeds/$t")
   dict=()
-  [ -f "$here/http.dict" ] && [ "$t" != host ] && dict=(-dict="$here/http.dict")
+  [ -f "$here/http.dict" ] && [ "$t" != host ] && [ "$t" != h2_frames ] && dict=(-dict="$here/http.dict")
   mkdir -p "$here/artifacts"
   log="$here/artifacts/$t.log"
   echo "== $t ($secs s; log: $log)"

@@ -64,6 +64,8 @@ pub struct TlsFile {
     pub handshake_timeout: Option<String>,
     pub unknown_sni: Option<String>,
     pub https_port: Option<u16>,
+    pub watch: Option<bool>,
+    pub watch_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -210,6 +212,9 @@ pub struct TlsSettings {
     pub unknown_sni: UnknownSni,
     /// The port named in HTTP→HTTPS redirects (443 is left out of the URL).
     pub https_port: u16,
+    /// Reload the default certificate when its files change, checked this often.
+    pub watch: bool,
+    pub watch_interval: Duration,
 }
 
 impl PartialEq for TlsSettings {
@@ -831,6 +836,11 @@ impl ConfigFile {
             &t.handshake_timeout,
             Duration::from_secs(10),
         );
+        let watch_interval = c.duration(
+            "tls.watch_interval",
+            &t.watch_interval,
+            Duration::from_secs(5),
+        );
         let unknown_sni = match t.unknown_sni.as_deref() {
             None | Some("default") => UnknownSni::Default,
             Some("reject") => UnknownSni::Reject,
@@ -883,6 +893,8 @@ impl ConfigFile {
             handshake_timeout,
             unknown_sni,
             https_port: t.https_port.unwrap_or(first.addr.port()),
+            watch: t.watch.unwrap_or(true),
+            watch_interval,
         })
     }
 }

@@ -32,12 +32,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let table = match config
+    let (table, routes_files) = match config
         .routes_file
         .as_deref()
         .map(|p| reload::load_table(p, None))
     {
-        Some(Ok(t)) => t,
+        Some(Ok(loaded)) => (loaded.table, loaded.files),
         Some(Err(errs)) => {
             for e in errs {
                 eprintln!("{e}");
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         }
         // Routes from the registry: start empty (or from the local snapshot, loaded once
         // logging is up) and fill from Redis.
-        None => pier_routes::RouteTable::empty(),
+        None => (pier_routes::RouteTable::empty(), Vec::new()),
     };
     if args.check {
         match &config.registry {
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         Some(r) => registry_sync::load_snapshot_file(r).unwrap_or(table),
         None => table,
     };
-    match run(config, table) {
+    match run(config, table, routes_files) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "pier-balancer failed");
@@ -83,9 +83,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config, table: pier_routes::RouteTable) -> anyhow::Result<()> {
+fn run(
+    config: Config,
+    table: pier_routes::RouteTable,
+    routes_files: Vec<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let shared = Shared::new(config, table)?;
+    shared.set_routes_files(routes_files);
     let cfg = &shared.config;
     // Two threads: registry loads parse one page while the next is fetched, and admin requests
     // are answered during a long load.
@@ -126,6 +131,12 @@ fn run(config: Config, table: pier_routes::RouteTable) -> anyhow::Result<()> {
             tokio::spawn(reload::watch_file(
                 Arc::clone(&shared),
                 cfg.routes_watch_interval,
+            ));
+        }
+        if let Some(t) = cfg.tls.as_ref().filter(|t| t.watch) {
+            tokio::spawn(reload::watch_default_cert(
+                Arc::clone(&shared),
+                t.watch_interval,
             ));
         }
         if let Some(r) = cfg.registry.clone() {

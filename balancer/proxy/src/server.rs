@@ -50,9 +50,23 @@ pub struct Shared {
     pub registry_contact_ms: std::sync::atomic::AtomicU64,
     /// Requests held by `spin` now.
     pub spin_held: AtomicUsize,
+    /// The files the routes file named, read for the table in use (watched with it).
+    routes_files: std::sync::Mutex<Vec<std::path::PathBuf>>,
 }
 
 impl Shared {
+    /// The files (besides the routes file) the table in use was built from.
+    pub fn routes_files(&self) -> Vec<std::path::PathBuf> {
+        self.routes_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_routes_files(&self, files: Vec<std::path::PathBuf>) {
+        *self.routes_files.lock().unwrap_or_else(|p| p.into_inner()) = files;
+    }
+
     pub fn new(config: Config, table: RouteTable) -> Result<Arc<Self>, rustls::Error> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let metrics = Metrics::new();
@@ -79,6 +93,7 @@ impl Shared {
             open: AtomicUsize::new(0),
             conn_limit: Arc::new(Semaphore::new(limit)),
             routes_changed: tokio::sync::Notify::new(),
+            routes_files: std::sync::Mutex::new(Vec::new()),
             registry_contact_ms: std::sync::atomic::AtomicU64::new(0),
             spin_held: AtomicUsize::new(0),
         }))

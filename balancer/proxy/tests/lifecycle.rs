@@ -187,6 +187,31 @@ async fn routes_file_changes_and_sighup_swap_the_table_without_dropping_requests
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_the_routes_file_names_is_watched_with_it() {
+    let routes = "[[app]]\nname = \"page\"\ndomains = [\"page.test\"]\n\
+                  static = { file = \"page.html\" }\n";
+    let b = Balancer::try_start_with(routes, "", &[("page.html", "first\n")])
+        .await
+        .unwrap();
+    assert_eq!(get(b.addr(), "page.test", "/").await.text(), "first\n");
+    // The page is replaced as a deploy tool would (write, then rename over); the routes file
+    // is not touched.
+    let dir = b.dir.path();
+    std::fs::write(dir.join("page.html.tmp"), "second\n").unwrap();
+    std::fs::rename(dir.join("page.html.tmp"), dir.join("page.html")).unwrap();
+    b.wait_version(2).await;
+    assert_eq!(get(b.addr(), "page.test", "/").await.text(), "second\n");
+    // A page that disappears is a refused reload: the last one keeps being served.
+    std::fs::remove_file(dir.join("page.html")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.metric("pier_route_reloads_total{result=\"error\"}").await < 1.0 {
+        assert!(Instant::now() < deadline, "{}", b.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(b.addr(), "page.test", "/").await.text(), "second\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits() {
     let be = Backend::start("be").await;
     let mut b = Balancer::start(

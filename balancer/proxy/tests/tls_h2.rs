@@ -937,7 +937,12 @@ async fn certificates_chosen_by_sni_from_the_routes_file_and_swapped_on_reload()
 
 #[tokio::test]
 async fn sighup_reloads_the_default_certificate_and_keeps_it_when_the_new_pair_is_bad() {
-    let s = tls_balancer(&app_routes("blog", &["blog.test"], &[], ""), "").await;
+    // The files are not watched here: only the signal can reload them.
+    let s = tls_balancer(
+        &app_routes("blog", &["blog.test"], &[], ""),
+        "watch = false\n",
+    )
+    .await;
     let port = s.tls_port;
     assert_eq!(
         served_cert(port, "default.test").await.unwrap(),
@@ -971,6 +976,43 @@ async fn sighup_reloads_the_default_certificate_and_keeps_it_when_the_new_pair_i
             "no refusal logged: {}",
             s.b.log_text()
         );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        served_cert(port, "default.test").await.unwrap(),
+        renewed.der.to_vec()
+    );
+}
+
+#[tokio::test]
+async fn renewed_default_certificate_files_are_served_without_a_signal() {
+    let s = tls_balancer(
+        &app_routes("blog", &["blog.test"], &[], ""),
+        "watch_interval = \"100ms\"\n",
+    )
+    .await;
+    let port = s.tls_port;
+    let renewed = make_cert(s.certs.path(), "default", &["default.test"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_cert(port, "default.test").await.unwrap() != renewed.der.to_vec() {
+        assert!(
+            Instant::now() < deadline,
+            "not reloaded: {}",
+            s.b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(s.b.log_text().contains("file-changed"));
+    // A key that does not belong to the certificate is refused; the renewed pair keeps serving.
+    let other = make_cert(s.certs.path(), "other", &["other.test"]);
+    std::fs::write(&renewed.key_path, &other.key_pem).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s
+        .b
+        .log_text()
+        .contains("default certificate reload refused")
+    {
+        assert!(Instant::now() < deadline, "{}", s.b.log_text());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(

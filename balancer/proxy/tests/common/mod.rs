@@ -58,7 +58,19 @@ impl Balancer {
     }
 
     pub async fn try_start(routes: &str, extra: &str) -> Result<Balancer, String> {
+        Self::try_start_with(routes, extra, &[]).await
+    }
+
+    /// [`Balancer::try_start`] with more files (name, content) next to the routes file.
+    pub async fn try_start_with(
+        routes: &str,
+        extra: &str,
+        files: &[(&str, &str)],
+    ) -> Result<Balancer, String> {
         let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
         let port = free_port();
         let admin = free_port();
         let has_listen = extra.contains("[listen]");
