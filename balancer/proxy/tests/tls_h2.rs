@@ -935,6 +935,19 @@ async fn certificates_chosen_by_sni_from_the_routes_file_and_swapped_on_reload()
     }
 }
 
+/// Waits until the TLS listener serves `cert` as the default certificate.
+async fn wait_served_cert(s: &TlsSetup, cert: &TestCert) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_cert(s.tls_port, "default.test").await.unwrap() != cert.der.to_vec() {
+        assert!(
+            Instant::now() < deadline,
+            "not reloaded: {}",
+            s.b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn sighup_reloads_the_default_certificate_and_keeps_it_when_the_new_pair_is_bad() {
     // The files are not watched here: only the signal can reload them.
@@ -952,32 +965,12 @@ async fn sighup_reloads_the_default_certificate_and_keeps_it_when_the_new_pair_i
     let renewed = make_cert(s.certs.path(), "default", &["default.test"]);
     assert_ne!(renewed.der, s.default.der);
     s.b.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while served_cert(port, "default.test").await.unwrap() != renewed.der.to_vec() {
-        assert!(
-            Instant::now() < deadline,
-            "not reloaded: {}",
-            s.b.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_served_cert(&s, &renewed).await;
     // A key that does not belong to the certificate: refused, the renewed one keeps serving.
     let other = make_cert(s.certs.path(), "other", &["other.test"]);
     std::fs::write(&renewed.key_path, &other.key_pem).unwrap();
     s.b.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !s
-        .b
-        .log_text()
-        .contains("default certificate reload refused")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no refusal logged: {}",
-            s.b.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    s.b.wait_log("default certificate reload refused").await;
     assert_eq!(
         served_cert(port, "default.test").await.unwrap(),
         renewed.der.to_vec()
@@ -993,28 +986,12 @@ async fn renewed_default_certificate_files_are_served_without_a_signal() {
     .await;
     let port = s.tls_port;
     let renewed = make_cert(s.certs.path(), "default", &["default.test"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while served_cert(port, "default.test").await.unwrap() != renewed.der.to_vec() {
-        assert!(
-            Instant::now() < deadline,
-            "not reloaded: {}",
-            s.b.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_served_cert(&s, &renewed).await;
     assert!(s.b.log_text().contains("file-changed"));
     // A key that does not belong to the certificate is refused; the renewed pair keeps serving.
     let other = make_cert(s.certs.path(), "other", &["other.test"]);
     std::fs::write(&renewed.key_path, &other.key_pem).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !s
-        .b
-        .log_text()
-        .contains("default certificate reload refused")
-    {
-        assert!(Instant::now() < deadline, "{}", s.b.log_text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    s.b.wait_log("default certificate reload refused").await;
     assert_eq!(
         served_cert(port, "default.test").await.unwrap(),
         renewed.der.to_vec()
