@@ -28,6 +28,9 @@ pub enum OutCoding {
     /// in `scratch` (`name: value` CRLF lines) for the caller, which sends them its own way (an
     /// HTTP/2 trailers frame).
     IdentityKeepTrailers,
+    /// Re-chunked without the last chunk: the caller ends the body with [`write_last_chunk`],
+    /// with the trailers of an HTTP/2 source.
+    ChunkedOpen,
 }
 
 /// Where a relay failed.
@@ -129,6 +132,29 @@ impl TryWrite for crate::stream::ClientWrite<'_> {
     fn try_write_now(&self, data: &[u8]) -> io::Result<usize> {
         self.try_write(data)
     }
+}
+
+/// Ends a body written with [`OutCoding::ChunkedOpen`]: the last chunk, the trailer fields
+/// that may be passed on (HTTP/2 names are lower-case and values checked by `h2`), the blank
+/// line.
+pub async fn write_last_chunk<W: AsyncWrite + Unpin>(
+    dst: &mut W,
+    trailers: Option<&http::HeaderMap>,
+    idle: Duration,
+    scratch: &mut Vec<u8>,
+) -> Result<(), RelayError> {
+    scratch.clear();
+    scratch.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        if !forbidden_trailer(name.as_str().as_bytes()) {
+            scratch.extend_from_slice(name.as_str().as_bytes());
+            scratch.extend_from_slice(b": ");
+            scratch.extend_from_slice(value.as_bytes());
+            scratch.extend_from_slice(b"\r\n");
+        }
+    }
+    scratch.extend_from_slice(b"\r\n");
+    send(dst, scratch, idle).await
 }
 
 /// Fields that must not be taken from a trailer section (RFC 9110 §6.5.1): framing, routing,
@@ -276,7 +302,7 @@ async fn write_data<W: AsyncWrite + Unpin>(
     }
     match out {
         OutCoding::Identity | OutCoding::IdentityKeepTrailers => send(dst, data, idle).await,
-        OutCoding::Chunked => {
+        OutCoding::Chunked | OutCoding::ChunkedOpen => {
             scratch.clear();
             put_hex(scratch, data.len());
             scratch.extend_from_slice(b"\r\n");

@@ -32,7 +32,9 @@ use crate::forward::{upstream_failed, Forwarded, Timeouts};
 use crate::h1::framing::{is_hop_by_hop, BodyKind};
 use crate::h1::head::Version;
 use crate::headers::{end_response_head, put_u64, write_upstream_head, Forwarding};
-use crate::relay::{relay_body, write_all_timed, OutCoding, RelayError, RelayLimits};
+use crate::relay::{
+    relay_body, write_all_timed, write_last_chunk, OutCoding, RelayError, RelayLimits,
+};
 use crate::respond::ProxyError;
 use crate::serve::{Client, Request};
 use crate::server::Worker;
@@ -363,17 +365,25 @@ pub(crate) async fn forward_h1_to_h2(
             write_idle: t.idle,
             max_bytes: req.max_body,
         };
+        // A chunked upload's trailers come back in `scratch` and end the stream.
+        scratch.clear();
         relay_body(
             &mut cl_r,
             client_buf,
             &mut body,
             req.framing.body,
-            OutCoding::Identity,
+            OutCoding::IdentityKeepTrailers,
             limits,
             scratch,
         )
         .await?;
-        body.shutdown().await.map_err(RelayError::DstWrite)
+        let trailers = crate::h2::io::trailers_from_lines(scratch);
+        if trailers.is_empty() {
+            body.shutdown().await.map_err(RelayError::DstWrite)
+        } else {
+            let gone = || RelayError::DstWrite(std::io::ErrorKind::BrokenPipe.into());
+            body.send_trailers(trailers).map_err(|_| gone())
+        }
     };
     let answer = timeout(t.first_byte, response);
     let (up, answer) = tokio::join!(upload, answer);
@@ -438,7 +448,21 @@ pub(crate) async fn forward_h1_to_h2(
             max_bytes: 0,
         };
         let mut buf = BytesMut::new();
-        match relay_body(&mut src, &mut buf, &mut cl_w, kind, coding, limits, scratch).await {
+        // A chunked answer ends with the backend's trailers, once they are in.
+        let open = coding == OutCoding::Chunked;
+        let coding = if open { OutCoding::ChunkedOpen } else { coding };
+        let relayed = async {
+            let n =
+                relay_body(&mut src, &mut buf, &mut cl_w, kind, coding, limits, scratch).await?;
+            if open {
+                let trailers = timeout(t.idle, src.trailers())
+                    .await
+                    .map_err(|_| RelayError::SrcTimeout)?;
+                write_last_chunk(&mut cl_w, trailers.as_ref(), limits.write_idle, scratch).await?;
+            }
+            Ok(n)
+        };
+        match relayed.await {
             Ok(n) => bytes_out = n,
             Err(RelayError::DstWrite(_) | RelayError::DstTimeout) => {
                 return aborted(status, backend.addr, first_byte, "client-write")

@@ -1581,6 +1581,26 @@ async fn http11_clients_reach_h2c_backends() {
     let r = c.read_response(false).await.unwrap();
     assert_eq!(r.text(), "h2c /len 3");
     assert_eq!(r.header("x-seen-content-length"), Some("3"));
+    // Trailers pass both ways: a chunked upload's become the request stream's trailers, and
+    // the answer's end the chunked body the client gets (Host may not come from trailers).
+    c.send(b"POST /up HTTP/1.1\r\nHost: g.test\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-Checksum: abc\r\nHost: evil.test\r\n\r\n")
+        .await;
+    let r = c.read_response(false).await.unwrap();
+    assert_eq!(r.text(), "h2c /up 2");
+    assert_eq!(r.header("x-seen-trailer"), Some("abc"));
+    c.send(b"POST /echo HTTP/1.1\r\nHost: g.test\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nping\r\n0\r\nX-Checksum: def\r\n\r\n")
+        .await;
+    let r = c.read_response(false).await.unwrap();
+    assert_eq!(r.text(), "ping");
+    assert_eq!(
+        r.trailers,
+        vec![("x-checksum".to_string(), "def".to_string())]
+    );
+    // Without trailers the body just ends.
+    c.send(b"POST /echo HTTP/1.1\r\nHost: g.test\r\nContent-Length: 4\r\n\r\npong")
+        .await;
+    let r = c.read_response(false).await.unwrap();
+    assert_eq!((r.text().as_str(), r.trailers.len()), ("pong", 0));
 }
 
 #[tokio::test]

@@ -25,6 +25,15 @@ impl RecvBody {
         }
     }
 
+    /// The trailers that ended the body, once it has been read to its end (`None`: there were
+    /// none, or the stream broke).
+    pub async fn trailers(&mut self) -> Option<http::HeaderMap> {
+        std::future::poll_fn(|cx| self.inner.poll_trailers(cx))
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Reads up to `limit` bytes of body while they come; returns them and whether the body
     /// ended. Used to send small bodies with the head in one write and a `Content-Length`.
     pub async fn read_upto(inner: &mut h2::RecvStream, limit: usize) -> io::Result<(Bytes, bool)> {
