@@ -144,17 +144,22 @@ pub async fn write_last_chunk<W: AsyncWrite + Unpin>(
     scratch: &mut Vec<u8>,
 ) -> Result<(), RelayError> {
     scratch.clear();
-    scratch.extend_from_slice(b"0\r\n");
+    put_last_chunk(scratch, trailers);
+    send(dst, scratch, idle).await
+}
+
+/// Appends the last chunk with `trailers` (see [`write_last_chunk`]).
+pub fn put_last_chunk(out: &mut Vec<u8>, trailers: Option<&http::HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
     for (name, value) in trailers.into_iter().flatten() {
         if !forbidden_trailer(name.as_str().as_bytes()) {
-            scratch.extend_from_slice(name.as_str().as_bytes());
-            scratch.extend_from_slice(b": ");
-            scratch.extend_from_slice(value.as_bytes());
-            scratch.extend_from_slice(b"\r\n");
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
     }
-    scratch.extend_from_slice(b"\r\n");
-    send(dst, scratch, idle).await
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Fields that must not be taken from a trailer section (RFC 9110 §6.5.1): framing, routing,

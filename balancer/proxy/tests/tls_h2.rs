@@ -371,6 +371,48 @@ async fn h2_request_bodies_small_and_streamed() {
     assert_eq!(body.len(), 3_000_000);
 }
 
+#[tokio::test]
+async fn h2_request_trailers_reach_http11_backends() {
+    let backend = Backend::start("one").await;
+    let b = Balancer::start(&backend_routes("one", &["a.test"], &backend), "").await;
+    let mut send = h2_client(TcpStream::connect(b.addr()).await.unwrap())
+        .await
+        .ready()
+        .await
+        .unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    // A small body (read whole before the backend is asked) and a streamed one.
+    for (path, body) in [("/small", b"hello".to_vec()), ("/big", big.clone())] {
+        let req = http::Request::post(format!("http://a.test{path}"))
+            .body(())
+            .unwrap();
+        let (resp, mut stream) = send.send_request(req, false).unwrap();
+        for piece in body.chunks(16 * 1024) {
+            stream.reserve_capacity(piece.len());
+            stream
+                .send_data(Bytes::copy_from_slice(piece), false)
+                .unwrap();
+        }
+        let mut t = http::HeaderMap::new();
+        t.insert("x-checksum", http::HeaderValue::from_static("abc"));
+        // Not allowed in trailers (RFC 9110 §6.5.1): dropped.
+        t.insert("content-type", http::HeaderValue::from_static("text/evil"));
+        stream.send_trailers(t).unwrap();
+        assert_eq!(resp.await.unwrap().status(), 200, "{path}");
+    }
+    let seen = backend.seen();
+    for (i, len) in [(0, 5), (1, big.len() as u64)] {
+        assert_eq!(seen[i].header("transfer-encoding"), Some("chunked"));
+        assert_eq!(seen[i].header("content-type"), None);
+        assert_eq!(seen[i].body_len, len);
+        assert_eq!(
+            seen[i].trailers,
+            vec![("x-checksum".to_string(), "abc".to_string())]
+        );
+    }
+    assert_eq!(seen[0].body, b"hello");
+}
+
 // ---- raw h2 frames ----
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

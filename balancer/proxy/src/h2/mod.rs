@@ -7,7 +7,8 @@
 //! same backend choice, pool, retries and ejection as HTTP/1.1, as a canonical HTTP/1.1
 //! request. Small request bodies are read whole first and sent with the head under a
 //! `Content-Length`; longer ones stream with their `Content-Length`, or chunked when the client
-//! gave none.
+//! gave none. A body that ends with trailers goes chunked, the trailers in its last chunk; the
+//! trailers of a chunked answer end the client's stream.
 
 pub mod guard;
 pub mod io;
@@ -33,7 +34,10 @@ use crate::forward::{acquire, Forwarded, Timeouts, UPSTREAM_HEAD_LIMITS};
 use crate::h1::framing::{is_hop_by_hop, BodyKind, ResponseFraming};
 use crate::h1::head::{HeadGate, HeaderList, ResponseHead};
 use crate::headers::{put_u64, write_upstream_head, Forwarding};
-use crate::relay::{relay_body, write_all_timed, OutCoding, RelayError, RelayLimits};
+use crate::relay::{
+    put_last_chunk, relay_body, write_all_timed, write_last_chunk, OutCoding, RelayError,
+    RelayLimits,
+};
 use crate::respond::{
     action_response, error_body, https_redirect, AnswerScratch, LocalResponse, ProxyError,
 };
@@ -478,6 +482,8 @@ struct BodyPlan {
     /// Bytes read before the backend was asked (the whole body when `ended`).
     first: Bytes,
     ended: bool,
+    /// The trailers of a body that `ended` with them (it then goes chunked, to carry them).
+    trailers: Option<http::HeaderMap>,
     kind: BodyKind,
     explicit_zero: bool,
     /// Largest body accepted (0 = no limit).
@@ -502,17 +508,29 @@ async fn plan_body(
     if declared.is_some_and(over) {
         return Err(Some(ProxyError::BodyTooLarge));
     }
-    let (first, ended) = if body.is_end_stream() {
-        (Bytes::new(), true)
+    let (first, ended, trailers) = if body.is_end_stream() {
+        (Bytes::new(), true, None)
     } else {
-        RecvBody::read_upto(body, SMALL_BODY)
+        let (first, ended) = RecvBody::read_upto(body, SMALL_BODY)
             .await
-            .map_err(|_| None)?
+            .map_err(|_| None)?;
+        // A body that ended may have ended with trailers.
+        let trailers = if ended {
+            std::future::poll_fn(|cx| body.poll_trailers(cx))
+                .await
+                .map_err(|_| None)?
+                .filter(|t| !t.is_empty())
+        } else {
+            None
+        };
+        (first, ended, trailers)
     };
     if over(first.len() as u64) {
         return Err(Some(ProxyError::BodyTooLarge));
     }
-    let kind = if ended {
+    let kind = if trailers.is_some() {
+        BodyKind::Chunked
+    } else if ended {
         // h2 has already checked the DATA against any Content-Length (RFC 9113 §8.1.1).
         if first.is_empty() {
             BodyKind::None
@@ -528,6 +546,7 @@ async fn plan_body(
     Ok(BodyPlan {
         first,
         ended,
+        trailers,
         kind,
         explicit_zero: declared == Some(0),
         max_body,
@@ -623,11 +642,17 @@ async fn forward_h2(
         let backend = &app.backends[idx];
         let _outstanding = app.begin(idx);
         out.truncate(head_len);
-        if plan.kind == BodyKind::Chunked && !plan.first.is_empty() {
-            // What was read ahead is the first chunk.
-            out.extend_from_slice(format!("{:x}\r\n", plan.first.len()).as_bytes());
-            out.extend_from_slice(&plan.first);
-            out.extend_from_slice(b"\r\n");
+        if plan.kind == BodyKind::Chunked {
+            // What was read ahead is the first chunk; a body that ended with trailers is all
+            // here, and ends with them.
+            if !plan.first.is_empty() {
+                out.extend_from_slice(format!("{:x}\r\n", plan.first.len()).as_bytes());
+                out.extend_from_slice(&plan.first);
+                out.extend_from_slice(b"\r\n");
+            }
+            if plan.ended {
+                put_last_chunk(&mut out, plan.trailers.as_ref());
+            }
         } else {
             out.extend_from_slice(&plan.first);
         }
@@ -779,8 +804,9 @@ async fn exchange_h2(
                 write_idle: t.idle,
                 max_bytes: plan.max_body,
             };
+            // A chunked body ends with the client's trailers, once they are in.
             let out = match plan.kind {
-                BodyKind::Chunked => OutCoding::Chunked,
+                BodyKind::Chunked => OutCoding::ChunkedOpen,
                 _ => OutCoding::Identity,
             };
             let kind = match plan.kind {
@@ -789,15 +815,26 @@ async fn exchange_h2(
             };
             let mut empty = BytesMut::new();
             let first = {
-                let send_body = relay_body(
-                    &mut src,
-                    &mut empty,
-                    &mut up_w,
-                    kind,
-                    out,
-                    limits,
-                    &mut scratch,
-                );
+                let send_body = async {
+                    let n = relay_body(
+                        &mut src,
+                        &mut empty,
+                        &mut up_w,
+                        kind,
+                        out,
+                        limits,
+                        &mut scratch,
+                    )
+                    .await?;
+                    if out == OutCoding::ChunkedOpen {
+                        let trailers = timeout(limits.read_idle, src.trailers())
+                            .await
+                            .map_err(|_| RelayError::SrcTimeout)?;
+                        write_last_chunk(&mut up_w, trailers.as_ref(), t.idle, &mut scratch)
+                            .await?;
+                    }
+                    Ok(n)
+                };
                 tokio::pin!(send_body);
                 tokio::select! {
                     biased;
