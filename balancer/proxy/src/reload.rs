@@ -26,8 +26,17 @@ pub struct Loaded {
 /// Reads, validates and builds the routes file at `path`. Errors are full lines:
 /// `<file>: <key>: <reason>`.
 pub fn load_table(path: &Path, previous: Option<&RouteTable>) -> Result<Loaded, Vec<String>> {
+    let (table, files) = load(path, previous);
+    table.map(|table| Loaded { table, files })
+}
+
+/// [`load_table`], and the files the routes file named whether or not the table could be built
+/// (a file named before it exists is watched, so that creating it is a change).
+fn load(
+    path: &Path,
+    previous: Option<&RouteTable>,
+) -> (Result<RouteTable, Vec<String>>, Vec<PathBuf>) {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{shown}: (file): {e}")])?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let files = RefCell::new(Vec::new());
     let loader = |f: &str| -> Result<Bytes, String> {
@@ -36,20 +45,17 @@ pub fn load_table(path: &Path, previous: Option<&RouteTable>) -> Result<Loaded, 
         files.borrow_mut().push(file);
         read.map(Bytes::from).map_err(|e| e.to_string())
     };
-    let spec = pier_routes::file::parse(&text, &loader).map_err(|errs| {
-        errs.into_iter()
-            .map(|e| format!("{shown}: {e}"))
-            .collect::<Vec<_>>()
-    })?;
-    let table = RouteTable::build(&spec, previous).map_err(|errs| {
-        errs.into_iter()
-            .map(|e| format!("{shown}: {e}"))
-            .collect::<Vec<_>>()
-    })?;
+    fn lines<E: std::fmt::Display>(shown: &str, errs: Vec<E>) -> Vec<String> {
+        errs.into_iter().map(|e| format!("{shown}: {e}")).collect()
+    }
+    let table = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("{shown}: (file): {e}")])
+        .and_then(|text| pier_routes::file::parse(&text, &loader).map_err(|e| lines(&shown, e)))
+        .and_then(|spec| RouteTable::build(&spec, previous).map_err(|e| lines(&shown, e)));
     let mut files = files.into_inner();
     files.sort();
     files.dedup();
-    Ok(Loaded { table, files })
+    (table, files)
 }
 
 /// Rebuilds the table from the routes file and installs it; on failure the current table stays.
@@ -58,9 +64,10 @@ pub fn reload(shared: &Shared, why: &'static str) -> bool {
         return false;
     };
     let current = shared.routes.load_full();
-    match load_table(path, Some(&current)) {
-        Ok(Loaded { table, files }) => {
-            shared.set_routes_files(files);
+    let (loaded, files) = load(path, Some(&current));
+    shared.set_routes_files(files);
+    match loaded {
+        Ok(table) => {
             tracing::info!(
                 why,
                 domains = table.len(),

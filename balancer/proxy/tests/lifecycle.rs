@@ -209,6 +209,17 @@ async fn a_file_the_routes_file_names_is_watched_with_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(get(b.addr(), "page.test", "/").await.text(), "second\n");
+    // The routes file names a page before it exists: refused, then served once it is created.
+    b.write_routes(
+        "[[app]]\nname = \"page\"\ndomains = [\"page.test\"]\nstatic = { file = \"new.html\" }\n",
+    );
+    while b.metric("pier_route_reloads_total{result=\"error\"}").await < 2.0 {
+        assert!(Instant::now() < deadline, "{}", b.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(dir.join("new.html"), "third\n").unwrap();
+    b.wait_version(3).await;
+    assert_eq!(get(b.addr(), "page.test", "/").await.text(), "third\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
