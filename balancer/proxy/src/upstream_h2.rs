@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
 use smallvec::SmallVec;
-use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
 use pier_routes::app::MAX_TRIED;
@@ -32,9 +31,7 @@ use crate::forward::{upstream_failed, Forwarded, Timeouts};
 use crate::h1::framing::{is_hop_by_hop, BodyKind};
 use crate::h1::head::Version;
 use crate::headers::{end_response_head, put_u64, write_upstream_head, Forwarding};
-use crate::relay::{
-    relay_body, write_all_timed, write_last_chunk, OutCoding, RelayError, RelayLimits,
-};
+use crate::relay::{relay_body, write_all_timed, OutCoding, RelayError, RelayLimits};
 use crate::respond::ProxyError;
 use crate::serve::{Client, Request};
 use crate::server::Worker;
@@ -377,13 +374,8 @@ pub(crate) async fn forward_h1_to_h2(
             scratch,
         )
         .await?;
-        let trailers = crate::h2::io::trailers_from_lines(scratch);
-        if trailers.is_empty() {
-            body.shutdown().await.map_err(RelayError::DstWrite)
-        } else {
-            let gone = || RelayError::DstWrite(std::io::ErrorKind::BrokenPipe.into());
-            body.send_trailers(trailers).map_err(|_| gone())
-        }
+        body.end(scratch)
+            .map_err(|e| RelayError::DstWrite(std::io::Error::other(e)))
     };
     let answer = timeout(t.first_byte, response);
     let (up, answer) = tokio::join!(upload, answer);
@@ -449,20 +441,12 @@ pub(crate) async fn forward_h1_to_h2(
         };
         let mut buf = BytesMut::new();
         // A chunked answer ends with the backend's trailers, once they are in.
-        let open = coding == OutCoding::Chunked;
-        let coding = if open { OutCoding::ChunkedOpen } else { coding };
-        let relayed = async {
-            let n =
-                relay_body(&mut src, &mut buf, &mut cl_w, kind, coding, limits, scratch).await?;
-            if open {
-                let trailers = timeout(t.idle, src.trailers())
-                    .await
-                    .map_err(|_| RelayError::SrcTimeout)?;
-                write_last_chunk(&mut cl_w, trailers.as_ref(), limits.write_idle, scratch).await?;
-            }
-            Ok(n)
+        let relayed = if coding == OutCoding::Chunked {
+            crate::h2::io::relay_chunked(&mut src, &mut buf, &mut cl_w, limits, scratch).await
+        } else {
+            relay_body(&mut src, &mut buf, &mut cl_w, kind, coding, limits, scratch).await
         };
-        match relayed.await {
+        match relayed {
             Ok(n) => bytes_out = n,
             Err(RelayError::DstWrite(_) | RelayError::DstTimeout) => {
                 return aborted(status, backend.addr, first_byte, "client-write")

@@ -86,6 +86,7 @@ fn parse_content_length(v: &[u8]) -> Option<u64> {
 }
 
 /// What a head's fields say about its framing, its connection, its host and an expectation.
+#[derive(Default)]
 struct Fields {
     length: Option<u64>,
     chunked: bool,
@@ -102,15 +103,7 @@ struct Fields {
 /// requests use) of a head, in one pass over its tagged fields.
 fn framing(version: Version, headers: &[HeaderPos], buf: &[u8]) -> Result<Fields, FramingError> {
     let value = |h: &HeaderPos| h.value_in(buf);
-    let mut f = Fields {
-        length: None,
-        chunked: false,
-        conn: Connection::default(),
-        host: None,
-        duplicate_host: false,
-        expect_continue: false,
-        bad_expect: false,
-    };
+    let mut f = Fields::default();
     let mut te_seen = false;
     for pos in headers {
         match pos.kind {

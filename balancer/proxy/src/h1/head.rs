@@ -234,7 +234,9 @@ impl RequestHead {
     pub fn value(&self, h: &HeaderPos) -> &[u8] {
         slice(&self.buf, h.value)
     }
-    /// Every value of a header, by case-insensitive name.
+    /// Every value of a header, by case-insensitive name (the tests' lookup; the request path
+    /// uses [`RequestHead::first`] with the tags).
+    #[cfg(test)]
     pub fn values<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.headers
             .iter()
@@ -652,14 +654,11 @@ pub fn parse_request_into(
     spare: &mut HeaderList,
 ) -> Result<Option<(usize, RequestParts)>, HeadError> {
     let start = empty_lines(buf);
-    if buf.len() <= start {
-        return Ok(None);
-    }
-    let Some(line_end) = start_line(buf, start, limits, Some(limits.max_line))? else {
-        return Ok(None);
-    };
-    let (method, target, version) = request_line(&buf[start..line_end], start)?;
-    let Some(end) = parse_fields(buf, line_end + 2, start, limits, spare)? else {
+    let max_line = Some(limits.max_line);
+    let line = |l: &[u8]| request_line(l, start);
+    let Some((end, (method, target, version))) =
+        parse_head(buf, start, limits, max_line, spare, line)?
+    else {
         return Ok(None);
     };
     let headers = std::mem::take(spare);
@@ -672,6 +671,31 @@ pub fn parse_request_into(
             headers,
         },
     )))
+}
+
+/// What the two parsers share: the start line from `start` (read by `line`; only requests'
+/// lines are limited, by `max_line`), then the fields into `spare`. Returns the offset just
+/// past the head and what `line` read; `None` when the head is not complete yet.
+#[inline(always)]
+fn parse_head<L>(
+    buf: &[u8],
+    start: usize,
+    limits: &HeadLimits,
+    max_line: Option<usize>,
+    spare: &mut HeaderList,
+    line: impl FnOnce(&[u8]) -> Result<L, HeadError>,
+) -> Result<Option<(usize, L)>, HeadError> {
+    if buf.len() <= start {
+        return Ok(None);
+    }
+    let Some(line_end) = start_line(buf, start, limits, max_line)? else {
+        return Ok(None);
+    };
+    let first = line(&buf[start..line_end])?;
+    let Some(end) = parse_fields(buf, line_end + 2, start, limits, spare)? else {
+        return Ok(None);
+    };
+    Ok(Some((end, first)))
 }
 
 /// Positions of a parsed request, before its bytes are frozen into a [`RequestHead`].
@@ -733,14 +757,9 @@ pub fn parse_response_into(
     limits: &HeadLimits,
     spare: &mut HeaderList,
 ) -> Result<Option<(usize, ResponseParts)>, HeadError> {
-    if buf.is_empty() {
-        return Ok(None);
-    }
-    let Some(line_end) = start_line(buf, 0, limits, None)? else {
-        return Ok(None);
-    };
-    let (version, status, reason) = status_line(&buf[..line_end])?;
-    let Some(end) = parse_fields(buf, line_end + 2, 0, limits, spare)? else {
+    let Some((end, (version, status, reason))) =
+        parse_head(buf, 0, limits, None, spare, status_line)?
+    else {
         return Ok(None);
     };
     let headers = std::mem::take(spare);

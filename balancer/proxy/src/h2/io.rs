@@ -4,8 +4,11 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::h1::framing::BodyKind;
+use crate::relay::{relay_body, write_last_chunk, OutCoding, RelayError, RelayLimits};
 
 /// Largest piece of a response body handed to `h2` at once.
 const MAX_PIECE: usize = 64 * 1024;
@@ -28,10 +31,7 @@ impl RecvBody {
     /// The trailers that ended the body, once it has been read to its end (`None`: there were
     /// none, or the stream broke).
     pub async fn trailers(&mut self) -> Option<http::HeaderMap> {
-        std::future::poll_fn(|cx| self.inner.poll_trailers(cx))
-            .await
-            .ok()
-            .flatten()
+        trailers(&mut self.inner).await.ok().flatten()
     }
 
     /// Reads up to `limit` bytes of body while they come; returns them and whether the body
@@ -107,11 +107,43 @@ impl SendBody {
         self.inner.send_data(body, true)
     }
 
-    /// Ends the stream with a trailers frame.
-    pub fn send_trailers(&mut self, trailers: http::HeaderMap) -> Result<(), h2::Error> {
+    /// Ends the stream (once): with a trailers frame made of HTTP/1.1 trailer lines (see
+    /// [`trailers_from_lines`]), or with an empty DATA frame when there are none.
+    pub fn end(&mut self, trailer_lines: &[u8]) -> Result<(), h2::Error> {
+        if self.ended {
+            return Ok(());
+        }
         self.ended = true;
-        self.inner.send_trailers(trailers)
+        let trailers = trailers_from_lines(trailer_lines);
+        if trailers.is_empty() {
+            self.inner.send_data(Bytes::new(), true)
+        } else {
+            self.inner.send_trailers(trailers)
+        }
     }
+}
+
+/// The trailers that ended a stream's body, once the body has been read to its end.
+pub async fn trailers(stream: &mut h2::RecvStream) -> Result<Option<http::HeaderMap>, h2::Error> {
+    std::future::poll_fn(|cx| stream.poll_trailers(cx)).await
+}
+
+/// Relays an HTTP/2 body, to its end, to an HTTP/1.1 peer as chunks, and ends it with the
+/// stream's trailers in the last chunk.
+pub async fn relay_chunked<W: AsyncWrite + Unpin>(
+    src: &mut RecvBody,
+    buf: &mut BytesMut,
+    dst: &mut W,
+    limits: RelayLimits,
+    scratch: &mut Vec<u8>,
+) -> Result<u64, RelayError> {
+    let kind = BodyKind::UntilClose;
+    let n = relay_body(src, buf, dst, kind, OutCoding::ChunkedOpen, limits, scratch).await?;
+    let trailers = tokio::time::timeout(limits.read_idle, src.trailers())
+        .await
+        .map_err(|_| RelayError::SrcTimeout)?;
+    write_last_chunk(dst, trailers.as_ref(), limits.write_idle, scratch).await?;
+    Ok(n)
 }
 
 /// HTTP/1.1 trailer lines (`name: value` CRLF, already checked and filtered by the chunked
@@ -172,12 +204,7 @@ impl AsyncWrite for SendBody {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.ended {
-            this.ended = true;
-            this.inner.send_data(Bytes::new(), true).map_err(h2_io)?;
-        }
-        Poll::Ready(Ok(()))
+        Poll::Ready(self.get_mut().end(&[]).map_err(h2_io))
     }
 }
 

@@ -22,7 +22,6 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
 use http::request::Parts;
 use smallvec::SmallVec;
-use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
 use pier_routes::app::BackendProtocol;
@@ -35,8 +34,7 @@ use crate::h1::framing::{is_hop_by_hop, BodyKind, ResponseFraming};
 use crate::h1::head::{HeadGate, HeaderList, ResponseHead};
 use crate::headers::{put_u64, write_upstream_head, Forwarding};
 use crate::relay::{
-    put_last_chunk, relay_body, write_all_timed, write_last_chunk, OutCoding, RelayError,
-    RelayLimits,
+    put_last_chunk, relay_body, write_all_timed, OutCoding, RelayError, RelayLimits,
 };
 use crate::respond::{
     action_response, error_body, https_redirect, AnswerScratch, LocalResponse, ProxyError,
@@ -516,7 +514,7 @@ async fn plan_body(
             .map_err(|_| None)?;
         // A body that ended may have ended with trailers.
         let trailers = if ended {
-            std::future::poll_fn(|cx| body.poll_trailers(cx))
+            io::trailers(body)
                 .await
                 .map_err(|_| None)?
                 .filter(|t| !t.is_empty())
@@ -804,36 +802,30 @@ async fn exchange_h2(
                 write_idle: t.idle,
                 max_bytes: plan.max_body,
             };
-            // A chunked body ends with the client's trailers, once they are in.
-            let out = match plan.kind {
-                BodyKind::Chunked => OutCoding::ChunkedOpen,
-                _ => OutCoding::Identity,
-            };
             let kind = match plan.kind {
                 BodyKind::Length(n) => BodyKind::Length(n.saturating_sub(plan.first.len() as u64)),
                 _ => BodyKind::UntilClose,
             };
             let mut empty = BytesMut::new();
             let first = {
+                // A chunked body ends with the client's trailers, once they are in.
                 let send_body = async {
-                    let n = relay_body(
-                        &mut src,
-                        &mut empty,
-                        &mut up_w,
-                        kind,
-                        out,
-                        limits,
-                        &mut scratch,
-                    )
-                    .await?;
-                    if out == OutCoding::ChunkedOpen {
-                        let trailers = timeout(limits.read_idle, src.trailers())
+                    if plan.kind == BodyKind::Chunked {
+                        io::relay_chunked(&mut src, &mut empty, &mut up_w, limits, &mut scratch)
                             .await
-                            .map_err(|_| RelayError::SrcTimeout)?;
-                        write_last_chunk(&mut up_w, trailers.as_ref(), t.idle, &mut scratch)
-                            .await?;
+                    } else {
+                        let out = OutCoding::Identity;
+                        relay_body(
+                            &mut src,
+                            &mut empty,
+                            &mut up_w,
+                            kind,
+                            out,
+                            limits,
+                            &mut scratch,
+                        )
+                        .await
                     }
-                    Ok(n)
                 };
                 tokio::pin!(send_body);
                 tokio::select! {
@@ -926,10 +918,9 @@ async fn exchange_h2(
             Err(RelayError::SrcChunk(_)) => return Err(H2Failure::Aborted("bad-response-chunk")),
             Err(_) => return Err(H2Failure::Aborted("upstream-closed-mid-body")),
         }
-        let trailers = io::trailers_from_lines(&scratch);
-        if trailers.is_empty() {
-            let _ = send.shutdown().await;
-        } else if send.send_trailers(trailers).is_err() {
+        // An answer sent whole is done even if its stream can no longer be ended; one whose
+        // trailers could not be sent is not.
+        if send.end(&scratch).is_err() && !scratch.is_empty() {
             return Err(H2Failure::Aborted("client-write"));
         }
     }
