@@ -59,7 +59,7 @@ async fn wait_status(b: &Balancer, host: &str, status: u16) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_writes_reach_the_balancer_incrementally() {
-    let redis = RedisServer::start().await;
+    let redis = RedisServer::start();
     let reg = Registry::connect(&redis.url()).await.unwrap();
     let be = Backend::start("be").await;
     add_app(&reg, "blog", &["blog.test"], &[be.addr]).await;
@@ -124,7 +124,7 @@ async fn registry_writes_reach_the_balancer_incrementally() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_balancers_converge() {
-    let redis = RedisServer::start().await;
+    let redis = RedisServer::start();
     let reg = Registry::connect(&redis.url()).await.unwrap();
     let be = Backend::start("be").await;
     let b1 = Balancer::start("", &registry_config(&redis, "")).await;
@@ -164,7 +164,7 @@ async fn two_balancers_converge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_is_survived_and_an_empty_restart_is_held() {
-    let mut redis = RedisServer::start().await;
+    let mut redis = RedisServer::start();
     let reg = Registry::connect(&redis.url()).await.unwrap();
     let be = Backend::start("be").await;
     for i in 0..10 {
@@ -176,7 +176,7 @@ async fn redis_outage_is_survived_and_an_empty_restart_is_held() {
         )
         .await;
     }
-    redis.save().await;
+    redis.save();
     let b = Balancer::start("", &registry_config(&redis, "")).await;
     wait_status(&b, "h9.test", 200).await;
 
@@ -192,7 +192,7 @@ async fn redis_outage_is_survived_and_an_empty_restart_is_held() {
     assert!(b.metric("pier_registry_connected").await == 0.0);
 
     // Redis comes back empty: the resync would drop everything, so it is held.
-    redis.restart(false).await;
+    redis.restart(false);
     let deadline = Instant::now() + Duration::from_secs(15);
     while b.metric("pier_registry_resyncs_held_total").await < 1.0 {
         assert!(Instant::now() < deadline, "{}", b.log_text());
@@ -203,7 +203,7 @@ async fn redis_outage_is_survived_and_an_empty_restart_is_held() {
     assert!(b.log_text().contains("registry resync held"));
 
     // Redis comes back with its data plus one more app: the resync is applied.
-    redis.restart(true).await;
+    redis.restart(true);
     let reg = Registry::connect(&redis.url()).await.unwrap();
     add_app(&reg, "late", &["late.test"], &[be.addr]).await;
     wait_status(&b, "late.test", 200).await;
@@ -213,7 +213,7 @@ async fn redis_outage_is_survived_and_an_empty_restart_is_held() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_in_the_change_log_triggers_a_resync() {
-    let redis = RedisServer::start().await;
+    let redis = RedisServer::start();
     let reg = Registry::connect(&redis.url()).await.unwrap();
     let be = Backend::start("be").await;
     add_app(&reg, "a", &["a.test"], &[be.addr]).await;
@@ -260,7 +260,7 @@ async fn a_gap_in_the_change_log_triggers_a_resync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_backends_are_skipped_without_any_event() {
-    let redis = RedisServer::start().await;
+    let redis = RedisServer::start();
     let reg = Registry::connect(&redis.url()).await.unwrap();
     let be = Backend::start("be").await;
     reg.put_app("a", &AppRecord::default()).await.unwrap();
@@ -309,7 +309,7 @@ async fn expired_backends_are_skipped_without_any_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spin_holds_requests_until_a_backend_registers() {
-    let redis = RedisServer::start().await;
+    let redis = RedisServer::start();
     let reg = Registry::connect(&redis.url()).await.unwrap();
     let be = Backend::start("be").await;
     reg.put_app(
@@ -352,7 +352,7 @@ async fn spin_holds_requests_until_a_backend_registers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spin_gives_up_after_its_timeout() {
-    let redis = RedisServer::start().await;
+    let redis = RedisServer::start();
     let reg = Registry::connect(&redis.url()).await.unwrap();
     reg.put_app(
         "boot",
@@ -387,7 +387,7 @@ async fn spin_gives_up_after_its_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_registry_data_is_skipped_not_fatal() {
-    let redis = RedisServer::start().await;
+    let redis = RedisServer::start();
     let reg = Registry::connect(&redis.url()).await.unwrap();
     let be = Backend::start("be").await;
     add_app(&reg, "good", &["good.test"], &[be.addr]).await;
@@ -421,7 +421,7 @@ async fn bad_registry_data_is_skipped_not_fatal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_balancer_serves_its_snapshot_before_redis_answers() {
-    let mut redis = RedisServer::start().await;
+    let mut redis = RedisServer::start();
     let reg = Registry::connect(&redis.url()).await.unwrap();
     let be = Backend::start("be").await;
     add_app(&reg, "a", &["a.test"], &[be.addr]).await;

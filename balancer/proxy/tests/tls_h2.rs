@@ -1139,7 +1139,7 @@ async fn https_redirect_and_hsts_per_app() {
 /// backend for it (not registered).
 async fn shop_registry(domains: &[&str]) -> (RedisServer, pier_registry::Registry, Backend) {
     use pier_registry::model::{AppRecord, DomainRecord};
-    let redis = RedisServer::start().await;
+    let redis = RedisServer::start();
     let reg = pier_registry::Registry::connect(&redis.url())
         .await
         .unwrap();

@@ -2,65 +2,16 @@
 //! their checks, the cascades, the change feed, and the loads a balancer does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pier_registry::apply::{apply_change, table_from_snapshot, TableLoader};
 use pier_registry::model::{ChangeKind, DomainRecord};
 use pier_registry::{AppRecord, CertRecord, Change, Registry, RegistryError};
+use pier_testkit::RedisServer;
 
-/// A private `redis-server` on a free port, killed when dropped.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (.ci/run installs it)");
-        let server = RedisServer { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !server.ping() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        server
-    }
-
-    fn ping(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 16];
-        s.write_all(b"PING\r\n").is_ok()
-            && s.read(&mut buf).is_ok_and(|n| &buf[..n] == b"+PONG\r\n")
-    }
-
-    async fn registry(&self) -> Registry {
-        Registry::connect(&format!("redis://127.0.0.1:{}/0", self.port))
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The registry on a private `redis-server`.
+async fn registry(server: &RedisServer) -> Registry {
+    Registry::connect(&server.url()).await.unwrap()
 }
 
 /// A self-signed certificate record of `app` for `names`.
@@ -123,7 +74,7 @@ fn ops(changes: &[Change]) -> Vec<(ChangeKind, &str, bool)> {
 #[tokio::test]
 async fn put_get_delete_and_the_checks() {
     let redis = RedisServer::start();
-    let reg = redis.registry().await;
+    let reg = registry(&redis).await;
     setup(&reg).await;
     let v0 = reg.version().await.unwrap();
     let rec = record("blog", &["blog.test"]);
@@ -189,7 +140,7 @@ async fn put_get_delete_and_the_checks() {
 #[tokio::test]
 async fn removing_unverifying_or_deleting_the_app_removes_the_cert() {
     let redis = RedisServer::start();
-    let reg = redis.registry().await;
+    let reg = registry(&redis).await;
     setup(&reg).await;
     reg.put_cert("blog.test", &record("blog", &["blog.test"]))
         .await
@@ -266,7 +217,7 @@ async fn removing_unverifying_or_deleting_the_app_removes_the_cert() {
 #[tokio::test]
 async fn snapshots_scans_and_the_feed_give_the_table_its_certs() {
     let redis = RedisServer::start();
-    let reg = redis.registry().await;
+    let reg = registry(&redis).await;
     setup(&reg).await;
     let blog = record("blog", &["blog.test"]);
     let wild = record("blog", &["*.blog.test"]);

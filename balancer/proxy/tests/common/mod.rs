@@ -1,6 +1,6 @@
 //! Test harness: a real `pier-balancer` process on free loopback ports, programmable backends
 //! written here (not with pier's own parser), and a raw HTTP/1.1 client.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -14,24 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A loopback port nothing listens on right now, never handed out before by this process: the
-/// kernel can give the same port to two `bind(0)` calls in a row once the first socket is closed,
-/// and a test that asks for two ports (a listener and an admin port) must not get one twice.
-pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
-    // Hold every socket tried until a new port comes up, so the kernel cannot offer one again.
-    let mut held = Vec::new();
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-        held.push(l);
-    }
-}
+pub use pier_testkit::{free_port, RedisServer};
 
 /// A running balancer process. Killed when dropped.
 pub struct Balancer {
@@ -781,101 +764,4 @@ pub fn header_map(raw_head: &str) -> HashMap<String, String> {
 pub fn write_file(path: &std::path::Path, bytes: &[u8]) {
     let mut f = std::fs::File::create(path).unwrap();
     f.write_all(bytes).unwrap();
-}
-
-/// A real `redis-server` on a free port, with its data directory. Killed when dropped.
-pub struct RedisServer {
-    pub port: u16,
-    pub dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    pub async fn start() -> RedisServer {
-        let mut r = RedisServer {
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        r.launch().await;
-        r
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    async fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--dbfilename", "dump.rdb"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (.ci/run installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)).await {
-                let _ = s.write_all(b"PING\r\n").await;
-                let mut buf = [0u8; 16];
-                if let Ok(Ok(n)) =
-                    tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await
-                {
-                    if buf[..n].starts_with(b"+PONG") {
-                        return;
-                    }
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Kills the server at once (no save).
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Saves the data to disk (for a restart "with data").
-    pub async fn save(&self) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
-        s.write_all(b"SAVE\r\n").await.unwrap();
-        let mut buf = [0u8; 16];
-        let _ = s.read(&mut buf).await.unwrap();
-    }
-
-    /// Starts again on the same port; `keep_data` loads the last SAVE, otherwise starts empty
-    /// (the saved data is put aside, and comes back with the next restart that keeps data).
-    pub async fn restart(&mut self, keep_data: bool) {
-        self.kill();
-        let dump = self.dir.path().join("dump.rdb");
-        let aside = self.dir.path().join("dump.rdb.aside");
-        if keep_data {
-            if aside.exists() {
-                std::fs::rename(&aside, &dump).unwrap();
-            }
-        } else if dump.exists() {
-            std::fs::rename(&dump, &aside).unwrap();
-        }
-        self.launch().await;
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use http::Method;
 use serde_json::{json, Value};
 
-use crate::client::{encode_segment, ApiClient, ApiResponse, ClientError};
+use pier_model::client::{encode_segment, ApiClient, ApiResponse, ClientError};
 
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -91,7 +91,7 @@ pub struct ApiArgs {
     /// are never an app instance (link-local such as cloud metadata, unspecified, multicast,
     /// broadcast). The operator may register any address.
     #[arg(long, env = "PIER_BACKEND_ALLOW", value_delimiter = ',')]
-    pub backend_allow: Vec<crate::netpolicy::Cidr>,
+    pub backend_allow: Vec<pier_api::netpolicy::Cidr>,
 }
 
 #[derive(Debug, clap::Subcommand)]

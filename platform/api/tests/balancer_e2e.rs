@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,27 +16,6 @@ use serde_json::json;
 /// milliseconds (printed by the test); the bound is wide because CI machines are shared and a
 /// timing is measured by benchmarks, not asserted by tests.
 const PROPAGATION: Duration = Duration::from_secs(5);
-
-/// The `pier-balancer` binary next to this test's own build (same target directory and
-/// profile). Cargo only exposes binaries of the package under test, so when it has not been
-/// built yet (`cargo nextest run -p pier-platform` alone), build it here.
-fn balancer_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> → target/<profile>/pier-balancer
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let bin = profile_dir.join("pier-balancer");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "pier-balancer", "--bin", "pier-balancer"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build -p pier-balancer");
-        assert!(status.success(), "cargo build -p pier-balancer failed");
-    }
-    assert!(bin.exists(), "{} missing after building it", bin.display());
-    bin
-}
 
 struct Balancer {
     child: Child,
@@ -56,13 +34,16 @@ impl Balancer {
         let path = dir.path().join("balancer.toml");
         std::fs::write(&path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("balancer.log")).unwrap();
-        let child = Command::new(balancer_binary())
-            .arg("--config")
-            .arg(&path)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
+        let child = Command::new(pier_testkit::workspace_binary(
+            "pier-balancer",
+            "pier-balancer",
+        ))
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
         let mut b = Balancer { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

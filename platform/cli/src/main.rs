@@ -1,15 +1,17 @@
 //! `pier`: `pier api` runs the registry API server; every other verb is a client of it.
 
+mod cli;
+
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cli::{ApiArgs, Cli, Command};
 use anyhow::Context as _;
 use clap::Parser as _;
-use pier_platform::api::ApiState;
-use pier_platform::auth::Authenticator;
-use pier_platform::cli::{self, ApiArgs, Cli, Command};
-use pier_platform::verify::HttpVerifier;
+use pier_api::api::ApiState;
+use pier_api::auth::Authenticator;
+use pier_api::verify::HttpVerifier;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -80,7 +82,7 @@ fn run_api(args: &ApiArgs) -> anyhow::Result<()> {
                 (args.claim_ttl_hours != 0)
                     .then(|| Duration::from_secs(args.claim_ttl_hours.saturating_mul(3600))),
             )
-            .with_backend_policy(pier_platform::netpolicy::BackendPolicy {
+            .with_backend_policy(pier_api::netpolicy::BackendPolicy {
                 allow: args.backend_allow.clone(),
             }),
         );
@@ -89,7 +91,7 @@ fn run_api(args: &ApiArgs) -> anyhow::Result<()> {
             .with_context(|| format!("listening on {}", args.listen))?;
         let addr = listener.local_addr().context("local address")?;
         tracing::info!(%addr, redis = %args.redis, prefix = %args.prefix, "pier api listening");
-        pier_platform::server::serve(listener, state, shutdown_signal())
+        pier_api::server::serve(listener, state, shutdown_signal())
             .await
             .context("serving")?;
         tracing::info!("pier api stopped");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{Api, ApiServer, TestBackend};
 use http::Method;
-use pier_platform::router::ROUTES;
+use pier_api::router::ROUTES;
 use serde_json::json;
 
 #[tokio::test]
@@ -397,7 +397,7 @@ async fn claims_never_lapse_when_the_ttl_is_off() {
 }
 
 /// An owner adds `domain` to `app` (pending until verified).
-async fn claim(api: &Api, app: &str, domain: &str) -> pier_platform::client::ApiResponse {
+async fn claim(api: &Api, app: &str, domain: &str) -> pier_model::client::ApiResponse {
     let path = format!("/v1/apps/{app}/domains");
     api.call(Method::POST, &path, Some(json!({ "domain": domain })))
         .await
@@ -433,7 +433,7 @@ async fn owners_cannot_point_backends_at_the_platform_itself() {
 
     // With an allow-list (the runners' network), owners stay inside it.
     let api = ApiServer::start_with(|s| {
-        s.with_backend_policy(pier_platform::netpolicy::BackendPolicy {
+        s.with_backend_policy(pier_api::netpolicy::BackendPolicy {
             allow: vec!["10.0.0.0/8".parse().unwrap()],
         })
     })
@@ -453,7 +453,7 @@ async fn owners_cannot_point_backends_at_the_platform_itself() {
 }
 
 /// Registers a backend at `address` for app `blog`.
-async fn add_backend(api: &Api, address: &str) -> pier_platform::client::ApiResponse {
+async fn add_backend(api: &Api, address: &str) -> pier_model::client::ApiResponse {
     let body = json!({ "address": address });
     api.call(Method::POST, "/v1/apps/blog/backends", Some(body))
         .await
@@ -472,7 +472,7 @@ async fn backends_register_heartbeat_expire_deregister() {
         )
         .await;
     let first_deadline = r.body["expires_at_ms"].as_u64().unwrap();
-    assert!(first_deadline > pier_platform::api::now_ms() + 25_000);
+    assert!(first_deadline > pier_api::api::now_ms() + 25_000);
     assert_eq!(r.body["live"], true);
     // Without an id one is generated; without a TTL it never expires.
     let r = owner
@@ -703,7 +703,7 @@ async fn tokens_are_stored_only_hashed() {
         );
         assert!(!s.contains(common::OPERATOR), "operator token stored: {s}");
     }
-    let hash = pier_platform::auth::hash_token(&token);
+    let hash = pier_api::auth::hash_token(&token);
     let rec = api.registry.token(&hash).await.unwrap().unwrap();
     assert_eq!(rec.role, "owner");
     assert_eq!(rec.app.as_deref(), Some("blog"));
@@ -915,7 +915,7 @@ async fn api_reconnects_when_redis_comes_back() {
     let op = api.operator();
     op.expect(Method::POST, "/v1/apps", Some(json!({"name": "blog"})), 201)
         .await;
-    api.redis.restart();
+    api.redis.restart(false);
     // The first requests may fail (503) while the API notices; then it is back, on the new,
     // empty Redis.
     let start = std::time::Instant::now();
@@ -963,7 +963,7 @@ async fn oversized_bodies_are_refused() {
 
 #[tokio::test]
 async fn verifier_skips_a_dead_backend_and_gives_up_on_a_silent_one() {
-    use pier_platform::verify::{Challenge, HttpVerifier, Verifier};
+    use pier_api::verify::{Challenge, HttpVerifier, Verifier};
     use std::time::{Duration, Instant};
 
     let good = TestBackend::start("good").await;

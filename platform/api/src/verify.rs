@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::Full;
 
-use crate::client;
+use pier_model::client;
 
 /// Path prefix the challenge is served under.
 pub const CHALLENGE_PREFIX: &str = "/.well-known/pier-challenge/";

@@ -245,7 +245,7 @@ fn remaining_verbs() {
         .trim()
         .parse()
         .unwrap();
-    assert!(expires > pier_platform::api::now_ms() + 500_000, "{out:?}");
+    assert!(expires > pier_api::api::now_ms() + 500_000, "{out:?}");
 
     api.pier(op, &["domains", "add", "blog", "*.blog.test"])
         .ok();

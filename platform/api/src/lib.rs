@@ -1,12 +1,12 @@
-//! pier's platform: the registry API server (`pier api`) and the `pier` command-line client.
+//! pier's registry API server (`pier api`).
 //!
 //! This crate owns the HTTP/JSON API through which operators and app owners change the
 //! registry (apps, settings, domains, backends, tokens), its authorisation rules, the
-//! ownership check of custom domains, the OpenAPI document describing it, and the client verbs
-//! of the `pier` binary. It does not own the Redis schema or its atomic writes (that is
-//! `pier-registry`, which every write here goes through) and it never routes traffic or talks
-//! to a balancer: balancers follow the registry on their own. Runners, the coordinator and
-//! `pier up` are later work.
+//! ownership check of custom domains and the OpenAPI document describing it. It does not own
+//! the Redis schema or its atomic writes (that is `pier-registry`, which every write here goes
+//! through), the HTTP client (`pier-model`) or the `pier` binary and its verbs (`pier-cli`),
+//! and it never routes traffic or talks to a balancer: balancers follow the registry on their
+//! own.
 //!
 //! Modules, in the order a request meets them:
 //! - [`server`]: accept loop, HTTP/1.1 connections (hyper), body limits, JSON responses.
@@ -17,13 +17,9 @@
 //! - [`netpolicy`]: which addresses owners may register as backends.
 //! - [`error`]: [`ApiError`], mapped to status codes in one place.
 //! - [`openapi`]: the OpenAPI document served at `/openapi.json`.
-//! - [`client`]: a small HTTP client, and [`client::ApiClient`] for the API.
-//! - [`cli`]: the command-line arguments and the client verbs.
 
 pub mod api;
 pub mod auth;
-pub mod cli;
-pub mod client;
 pub mod error;
 pub mod netpolicy;
 pub mod openapi;

@@ -1,0 +1,22 @@
+//! pier's test kit: what the integration tests of every crate share, written once.
+//!
+//! It owns helpers that start real things on loopback for tests (a private `redis-server` on a
+//! free port, a tiny HTTP app, the workspace's own binaries) and small clients to look at them.
+//! It holds no test of its own and is only ever a dev-dependency. It depends on no pier crate,
+//! so any crate of the workspace may use it.
+//!
+//! Modules:
+//! - [`net`]: free loopback ports, a raw HTTP GET, a tiny HTTP app ([`net::TestBackend`]).
+//! - [`redis_server`]: [`RedisServer`], a private `redis-server` process.
+//! - [`process`]: the workspace's binaries, [`process::Output`] of a run, waiting for a condition.
+//! - [`certs`]: self-signed certificates.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod certs;
+pub mod net;
+pub mod process;
+pub mod redis_server;
+
+pub use net::{free_port, http_get, TestBackend};
+pub use process::{wait_until, workspace_binary, Output};
+pub use redis_server::RedisServer;

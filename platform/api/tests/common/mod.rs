@@ -1,0 +1,302 @@
+//! Test harness of the API: the API server in-process on a loopback port (with its own
+//! `redis-server` from the test kit), and an API client that checks every response against the
+//! OpenAPI document.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use pier_api::api::ApiState;
+use pier_api::auth::Authenticator;
+use pier_api::router::{self, Match};
+use pier_api::verify::HttpVerifier;
+use pier_model::client::{ApiClient, ApiResponse};
+pub use pier_testkit::certs::cert_pair;
+pub use pier_testkit::{free_port, http_get, RedisServer, TestBackend};
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+pub const OPERATOR: &str = "op-secret-token-for-tests";
+
+/// The API server running in this test process, on a loopback port.
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    pub registry: pier_registry::Registry,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub redis: RedisServer,
+}
+
+impl ApiServer {
+    pub async fn start() -> ApiServer {
+        Self::start_with(|s| s).await
+    }
+
+    /// An API server whose pending domain claims lapse after `ttl`.
+    pub async fn start_with_claim_ttl(ttl: Option<Duration>) -> ApiServer {
+        Self::start_with(|s| s.with_claim_ttl(ttl)).await
+    }
+
+    /// An API server with settings changed by `configure`.
+    pub async fn start_with(configure: impl FnOnce(ApiState) -> ApiState) -> ApiServer {
+        let redis = RedisServer::start();
+        let registry = pier_registry::Registry::connect(&redis.url())
+            .await
+            .unwrap();
+        let state = Arc::new(configure(ApiState::new(
+            registry.clone(),
+            &redis.url(),
+            "pier:",
+            Authenticator::new(OPERATOR),
+            Arc::new(HttpVerifier {
+                via: None,
+                timeout: Duration::from_secs(2),
+            }),
+        )));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(pier_api::server::serve(listener, state, async {
+            let _ = rx.await;
+        }));
+        ApiServer {
+            addr,
+            registry,
+            stop: Some(tx),
+            redis,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn client(&self, token: Option<&str>) -> Api {
+        Api::new(&self.url(), token)
+    }
+
+    pub fn operator(&self) -> Api {
+        self.client(Some(OPERATOR))
+    }
+
+    /// Creates an app (as the operator) and an owner token for it.
+    pub async fn app_with_owner(&self, name: &str) -> Api {
+        let op = self.operator();
+        op.expect(
+            Method::POST,
+            "/v1/apps",
+            Some(serde_json::json!({"name": name})),
+            201,
+        )
+        .await;
+        let t = op
+            .expect(
+                Method::POST,
+                "/v1/tokens",
+                Some(serde_json::json!({"app": name})),
+                201,
+            )
+            .await;
+        self.client(Some(t.body["token"].as_str().unwrap()))
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// An API client whose every answer is checked against the OpenAPI document.
+#[derive(Clone)]
+pub struct Api {
+    pub client: ApiClient,
+}
+
+impl Api {
+    pub fn new(url: &str, token: Option<&str>) -> Api {
+        Api {
+            client: ApiClient::new(url, token.map(str::to_string)).unwrap(),
+        }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> ApiResponse {
+        let r = self
+            .client
+            .call(method.clone(), path, body.as_ref())
+            .await
+            .unwrap();
+        check_against_openapi(&method, path, &r);
+        if r.status.is_success() {
+            check_request_against_openapi(&method, path, body.as_ref());
+        }
+        r
+    }
+
+    /// Calls and asserts the status; returns the response.
+    pub async fn expect(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        status: u16,
+    ) -> ApiResponse {
+        let r = self.call(method.clone(), path, body).await;
+        assert_eq!(
+            r.status.as_u16(),
+            status,
+            "{method} {path}: got {} {}",
+            r.status,
+            r.text
+        );
+        r
+    }
+}
+
+// ------------------------------------------------------------------ OpenAPI checking
+
+/// Checks that `r` is declared for the operation `method path` hits (status code) and that its
+/// body matches the declared schema. Responses to unknown routes are not operations: skipped.
+pub fn check_against_openapi(method: &Method, path: &str, r: &ApiResponse) {
+    let doc = pier_api::openapi::document();
+    let path_only = path.split('?').next().unwrap_or(path);
+    let Ok(Match::Found(route, _)) = router::match_route(method, path_only) else {
+        return;
+    };
+    let op = &doc["paths"][route.pattern][method.as_str().to_ascii_lowercase()];
+    assert!(
+        op.is_object(),
+        "{} {} is served but not in the OpenAPI document",
+        method,
+        route.pattern
+    );
+    let status = r.status.as_u16().to_string();
+    let resp = &op["responses"][&status];
+    assert!(
+        resp.is_object(),
+        "{method} {}: status {status} is not declared in the OpenAPI document (body {})",
+        route.pattern,
+        r.text
+    );
+    match resp.get("content") {
+        Some(content) => {
+            let schema = &content["application/json"]["schema"];
+            if let Err(e) = validate(&doc, schema, &r.body, "$") {
+                panic!(
+                    "{method} {} {status}: body does not match its schema: {e}\nbody: {}",
+                    route.pattern, r.text
+                );
+            }
+        }
+        None => assert!(
+            r.text.is_empty(),
+            "{method} {} {status}: declared without a body, got {}",
+            route.pattern,
+            r.text
+        ),
+    }
+}
+
+/// Checks that a request body the server accepted matches the operation's declared request
+/// schema, so the document does not describe bodies the server would refuse or vice versa.
+pub fn check_request_against_openapi(method: &Method, path: &str, body: Option<&Value>) {
+    let doc = pier_api::openapi::document();
+    let Ok(Match::Found(route, _)) = router::match_route(method, path) else {
+        return;
+    };
+    let op = &doc["paths"][route.pattern][method.as_str().to_ascii_lowercase()];
+    let Some(schema) = op
+        .get("requestBody")
+        .map(|b| &b["content"]["application/json"]["schema"])
+    else {
+        assert!(
+            body.is_none(),
+            "{method} {}: body sent but none declared",
+            route.pattern
+        );
+        return;
+    };
+    if let Some(body) = body {
+        if let Err(e) = validate(&doc, schema, body, "$") {
+            panic!(
+                "{method} {}: accepted request body does not match its schema: {e}\nbody: {body}",
+                route.pattern
+            );
+        }
+    }
+}
+
+/// A JSON Schema subset (allOf of one schema for nullable references): $ref, type (with nullable), required, properties,
+/// additionalProperties: false, items, enum, minimum.
+pub fn validate(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.strip_prefix("#/components/schemas/").unwrap();
+        let target = &doc["components"]["schemas"][name];
+        assert!(target.is_object(), "dangling $ref {r}");
+        return validate(doc, target, v, at);
+    }
+    if v.is_null() && schema.get("nullable") == Some(&Value::Bool(true)) {
+        return Ok(());
+    }
+    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+        for s in all {
+            validate(doc, s, v, at)?;
+        }
+    }
+    if let Some(t) = schema.get("type").and_then(Value::as_str) {
+        let ok = match t {
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "string" => v.is_string(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            other => return Err(format!("schema type {other} unknown")),
+        };
+        if !ok {
+            return Err(format!("{at}: expected {t}, got {v}"));
+        }
+    }
+    if let Some(e) = schema.get("enum").and_then(Value::as_array) {
+        if !e.contains(v) {
+            return Err(format!("{at}: {v} is not one of {e:?}"));
+        }
+    }
+    if let (Some(min), Some(n)) = (schema.get("minimum").and_then(Value::as_f64), v.as_f64()) {
+        if n < min {
+            return Err(format!("{at}: {n} is below {min}"));
+        }
+    }
+    if let Some(obj) = v.as_object() {
+        for req in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let req = req.as_str().unwrap();
+            if !obj.contains_key(req) {
+                return Err(format!("{at}: required field {req} missing"));
+            }
+        }
+        let props = schema.get("properties").and_then(Value::as_object);
+        for (k, val) in obj {
+            match props.and_then(|p| p.get(k)) {
+                Some(s) => validate(doc, s, val, &format!("{at}.{k}"))?,
+                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                    return Err(format!("{at}: field {k} is not declared"))
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), v.as_array()) {
+        for (i, item) in arr.iter().enumerate() {
+            validate(doc, items, item, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
