@@ -1,12 +1,16 @@
 //! pier's platform wire types and the typed client of the registry API.
 //!
-//! This crate owns what crosses the wire between the platform's programs: the HTTP client the
-//! CLI, the runners and the domain verifier use ([`client`]). It does no I/O of its own beyond
+//! This crate owns what crosses the wire between the platform's programs: the records of
+//! releases, formations, runners and instances ([`platform`]), stored as they are in Redis and
+//! answered as they are by the API, with their validation; and the HTTP client the CLI and the
+//! domain verifier use ([`client`]). It does no I/O of its own beyond
 //! that client and knows nothing of Redis (that is `pier-registry` and the services).
 //!
 //! Modules:
+//! - [`platform`]: releases, formation, runners, instances; config keys and Procfiles.
 //! - [`client`]: a small HTTP/1.1 client, and [`client::ApiClient`] for the registry API.
 
 pub mod client;
+pub mod platform;
 
 pub use client::{ApiClient, ApiResponse, ClientError};

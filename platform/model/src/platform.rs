@@ -1,0 +1,270 @@
+//! The platform's records: releases, formation, runners, instance assignments and the states
+//! runners report. Each is stored as JSON in Redis (by `pier-store`) and is also what the API
+//! answers with, so there is one description of each shape.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A slug: the built, immutable result of one deploy, named by its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlugRef {
+    /// SHA-256 of the slug archive (lower-case hex): its name in the slug store and its check.
+    pub digest: String,
+    /// Size of the archive in bytes.
+    pub size: u64,
+}
+
+/// Where a release stands in its rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseStatus {
+    /// Made; its instances are being started (or nothing is to run yet).
+    Pending,
+    /// Every instance the formation asks for runs this release and is healthy.
+    Running,
+    /// Its instances never became healthy: the release before it kept serving.
+    Failed,
+}
+
+/// A numbered release of an app: a slug (absent until the first deploy) and config vars.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    pub app: String,
+    /// 1, 2, 3, ... per app.
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slug: Option<SlugRef>,
+    /// The Procfile of the slug: process type → command.
+    #[serde(default)]
+    pub processes: BTreeMap<String, String>,
+    /// Config vars (secrets among them: never logged, and shown only to the app's owner).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// What made it ("Deploy 3f2a9c1e", "Set FOO", "Rollback to v2").
+    pub description: String,
+    pub created_ms: u64,
+    pub status: ReleaseStatus,
+    /// Why a release failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Instances wanted per process type, e.g. `{"web": 2, "worker": 1}`.
+pub type Formation = BTreeMap<String, u32>;
+
+/// Most instances of one process type.
+pub const MAX_SCALE: u32 = 100;
+
+/// A runner machine as it registers itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerRecord {
+    pub id: String,
+    /// The IP its instances listen on (what the balancers connect to).
+    pub address: String,
+    /// Most instances it runs at once.
+    pub capacity: u32,
+    pub started_ms: u64,
+    /// Its last heartbeat; the coordinator calls it dead when this gets too old.
+    pub heartbeat_ms: u64,
+    /// The limits it enforces on instances, in words (for operators).
+    #[serde(default)]
+    pub limits: String,
+}
+
+/// One instance the coordinator wants a runner to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpec {
+    /// Unique id: the backend id in the registry and the key of its reports.
+    pub id: String,
+    pub app: String,
+    /// Process type (`web`, `worker`, ...).
+    pub ptype: String,
+    /// 1-based slot within the process type: `web.1`.
+    pub index: u32,
+    pub release: u64,
+    /// Restart generation: a spec of an older generation is replaced (rolling restart).
+    #[serde(default)]
+    pub generation: u64,
+}
+
+impl InstanceSpec {
+    /// `web.1`.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.ptype, self.index)
+    }
+}
+
+/// The life of an instance as its runner sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    /// Fetching and unpacking its slug.
+    Preparing,
+    /// Started; waiting for its health check.
+    Starting,
+    /// Healthy (and routed, for `web`).
+    Up,
+    /// Exited or failed its health check; it is tried again at `next_try_ms`.
+    Crashed,
+    /// Could not be placed here (slug missing or corrupt, disk full): the coordinator moves it.
+    Failed,
+    /// Deregistered, draining, then stopped.
+    Stopping,
+}
+
+/// What a runner reports about one instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub app: String,
+    pub ptype: String,
+    pub index: u32,
+    pub release: u64,
+    #[serde(default)]
+    pub generation: u64,
+    pub runner: String,
+    pub state: InstanceState,
+    /// `IP:port` it listens on (web), once started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// When the current process started.
+    #[serde(default)]
+    pub started_ms: u64,
+    /// Times it was started again after a crash.
+    #[serde(default)]
+    pub restarts: u32,
+    /// The last exit, in words ("exit status 3", "signal 9", "health check timed out").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    /// When a crashed instance is tried again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_try_ms: Option<u64>,
+    /// CPU seconds (user + system) of its processes.
+    #[serde(default)]
+    pub cpu_s: f64,
+    /// Resident memory of its processes, KiB.
+    #[serde(default)]
+    pub rss_kib: u64,
+    pub updated_ms: u64,
+}
+
+/// Checks a config var name: `[A-Z_][A-Z0-9_]*`, at most 128 bytes, not one the platform sets.
+pub fn check_config_key(key: &str) -> Result<(), String> {
+    let mut bytes = key.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_uppercase() || b == b'_');
+    if !first_ok
+        || key.len() > 128
+        || !bytes.all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(format!(
+            "config key {key:?} must match [A-Z_][A-Z0-9_]* (at most 128 bytes)"
+        ));
+    }
+    if key == "PORT" || key.starts_with("PIER_") {
+        return Err(format!(
+            "config key {key:?} is set by the platform (PORT and PIER_*)"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a config value: at most 32 KiB, no NUL (it goes into a process environment).
+pub fn check_config_value(key: &str, value: &str) -> Result<(), String> {
+    if value.len() > 32 * 1024 {
+        return Err(format!("config value of {key} is over 32 KiB"));
+    }
+    if value.contains('\0') {
+        return Err(format!("config value of {key} contains a NUL byte"));
+    }
+    Ok(())
+}
+
+/// Checks a process type name: `[a-z][a-z0-9_-]*`, at most 30 bytes.
+pub fn check_process_type(name: &str) -> Result<(), String> {
+    let mut bytes = name.bytes();
+    let ok = bytes.next().is_some_and(|b| b.is_ascii_lowercase())
+        && name.len() <= 30
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "process type {name:?} must match [a-z][a-z0-9_-]* (at most 30 bytes)"
+        ))
+    }
+}
+
+/// Parses a Procfile: `type: command` lines; blank lines and `#` comments are skipped.
+pub fn parse_procfile(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((name, command)) = line.split_once(':') else {
+            return Err(format!(
+                "Procfile line {}: expected `type: command`, got {line:?}",
+                n + 1
+            ));
+        };
+        let (name, command) = (name.trim(), command.trim());
+        check_process_type(name).map_err(|e| format!("Procfile line {}: {e}", n + 1))?;
+        if command.is_empty() {
+            return Err(format!("Procfile line {}: {name} has no command", n + 1));
+        }
+        if out.insert(name.to_string(), command.to_string()).is_some() {
+            return Err(format!(
+                "Procfile line {}: process type {name} appears twice",
+                n + 1
+            ));
+        }
+    }
+    if out.is_empty() {
+        return Err("Procfile declares no process type".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn procfiles() {
+        let p = parse_procfile(
+            "# app\nweb: gunicorn app:app --bind 0.0.0.0:$PORT\n\nworker:python w.py\n",
+        )
+        .unwrap();
+        assert_eq!(p["web"], "gunicorn app:app --bind 0.0.0.0:$PORT");
+        assert_eq!(p["worker"], "python w.py");
+        assert!(parse_procfile("").unwrap_err().contains("no process type"));
+        assert!(parse_procfile("web python x")
+            .unwrap_err()
+            .contains("line 1"));
+        assert!(parse_procfile("Web: x").is_err());
+        assert!(parse_procfile("web:").unwrap_err().contains("no command"));
+        assert!(parse_procfile("web: a\nweb: b")
+            .unwrap_err()
+            .contains("twice"));
+    }
+
+    #[test]
+    fn config_keys() {
+        assert!(check_config_key("DATABASE_URL").is_ok());
+        assert!(check_config_key("_X1").is_ok());
+        for bad in ["", "1A", "lower", "A-B", "PORT", "PIER_RELEASE", "É"] {
+            assert!(check_config_key(bad).is_err(), "{bad}");
+        }
+        assert!(check_config_value("K", "a\0b").is_err());
+    }
+}

@@ -1,0 +1,60 @@
+//! Key names of the platform state, under the registry's prefix (default `pier:`). See
+//! docs/platform.md for the whole schema.
+
+/// Key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct PlatformKeys {
+    /// Hash: app → its current (desired) release number.
+    pub current: String,
+    /// Hash: app → its formation (JSON `{"web": 2}`).
+    pub formation: String,
+    /// Hash: `app` or `app/web.1` → restart generation.
+    pub restarts: String,
+    /// Hash: runner id → [`pier_model::platform::RunnerRecord`] JSON.
+    pub runners: String,
+    /// Hash: app → Unix uid its instances run as.
+    pub uids: String,
+    /// Counter of allocated uids.
+    pub uid_seq: String,
+    /// The coordinator's lease: the holder's id, with an expiry.
+    pub lease: String,
+    /// The fencing token: incremented each time a coordinator takes the lease.
+    pub fence: String,
+    prefix: String,
+}
+
+impl PlatformKeys {
+    pub fn new(prefix: &str) -> Self {
+        PlatformKeys {
+            current: format!("{prefix}current"),
+            formation: format!("{prefix}formation"),
+            restarts: format!("{prefix}restarts"),
+            runners: format!("{prefix}runners"),
+            uids: format!("{prefix}uids"),
+            uid_seq: format!("{prefix}uid_seq"),
+            lease: format!("{prefix}coordinator:lease"),
+            fence: format!("{prefix}coordinator:fence"),
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// Hash: release number → [`pier_model::platform::Release`] JSON.
+    pub fn releases(&self, app: &str) -> String {
+        format!("{}releases:{app}", self.prefix)
+    }
+
+    /// Counter: the app's last release number.
+    pub fn release_seq(&self, app: &str) -> String {
+        format!("{}release_seq:{app}", self.prefix)
+    }
+
+    /// Hash: instance id → [`pier_model::platform::InstanceSpec`] JSON the runner must run.
+    pub fn assignments(&self, runner: &str) -> String {
+        format!("{}assign:{runner}", self.prefix)
+    }
+
+    /// Hash: instance id → [`pier_model::platform::InstanceStatus`] JSON, reported by runners.
+    pub fn instances(&self, app: &str) -> String {
+        format!("{}instances:{app}", self.prefix)
+    }
+}

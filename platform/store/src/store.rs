@@ -1,0 +1,338 @@
+//! [`Store`]: the typed client of the platform state.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pier_model::platform::{Formation, InstanceSpec, InstanceStatus, Release, RunnerRecord};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::keys::PlatformKeys;
+
+/// What went wrong talking to the platform state.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("bad data in the platform state: {0}")]
+    BadData(String),
+    /// Another write made a release at the same time, every time this one tried.
+    #[error("release of {0:?} kept conflicting with concurrent writes")]
+    Contended(String),
+    /// A write of a coordinator that is no longer the leader.
+    #[error("refused: fencing token {0} is not the current leader's")]
+    Fenced(u64),
+}
+
+/// Longest a single command may take before it counts as failed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// First uid handed to apps (far above the system's and people's own).
+pub const FIRST_APP_UID: u32 = 200_000;
+
+/// A connection to the platform state (reconnects by itself after Redis comes back).
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) conn: ConnectionManager,
+    pub(crate) keys: PlatformKeys,
+}
+
+pub(crate) async fn timed<T>(
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, fut).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(StoreError::Timeout(COMMAND_TIMEOUT)),
+    }
+}
+
+pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::BadData(e.to_string()))
+}
+
+fn from_json<T: DeserializeOwned>(what: &str, raw: &str) -> Result<T, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError::BadData(format!("{what}: {e}")))
+}
+
+/// Parses every value of a hash, skipping (and returning the reasons of) the bad ones: one
+/// broken record must not hide the others.
+fn parse_all<T: DeserializeOwned>(what: &str, raw: BTreeMap<String, String>) -> Vec<T> {
+    raw.into_iter()
+        .filter_map(|(k, v)| match from_json(&format!("{what} {k}"), &v) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("pier-store: skipped {e}");
+                None
+            }
+        })
+        .collect()
+}
+
+impl Store {
+    /// Connects to `url` with key prefix `prefix` (the registry's, default `pier:`).
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let conn = timed(ConnectionManager::new(client)).await?;
+        Ok(Store {
+            conn,
+            keys: PlatformKeys::new(prefix),
+        })
+    }
+
+    pub fn keys(&self) -> &PlatformKeys {
+        &self.keys
+    }
+
+    fn c(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    // ------------------------------------------------------------ releases
+
+    /// The app's releases, newest first.
+    pub async fn releases(&self, app: &str) -> Result<Vec<Release>, StoreError> {
+        let raw: BTreeMap<String, String> =
+            timed(self.c().hgetall(self.keys.releases(app))).await?;
+        let mut out: Vec<Release> = parse_all("release", raw);
+        out.sort_by(|a, b| b.version.cmp(&a.version));
+        Ok(out)
+    }
+
+    pub async fn release(&self, app: &str, version: u64) -> Result<Option<Release>, StoreError> {
+        let raw: Option<String> = timed(self.c().hget(self.keys.releases(app), version)).await?;
+        raw.map(|r| from_json(&format!("release {app} v{version}"), &r))
+            .transpose()
+    }
+
+    /// The app's newest release.
+    pub async fn latest_release(&self, app: &str) -> Result<Option<Release>, StoreError> {
+        let seq: Option<u64> = timed(self.c().get(self.keys.release_seq(app))).await?;
+        match seq {
+            Some(v) => self.release(app, v).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Makes the app's next release from its newest one (`None` for the first) with `make`,
+    /// and makes it current unless `make_current` is false. Atomic: if another release was
+    /// made in between, `make` runs again on the new newest one.
+    pub async fn create_release(
+        &self,
+        app: &str,
+        make_current: bool,
+        make: impl Fn(Option<&Release>) -> Result<Release, StoreError>,
+    ) -> Result<Release, StoreError> {
+        let script = Script::new(
+            r#"
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+if seq ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if ARGV[4] == '1' then redis.call('HSET', KEYS[3], ARGV[5], ARGV[2]) end
+return 1
+"#,
+        );
+        for _ in 0..10 {
+            let base = self.latest_release(app).await?;
+            let base_version = base.as_ref().map_or(0, |r| r.version);
+            let mut rel = make(base.as_ref())?;
+            rel.version = base_version + 1;
+            rel.app = app.to_string();
+            let json = to_json(&rel)?;
+            let mut inv = script.prepare_invoke();
+            inv.key(self.keys.release_seq(app))
+                .key(self.keys.releases(app))
+                .key(&self.keys.current);
+            inv.arg(base_version)
+                .arg(rel.version)
+                .arg(json)
+                .arg(if make_current { "1" } else { "0" })
+                .arg(app);
+            let done: i64 = timed(inv.invoke_async(&mut self.c())).await?;
+            if done == 1 {
+                return Ok(rel);
+            }
+        }
+        Err(StoreError::Contended(app.to_string()))
+    }
+
+    /// The app's current release number (what should run).
+    pub async fn current(&self, app: &str) -> Result<Option<u64>, StoreError> {
+        Ok(timed(self.c().hget(&self.keys.current, app)).await?)
+    }
+
+    /// Every app with a current release, and that release.
+    pub async fn all_current(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        Ok(timed(self.c().hgetall(&self.keys.current)).await?)
+    }
+
+    /// Makes `version` the app's current release (rollback).
+    pub async fn set_current(&self, app: &str, version: u64) -> Result<(), StoreError> {
+        timed(
+            self.c()
+                .hset::<_, _, _, ()>(&self.keys.current, app, version),
+        )
+        .await
+    }
+
+    // ------------------------------------------------------------ formation, restarts
+
+    /// The app's formation as set (absent types: `web` 1, others 0).
+    pub async fn formation(&self, app: &str) -> Result<Formation, StoreError> {
+        let raw: Option<String> = timed(self.c().hget(&self.keys.formation, app)).await?;
+        Ok(match raw {
+            Some(r) => from_json(&format!("formation of {app}"), &r)?,
+            None => Formation::new(),
+        })
+    }
+
+    pub async fn all_formations(&self) -> Result<BTreeMap<String, Formation>, StoreError> {
+        let raw: BTreeMap<String, String> = timed(self.c().hgetall(&self.keys.formation)).await?;
+        let mut out = BTreeMap::new();
+        for (app, v) in raw {
+            match from_json(&format!("formation of {app}"), &v) {
+                Ok(f) => {
+                    out.insert(app, f);
+                }
+                Err(e) => eprintln!("pier-store: skipped {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets the counts of the given process types, keeping the others (atomic).
+    pub async fn scale(&self, app: &str, changes: &Formation) -> Result<Formation, StoreError> {
+        let script = Script::new(
+            r#"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local f = {}
+if cur then f = cjson.decode(cur) end
+local changes = cjson.decode(ARGV[2])
+for k, v in pairs(changes) do f[k] = v end
+local out = cjson.encode(f)
+redis.call('HSET', KEYS[1], ARGV[1], out)
+return out
+"#,
+        );
+        let raw: String = timed(
+            script
+                .key(&self.keys.formation)
+                .arg(app)
+                .arg(to_json(changes)?)
+                .invoke_async(&mut self.c()),
+        )
+        .await?;
+        // cjson writes whole numbers as integers below 2^53.
+        let f: BTreeMap<String, f64> = from_json("formation", &raw)?;
+        Ok(f.into_iter().map(|(k, v)| (k, v as u32)).collect())
+    }
+
+    /// Asks for a rolling restart of every instance of the app (`slot` None) or of one
+    /// (`web.1`); returns the new generation.
+    pub async fn request_restart(&self, app: &str, slot: Option<&str>) -> Result<u64, StoreError> {
+        let field = match slot {
+            Some(s) => format!("{app}/{s}"),
+            None => app.to_string(),
+        };
+        timed(self.c().hincr(&self.keys.restarts, field, 1u64)).await
+    }
+
+    /// Every restart generation (`app` and `app/slot` → generation).
+    pub async fn restart_generations(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        Ok(timed(self.c().hgetall(&self.keys.restarts)).await?)
+    }
+
+    /// Forgets everything the platform keeps for an app (when the app is deleted). Its
+    /// instances stop at the coordinator's next pass.
+    pub async fn delete_app(&self, app: &str) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hdel(&self.keys.current, app)
+            .hdel(&self.keys.formation, app)
+            .hdel(&self.keys.restarts, app)
+            .del(self.keys.releases(app))
+            .del(self.keys.release_seq(app));
+        timed(pipe.query_async::<()>(&mut self.c())).await
+    }
+
+    // ------------------------------------------------------------ runners
+
+    /// Registers a runner or refreshes its heartbeat.
+    pub async fn put_runner(&self, rec: &RunnerRecord) -> Result<(), StoreError> {
+        timed(
+            self.c()
+                .hset::<_, _, _, ()>(&self.keys.runners, &rec.id, to_json(rec)?),
+        )
+        .await
+    }
+
+    pub async fn runners(&self) -> Result<Vec<RunnerRecord>, StoreError> {
+        let raw: BTreeMap<String, String> = timed(self.c().hgetall(&self.keys.runners)).await?;
+        Ok(parse_all("runner", raw))
+    }
+
+    pub async fn runner(&self, id: &str) -> Result<Option<RunnerRecord>, StoreError> {
+        let raw: Option<String> = timed(self.c().hget(&self.keys.runners, id)).await?;
+        raw.map(|r| from_json(&format!("runner {id}"), &r))
+            .transpose()
+    }
+
+    /// The instances the coordinator assigned to `runner`.
+    pub async fn assignments(&self, runner: &str) -> Result<Vec<InstanceSpec>, StoreError> {
+        let raw: BTreeMap<String, String> =
+            timed(self.c().hgetall(self.keys.assignments(runner))).await?;
+        Ok(parse_all("assignment", raw))
+    }
+
+    // ------------------------------------------------------------ instance reports
+
+    pub async fn report(&self, st: &InstanceStatus) -> Result<(), StoreError> {
+        timed(
+            self.c()
+                .hset::<_, _, _, ()>(self.keys.instances(&st.app), &st.id, to_json(st)?),
+        )
+        .await
+    }
+
+    pub async fn remove_report(&self, app: &str, id: &str) -> Result<(), StoreError> {
+        timed(self.c().hdel::<_, _, ()>(self.keys.instances(app), id)).await
+    }
+
+    /// What runners report about the app's instances.
+    pub async fn reports(&self, app: &str) -> Result<Vec<InstanceStatus>, StoreError> {
+        let raw: BTreeMap<String, String> =
+            timed(self.c().hgetall(self.keys.instances(app))).await?;
+        Ok(parse_all("instance", raw))
+    }
+
+    // ------------------------------------------------------------ uids
+
+    /// The Unix uid the app's instances run as on every runner (allocated once).
+    pub async fn app_uid(&self, app: &str) -> Result<u32, StoreError> {
+        if let Some(uid) = timed(self.c().hget::<_, _, Option<u32>>(&self.keys.uids, app)).await? {
+            return Ok(uid);
+        }
+        let script = Script::new(
+            r#"
+local have = redis.call('HGET', KEYS[1], ARGV[1])
+if have then return tonumber(have) end
+local n = redis.call('INCR', KEYS[2])
+local uid = tonumber(ARGV[2]) + n
+redis.call('HSET', KEYS[1], ARGV[1], uid)
+return uid
+"#,
+        );
+        timed(
+            script
+                .key(&self.keys.uids)
+                .key(&self.keys.uid_seq)
+                .arg(app)
+                .arg(FIRST_APP_UID)
+                .invoke_async(&mut self.c()),
+        )
+        .await
+    }
+}
