@@ -97,7 +97,7 @@ impl Store {
         let raw: BTreeMap<String, String> =
             timed(self.c().hgetall(self.keys.releases(app))).await?;
         let mut out: Vec<Release> = parse_all("release", raw);
-        out.sort_by(|a, b| b.version.cmp(&a.version));
+        out.sort_by_key(|r| std::cmp::Reverse(r.version));
         Ok(out)
     }
 
@@ -161,12 +161,12 @@ return 1
 
     /// The app's current release number (what should run).
     pub async fn current(&self, app: &str) -> Result<Option<u64>, StoreError> {
-        Ok(timed(self.c().hget(&self.keys.current, app)).await?)
+        timed(self.c().hget(&self.keys.current, app)).await
     }
 
     /// Every app with a current release, and that release.
     pub async fn all_current(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        Ok(timed(self.c().hgetall(&self.keys.current)).await?)
+        timed(self.c().hgetall(&self.keys.current)).await
     }
 
     /// Makes `version` the app's current release (rollback).
@@ -242,7 +242,7 @@ return out
 
     /// Every restart generation (`app` and `app/slot` → generation).
     pub async fn restart_generations(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        Ok(timed(self.c().hgetall(&self.keys.restarts)).await?)
+        timed(self.c().hgetall(&self.keys.restarts)).await
     }
 
     /// Forgets everything the platform keeps for an app (when the app is deleted). Its
