@@ -19,6 +19,7 @@ use serde_json::Value;
 use crate::auth::{self, Authenticator, Caller};
 use crate::error::ApiError;
 use crate::netpolicy::BackendPolicy;
+use crate::platform::PlatformState;
 use crate::verify::{Challenge, Verifier, CHALLENGE_PREFIX};
 
 /// Longest backend TTL a runner may ask for: a year. A longer one is a mistake (use no TTL).
@@ -41,6 +42,8 @@ pub struct ApiState {
     pub claim_ttl: Option<Duration>,
     /// Which addresses owners may register as backends.
     pub backend_policy: BackendPolicy,
+    /// Deploys, releases, formation and instances (`None`: this API serves the registry only).
+    pub platform: Option<PlatformState>,
 }
 
 /// Default of [`ApiState::claim_ttl`]: three days to serve the challenge.
@@ -64,7 +67,14 @@ impl ApiState {
             verifier,
             claim_ttl: Some(DEFAULT_CLAIM_TTL),
             backend_policy: BackendPolicy::default(),
+            platform: None,
         }
+    }
+
+    /// Serves the platform's routes (deploys, releases, config, formation, instances).
+    pub fn with_platform(mut self, platform: PlatformState) -> Self {
+        self.platform = Some(platform);
+        self
     }
 
     /// Sets which addresses owners may register as backends (`pier api --backend-allow`).
@@ -127,7 +137,7 @@ impl ApiState {
 /// A handler's answer: a status and a JSON body (`None`: no body, for 204).
 pub type Reply = Result<(StatusCode, Option<Value>), ApiError>;
 
-fn json<T: Serialize>(status: StatusCode, v: &T) -> Reply {
+pub(crate) fn json<T: Serialize>(status: StatusCode, v: &T) -> Reply {
     let v = serde_json::to_value(v).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok((status, Some(v)))
 }
@@ -398,7 +408,7 @@ fn check_settings(rec: &AppRecord) -> Result<(), ApiError> {
         .map_err(|e| ApiError::Unprocessable(format!("settings: {e}")))
 }
 
-async fn existing_app(state: &ApiState, app: &str) -> Result<AppRecord, ApiError> {
+pub(crate) async fn existing_app(state: &ApiState, app: &str) -> Result<AppRecord, ApiError> {
     state
         .registry()
         .app(app)
@@ -562,7 +572,12 @@ pub async fn delete_app(state: &ApiState, caller: &Caller, app: &str) -> Reply {
     if revoked > 0 {
         tracing::info!(app, revoked, "owner tokens revoked");
     }
-    match state.registry().delete_app(app).await? {
+    let deleted = state.registry().delete_app(app).await?;
+    // Its releases and formation go too: the coordinator then stops its instances.
+    if let Some(p) = &state.platform {
+        p.store.delete_app(app).await?;
+    }
+    match deleted {
         Some(_) => {
             tracing::info!(app, "app deleted");
             Ok((StatusCode::NO_CONTENT, None))

@@ -85,6 +85,20 @@ impl ApiError {
     }
 }
 
+impl From<pier_store::StoreError> for ApiError {
+    fn from(e: pier_store::StoreError) -> Self {
+        use pier_store::StoreError as S;
+        match e {
+            S::BadData(m) => ApiError::Internal(m),
+            S::Contended(app) => ApiError::Conflict(format!(
+                "release of {app:?} kept conflicting with concurrent changes: try again"
+            )),
+            e @ S::Fenced(_) => ApiError::Internal(e.to_string()),
+            e @ (S::Redis(_) | S::Timeout(_)) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {

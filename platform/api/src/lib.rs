@@ -13,16 +13,20 @@
 //! - [`router`]: the route table, matched by method and path; the one list of routes.
 //! - [`auth`]: tokens (made, hashed, stored hashed) and who a caller is.
 //! - [`api`]: the handlers and their request and response bodies.
+//! - [`platform`]: deploys, releases, config vars, formation, instances, runners.
 //! - [`verify`]: the pluggable ownership check of custom domains and its HTTP implementation.
 //! - [`netpolicy`]: which addresses owners may register as backends.
 //! - [`error`]: [`ApiError`], mapped to status codes in one place.
 //! - [`openapi`]: the OpenAPI document served at `/openapi.json`.
+
+#![recursion_limit = "512"]
 
 pub mod api;
 pub mod auth;
 pub mod error;
 pub mod netpolicy;
 pub mod openapi;
+pub mod platform;
 pub mod router;
 pub mod server;
 pub mod verify;

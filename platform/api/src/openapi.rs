@@ -12,6 +12,7 @@ fn status_text(status: u16) -> &'static str {
     match status {
         200 => "OK",
         201 => "Created",
+        202 => "Accepted: the coordinator carries it out",
         204 => "No content",
         400 => "Malformed request: the body is not JSON, or the path is badly encoded",
         401 => "No token, or an unknown token",
@@ -89,6 +90,7 @@ fn path_params(names: &[&str]) -> Value {
     let descr = |n: &str| match n {
         "app" => "App name",
         "domain" => "Domain pattern (percent-encode '*' as %2A if your client needs to)",
+        "version" => "Release number (3 or v3)",
         _ => "Backend instance id",
     };
     Value::Array(
@@ -299,6 +301,118 @@ fn schemas() -> Value {
             "required": ["app"],
             "additionalProperties": false,
             "properties": { "app": string }
+        },
+        "Release": {
+            "type": "object",
+            "required": ["app", "version", "processes", "config", "description", "created_ms", "status"],
+            "additionalProperties": false,
+            "description": "A numbered release: a slug (absent before the first deploy) and config vars",
+            "properties": {
+                "app": string,
+                "version": { "type": "integer", "minimum": 1 },
+                "slug": {
+                    "type": "object",
+                    "required": ["digest", "size"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "digest": { "type": "string", "description": "SHA-256 of the slug archive, hex" },
+                        "size": int
+                    }
+                },
+                "processes": { "type": "object", "additionalProperties": string, "description": "The Procfile: process type to command" },
+                "config": { "type": "object", "additionalProperties": string },
+                "description": string,
+                "created_ms": int,
+                "status": { "type": "string", "enum": ["pending", "running", "failed"] },
+                "reason": { "type": "string", "description": "Why a release failed" }
+            }
+        },
+        "ReleaseList": {
+            "type": "object",
+            "required": ["current", "releases"],
+            "properties": {
+                "current": { "type": "integer", "nullable": true, "description": "The release that should run" },
+                "releases": { "type": "array", "items": schema_ref("Release"), "description": "Newest first" }
+            }
+        },
+        "Rollback": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": { "version": { "type": "integer", "minimum": 1, "description": "Default: the release before the current one" } }
+        },
+        "Config": {
+            "type": "object",
+            "required": ["config"],
+            "properties": {
+                "config": { "type": "object", "additionalProperties": string },
+                "release": { "type": "integer", "description": "The release the change made" }
+            }
+        },
+        "ConfigPatch": {
+            "type": "object",
+            "description": "Config vars to set (a string) or unset (null). Names match [A-Z_][A-Z0-9_]*; PORT and PIER_* are the platform's",
+            "additionalProperties": { "type": "string", "nullable": true }
+        },
+        "Formation": {
+            "type": "object",
+            "required": ["formation"],
+            "properties": { "formation": { "type": "object", "additionalProperties": int } }
+        },
+        "FormationPatch": {
+            "type": "object",
+            "description": "Instances wanted per process type, e.g. {\"web\": 3}",
+            "additionalProperties": { "type": "integer", "minimum": 0, "maximum": 100 }
+        },
+        "Instance": {
+            "type": "object",
+            "required": ["id", "app", "ptype", "index", "release", "runner", "state", "updated_ms"],
+            "additionalProperties": false,
+            "properties": {
+                "id": string,
+                "app": string,
+                "ptype": string,
+                "index": int,
+                "release": int,
+                "generation": int,
+                "runner": string,
+                "state": { "type": "string", "enum": ["preparing", "starting", "up", "crashed", "failed", "stopping"] },
+                "address": string,
+                "started_ms": int,
+                "restarts": int,
+                "last_exit": string,
+                "next_try_ms": int,
+                "cpu_s": { "type": "number" },
+                "rss_kib": int,
+                "updated_ms": int
+            }
+        },
+        "InstanceList": {
+            "type": "object",
+            "required": ["instances"],
+            "properties": { "instances": { "type": "array", "items": schema_ref("Instance") } }
+        },
+        "RestartRequest": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": { "instance": { "type": "string", "description": "One instance (web.1); default: all" } }
+        },
+        "Restarted": {
+            "type": "object",
+            "required": ["generation"],
+            "properties": { "generation": int, "instance": { "type": "string", "nullable": true } }
+        },
+        "RunnerList": {
+            "type": "object",
+            "required": ["runners"],
+            "properties": { "runners": { "type": "array", "items": {
+                "type": "object",
+                "required": ["id", "address", "capacity", "started_ms", "heartbeat_ms", "live", "heartbeat_age_ms", "instances"],
+                "properties": {
+                    "id": string, "address": string, "capacity": int, "started_ms": int,
+                    "heartbeat_ms": int, "limits": string, "live": { "type": "boolean" },
+                    "heartbeat_age_ms": int, "instances": int
+                }
+            } } }
         },
         "Token": {
             "type": "object",
@@ -583,6 +697,160 @@ pub fn document() -> Value {
                 optional_body: false,
                 ok: &[(201, Some("Token"))],
                 errors: &[403, 404, 422],
+            },
+        ),
+        (
+            "/v1/apps/{app}/deploys",
+            "post",
+            app,
+            Op {
+                id: "deploy",
+                summary: "Upload the app (a gzipped tar with a Procfile at its root; body application/gzip), build it and release it. Answers 200 with NDJSON lines as the build runs: {\"log\"}, then {\"release\"} or {\"error\"}",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, None)],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}/releases",
+            "get",
+            app,
+            Op {
+                id: "listReleases",
+                summary: "An app's releases, newest first, and the current one",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("ReleaseList"))],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}/releases/{version}",
+            "get",
+            &["app", "version"][..],
+            Op {
+                id: "showRelease",
+                summary: "One release (its status tells how its rollout went)",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("Release"))],
+                errors: &[403, 404, 422],
+            },
+        ),
+        (
+            "/v1/apps/{app}/rollback",
+            "post",
+            app,
+            Op {
+                id: "rollback",
+                summary: "A new release with an older one's slug and config (no rebuild); body optional",
+                authed: true,
+                body: Some("Rollback"),
+                optional_body: true,
+                ok: &[(201, Some("Release"))],
+                errors: &[403, 404, 409, 422],
+            },
+        ),
+        (
+            "/v1/apps/{app}/config",
+            "get",
+            app,
+            Op {
+                id: "showConfig",
+                summary: "An app's config vars",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("Config"))],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}/config",
+            "patch",
+            app,
+            Op {
+                id: "updateConfig",
+                summary: "Set and unset config vars: a new release",
+                authed: true,
+                body: Some("ConfigPatch"),
+                optional_body: false,
+                ok: &[(200, Some("Config"))],
+                errors: &[403, 404, 409, 422],
+            },
+        ),
+        (
+            "/v1/apps/{app}/formation",
+            "get",
+            app,
+            Op {
+                id: "showFormation",
+                summary: "Instances wanted per process type of the current release",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("Formation"))],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}/formation",
+            "patch",
+            app,
+            Op {
+                id: "scale",
+                summary: "Scale process types (others keep their counts)",
+                authed: true,
+                body: Some("FormationPatch"),
+                optional_body: false,
+                ok: &[(200, Some("Formation"))],
+                errors: &[403, 404, 422],
+            },
+        ),
+        (
+            "/v1/apps/{app}/instances",
+            "get",
+            app,
+            Op {
+                id: "listInstances",
+                summary: "An app's instances as their runners report them",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("InstanceList"))],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}/restart",
+            "post",
+            app,
+            Op {
+                id: "restart",
+                summary: "Rolling restart of all instances or one (body optional)",
+                authed: true,
+                body: Some("RestartRequest"),
+                optional_body: true,
+                ok: &[(202, Some("Restarted"))],
+                errors: &[403, 404, 422],
+            },
+        ),
+        (
+            "/v1/runners",
+            "get",
+            &[],
+            Op {
+                id: "listRunners",
+                summary: "Runners with their heartbeat age and instance count (operator)",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("RunnerList"))],
+                errors: &[403],
             },
         ),
     ];

@@ -27,6 +27,17 @@ pub enum RouteId {
     Heartbeat,
     RemoveBackend,
     CreateToken,
+    Deploy,
+    ListReleases,
+    ShowRelease,
+    Rollback,
+    ShowConfig,
+    UpdateConfig,
+    ShowFormation,
+    Scale,
+    ListInstances,
+    Restart,
+    ListRunners,
 }
 
 /// One method and path pattern; `{name}` segments are parameters.
@@ -98,6 +109,37 @@ pub static ROUTES: &[Route] = &[
         RouteId::RemoveBackend,
     ),
     route(Method::POST, "/v1/tokens", RouteId::CreateToken),
+    route(Method::POST, "/v1/apps/{app}/deploys", RouteId::Deploy),
+    route(
+        Method::GET,
+        "/v1/apps/{app}/releases",
+        RouteId::ListReleases,
+    ),
+    route(
+        Method::GET,
+        "/v1/apps/{app}/releases/{version}",
+        RouteId::ShowRelease,
+    ),
+    route(Method::POST, "/v1/apps/{app}/rollback", RouteId::Rollback),
+    route(Method::GET, "/v1/apps/{app}/config", RouteId::ShowConfig),
+    route(
+        Method::PATCH,
+        "/v1/apps/{app}/config",
+        RouteId::UpdateConfig,
+    ),
+    route(
+        Method::GET,
+        "/v1/apps/{app}/formation",
+        RouteId::ShowFormation,
+    ),
+    route(Method::PATCH, "/v1/apps/{app}/formation", RouteId::Scale),
+    route(
+        Method::GET,
+        "/v1/apps/{app}/instances",
+        RouteId::ListInstances,
+    ),
+    route(Method::POST, "/v1/apps/{app}/restart", RouteId::Restart),
+    route(Method::GET, "/v1/runners", RouteId::ListRunners),
 ];
 
 /// The outcome of matching a request line against [`ROUTES`].

@@ -8,16 +8,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::api::{self, ApiState};
 use crate::error::{ApiError, ErrorBody};
 use crate::openapi;
+use crate::platform;
 use crate::router::{self, Match, RouteId};
 
 /// Largest request body accepted: app settings with a static page fit well within it.
@@ -100,13 +102,24 @@ pub async fn serve(
     Ok(())
 }
 
+/// A response body: whole, or streamed (a deploy's build output).
+pub type Body = BoxBody<Bytes, Infallible>;
+
 /// Serves one request: never fails, every error becomes a JSON error response.
-pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(state: &Arc<ApiState>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let resp = match dispatch(state, req).await {
-        Ok((status, Some(body))) => json_response(status, body.to_string()),
-        Ok((status, None)) => empty_response(status),
+        Ok(Answer::Json(status, Some(body))) => json_response(status, body.to_string()),
+        Ok(Answer::Json(status, None)) => empty_response(status),
+        Ok(Answer::Stream(rx)) => {
+            let mut r = Response::new(ChannelBody(rx).boxed());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            );
+            r
+        }
         Err(Rejection::WrongMethod(allowed, e)) => {
             let mut r = error_response(&e);
             let allow = allowed
@@ -130,6 +143,35 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Full<B
     resp
 }
 
+/// What a handler answered: JSON (or nothing), or lines streamed as they come.
+enum Answer {
+    Json(StatusCode, Option<serde_json::Value>),
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl From<(StatusCode, Option<serde_json::Value>)> for Answer {
+    fn from((status, body): (StatusCode, Option<serde_json::Value>)) -> Self {
+        Answer::Json(status, body)
+    }
+}
+
+/// A body made of the chunks a task sends; it ends when the task drops its sender.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
 enum Rejection {
     WrongMethod(Vec<Method>, ApiError),
     Error(ApiError),
@@ -141,10 +183,7 @@ impl From<ApiError> for Rejection {
     }
 }
 
-async fn dispatch(
-    state: &ApiState,
-    req: Request<Incoming>,
-) -> Result<(StatusCode, Option<serde_json::Value>), Rejection> {
+async fn dispatch(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Answer, Rejection> {
     let (route, params) = match router::match_route(req.method(), req.uri().path())? {
         Match::Found(r, p) => (r, p),
         Match::WrongMethod(allowed) => {
@@ -161,8 +200,8 @@ async fn dispatch(
     };
     let p = |i: usize| params.get(i).map(String::as_str).unwrap_or_default();
     match route.id {
-        RouteId::Healthz => return Ok(api::healthz(state).await?),
-        RouteId::OpenApi => return Ok((StatusCode::OK, Some(openapi::document()))),
+        RouteId::Healthz => return Ok(api::healthz(state).await?.into()),
+        RouteId::OpenApi => return Ok(Answer::Json(StatusCode::OK, Some(openapi::document()))),
         _ => {}
     }
     let caller = state
@@ -174,9 +213,23 @@ async fn dispatch(
                 .map(HeaderValue::as_bytes),
         )
         .await?;
-    let body = read_body(req).await?;
+    if route.id == RouteId::Deploy {
+        // The upload is checked before it is read, and read under its own, larger limit.
+        platform::deploy_allowed(state, &caller, p(0)).await?;
+        let limit = state.platform.as_ref().map_or(0, |p| p.max_upload);
+        let upload = read_body(req, limit).await?;
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(platform::deploy(
+            state.clone(),
+            p(0).to_string(),
+            upload,
+            tx,
+        ));
+        return Ok(Answer::Stream(rx));
+    }
+    let body = read_body(req, MAX_BODY).await?;
     let reply = match route.id {
-        RouteId::Healthz | RouteId::OpenApi => unreachable_route(),
+        RouteId::Healthz | RouteId::OpenApi | RouteId::Deploy => unreachable_route(),
         RouteId::ListApps => api::list_apps(state, &caller).await,
         RouteId::CreateApp => api::create_app(state, &caller, &body).await,
         RouteId::ShowApp => api::show_app(state, &caller, p(0)).await,
@@ -194,8 +247,18 @@ async fn dispatch(
         RouteId::Heartbeat => api::heartbeat(state, &caller, p(0), p(1), &body).await,
         RouteId::RemoveBackend => api::remove_backend(state, &caller, p(0), p(1)).await,
         RouteId::CreateToken => api::create_token(state, &caller, &body).await,
+        RouteId::ListReleases => platform::list_releases(state, &caller, p(0)).await,
+        RouteId::ShowRelease => platform::show_release(state, &caller, p(0), p(1)).await,
+        RouteId::Rollback => platform::rollback(state, &caller, p(0), &body).await,
+        RouteId::ShowConfig => platform::show_config(state, &caller, p(0)).await,
+        RouteId::UpdateConfig => platform::update_config(state, &caller, p(0), &body).await,
+        RouteId::ShowFormation => platform::show_formation(state, &caller, p(0)).await,
+        RouteId::Scale => platform::scale(state, &caller, p(0), &body).await,
+        RouteId::ListInstances => platform::list_instances(state, &caller, p(0)).await,
+        RouteId::Restart => platform::restart(state, &caller, p(0), &body).await,
+        RouteId::ListRunners => platform::list_runners(state, &caller).await,
     };
-    Ok(reply?)
+    Ok(reply?.into())
 }
 
 fn unreachable_route() -> api::Reply {
@@ -204,23 +267,23 @@ fn unreachable_route() -> api::Reply {
     ))
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => Ok(b.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
             Err(ApiError::TooLarge(format!(
-                "request body is over {MAX_BODY} bytes"
+                "request body is over {limit} bytes"
             )))
         }
         Err(e) => Err(ApiError::BadRequest(format!("cannot read body: {e}"))),
     }
 }
 
-fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn json_response(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -229,13 +292,13 @@ fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-fn empty_response(status: StatusCode) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::new()));
+fn empty_response(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
     *r.status_mut() = status;
     r
 }
 
-fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
+fn error_response(e: &ApiError) -> Response<Body> {
     let (status, code) = e.status_and_code();
     if status.is_server_error() {
         tracing::warn!(error = %e, "request failed");

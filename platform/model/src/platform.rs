@@ -58,6 +58,21 @@ pub type Formation = BTreeMap<String, u32>;
 /// Most instances of one process type.
 pub const MAX_SCALE: u32 = 100;
 
+/// The formation in force for a release's processes: the counts set, and for types never set
+/// one `web` and no other (as Heroku starts them). Types the Procfile lacks run nothing.
+pub fn effective_formation(processes: &BTreeMap<String, String>, set: &Formation) -> Formation {
+    processes
+        .keys()
+        .map(|t| {
+            let n = set
+                .get(t)
+                .copied()
+                .unwrap_or(if t == "web" { 1 } else { 0 });
+            (t.clone(), n)
+        })
+        .collect()
+}
+
 /// A runner machine as it registers itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

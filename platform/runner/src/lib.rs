@@ -1,0 +1,28 @@
+//! The runner (`pier runner`): runs on each machine the instances the coordinator assigns to it.
+//!
+//! Every tick it heartbeats its runner record, reads its assignments, starts a supervisor for
+//! each new one and stops those no longer assigned. A supervisor fetches and unpacks the
+//! release's slug (once per slug on this machine), starts the Procfile command with `PORT` and
+//! the config vars under the app's own Unix user and limits, waits for its health check, then
+//! registers it as a backend and keeps its deadline fresh. On stop it deregisters first, waits
+//! for the drain delay, then sends SIGTERM, and SIGKILL after a grace period. Crashes restart
+//! with backoff.
+//!
+//! It owns no desired state: when Redis is unreachable it keeps what runs running, and it
+//! converges again once Redis is back. It never builds.
+//!
+//! Modules:
+//! - [`config`]: the runner's settings ([`RunnerConfig`]).
+//! - [`slugs`]: this machine's unpacked slugs.
+//! - [`process`]: starting an instance's process with its user and limits, signals, usage.
+//! - [`supervisor`]: one instance's life.
+//! - [`runner`]: the main loop.
+
+pub mod config;
+pub mod process;
+pub mod runner;
+pub mod slugs;
+pub mod supervisor;
+
+pub use config::RunnerConfig;
+pub use runner::run;

@@ -1,0 +1,213 @@
+//! The runner's main loop: heartbeat, assignments in, supervisors started and stopped,
+//! instance reports out.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pier_model::platform::{InstanceSpec, InstanceState, InstanceStatus, RunnerRecord};
+use pier_slug::SlugStore;
+use pier_store::{now_ms, Store};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::RunnerConfig;
+use crate::process::Cgroups;
+use crate::slugs::SlugCache;
+use crate::supervisor::{self, Ctx, RegistryHandle};
+
+/// Reports are written again at least this often even when nothing changed (usage moves).
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+struct Running {
+    spec: InstanceSpec,
+    task: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    status: watch::Receiver<InstanceStatus>,
+    reported: Option<(InstanceStatus, Instant)>,
+}
+
+/// Runs until `shutdown` completes, then stops every instance (draining web ones) and leaves.
+pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    tokio::pin!(shutdown);
+    let store = loop {
+        match Store::connect(&cfg.redis_url, &cfg.prefix).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(redis = %cfg.redis_url, error = %e, "cannot reach Redis yet");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    std::fs::create_dir_all(&cfg.workdir)
+        .map_err(|e| format!("workdir {}: {e}", cfg.workdir.display()))?;
+    let instances_dir = cfg.workdir.join("instances");
+    std::fs::create_dir_all(&instances_dir)
+        .map_err(|e| format!("{}: {e}", instances_dir.display()))?;
+    crate::slugs::set_mode(&cfg.workdir, 0o711).map_err(|e| e.to_string())?;
+    crate::slugs::set_mode(&instances_dir, 0o711).map_err(|e| e.to_string())?;
+    let slug_store = SlugStore::open(&cfg.slug_store).map_err(|e| e.to_string())?;
+    let root = nix::unistd::geteuid().is_root();
+    let isolate = cfg.isolate && root;
+    if cfg.isolate && !root {
+        tracing::warn!("not root: instances run as the runner's own user, not per-app users");
+    }
+    let cgroups = Cgroups::detect();
+    let limits = cgroups.describe(&cfg.limits, isolate);
+    tracing::info!(id = %cfg.id, address = %cfg.address, capacity = cfg.capacity, limits = %limits, "runner started; limits in force");
+    let ctx = Arc::new(Ctx {
+        slugs: SlugCache::new(&cfg.workdir, slug_store).map_err(|e| e.to_string())?,
+        registry: RegistryHandle::new(&cfg.redis_url, &cfg.prefix),
+        store,
+        cgroups,
+        isolate,
+        cfg,
+    });
+    let started_ms = now_ms();
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut redis_ok = true;
+    loop {
+        let record = RunnerRecord {
+            id: ctx.cfg.id.clone(),
+            address: ctx.cfg.address.to_string(),
+            capacity: ctx.cfg.capacity,
+            started_ms,
+            heartbeat_ms: now_ms(),
+            limits: limits.clone(),
+        };
+        let beat = ctx.store.put_runner(&record).await;
+        match ctx.store.assignments(&ctx.cfg.id).await {
+            Ok(specs) if beat.is_ok() => {
+                if !redis_ok {
+                    tracing::info!("Redis is back: reconciling");
+                    redis_ok = true;
+                }
+                reconcile(&ctx, &mut running, specs);
+            }
+            Ok(_) | Err(_) => {
+                if redis_ok {
+                    let e = beat
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "assignments unreadable".into());
+                    tracing::warn!(error = %e, "Redis unreachable: keeping every instance as it is");
+                    redis_ok = false;
+                }
+            }
+        }
+        report(&ctx, &mut running).await;
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(ctx.cfg.tick) => {}
+        }
+    }
+    tracing::info!(
+        instances = running.len(),
+        "runner stopping: draining its instances"
+    );
+    for r in running.values() {
+        let _ = r.stop.send(true);
+    }
+    for (id, r) in running.drain() {
+        let _ = r.task.await;
+        let _ = ctx.store.remove_report(&r.spec.app, &id).await;
+    }
+    // A heartbeat at time zero: the coordinator counts it dead at once and moves its work,
+    // rather than waiting for the heartbeat to lapse.
+    let gone = RunnerRecord {
+        id: ctx.cfg.id.clone(),
+        address: ctx.cfg.address.to_string(),
+        capacity: ctx.cfg.capacity,
+        started_ms,
+        heartbeat_ms: 0,
+        limits,
+    };
+    if let Err(e) = ctx.store.put_runner(&gone).await {
+        tracing::warn!(error = %e, "cannot mark the runner gone");
+    }
+    Ok(())
+}
+
+/// Starts supervisors for new assignments and stops those no longer assigned.
+fn reconcile(ctx: &Arc<Ctx>, running: &mut HashMap<String, Running>, specs: Vec<InstanceSpec>) {
+    let wanted: HashMap<String, InstanceSpec> =
+        specs.into_iter().map(|s| (s.id.clone(), s)).collect();
+    for (id, r) in running.iter() {
+        if !wanted.contains_key(id) && !*r.stop.borrow() {
+            tracing::info!(instance = %id, app = %r.spec.app, "unassigned: stopping");
+            let _ = r.stop.send(true);
+        }
+    }
+    for (id, spec) in wanted {
+        if running.contains_key(&id) {
+            continue;
+        }
+        let status = InstanceStatus {
+            id: id.clone(),
+            app: spec.app.clone(),
+            ptype: spec.ptype.clone(),
+            index: spec.index,
+            release: spec.release,
+            generation: spec.generation,
+            runner: ctx.cfg.id.clone(),
+            state: InstanceState::Preparing,
+            address: None,
+            started_ms: 0,
+            restarts: 0,
+            last_exit: None,
+            next_try_ms: None,
+            cpu_s: 0.0,
+            rss_kib: 0,
+            updated_ms: now_ms(),
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (report_tx, report_rx) = watch::channel(status);
+        let task = tokio::spawn(supervisor::supervise(
+            ctx.clone(),
+            spec.clone(),
+            stop_rx,
+            report_tx,
+        ));
+        running.insert(
+            id,
+            Running {
+                spec,
+                task,
+                stop: stop_tx,
+                status: report_rx,
+                reported: None,
+            },
+        );
+    }
+}
+
+/// Writes changed (or stale) reports; forgets supervisors that finished.
+async fn report(ctx: &Ctx, running: &mut HashMap<String, Running>) {
+    let mut done = Vec::new();
+    for (id, r) in running.iter_mut() {
+        if r.task.is_finished() {
+            done.push(id.clone());
+            continue;
+        }
+        let now = r.status.borrow().clone();
+        let due = match &r.reported {
+            Some((last, at)) => *last != now || at.elapsed() >= REPORT_EVERY,
+            None => true,
+        };
+        if due && ctx.store.report(&now).await.is_ok() {
+            r.reported = Some((now, Instant::now()));
+        }
+    }
+    for id in done {
+        if let Some(r) = running.remove(&id) {
+            if ctx.store.remove_report(&r.spec.app, &id).await.is_err() {
+                // Stale reports of unassigned instances are also cleared by the coordinator.
+                tracing::debug!(instance = %id, "report not removed (Redis unreachable)");
+            }
+        }
+    }
+}
