@@ -10,8 +10,10 @@
 //! - [`redis_server`]: [`RedisServer`], a private `redis-server` process.
 //! - [`process`]: the workspace's binaries, [`process::Output`] of a run, waiting for a condition.
 //! - [`certs`]: self-signed certificates.
+//! - [`balancer`]: a `pier-balancer` process following a Redis registry.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod balancer;
 pub mod certs;
 pub mod net;
 pub mod process;

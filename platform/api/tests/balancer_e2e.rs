@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get, ApiServer, TestBackend};
+use common::{http_get, ApiServer, TestBackend};
 use http::Method;
+use pier_testkit::balancer::RegistryBalancer;
 use serde_json::json;
 
 /// How long a registry change may take to reach the balancer before a test fails. It takes
@@ -17,89 +17,10 @@ use serde_json::json;
 /// timing is measured by benchmarks, not asserted by tests.
 const PROPAGATION: Duration = Duration::from_secs(5);
 
-struct Balancer {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Balancer {
-    async fn start(redis_url: &str) -> Balancer {
-        let dir = tempfile::tempdir().unwrap();
-        let (port, admin) = (free_port(), free_port());
-        let config = format!(
-            "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-             [routes]\nredis = \"{redis_url}\"\nsnapshot_file = \"\"\n[runtime]\nworkers = 1\n"
-        );
-        let path = dir.path().join("balancer.toml");
-        std::fs::write(&path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("balancer.log")).unwrap();
-        let child = Command::new(pier_testkit::workspace_binary(
-            "pier-balancer",
-            "pier-balancer",
-        ))
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-        let mut b = Balancer { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = b.child.try_wait() {
-                panic!("balancer exited with {status}: {}", b.log());
-            }
-            let admin_addr = ([127, 0, 0, 1], admin).into();
-            if let Ok((200, _)) = http_get(admin_addr, "admin", "/healthz").await {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return b;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "balancer did not start: {}",
-                b.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("balancer.log")).unwrap_or_default()
-    }
-
-    /// Polls `host` until it answers 200 with `body`; returns how long that took.
-    async fn wait_served(&self, host: &str, body: &str, limit: Duration) -> Duration {
-        let start = Instant::now();
-        loop {
-            let r = http_get(([127, 0, 0, 1], self.port).into(), host, "/").await;
-            if let Ok((200, b)) = &r {
-                if b == body {
-                    return start.elapsed();
-                }
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{host} not served within {limit:?}: last answer {r:?}\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn domain_added_through_the_api_is_served_by_the_balancer_within_a_second() {
     let api = ApiServer::start().await;
-    let balancer = Balancer::start(&api.redis.url()).await;
+    let balancer = RegistryBalancer::start(&api.redis.url(), "").await;
     let backend = TestBackend::start("blog").await;
     let op = api.operator();
     op.expect(Method::POST, "/v1/apps", Some(json!({"name": "blog"})), 201)
@@ -122,7 +43,7 @@ async fn domain_added_through_the_api_is_served_by_the_balancer_within_a_second(
     )
     .await;
     let took = balancer
-        .wait_served("www.blog.test", "hello from blog", PROPAGATION)
+        .wait_served("www.blog.test", |b| b == "hello from blog", PROPAGATION)
         .await;
     eprintln!("domain served {took:?} after the API answered");
 
@@ -162,7 +83,11 @@ async fn domain_added_through_the_api_is_served_by_the_balancer_within_a_second(
         )
         .await;
     balancer
-        .wait_served("custom.example.test", "hello from blog", PROPAGATION)
+        .wait_served(
+            "custom.example.test",
+            |b| b == "hello from blog",
+            PROPAGATION,
+        )
         .await;
 
     // Removing the domain through the API stops the routing.

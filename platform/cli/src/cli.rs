@@ -5,7 +5,6 @@
 //! errors (clap's own, a missing token, a bad argument).
 
 use std::io::Write;
-use std::net::SocketAddr;
 
 use http::Method;
 use serde_json::{json, Value};
@@ -39,8 +38,48 @@ pub struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
+    /// Run the whole platform on this machine (Redis, API, coordinator, a runner, balancer).
+    Up(crate::up::UpArgs),
     /// Run the registry API server.
-    Api(ApiArgs),
+    Api(crate::services::ApiArgs),
+    /// Run a runner: the instances the coordinator assigns to this machine.
+    Runner(crate::services::RunnerArgs),
+    /// Run a coordinator (one leads at a time; start several for failover).
+    Coordinator(crate::services::CoordinatorArgs),
+    /// Deploy a directory (with a Procfile at its root) as a new release of APP.
+    Deploy {
+        app: String,
+        /// The app's directory.
+        #[arg(default_value = ".")]
+        dir: std::path::PathBuf,
+        /// Seconds to wait for the new release to run before giving up (0: do not wait).
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+    },
+    /// List an app's releases.
+    Releases { app: String },
+    /// Make a new release from an older one (default: the one before the current).
+    Rollback {
+        app: String,
+        version: Option<String>,
+    },
+    /// Show, set or unset an app's config vars (each change is a new release).
+    Config(crate::platform_verbs::ConfigArgs),
+    /// Scale process types: pier scale APP web=3 worker=1.
+    Scale {
+        app: String,
+        #[arg(required = true, value_name = "TYPE=N")]
+        changes: Vec<String>,
+    },
+    /// An app's instances: type, state, runner, address, release, uptime, restarts, CPU, RSS.
+    Ps { app: String },
+    /// Restart an app's instances one by one, or one of them (web.1).
+    Restart {
+        app: String,
+        instance: Option<String>,
+    },
+    /// The runners, with their heartbeat age and load (operator).
+    Runners,
     /// Create, list, show, update and delete apps.
     #[command(subcommand)]
     Apps(AppsCmd),
@@ -56,42 +95,6 @@ pub enum Command {
     /// API tokens.
     #[command(subcommand)]
     Tokens(TokensCmd),
-}
-
-#[derive(Debug, clap::Args)]
-pub struct ApiArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    pub listen: SocketAddr,
-    /// The registry's Redis.
-    #[arg(
-        long,
-        env = "PIER_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/0"
-    )]
-    pub redis: String,
-    /// Key prefix in Redis (must match the balancers' `[routes] prefix`).
-    #[arg(long, default_value = "pier:")]
-    pub prefix: String,
-    /// The operator token (prefer the environment: arguments show in `ps`).
-    #[arg(long, env = "PIER_OPERATOR_TOKEN", hide_env_values = true)]
-    pub operator_token: Option<String>,
-    /// Send domain challenges to this address instead of the app's backends.
-    #[arg(long)]
-    pub challenge_via: Option<SocketAddr>,
-    /// Seconds a domain challenge may take per backend tried.
-    #[arg(long, default_value_t = 5)]
-    pub challenge_timeout: u64,
-    /// Hours a pending (unverified) domain claim holds the name against other apps; after
-    /// that another app may claim it. 0: claims never lapse.
-    #[arg(long, default_value_t = 72)]
-    pub claim_ttl_hours: u64,
-    /// A network owners' backends must be in (repeat, or comma-separate in the environment),
-    /// e.g. the runners' `10.0.0.0/8`. Without any, every address is allowed except those that
-    /// are never an app instance (link-local such as cloud metadata, unspecified, multicast,
-    /// broadcast). The operator may register any address.
-    #[arg(long, env = "PIER_BACKEND_ALLOW", value_delimiter = ',')]
-    pub backend_allow: Vec<pier_api::netpolicy::Cidr>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -200,6 +203,9 @@ pub enum CliError {
     },
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The API accepted the request but what it started did not succeed (a build, a rollout).
+    #[error("{0}")]
+    Failed(String),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -213,7 +219,7 @@ impl CliError {
     }
 }
 
-fn check(resp: ApiResponse) -> Result<Value, CliError> {
+pub(crate) fn check(resp: ApiResponse) -> Result<Value, CliError> {
     if resp.status.is_success() {
         return Ok(resp.body);
     }
@@ -229,7 +235,7 @@ fn check(resp: ApiResponse) -> Result<Value, CliError> {
     })
 }
 
-fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+pub(crate) fn s<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
@@ -291,7 +297,7 @@ fn read_pem(path: &std::path::Path, what: &str) -> Result<String, CliError> {
     })
 }
 
-fn items<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+pub(crate) fn items<'a>(v: &'a Value, key: &str) -> &'a [Value] {
     v.get(key)
         .and_then(Value::as_array)
         .map(Vec::as_slice)
@@ -308,7 +314,17 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
         ApiClient::new(&cli.api, Some(token)).map_err(|e| CliError::Usage(e.to_string()))?;
     let app_path = |app: &str| format!("/v1/apps/{}", encode_segment(app));
     let (method, path, body) = match &cli.command {
-        Command::Api(_) => return Err(CliError::Usage("`pier api` is not a client verb".into())),
+        Command::Api(_) | Command::Runner(_) | Command::Coordinator(_) | Command::Up(_) => {
+            return Err(CliError::Usage("not a client verb".into()))
+        }
+        Command::Deploy { .. }
+        | Command::Releases { .. }
+        | Command::Rollback { .. }
+        | Command::Config(_)
+        | Command::Scale { .. }
+        | Command::Ps { .. }
+        | Command::Restart { .. }
+        | Command::Runners => return crate::platform_verbs::run(cli, &client, out).await,
         Command::Apps(AppsCmd::Create { name }) => (
             Method::POST,
             "/v1/apps".to_string(),
@@ -408,7 +424,6 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
         return Ok(());
     }
     match &cli.command {
-        Command::Api(_) => {}
         Command::Apps(AppsCmd::Create { name }) => writeln!(out, "created app {name}")?,
         Command::Apps(AppsCmd::List) => {
             for a in items(&v, "apps") {
@@ -490,6 +505,7 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
             )?;
             writeln!(out, "{}", s(&v, "token"))?;
         }
+        _ => {}
     }
     Ok(())
 }

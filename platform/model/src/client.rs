@@ -162,6 +162,88 @@ impl ApiClient {
     }
 }
 
+impl ApiClient {
+    /// Sends `body` (of `content_type`) and hands each line of a successful answer to
+    /// `on_line` as it arrives (a deploy's build output). An error status is returned whole,
+    /// as [`ApiClient::call`] returns it. Waits at most `idle` for each piece of the answer.
+    pub async fn stream_lines(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+        idle: Duration,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<ApiResponse, ClientError> {
+        let addr = self.authority.clone();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base_path))
+            .header(header::HOST, &self.authority)
+            .header(header::CONTENT_TYPE, content_type);
+        if let Some(t) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Request(e.to_string()))?;
+        let http = |e: hyper::Error| ClientError::Http(addr.clone(), e.to_string());
+        let stream = tokio::time::timeout(self.timeout, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| ClientError::Timeout(addr.clone(), self.timeout))?
+            .map_err(|source| ClientError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut resp = tokio::time::timeout(idle, sender.send_request(req))
+            .await
+            .map_err(|_| ClientError::Timeout(addr.clone(), idle))?
+            .map_err(http)?;
+        let status = resp.status();
+        let mut pending = Vec::new();
+        let mut whole = Vec::new();
+        loop {
+            let frame = tokio::time::timeout(idle, resp.body_mut().frame())
+                .await
+                .map_err(|_| ClientError::Timeout(addr.clone(), idle))?;
+            let Some(frame) = frame else { break };
+            let Ok(data) = frame.map_err(http)?.into_data() else {
+                continue;
+            };
+            if !status.is_success() {
+                whole.extend_from_slice(&data);
+                if whole.len() > 1 << 20 {
+                    return Err(ClientError::TooLarge(addr, 1 << 20));
+                }
+                continue;
+            }
+            pending.extend_from_slice(&data);
+            while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=i).collect();
+                on_line(String::from_utf8_lossy(&line[..i]).trim_end_matches('\r'));
+            }
+        }
+        if !pending.is_empty() {
+            on_line(&String::from_utf8_lossy(&pending));
+        }
+        let text = String::from_utf8_lossy(&whole).into_owned();
+        let body = serde_json::from_slice(&whole).unwrap_or(serde_json::Value::Null);
+        Ok(ApiResponse { status, body, text })
+    }
+
+    /// Sets how long [`ApiClient::call`] waits for a whole answer.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
 /// Percent-encodes one path segment (a domain such as `*.example.com` or a Unicode name).
 pub fn encode_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -56,6 +56,9 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
     if cfg.isolate && !root {
         tracing::warn!("not root: instances run as the runner's own user, not per-app users");
     }
+    if isolate {
+        check_reachable(&ctx_workdir(&cfg))?;
+    }
     let cgroups = Cgroups::detect();
     let limits = cgroups.describe(&cfg.limits, isolate);
     tracing::info!(id = %cfg.id, address = %cfg.address, capacity = cfg.capacity, limits = %limits, "runner started; limits in force");
@@ -128,6 +131,31 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
     };
     if let Err(e) = ctx.store.put_runner(&gone).await {
         tracing::warn!(error = %e, "cannot mark the runner gone");
+    }
+    Ok(())
+}
+
+fn ctx_workdir(cfg: &RunnerConfig) -> std::path::PathBuf {
+    std::fs::canonicalize(&cfg.workdir).unwrap_or_else(|_| cfg.workdir.clone())
+}
+
+/// Per-app users must be able to walk down to the work directory: every directory above it
+/// must be searchable by others.
+fn check_reachable(workdir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in workdir.ancestors().skip(1) {
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            return Err(format!(
+                "apps' users cannot reach the workdir {}: {} is not searchable by others \
+                 (chmod o+x it, choose another --workdir, or run with --no-isolation)",
+                workdir.display(),
+                dir.display()
+            ));
+        }
     }
     Ok(())
 }

@@ -114,3 +114,288 @@ fn healthz_ok(port: u16) -> bool {
     let _ = s.read_to_string(&mut out);
     out.starts_with("HTTP/1.1 200")
 }
+
+// ------------------------------------------------------------------ the whole platform
+
+/// A `pier` service process (runner, coordinator), its output in a log file; killed when
+/// dropped.
+pub struct Service {
+    pub child: Child,
+    pub log: std::path::PathBuf,
+    /// The runner's work directory (runners only).
+    pub workdir: Option<std::path::PathBuf>,
+}
+
+impl Service {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL to the service and, for a runner, to every process running in its work
+    /// directory (its instances): a machine dying at once.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(w) = &self.workdir {
+            for pid in processes_under(w) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        // A graceful stop first (a runner stops its instances), then a hard one.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill_hard();
+    }
+}
+
+/// Processes whose working directory is under `dir`.
+pub fn processes_under(dir: &std::path::Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
+            if cwd.starts_with(dir) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// The API, coordinators, runners on 127.0.0.x and a balancer, as separate processes on one
+/// private redis-server.
+pub struct Platform {
+    pub api: ApiProcess,
+    pub balancer: pier_testkit::balancer::RegistryBalancer,
+    pub runners: Vec<Service>,
+    pub coordinators: Vec<Service>,
+    pub dir: tempfile::TempDir,
+}
+
+/// The base domain apps are served under in these tests: `{app}.apps.test`.
+pub const APPS_DOMAIN: &str = "apps.test";
+
+impl Platform {
+    /// Starts the API, one coordinator and a runner on each of `runner_ips`.
+    pub async fn start(runner_ips: &[&str]) -> Platform {
+        let dir = tempfile::tempdir().unwrap();
+        // Per-app users must be able to walk down to their slug and home directories.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let slugs = dir.path().join("slugs");
+        let mut extra = vec!["--slug-store".to_string(), slugs.display().to_string()];
+        // A wheel cache made by .ci/run (pip download): builds stay on loopback.
+        let wheels =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/wheelhouse");
+        if wheels.is_dir() {
+            extra.push("--pip-arg=--no-index".into());
+            extra.push(format!("--pip-arg=--find-links={}", wheels.display()));
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let api = ApiProcess::start_with(&extra);
+        let balancer = pier_testkit::balancer::RegistryBalancer::start(
+            &api.redis.url(),
+            &format!("app_domains = [\"{APPS_DOMAIN}\"]"),
+        )
+        .await;
+        let mut p = Platform {
+            api,
+            balancer,
+            runners: Vec::new(),
+            coordinators: Vec::new(),
+            dir,
+        };
+        p.start_coordinator("c1");
+        for ip in runner_ips {
+            p.start_runner(ip);
+        }
+        p
+    }
+
+    fn service(&self, name: &str, args: &[String]) -> Service {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pier"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap();
+        Service {
+            child,
+            log,
+            workdir: None,
+        }
+    }
+
+    pub fn start_coordinator(&mut self, id: &str) {
+        let args: Vec<String> = [
+            "coordinator",
+            "--redis",
+            &self.api.redis.url(),
+            "--id",
+            id,
+            "--dead-after",
+            "2",
+            "--lease-ttl",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let s = self.service(&format!("coordinator-{id}"), &args);
+        self.coordinators.push(s);
+    }
+
+    pub fn start_runner(&mut self, ip: &str) {
+        let workdir = self.dir.path().join(format!("runner-{ip}"));
+        let args: Vec<String> = [
+            "runner",
+            "--redis",
+            &self.api.redis.url(),
+            "--id",
+            &format!("r-{ip}"),
+            "--address",
+            ip,
+            "--workdir",
+            &workdir.display().to_string(),
+            "--slug-store",
+            &self.dir.path().join("slugs").display().to_string(),
+            "--boot-timeout",
+            "15",
+            "--drain",
+            "1",
+            "--grace",
+            "3",
+            "--backend-ttl",
+            "5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut s = self.service(&format!("runner-{ip}"), &args);
+        s.workdir = Some(workdir);
+        self.runners.push(s);
+    }
+
+    /// `pier ARGS` as the operator.
+    pub fn pier(&self, args: &[&str]) -> Output {
+        self.api.pier(Some(OPERATOR), args)
+    }
+
+    /// Every service's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = format!("--- api\n{}", self.api.log_text());
+        for (i, c) in self.coordinators.iter().enumerate() {
+            s.push_str(&format!("\n--- coordinator {i}\n{}", c.log_text()));
+        }
+        for (i, r) in self.runners.iter().enumerate() {
+            s.push_str(&format!("\n--- runner {i}\n{}", r.log_text()));
+        }
+        s.push_str(&format!("\n--- balancer\n{}", self.balancer.log()));
+        s
+    }
+
+    /// Creates app `name` and deploys `platform/examples/<example>` to it, asserting success.
+    pub fn create_and_deploy(&self, name: &str, example: &str) -> Output {
+        self.pier(&["apps", "create", name]).ok();
+        self.deploy(name, example)
+    }
+
+    pub fn deploy(&self, name: &str, example: &str) -> Output {
+        let dir = example_dir(example);
+        let out = self.pier(&["deploy", name, &dir.display().to_string(), "--wait", "60"]);
+        assert_eq!(out.code, 0, "deploy failed: {out:?}\n{}", self.logs());
+        out
+    }
+
+    /// The app's host on the balancer.
+    pub fn host(name: &str) -> String {
+        format!("{name}.{APPS_DOMAIN}")
+    }
+}
+
+/// `platform/examples/<name>`.
+pub fn example_dir(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+}
+
+/// Counts of a load run.
+#[derive(Debug, Default, Clone)]
+pub struct LoadCount {
+    pub ok: u64,
+    pub failed: u64,
+    /// First and last failure, as offsets from the start.
+    pub first_failure: Option<Duration>,
+    pub last_failure: Option<Duration>,
+    pub statuses: std::collections::BTreeMap<u16, u64>,
+}
+
+/// Sends GETs for `host` to `addr` back to back on `conns` connections until `stop` is set,
+/// then returns what came back. Each request is on a fresh connection.
+pub async fn load(
+    addr: std::net::SocketAddr,
+    host: String,
+    conns: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> LoadCount {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let host = host.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = LoadCount::default();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = pier_testkit::http_get(addr, &host, "/").await;
+                let status = r.as_ref().map(|(s, _)| *s).unwrap_or(0);
+                *c.statuses.entry(status).or_default() += 1;
+                if status == 200 {
+                    c.ok += 1;
+                } else {
+                    c.failed += 1;
+                    let at = start.elapsed();
+                    c.first_failure.get_or_insert(at);
+                    c.last_failure = Some(at);
+                }
+            }
+            c
+        }));
+    }
+    let mut total = LoadCount::default();
+    for t in tasks {
+        let c = t.await.unwrap();
+        total.ok += c.ok;
+        total.failed += c.failed;
+        for (k, v) in c.statuses {
+            *total.statuses.entry(k).or_default() += v;
+        }
+        total.first_failure = match (total.first_failure, c.first_failure) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        total.last_failure = match (total.last_failure, c.last_failure) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    total
+}

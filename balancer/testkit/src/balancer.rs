@@ -1,0 +1,102 @@
+//! A `pier-balancer` process following a Redis registry, on free loopback ports.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::net::{free_port, http_get};
+use crate::process::workspace_binary;
+
+/// A balancer on the registry at a Redis URL. Killed when dropped.
+pub struct RegistryBalancer {
+    child: Child,
+    pub port: u16,
+    pub admin: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RegistryBalancer {
+    /// Starts one with `extra` appended to its `[routes]` table (e.g. `app_domains = [...]`).
+    pub async fn start(redis_url: &str, extra_routes: &str) -> RegistryBalancer {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let config = format!(
+            "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [routes]\nredis = \"{redis_url}\"\nsnapshot_file = \"\"\n{extra_routes}\n\
+             [runtime]\nworkers = 1\n"
+        );
+        let path = dir.path().join("balancer.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("balancer.log")).unwrap();
+        let child = Command::new(workspace_binary("pier-balancer", "pier-balancer"))
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let mut b = RegistryBalancer {
+            child,
+            port,
+            admin,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = b.child.try_wait() {
+                panic!("balancer exited with {status}: {}", b.log());
+            }
+            let admin_addr = ([127, 0, 0, 1], admin).into();
+            if let Ok((200, _)) = http_get(admin_addr, "admin", "/healthz").await {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return b;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "balancer did not start: {}",
+                b.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("balancer.log")).unwrap_or_default()
+    }
+
+    /// Polls `host` until it answers 200 with a body for which `want` holds; returns how long
+    /// that took.
+    pub async fn wait_served(
+        &self,
+        host: &str,
+        want: impl Fn(&str) -> bool,
+        limit: Duration,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            let r = http_get(self.addr(), host, "/").await;
+            if let Ok((200, b)) = &r {
+                if want(b) {
+                    return start.elapsed();
+                }
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{host} not served within {limit:?}: last answer {r:?}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for RegistryBalancer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

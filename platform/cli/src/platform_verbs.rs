@@ -1,0 +1,429 @@
+//! The platform's client verbs: deploy, releases, rollback, config, scale, ps, restart,
+//! runners. Each calls the API and prints short text (or the API's JSON with `--json`).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use pier_model::client::{encode_segment, ApiClient};
+use pier_model::platform::{InstanceStatus, Release, ReleaseStatus};
+use serde_json::{json, Value};
+
+use crate::cli::{check, items, s, Cli, CliError, Command};
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ConfigArgs {
+    /// Show APP's config vars.
+    pub app: Option<String>,
+    #[command(subcommand)]
+    pub cmd: Option<ConfigCmd>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigCmd {
+    /// Set config vars: pier config set APP KEY=VALUE ...
+    Set {
+        app: String,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        vars: Vec<String>,
+    },
+    /// Unset config vars: pier config unset APP KEY ...
+    Unset {
+        app: String,
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+    },
+}
+
+fn app_path(app: &str) -> String {
+    format!("/v1/apps/{}", encode_segment(app))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, CliError> {
+    serde_json::from_value(v.clone())
+        .map_err(|e| CliError::Usage(format!("unexpected answer from the API: {e}")))
+}
+
+fn ago(ms: u64) -> String {
+    let now = pier_api::api::now_ms();
+    let s = now.saturating_sub(ms) / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn release_line(r: &Release, current: Option<u64>) -> String {
+    let mark = if Some(r.version) == current { "*" } else { " " };
+    let status = match r.status {
+        ReleaseStatus::Pending => "pending",
+        ReleaseStatus::Running => "running",
+        ReleaseStatus::Failed => "failed",
+    };
+    let mut line = format!(
+        "{mark}v{}\t{status}\t{}\t{} ago",
+        r.version,
+        r.description,
+        ago(r.created_ms)
+    );
+    if let Some(why) = &r.reason {
+        line.push_str(&format!("\t{why}"));
+    }
+    line
+}
+
+fn instance_line(i: &InstanceStatus) -> String {
+    let state = match i.state {
+        pier_model::platform::InstanceState::Preparing => "preparing".to_string(),
+        pier_model::platform::InstanceState::Starting => "starting".to_string(),
+        pier_model::platform::InstanceState::Up => format!("up {}", ago(i.started_ms)),
+        pier_model::platform::InstanceState::Crashed => {
+            let next = i
+                .next_try_ms
+                .map(|t| {
+                    let left = t.saturating_sub(pier_api::api::now_ms()) / 1000;
+                    format!(", next try in {left}s")
+                })
+                .unwrap_or_default();
+            format!(
+                "crashed ({}{next})",
+                i.last_exit.clone().unwrap_or_default()
+            )
+        }
+        pier_model::platform::InstanceState::Failed => {
+            format!("failed ({})", i.last_exit.clone().unwrap_or_default())
+        }
+        pier_model::platform::InstanceState::Stopping => "stopping".to_string(),
+    };
+    format!(
+        "{}.{}\t{state}\t{}\t{}\tv{}\trestarts={}\tcpu={:.2}s\trss={}KiB",
+        i.ptype,
+        i.index,
+        i.runner,
+        i.address.clone().unwrap_or_else(|| "-".into()),
+        i.release,
+        i.restarts,
+        i.cpu_s,
+        i.rss_kib
+    )
+}
+
+/// Runs one platform verb.
+pub async fn run(cli: &Cli, client: &ApiClient, out: &mut dyn Write) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Deploy { app, dir, wait } => deploy(cli, client, app, dir, *wait, out).await,
+        Command::Releases { app } => {
+            let v = check(
+                client
+                    .call(Method::GET, &format!("{}/releases", app_path(app)), None)
+                    .await?,
+            )?;
+            if cli.json {
+                writeln!(out, "{v:#}")?;
+                return Ok(());
+            }
+            let current = v.get("current").and_then(Value::as_u64);
+            for r in items(&v, "releases") {
+                writeln!(out, "{}", release_line(&parse(r)?, current))?;
+            }
+            Ok(())
+        }
+        Command::Rollback { app, version } => {
+            let body = match version {
+                Some(raw) => {
+                    let n: u64 = raw.trim_start_matches('v').parse().map_err(|_| {
+                        CliError::Usage(format!("{raw:?} is not a release number like 3 or v3"))
+                    })?;
+                    json!({ "version": n })
+                }
+                None => json!({}),
+            };
+            let v = check(
+                client
+                    .call(
+                        Method::POST,
+                        &format!("{}/rollback", app_path(app)),
+                        Some(&body),
+                    )
+                    .await?,
+            )?;
+            if cli.json {
+                writeln!(out, "{v:#}")?;
+            } else {
+                let r: Release = parse(&v)?;
+                writeln!(out, "{}: released v{} ({})", app, r.version, r.description)?;
+            }
+            Ok(())
+        }
+        Command::Config(args) => config(cli, client, args, out).await,
+        Command::Scale { app, changes } => {
+            let mut body = serde_json::Map::new();
+            for c in changes {
+                let (t, n) = c
+                    .split_once('=')
+                    .ok_or_else(|| CliError::Usage(format!("{c:?} is not TYPE=N (e.g. web=3)")))?;
+                let n: u32 = n
+                    .parse()
+                    .map_err(|_| CliError::Usage(format!("{c:?}: {n:?} is not a number")))?;
+                body.insert(t.to_string(), json!(n));
+            }
+            let v = check(
+                client
+                    .call(
+                        Method::PATCH,
+                        &format!("{}/formation", app_path(app)),
+                        Some(&Value::Object(body)),
+                    )
+                    .await?,
+            )?;
+            print_formation(cli, &v, out)
+        }
+        Command::Ps { app } => {
+            let v = check(
+                client
+                    .call(Method::GET, &format!("{}/instances", app_path(app)), None)
+                    .await?,
+            )?;
+            if cli.json {
+                writeln!(out, "{v:#}")?;
+                return Ok(());
+            }
+            let list = items(&v, "instances");
+            if list.is_empty() {
+                writeln!(out, "{app} has no instances")?;
+            }
+            for i in list {
+                writeln!(out, "{}", instance_line(&parse(i)?))?;
+            }
+            Ok(())
+        }
+        Command::Restart { app, instance } => {
+            let body = match instance {
+                Some(i) => json!({ "instance": i }),
+                None => json!({}),
+            };
+            let v = check(
+                client
+                    .call(
+                        Method::POST,
+                        &format!("{}/restart", app_path(app)),
+                        Some(&body),
+                    )
+                    .await?,
+            )?;
+            if cli.json {
+                writeln!(out, "{v:#}")?;
+            } else {
+                let what = instance.clone().unwrap_or_else(|| "every instance".into());
+                writeln!(
+                    out,
+                    "restarting {what} of {app}, one at a time (new before old stops)"
+                )?;
+            }
+            Ok(())
+        }
+        Command::Runners => {
+            let v = check(client.call(Method::GET, "/v1/runners", None).await?)?;
+            if cli.json {
+                writeln!(out, "{v:#}")?;
+                return Ok(());
+            }
+            for r in items(&v, "runners") {
+                let live = if r.get("live").and_then(Value::as_bool).unwrap_or(false) {
+                    "live"
+                } else {
+                    "dead"
+                };
+                writeln!(
+                    out,
+                    "{}\t{}\t{live}\theartbeat {}ms ago\t{}/{} instances\t{}",
+                    s(r, "id"),
+                    s(r, "address"),
+                    r.get("heartbeat_age_ms")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0),
+                    r.get("instances").and_then(Value::as_u64).unwrap_or(0),
+                    r.get("capacity").and_then(Value::as_u64).unwrap_or(0),
+                    s(r, "limits")
+                )?;
+            }
+            Ok(())
+        }
+        _ => Err(CliError::Usage("not a platform verb".into())),
+    }
+}
+
+fn print_formation(cli: &Cli, v: &Value, out: &mut dyn Write) -> Result<(), CliError> {
+    if cli.json {
+        writeln!(out, "{v:#}")?;
+        return Ok(());
+    }
+    if let Some(f) = v.get("formation").and_then(Value::as_object) {
+        let parts: Vec<String> = f.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        writeln!(out, "{}", parts.join(" "))?;
+    }
+    Ok(())
+}
+
+async fn config(
+    cli: &Cli,
+    client: &ApiClient,
+    args: &ConfigArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let (app, body) = match (&args.cmd, &args.app) {
+        (Some(ConfigCmd::Set { app, vars }), _) => {
+            let mut m = serde_json::Map::new();
+            for kv in vars {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| CliError::Usage(format!("{kv:?} is not KEY=VALUE")))?;
+                m.insert(k.to_string(), json!(v));
+            }
+            (app, Some(Value::Object(m)))
+        }
+        (Some(ConfigCmd::Unset { app, keys }), _) => {
+            let m = keys.iter().map(|k| (k.clone(), Value::Null)).collect();
+            (app, Some(Value::Object(m)))
+        }
+        (None, Some(app)) => (app, None),
+        (None, None) => {
+            return Err(CliError::Usage(
+                "pier config APP | set APP K=V... | unset APP K...".into(),
+            ))
+        }
+    };
+    let path = format!("{}/config", app_path(app));
+    let v = match &body {
+        Some(b) => check(client.call(Method::PATCH, &path, Some(b)).await?)?,
+        None => check(client.call(Method::GET, &path, None).await?)?,
+    };
+    if cli.json {
+        writeln!(out, "{v:#}")?;
+        return Ok(());
+    }
+    if let Some(r) = v.get("release").and_then(Value::as_u64) {
+        writeln!(out, "{app}: released v{r}")?;
+    }
+    if body.is_none() {
+        if let Some(c) = v.get("config").and_then(Value::as_object) {
+            for (k, val) in c {
+                writeln!(out, "{k}={}", val.as_str().unwrap_or_default())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn deploy(
+    cli: &Cli,
+    client: &ApiClient,
+    app: &str,
+    dir: &std::path::Path,
+    wait: u64,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    if !dir.join("Procfile").is_file() {
+        return Err(CliError::Usage(format!(
+            "{} has no Procfile: add one naming the app's processes, e.g. `web: python3 app.py`",
+            dir.display()
+        )));
+    }
+    let mut archive = Vec::new();
+    let entries = pier_slug::archive::pack_dir(dir, &mut archive, true)
+        .map_err(|e| CliError::Usage(format!("cannot pack {}: {e}", dir.display())))?;
+    writeln!(
+        out,
+        "-----> Uploading {} ({entries} entries, {} KiB)",
+        dir.display(),
+        archive.len().div_ceil(1024)
+    )?;
+    let mut release: Option<Release> = None;
+    let mut failure: Option<String> = None;
+    let mut write_err: Option<std::io::Error> = None;
+    let resp = client
+        .stream_lines(
+            Method::POST,
+            &format!("{}/deploys", app_path(app)),
+            "application/gzip",
+            Bytes::from(archive),
+            Duration::from_secs(900),
+            &mut |line| {
+                let Ok(v) = serde_json::from_str::<Value>(line) else {
+                    return;
+                };
+                if let Some(l) = v.get("log").and_then(Value::as_str) {
+                    if let Err(e) = writeln!(out, "{l}").and_then(|()| out.flush()) {
+                        write_err.get_or_insert(e);
+                    }
+                } else if let Some(r) = v.get("release") {
+                    release = serde_json::from_value(r.clone()).ok();
+                } else if let Some(e) = v.get("error").and_then(Value::as_str) {
+                    failure = Some(e.to_string());
+                }
+            },
+        )
+        .await?;
+    if let Some(e) = write_err {
+        return Err(e.into());
+    }
+    if !resp.status.is_success() {
+        check(resp)?;
+    }
+    if let Some(why) = failure {
+        return Err(CliError::Failed(format!("build failed: {why}")));
+    }
+    let rel = release
+        .ok_or_else(|| CliError::Failed("the API ended the deploy without a release".into()))?;
+    if wait == 0 {
+        writeln!(
+            out,
+            "{app}: released v{} (not waiting for it to run)",
+            rel.version
+        )?;
+        return Ok(());
+    }
+    writeln!(out, "-----> Starting v{}", rel.version)?;
+    let deadline = Instant::now() + Duration::from_secs(wait);
+    let path = format!("{}/releases/{}", app_path(app), rel.version);
+    loop {
+        let v = check(client.call(Method::GET, &path, None).await?)?;
+        let r: Release = parse(&v)?;
+        match r.status {
+            ReleaseStatus::Running => break,
+            ReleaseStatus::Failed => {
+                return Err(CliError::Failed(format!(
+                    "v{} failed: {}",
+                    r.version,
+                    r.reason.unwrap_or_default()
+                )))
+            }
+            ReleaseStatus::Pending => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::Failed(format!(
+                "v{} is not running after {wait}s: see `pier ps {app}`",
+                rel.version
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let v = check(client.call(Method::GET, &app_path(app), None).await?)?;
+    writeln!(out, "-----> v{} is running", rel.version)?;
+    if !rel.processes.contains_key("web") {
+        writeln!(out, "       no web process: nothing is routed")?;
+    }
+    for d in items(&v, "domains") {
+        if d.get("verified").and_then(Value::as_bool).unwrap_or(false) {
+            writeln!(out, "       http://{}/", s(d, "domain"))?;
+        }
+    }
+    if let Ok(template) = std::env::var("PIER_APP_URL") {
+        writeln!(out, "       {}", template.replace("{app}", app))?;
+    }
+    let _ = cli;
+    Ok(())
+}

@@ -1,0 +1,325 @@
+//! The long-running services of the `pier` binary: `pier api`, `pier runner`,
+//! `pier coordinator`. Each parses its flags, sets up logging and runs until SIGINT or SIGTERM.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use pier_api::api::ApiState;
+use pier_api::auth::Authenticator;
+use pier_api::platform::PlatformState;
+use pier_api::verify::HttpVerifier;
+
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// The registry's Redis.
+    #[arg(
+        long,
+        env = "PIER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0"
+    )]
+    pub redis: String,
+    /// Key prefix in Redis (must match the balancers' `[routes] prefix`).
+    #[arg(long, default_value = "pier:")]
+    pub prefix: String,
+    /// The operator token (prefer the environment: arguments show in `ps`).
+    #[arg(long, env = "PIER_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: Option<String>,
+    /// Send domain challenges to this address instead of the app's backends.
+    #[arg(long)]
+    pub challenge_via: Option<SocketAddr>,
+    /// Seconds a domain challenge may take per backend tried.
+    #[arg(long, default_value_t = 5)]
+    pub challenge_timeout: u64,
+    /// Hours a pending (unverified) domain claim holds the name against other apps; after
+    /// that another app may claim it. 0: claims never lapse.
+    #[arg(long, default_value_t = 72)]
+    pub claim_ttl_hours: u64,
+    /// A network owners' backends must be in (repeat, or comma-separate in the environment),
+    /// e.g. the runners' `10.0.0.0/8`. Without any, every address is allowed except those that
+    /// are never an app instance (link-local such as cloud metadata, unspecified, multicast,
+    /// broadcast). The operator may register any address.
+    #[arg(long, env = "PIER_BACKEND_ALLOW", value_delimiter = ',')]
+    pub backend_allow: Vec<pier_api::netpolicy::Cidr>,
+    /// The slug store shared with the runners (a directory, or file:///DIR).
+    #[arg(long, env = "PIER_SLUG_STORE", default_value = ".pier/slugs")]
+    pub slug_store: String,
+    /// Largest deploy upload, MiB (larger ones get 413).
+    #[arg(long, default_value_t = 200)]
+    pub max_upload_mb: usize,
+    /// The Python that builds apps with a requirements.txt (and that runners run them with).
+    #[arg(long, env = "PIER_PYTHON")]
+    pub python: Option<std::path::PathBuf>,
+    /// An extra argument to `pip install` in builds (repeat), e.g. `--find-links=/var/cache/wheels`.
+    #[arg(
+        long = "pip-arg",
+        env = "PIER_PIP_ARGS",
+        value_delimiter = ' ',
+        allow_hyphen_values = true
+    )]
+    pub pip_args: Vec<String>,
+    /// Longest a build may take, seconds.
+    #[arg(long, default_value_t = 600)]
+    pub build_timeout: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunnerArgs {
+    /// The platform's Redis.
+    #[arg(
+        long,
+        env = "PIER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0"
+    )]
+    pub redis: String,
+    /// Key prefix in Redis (the registry's).
+    #[arg(long, default_value = "pier:")]
+    pub prefix: String,
+    /// This runner's id (unique among runners; default: the address).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The IP its instances listen on; balancers must reach it.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: IpAddr,
+    /// Most instances it runs.
+    #[arg(long, default_value_t = 50)]
+    pub capacity: u32,
+    /// Where it unpacks slugs and keeps instances' home directories.
+    #[arg(long, default_value = ".pier/runner")]
+    pub workdir: PathBuf,
+    /// The slug store shared with the API.
+    #[arg(long, env = "PIER_SLUG_STORE", default_value = ".pier/slugs")]
+    pub slug_store: String,
+    /// Seconds a new instance has to accept connections on PORT.
+    #[arg(long, default_value_t = 30.0)]
+    pub boot_timeout: f64,
+    /// Seconds between deregistering an instance and SIGTERM.
+    #[arg(long, default_value_t = 2.0)]
+    pub drain: f64,
+    /// Seconds between SIGTERM and SIGKILL.
+    #[arg(long, default_value_t = 10.0)]
+    pub grace: f64,
+    /// Seconds a backend stays routable without a heartbeat.
+    #[arg(long, default_value_t = 10.0)]
+    pub backend_ttl: f64,
+    /// Memory per instance, MiB (cgroup; 0: none).
+    #[arg(long, default_value_t = 512)]
+    pub memory_mb: u64,
+    /// CPU per instance in cores, e.g. 0.5 (cgroup; default: none).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Processes per instance (cgroup pids; 0: none).
+    #[arg(long, default_value_t = 256)]
+    pub pids: u64,
+    /// Open files per process.
+    #[arg(long, default_value_t = 4096)]
+    pub nofile: u64,
+    /// Run instances as the runner's own user even when root (no per-app users).
+    #[arg(long)]
+    pub no_isolation: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CoordinatorArgs {
+    /// The platform's Redis.
+    #[arg(
+        long,
+        env = "PIER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0"
+    )]
+    pub redis: String,
+    /// Key prefix in Redis (the registry's).
+    #[arg(long, default_value = "pier:")]
+    pub prefix: String,
+    /// This coordinator's name in the lease (default: host and process id).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Seconds without a heartbeat after which a runner is dead.
+    #[arg(long, default_value_t = 3.0)]
+    pub dead_after: f64,
+    /// Seconds the lease lasts without renewal (a dead leader is replaced within it).
+    #[arg(long, default_value_t = 3.0)]
+    pub lease_ttl: f64,
+    /// Crashes of a new release's instance before its rollout fails.
+    #[arg(long, default_value_t = 3)]
+    pub max_crashes: u32,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+/// Logs to stderr at `info` unless RUST_LOG says otherwise.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+/// `pier api`: the registry API server, with the platform's routes.
+pub fn run_api(args: &ApiArgs) -> anyhow::Result<()> {
+    init_tracing();
+    runtime()?.block_on(serve_api(args, shutdown_signal()))
+}
+
+/// The API until `shutdown` completes (also used by `pier up`).
+pub async fn serve_api(
+    args: &ApiArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let operator_token = args
+        .operator_token
+        .clone()
+        .filter(|t| !t.trim().is_empty())
+        .context("set PIER_OPERATOR_TOKEN (the operator's API token)")?;
+    let registry = pier_registry::Registry::connect_with_prefix(&args.redis, &args.prefix)
+        .await
+        .with_context(|| format!("connecting to the registry at {}", args.redis))?;
+    let store = pier_store::Store::connect(&args.redis, &args.prefix)
+        .await
+        .with_context(|| format!("connecting to the platform state at {}", args.redis))?;
+    let slugs = pier_slug::SlugStore::open(&args.slug_store)
+        .with_context(|| format!("opening the slug store {}", args.slug_store))?;
+    let mut build = pier_slug::build::BuildConfig {
+        pip_args: args
+            .pip_args
+            .iter()
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .collect(),
+        timeout: Duration::from_secs(args.build_timeout.max(1)),
+        ..Default::default()
+    };
+    if let Some(p) = &args.python {
+        build.python = p.clone();
+    }
+    let state = Arc::new(
+        ApiState::new(
+            registry,
+            &args.redis,
+            &args.prefix,
+            Authenticator::new(operator_token.trim()),
+            Arc::new(HttpVerifier {
+                via: args.challenge_via,
+                timeout: Duration::from_secs(args.challenge_timeout.max(1)),
+            }),
+        )
+        .with_claim_ttl(
+            (args.claim_ttl_hours != 0)
+                .then(|| Duration::from_secs(args.claim_ttl_hours.saturating_mul(3600))),
+        )
+        .with_backend_policy(pier_api::netpolicy::BackendPolicy {
+            allow: args.backend_allow.clone(),
+        })
+        .with_platform(PlatformState {
+            store,
+            slugs,
+            build,
+            max_upload: args.max_upload_mb.saturating_mul(1 << 20),
+            builds: Arc::new(tokio::sync::Semaphore::new(2)),
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr: SocketAddr = listener.local_addr().context("local address")?;
+    tracing::info!(%addr, redis = %args.redis, prefix = %args.prefix, slug_store = %args.slug_store, "pier api listening");
+    pier_api::server::serve(listener, state, shutdown)
+        .await
+        .context("serving")?;
+    tracing::info!("pier api stopped");
+    Ok(())
+}
+
+/// The runner's configuration from its flags.
+pub fn runner_config(args: &RunnerArgs) -> pier_runner::RunnerConfig {
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("runner-{}", args.address));
+    let mut cfg = pier_runner::RunnerConfig::new(
+        &id,
+        args.address,
+        &args.redis,
+        &args.slug_store,
+        args.workdir.clone(),
+    );
+    cfg.prefix = args.prefix.clone();
+    cfg.capacity = args.capacity.max(1);
+    cfg.boot_timeout = secs(args.boot_timeout);
+    cfg.drain = secs(args.drain);
+    cfg.grace = secs(args.grace);
+    cfg.backend_ttl = secs(args.backend_ttl.max(1.0));
+    cfg.isolate = !args.no_isolation;
+    cfg.limits = pier_runner::config::Limits {
+        memory_mib: (args.memory_mb > 0).then_some(args.memory_mb),
+        cpus: args.cpus.filter(|c| *c > 0.0),
+        pids: (args.pids > 0).then_some(args.pids),
+        nofile: args.nofile.max(64),
+    };
+    cfg
+}
+
+/// `pier runner`.
+pub fn run_runner(args: &RunnerArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let cfg = runner_config(args);
+    runtime()?
+        .block_on(pier_runner::run(cfg, shutdown_signal()))
+        .map_err(anyhow::Error::msg)
+}
+
+/// The coordinator's configuration from its flags.
+pub fn coordinator_config(args: &CoordinatorArgs) -> pier_coordinator::CoordinatorConfig {
+    let id = args.id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let mut cfg = pier_coordinator::CoordinatorConfig::new(&id, &args.redis);
+    cfg.prefix = args.prefix.clone();
+    cfg.dead_after = secs(args.dead_after.max(0.5));
+    cfg.lease_ttl = secs(args.lease_ttl.max(0.5));
+    cfg.max_crashes = args.max_crashes.max(1);
+    cfg
+}
+
+/// `pier coordinator`.
+pub fn run_coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let cfg = coordinator_config(args);
+    runtime()?
+        .block_on(pier_coordinator::run(cfg, shutdown_signal()))
+        .map_err(anyhow::Error::msg)
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
