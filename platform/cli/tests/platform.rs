@@ -77,3 +77,444 @@ async fn stdlib_app_deployed_with_the_cli_is_served_through_the_balancer() {
     assert!(!ps.stdout.contains("s3cr3t-value"));
     assert!(!p.logs().contains("s3cr3t-value"), "a secret reached a log");
 }
+
+/// Writes an app (a Procfile and files) into a new directory.
+fn app_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(d.path().join(name), text).unwrap();
+    }
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gunicorn_app_is_built_from_its_requirements_and_served() {
+    let p = Platform::start(&["127.0.0.2"]).await;
+    let start = Instant::now();
+    let out = p.create_and_deploy("wsgi", "hello-gunicorn");
+    assert!(
+        out.stdout.contains("installing requirements.txt"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .to_lowercase()
+            .contains("successfully installed gunicorn"),
+        "{out:?}"
+    );
+    p.balancer
+        .wait_served(
+            &Platform::host("wsgi"),
+            |b| b.starts_with("hello from gunicorn: wsgi v1 web.1"),
+            SERVED_WITHIN,
+        )
+        .await;
+    println!("gunicorn deploy to first 200: {:?}", start.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_runners_instances_move_and_traffic_comes_back() {
+    let p = Platform::start(&["127.0.0.2", "127.0.0.3"]).await;
+    p.create_and_deploy("hello", "hello-stdlib");
+    p.pier(&["scale", "hello", "web=2"]).ok();
+    // One instance on each runner.
+    let spread = common_wait(&p, "two instances up on two runners", |ps| {
+        ps.lines().filter(|l| l.contains("\tup ")).count() == 2
+            && ps.contains("r-127.0.0.2")
+            && ps.contains("r-127.0.0.3")
+    })
+    .await;
+    let _ = spread;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load_task = tokio::spawn(load(
+        p.balancer.addr(),
+        Platform::host("hello"),
+        4,
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The machine 127.0.0.3 dies: its runner and instances are SIGKILLed.
+    let mut p = p;
+    let killed_at = Instant::now();
+    p.runners[1].kill_hard();
+    // Its instance is placed on the live runner; both slots up again there.
+    common_wait(&p, "both instances up on the live runner", |ps| {
+        ps.lines()
+            .filter(|l| l.contains("\tup ") && l.contains("r-127.0.0.2"))
+            .count()
+            == 2
+    })
+    .await;
+    let moved = killed_at.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let count = load_task.await.unwrap();
+    println!("runner killed to both slots up elsewhere: {moved:?}; load: {count:?}");
+    assert!(count.ok > 0, "{count:?}");
+    // Traffic was served again within 10 s (with an instance left, the balancer retries the
+    // other backend on refused connections, so failures are few or none).
+    if let (Some(first), Some(last)) = (count.first_failure, count.last_failure) {
+        assert!(last - first < Duration::from_secs(10), "{count:?}");
+    }
+    let runners = p.pier(&["runners"]).ok();
+    assert!(
+        !runners.stdout.contains("r-127.0.0.3"),
+        "dead runner forgotten: {runners:?}"
+    );
+}
+
+/// Polls `pier ps hello` until `ok` holds for its output.
+async fn common_wait(p: &Platform, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let ps = p.pier(&["ps", "hello"]);
+        if ps.code == 0 && ok(&ps.stdout) {
+            return ps.stdout;
+        }
+        assert!(
+            start.elapsed() < SERVED_WITHIN,
+            "timed out waiting for {what}: {ps:?}\n{}",
+            p.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_restart_and_scale_down_under_load_fail_no_request() {
+    let p = Platform::start(&["127.0.0.2", "127.0.0.3"]).await;
+    p.create_and_deploy("hello", "hello-stdlib");
+    p.pier(&["scale", "hello", "web=3"]).ok();
+    common_wait(&p, "three up", |ps| {
+        ps.lines().filter(|l| l.contains("\tup ")).count() == 3
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load_task = tokio::spawn(load(
+        p.balancer.addr(),
+        Platform::host("hello"),
+        4,
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A new release rolls out: new instances up before the old ones drain.
+    p.pier(&["config", "set", "hello", "GREETING=hi"]).ok();
+    p.balancer
+        .wait_served(
+            &Platform::host("hello"),
+            |b| b.starts_with("hi from hello v2"),
+            SERVED_WITHIN,
+        )
+        .await;
+    common_wait(&p, "three up on v2 only", |ps| {
+        ps.lines()
+            .filter(|l| l.contains("\tup ") && l.contains("\tv2\t"))
+            .count()
+            == 3
+            && ps.lines().count() == 3
+    })
+    .await;
+    // A rolling restart, then a scale down.
+    p.pier(&["restart", "hello"]).ok();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    common_wait(&p, "three up after the restart", |ps| {
+        ps.lines().filter(|l| l.contains("\tup ")).count() == 3 && ps.lines().count() == 3
+    })
+    .await;
+    p.pier(&["scale", "hello", "web=1"]).ok();
+    common_wait(&p, "one left", |ps| {
+        ps.lines().count() == 1 && ps.contains("\tup ")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // the drained ones stop
+    stop.store(true, Ordering::Relaxed);
+    let count = load_task.await.unwrap();
+    println!("deploy + restart + scale-down under load: {count:?}");
+    assert!(count.ok > 100, "{count:?}");
+    assert_eq!(count.failed, 0, "failed requests: {count:?}\n{}", p.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashing_app_backs_off_and_a_release_that_never_gets_healthy_is_not_routed() {
+    let p = Platform::start(&["127.0.0.2"]).await;
+    p.create_and_deploy("hello", "hello-stdlib");
+    // v2 exits at once: the deploy fails with the reason, v1 keeps serving.
+    let bad = app_dir(&[(
+        "Procfile",
+        "web: python3 -c \"print('boom'); raise SystemExit(3)\"\n",
+    )]);
+    let out = p.pier(&[
+        "deploy",
+        "hello",
+        &bad.path().display().to_string(),
+        "--wait",
+        "60",
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("v2 failed") && out.stderr.contains("exit status 3"),
+        "{out:?}"
+    );
+    let rel = p.pier(&["releases", "hello"]).ok();
+    assert!(rel.stdout.contains("*v1\t"), "back to v1: {rel:?}");
+    assert!(rel.stdout.contains("v2\tfailed"), "{rel:?}");
+    let (status, body) = pier_testkit::http_get(p.balancer.addr(), &Platform::host("hello"), "/")
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body.starts_with("hello from hello v1")),
+        (200, true)
+    );
+
+    // A first deploy that crashes has nothing to go back to: it backs off, visible in ps.
+    p.pier(&["apps", "create", "crashy"]).ok();
+    let out = p
+        .pier(&[
+            "deploy",
+            "crashy",
+            &bad.path().display().to_string(),
+            "--wait",
+            "0",
+        ])
+        .ok();
+    assert!(out.stdout.contains("released v1"), "{out:?}");
+    let start = Instant::now();
+    let mut seen_text = false;
+    loop {
+        let ps = p.pier(&["ps", "crashy"]).ok();
+        seen_text |= ps.stdout.contains("exit status 3), next try in");
+        let v: serde_json::Value =
+            serde_json::from_str(&p.pier(&["ps", "crashy", "--json"]).ok().stdout).unwrap();
+        let i = &v["instances"][0];
+        let restarts = i["restarts"].as_u64().unwrap_or(0);
+        let wait = i["next_try_ms"]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(i["updated_ms"].as_u64().unwrap_or(0));
+        // Three quick tries, then doubling waits: the fifth waits about 4 s.
+        if restarts >= 5 && i["state"] == "crashed" && wait >= 3000 {
+            assert!(seen_text, "ps never showed the crash and its next try");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no backoff seen: {v}\n{}",
+            p.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_coordinator_takes_over_when_the_leader_dies() {
+    let mut p = Platform::start(&["127.0.0.2"]).await;
+    p.start_coordinator("c2");
+    p.create_and_deploy("hello", "hello-stdlib");
+    let (leader, standby) = if p.coordinators[0].log_text().contains("leading") {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    assert!(!p.coordinators[standby].log_text().contains("leading"));
+    p.coordinators[leader].kill_hard();
+    // The standby leads within the lease's time, and places what a scale asks for.
+    p.pier(&["scale", "hello", "web=2"]).ok();
+    common_wait(&p, "two up under the new leader", |ps| {
+        ps.lines().filter(|l| l.contains("\tup ")).count() == 2
+    })
+    .await;
+    assert!(
+        p.coordinators[standby].log_text().contains("leading"),
+        "{}",
+        p.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_archives_are_refused_by_the_api() {
+    let p = Platform::start(&[]).await;
+    p.pier(&["apps", "create", "hello"]).ok();
+    let client = pier_model::ApiClient::new(&p.api.url(), Some(common::OPERATOR.into())).unwrap();
+    // A tar whose entry climbs out with `..`, made by hand as an attacker would.
+    let mut h = tar::Header::new_gnu();
+    let name = b"../../escaped.txt";
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    b.append(&h, &b"bad"[..]).unwrap();
+    let archive = b.into_inner().unwrap().finish().unwrap();
+    let mut lines = Vec::new();
+    let r = client
+        .stream_lines(
+            http::Method::POST,
+            "/v1/apps/hello/deploys",
+            "application/gzip",
+            archive.into(),
+            Duration::from_secs(30),
+            &mut |l| lines.push(l.to_string()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let last = lines.last().cloned().unwrap_or_default();
+    assert!(
+        last.contains("\"error\"") && last.contains("climbs out"),
+        "{lines:?}"
+    );
+    let rel = p.pier(&["releases", "hello"]).ok();
+    assert!(rel.stdout.trim().is_empty(), "no release made: {rel:?}");
+    // Too large: 413 before anything is built.
+    let big = vec![0u8; 300 << 20];
+    let r = client
+        .stream_lines(
+            http::Method::POST,
+            "/v1/apps/hello/deploys",
+            "application/gzip",
+            big.into(),
+            Duration::from_secs(60),
+            &mut |_| {},
+        )
+        .await;
+    match r {
+        Ok(r) => assert_eq!(r.status, 413, "{r:?}"),
+        // The server may close before the whole upload is sent.
+        Err(e) => assert!(e.to_string().contains("HTTP error"), "{e}"),
+    }
+}
+
+const SPY_APP: &str = r#"
+import os, signal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+def attempt(f):
+    try:
+        f()
+        return "allowed"
+    except PermissionError:
+        return "denied"
+    except Exception as e:
+        return "error " + type(e).__name__
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        path, pid = os.environ.get("TARGET_FILE", ""), int(os.environ.get("TARGET_PID", "0"))
+        body = ("read=%s signal=%s uid=%d" % (
+            attempt(lambda: open(path).read()),
+            attempt(lambda: os.kill(pid, signal.SIGTERM)),
+            os.getuid())).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+ThreadingHTTPServer((os.environ["PIER_HOST"], int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_cannot_read_another_apps_files_or_signal_its_processes() {
+    if !nix_is_root() {
+        // Per-app users need root; CI runs as root, so this runs there.
+        println!("not root: per-app users are off, nothing to check");
+        return;
+    }
+    let p = Platform::start(&["127.0.0.2"]).await;
+    p.create_and_deploy("victim", "hello-stdlib");
+    p.balancer
+        .wait_served(
+            &Platform::host("victim"),
+            |b| b.starts_with("hello from victim"),
+            SERVED_WITHIN,
+        )
+        .await;
+    let workdir = p.runners[0].workdir.clone().unwrap();
+    let slug = std::fs::read_dir(workdir.join("slugs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|d| {
+            d.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("victim-")
+        })
+        .unwrap();
+    let victim_pid = common::processes_under(&slug)[0];
+    let spy = app_dir(&[("Procfile", "web: python3 spy.py\n"), ("spy.py", SPY_APP)]);
+    p.pier(&["apps", "create", "spy"]).ok();
+    p.pier(&[
+        "config",
+        "set",
+        "spy",
+        &format!("TARGET_FILE={}", slug.join("app.py").display()),
+        &format!("TARGET_PID={victim_pid}"),
+    ])
+    .ok();
+    let out = p.pier(&[
+        "deploy",
+        "spy",
+        &spy.path().display().to_string(),
+        "--wait",
+        "60",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", p.logs());
+    let (_, body) = pier_testkit::http_get(p.balancer.addr(), &Platform::host("spy"), "/")
+        .await
+        .unwrap();
+    assert!(body.starts_with("read=denied signal=denied uid="), "{body}");
+    let spy_uid: u32 = body.rsplit('=').next().unwrap().parse().unwrap();
+    let victim_uid = uid_of(victim_pid);
+    assert!(
+        spy_uid >= 200_000 && victim_uid >= 200_000 && spy_uid != victim_uid,
+        "{spy_uid} {victim_uid}"
+    );
+    // The victim still serves.
+    let (status, _) = pier_testkit::http_get(p.balancer.addr(), &Platform::host("victim"), "/")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    // The runner said which limits are in force.
+    let log = p.runners[0].log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("limits in force"))
+        .unwrap_or_default();
+    println!("{line}");
+    assert!(line.contains("per-app Unix users"), "{log}");
+    if std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists() {
+        assert!(
+            line.contains("cgroup v1") && line.contains("memory 512 MiB"),
+            "{line}"
+        );
+        // The victim's processes are in their memory group, limited.
+        let cg = std::fs::read_to_string(format!("/proc/{victim_pid}/cgroup")).unwrap();
+        assert!(
+            cg.lines()
+                .any(|l| l.contains(":memory:") && l.contains("/pier/victim-web-1-")),
+            "{cg}"
+        );
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
+}
+
+fn uid_of(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}

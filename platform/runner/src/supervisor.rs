@@ -337,7 +337,10 @@ async fn run_once(
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                return Ended::Crashed(format!("exited before it was healthy ({status})"));
+                return Ended::Crashed(format!(
+                    "exited before it was healthy ({})",
+                    describe_exit(status)
+                ));
             }
             if Instant::now() >= deadline {
                 terminate(&mut child, pid, Duration::from_secs(1)).await;

@@ -138,7 +138,10 @@ impl Service {
         let _ = self.child.wait();
         if let Some(w) = &self.workdir {
             for pid in processes_under(w) {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
             }
         }
     }
@@ -149,6 +152,7 @@ impl Drop for Service {
         // A graceful stop first (a runner stops its instances), then a hard one.
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
             .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
