@@ -18,15 +18,11 @@ use pier_model::client::{encode_segment, ApiClient, ApiResponse, ClientError};
     about = "pier: the registry API server and its command-line client"
 )]
 pub struct Cli {
-    /// Registry API base URL.
-    #[arg(
-        long,
-        global = true,
-        env = "PIER_API_URL",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    pub api: String,
-    /// API token (the operator's or an app owner's).
+    /// Registry API base URL (default: the one `pier up` wrote to .pier/credentials.json in
+    /// this directory or a parent, else http://127.0.0.1:7070).
+    #[arg(long, global = true, env = "PIER_API_URL")]
+    pub api: Option<String>,
+    /// API token (the operator's or an app owner's; default: the one `pier up` wrote).
     #[arg(long, global = true, env = "PIER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Print the API's JSON answers instead of text.
@@ -306,12 +302,24 @@ pub(crate) fn items<'a>(v: &'a Value, key: &str) -> &'a [Value] {
 
 /// Runs one client verb (anything but `api`), writing its output to `out`.
 pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
-    let token =
-        cli.token.clone().filter(|t| !t.is_empty()).ok_or_else(|| {
-            CliError::Usage("no API token: set PIER_TOKEN or pass --token".into())
+    let saved = crate::up::Credentials::find();
+    let token = cli
+        .token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .or_else(|| saved.as_ref().map(|c| c.token.clone()))
+        .ok_or_else(|| {
+            CliError::Usage(
+                "no API token: set PIER_TOKEN, pass --token, or run in the directory of `pier up`"
+                    .into(),
+            )
         })?;
-    let client =
-        ApiClient::new(&cli.api, Some(token)).map_err(|e| CliError::Usage(e.to_string()))?;
+    let api = cli
+        .api
+        .clone()
+        .or_else(|| saved.map(|c| c.api))
+        .unwrap_or_else(|| "http://127.0.0.1:7070".into());
+    let client = ApiClient::new(&api, Some(token)).map_err(|e| CliError::Usage(e.to_string()))?;
     let app_path = |app: &str| format!("/v1/apps/{}", encode_segment(app));
     let (method, path, body) = match &cli.command {
         Command::Api(_) | Command::Runner(_) | Command::Coordinator(_) | Command::Up(_) => {

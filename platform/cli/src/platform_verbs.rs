@@ -114,7 +114,7 @@ fn instance_line(i: &InstanceStatus) -> String {
 /// Runs one platform verb.
 pub async fn run(cli: &Cli, client: &ApiClient, out: &mut dyn Write) -> Result<(), CliError> {
     match &cli.command {
-        Command::Deploy { app, dir, wait } => deploy(cli, client, app, dir, *wait, out).await,
+        Command::Deploy { app, dir, wait } => deploy(client, app, dir, *wait, out).await,
         Command::Releases { app } => {
             let v = check(
                 client
@@ -318,8 +318,9 @@ async fn config(
     Ok(())
 }
 
-async fn deploy(
-    cli: &Cli,
+/// Packs `dir`, uploads it, prints the build's output, then waits up to `wait` seconds for the
+/// release to run (shared with `pier up`'s demo).
+pub async fn deploy(
     client: &ApiClient,
     app: &str,
     dir: &std::path::Path,
@@ -424,6 +425,5 @@ async fn deploy(
     if let Ok(template) = std::env::var("PIER_APP_URL") {
         writeln!(out, "       {}", template.replace("{app}", app))?;
     }
-    let _ = cli;
     Ok(())
 }

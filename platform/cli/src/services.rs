@@ -150,6 +150,71 @@ pub struct CoordinatorArgs {
     pub max_crashes: u32,
 }
 
+/// Parses a service's flags from `args` (the rest at their defaults), for `pier up`.
+fn flags<T: clap::Args>(args: &[&str]) -> T {
+    #[derive(clap::Parser)]
+    struct Wrap<T: clap::Args> {
+        #[command(flatten)]
+        inner: T,
+    }
+    let argv = std::iter::once("pier").chain(args.iter().copied());
+    match <Wrap<T> as clap::Parser>::try_parse_from(argv) {
+        Ok(w) => w.inner,
+        // The arguments are written here, not typed by a user: a failure is a bug.
+        Err(e) => panic!("pier up built bad flags {args:?}: {e}"),
+    }
+}
+
+impl ApiArgs {
+    pub fn for_up(listen: SocketAddr, redis: &str, token: &str, slugs: &str) -> Self {
+        flags(&[
+            "--listen",
+            &listen.to_string(),
+            "--redis",
+            redis,
+            "--operator-token",
+            token,
+            "--slug-store",
+            slugs,
+        ])
+    }
+}
+
+impl RunnerArgs {
+    pub fn for_up(
+        address: IpAddr,
+        redis: &str,
+        slugs: &str,
+        workdir: PathBuf,
+        isolate: bool,
+    ) -> Self {
+        let workdir = workdir.display().to_string();
+        let address = address.to_string();
+        let mut a = vec![
+            "--redis",
+            redis,
+            "--id",
+            "local",
+            "--address",
+            &address,
+            "--workdir",
+            &workdir,
+            "--slug-store",
+            slugs,
+        ];
+        if !isolate {
+            a.push("--no-isolation");
+        }
+        flags(&a)
+    }
+}
+
+impl CoordinatorArgs {
+    pub fn for_up(redis: &str) -> Self {
+        flags(&["--redis", redis, "--id", "pier-up"])
+    }
+}
+
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }

@@ -25,4 +25,4 @@ pub mod slugs;
 pub mod supervisor;
 
 pub use config::RunnerConfig;
-pub use runner::run;
+pub use runner::{is_root, reachable_by_others, run};

@@ -51,13 +51,13 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
     crate::slugs::set_mode(&cfg.workdir, 0o711).map_err(|e| e.to_string())?;
     crate::slugs::set_mode(&instances_dir, 0o711).map_err(|e| e.to_string())?;
     let slug_store = SlugStore::open(&cfg.slug_store).map_err(|e| e.to_string())?;
-    let root = nix::unistd::geteuid().is_root();
+    let root = is_root();
     let isolate = cfg.isolate && root;
     if cfg.isolate && !root {
         tracing::warn!("not root: instances run as the runner's own user, not per-app users");
     }
     if isolate {
-        check_reachable(&ctx_workdir(&cfg))?;
+        reachable_by_others(&ctx_workdir(&cfg))?;
     }
     let cgroups = Cgroups::detect();
     let limits = cgroups.describe(&cfg.limits, isolate);
@@ -135,13 +135,18 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
     Ok(())
 }
 
+/// Whether this process runs as root (per-app users and cgroups need it).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
 fn ctx_workdir(cfg: &RunnerConfig) -> std::path::PathBuf {
     std::fs::canonicalize(&cfg.workdir).unwrap_or_else(|_| cfg.workdir.clone())
 }
 
 /// Per-app users must be able to walk down to the work directory: every directory above it
 /// must be searchable by others.
-fn check_reachable(workdir: &std::path::Path) -> Result<(), String> {
+pub fn reachable_by_others(workdir: &std::path::Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     for dir in workdir.ancestors().skip(1) {
         let mode = std::fs::metadata(dir)
