@@ -463,12 +463,12 @@ async fn handle(w: &Worker, client: &mut Client, head: RequestHead) -> bool {
         Action::Proxy => {
             req.max_body = app.settings.max_body.unwrap_or(cfg.limits.max_body);
             let mut app = Arc::clone(&app);
-            let mut checked_at = req.start_ms;
+            let mut checked_at = w.shared.liveness_ms(req.start_ms);
             if !app.has_live_backend(checked_at) && app.settings.spin {
                 if let Some(ready) = Box::pin(spin(w, &app.name)).await {
                     app = ready;
                 }
-                checked_at = now_ms();
+                checked_at = w.shared.liveness_ms(now_ms());
             }
             if !app.has_live_backend(checked_at) {
                 let err = ProxyError::NoBackend;
@@ -562,7 +562,7 @@ pub(crate) async fn spin(w: &Worker, app: &str) -> Option<Arc<App>> {
         changed.as_mut().enable();
         let current = shared.routes.load().app(app).cloned();
         match current {
-            Some(a) if a.has_live_backend(now_ms()) => break Some(a),
+            Some(a) if a.has_live_backend(shared.liveness_ms(now_ms())) => break Some(a),
             Some(_) => {}
             // The app is gone: stop waiting.
             None => break None,

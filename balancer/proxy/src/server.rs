@@ -54,7 +54,24 @@ pub struct Shared {
     routes_files: std::sync::Mutex<Vec<std::path::PathBuf>>,
 }
 
+/// How far past the registry's last answer backends' deadlines are still judged by the wall
+/// clock: the feed blocks up to a second between answers, so this covers a healthy feed.
+const LIVENESS_SLACK_MS: u64 = 3_000;
+
 impl Shared {
+    /// The time backends' liveness deadlines are judged at, given the wall clock `now`. While
+    /// the registry does not answer, no heartbeat can reach the table, so deadlines are judged
+    /// at its last answer (plus [`LIVENESS_SLACK_MS`]): the last-known table keeps serving whole
+    /// instead of losing its backends one deadline at a time. Without a registry (a routes
+    /// file), the wall clock.
+    #[inline]
+    pub fn liveness_ms(&self, now: u64) -> u64 {
+        match self.registry_contact_ms.load(Ordering::Relaxed) {
+            0 => now,
+            contact => now.min(contact.saturating_add(LIVENESS_SLACK_MS)),
+        }
+    }
+
     /// The files (besides the routes file) the table in use was built from.
     pub fn routes_files(&self) -> Vec<std::path::PathBuf> {
         self.routes_files

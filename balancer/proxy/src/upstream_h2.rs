@@ -128,7 +128,7 @@ pub(crate) async fn acquire_h2(
     let m = &w.shared.metrics;
     let mut last_error = ProxyError::NoBackend;
     loop {
-        let Some(idx) = app.pick(now, tried) else {
+        let Some(idx) = app.pick(w.shared.liveness_ms(now), tried) else {
             return Err(last_error);
         };
         let backend = &app.backends[idx];

@@ -452,3 +452,59 @@ fn pier_now_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_do_not_expire_while_the_registry_is_unreachable() {
+    // Runners cannot renew deadlines while Redis is down: the last-known table keeps serving
+    // whole, and deadlines count again once Redis answers.
+    let mut redis = RedisServer::start();
+    let reg = Registry::connect(&redis.url()).await.unwrap();
+    let be = Backend::start("be").await;
+    reg.put_app("a", &AppRecord::default()).await.unwrap();
+    reg.put_domain("a.test", &DomainRecord::verified("a"))
+        .await
+        .unwrap();
+    // Longer than the balancer's slack (3 s after the last answer), as runners' TTLs are.
+    let ttl_ms = 4_500;
+    reg.put_backend(
+        "a",
+        "i0",
+        &BackendRecord {
+            address: be.addr.to_string(),
+            expires_at_ms: pier_now_ms() + ttl_ms,
+        },
+    )
+    .await
+    .unwrap();
+    let b = Balancer::start("", &registry_config(&redis, "")).await;
+    wait_status(&b, "a.test", 200).await;
+    redis.kill();
+    // Well past the deadline.
+    tokio::time::sleep(Duration::from_millis(ttl_ms + 2_000)).await;
+    assert_eq!(b.metric("pier_registry_connected").await, 0.0);
+    assert_eq!(
+        get(b.addr(), "a.test", "/").await.status,
+        200,
+        "{}",
+        b.log_text()
+    );
+    // Redis back with its data (the deadline long past): the backend is expired again.
+    redis.restart(false);
+    let reg = Registry::connect(&redis.url()).await.unwrap();
+    add_app(&reg, "other", &["other.test"], &[be.addr]).await;
+    reg.put_app("a", &AppRecord::default()).await.unwrap();
+    reg.put_domain("a.test", &DomainRecord::verified("a"))
+        .await
+        .unwrap();
+    reg.put_backend(
+        "a",
+        "i0",
+        &BackendRecord {
+            address: be.addr.to_string(),
+            expires_at_ms: pier_now_ms() - 1,
+        },
+    )
+    .await
+    .unwrap();
+    wait_status(&b, "a.test", 503).await;
+}

@@ -420,12 +420,12 @@ async fn route_and_forward(
         };
         return (Some(app), o);
     }
-    if !app.has_live_backend(ctx.start_ms) && app.settings.spin {
+    if !app.has_live_backend(w.shared.liveness_ms(ctx.start_ms)) && app.settings.spin {
         if let Some(ready) = spin(w, &app.name).await {
             app = ready;
         }
     }
-    if !app.has_live_backend(now_ms()) {
+    if !app.has_live_backend(w.shared.liveness_ms(now_ms())) {
         let o = answer_error(respond, ProxyError::NoBackend, ctx.request_id, head_request);
         return (Some(app), o);
     }
