@@ -204,9 +204,19 @@ pub async fn rollback(state: &ApiState, caller: &Caller, app: &str, body: &[u8])
     let current = p.store.current(app).await?.unwrap_or(0);
     let target = match req.version {
         Some(v) => v,
-        None => current.checked_sub(1).filter(|v| *v > 0).ok_or_else(|| {
-            ApiError::Conflict(format!("app {app:?} has no release before v{current}"))
-        })?,
+        // The newest release before the current one that did not fail and has a slug.
+        None => p
+            .store
+            .releases(app)
+            .await?
+            .into_iter()
+            .find(|r| r.version < current && r.slug.is_some() && r.status != ReleaseStatus::Failed)
+            .map(|r| r.version)
+            .ok_or_else(|| {
+                ApiError::Conflict(format!(
+                    "app {app:?} has no release before v{current} to go back to"
+                ))
+            })?,
     };
     let old = p
         .store
@@ -240,12 +250,11 @@ pub async fn show_config(state: &ApiState, caller: &Caller, app: &str) -> Reply 
     caller.may_act_on(app)?;
     let p = platform(state)?;
     existing_app(state, app).await?;
-    let config = p
-        .store
-        .latest_release(app)
-        .await?
-        .map(|r| r.config)
-        .unwrap_or_default();
+    let current = match p.store.current(app).await? {
+        Some(v) => p.store.release(app, v).await?,
+        None => p.store.latest_release(app).await?,
+    };
+    let config = current.map(|r| r.config).unwrap_or_default();
     json(StatusCode::OK, &json!({ "config": config }))
 }
 

@@ -69,7 +69,8 @@ pub enum Command {
     },
     /// An app's instances: type, state, runner, address, release, uptime, restarts, CPU, RSS.
     Ps { app: String },
-    /// Restart an app's instances one by one, or one of them (web.1).
+    /// Restart an app's instances, or one of them (web.1): each new one starts and is healthy
+    /// before the one it replaces stops.
     Restart {
         app: String,
         instance: Option<String>,

@@ -52,7 +52,8 @@ pub struct ApiArgs {
     /// Largest deploy upload, MiB (larger ones get 413).
     #[arg(long, default_value_t = 200)]
     pub max_upload_mb: usize,
-    /// The Python that builds apps with a requirements.txt (and that runners run them with).
+    /// The Python that installs apps' requirements.txt (runners run `python3` from
+    /// /usr/local/bin:/usr/bin:/bin: keep them the same interpreter).
     #[arg(long, env = "PIER_PYTHON")]
     pub python: Option<std::path::PathBuf>,
     /// An extra argument to `pip install` in builds (repeat), e.g. `--find-links=/var/cache/wheels`.
@@ -80,7 +81,7 @@ pub struct RunnerArgs {
     /// Key prefix in Redis (the registry's).
     #[arg(long, default_value = "pier:")]
     pub prefix: String,
-    /// This runner's id (unique among runners; default: the address).
+    /// This runner's id (unique among runners; default: runner-ADDRESS).
     #[arg(long)]
     pub id: Option<String>,
     /// The IP its instances listen on; balancers must reach it.

@@ -64,11 +64,22 @@ impl Credentials {
     }
 }
 
-/// A child process killed when dropped.
+/// A child process stopped when dropped: SIGTERM (Redis saves, the balancer drains), then
+/// SIGKILL after 10 s.
 struct Guard(Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -265,6 +265,16 @@ async fn crashing_app_backs_off_and_a_release_that_never_gets_healthy_is_not_rou
         (status, body.starts_with("hello from hello v1")),
         (200, true)
     );
+    // A config change now builds on v1 (what runs), not on the failed v2.
+    let out = p.pier(&["config", "set", "hello", "GREETING=still"]).ok();
+    assert!(out.stdout.contains("released v3"), "{out:?}");
+    p.balancer
+        .wait_served(
+            &Platform::host("hello"),
+            |b| b.starts_with("still from hello v3"),
+            SERVED_WITHIN,
+        )
+        .await;
 
     // A first deploy that crashes has nothing to go back to: it backs off, visible in ps.
     p.pier(&["apps", "create", "crashy"]).ok();

@@ -59,6 +59,8 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()>) -> 
     let mut registry: Option<Registry> = None;
     let mut leading: Option<u64> = None;
     let mut last_unplaced = Vec::new();
+    // Since when this coordinator has led and read the state without error.
+    let mut watching_since: Option<std::time::Instant> = None;
     tracing::info!(id = %cfg.id, "coordinator started");
     loop {
         match lease.acquire_or_renew().await {
@@ -67,21 +69,40 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()>) -> 
                     tracing::info!(id = %cfg.id, token, "leading");
                     leading = Some(token);
                 }
-                match tick(&cfg, &store, &mut registry, token, &mut last_unplaced).await {
+                let since = *watching_since.get_or_insert_with(std::time::Instant::now);
+                let judge_dead = since.elapsed() >= cfg.dead_after;
+                match tick(
+                    &cfg,
+                    &store,
+                    &mut registry,
+                    token,
+                    judge_dead,
+                    &mut last_unplaced,
+                )
+                .await
+                {
                     Ok(()) => {}
                     Err(StoreError::Fenced(t)) => {
                         tracing::warn!(id = %cfg.id, token = t, "deposed: another coordinator leads; write refused");
                         leading = None;
+                        watching_since = None;
                     }
-                    Err(e) => tracing::warn!(error = %e, "reconcile failed; trying again"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reconcile failed; trying again");
+                        watching_since = None;
+                    }
                 }
             }
             Ok(None) => {
+                watching_since = None;
                 if leading.take().is_some() {
                     tracing::info!(id = %cfg.id, "lost the lease: standing by");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "lease check failed (Redis unreachable?)"),
+            Err(e) => {
+                watching_since = None;
+                tracing::warn!(error = %e, "lease check failed (Redis unreachable?)");
+            }
         }
         tokio::select! {
             _ = &mut shutdown => break,
@@ -100,12 +121,14 @@ async fn tick(
     store: &Store,
     registry: &mut Option<Registry>,
     token: u64,
+    judge_dead: bool,
     last_unplaced: &mut Vec<String>,
 ) -> Result<(), StoreError> {
     let world = World::read(store).await?;
     let rules = Rules {
         dead_after_ms: u64::try_from(cfg.dead_after.as_millis()).unwrap_or(3000),
         max_crashes: cfg.max_crashes,
+        judge_dead,
     };
     let p = plan(&world, now_ms(), rules, &mut |app, ptype, index| {
         format!("{app}-{ptype}-{index}-{}", short_random())

@@ -31,7 +31,15 @@ pub struct Rules {
     pub dead_after_ms: u64,
     /// Crashes of a new release's instance before its rollout counts as failed.
     pub max_crashes: u32,
+    /// Whether silent runners may be called dead now. False until this coordinator has read
+    /// the state without error for `dead_after`: after a Redis outage every heartbeat is old,
+    /// and runners must get the time to beat again before their work is moved.
+    pub judge_dead: bool,
 }
+
+/// A report of an instance no runner is asked to run, left this long, is removed (its runner
+/// could not remove it).
+const STALE_REPORT_MS: u64 = 30_000;
 
 /// What a tick changes.
 #[derive(Debug, Default)]
@@ -56,7 +64,9 @@ pub fn plan(
     let live: BTreeSet<&str> = world
         .runners
         .iter()
-        .filter(|r| now_ms.saturating_sub(r.heartbeat_ms) < rules.dead_after_ms)
+        .filter(|r| {
+            !rules.judge_dead || now_ms.saturating_sub(r.heartbeat_ms) < rules.dead_after_ms
+        })
         .map(|r| r.id.as_str())
         .collect();
 
@@ -301,6 +311,22 @@ pub fn plan(
             }
         }
     }
+    let assigned: BTreeSet<&str> = world
+        .assignments
+        .values()
+        .flatten()
+        .map(|s| s.id.as_str())
+        .collect();
+    for r in world.reports.values() {
+        if !assigned.contains(r.id.as_str())
+            && now_ms.saturating_sub(r.updated_ms) > STALE_REPORT_MS
+        {
+            out.ops.push(FencedOp::RemoveReport {
+                app: r.app.clone(),
+                id: r.id.clone(),
+            });
+        }
+    }
     out
 }
 
@@ -314,6 +340,7 @@ mod tests {
     const RULES: Rules = Rules {
         dead_after_ms: 3000,
         max_crashes: 3,
+        judge_dead: true,
     };
 
     fn runner(id: &str, beat: u64) -> RunnerRecord {
@@ -448,6 +475,57 @@ mod tests {
         apply(&mut w, &p);
         assert_eq!(on(&w, "a").len(), 2, "{:?}", w.assignments);
         assert!(w.runners.iter().all(|r| r.id == "a"));
+    }
+
+    #[test]
+    fn no_runner_is_called_dead_before_the_coordinator_has_watched_long_enough() {
+        // After a Redis outage every heartbeat is old: nothing moves until runners can beat.
+        let mut w = world(vec![runner("a", 10_000), runner("b", 10_000)], 1, 2);
+        let mut id = ids();
+        let p = plan(&w, 10_000, RULES, &mut id);
+        apply(&mut w, &p);
+        let waiting = Rules {
+            judge_dead: false,
+            ..RULES
+        };
+        let p = plan(&w, 60_000, waiting, &mut id);
+        assert!(
+            p.dead_backends.is_empty() && p.ops.is_empty(),
+            "{:?}",
+            p.ops
+        );
+        let p = plan(&w, 60_000, RULES, &mut id);
+        assert_eq!(p.dead_backends.len(), 2);
+    }
+
+    #[test]
+    fn reports_of_unassigned_instances_are_removed_once_stale() {
+        let mut w = world(vec![runner("a", 10_000)], 1, 1);
+        let mut id = ids();
+        let p = plan(&w, 10_000, RULES, &mut id);
+        apply(&mut w, &p);
+        let sid = w.assignments["a"][0].id.clone();
+        report(&mut w, &sid, InstanceState::Up, 0);
+        let mut ghost = w.reports[&sid].clone();
+        ghost.id = "ghost".into();
+        ghost.updated_ms = 10_000;
+        w.reports.insert("ghost".into(), ghost);
+        let removed = |p: &Plan| {
+            p.ops
+                .iter()
+                .filter_map(|o| match o {
+                    FencedOp::RemoveReport { id, .. } => Some(id.clone()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        w.runners[0].heartbeat_ms = 20_000;
+        assert!(removed(&plan(&w, 20_000, RULES, &mut id)).is_empty());
+        w.runners[0].heartbeat_ms = 50_000;
+        assert_eq!(
+            removed(&plan(&w, 50_000, RULES, &mut id)),
+            vec!["ghost".to_string()]
+        );
     }
 
     #[test]

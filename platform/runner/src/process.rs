@@ -1,6 +1,7 @@
 //! Starting an instance's process: its user, its limits (cgroups v1 or v2, rlimits), its
 //! environment; signalling its process group; reading its CPU time and memory.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -267,15 +268,45 @@ pub fn signal_group(pid: u32, sig: Signal) {
     }
 }
 
-/// CPU seconds and resident KiB of every process in the group led by `pgid`, read from /proc.
-pub fn usage_of_group(pgid: u32) -> (f64, u64) {
+/// CPU seconds and resident KiB per process group, read from /proc at most once per
+/// [`UsageTable::MAX_AGE`] for all instances together (one scan of /proc, not one per instance).
+#[derive(Default)]
+pub struct UsageTable {
+    last: std::sync::Mutex<Option<(std::time::Instant, GroupUsage)>>,
+}
+
+/// Process group → (CPU seconds, resident KiB).
+type GroupUsage = HashMap<u32, (f64, u64)>;
+
+impl UsageTable {
+    pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(4);
+
+    /// The usage of the group led by `pgid` (zero when it has no process).
+    pub fn of(&self, pgid: u32) -> (f64, u64) {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fresh = last
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < Self::MAX_AGE);
+        if !fresh {
+            *last = Some((std::time::Instant::now(), usage_by_group()));
+        }
+        last.as_ref()
+            .and_then(|(_, m)| m.get(&pgid).copied())
+            .unwrap_or((0.0, 0))
+    }
+}
+
+/// CPU seconds and resident KiB of every process group, read from /proc.
+fn usage_by_group() -> GroupUsage {
+    let mut out = GroupUsage::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return (0.0, 0);
+        return out;
     };
     let ticks = 100.0; // USER_HZ on Linux
     let page_kib = 4;
-    let mut cpu = 0.0;
-    let mut rss = 0u64;
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
@@ -296,11 +327,12 @@ pub fn usage_of_group(pgid: u32) -> (f64, u64) {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        if field(5) != u64::from(pgid) {
+        let Ok(pgid) = u32::try_from(field(5)) else {
             continue;
-        }
-        cpu += (field(14) + field(15)) as f64 / ticks;
-        rss += field(24) * page_kib;
+        };
+        let entry = out.entry(pgid).or_default();
+        entry.0 += (field(14) + field(15)) as f64 / ticks;
+        entry.1 += field(24) * page_kib;
     }
-    (cpu, rss)
+    out
 }

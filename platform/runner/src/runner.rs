@@ -68,6 +68,7 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
         store,
         cgroups,
         isolate,
+        usage: Default::default(),
         cfg,
     });
     let started_ms = now_ms();

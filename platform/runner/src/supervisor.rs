@@ -36,6 +36,8 @@ pub struct Ctx {
     pub cgroups: Cgroups,
     /// Whether instances run under per-app users (configured, and the runner is root).
     pub isolate: bool,
+    /// CPU and memory of every instance, read together.
+    pub usage: process::UsageTable,
 }
 
 /// The registry connection, made again after a failure (a multiplexed connection does not
@@ -393,7 +395,8 @@ async fn run_once(
         }
         if last_usage.elapsed() >= Duration::from_secs(5) {
             last_usage = Instant::now();
-            let (cpu, rss) = tokio::task::spawn_blocking(move || process::usage_of_group(pid))
+            let c = ctx.clone();
+            let (cpu, rss) = tokio::task::spawn_blocking(move || c.usage.of(pid))
                 .await
                 .unwrap_or((0.0, 0));
             inst.status.cpu_s = (cpu * 100.0).round() / 100.0;

@@ -116,9 +116,11 @@ impl Store {
         }
     }
 
-    /// Makes the app's next release from its newest one (`None` for the first) with `make`,
-    /// and makes it current unless `make_current` is false. Atomic: if another release was
-    /// made in between, `make` runs again on the new newest one.
+    /// Makes the app's next release with `make`, from its current release (the one that runs;
+    /// its newest one when none is current; `None` for the first), and makes it current unless
+    /// `make_current` is false. A failed release that the coordinator went back from is not
+    /// built on. Atomic: if another release was made or the current one changed in between,
+    /// `make` runs again on what is there now.
     pub async fn create_release(
         &self,
         app: &str,
@@ -129,6 +131,7 @@ impl Store {
             r#"
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 if seq ~= tonumber(ARGV[1]) then return 0 end
+if (redis.call('HGET', KEYS[3], ARGV[5]) or '') ~= ARGV[6] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 if ARGV[4] == '1' then redis.call('HSET', KEYS[3], ARGV[5], ARGV[2]) end
@@ -136,21 +139,27 @@ return 1
 "#,
         );
         for _ in 0..10 {
-            let base = self.latest_release(app).await?;
-            let base_version = base.as_ref().map_or(0, |r| r.version);
+            let seq: Option<u64> = timed(self.c().get(self.keys.release_seq(app))).await?;
+            let seq = seq.unwrap_or(0);
+            let current = self.current(app).await?;
+            let base = match current.or((seq > 0).then_some(seq)) {
+                Some(v) => self.release(app, v).await?,
+                None => None,
+            };
             let mut rel = make(base.as_ref())?;
-            rel.version = base_version + 1;
+            rel.version = seq + 1;
             rel.app = app.to_string();
             let json = to_json(&rel)?;
             let mut inv = script.prepare_invoke();
             inv.key(self.keys.release_seq(app))
                 .key(self.keys.releases(app))
                 .key(&self.keys.current);
-            inv.arg(base_version)
+            inv.arg(seq)
                 .arg(rel.version)
                 .arg(json)
                 .arg(if make_current { "1" } else { "0" })
-                .arg(app);
+                .arg(app)
+                .arg(current.map(|v| v.to_string()).unwrap_or_default());
             let done: i64 = timed(inv.invoke_async(&mut self.c())).await?;
             if done == 1 {
                 return Ok(rel);

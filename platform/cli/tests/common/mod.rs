@@ -203,7 +203,7 @@ impl Platform {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let slugs = dir.path().join("slugs");
         let mut extra = vec!["--slug-store".to_string(), slugs.display().to_string()];
-        // A wheel cache made by .ci/run (pip download): builds stay on loopback.
+        // A wheel cache made by .ci/test (pip download): builds stay on loopback.
         let wheels =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/wheelhouse");
         if wheels.is_dir() {
