@@ -31,6 +31,9 @@ pub struct PlatformState {
     pub max_upload: usize,
     /// Builds at once (they are CPU-heavy; more wait their turn).
     pub builds: Arc<Semaphore>,
+    /// Where apps answer, with `{app}` for the app's name (`http://{app}.example.net/`), as the
+    /// balancers' `app_domains` make it; told to the deploying user.
+    pub apps_url: Option<String>,
 }
 
 /// Default of [`PlatformState::max_upload`]: 200 MiB.
@@ -63,7 +66,12 @@ pub async fn deploy(state: Arc<ApiState>, app: String, upload: Bytes, out: mpsc:
     let last = match result {
         Ok(rel) => {
             tracing::info!(app, version = rel.version, "deployed");
-            line(json!({ "release": rel }))
+            let url = state
+                .platform
+                .as_ref()
+                .and_then(|p| p.apps_url.as_ref())
+                .map(|t| t.replace("{app}", &app));
+            line(json!({ "release": rel, "url": url }))
         }
         Err(e) => {
             tracing::info!(app, error = %e, "deploy failed");

@@ -343,6 +343,7 @@ pub async fn deploy(
         archive.len().div_ceil(1024)
     )?;
     let mut release: Option<Release> = None;
+    let mut url: Option<String> = None;
     let mut failure: Option<String> = None;
     let mut write_err: Option<std::io::Error> = None;
     let resp = client
@@ -362,6 +363,7 @@ pub async fn deploy(
                     }
                 } else if let Some(r) = v.get("release") {
                     release = serde_json::from_value(r.clone()).ok();
+                    url = v.get("url").and_then(Value::as_str).map(str::to_string);
                 } else if let Some(e) = v.get("error").and_then(Value::as_str) {
                     failure = Some(e.to_string());
                 }
@@ -422,8 +424,8 @@ pub async fn deploy(
             writeln!(out, "       http://{}/", s(d, "domain"))?;
         }
     }
-    if let Ok(template) = std::env::var("PIER_APP_URL") {
-        writeln!(out, "       {}", template.replace("{app}", app))?;
+    if let Some(url) = url.filter(|_| rel.processes.contains_key("web")) {
+        writeln!(out, "       {url}")?;
     }
     Ok(())
 }

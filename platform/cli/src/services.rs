@@ -67,6 +67,10 @@ pub struct ApiArgs {
     /// Longest a build may take, seconds.
     #[arg(long, default_value_t = 600)]
     pub build_timeout: u64,
+    /// Where apps answer, told to deploying users: `{app}` stands for the app's name, e.g.
+    /// `http://{app}.apps.example.net/` for balancers with `app_domains = ["apps.example.net"]`.
+    #[arg(long, env = "PIER_APPS_URL")]
+    pub apps_url: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -167,7 +171,13 @@ fn flags<T: clap::Args>(args: &[&str]) -> T {
 }
 
 impl ApiArgs {
-    pub fn for_up(listen: SocketAddr, redis: &str, token: &str, slugs: &str) -> Self {
+    pub fn for_up(
+        listen: SocketAddr,
+        redis: &str,
+        token: &str,
+        slugs: &str,
+        apps_url: &str,
+    ) -> Self {
         flags(&[
             "--listen",
             &listen.to_string(),
@@ -177,6 +187,8 @@ impl ApiArgs {
             token,
             "--slug-store",
             slugs,
+            "--apps-url",
+            apps_url,
         ])
     }
 }
@@ -300,6 +312,7 @@ pub async fn serve_api(
             build,
             max_upload: args.max_upload_mb.saturating_mul(1 << 20),
             builds: Arc::new(tokio::sync::Semaphore::new(2)),
+            apps_url: args.apps_url.clone(),
         }),
     );
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -237,7 +237,8 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
     guards.push(Guard(child));
 
     let slugs = data.join("slugs").display().to_string();
-    let api_args = ApiArgs::for_up(args.api_listen, &redis_url, &token, &slugs);
+    let apps_url = format!("http://{{app}}.{}:{}/", args.apps_domain, args.http.port());
+    let api_args = ApiArgs::for_up(args.api_listen, &redis_url, &token, &slugs, &apps_url);
     let runner_args = RunnerArgs::for_up(
         args.runner_address,
         &redis_url,

@@ -25,6 +25,10 @@ async fn stdlib_app_deployed_with_the_cli_is_served_through_the_balancer() {
         "{out:?}"
     );
     assert!(out.stdout.contains("v1 is running"), "{out:?}");
+    assert!(
+        out.stdout.contains("http://hello.apps.test/"),
+        "the app's URL: {out:?}"
+    );
     let took = p
         .balancer
         .wait_served(

@@ -61,6 +61,9 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()>) -> 
     let mut last_unplaced = Vec::new();
     // Since when this coordinator has led and read the state without error.
     let mut watching_since: Option<std::time::Instant> = None;
+    // (app, runner) → until when new instances of the app avoid that runner.
+    let mut avoid: std::collections::BTreeMap<(String, String), std::time::Instant> =
+        Default::default();
     tracing::info!(id = %cfg.id, "coordinator started");
     loop {
         match lease.acquire_or_renew().await {
@@ -71,16 +74,13 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()>) -> 
                 }
                 let since = *watching_since.get_or_insert_with(std::time::Instant::now);
                 let judge_dead = since.elapsed() >= cfg.dead_after;
-                match tick(
-                    &cfg,
-                    &store,
-                    &mut registry,
-                    token,
+                avoid.retain(|_, until| *until > std::time::Instant::now());
+                let state = TickState {
                     judge_dead,
-                    &mut last_unplaced,
-                )
-                .await
-                {
+                    avoid: &mut avoid,
+                    last_unplaced: &mut last_unplaced,
+                };
+                match tick(&cfg, &store, &mut registry, token, state).await {
                     Ok(()) => {}
                     Err(StoreError::Fenced(t)) => {
                         tracing::warn!(id = %cfg.id, token = t, "deposed: another coordinator leads; write refused");
@@ -121,10 +121,15 @@ async fn tick(
     store: &Store,
     registry: &mut Option<Registry>,
     token: u64,
-    judge_dead: bool,
-    last_unplaced: &mut Vec<String>,
+    st: TickState<'_>,
 ) -> Result<(), StoreError> {
-    let world = World::read(store).await?;
+    let TickState {
+        judge_dead,
+        avoid,
+        last_unplaced,
+    } = st;
+    let mut world = World::read(store).await?;
+    world.avoid = avoid.keys().cloned().collect();
     let rules = Rules {
         dead_after_ms: u64::try_from(cfg.dead_after.as_millis()).unwrap_or(3000),
         max_crashes: cfg.max_crashes,
@@ -140,6 +145,9 @@ async fn tick(
         *last_unplaced = p.unplaced.clone();
     }
     store.fenced(token, &p.ops).await?;
+    for pair in &p.failed_on {
+        avoid.insert(pair.clone(), std::time::Instant::now() + AVOID_FOR);
+    }
     for e in &p.events {
         tracing::info!(event = %e, "reconciled");
     }
@@ -158,6 +166,16 @@ async fn tick(
         }
     }
     Ok(())
+}
+
+/// How long new instances of an app avoid a runner where one could not start.
+const AVOID_FOR: Duration = Duration::from_secs(60);
+
+/// What a tick reads and updates of the coordinator's own memory.
+struct TickState<'a> {
+    judge_dead: bool,
+    avoid: &'a mut std::collections::BTreeMap<(String, String), std::time::Instant>,
+    last_unplaced: &'a mut Vec<String>,
 }
 
 /// Eight hex digits from the clock and a counter: unique enough for instance ids, which are

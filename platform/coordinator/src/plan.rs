@@ -51,6 +51,8 @@ pub struct Plan {
     pub events: Vec<String>,
     /// Slots no runner had room for.
     pub unplaced: Vec<String>,
+    /// `(app, runner)` where an instance could not start: to avoid for a while.
+    pub failed_on: Vec<(String, String)>,
 }
 
 /// Computes the plan. `new_id` names a new instance of `app`, `ptype`, `index`.
@@ -202,13 +204,19 @@ pub fn plan(
                                 < capacity.get(r.id.as_str()).copied().unwrap_or(0)
                         })
                         .min_by_key(|r| {
+                            let avoided = world.avoid.contains(&(app.clone(), r.id.clone()));
                             let same = placed
                                 .iter()
                                 .filter(|(rid, p)| {
                                     rid == &r.id && &p.app == app && p.ptype == ptype
                                 })
                                 .count();
-                            (same, load.get(&r.id).copied().unwrap_or(0), r.id.clone())
+                            (
+                                avoided,
+                                same,
+                                load.get(&r.id).copied().unwrap_or(0),
+                                r.id.clone(),
+                            )
                         });
                     match choice {
                         Some(r) => {
@@ -245,6 +253,7 @@ pub fn plan(
                     Some((InstanceState::Failed, _, why)) => {
                         all_up = false;
                         unassign(&mut out, runner, s);
+                        out.failed_on.push((app.clone(), runner.to_string()));
                         out.events.push(format!(
                             "{app}: {} could not be placed on {runner}: {}",
                             s.name(),
@@ -613,6 +622,28 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![old]
         );
+    }
+
+    #[test]
+    fn an_instance_that_cannot_start_is_placed_on_another_runner() {
+        let mut w = world(vec![runner("a", 10_000), runner("b", 10_000)], 1, 1);
+        let mut id = ids();
+        let p = plan(&w, 10_000, RULES, &mut id);
+        apply(&mut w, &p);
+        let (first, sid) = w
+            .assignments
+            .iter()
+            .find_map(|(r, v)| v.first().map(|s| (r.clone(), s.id.clone())))
+            .unwrap();
+        report(&mut w, &sid, InstanceState::Failed, 0);
+        let p = plan(&w, 10_000, RULES, &mut id);
+        assert_eq!(p.failed_on, vec![("blog".to_string(), first.clone())]);
+        apply(&mut w, &p);
+        w.avoid.insert(("blog".into(), first.clone()));
+        let p = plan(&w, 10_000, RULES, &mut id);
+        apply(&mut w, &p);
+        assert!(on(&w, &first).is_empty(), "{:?}", w.assignments);
+        assert_eq!(w.assignments.values().flatten().count(), 1);
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub struct World {
     pub generations: BTreeMap<String, u64>,
     /// Instance id → what its runner reports.
     pub reports: BTreeMap<String, InstanceStatus>,
+    /// `(app, runner)` pairs where an instance of the app could not start lately (slug
+    /// unreadable, disk full): placed elsewhere while another runner has room. The
+    /// coordinator's own memory, not read from Redis.
+    pub avoid: std::collections::BTreeSet<(String, String)>,
 }
 
 impl World {
@@ -66,6 +70,7 @@ impl World {
             apps,
             generations: store.restart_generations().await?,
             reports,
+            avoid: Default::default(),
         })
     }
 }

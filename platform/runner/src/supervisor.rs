@@ -22,6 +22,8 @@ use crate::slugs::SlugCache;
 
 /// Lines of output kept per instance (the last ones, for crash reports).
 const KEPT_LINES: usize = 50;
+/// Longest line of output kept; the rest of a longer line is dropped (and marked).
+const MAX_LINE: usize = 16 * 1024;
 /// An instance up this long has its crash count reset.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// Longest wait between two tries of a crash-looping instance.
@@ -491,8 +493,48 @@ async fn deregister(inst: &Instance) {
     // Its deadline lapses by itself: the balancers stop using it within the backend TTL.
 }
 
-/// Reads the process's stdout and stderr line by line into the instance's kept lines. Reading
-/// never waits on anyone: the app is never blocked by its output.
+/// Hands each line `r` gives to `on_line` (without its end; a line longer than [`MAX_LINE`]
+/// cut there and marked), the last one too when the stream ends without a newline.
+async fn read_lines<R: tokio::io::AsyncRead + Unpin>(r: R, mut on_line: impl FnMut(String)) {
+    let mut r = BufReader::new(r);
+    let mut line: Vec<u8> = Vec::new();
+    let mut cut = false;
+    let mut emit = |line: &mut Vec<u8>, cut: &mut bool| {
+        let mut text = String::from_utf8_lossy(line)
+            .trim_end_matches('\r')
+            .to_string();
+        if *cut {
+            text.push_str(" [line cut at 16 KiB]");
+        }
+        on_line(text);
+        line.clear();
+        *cut = false;
+    };
+    loop {
+        let (used, ended) = match r.fill_buf().await {
+            Ok(buf) if !buf.is_empty() => {
+                let end = buf.iter().position(|b| *b == b'\n');
+                let used = end.map_or(buf.len(), |i| i + 1);
+                let piece = &buf[..end.unwrap_or(buf.len())];
+                let room = MAX_LINE.saturating_sub(line.len());
+                cut |= piece.len() > room;
+                line.extend_from_slice(&piece[..piece.len().min(room)]);
+                (used, end.is_some())
+            }
+            _ => break,
+        };
+        r.consume(used);
+        if ended {
+            emit(&mut line, &mut cut);
+        }
+    }
+    if !line.is_empty() || cut {
+        emit(&mut line, &mut cut);
+    }
+}
+
+/// Reads the process's stdout and stderr line by line (each line at most [`MAX_LINE`]) into the
+/// instance's kept lines. Reading never waits on anyone: the app is never blocked by its output.
 fn capture_output(child: &mut Child, kept: &Arc<Mutex<VecDeque<String>>>, spec: &InstanceSpec) {
     fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
         r: R,
@@ -501,16 +543,16 @@ fn capture_output(child: &mut Child, kept: &Arc<Mutex<VecDeque<String>>>, spec: 
         name: String,
     ) {
         tokio::spawn(async move {
-            let mut lines = BufReader::new(r).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::debug!(target: "pier::app", app = %app, instance = %name, "{line}");
+            read_lines(r, |text| {
+                tracing::debug!(target: "pier::app", app = %app, instance = %name, "{text}");
                 if let Ok(mut k) = kept.lock() {
                     if k.len() == KEPT_LINES {
                         k.pop_front();
                     }
-                    k.push_back(line);
+                    k.push_back(text);
                 }
-            }
+            })
+            .await;
         });
     }
     let name = spec.name();
@@ -525,6 +567,26 @@ fn capture_output(child: &mut Child, kept: &Arc<Mutex<VecDeque<String>>>, spec: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn output_lines_are_bounded_and_the_last_one_kept() {
+        let long = "x".repeat(MAX_LINE + 5000);
+        let input = format!("first\r\n{long}\nlast without newline");
+        let mut got = Vec::new();
+        read_lines(input.as_bytes(), |l| got.push(l)).await;
+        assert_eq!(
+            got.len(),
+            3,
+            "{:?}",
+            got.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert_eq!(got[0], "first");
+        assert_eq!(
+            got[1],
+            format!("{} [line cut at 16 KiB]", "x".repeat(MAX_LINE))
+        );
+        assert_eq!(got[2], "last without newline");
+    }
 
     #[test]
     fn backoff_is_quick_then_doubles_to_a_cap() {

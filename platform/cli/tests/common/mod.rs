@@ -202,7 +202,12 @@ impl Platform {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let slugs = dir.path().join("slugs");
-        let mut extra = vec!["--slug-store".to_string(), slugs.display().to_string()];
+        let mut extra = vec![
+            "--slug-store".to_string(),
+            slugs.display().to_string(),
+            "--apps-url".to_string(),
+            format!("http://{{app}}.{APPS_DOMAIN}/"),
+        ];
         // A wheel cache made by .ci/test (pip download): builds stay on loopback.
         let wheels =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/wheelhouse");
