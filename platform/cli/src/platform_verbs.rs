@@ -37,6 +37,24 @@ pub enum ConfigCmd {
     },
 }
 
+/// One API call whose answer must be a success.
+async fn call(
+    client: &ApiClient,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, CliError> {
+    check(client.call(method, path, body).await?)
+}
+
+/// With `--json`, prints the API's answer and says so (the verb prints nothing else).
+fn printed_json(cli: &Cli, v: &Value, out: &mut dyn Write) -> Result<bool, CliError> {
+    if cli.json {
+        writeln!(out, "{v:#}")?;
+    }
+    Ok(cli.json)
+}
+
 fn app_path(app: &str) -> String {
     format!("/v1/apps/{}", encode_segment(app))
 }
@@ -116,13 +134,14 @@ pub async fn run(cli: &Cli, client: &ApiClient, out: &mut dyn Write) -> Result<(
     match &cli.command {
         Command::Deploy { app, dir, wait } => deploy(client, app, dir, *wait, out).await,
         Command::Releases { app } => {
-            let v = check(
-                client
-                    .call(Method::GET, &format!("{}/releases", app_path(app)), None)
-                    .await?,
-            )?;
-            if cli.json {
-                writeln!(out, "{v:#}")?;
+            let v = call(
+                client,
+                Method::GET,
+                &format!("{}/releases", app_path(app)),
+                None,
+            )
+            .await?;
+            if printed_json(cli, &v, out)? {
                 return Ok(());
             }
             let current = v.get("current").and_then(Value::as_u64);
@@ -141,18 +160,14 @@ pub async fn run(cli: &Cli, client: &ApiClient, out: &mut dyn Write) -> Result<(
                 }
                 None => json!({}),
             };
-            let v = check(
-                client
-                    .call(
-                        Method::POST,
-                        &format!("{}/rollback", app_path(app)),
-                        Some(&body),
-                    )
-                    .await?,
-            )?;
-            if cli.json {
-                writeln!(out, "{v:#}")?;
-            } else {
+            let v = call(
+                client,
+                Method::POST,
+                &format!("{}/rollback", app_path(app)),
+                Some(&body),
+            )
+            .await?;
+            if !printed_json(cli, &v, out)? {
                 let r: Release = parse(&v)?;
                 writeln!(out, "{}: released v{} ({})", app, r.version, r.description)?;
             }
@@ -170,25 +185,24 @@ pub async fn run(cli: &Cli, client: &ApiClient, out: &mut dyn Write) -> Result<(
                     .map_err(|_| CliError::Usage(format!("{c:?}: {n:?} is not a number")))?;
                 body.insert(t.to_string(), json!(n));
             }
-            let v = check(
-                client
-                    .call(
-                        Method::PATCH,
-                        &format!("{}/formation", app_path(app)),
-                        Some(&Value::Object(body)),
-                    )
-                    .await?,
-            )?;
+            let v = call(
+                client,
+                Method::PATCH,
+                &format!("{}/formation", app_path(app)),
+                Some(&Value::Object(body)),
+            )
+            .await?;
             print_formation(cli, &v, out)
         }
         Command::Ps { app } => {
-            let v = check(
-                client
-                    .call(Method::GET, &format!("{}/instances", app_path(app)), None)
-                    .await?,
-            )?;
-            if cli.json {
-                writeln!(out, "{v:#}")?;
+            let v = call(
+                client,
+                Method::GET,
+                &format!("{}/instances", app_path(app)),
+                None,
+            )
+            .await?;
+            if printed_json(cli, &v, out)? {
                 return Ok(());
             }
             let list = items(&v, "instances");
@@ -205,18 +219,14 @@ pub async fn run(cli: &Cli, client: &ApiClient, out: &mut dyn Write) -> Result<(
                 Some(i) => json!({ "instance": i }),
                 None => json!({}),
             };
-            let v = check(
-                client
-                    .call(
-                        Method::POST,
-                        &format!("{}/restart", app_path(app)),
-                        Some(&body),
-                    )
-                    .await?,
-            )?;
-            if cli.json {
-                writeln!(out, "{v:#}")?;
-            } else {
+            let v = call(
+                client,
+                Method::POST,
+                &format!("{}/restart", app_path(app)),
+                Some(&body),
+            )
+            .await?;
+            if !printed_json(cli, &v, out)? {
                 let what = instance.clone().unwrap_or_else(|| "every instance".into());
                 writeln!(
                     out,
@@ -226,9 +236,8 @@ pub async fn run(cli: &Cli, client: &ApiClient, out: &mut dyn Write) -> Result<(
             Ok(())
         }
         Command::Runners => {
-            let v = check(client.call(Method::GET, "/v1/runners", None).await?)?;
-            if cli.json {
-                writeln!(out, "{v:#}")?;
+            let v = call(client, Method::GET, "/v1/runners", None).await?;
+            if printed_json(cli, &v, out)? {
                 return Ok(());
             }
             for r in items(&v, "runners") {
@@ -257,8 +266,7 @@ pub async fn run(cli: &Cli, client: &ApiClient, out: &mut dyn Write) -> Result<(
 }
 
 fn print_formation(cli: &Cli, v: &Value, out: &mut dyn Write) -> Result<(), CliError> {
-    if cli.json {
-        writeln!(out, "{v:#}")?;
+    if printed_json(cli, v, out)? {
         return Ok(());
     }
     if let Some(f) = v.get("formation").and_then(Value::as_object) {
@@ -298,11 +306,10 @@ async fn config(
     };
     let path = format!("{}/config", app_path(app));
     let v = match &body {
-        Some(b) => check(client.call(Method::PATCH, &path, Some(b)).await?)?,
-        None => check(client.call(Method::GET, &path, None).await?)?,
+        Some(b) => call(client, Method::PATCH, &path, Some(b)).await?,
+        None => call(client, Method::GET, &path, None).await?,
     };
-    if cli.json {
-        writeln!(out, "{v:#}")?;
+    if printed_json(cli, &v, out)? {
         return Ok(());
     }
     if let Some(r) = v.get("release").and_then(Value::as_u64) {
@@ -393,7 +400,7 @@ pub async fn deploy(
     let deadline = Instant::now() + Duration::from_secs(wait);
     let path = format!("{}/releases/{}", app_path(app), rel.version);
     loop {
-        let v = check(client.call(Method::GET, &path, None).await?)?;
+        let v = call(client, Method::GET, &path, None).await?;
         let r: Release = parse(&v)?;
         match r.status {
             ReleaseStatus::Running => break,
@@ -414,7 +421,7 @@ pub async fn deploy(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let v = check(client.call(Method::GET, &app_path(app), None).await?)?;
+    let v = call(client, Method::GET, &app_path(app), None).await?;
     writeln!(out, "-----> v{} is running", rel.version)?;
     if !rel.processes.contains_key("web") {
         writeln!(out, "       no web process: nothing is routed")?;

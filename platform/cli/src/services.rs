@@ -17,16 +17,8 @@ pub struct ApiArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
-    /// The registry's Redis.
-    #[arg(
-        long,
-        env = "PIER_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/0"
-    )]
-    pub redis: String,
-    /// Key prefix in Redis (must match the balancers' `[routes] prefix`).
-    #[arg(long, default_value = "pier:")]
-    pub prefix: String,
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// The operator token (prefer the environment: arguments show in `ps`).
     #[arg(long, env = "PIER_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
@@ -73,18 +65,25 @@ pub struct ApiArgs {
     pub apps_url: Option<String>,
 }
 
+/// Where the registry and the platform state live (every service's first two flags).
 #[derive(Debug, clap::Args)]
-pub struct RunnerArgs {
-    /// The platform's Redis.
+pub struct RedisArgs {
+    /// The Redis of the registry and the platform state.
     #[arg(
-        long,
+        long = "redis",
         env = "PIER_REDIS_URL",
         default_value = "redis://127.0.0.1:6379/0"
     )]
-    pub redis: String,
-    /// Key prefix in Redis (the registry's).
+    pub url: String,
+    /// Key prefix in Redis (must match the balancers' `[routes] prefix`).
     #[arg(long, default_value = "pier:")]
     pub prefix: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunnerArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// This runner's id (unique among runners; default: runner-ADDRESS).
     #[arg(long)]
     pub id: Option<String>,
@@ -131,16 +130,8 @@ pub struct RunnerArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct CoordinatorArgs {
-    /// The platform's Redis.
-    #[arg(
-        long,
-        env = "PIER_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/0"
-    )]
-    pub redis: String,
-    /// Key prefix in Redis (the registry's).
-    #[arg(long, default_value = "pier:")]
-    pub prefix: String,
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// This coordinator's name in the lease (default: host and process id).
     #[arg(long)]
     pub id: Option<String>,
@@ -267,12 +258,13 @@ pub async fn serve_api(
         .clone()
         .filter(|t| !t.trim().is_empty())
         .context("set PIER_OPERATOR_TOKEN (the operator's API token)")?;
-    let registry = pier_registry::Registry::connect_with_prefix(&args.redis, &args.prefix)
+    let registry =
+        pier_registry::Registry::connect_with_prefix(&args.redis.url, &args.redis.prefix)
+            .await
+            .with_context(|| format!("connecting to the registry at {}", args.redis.url))?;
+    let store = pier_store::Store::connect(&args.redis.url, &args.redis.prefix)
         .await
-        .with_context(|| format!("connecting to the registry at {}", args.redis))?;
-    let store = pier_store::Store::connect(&args.redis, &args.prefix)
-        .await
-        .with_context(|| format!("connecting to the platform state at {}", args.redis))?;
+        .with_context(|| format!("connecting to the platform state at {}", args.redis.url))?;
     let slugs = pier_slug::SlugStore::open(&args.slug_store)
         .with_context(|| format!("opening the slug store {}", args.slug_store))?;
     let mut build = pier_slug::build::BuildConfig {
@@ -291,8 +283,8 @@ pub async fn serve_api(
     let state = Arc::new(
         ApiState::new(
             registry,
-            &args.redis,
-            &args.prefix,
+            &args.redis.url,
+            &args.redis.prefix,
             Authenticator::new(operator_token.trim()),
             Arc::new(HttpVerifier {
                 via: args.challenge_via,
@@ -319,7 +311,7 @@ pub async fn serve_api(
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr: SocketAddr = listener.local_addr().context("local address")?;
-    tracing::info!(%addr, redis = %args.redis, prefix = %args.prefix, slug_store = %args.slug_store, "pier api listening");
+    tracing::info!(%addr, redis = %args.redis.url, prefix = %args.redis.prefix, slug_store = %args.slug_store, "pier api listening");
     pier_api::server::serve(listener, state, shutdown)
         .await
         .context("serving")?;
@@ -336,11 +328,11 @@ pub fn runner_config(args: &RunnerArgs) -> pier_runner::RunnerConfig {
     let mut cfg = pier_runner::RunnerConfig::new(
         &id,
         args.address,
-        &args.redis,
+        &args.redis.url,
         &args.slug_store,
         args.workdir.clone(),
     );
-    cfg.prefix = args.prefix.clone();
+    cfg.prefix = args.redis.prefix.clone();
     cfg.capacity = args.capacity.max(1);
     cfg.boot_timeout = secs(args.boot_timeout);
     cfg.drain = secs(args.drain);
@@ -371,8 +363,8 @@ pub fn coordinator_config(args: &CoordinatorArgs) -> pier_coordinator::Coordinat
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let mut cfg = pier_coordinator::CoordinatorConfig::new(&id, &args.redis);
-    cfg.prefix = args.prefix.clone();
+    let mut cfg = pier_coordinator::CoordinatorConfig::new(&id, &args.redis.url);
+    cfg.prefix = args.redis.prefix.clone();
     cfg.dead_after = secs(args.dead_after.max(0.5));
     cfg.lease_ttl = secs(args.lease_ttl.max(0.5));
     cfg.max_crashes = args.max_crashes.max(1);

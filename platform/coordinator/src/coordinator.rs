@@ -43,17 +43,9 @@ impl CoordinatorConfig {
 /// Runs until `shutdown` completes; then gives the lease up.
 pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     tokio::pin!(shutdown);
-    let store = loop {
-        match Store::connect(&cfg.redis_url, &cfg.prefix).await {
-            Ok(s) => break s,
-            Err(e) => {
-                tracing::warn!(redis = %cfg.redis_url, error = %e, "cannot reach Redis yet");
-                tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
+    let Some(store) = Store::connect_until(&cfg.redis_url, &cfg.prefix, shutdown.as_mut()).await
+    else {
+        return Ok(());
     };
     let lease = Lease::new(store.clone(), &cfg.id, cfg.lease_ttl);
     let mut registry: Option<Registry> = None;

@@ -31,17 +31,9 @@ struct Running {
 /// Runs until `shutdown` completes, then stops every instance (draining web ones) and leaves.
 pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     tokio::pin!(shutdown);
-    let store = loop {
-        match Store::connect(&cfg.redis_url, &cfg.prefix).await {
-            Ok(s) => break s,
-            Err(e) => {
-                tracing::warn!(redis = %cfg.redis_url, error = %e, "cannot reach Redis yet");
-                tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
+    let Some(store) = Store::connect_until(&cfg.redis_url, &cfg.prefix, shutdown.as_mut()).await
+    else {
+        return Ok(());
     };
     std::fs::create_dir_all(&cfg.workdir)
         .map_err(|e| format!("workdir {}: {e}", cfg.workdir.display()))?;

@@ -82,6 +82,27 @@ impl Store {
         })
     }
 
+    /// Connects, trying again every second while Redis does not answer, until `stop`
+    /// completes (then `None`). For services that start before Redis does.
+    pub async fn connect_until<F: std::future::Future<Output = ()>>(
+        url: &str,
+        prefix: &str,
+        mut stop: std::pin::Pin<&mut F>,
+    ) -> Option<Self> {
+        loop {
+            match Self::connect(url, prefix).await {
+                Ok(s) => return Some(s),
+                Err(e) => {
+                    tracing::warn!(redis = %url, error = %e, "cannot reach Redis yet");
+                    tokio::select! {
+                        _ = stop.as_mut() => return None,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
     pub fn keys(&self) -> &PlatformKeys {
         &self.keys
     }
