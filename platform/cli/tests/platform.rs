@@ -532,3 +532,71 @@ fn uid_of(pid: u32) -> u32 {
         .parse()
         .unwrap()
 }
+
+const PICKY_APP: &str = r#"
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        code = 500 if self.path == "/ready" else 200
+        body = ("picky %s" % os.environ.get("PIER_RELEASE")).encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+ThreadingHTTPServer((os.environ["PIER_HOST"], int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_health_check_that_fails_keeps_the_release_out_of_the_table() {
+    let mut p = Platform::start(&[]).await;
+    p.boot_timeout = "2".into();
+    p.start_runner("127.0.0.2");
+    let app = app_dir(&[("Procfile", "web: python3 app.py\n"), ("app.py", PICKY_APP)]);
+    p.pier(&["apps", "create", "picky"]).ok();
+    let out = p.pier(&[
+        "deploy",
+        "picky",
+        &app.path().display().to_string(),
+        "--wait",
+        "60",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", p.logs());
+    // v2 asks for GET /ready, which answers 500: never healthy, never routed, v1 serves.
+    let out = p
+        .pier(&["config", "set", "picky", "HEALTHCHECK_PATH=/ready"])
+        .ok();
+    assert!(out.stdout.contains("released v2"), "{out:?}");
+    let start = Instant::now();
+    loop {
+        let rel = p.pier(&["releases", "picky"]).ok();
+        if rel.stdout.contains("v2\tfailed") {
+            assert!(rel.stdout.contains("GET /ready answered 500"), "{rel:?}");
+            assert!(rel.stdout.contains("*v1\t"), "{rel:?}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{rel:?}\n{}",
+            p.logs()
+        );
+        let (status, body) =
+            pier_testkit::http_get(p.balancer.addr(), &Platform::host("picky"), "/")
+                .await
+                .unwrap();
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "picky v1"),
+            "only v1 is ever routed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A path that answers 200 is healthy.
+    p.pier(&["config", "set", "picky", "HEALTHCHECK_PATH=/"])
+        .ok();
+    p.balancer
+        .wait_served(&Platform::host("picky"), |b| b == "picky v3", SERVED_WITHIN)
+        .await;
+}

@@ -327,18 +327,16 @@ async fn run_once(
     inst.set(InstanceState::Starting);
     tracing::info!(instance = %inst.spec.id, app = %inst.spec.app, name = %inst.spec.name(), release = inst.spec.release, %addr, pid, "instance started");
 
-    // Health: the app must accept connections on PORT within the boot timeout.
+    // Health: within the boot timeout, the app must accept connections on PORT or, when its
+    // release sets HEALTHCHECK_PATH, answer a GET of that path with a 2xx or 3xx.
     if web {
         let deadline = Instant::now() + cfg.boot_timeout;
+        let path = p.release.config.get(HEALTHCHECK_PATH).cloned();
+        let mut last: String;
         loop {
-            if tokio::time::timeout(
-                Duration::from_millis(500),
-                tokio::net::TcpStream::connect(addr),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok())
-            {
-                break;
+            match health_check(addr, &inst.spec.app, path.as_deref()).await {
+                Ok(()) => break,
+                Err(why) => last = why,
             }
             if let Ok(Some(status)) = child.try_wait() {
                 return Ended::Crashed(format!(
@@ -349,7 +347,7 @@ async fn run_once(
             if Instant::now() >= deadline {
                 terminate(&mut child, pid, Duration::from_secs(1)).await;
                 return Ended::Crashed(format!(
-                    "health check: nothing accepted connections on PORT {port} within {:?}",
+                    "health check on PORT {port} failed for {:?}: {last}",
                     cfg.boot_timeout
                 ));
             }
@@ -405,6 +403,53 @@ async fn run_once(
             inst.status.rss_kib = rss;
             inst.publish();
         }
+    }
+}
+
+/// The config var naming the path a web instance's health check GETs (absent: TCP connect).
+pub const HEALTHCHECK_PATH: &str = "HEALTHCHECK_PATH";
+
+/// One health check: a TCP connect, or with `path` a GET of it answered 2xx or 3xx, within
+/// 2 s. The reason when it fails.
+async fn health_check(addr: SocketAddr, app: &str, path: Option<&str>) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|_| "nothing accepted connections".to_string())?;
+        let Some(path) = path else {
+            return Ok(());
+        };
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {app}\r\nUser-Agent: pier-health\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        let mut head = [0u8; 32];
+        let mut n = 0;
+        while n < 12 {
+            match s.read(&mut head[n..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+        let line = String::from_utf8_lossy(&head[..n]);
+        let status: u16 = line
+            .strip_prefix("HTTP/1.")
+            .and_then(|r| r.get(2..5))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("GET {path}: no HTTP answer"))?;
+        if (200..400).contains(&status) {
+            Ok(())
+        } else {
+            Err(format!("GET {path} answered {status}"))
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "no answer within 2 s{}",
+            path.map(|p| format!(" to GET {p}")).unwrap_or_default()
+        )),
     }
 }
 

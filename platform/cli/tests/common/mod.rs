@@ -189,6 +189,8 @@ pub struct Platform {
     pub runners: Vec<Service>,
     pub coordinators: Vec<Service>,
     pub dir: tempfile::TempDir,
+    /// `--boot-timeout` of runners started from now on, seconds.
+    pub boot_timeout: String,
 }
 
 /// The base domain apps are served under in these tests: `{app}.apps.test`.
@@ -228,6 +230,7 @@ impl Platform {
             runners: Vec::new(),
             coordinators: Vec::new(),
             dir,
+            boot_timeout: "15".into(),
         };
         p.start_coordinator("c1");
         for ip in runner_ips {
@@ -287,7 +290,7 @@ impl Platform {
             "--slug-store",
             &self.dir.path().join("slugs").display().to_string(),
             "--boot-timeout",
-            "15",
+            &self.boot_timeout,
             "--drain",
             "1",
             "--grace",
