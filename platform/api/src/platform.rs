@@ -49,6 +49,51 @@ fn platform(state: &ApiState) -> Result<&PlatformState, ApiError> {
 
 // ------------------------------------------------------------------- deploys
 
+/// An upload spooled to a private temporary file (removed when dropped).
+pub struct Upload {
+    pub file: tempfile::NamedTempFile,
+    pub size: u64,
+}
+
+/// Reads a request body into a temporary file, refusing it (413) once it is over `limit`
+/// bytes: an upload is never held in memory whole.
+pub async fn receive_upload(
+    mut body: impl hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    limit: u64,
+) -> Result<Upload, ApiError> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let tmp = tempfile::Builder::new()
+        .prefix("pier-upload-")
+        .tempfile()
+        .map_err(|e| ApiError::Internal(format!("cannot make a file for the upload: {e}")))?;
+    let std_file = tmp
+        .reopen()
+        .map_err(|e| ApiError::Internal(format!("cannot open the upload file: {e}")))?;
+    let mut file = tokio::fs::File::from_std(std_file);
+    let mut size = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::BadRequest(format!("cannot read the upload: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        size += data.len() as u64;
+        if size > limit {
+            return Err(ApiError::TooLarge(format!(
+                "the upload is over the limit of {limit} bytes (pier api --max-upload-mb)"
+            )));
+        }
+        file.write_all(&data)
+            .await
+            .map_err(|e| ApiError::Internal(format!("cannot write the upload: {e}")))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| ApiError::Internal(format!("cannot write the upload: {e}")))?;
+    Ok(Upload { file: tmp, size })
+}
+
 /// Checks a deploy before its upload is read: the caller's right and the app.
 pub async fn deploy_allowed(state: &ApiState, caller: &Caller, app: &str) -> Result<(), ApiError> {
     caller.may_act_on(app)?;
@@ -60,7 +105,7 @@ pub async fn deploy_allowed(state: &ApiState, caller: &Caller, app: &str) -> Res
 /// Builds `upload` into a slug and makes a release of it, sending progress as NDJSON lines on
 /// `out`: `{"log": "..."}` for each line of build output, then `{"release": {...}}` or
 /// `{"error": "..."}`. Nothing that runs changes when the build fails.
-pub async fn deploy(state: Arc<ApiState>, app: String, upload: Bytes, out: mpsc::Sender<Bytes>) {
+pub async fn deploy(state: Arc<ApiState>, app: String, upload: Upload, out: mpsc::Sender<Bytes>) {
     let line = |v: Value| Bytes::from(format!("{v}\n"));
     let result = run_deploy(&state, &app, upload, &out).await;
     let last = match result {
@@ -84,7 +129,7 @@ pub async fn deploy(state: Arc<ApiState>, app: String, upload: Bytes, out: mpsc:
 async fn run_deploy(
     state: &ApiState,
     app: &str,
-    upload: Bytes,
+    upload: Upload,
     out: &mpsc::Sender<Bytes>,
 ) -> Result<Release, String> {
     let p = platform(state).map_err(|e| e.reason().to_string())?;
@@ -118,7 +163,10 @@ async fn run_deploy(
         let mut log = |l: &str| {
             let _ = lines.blocking_send(Bytes::from(format!("{}\n", json!({ "log": l }))));
         };
-        let result = pier_slug::build::build(&upload, work.path(), &cfg, &mut log);
+        let file = std::fs::File::open(upload.file.path())
+            .map_err(|e| format!("cannot read the upload back: {e}"))?;
+        let reader = std::io::BufReader::new(file);
+        let result = pier_slug::build::build(reader, upload.size, work.path(), &cfg, &mut log);
         let built = result.map_err(|e| match e {
             BuildError::Archive(e) => e.to_string(),
             other => other.to_string(),

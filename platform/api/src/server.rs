@@ -216,8 +216,19 @@ async fn dispatch(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Answe
     if route.id == RouteId::Deploy {
         // The upload is checked before it is read, and read under its own, larger limit.
         platform::deploy_allowed(state, &caller, p(0)).await?;
-        let limit = state.platform.as_ref().map_or(0, |p| p.max_upload);
-        let upload = read_body(req, limit).await?;
+        let limit = state.platform.as_ref().map_or(0, |p| p.max_upload) as u64;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ApiError::TooLarge(format!(
+                "the upload is over the limit of {limit} bytes (pier api --max-upload-mb)"
+            ))
+            .into());
+        }
+        let upload = platform::receive_upload(req.into_body(), limit).await?;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(platform::deploy(
             state.clone(),

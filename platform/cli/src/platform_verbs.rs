@@ -4,7 +4,6 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::Method;
 use pier_model::client::{encode_segment, ApiClient};
 use pier_model::platform::{InstanceStatus, Release, ReleaseStatus};
@@ -340,15 +339,44 @@ pub async fn deploy(
             dir.display()
         )));
     }
-    let mut archive = Vec::new();
-    let entries = pier_slug::archive::pack_dir(dir, &mut archive, true)
-        .map_err(|e| CliError::Usage(format!("cannot pack {}: {e}", dir.display())))?;
+    // Packed to a temporary file and streamed from it: never whole in memory.
+    let archive = tempfile::Builder::new()
+        .prefix("pier-deploy-")
+        .suffix(".tar.gz")
+        .tempfile()
+        .map_err(|e| CliError::Failed(format!("cannot make a temporary file: {e}")))?;
+    let entries =
+        pier_slug::archive::pack_dir(dir, std::io::BufWriter::new(archive.as_file()), true)
+            .map_err(|e| CliError::Usage(format!("cannot pack {}: {e}", dir.display())))?;
+    let size = archive
+        .as_file()
+        .metadata()
+        .map_err(|e| CliError::Failed(format!("cannot read the packed archive: {e}")))?
+        .len();
     writeln!(
         out,
         "-----> Uploading {} ({entries} entries, {} KiB)",
         dir.display(),
-        archive.len().div_ceil(1024)
+        size.div_ceil(1024)
     )?;
+    // Progress on a terminal only (stderr, redrawn in place).
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut shown = 0u64;
+    let body = pier_model::UploadBody::file(
+        archive.path(),
+        Box::new(move |sent, total| {
+            let pct = (sent * 100).checked_div(total).unwrap_or(100);
+            if tty && (pct != shown || sent == total) {
+                shown = pct;
+                eprint!("\r       {pct:>3}% of {} KiB sent", total.div_ceil(1024));
+                if sent == total {
+                    eprintln!();
+                }
+            }
+        }),
+    )
+    .await
+    .map_err(|e| CliError::Failed(format!("cannot read the packed archive: {e}")))?;
     let mut release: Option<Release> = None;
     let mut url: Option<String> = None;
     let mut failure: Option<String> = None;
@@ -358,7 +386,7 @@ pub async fn deploy(
             Method::POST,
             &format!("{}/deploys", app_path(app)),
             "application/gzip",
-            Bytes::from(archive),
+            body,
             Duration::from_secs(900),
             &mut |line| {
                 let Ok(v) = serde_json::from_str::<Value>(line) else {

@@ -162,6 +162,95 @@ impl ApiClient {
     }
 }
 
+/// A request body sent by [`ApiClient::stream_lines`]: bytes in memory, or a file read in
+/// 64 KiB pieces with a callback told how much has been sent (an upload's progress).
+pub enum UploadBody {
+    Whole(Option<Bytes>),
+    File {
+        file: tokio::fs::File,
+        size: u64,
+        sent: u64,
+        progress: Box<dyn FnMut(u64, u64) + Send>,
+    },
+}
+
+impl From<Bytes> for UploadBody {
+    fn from(b: Bytes) -> Self {
+        UploadBody::Whole(Some(b))
+    }
+}
+
+impl From<Vec<u8>> for UploadBody {
+    fn from(b: Vec<u8>) -> Self {
+        UploadBody::Whole(Some(Bytes::from(b)))
+    }
+}
+
+impl UploadBody {
+    /// The file at `path`, with `progress(sent, total)` called after each piece.
+    pub async fn file(
+        path: &std::path::Path,
+        progress: Box<dyn FnMut(u64, u64) + Send>,
+    ) -> std::io::Result<Self> {
+        let file = tokio::fs::File::open(path).await?;
+        let size = file.metadata().await?.len();
+        Ok(UploadBody::File {
+            file,
+            size,
+            sent: 0,
+            progress,
+        })
+    }
+}
+
+impl hyper::body::Body for UploadBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        match self.get_mut() {
+            UploadBody::Whole(b) => Poll::Ready(b.take().map(|b| Ok(hyper::body::Frame::data(b)))),
+            UploadBody::File {
+                file,
+                size,
+                sent,
+                progress,
+            } => {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut rb = tokio::io::ReadBuf::new(&mut buf);
+                match tokio::io::AsyncRead::poll_read(std::pin::Pin::new(file), cx, &mut rb) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n == 0 {
+                            return Poll::Ready(None);
+                        }
+                        *sent += n as u64;
+                        progress(*sent, *size);
+                        buf.truncate(n);
+                        Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(buf)))))
+                    }
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            UploadBody::Whole(Some(b)) => hyper::body::SizeHint::with_exact(b.len() as u64),
+            UploadBody::Whole(None) => hyper::body::SizeHint::with_exact(0),
+            UploadBody::File { size, sent, .. } => {
+                hyper::body::SizeHint::with_exact(size.saturating_sub(*sent))
+            }
+        }
+    }
+}
+
 impl ApiClient {
     /// Sends `body` (of `content_type`) and hands each line of a successful answer to
     /// `on_line` as it arrives (a deploy's build output). An error status is returned whole,
@@ -171,7 +260,7 @@ impl ApiClient {
         method: Method,
         path: &str,
         content_type: &str,
-        body: Bytes,
+        body: UploadBody,
         idle: Duration,
         on_line: &mut dyn FnMut(&str),
     ) -> Result<ApiResponse, ClientError> {
@@ -185,7 +274,7 @@ impl ApiClient {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
         let req = req
-            .body(Full::new(body))
+            .body(body)
             .map_err(|e| ClientError::Request(e.to_string()))?;
         let http = |e: hyper::Error| ClientError::Http(addr.clone(), e.to_string());
         let stream = tokio::time::timeout(self.timeout, TcpStream::connect(&addr))

@@ -13,4 +13,4 @@
 pub mod client;
 pub mod platform;
 
-pub use client::{ApiClient, ApiResponse, ClientError};
+pub use client::{ApiClient, ApiResponse, ClientError, UploadBody};

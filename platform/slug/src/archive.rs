@@ -81,7 +81,8 @@ pub fn pack_dir(dir: &Path, out: impl Write, respect_gitignore: bool) -> Result<
         count += 1;
     }
     let gz = tar.into_inner().map_err(io(dir))?;
-    gz.finish().map_err(io(dir))?;
+    let mut out = gz.finish().map_err(io(dir))?;
+    out.flush().map_err(io(dir))?;
     Ok(count)
 }
 

@@ -73,10 +73,11 @@ pub struct Built {
     pub slug: Vec<u8>,
 }
 
-/// Builds `upload` (a gzipped tar of the app) in `work` (an empty directory), sending each line
-/// of output to `log`.
+/// Builds `upload` (a gzipped tar of the app, `upload_size` bytes) in `work` (an empty
+/// directory), sending each line of output to `log`.
 pub fn build(
-    upload: &[u8],
+    upload: impl std::io::Read,
+    upload_size: u64,
     work: &Path,
     cfg: &BuildConfig,
     log: &mut dyn FnMut(&str),
@@ -88,8 +89,7 @@ pub fn build(
     })?;
     let entries = archive::unpack(upload, &src, cfg.limits)?;
     log(&format!(
-        "-----> Unpacked {entries} entries ({} bytes uploaded)",
-        upload.len()
+        "-----> Unpacked {entries} entries ({upload_size} bytes uploaded)"
     ));
     let procfile = match std::fs::read_to_string(src.join("Procfile")) {
         Ok(t) => t,
@@ -215,6 +215,15 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn build_bytes(
+        upload: &[u8],
+        work: &Path,
+        cfg: &BuildConfig,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<Built, BuildError> {
+        build(upload, upload.len() as u64, work, cfg, log)
+    }
+
     fn upload(files: &[(&str, &str)]) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
         for (p, c) in files {
@@ -231,7 +240,7 @@ mod tests {
     fn plain_app_builds_and_missing_or_bad_procfiles_fail() {
         let work = tempfile::tempdir().unwrap();
         let mut lines = Vec::new();
-        let b = build(
+        let b = build_bytes(
             &upload(&[
                 ("Procfile", "web: python3 app.py\n"),
                 ("app.py", "print(1)"),
@@ -248,7 +257,7 @@ mod tests {
         );
 
         let work = tempfile::tempdir().unwrap();
-        let r = build(
+        let r = build_bytes(
             &upload(&[("app.py", "")]),
             work.path(),
             &BuildConfig::default(),
@@ -256,7 +265,7 @@ mod tests {
         );
         assert!(matches!(r, Err(BuildError::NoProcfile)), "{r:?}");
         let work = tempfile::tempdir().unwrap();
-        let r = build(
+        let r = build_bytes(
             &upload(&[("Procfile", "web python3")]),
             work.path(),
             &BuildConfig::default(),
@@ -274,7 +283,7 @@ mod tests {
             pip_args: vec!["--no-index".into()],
             ..BuildConfig::default()
         };
-        let r = build(
+        let r = build_bytes(
             &upload(&[
                 ("Procfile", "web: x"),
                 ("requirements.txt", "no-such-package-pier==1.0\n"),
