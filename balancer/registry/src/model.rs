@@ -10,13 +10,21 @@ use serde::{Deserialize, Serialize};
 /// An app's settings as stored under `apps` (every field optional; defaults as in the routes
 /// file).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = AppSettings))]
 #[serde(deny_unknown_fields)]
 pub struct AppRecord {
+    /// `round-robin` (default) or `least-outstanding`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub policy: Option<String>,
+    /// Largest request body, bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub max_body: Option<u64>,
+    /// Attempts on other backends after a failure that is safe to retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub retries: Option<u32>,
     #[serde(default, skip_serializing_if = "TimeoutsRecord::is_empty")]
     pub timeouts: TimeoutsRecord,
@@ -28,23 +36,31 @@ pub struct AppRecord {
     /// Answer plain-HTTP requests with a 308 to HTTPS.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub https_redirect: bool,
-    /// `Strict-Transport-Security` value for HTTPS responses.
+    /// `Strict-Transport-Security` value for HTTPS responses: `max-age=<seconds>[; directives]`,
+    /// visible ASCII.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub hsts: Option<String>,
     /// `http1` (default) or `h2c`: what the app's backends speak.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub backend_protocol: Option<String>,
 }
 
 /// Per-app upstream timeouts, in milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = Timeouts))]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub connect_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub first_byte_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub idle_ms: Option<u64>,
 }
 
@@ -56,6 +72,8 @@ impl TimeoutsRecord {
 
 /// What the balancer does with an app's requests.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = Action))]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ActionRecord {
     #[default]

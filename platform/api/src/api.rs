@@ -9,11 +9,16 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
+use pier_model::api::{
+    AppList, AppView, BackendList, BackendView, CertSummary, CertView, ChallengeView, DomainList,
+    DomainView, Health, HeartbeatRequest, NewApp, NewBackend, NewCert, NewDomain, NewToken,
+    TokenView, VerifyRequest,
+};
 use pier_registry::cert::{self, ParsedCert};
 use pier_registry::model::{AppRecord, BackendRecord, CertRecord, DomainRecord, TokenRecord};
 use pier_registry::Registry;
 use pier_routes::DomainPattern;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::auth::{self, Authenticator, Caller};
@@ -164,188 +169,50 @@ pub fn now_ms() -> u64 {
 
 // ------------------------------------------------------------------- views
 
-#[derive(Debug, Serialize)]
-pub struct AppView {
-    pub name: String,
-    pub settings: AppRecord,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub domains: Option<Vec<DomainView>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub backends: Option<Vec<BackendView>>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ChallengeView {
-    /// Path the app must answer, for the domain's `Host`.
-    pub path: String,
-    /// Exact body it must answer with.
-    pub body: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DomainView {
-    pub domain: String,
-    pub app: String,
-    pub verified: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub challenge: Option<ChallengeView>,
-    /// When a pending claim stops holding the name against other apps (RFC 3339).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub claim_expires_at: Option<String>,
-    /// The domain's certificate at a glance (only in the app view; the full facts are at
-    /// `.../domains/{domain}/cert`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub certificate: Option<CertSummary>,
-}
-
-/// When a domain's certificate expires and which one it is.
-#[derive(Debug, Serialize)]
-pub struct CertSummary {
-    pub not_after: String,
-    pub fingerprint_sha256: String,
-}
-
-impl DomainView {
-    /// The view of `rec`; a pending claim with a time shows when it lapses (`claim_ttl`).
-    fn new(domain: &str, rec: &DomainRecord, claim_ttl: Option<Duration>) -> Self {
-        let claim_expires_at = match (rec.verified || rec.claimed_ms == 0, claim_ttl) {
-            (false, Some(ttl)) => i64::try_from(rec.claimed_ms.saturating_add(duration_ms(ttl)))
-                .ok()
-                .map(cert::rfc3339),
+/// The view of domain record `rec`; a pending claim with a time shows when it lapses
+/// (`claim_ttl`).
+fn domain_view(domain: &str, rec: &DomainRecord, claim_ttl: Option<Duration>) -> DomainView {
+    let claim_expires_at = match (rec.verified || rec.claimed_ms == 0, claim_ttl) {
+        (false, Some(ttl)) => i64::try_from(rec.claimed_ms.saturating_add(duration_ms(ttl)))
+            .ok()
+            .map(cert::rfc3339),
+        _ => None,
+    };
+    DomainView {
+        certificate: None,
+        domain: domain.to_string(),
+        app: rec.app.clone(),
+        verified: rec.verified,
+        claim_expires_at,
+        challenge: match (&rec.token, rec.verified) {
+            (Some(t), false) => Some(ChallengeView {
+                path: format!("{CHALLENGE_PREFIX}{t}"),
+                body: t.clone(),
+            }),
             _ => None,
-        };
-        DomainView {
-            certificate: None,
-            domain: domain.to_string(),
-            app: rec.app.clone(),
-            verified: rec.verified,
-            claim_expires_at,
-            challenge: match (&rec.token, rec.verified) {
-                (Some(t), false) => Some(ChallengeView {
-                    path: format!("{CHALLENGE_PREFIX}{t}"),
-                    body: t.clone(),
-                }),
-                _ => None,
-            },
-        }
+        },
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct BackendView {
-    pub id: String,
-    pub address: String,
-    /// Liveness deadline, ms since the epoch; 0 = none.
-    pub expires_at_ms: u64,
-    /// Whether the balancer considers it now (its deadline is not past).
-    pub live: bool,
-}
-
-impl BackendView {
-    fn new(id: &str, rec: &BackendRecord, now: u64) -> Self {
-        BackendView {
-            id: id.to_string(),
-            address: rec.address.clone(),
-            expires_at_ms: rec.expires_at_ms,
-            live: rec.expires_at_ms == 0 || rec.expires_at_ms > now,
-        }
+fn backend_view(id: &str, rec: &BackendRecord, now: u64) -> BackendView {
+    BackendView {
+        id: id.to_string(),
+        address: rec.address.clone(),
+        expires_at_ms: rec.expires_at_ms,
+        live: rec.expires_at_ms == 0 || rec.expires_at_ms > now,
     }
 }
 
-/// What the API tells about a domain's certificate (never its private key).
-#[derive(Debug, Serialize)]
-pub struct CertView {
-    pub domain: String,
-    /// The certificate's DNS names (subjectAltName).
-    pub names: Vec<String>,
-    /// Validity window, RFC 3339 (UTC).
-    pub not_before: String,
-    pub not_after: String,
-    /// SHA-256 of the leaf certificate, lower-case hex.
-    pub fingerprint_sha256: String,
-    pub issuer: String,
-    pub subject: String,
-}
-
-impl CertView {
-    fn new(domain: &str, c: &ParsedCert) -> Self {
-        CertView {
-            domain: domain.to_string(),
-            names: c.names.clone(),
-            not_before: cert::rfc3339(c.not_before_ms),
-            not_after: cert::rfc3339(c.not_after_ms),
-            fingerprint_sha256: c.fingerprint_sha256.clone(),
-            issuer: c.issuer.clone(),
-            subject: c.subject.clone(),
-        }
+fn cert_view(domain: &str, c: &ParsedCert) -> CertView {
+    CertView {
+        domain: domain.to_string(),
+        names: c.names.clone(),
+        not_before: cert::rfc3339(c.not_before_ms),
+        not_after: cert::rfc3339(c.not_after_ms),
+        fingerprint_sha256: c.fingerprint_sha256.clone(),
+        issuer: c.issuer.clone(),
+        subject: c.subject.clone(),
     }
-}
-
-// ------------------------------------------------------------------- bodies
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewApp {
-    pub name: String,
-    #[serde(default)]
-    pub settings: Option<AppRecord>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewDomain {
-    pub domain: String,
-    /// Operator only: add the domain as verified, skipping the ownership check.
-    #[serde(default)]
-    pub verified: bool,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VerifyRequest {
-    /// Operator only: mark verified without running the check.
-    #[serde(default)]
-    pub force: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewBackend {
-    pub address: String,
-    #[serde(default)]
-    pub id: Option<String>,
-    /// Seconds until the backend expires unless a heartbeat extends it; absent = never.
-    #[serde(default)]
-    pub ttl_s: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeartbeatRequest {
-    pub ttl_s: u64,
-}
-
-/// A certificate upload. No `Debug`: it holds a private key.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewCert {
-    /// PEM: the certificate, then its intermediates.
-    pub cert: String,
-    /// PEM: the private key.
-    pub key: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewToken {
-    pub app: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TokenView {
-    pub token: String,
-    pub role: String,
-    pub app: String,
 }
 
 // ------------------------------------------------------------------- checks
@@ -438,7 +305,10 @@ pub async fn healthz(state: &ApiState) -> Reply {
     let v = state.registry().version().await?;
     json(
         StatusCode::OK,
-        &serde_json::json!({"status": "ok", "registry_version": v}),
+        &Health {
+            status: "ok".into(),
+            registry_version: v,
+        },
     )
 }
 
@@ -459,7 +329,7 @@ pub async fn list_apps(state: &ApiState, caller: &Caller) -> Reply {
             });
         }
     }
-    json(StatusCode::OK, &serde_json::json!({ "apps": apps }))
+    json(StatusCode::OK, &AppList { apps })
 }
 
 pub async fn create_app(state: &ApiState, caller: &Caller, body: &[u8]) -> Reply {
@@ -492,7 +362,7 @@ pub async fn show_app(state: &ApiState, caller: &Caller, app: &str) -> Reply {
     let now = now_ms();
     let mut domains = Vec::new();
     for (d, r) in state.registry().app_domains(app).await?.iter() {
-        let mut view = DomainView::new(d, r, state.claim_ttl);
+        let mut view = domain_view(d, r, state.claim_ttl);
         if r.verified {
             // A stored record that no longer parses is shown as no certificate (the
             // certificate's own endpoint says why).
@@ -513,7 +383,7 @@ pub async fn show_app(state: &ApiState, caller: &Caller, app: &str) -> Reply {
         .app_backends(app)
         .await?
         .iter()
-        .map(|(id, r)| BackendView::new(id, r, now))
+        .map(|(id, r)| backend_view(id, r, now))
         .collect();
     json(
         StatusCode::OK,
@@ -594,9 +464,9 @@ pub async fn list_domains(state: &ApiState, caller: &Caller, app: &str) -> Reply
         .app_domains(app)
         .await?
         .iter()
-        .map(|(d, r)| DomainView::new(d, r, state.claim_ttl))
+        .map(|(d, r)| domain_view(d, r, state.claim_ttl))
         .collect();
-    json(StatusCode::OK, &serde_json::json!({ "domains": domains }))
+    json(StatusCode::OK, &DomainList { domains })
 }
 
 pub async fn add_domain(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -> Reply {
@@ -626,10 +496,7 @@ pub async fn add_domain(state: &ApiState, caller: &Caller, app: &str, body: &[u8
         Some(cur) if cur.app != app => Some(cur),
         // Adding a domain again must not send a verified one back to pending.
         Some(cur) if cur.verified || !req.verified => {
-            return json(
-                StatusCode::OK,
-                &DomainView::new(&key, &cur, state.claim_ttl),
-            );
+            return json(StatusCode::OK, &domain_view(&key, &cur, state.claim_ttl));
         }
         _ => None,
     };
@@ -648,7 +515,7 @@ pub async fn add_domain(state: &ApiState, caller: &Caller, app: &str, body: &[u8
     }
     json(
         StatusCode::CREATED,
-        &DomainView::new(&key, &rec, state.claim_ttl),
+        &domain_view(&key, &rec, state.claim_ttl),
     )
 }
 
@@ -691,10 +558,7 @@ pub async fn verify_domain(
     let (pattern, rec) = own_domain(state, app, raw).await?;
     let key = pattern.to_string();
     if rec.verified {
-        return json(
-            StatusCode::OK,
-            &DomainView::new(&key, &rec, state.claim_ttl),
-        );
+        return json(StatusCode::OK, &domain_view(&key, &rec, state.claim_ttl));
     }
     if req.force {
         caller.require_operator("verify a domain without its check")?;
@@ -715,7 +579,7 @@ pub async fn verify_domain(
             .app_backends(app)
             .await?
             .into_iter()
-            .map(|(id, r)| BackendView::new(&id, &r, now))
+            .map(|(id, r)| backend_view(&id, &r, now))
             .filter(|b| b.live)
             .map(|b| b.address)
             .collect();
@@ -734,7 +598,7 @@ pub async fn verify_domain(
     tracing::info!(app, domain = %key, forced = req.force, "domain verified");
     json(
         StatusCode::OK,
-        &DomainView::new(&key, &verified, state.claim_ttl),
+        &domain_view(&key, &verified, state.claim_ttl),
     )
 }
 
@@ -747,9 +611,9 @@ pub async fn list_backends(state: &ApiState, caller: &Caller, app: &str) -> Repl
         .app_backends(app)
         .await?
         .iter()
-        .map(|(id, r)| BackendView::new(id, r, now))
+        .map(|(id, r)| backend_view(id, r, now))
         .collect();
-    json(StatusCode::OK, &serde_json::json!({ "backends": backends }))
+    json(StatusCode::OK, &BackendList { backends })
 }
 
 pub async fn add_backend(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -> Reply {
@@ -771,7 +635,7 @@ pub async fn add_backend(state: &ApiState, caller: &Caller, app: &str, body: &[u
     // The registry refuses a backend of a missing app (NoSuchApp → 404) atomically.
     state.registry().put_backend(app, &id, &rec).await?;
     tracing::debug!(app, id, address = %rec.address, "backend registered");
-    json(StatusCode::CREATED, &BackendView::new(&id, &rec, now_ms()))
+    json(StatusCode::CREATED, &backend_view(&id, &rec, now_ms()))
 }
 
 pub async fn heartbeat(
@@ -796,7 +660,7 @@ pub async fn heartbeat(
             "app {app:?} has no backend {id:?}"
         )));
     };
-    json(StatusCode::OK, &BackendView::new(id, &rec, now_ms()))
+    json(StatusCode::OK, &backend_view(id, &rec, now_ms()))
 }
 
 pub async fn remove_backend(state: &ApiState, caller: &Caller, app: &str, id: &str) -> Reply {
@@ -858,7 +722,7 @@ pub async fn put_cert(
         not_after = %cert::rfc3339(parsed.not_after_ms),
         "certificate stored"
     );
-    json(StatusCode::OK, &CertView::new(&key, &parsed))
+    json(StatusCode::OK, &cert_view(&key, &parsed))
 }
 
 pub async fn show_cert(state: &ApiState, caller: &Caller, app: &str, raw: &str) -> Reply {
@@ -873,7 +737,7 @@ pub async fn show_cert(state: &ApiState, caller: &Caller, app: &str, raw: &str) 
     // Stored certificates are shown as they are, expired or not.
     let parsed = cert::load_pair(&rec.cert, &rec.key)
         .map_err(|e| ApiError::Internal(format!("stored certificate of {key}: {e}")))?;
-    json(StatusCode::OK, &CertView::new(&key, &parsed))
+    json(StatusCode::OK, &cert_view(&key, &parsed))
 }
 
 pub async fn remove_cert(state: &ApiState, caller: &Caller, app: &str, raw: &str) -> Reply {

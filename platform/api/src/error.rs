@@ -3,7 +3,6 @@
 
 use http::StatusCode;
 use pier_registry::RegistryError;
-use serde::Serialize;
 
 /// Why a request failed. Each variant carries the human-readable reason sent to the client.
 #[derive(Debug, thiserror::Error)]
@@ -39,13 +38,6 @@ pub enum ApiError {
     /// Bad data in the registry or a bug: not the client's fault.
     #[error("internal error: {0}")]
     Internal(String),
-}
-
-/// The JSON body of every error response.
-#[derive(Debug, Serialize)]
-pub struct ErrorBody<'a> {
-    pub error: &'a str,
-    pub reason: &'a str,
 }
 
 impl ApiError {

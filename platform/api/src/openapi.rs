@@ -1,7 +1,10 @@
-//! The OpenAPI 3.0 document served at `/openapi.json`. It is written by hand next to
-//! [`crate::router::ROUTES`]; the integration tests check that both list the same operations
-//! and that every response a test run sees has a declared status and matches its schema.
+//! The OpenAPI 3.1 document served at `/openapi.json`. The schemas of bodies are generated from
+//! the wire types in `pier_model::api` (utoipa's `ToSchema`); the operations (summary, body,
+//! statuses) are listed here next to [`crate::router::ROUTES`]. The integration tests check
+//! that both list the same operations and that every response a test run sees has a declared
+//! status and matches its schema.
 
+use pier_model::api as wire;
 use serde_json::{json, Map, Value};
 
 fn schema_ref(name: &str) -> Value {
@@ -106,324 +109,55 @@ fn path_params(names: &[&str]) -> Value {
     )
 }
 
+/// The wire types of the API: their schemas (and those they refer to) are generated from the
+/// Rust types the server answers with and clients read.
+#[derive(utoipa::OpenApi)]
+#[openapi(components(schemas(
+    wire::ErrorBody,
+    wire::Health,
+    wire::AppView,
+    wire::AppList,
+    wire::AppSettingsPatch,
+    wire::NewApp,
+    wire::DomainView,
+    wire::DomainList,
+    wire::NewDomain,
+    wire::VerifyRequest,
+    wire::BackendView,
+    wire::BackendList,
+    wire::NewBackend,
+    wire::HeartbeatRequest,
+    wire::NewCert,
+    wire::CertView,
+    wire::NewToken,
+    wire::TokenView,
+    wire::ReleaseList,
+    wire::RollbackRequest,
+    wire::ConfigView,
+    wire::ConfigPatch,
+    wire::FormationView,
+    wire::FormationPatch,
+    wire::InstanceList,
+    wire::RestartRequest,
+    wire::Restarted,
+    wire::RunnerList,
+    pier_model::platform::Release,
+)))]
+struct Wire;
+
 fn schemas() -> Value {
-    let string = json!({ "type": "string" });
-    let int = json!({ "type": "integer", "minimum": 0 });
-    json!({
-        "Error": {
-            "type": "object",
-            "required": ["error", "reason"],
-            "properties": {
-                "error": { "type": "string", "description": "Short code: bad-request, unauthorized, forbidden, not-found, method-not-allowed, conflict, too-large, unprocessable, verification-failed, registry-unavailable, internal" },
-                "reason": { "type": "string", "description": "What was wrong, for a human" }
-            }
-        },
-        "Health": {
-            "type": "object",
-            "required": ["status", "registry_version"],
-            "properties": { "status": string, "registry_version": int }
-        },
-        "OpenApi": {
-            "type": "object",
-            "required": ["openapi", "info", "paths"],
-            "properties": { "openapi": string, "info": { "type": "object" }, "paths": { "type": "object" } }
-        },
-        "Timeouts": {
-            "type": "object",
-            "additionalProperties": false,
-            "properties": { "connect_ms": int, "first_byte_ms": int, "idle_ms": int }
-        },
-        "Action": {
-            "type": "object",
-            "required": ["type"],
-            "description": "proxy (default); redirect {location, status, keep_path}; static {status, body, content_type}; maintenance {body, content_type, retry_after}",
-            "properties": {
-                "type": { "type": "string", "enum": ["proxy", "redirect", "static", "maintenance"] },
-                "location": string, "status": int, "keep_path": { "type": "boolean" },
-                "body": { "type": "string", "nullable": true }, "content_type": string,
-                "retry_after": { "type": "integer", "nullable": true }
-            }
-        },
-        "AppSettings": {
-            "type": "object",
-            "additionalProperties": false,
-            "description": "Every field optional; PATCH replaces the fields given, null resets one",
-            "properties": {
-                "policy": { "type": "string", "enum": ["round-robin", "least-outstanding"] },
-                "max_body": int,
-                "retries": int,
-                "timeouts": schema_ref("Timeouts"),
-                "action": schema_ref("Action"),
-                "spin": { "type": "boolean" },
-                "https_redirect": { "type": "boolean", "description": "Answer plain-HTTP requests with a 308 to HTTPS" },
-                "hsts": { "type": "string", "description": "Strict-Transport-Security value for HTTPS responses: max-age=<seconds>[; directives], visible ASCII" },
-                "backend_protocol": { "type": "string", "enum": ["http1", "h2c"], "description": "What the app's backends speak: HTTP/1.1 (default) or cleartext HTTP/2 with prior knowledge" }
-            }
-        },
-        "AppSettingsPatch": {
-            "type": "object",
-            "additionalProperties": false,
-            "description": "AppSettings fields to replace; null resets a field to its default",
-            "properties": {
-                "policy": { "type": "string", "enum": ["round-robin", "least-outstanding"], "nullable": true },
-                "max_body": { "type": "integer", "minimum": 0, "nullable": true },
-                "retries": { "type": "integer", "minimum": 0, "nullable": true },
-                "timeouts": { "allOf": [schema_ref("Timeouts")], "nullable": true },
-                "action": { "allOf": [schema_ref("Action")], "nullable": true },
-                "spin": { "type": "boolean", "nullable": true },
-                "https_redirect": { "type": "boolean", "nullable": true },
-                "hsts": { "type": "string", "nullable": true },
-                "backend_protocol": { "type": "string", "enum": ["http1", "h2c"], "nullable": true }
-            }
-        },
-        "App": {
-            "type": "object",
-            "required": ["name", "settings"],
-            "properties": {
-                "name": string,
-                "settings": schema_ref("AppSettings"),
-                "domains": { "type": "array", "items": schema_ref("Domain"), "description": "Only in GET /v1/apps/{app}" },
-                "backends": { "type": "array", "items": schema_ref("Backend"), "description": "Only in GET /v1/apps/{app}" }
-            }
-        },
-        "AppList": {
-            "type": "object",
-            "required": ["apps"],
-            "properties": { "apps": { "type": "array", "items": schema_ref("App") } }
-        },
-        "NewApp": {
-            "type": "object",
-            "required": ["name"],
-            "additionalProperties": false,
-            "properties": { "name": string, "settings": schema_ref("AppSettings") }
-        },
-        "Domain": {
-            "type": "object",
-            "required": ["domain", "app", "verified"],
-            "properties": {
-                "domain": string,
-                "app": string,
-                "verified": { "type": "boolean", "description": "Only verified domains are routed" },
-                "challenge": {
-                    "type": "object",
-                    "required": ["path", "body"],
-                    "description": "While pending: the app must answer GET <path> for Host: <domain> with <body>",
-                    "properties": { "path": string, "body": string }
-                },
-                "claim_expires_at": {
-                    "type": "string",
-                    "description": "While pending: when the claim stops holding the name against other apps (RFC 3339; `pier api --claim-ttl-hours`, 72 by default); after it another app may claim the domain"
-                },
-                "certificate": {
-                    "type": "object",
-                    "required": ["not_after", "fingerprint_sha256"],
-                    "description": "In the app view only: the domain's certificate, if it has one",
-                    "properties": { "not_after": string, "fingerprint_sha256": string }
-                }
-            }
-        },
-        "DomainList": {
-            "type": "object",
-            "required": ["domains"],
-            "properties": { "domains": { "type": "array", "items": schema_ref("Domain") } }
-        },
-        "NewDomain": {
-            "type": "object",
-            "required": ["domain"],
-            "additionalProperties": false,
-            "properties": {
-                "domain": string,
-                "verified": { "type": "boolean", "description": "Operator only: skip the ownership check" }
-            }
-        },
-        "VerifyRequest": {
-            "type": "object",
-            "additionalProperties": false,
-            "properties": { "force": { "type": "boolean", "description": "Operator only: verify without the check" } }
-        },
-        "NewCert": {
-            "type": "object",
-            "required": ["cert", "key"],
-            "additionalProperties": false,
-            "properties": {
-                "cert": { "type": "string", "description": "PEM: the certificate, then its intermediates" },
-                "key": { "type": "string", "description": "PEM: its private key (PKCS#8, PKCS#1 or SEC1); never returned" }
-            }
-        },
-        "Cert": {
-            "type": "object",
-            "required": ["domain", "names", "not_before", "not_after", "fingerprint_sha256", "issuer", "subject"],
-            "additionalProperties": false,
-            "description": "A domain's certificate, without its private key",
-            "properties": {
-                "domain": string,
-                "names": { "type": "array", "items": string, "description": "DNS names of the certificate (subjectAltName)" },
-                "not_before": { "type": "string", "description": "RFC 3339, UTC" },
-                "not_after": { "type": "string", "description": "RFC 3339, UTC" },
-                "fingerprint_sha256": { "type": "string", "description": "SHA-256 of the leaf certificate (DER), hex" },
-                "issuer": string,
-                "subject": string
-            }
-        },
-        "Backend": {
-            "type": "object",
-            "required": ["id", "address", "expires_at_ms", "live"],
-            "properties": {
-                "id": string,
-                "address": string,
-                "expires_at_ms": int,
-                "live": { "type": "boolean" }
-            }
-        },
-        "BackendList": {
-            "type": "object",
-            "required": ["backends"],
-            "properties": { "backends": { "type": "array", "items": schema_ref("Backend") } }
-        },
-        "NewBackend": {
-            "type": "object",
-            "required": ["address"],
-            "additionalProperties": false,
-            "properties": {
-                "address": { "type": "string", "description": "IP:port" },
-                "id": { "type": "string", "description": "Instance id (default: generated)" },
-                "ttl_s": { "type": "integer", "minimum": 1, "description": "Seconds to live without a heartbeat (default: forever)" }
-            }
-        },
-        "Heartbeat": {
-            "type": "object",
-            "required": ["ttl_s"],
-            "additionalProperties": false,
-            "properties": { "ttl_s": { "type": "integer", "minimum": 1 } }
-        },
-        "NewToken": {
-            "type": "object",
-            "required": ["app"],
-            "additionalProperties": false,
-            "properties": { "app": string }
-        },
-        "Release": {
-            "type": "object",
-            "required": ["app", "version", "processes", "config", "description", "created_ms", "status"],
-            "additionalProperties": false,
-            "description": "A numbered release: a slug (absent before the first deploy) and config vars",
-            "properties": {
-                "app": string,
-                "version": { "type": "integer", "minimum": 1 },
-                "slug": {
-                    "type": "object",
-                    "required": ["digest", "size"],
-                    "additionalProperties": false,
-                    "properties": {
-                        "digest": { "type": "string", "description": "SHA-256 of the slug archive, hex" },
-                        "size": int
-                    }
-                },
-                "processes": { "type": "object", "additionalProperties": string, "description": "The Procfile: process type to command" },
-                "config": { "type": "object", "additionalProperties": string },
-                "description": string,
-                "created_ms": int,
-                "status": { "type": "string", "enum": ["pending", "running", "failed"] },
-                "reason": { "type": "string", "description": "Why a release failed" }
-            }
-        },
-        "ReleaseList": {
-            "type": "object",
-            "required": ["current", "releases"],
-            "properties": {
-                "current": { "type": "integer", "nullable": true, "description": "The release that should run" },
-                "releases": { "type": "array", "items": schema_ref("Release"), "description": "Newest first" }
-            }
-        },
-        "Rollback": {
-            "type": "object",
-            "additionalProperties": false,
-            "properties": { "version": { "type": "integer", "minimum": 1, "description": "Default: the release before the current one" } }
-        },
-        "Config": {
-            "type": "object",
-            "required": ["config"],
-            "properties": {
-                "config": { "type": "object", "additionalProperties": string },
-                "release": { "type": "integer", "description": "The release the change made" }
-            }
-        },
-        "ConfigPatch": {
-            "type": "object",
-            "description": "Config vars to set (a string) or unset (null). Names match [A-Z_][A-Z0-9_]*; PORT and PIER_* are the platform's",
-            "additionalProperties": { "type": "string", "nullable": true }
-        },
-        "Formation": {
-            "type": "object",
-            "required": ["formation"],
-            "properties": { "formation": { "type": "object", "additionalProperties": int } }
-        },
-        "FormationPatch": {
-            "type": "object",
-            "description": "Instances wanted per process type, e.g. {\"web\": 3}",
-            "additionalProperties": { "type": "integer", "minimum": 0, "maximum": 100 }
-        },
-        "Instance": {
-            "type": "object",
-            "required": ["id", "app", "ptype", "index", "release", "runner", "state", "updated_ms"],
-            "additionalProperties": false,
-            "properties": {
-                "id": string,
-                "app": string,
-                "ptype": string,
-                "index": int,
-                "release": int,
-                "generation": int,
-                "runner": string,
-                "state": { "type": "string", "enum": ["preparing", "starting", "up", "crashed", "failed", "stopping"] },
-                "address": string,
-                "started_ms": int,
-                "restarts": int,
-                "last_exit": string,
-                "next_try_ms": int,
-                "cpu_s": { "type": "number" },
-                "rss_kib": int,
-                "updated_ms": int
-            }
-        },
-        "InstanceList": {
-            "type": "object",
-            "required": ["instances"],
-            "properties": { "instances": { "type": "array", "items": schema_ref("Instance") } }
-        },
-        "RestartRequest": {
-            "type": "object",
-            "additionalProperties": false,
-            "properties": { "instance": { "type": "string", "description": "One instance (web.1); default: all" } }
-        },
-        "Restarted": {
-            "type": "object",
-            "required": ["generation"],
-            "properties": { "generation": int, "instance": { "type": "string", "nullable": true } }
-        },
-        "RunnerList": {
-            "type": "object",
-            "required": ["runners"],
-            "properties": { "runners": { "type": "array", "items": {
-                "type": "object",
-                "required": ["id", "address", "capacity", "started_ms", "heartbeat_ms", "live", "heartbeat_age_ms", "instances"],
-                "properties": {
-                    "id": string, "address": string, "capacity": int, "started_ms": int,
-                    "heartbeat_ms": int, "limits": string, "live": { "type": "boolean" },
-                    "heartbeat_age_ms": int, "instances": int
-                }
-            } } }
-        },
-        "Token": {
-            "type": "object",
-            "required": ["token", "role", "app"],
-            "properties": {
-                "token": { "type": "string", "description": "Shown once; only its SHA-256 is stored" },
-                "role": string,
-                "app": string
-            }
-        }
-    })
+    use utoipa::OpenApi as _;
+    let mut all = Wire::openapi()
+        .components
+        .map(|c| serde_json::to_value(c.schemas).unwrap_or_default())
+        .unwrap_or_default();
+    // The document itself, for `/openapi.json`.
+    all["OpenApi"] = json!({
+        "type": "object",
+        "required": ["openapi", "info", "paths"],
+        "properties": { "openapi": { "type": "string" }, "info": { "type": "object" }, "paths": { "type": "object" } }
+    });
+    all
 }
 
 /// The whole document.
@@ -863,7 +597,7 @@ pub fn document() -> Value {
         entry[*method] = operation(op);
     }
     json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "pier registry API",
             "version": env!("CARGO_PKG_VERSION"),

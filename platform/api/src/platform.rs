@@ -7,15 +7,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::StatusCode;
+use pier_model::api::{
+    ConfigPatch, ConfigView, DeployEvent, FormationPatch, FormationView, InstanceList, ReleaseList,
+    RestartRequest, Restarted, RollbackRequest, RunnerList, RunnerView,
+};
 use pier_model::platform::{
-    check_config_key, check_config_value, check_process_type, effective_formation, Formation,
-    Release, ReleaseStatus, MAX_SCALE,
+    check_config_key, check_config_value, check_process_type, effective_formation, Release,
+    ReleaseStatus, MAX_SCALE,
 };
 use pier_slug::build::{BuildConfig, BuildError};
 use pier_slug::SlugStore;
 use pier_store::Store;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::api::{existing_app, json, now_ms, parse_body, ApiState, Reply};
@@ -106,7 +109,6 @@ pub async fn deploy_allowed(state: &ApiState, caller: &Caller, app: &str) -> Res
 /// `out`: `{"log": "..."}` for each line of build output, then `{"release": {...}}` or
 /// `{"error": "..."}`. Nothing that runs changes when the build fails.
 pub async fn deploy(state: Arc<ApiState>, app: String, upload: Upload, out: mpsc::Sender<Bytes>) {
-    let line = |v: Value| Bytes::from(format!("{v}\n"));
     let result = run_deploy(&state, &app, upload, &out).await;
     let last = match result {
         Ok(rel) => {
@@ -116,11 +118,15 @@ pub async fn deploy(state: Arc<ApiState>, app: String, upload: Upload, out: mpsc
                 .as_ref()
                 .and_then(|p| p.apps_url.as_ref())
                 .map(|t| t.replace("{app}", &app));
-            line(json!({ "release": rel, "url": url }))
+            DeployEvent::Release {
+                release: Box::new(rel),
+                url,
+            }
+            .line()
         }
         Err(e) => {
             tracing::info!(app, error = %e, "deploy failed");
-            line(json!({ "error": e.to_string() }))
+            DeployEvent::Error { error: e }.line()
         }
     };
     let _ = out.send(last).await;
@@ -136,9 +142,7 @@ async fn run_deploy(
     let send = |text: String| {
         let out = out.clone();
         async move {
-            let _ = out
-                .send(Bytes::from(format!("{}\n", json!({ "log": text }))))
-                .await;
+            let _ = out.send(DeployEvent::Log { log: text }.line()).await;
         }
     };
     let _turn = match p.builds.clone().try_acquire_owned() {
@@ -161,7 +165,7 @@ async fn run_deploy(
             .tempdir()
             .map_err(|e| format!("cannot make a build directory: {e}"))?;
         let mut log = |l: &str| {
-            let _ = lines.blocking_send(Bytes::from(format!("{}\n", json!({ "log": l }))));
+            let _ = lines.blocking_send(DeployEvent::Log { log: l.to_string() }.line());
         };
         let file = std::fs::File::open(upload.file.path())
             .map_err(|e| format!("cannot read the upload back: {e}"))?;
@@ -210,10 +214,7 @@ pub async fn list_releases(state: &ApiState, caller: &Caller, app: &str) -> Repl
     existing_app(state, app).await?;
     let releases = p.store.releases(app).await?;
     let current = p.store.current(app).await?;
-    json(
-        StatusCode::OK,
-        &json!({ "current": current, "releases": releases }),
-    )
+    json(StatusCode::OK, &ReleaseList { current, releases })
 }
 
 pub async fn show_release(state: &ApiState, caller: &Caller, app: &str, raw: &str) -> Reply {
@@ -237,14 +238,6 @@ fn parse_version(raw: &str) -> Result<u64, ApiError> {
         .ok_or_else(|| {
             ApiError::Unprocessable(format!("release {raw:?} is not a number like 3 or v3"))
         })
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RollbackRequest {
-    /// The release to go back to (default: the one before the current).
-    #[serde(default)]
-    pub version: Option<u64>,
 }
 
 /// A rollback makes a new release with an older one's slug and config: nothing is rebuilt.
@@ -311,14 +304,20 @@ pub async fn show_config(state: &ApiState, caller: &Caller, app: &str) -> Reply 
         None => p.store.latest_release(app).await?,
     };
     let config = current.map(|r| r.config).unwrap_or_default();
-    json(StatusCode::OK, &json!({ "config": config }))
+    json(
+        StatusCode::OK,
+        &ConfigView {
+            config,
+            release: None,
+        },
+    )
 }
 
 /// PATCH: each key set to a string is set, each set to `null` is removed; a new release.
 pub async fn update_config(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -> Reply {
     caller.may_act_on(app)?;
     let p = platform(state)?;
-    let patch: BTreeMap<String, Option<String>> = parse_body(body)?;
+    let ConfigPatch(patch) = parse_body(body)?;
     if patch.is_empty() {
         return Err(ApiError::Unprocessable(
             "no config var to set or unset".into(),
@@ -376,13 +375,17 @@ pub async fn update_config(state: &ApiState, caller: &Caller, app: &str, body: &
     tracing::info!(app, version = rel.version, change = %description, "config changed");
     json(
         StatusCode::OK,
-        &json!({ "config": rel.config, "release": rel.version }),
+        &ConfigView {
+            config: rel.config,
+            release: Some(rel.version),
+        },
     )
 }
 
 // ------------------------------------------------------------------- formation
 
 async fn formation_view(p: &PlatformState, app: &str) -> Result<Value, ApiError> {
+    let view = |formation| FormationView { formation };
     let set = p.store.formation(app).await?;
     let processes = match p.store.current(app).await? {
         Some(v) => p
@@ -393,7 +396,8 @@ async fn formation_view(p: &PlatformState, app: &str) -> Result<Value, ApiError>
             .unwrap_or_default(),
         None => BTreeMap::new(),
     };
-    Ok(json!({ "formation": effective_formation(&processes, &set) }))
+    serde_json::to_value(view(effective_formation(&processes, &set)))
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 pub async fn show_formation(state: &ApiState, caller: &Caller, app: &str) -> Reply {
@@ -407,7 +411,7 @@ pub async fn show_formation(state: &ApiState, caller: &Caller, app: &str) -> Rep
 pub async fn scale(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -> Reply {
     caller.may_act_on(app)?;
     let p = platform(state)?;
-    let changes: Formation = parse_body(body)?;
+    let FormationPatch(changes) = parse_body(body)?;
     if changes.is_empty() {
         return Err(ApiError::Unprocessable("no process type to scale".into()));
     }
@@ -443,15 +447,7 @@ pub async fn list_instances(state: &ApiState, caller: &Caller, app: &str) -> Rep
     existing_app(state, app).await?;
     let mut instances = p.store.reports(app).await?;
     instances.sort_by(|a, b| (&a.ptype, a.index, a.release).cmp(&(&b.ptype, b.index, b.release)));
-    json(StatusCode::OK, &json!({ "instances": instances }))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RestartRequest {
-    /// One instance (`web.1`); absent: all of them.
-    #[serde(default)]
-    pub instance: Option<String>,
+    json(StatusCode::OK, &InstanceList { instances })
 }
 
 /// A rolling restart: each instance is replaced by a new one, the old drained once the new one
@@ -482,7 +478,10 @@ pub async fn restart(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) 
     tracing::info!(app, instance = ?req.instance, generation, "restart requested");
     json(
         StatusCode::ACCEPTED,
-        &json!({ "generation": generation, "instance": req.instance }),
+        &Restarted {
+            generation,
+            instance: req.instance,
+        },
     )
 }
 
@@ -496,15 +495,16 @@ pub async fn list_runners(state: &ApiState, caller: &Caller) -> Reply {
     caller.require_operator("list runners")?;
     let p = platform(state)?;
     let now = now_ms();
-    let mut out = Vec::new();
+    let mut runners = Vec::new();
     for r in p.store.runners().await? {
-        let instances = p.store.assignments(&r.id).await?.len();
+        let instances = p.store.assignments(&r.id).await?.len() as u64;
         let age = now.saturating_sub(r.heartbeat_ms);
-        let mut v = serde_json::to_value(&r).map_err(|e| ApiError::Internal(e.to_string()))?;
-        v["live"] = json!(age < RUNNER_DEAD_AFTER_MS);
-        v["heartbeat_age_ms"] = json!(age);
-        v["instances"] = json!(instances);
-        out.push(v);
+        runners.push(RunnerView {
+            live: age < RUNNER_DEAD_AFTER_MS,
+            heartbeat_age_ms: age,
+            instances,
+            runner: r,
+        });
     }
-    json(StatusCode::OK, &json!({ "runners": out }))
+    json(StatusCode::OK, &RunnerList { runners })
 }

@@ -17,10 +17,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::api::{self, ApiState};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::openapi;
 use crate::platform;
 use crate::router::{self, Match, RouteId};
+use pier_model::api::ErrorBody;
 
 /// Largest request body accepted: app settings with a static page fit well within it.
 pub const MAX_BODY: usize = 1 << 20;
@@ -315,8 +316,8 @@ fn error_response(e: &ApiError) -> Response<Body> {
         tracing::warn!(error = %e, "request failed");
     }
     let body = serde_json::to_string(&ErrorBody {
-        error: code,
-        reason: e.reason(),
+        error: code.to_string(),
+        reason: e.reason().to_string(),
     })
     .unwrap_or_else(|_| format!("{{\"error\":\"{code}\",\"reason\":\"\"}}"));
     let mut r = json_response(status, body);

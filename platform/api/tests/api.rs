@@ -1294,3 +1294,172 @@ async fn https_settings_are_kept_and_checked() {
     assert_eq!(reset.body["settings"].get("hsts"), None);
     assert_eq!(reset.body["settings"].get("https_redirect"), None);
 }
+
+/// A gzipped tar of an app with these files, as `pier deploy` packs it.
+fn app_archive(files: &[(&str, &str)]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let mut out = Vec::new();
+    pier_slug::archive::pack_dir(dir.path(), &mut out, true).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn platform_routes_answer_as_the_document_says() {
+    let api = ApiServer::start_platform().await;
+    let owner = api.app_with_owner("blog").await;
+    let r = owner
+        .expect(Method::GET, "/v1/apps/blog/releases", None, 200)
+        .await;
+    assert_eq!(r.body, json!({"current": null, "releases": []}));
+    // Deploy: build output as NDJSON lines, then the release and the app's URL.
+    let mut events = Vec::new();
+    let r = owner
+        .client
+        .stream_lines(
+            Method::POST,
+            "/v1/apps/blog/deploys",
+            "application/gzip",
+            app_archive(&[
+                ("Procfile", "web: python3 app.py\n"),
+                ("app.py", "print(1)\n"),
+            ])
+            .into(),
+            Duration::from_secs(60),
+            &mut |l| events.push(serde_json::from_str::<pier_model::api::DeployEvent>(l).unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    match events.last().unwrap() {
+        pier_model::api::DeployEvent::Release { release, url } => {
+            assert_eq!(release.version, 1);
+            assert_eq!(url.as_deref(), Some("http://blog.apps.test/"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(events.iter().any(|e| matches!(e, pier_model::api::DeployEvent::Log { log } if log.contains("Procfile declares: web"))));
+    let rel = owner
+        .expect(Method::GET, "/v1/apps/blog/releases/v1", None, 200)
+        .await;
+    assert_eq!(rel.body["processes"]["web"], "python3 app.py");
+    owner
+        .expect(Method::GET, "/v1/apps/blog/releases/abc", None, 422)
+        .await;
+    owner
+        .expect(Method::GET, "/v1/apps/blog/releases/9", None, 404)
+        .await;
+    // Config: a change is a release; bad names refused.
+    let c = owner
+        .expect(
+            Method::PATCH,
+            "/v1/apps/blog/config",
+            Some(json!({"GREETING": "hi"})),
+            200,
+        )
+        .await;
+    assert_eq!(c.body, json!({"config": {"GREETING": "hi"}, "release": 2}));
+    for bad in [
+        json!({"PORT": "1"}),
+        json!({"lower": "x"}),
+        json!({"PIER_X": "1"}),
+        json!({}),
+    ] {
+        owner
+            .expect(Method::PATCH, "/v1/apps/blog/config", Some(bad), 422)
+            .await;
+    }
+    owner
+        .expect(
+            Method::PATCH,
+            "/v1/apps/blog/config",
+            Some(json!({"GREETING": null})),
+            200,
+        )
+        .await;
+    let c = owner
+        .expect(Method::GET, "/v1/apps/blog/config", None, 200)
+        .await;
+    assert_eq!(c.body, json!({"config": {}}));
+    // Formation: web defaults to 1; only the Procfile's types; at most 100.
+    let f = owner
+        .expect(Method::GET, "/v1/apps/blog/formation", None, 200)
+        .await;
+    assert_eq!(f.body, json!({"formation": {"web": 1}}));
+    let f = owner
+        .expect(
+            Method::PATCH,
+            "/v1/apps/blog/formation",
+            Some(json!({"web": 2})),
+            200,
+        )
+        .await;
+    assert_eq!(f.body, json!({"formation": {"web": 2}}));
+    owner
+        .expect(
+            Method::PATCH,
+            "/v1/apps/blog/formation",
+            Some(json!({"worker": 1})),
+            422,
+        )
+        .await;
+    owner
+        .expect(
+            Method::PATCH,
+            "/v1/apps/blog/formation",
+            Some(json!({"web": 101})),
+            422,
+        )
+        .await;
+    let i = owner
+        .expect(Method::GET, "/v1/apps/blog/instances", None, 200)
+        .await;
+    assert_eq!(i.body, json!({"instances": []}));
+    let r = owner
+        .expect(Method::POST, "/v1/apps/blog/restart", Some(json!({})), 202)
+        .await;
+    assert_eq!(r.body["generation"], 1);
+    owner
+        .expect(
+            Method::POST,
+            "/v1/apps/blog/restart",
+            Some(json!({"instance": "web"})),
+            422,
+        )
+        .await;
+    // Rollback without a version: the newest earlier release that has a slug.
+    let r = owner
+        .expect(Method::POST, "/v1/apps/blog/rollback", Some(json!({})), 201)
+        .await;
+    assert_eq!(r.body["version"], 4);
+    assert_eq!(r.body["description"], "Rollback to v2");
+    owner
+        .expect(
+            Method::POST,
+            "/v1/apps/blog/rollback",
+            Some(json!({"version": 9})),
+            404,
+        )
+        .await;
+    // Runners are the operator's; another owner sees nothing of blog.
+    owner.expect(Method::GET, "/v1/runners", None, 403).await;
+    let runners = api
+        .operator()
+        .expect(Method::GET, "/v1/runners", None, 200)
+        .await;
+    assert_eq!(runners.body, json!({"runners": []}));
+    let other = api.app_with_owner("shop").await;
+    other
+        .expect(Method::GET, "/v1/apps/blog/releases", None, 403)
+        .await;
+    other
+        .expect(
+            Method::PATCH,
+            "/v1/apps/blog/formation",
+            Some(json!({"web": 0})),
+            403,
+        )
+        .await;
+}

@@ -9,6 +9,9 @@ use std::io::Write;
 use http::Method;
 use serde_json::{json, Value};
 
+use pier_model::api::{
+    AppList, AppView, BackendList, BackendView, CertView, DomainList, DomainView, TokenView,
+};
 use pier_model::client::{encode_segment, ApiClient, ApiResponse, ClientError};
 
 #[derive(Debug, clap::Parser)]
@@ -232,56 +235,47 @@ pub(crate) fn check(resp: ApiResponse) -> Result<Value, CliError> {
     })
 }
 
-pub(crate) fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
-fn domain_line(d: &Value) -> String {
-    let verified = d.get("verified").and_then(Value::as_bool).unwrap_or(false);
-    if verified {
-        format!("{}\tverified", s(d, "domain"))
-    } else {
-        let path = d
-            .get("challenge")
-            .map(|c| s(c, "path").to_string())
-            .unwrap_or_default();
-        match d.get("claim_expires_at").and_then(Value::as_str) {
-            Some(until) => format!("{}\tpending\t{path}\t{until}", s(d, "domain")),
-            None => format!("{}\tpending\t{path}", s(d, "domain")),
-        }
+fn domain_line(d: &DomainView) -> String {
+    if d.verified {
+        return format!("{}\tverified", d.domain);
+    }
+    let path = d.challenge.as_ref().map(|c| c.path.as_str()).unwrap_or("");
+    match &d.claim_expires_at {
+        Some(until) => format!("{}\tpending\t{path}\t{until}", d.domain),
+        None => format!("{}\tpending\t{path}", d.domain),
     }
 }
 
-fn backend_line(b: &Value) -> String {
-    let live = if b.get("live").and_then(Value::as_bool).unwrap_or(false) {
-        "live"
-    } else {
-        "expired"
-    };
-    let expires = b.get("expires_at_ms").and_then(Value::as_u64).unwrap_or(0);
-    let expires = if expires == 0 {
+fn backend_line(b: &BackendView) -> String {
+    let live = if b.live { "live" } else { "expired" };
+    let expires = if b.expires_at_ms == 0 {
         "no-deadline".to_string()
     } else {
-        format!("expires_at_ms={expires}")
+        format!("expires_at_ms={}", b.expires_at_ms)
     };
-    format!("{}\t{}\t{live}\t{expires}", s(b, "id"), s(b, "address"))
+    format!("{}\t{}\t{live}\t{expires}", b.id, b.address)
 }
 
 /// A certificate's facts, one `FIELD<TAB>VALUE` line each.
-fn cert_lines(c: &Value, out: &mut dyn Write) -> std::io::Result<()> {
-    let names: Vec<&str> = items(c, "names").iter().filter_map(Value::as_str).collect();
-    writeln!(out, "domain\t{}", s(c, "domain"))?;
-    writeln!(out, "names\t{}", names.join(", "))?;
-    for field in [
-        "not_before",
-        "not_after",
-        "fingerprint_sha256",
-        "issuer",
-        "subject",
+fn cert_lines(c: &CertView, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "domain\t{}", c.domain)?;
+    writeln!(out, "names\t{}", c.names.join(", "))?;
+    for (field, value) in [
+        ("not_before", &c.not_before),
+        ("not_after", &c.not_after),
+        ("fingerprint_sha256", &c.fingerprint_sha256),
+        ("issuer", &c.issuer),
+        ("subject", &c.subject),
     ] {
-        writeln!(out, "{field}\t{}", s(c, field))?;
+        writeln!(out, "{field}\t{value}")?;
     }
     Ok(())
+}
+
+/// The API's answer read as its wire type.
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, CliError> {
+    serde_json::from_value(v.clone())
+        .map_err(|e| CliError::Failed(format!("unexpected answer from the API: {e}")))
 }
 
 /// Reads a PEM file named on the command line (a problem with it is a usage error).
@@ -292,13 +286,6 @@ fn read_pem(path: &std::path::Path, what: &str) -> Result<String, CliError> {
             path.display()
         ))
     })
-}
-
-pub(crate) fn items<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key)
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
 }
 
 /// Runs one client verb (anything but `api`), writing its output to `out`.
@@ -435,41 +422,42 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
     match &cli.command {
         Command::Apps(AppsCmd::Create { name }) => writeln!(out, "created app {name}")?,
         Command::Apps(AppsCmd::List) => {
-            for a in items(&v, "apps") {
-                writeln!(out, "{}", s(a, "name"))?;
+            for a in parse::<AppList>(&v)?.apps {
+                writeln!(out, "{}", a.name)?;
             }
         }
         Command::Apps(AppsCmd::Show { .. }) => {
-            writeln!(out, "app {}", s(&v, "name"))?;
-            writeln!(
-                out,
-                "settings {}",
-                v.get("settings").cloned().unwrap_or(Value::Null)
-            )?;
-            for d in items(&v, "domains") {
+            let a: AppView = parse(&v)?;
+            writeln!(out, "app {}", a.name)?;
+            let settings = serde_json::to_string(&a.settings).unwrap_or_default();
+            writeln!(out, "settings {settings}")?;
+            for d in a.domains.iter().flatten() {
                 writeln!(out, "domain\t{}", domain_line(d))?;
             }
-            for b in items(&v, "backends") {
+            for b in a.backends.iter().flatten() {
                 writeln!(out, "backend\t{}", backend_line(b))?;
             }
         }
         Command::Apps(AppsCmd::Update { name, .. }) => writeln!(out, "updated app {name}")?,
         Command::Apps(AppsCmd::Delete { name }) => writeln!(out, "deleted app {name}")?,
         Command::Domains(DomainsCmd::Add { app, .. }) => {
-            let domain = s(&v, "domain");
-            if v.get("verified").and_then(Value::as_bool).unwrap_or(false) {
+            let d: DomainView = parse(&v)?;
+            let domain = &d.domain;
+            if d.verified {
                 writeln!(out, "{domain} routes to {app} (verified)")?;
             } else {
-                let c = v.get("challenge").cloned().unwrap_or(Value::Null);
+                let (path, body) = d
+                    .challenge
+                    .as_ref()
+                    .map(|c| (c.path.as_str(), c.body.as_str()))
+                    .unwrap_or_default();
                 writeln!(out, "{domain} added to {app}, pending verification")?;
                 writeln!(
                     out,
-                    "serve GET {} for Host: {domain} with the body {} from the app, then run:",
-                    s(&c, "path"),
-                    s(&c, "body")
+                    "serve GET {path} for Host: {domain} with the body {body} from the app, then run:"
                 )?;
                 writeln!(out, "  pier domains verify {app} {domain}")?;
-                if let Some(until) = v.get("claim_expires_at").and_then(Value::as_str) {
+                if let Some(until) = &d.claim_expires_at {
                     writeln!(
                         out,
                         "the claim holds {domain} against other apps until {until}"
@@ -478,33 +466,34 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
             }
         }
         Command::Domains(DomainsCmd::List { .. }) => {
-            for d in items(&v, "domains") {
-                writeln!(out, "{}", domain_line(d))?;
+            for d in parse::<DomainList>(&v)?.domains {
+                writeln!(out, "{}", domain_line(&d))?;
             }
         }
         Command::Domains(DomainsCmd::Remove { app, host }) => {
             writeln!(out, "removed {host} from {app}")?
         }
         Command::Domains(DomainsCmd::Verify { .. }) => {
-            writeln!(out, "{} verified", s(&v, "domain"))?
+            writeln!(out, "{} verified", parse::<DomainView>(&v)?.domain)?
         }
         Command::Certs(CertsCmd::Add { app, .. }) => {
-            writeln!(out, "certificate for {} of {app} stored", s(&v, "domain"))?;
-            cert_lines(&v, out)?;
+            let c: CertView = parse(&v)?;
+            writeln!(out, "certificate for {} of {app} stored", c.domain)?;
+            cert_lines(&c, out)?;
         }
-        Command::Certs(CertsCmd::Show { .. }) => cert_lines(&v, out)?,
+        Command::Certs(CertsCmd::Show { .. }) => cert_lines(&parse(&v)?, out)?,
         Command::Certs(CertsCmd::Rm { app, host }) => {
             writeln!(out, "removed the certificate of {host} from {app}")?
         }
         Command::Backends(BackendsCmd::Add { .. } | BackendsCmd::Heartbeat { .. }) => {
-            writeln!(out, "{}", backend_line(&v))?
+            writeln!(out, "{}", backend_line(&parse(&v)?))?
         }
         Command::Backends(BackendsCmd::Remove { app, id }) => {
             writeln!(out, "removed backend {id} of {app}")?
         }
         Command::Backends(BackendsCmd::List { .. }) => {
-            for b in items(&v, "backends") {
-                writeln!(out, "{}", backend_line(b))?;
+            for b in parse::<BackendList>(&v)?.backends {
+                writeln!(out, "{}", backend_line(&b))?;
             }
         }
         Command::Tokens(TokensCmd::Create { app }) => {
@@ -512,7 +501,7 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
                 out,
                 "owner token for app {app} (shown once, only its hash is stored):"
             )?;
-            writeln!(out, "{}", s(&v, "token"))?;
+            writeln!(out, "{}", parse::<TokenView>(&v)?.token)?;
         }
         _ => {}
     }

@@ -5,11 +5,12 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use http::Method;
+use pier_model::api::{AppView, DeployEvent, InstanceList, ReleaseList, RunnerList};
 use pier_model::client::{encode_segment, ApiClient};
 use pier_model::platform::{InstanceStatus, Release, ReleaseStatus};
 use serde_json::{json, Value};
 
-use crate::cli::{check, items, s, Cli, CliError, Command};
+use crate::cli::{check, parse, Cli, CliError, Command};
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -56,11 +57,6 @@ fn printed_json(cli: &Cli, v: &Value, out: &mut dyn Write) -> Result<bool, CliEr
 
 fn app_path(app: &str) -> String {
     format!("/v1/apps/{}", encode_segment(app))
-}
-
-fn parse<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, CliError> {
-    serde_json::from_value(v.clone())
-        .map_err(|e| CliError::Usage(format!("unexpected answer from the API: {e}")))
 }
 
 fn ago(ms: u64) -> String {
@@ -143,9 +139,9 @@ pub async fn run(cli: &Cli, client: &ApiClient, out: &mut dyn Write) -> Result<(
             if printed_json(cli, &v, out)? {
                 return Ok(());
             }
-            let current = v.get("current").and_then(Value::as_u64);
-            for r in items(&v, "releases") {
-                writeln!(out, "{}", release_line(&parse(r)?, current))?;
+            let list: ReleaseList = parse(&v)?;
+            for r in &list.releases {
+                writeln!(out, "{}", release_line(r, list.current))?;
             }
             Ok(())
         }
@@ -204,12 +200,12 @@ pub async fn run(cli: &Cli, client: &ApiClient, out: &mut dyn Write) -> Result<(
             if printed_json(cli, &v, out)? {
                 return Ok(());
             }
-            let list = items(&v, "instances");
-            if list.is_empty() {
+            let list: InstanceList = parse(&v)?;
+            if list.instances.is_empty() {
                 writeln!(out, "{app} has no instances")?;
             }
-            for i in list {
-                writeln!(out, "{}", instance_line(&parse(i)?))?;
+            for i in &list.instances {
+                writeln!(out, "{}", instance_line(i))?;
             }
             Ok(())
         }
@@ -229,7 +225,7 @@ pub async fn run(cli: &Cli, client: &ApiClient, out: &mut dyn Write) -> Result<(
                 let what = instance.clone().unwrap_or_else(|| "every instance".into());
                 writeln!(
                     out,
-                    "restarting {what} of {app}, one at a time (new before old stops)"
+                    "restarting {what} of {app}: each new instance is up before the old one stops"
                 )?;
             }
             Ok(())
@@ -239,23 +235,17 @@ pub async fn run(cli: &Cli, client: &ApiClient, out: &mut dyn Write) -> Result<(
             if printed_json(cli, &v, out)? {
                 return Ok(());
             }
-            for r in items(&v, "runners") {
-                let live = if r.get("live").and_then(Value::as_bool).unwrap_or(false) {
-                    "live"
-                } else {
-                    "dead"
-                };
+            for r in parse::<RunnerList>(&v)?.runners {
+                let live = if r.live { "live" } else { "dead" };
                 writeln!(
                     out,
                     "{}\t{}\t{live}\theartbeat {}ms ago\t{}/{} instances\t{}",
-                    s(r, "id"),
-                    s(r, "address"),
-                    r.get("heartbeat_age_ms")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0),
-                    r.get("instances").and_then(Value::as_u64).unwrap_or(0),
-                    r.get("capacity").and_then(Value::as_u64).unwrap_or(0),
-                    s(r, "limits")
+                    r.runner.id,
+                    r.runner.address,
+                    r.heartbeat_age_ms,
+                    r.instances,
+                    r.runner.capacity,
+                    r.runner.limits
                 )?;
             }
             Ok(())
@@ -389,18 +379,18 @@ pub async fn deploy(
             body,
             Duration::from_secs(900),
             &mut |line| {
-                let Ok(v) = serde_json::from_str::<Value>(line) else {
-                    return;
-                };
-                if let Some(l) = v.get("log").and_then(Value::as_str) {
-                    if let Err(e) = writeln!(out, "{l}").and_then(|()| out.flush()) {
-                        write_err.get_or_insert(e);
+                match serde_json::from_str::<DeployEvent>(line) {
+                    Ok(DeployEvent::Log { log }) => {
+                        if let Err(e) = writeln!(out, "{log}").and_then(|()| out.flush()) {
+                            write_err.get_or_insert(e);
+                        }
                     }
-                } else if let Some(r) = v.get("release") {
-                    release = serde_json::from_value(r.clone()).ok();
-                    url = v.get("url").and_then(Value::as_str).map(str::to_string);
-                } else if let Some(e) = v.get("error").and_then(Value::as_str) {
-                    failure = Some(e.to_string());
+                    Ok(DeployEvent::Release { release: r, url: u }) => {
+                        release = Some(*r);
+                        url = u;
+                    }
+                    Ok(DeployEvent::Error { error }) => failure = Some(error),
+                    Err(_) => {} // a line a newer API added: not ours to read
                 }
             },
         )
@@ -454,10 +444,9 @@ pub async fn deploy(
     if !rel.processes.contains_key("web") {
         writeln!(out, "       no web process: nothing is routed")?;
     }
-    for d in items(&v, "domains") {
-        if d.get("verified").and_then(Value::as_bool).unwrap_or(false) {
-            writeln!(out, "       http://{}/", s(d, "domain"))?;
-        }
+    let shown: AppView = parse(&v)?;
+    for d in shown.domains.iter().flatten().filter(|d| d.verified) {
+        writeln!(out, "       http://{}/", d.domain)?;
     }
     if let Some(url) = url.filter(|_| rel.processes.contains_key("web")) {
         writeln!(out, "       {url}")?;

@@ -7,9 +7,11 @@
 //! that client and knows nothing of Redis (that is `pier-registry` and the services).
 //!
 //! Modules:
+//! - [`api`]: the registry API's request and response bodies.
 //! - [`platform`]: releases, formation, runners, instances; config keys and Procfiles.
 //! - [`client`]: a small HTTP/1.1 client, and [`client::ApiClient`] for the registry API.
 
+pub mod api;
 pub mod client;
 pub mod platform;
 

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// A slug: the built, immutable result of one deploy, named by its content.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlugRef {
     /// SHA-256 of the slug archive (lower-case hex): its name in the slug store and its check.
@@ -17,7 +18,7 @@ pub struct SlugRef {
 }
 
 /// Where a release stands in its rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ReleaseStatus {
     /// Made; its instances are being started (or nothing is to run yet).
@@ -29,13 +30,14 @@ pub enum ReleaseStatus {
 }
 
 /// A numbered release of an app: a slug (absent until the first deploy) and config vars.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Release {
     pub app: String,
     /// 1, 2, 3, ... per app.
     pub version: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub slug: Option<SlugRef>,
     /// The Procfile of the slug: process type → command.
     #[serde(default)]
@@ -49,6 +51,7 @@ pub struct Release {
     pub status: ReleaseStatus,
     /// Why a release failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub reason: Option<String>,
 }
 
@@ -73,9 +76,9 @@ pub fn effective_formation(processes: &BTreeMap<String, String>, set: &Formation
         .collect()
 }
 
-/// A runner machine as it registers itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A runner machine as it registers itself. Unknown fields are allowed: runners of a newer
+/// version may say more than this one knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RunnerRecord {
     pub id: String,
     /// The IP its instances listen on (what the balancers connect to).
@@ -91,7 +94,7 @@ pub struct RunnerRecord {
 }
 
 /// One instance the coordinator wants a runner to run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceSpec {
     /// Unique id: the backend id in the registry and the key of its reports.
@@ -115,7 +118,7 @@ impl InstanceSpec {
 }
 
 /// The life of an instance as its runner sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceState {
     /// Fetching and unpacking its slug.
@@ -133,7 +136,7 @@ pub enum InstanceState {
 }
 
 /// What a runner reports about one instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceStatus {
     pub id: String,
@@ -147,6 +150,7 @@ pub struct InstanceStatus {
     pub state: InstanceState,
     /// `IP:port` it listens on (web), once started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub address: Option<String>,
     /// When the current process started.
     #[serde(default)]
@@ -156,9 +160,11 @@ pub struct InstanceStatus {
     pub restarts: u32,
     /// The last exit, in words ("exit status 3", "signal 9", "health check timed out").
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub last_exit: Option<String>,
     /// When a crashed instance is tried again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub next_try_ms: Option<u64>,
     /// CPU seconds (user + system) of its processes.
     #[serde(default)]

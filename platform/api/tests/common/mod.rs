@@ -26,6 +26,8 @@ pub struct ApiServer {
     pub registry: pier_registry::Registry,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub redis: RedisServer,
+    /// The slug store of an API started with the platform's routes.
+    _slugs: Option<tempfile::TempDir>,
 }
 
 impl ApiServer {
@@ -38,9 +40,35 @@ impl ApiServer {
         Self::start_with(|s| s.with_claim_ttl(ttl)).await
     }
 
+    /// An API server with the platform's routes (deploys, releases, formation, ...).
+    pub async fn start_platform() -> ApiServer {
+        let slugs = tempfile::tempdir().unwrap();
+        let redis = RedisServer::start();
+        let store = pier_store::Store::connect(&redis.url(), "pier:")
+            .await
+            .unwrap();
+        let platform = pier_api::platform::PlatformState {
+            store,
+            slugs: pier_slug::SlugStore::open(&slugs.path().display().to_string()).unwrap(),
+            build: Default::default(),
+            max_upload: 1 << 20,
+            builds: Arc::new(tokio::sync::Semaphore::new(1)),
+            apps_url: Some("http://{app}.apps.test/".into()),
+        };
+        let mut api = Self::start_on(redis, |s| s.with_platform(platform)).await;
+        api._slugs = Some(slugs);
+        api
+    }
+
     /// An API server with settings changed by `configure`.
     pub async fn start_with(configure: impl FnOnce(ApiState) -> ApiState) -> ApiServer {
-        let redis = RedisServer::start();
+        Self::start_on(RedisServer::start(), configure).await
+    }
+
+    async fn start_on(
+        redis: RedisServer,
+        configure: impl FnOnce(ApiState) -> ApiState,
+    ) -> ApiServer {
         let registry = pier_registry::Registry::connect(&redis.url())
             .await
             .unwrap();
@@ -65,6 +93,7 @@ impl ApiServer {
             registry,
             stop: Some(tx),
             redis,
+            _slugs: None,
         }
     }
 
@@ -238,26 +267,47 @@ pub fn validate(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), 
         assert!(target.is_object(), "dangling $ref {r}");
         return validate(doc, target, v, at);
     }
-    if v.is_null() && schema.get("nullable") == Some(&Value::Bool(true)) {
-        return Ok(());
-    }
     if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
         for s in all {
             validate(doc, s, v, at)?;
         }
     }
-    if let Some(t) = schema.get("type").and_then(Value::as_str) {
-        let ok = match t {
-            "object" => v.is_object(),
-            "array" => v.is_array(),
-            "string" => v.is_string(),
-            "integer" => v.is_i64() || v.is_u64(),
-            "number" => v.is_number(),
-            "boolean" => v.is_boolean(),
-            other => return Err(format!("schema type {other} unknown")),
-        };
+    if let Some(one) = schema.get("oneOf").and_then(Value::as_array) {
+        let matching = one
+            .iter()
+            .filter(|s| validate(doc, s, v, at).is_ok())
+            .count();
+        if matching != 1 {
+            return Err(format!(
+                "{at}: {v} matches {matching} of the oneOf schemas, not exactly one"
+            ));
+        }
+    }
+    // OpenAPI 3.1: `type` is a name or a list of names ("null" among them for optional values).
+    let types: Vec<&str> = match schema.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !types.is_empty() {
+        let mut ok = false;
+        for t in &types {
+            ok |= match *t {
+                "object" => v.is_object(),
+                "array" => v.is_array(),
+                "string" => v.is_string(),
+                "integer" => v.is_i64() || v.is_u64(),
+                "number" => v.is_number(),
+                "boolean" => v.is_boolean(),
+                "null" => v.is_null(),
+                other => return Err(format!("schema type {other} unknown")),
+            };
+        }
         if !ok {
-            return Err(format!("{at}: expected {t}, got {v}"));
+            return Err(format!("{at}: expected {types:?}, got {v}"));
+        }
+        if v.is_null() {
+            return Ok(());
         }
     }
     if let Some(e) = schema.get("enum").and_then(Value::as_array) {
@@ -284,12 +334,18 @@ pub fn validate(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), 
         }
         let props = schema.get("properties").and_then(Value::as_object);
         for (k, val) in obj {
-            match props.and_then(|p| p.get(k)) {
-                Some(s) => validate(doc, s, val, &format!("{at}.{k}"))?,
-                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+            match (
+                props.and_then(|p| p.get(k)),
+                schema.get("additionalProperties"),
+            ) {
+                (Some(s), _) => validate(doc, s, val, &format!("{at}.{k}"))?,
+                (None, Some(Value::Bool(false))) => {
                     return Err(format!("{at}: field {k} is not declared"))
                 }
-                None => {}
+                (None, Some(extra @ Value::Object(_))) => {
+                    validate(doc, extra, val, &format!("{at}.{k}"))?
+                }
+                (None, _) => {}
             }
         }
     }

@@ -1,0 +1,334 @@
+//! The registry API's request and response bodies: one Rust type per wire shape, used by the
+//! server to answer, by clients to read, and by the OpenAPI document (`ToSchema`) to describe.
+
+use std::collections::BTreeMap;
+
+use pier_registry::model::{AppRecord, TimeoutsRecord};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::platform::{InstanceStatus, Release, RunnerRecord};
+
+/// The JSON body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// Short code: bad-request, unauthorized, forbidden, not-found, method-not-allowed,
+    /// conflict, too-large, unprocessable, verification-failed, registry-unavailable, internal.
+    pub error: String,
+    /// What was wrong, for a human.
+    pub reason: String,
+}
+
+/// Liveness, with the registry's version.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub registry_version: u64,
+}
+
+/// An app: its settings, and in `GET /v1/apps/{app}` its domains and backends.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = App)]
+pub struct AppView {
+    pub name: String,
+    pub settings: AppRecord,
+    /// Only in `GET /v1/apps/{app}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub domains: Option<Vec<DomainView>>,
+    /// Only in `GET /v1/apps/{app}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub backends: Option<Vec<BackendView>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AppList {
+    pub apps: Vec<AppView>,
+}
+
+/// AppSettings fields to replace; `null` resets a field to its default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettingsPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<Option<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Option<u32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Option<TimeoutsRecord>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Option<pier_registry::model::ActionRecord>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spin: Option<Option<bool>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect: Option<Option<bool>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_protocol: Option<Option<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewApp {
+    pub name: String,
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub settings: Option<AppRecord>,
+}
+
+/// While a domain is pending: the app must answer `GET <path>` for `Host: <domain>` with
+/// `<body>`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChallengeView {
+    /// Path the app must answer, for the domain's `Host`.
+    pub path: String,
+    /// Exact body it must answer with.
+    pub body: String,
+}
+
+/// When a domain's certificate expires and which one it is (in the app view).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CertSummary {
+    pub not_after: String,
+    pub fingerprint_sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = Domain)]
+pub struct DomainView {
+    pub domain: String,
+    pub app: String,
+    /// Only verified domains are routed.
+    pub verified: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub challenge: Option<ChallengeView>,
+    /// While pending: when the claim stops holding the name against other apps (RFC 3339;
+    /// `pier api --claim-ttl-hours`, 72 by default); after it another app may claim it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub claim_expires_at: Option<String>,
+    /// In the app view only: the domain's certificate, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub certificate: Option<CertSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DomainList {
+    pub domains: Vec<DomainView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDomain {
+    pub domain: String,
+    /// Operator only: add the domain as verified, skipping the ownership check.
+    #[serde(default)]
+    pub verified: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// Operator only: mark verified without running the check.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = Backend)]
+pub struct BackendView {
+    pub id: String,
+    pub address: String,
+    /// Liveness deadline, ms since the epoch; 0 = none.
+    pub expires_at_ms: u64,
+    /// Whether the balancer considers it now (its deadline is not past).
+    pub live: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackendList {
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewBackend {
+    /// IP:port.
+    pub address: String,
+    /// Instance id (default: generated).
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub id: Option<String>,
+    /// Seconds until the backend expires unless a heartbeat extends it; absent = never.
+    #[serde(default)]
+    #[schema(nullable = false, minimum = 1)]
+    pub ttl_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = Heartbeat)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    #[schema(minimum = 1)]
+    pub ttl_s: u64,
+}
+
+/// A certificate upload. No `Debug`: it holds a private key.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCert {
+    /// PEM: the certificate, then its intermediates.
+    pub cert: String,
+    /// PEM: its private key (PKCS#8, PKCS#1 or SEC1); never returned.
+    pub key: String,
+}
+
+/// A domain's certificate, without its private key.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = Cert)]
+pub struct CertView {
+    pub domain: String,
+    /// The certificate's DNS names (subjectAltName).
+    pub names: Vec<String>,
+    /// Validity window, RFC 3339 (UTC).
+    pub not_before: String,
+    pub not_after: String,
+    /// SHA-256 of the leaf certificate (DER), lower-case hex.
+    pub fingerprint_sha256: String,
+    pub issuer: String,
+    pub subject: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub app: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = Token)]
+pub struct TokenView {
+    /// Shown once; only its SHA-256 is stored.
+    pub token: String,
+    pub role: String,
+    pub app: String,
+}
+
+// ------------------------------------------------------------------- platform
+
+/// One line of a deploy's answer (`application/x-ndjson`): the build's output as it runs, then
+/// the release made or why there is none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DeployEvent {
+    Log {
+        log: String,
+    },
+    Release {
+        release: Box<Release>,
+        /// Where the app answers (`pier api --apps-url`).
+        url: Option<String>,
+    },
+    Error {
+        error: String,
+    },
+}
+
+impl DeployEvent {
+    /// The event as one NDJSON line.
+    pub fn line(&self) -> bytes::Bytes {
+        let mut text = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
+        text.push('\n');
+        bytes::Bytes::from(text)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReleaseList {
+    /// The release that should run.
+    pub current: Option<u64>,
+    /// Newest first.
+    pub releases: Vec<Release>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[schema(as = Rollback)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The release to go back to (default: the newest earlier one that did not fail).
+    #[serde(default)]
+    #[schema(nullable = false, minimum = 1)]
+    pub version: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = Config)]
+pub struct ConfigView {
+    pub config: BTreeMap<String, String>,
+    /// The release the change made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub release: Option<u64>,
+}
+
+/// Config vars to set (a string) or unset (`null`). Names match `[A-Z_][A-Z0-9_]*`; `PORT` and
+/// `PIER_*` are the platform's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(transparent)]
+pub struct ConfigPatch(pub BTreeMap<String, Option<String>>);
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = Formation)]
+pub struct FormationView {
+    /// Instances per process type of the current release.
+    pub formation: BTreeMap<String, u32>,
+}
+
+/// Instances wanted per process type, e.g. `{"web": 3}` (0 to 100).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(transparent)]
+pub struct FormationPatch(pub BTreeMap<String, u32>);
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstanceList {
+    pub instances: Vec<InstanceStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestartRequest {
+    /// One instance (`web.1`); absent: all of them.
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub instance: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Restarted {
+    pub generation: u64,
+    pub instance: Option<String>,
+}
+
+/// A runner as the operator sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunnerView {
+    #[serde(flatten)]
+    pub runner: RunnerRecord,
+    /// Its heartbeat is recent enough for the coordinator to use it.
+    pub live: bool,
+    pub heartbeat_age_ms: u64,
+    /// Instances assigned to it.
+    pub instances: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunnerList {
+    pub runners: Vec<RunnerView>,
+}
