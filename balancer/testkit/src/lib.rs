@@ -8,6 +8,7 @@
 //! Modules:
 //! - [`net`]: free loopback ports, a raw HTTP GET, a tiny HTTP app ([`net::TestBackend`]).
 //! - [`redis_server`]: [`RedisServer`], a private `redis-server` process.
+//! - [`postgres_server`]: [`PostgresServer`], a private PostgreSQL server (password auth).
 //! - [`process`]: the workspace's binaries, [`process::Output`] of a run, waiting for a condition.
 //! - [`certs`]: self-signed certificates.
 //! - [`balancer`]: a `pier-balancer` process following a Redis registry.
@@ -16,9 +17,11 @@
 pub mod balancer;
 pub mod certs;
 pub mod net;
+pub mod postgres_server;
 pub mod process;
 pub mod redis_server;
 
 pub use net::{free_port, http_get, TestBackend};
+pub use postgres_server::PostgresServer;
 pub use process::{wait_until, workspace_binary, Output};
 pub use redis_server::RedisServer;

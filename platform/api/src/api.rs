@@ -436,6 +436,17 @@ pub async fn delete_app(state: &ApiState, caller: &Caller, app: &str) -> Reply {
     // Deleting is the operator's, like creating. The app's owner tokens go with it, so an app
     // re-created under the same name does not fall to the old owner.
     caller.require_operator("delete apps")?;
+    // An add-on holds the app's data: it is destroyed on purpose, with its own confirmation.
+    if let Some(p) = &state.platform {
+        let addons = p.store.addons(app).await?;
+        if !addons.is_empty() {
+            let kinds: Vec<&str> = addons.iter().map(|a| a.kind.as_str()).collect();
+            return Err(ApiError::Conflict(format!(
+                "app {app:?} has add-ons ({}): destroy them first",
+                kinds.join(", ")
+            )));
+        }
+    }
     // Tokens first: if this fails the app is still there and the DELETE can be retried; the
     // other way round a retry would answer 404 and leave the old owner's tokens behind.
     let revoked = state.registry().delete_app_tokens(app).await?;

@@ -35,6 +35,10 @@ pub enum ApiError {
     /// Redis did not answer (or answered with an error): retrying later may work.
     #[error("registry unavailable: {0}")]
     Unavailable(String),
+    /// An add-on server (the operator's PostgreSQL or Redis) failed or is unreachable; nothing
+    /// was left half-made, so trying again later works.
+    #[error("add-on server failed: {0}")]
+    AddonServer(String),
     /// Bad data in the registry or a bug: not the client's fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -56,6 +60,7 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "verification-failed")
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "registry-unavailable"),
+            ApiError::AddonServer(_) => (StatusCode::BAD_GATEWAY, "addon-server-failed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -72,6 +77,7 @@ impl ApiError {
             | ApiError::Unprocessable(r)
             | ApiError::VerificationFailed(r)
             | ApiError::Unavailable(r)
+            | ApiError::AddonServer(r)
             | ApiError::Internal(r) => r,
         }
     }

@@ -13,6 +13,7 @@
 //! - [`router`]: the route table, matched by method and path; the one list of routes.
 //! - [`auth`]: tokens (made, hashed, stored hashed) and who a caller is.
 //! - [`api`]: the handlers and their request and response bodies.
+//! - [`addons`]: per-app PostgreSQL databases and Redis users.
 //! - [`platform`]: deploys, releases, config vars, formation, instances, runners.
 //! - [`verify`]: the pluggable ownership check of custom domains and its HTTP implementation.
 //! - [`netpolicy`]: which addresses owners may register as backends.
@@ -21,6 +22,7 @@
 
 #![recursion_limit = "512"]
 
+pub mod addons;
 pub mod api;
 pub mod auth;
 pub mod error;

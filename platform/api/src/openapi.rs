@@ -29,6 +29,7 @@ fn status_text(status: u16) -> &'static str {
             "Invalid values (app name, hostname, address, settings, certificate) or a failed domain check"
         }
         500 => "Bad data in the registry, or a bug",
+        502 => "The add-on server (the operator's PostgreSQL or Redis) failed or is unreachable; nothing was left half-made",
         503 => "The registry (Redis) is unavailable",
         _ => "",
     }
@@ -94,6 +95,7 @@ fn path_params(names: &[&str]) -> Value {
         "app" => "App name",
         "domain" => "Domain pattern (percent-encode '*' as %2A if your client needs to)",
         "version" => "Release number (3 or v3)",
+        "kind" => "Add-on kind: postgres or redis",
         _ => "Backend instance id",
     };
     Value::Array(
@@ -141,6 +143,9 @@ fn path_params(names: &[&str]) -> Value {
     wire::RestartRequest,
     wire::Restarted,
     wire::RunnerList,
+    wire::AddonList,
+    wire::NewAddon,
+    wire::DestroyAddon,
     pier_model::platform::Release,
 )))]
 struct Wire;
@@ -262,7 +267,7 @@ pub fn document() -> Value {
                 body: None,
                 optional_body: false,
                 ok: &[(204, None)],
-                errors: &[403, 404],
+                errors: &[403, 404, 409],
             },
         ),
         (
@@ -585,6 +590,48 @@ pub fn document() -> Value {
                 optional_body: false,
                 ok: &[(200, Some("RunnerList"))],
                 errors: &[403],
+            },
+        ),
+        (
+            "/v1/apps/{app}/addons",
+            "get",
+            app,
+            Op {
+                id: "listAddons",
+                summary: "An app's add-ons, with the config vars (credentials) they set",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("AddonList"))],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}/addons",
+            "post",
+            app,
+            Op {
+                id: "createAddon",
+                summary: "Make a PostgreSQL database or a Redis user of the app's own (201), or finish making it (200; a repeated create makes no second one); sets its config vars as a new release",
+                authed: true,
+                body: Some("NewAddon"),
+                optional_body: false,
+                ok: &[(200, Some("Addon")), (201, Some("Addon"))],
+                errors: &[403, 404, 409, 422, 502],
+            },
+        ),
+        (
+            "/v1/apps/{app}/addons/{kind}",
+            "delete",
+            &["app", "kind"][..],
+            Op {
+                id: "destroyAddon",
+                summary: "Drop an add-on and its data; the body must confirm with the app's name",
+                authed: true,
+                body: Some("DestroyAddon"),
+                optional_body: true,
+                ok: &[(204, None)],
+                errors: &[403, 404, 409, 422, 502],
             },
         ),
     ];

@@ -34,6 +34,8 @@ pub struct PlatformState {
     pub max_upload: usize,
     /// Builds at once (they are CPU-heavy; more wait their turn).
     pub builds: Arc<Semaphore>,
+    /// The operator's servers add-ons are made on.
+    pub addon_servers: crate::addons::AddonServers,
     /// Where apps answer, with `{app}` for the app's name (`http://{app}.example.net/`), as the
     /// balancers' `app_domains` make it; told to the deploying user.
     pub apps_url: Option<String>,

@@ -38,6 +38,9 @@ pub enum RouteId {
     ListInstances,
     Restart,
     ListRunners,
+    ListAddons,
+    CreateAddon,
+    DestroyAddon,
 }
 
 /// One method and path pattern; `{name}` segments are parameters.
@@ -140,6 +143,13 @@ pub static ROUTES: &[Route] = &[
     ),
     route(Method::POST, "/v1/apps/{app}/restart", RouteId::Restart),
     route(Method::GET, "/v1/runners", RouteId::ListRunners),
+    route(Method::GET, "/v1/apps/{app}/addons", RouteId::ListAddons),
+    route(Method::POST, "/v1/apps/{app}/addons", RouteId::CreateAddon),
+    route(
+        Method::DELETE,
+        "/v1/apps/{app}/addons/{kind}",
+        RouteId::DestroyAddon,
+    ),
 ];
 
 /// The outcome of matching a request line against [`ROUTES`].

@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::api::{self, ApiState};
 use crate::error::ApiError;
 use crate::openapi;
-use crate::platform;
 use crate::router::{self, Match, RouteId};
+use crate::{addons, platform};
 use pier_model::api::ErrorBody;
 
 /// Largest request body accepted: app settings with a static page fit well within it.
@@ -269,6 +269,9 @@ async fn dispatch(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Answe
         RouteId::ListInstances => platform::list_instances(state, &caller, p(0)).await,
         RouteId::Restart => platform::restart(state, &caller, p(0), &body).await,
         RouteId::ListRunners => platform::list_runners(state, &caller).await,
+        RouteId::ListAddons => addons::list(state, &caller, p(0)).await,
+        RouteId::CreateAddon => addons::create(state, &caller, p(0), &body).await,
+        RouteId::DestroyAddon => addons::destroy(state, &caller, p(0), p(1), &body).await,
     };
     Ok(reply?.into())
 }

@@ -1463,3 +1463,158 @@ async fn platform_routes_answer_as_the_document_says() {
         )
         .await;
 }
+
+#[tokio::test]
+async fn addons_are_made_once_set_config_vars_and_need_a_confirmation_to_go() {
+    let mut pg = pier_testkit::PostgresServer::start();
+    let shared = pier_testkit::RedisServer::start();
+    let api = ApiServer::start_platform_with(pier_api::addons::AddonServers {
+        postgres: Some(pier_addons::postgres::Postgres::new(&pg.admin_url(), 5).unwrap()),
+        redis: Some(pier_addons::redis::SharedRedis::new(&shared.url()).unwrap()),
+    })
+    .await;
+    let blog = api.app_with_owner("blog").await;
+    let a = blog
+        .expect(
+            Method::POST,
+            "/v1/apps/blog/addons",
+            Some(json!({"kind": "postgres"})),
+            201,
+        )
+        .await;
+    assert_eq!(a.body["resource"], "pier_blog");
+    let url = a.body["config"]["DATABASE_URL"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(url.starts_with("postgres://pier_blog:"), "{url}");
+    // Again (a retry after a timeout): the same add-on, no second database or release.
+    let again = blog
+        .expect(
+            Method::POST,
+            "/v1/apps/blog/addons",
+            Some(json!({"kind": "postgres"})),
+            200,
+        )
+        .await;
+    assert_eq!(again.body["config"]["DATABASE_URL"], url.as_str());
+    let c = blog
+        .expect(Method::GET, "/v1/apps/blog/config", None, 200)
+        .await;
+    assert_eq!(c.body["config"]["DATABASE_URL"], url.as_str());
+    let r = blog
+        .expect(
+            Method::POST,
+            "/v1/apps/blog/addons",
+            Some(json!({"kind": "redis"})),
+            201,
+        )
+        .await;
+    assert_eq!(r.body["config"]["REDIS_PREFIX"], "blog:");
+    let rel = blog
+        .expect(Method::GET, "/v1/apps/blog/releases", None, 200)
+        .await;
+    assert_eq!(
+        rel.body["releases"].as_array().unwrap().len(),
+        2,
+        "one release per add-on"
+    );
+    let list = blog
+        .expect(Method::GET, "/v1/apps/blog/addons", None, 200)
+        .await;
+    assert_eq!(list.body["addons"].as_array().unwrap().len(), 2);
+    // Refusals: unknown kind or plan, no confirmation (nothing happens), another app's add-on.
+    blog.expect(
+        Method::POST,
+        "/v1/apps/blog/addons",
+        Some(json!({"kind": "mysql"})),
+        422,
+    )
+    .await;
+    blog.expect(
+        Method::POST,
+        "/v1/apps/blog/addons",
+        Some(json!({"kind": "redis", "plan": "dedicated"})),
+        422,
+    )
+    .await;
+    blog.expect(
+        Method::DELETE,
+        "/v1/apps/blog/addons/postgres",
+        Some(json!({})),
+        422,
+    )
+    .await;
+    blog.expect(
+        Method::DELETE,
+        "/v1/apps/blog/addons/postgres",
+        Some(json!({"confirm": "shop"})),
+        422,
+    )
+    .await;
+    let shop = api.app_with_owner("shop").await;
+    shop.expect(Method::GET, "/v1/apps/blog/addons", None, 403)
+        .await;
+    // The app cannot be deleted while it has add-ons.
+    api.operator()
+        .expect(Method::DELETE, "/v1/apps/blog", None, 409)
+        .await;
+    // Destroyed with the confirmation: 204, its config var unset; then 404.
+    blog.expect(
+        Method::DELETE,
+        "/v1/apps/blog/addons/postgres",
+        Some(json!({"confirm": "blog"})),
+        204,
+    )
+    .await;
+    let c = blog
+        .expect(Method::GET, "/v1/apps/blog/config", None, 200)
+        .await;
+    assert!(c.body["config"].get("DATABASE_URL").is_none(), "{}", c.body);
+    blog.expect(
+        Method::DELETE,
+        "/v1/apps/blog/addons/postgres",
+        Some(json!({"confirm": "blog"})),
+        404,
+    )
+    .await;
+    // A server that is down: 502 with the reason, nothing recorded, and a later try works.
+    pg.kill();
+    let down = shop
+        .expect(
+            Method::POST,
+            "/v1/apps/shop/addons",
+            Some(json!({"kind": "postgres"})),
+            502,
+        )
+        .await;
+    assert!(down.reason().contains("PostgreSQL"), "{}", down.text);
+    let list = shop
+        .expect(Method::GET, "/v1/apps/shop/addons", None, 200)
+        .await;
+    assert_eq!(list.body, json!({"addons": []}));
+}
+
+#[tokio::test]
+async fn addons_without_a_server_are_refused_with_the_reason() {
+    let api = ApiServer::start_platform().await;
+    let blog = api.app_with_owner("blog").await;
+    let r = blog
+        .expect(
+            Method::POST,
+            "/v1/apps/blog/addons",
+            Some(json!({"kind": "postgres"})),
+            422,
+        )
+        .await;
+    assert!(r.reason().contains("--addon-postgres"), "{}", r.text);
+    let r = blog
+        .expect(
+            Method::POST,
+            "/v1/apps/blog/addons",
+            Some(json!({"kind": "redis"})),
+            422,
+        )
+        .await;
+    assert!(r.reason().contains("--addon-redis"), "{}", r.text);
+}

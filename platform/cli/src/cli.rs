@@ -80,6 +80,8 @@ pub enum Command {
     },
     /// The runners, with their heartbeat age and load (operator).
     Runners,
+    /// An app's add-ons (a PostgreSQL database, a Redis): list, create, destroy.
+    Addons(crate::platform_verbs::AddonsArgs),
     /// Create, list, show, update and delete apps.
     #[command(subcommand)]
     Apps(AppsCmd),
@@ -320,7 +322,8 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
         | Command::Scale { .. }
         | Command::Ps { .. }
         | Command::Restart { .. }
-        | Command::Runners => return crate::platform_verbs::run(cli, &client, out).await,
+        | Command::Runners
+        | Command::Addons(_) => return crate::platform_verbs::run(cli, &client, out).await,
         Command::Apps(AppsCmd::Create { name }) => (
             Method::POST,
             "/v1/apps".to_string(),

@@ -5,12 +5,42 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use http::Method;
-use pier_model::api::{AppView, DeployEvent, InstanceList, ReleaseList, RunnerList};
+use pier_model::api::{
+    AddonList, AddonView, AppView, DeployEvent, InstanceList, ReleaseList, RunnerList,
+};
 use pier_model::client::{encode_segment, ApiClient};
 use pier_model::platform::{InstanceStatus, Release, ReleaseStatus};
 use serde_json::{json, Value};
 
 use crate::cli::{check, parse, Cli, CliError, Command};
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AddonsArgs {
+    /// List APP's add-ons.
+    pub app: Option<String>,
+    #[command(subcommand)]
+    pub cmd: Option<AddonsCmd>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AddonsCmd {
+    /// Make an add-on: postgres (a database of the app's own) or redis (a user limited to the
+    /// app's key prefix); sets DATABASE_URL, or REDIS_URL and REDIS_PREFIX, as a new release.
+    Create {
+        app: String,
+        kind: String,
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// Drop an add-on and its data (the app's name must be repeated with --confirm).
+    Destroy {
+        app: String,
+        kind: String,
+        #[arg(long)]
+        confirm: Option<String>,
+    },
+}
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -250,6 +280,7 @@ pub async fn run(cli: &Cli, client: &ApiClient, out: &mut dyn Write) -> Result<(
             }
             Ok(())
         }
+        Command::Addons(args) => addons(cli, client, args, out).await,
         _ => Err(CliError::Usage("not a platform verb".into())),
     }
 }
@@ -261,6 +292,88 @@ fn print_formation(cli: &Cli, v: &Value, out: &mut dyn Write) -> Result<(), CliE
     if let Some(f) = v.get("formation").and_then(Value::as_object) {
         let parts: Vec<String> = f.iter().map(|(k, n)| format!("{k}={n}")).collect();
         writeln!(out, "{}", parts.join(" "))?;
+    }
+    Ok(())
+}
+
+async fn addons(
+    cli: &Cli,
+    client: &ApiClient,
+    args: &AddonsArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let print = |a: &AddonView, out: &mut dyn Write| -> Result<(), CliError> {
+        let state = match a.state {
+            pier_model::platform::AddonState::Ready => "ready",
+            pier_model::platform::AddonState::Provisioning => "provisioning",
+        };
+        let vars: Vec<&str> = a.config.keys().map(String::as_str).collect();
+        writeln!(
+            out,
+            "{}\t{}\t{state}\t{}\t{}",
+            a.kind,
+            a.plan,
+            a.resource,
+            vars.join(",")
+        )?;
+        Ok(())
+    };
+    match (&args.cmd, &args.app) {
+        (Some(AddonsCmd::Create { app, kind, plan }), _) => {
+            let mut body = json!({ "kind": kind });
+            if let Some(p) = plan {
+                body["plan"] = json!(p);
+            }
+            let v = call(
+                client,
+                Method::POST,
+                &format!("{}/addons", app_path(app)),
+                Some(&body),
+            )
+            .await?;
+            if !printed_json(cli, &v, out)? {
+                let a: AddonView = parse(&v)?;
+                print(&a, out)?;
+                let vars: Vec<&str> = a.config.keys().map(String::as_str).collect();
+                writeln!(
+                    out,
+                    "{app}: {} set (a new release); `pier config {app}` shows the values",
+                    vars.join(", ")
+                )?;
+            }
+        }
+        (Some(AddonsCmd::Destroy { app, kind, confirm }), _) => {
+            let body = json!({ "confirm": confirm });
+            let path = format!("{}/addons/{}", app_path(app), encode_segment(kind));
+            call(client, Method::DELETE, &path, Some(&body)).await?;
+            if !cli.json {
+                writeln!(out, "{app}: {kind} add-on destroyed, its data dropped")?;
+            }
+        }
+        (None, Some(app)) => {
+            let v = call(
+                client,
+                Method::GET,
+                &format!("{}/addons", app_path(app)),
+                None,
+            )
+            .await?;
+            if !printed_json(cli, &v, out)? {
+                let list: AddonList = parse(&v)?;
+                if list.addons.is_empty() {
+                    writeln!(out, "{app} has no add-ons")?;
+                }
+                for a in &list.addons {
+                    print(a, out)?;
+                }
+            }
+        }
+        (None, None) => {
+            return Err(CliError::Usage(
+                "pier addons APP | create APP postgres|redis | destroy APP KIND --confirm APP"
+                    .into(),
+            ))
+        }
     }
     Ok(())
 }

@@ -63,6 +63,17 @@ pub struct ApiArgs {
     /// `http://{app}.apps.example.net/` for balancers with `app_domains = ["apps.example.net"]`.
     #[arg(long, env = "PIER_APPS_URL")]
     pub apps_url: Option<String>,
+    /// The PostgreSQL server apps' databases are made on: an admin URL
+    /// (postgres://USER:PASSWORD@HOST:PORT/DB, a superuser or a CREATEROLE CREATEDB role).
+    #[arg(long, env = "PIER_ADDON_POSTGRES_URL", hide_env_values = true)]
+    pub addon_postgres: Option<String>,
+    /// Connections each app's database role may hold at once.
+    #[arg(long, default_value_t = 20)]
+    pub addon_postgres_connection_limit: u32,
+    /// The shared Redis apps' users are made on (redis://[:PASSWORD@]HOST:PORT/DB, a user allowed
+    /// ACL SETUSER). Never the registry's Redis unless named here.
+    #[arg(long, env = "PIER_ADDON_REDIS_URL", hide_env_values = true)]
+    pub addon_redis: Option<String>,
 }
 
 /// Where the registry and the platform state live (every service's first two flags).
@@ -280,6 +291,22 @@ pub async fn serve_api(
     if let Some(p) = &args.python {
         build.python = p.clone();
     }
+    let addon_servers = pier_api::addons::AddonServers {
+        postgres: args
+            .addon_postgres
+            .as_deref()
+            .map(|url| {
+                pier_addons::postgres::Postgres::new(url, args.addon_postgres_connection_limit)
+            })
+            .transpose()
+            .context("--addon-postgres")?,
+        redis: args
+            .addon_redis
+            .as_deref()
+            .map(pier_addons::redis::SharedRedis::new)
+            .transpose()
+            .context("--addon-redis")?,
+    };
     let state = Arc::new(
         ApiState::new(
             registry,
@@ -305,6 +332,7 @@ pub async fn serve_api(
             max_upload: args.max_upload_mb.saturating_mul(1 << 20),
             builds: Arc::new(tokio::sync::Semaphore::new(2)),
             apps_url: args.apps_url.clone(),
+            addon_servers,
         }),
     );
     let listener = tokio::net::TcpListener::bind(args.listen)

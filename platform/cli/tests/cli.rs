@@ -400,3 +400,56 @@ fn certs_add_show_rm() {
     let out = api.pier(owner, &["certs", "rm", "shop", "shop.test"]);
     assert_eq!(out.code, 1, "{out:?}");
 }
+
+#[test]
+fn addons_verbs() {
+    let shared = common::RedisServer::start();
+    let slugs = tempfile::tempdir().unwrap();
+    let api = ApiProcess::start_with(&[
+        "--slug-store",
+        &slugs.path().display().to_string(),
+        "--addon-redis",
+        &shared.url(),
+    ]);
+    let op = Some(OPERATOR);
+    api.pier(op, &["apps", "create", "blog"]).ok();
+    let out = api.pier(op, &["addons", "create", "blog", "redis"]).ok();
+    assert!(
+        out.stdout.starts_with("redis\tshared\tready\tpier-blog\t"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("REDIS_PREFIX, REDIS_URL set"),
+        "{out:?}"
+    );
+    let out = api.pier(op, &["addons", "blog"]).ok();
+    assert_eq!(out.stdout.lines().count(), 1, "{out:?}");
+    let out = api.pier(op, &["config", "blog"]).ok();
+    assert!(out.stdout.contains("REDIS_PREFIX=blog:"), "{out:?}");
+    // PostgreSQL is not configured: refused with what to do.
+    let out = api.pier(op, &["addons", "create", "blog", "postgres"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("--addon-postgres"), "{out:?}");
+    // Destroy needs the app's name repeated; nothing happens without it.
+    let out = api.pier(op, &["addons", "destroy", "blog", "redis"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("confirm"), "{out:?}");
+    assert_eq!(
+        api.pier(op, &["addons", "blog"])
+            .ok()
+            .stdout
+            .lines()
+            .count(),
+        1
+    );
+    api.pier(
+        op,
+        &["addons", "destroy", "blog", "redis", "--confirm", "blog"],
+    )
+    .ok();
+    let out = api.pier(op, &["addons", "blog"]).ok();
+    assert!(out.stdout.contains("blog has no add-ons"), "{out:?}");
+    // The credentials never reached the API's log.
+    let log = api.log_text();
+    assert!(!log.contains("redis://pier-blog:"), "{log}");
+}

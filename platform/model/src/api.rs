@@ -7,7 +7,7 @@ use pier_registry::model::{AppRecord, TimeoutsRecord};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::platform::{InstanceStatus, Release, RunnerRecord};
+use crate::platform::{AddonRecord, AddonState, InstanceStatus, Release, RunnerRecord};
 
 /// The JSON body of every error response.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -331,4 +331,58 @@ pub struct RunnerView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunnerList {
     pub runners: Vec<RunnerView>,
+}
+
+/// An app's add-on, with the config vars (credentials) it set on the app.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = Addon)]
+pub struct AddonView {
+    /// `postgres` or `redis`.
+    pub kind: String,
+    /// `standard` (postgres), `shared` (redis).
+    pub plan: String,
+    pub state: AddonState,
+    /// The database, or the Redis user, made for the app.
+    pub resource: String,
+    /// The config vars it set: `DATABASE_URL`; `REDIS_URL` and `REDIS_PREFIX`.
+    pub config: BTreeMap<String, String>,
+    pub created_ms: u64,
+}
+
+impl From<&AddonRecord> for AddonView {
+    fn from(r: &AddonRecord) -> Self {
+        AddonView {
+            kind: r.kind.clone(),
+            plan: r.plan.clone(),
+            state: r.state,
+            resource: r.resource.clone(),
+            config: r.config.clone(),
+            created_ms: r.created_ms,
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct AddonList {
+    pub addons: Vec<AddonView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAddon {
+    /// `postgres` or `redis`.
+    pub kind: String,
+    /// `standard` for postgres (the default); `shared` for redis (the default).
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub plan: Option<String>,
+}
+
+/// Destroying an add-on drops its data: the app's name must be repeated.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DestroyAddon {
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub confirm: Option<String>,
 }

@@ -175,6 +175,48 @@ pub struct InstanceStatus {
     pub updated_ms: u64,
 }
 
+/// Where an add-on stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AddonState {
+    /// Being made: a create repeated now finishes it with the same credentials.
+    Provisioning,
+    /// Made, and its config vars set on the app.
+    Ready,
+}
+
+/// An app's add-on as the platform keeps it (with its password, for idempotent retries). Never
+/// logged; the API shows it (as [`crate::api::AddonView`]) to the app's owner and the operator.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddonRecord {
+    pub app: String,
+    /// `postgres` or `redis`.
+    pub kind: String,
+    pub plan: String,
+    pub state: AddonState,
+    pub password: String,
+    /// What it made on the server: the database, or the Redis user.
+    #[serde(default)]
+    pub resource: String,
+    /// The config vars it sets on the app (`DATABASE_URL`; `REDIS_URL`, `REDIS_PREFIX`).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    pub created_ms: u64,
+}
+
+impl std::fmt::Debug for AddonRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Credentials stay out of debug output.
+        f.debug_struct("AddonRecord")
+            .field("app", &self.app)
+            .field("kind", &self.kind)
+            .field("plan", &self.plan)
+            .field("state", &self.state)
+            .field("resource", &self.resource)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Checks a config var name: `[A-Z_][A-Z0-9_]*`, at most 128 bytes, not one the platform sets.
 pub fn check_config_key(key: &str) -> Result<(), String> {
     let mut bytes = key.bytes();

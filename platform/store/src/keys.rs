@@ -53,6 +53,11 @@ impl PlatformKeys {
         format!("{}assign:{runner}", self.prefix)
     }
 
+    /// Hash: add-on kind → [`pier_model::platform::AddonRecord`] JSON (credentials included).
+    pub fn addons(&self, app: &str) -> String {
+        format!("{}addons:{app}", self.prefix)
+    }
+
     /// Hash: instance id → [`pier_model::platform::InstanceStatus`] JSON, reported by runners.
     pub fn instances(&self, app: &str) -> String {
         format!("{}instances:{app}", self.prefix)

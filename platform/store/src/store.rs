@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pier_model::platform::{Formation, InstanceSpec, InstanceStatus, Release, RunnerRecord};
+use pier_model::platform::{
+    AddonRecord, Formation, InstanceSpec, InstanceStatus, Release, RunnerRecord,
+};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use serde::de::DeserializeOwned;
@@ -336,6 +338,50 @@ return out
         let raw: BTreeMap<String, String> =
             timed(self.c().hgetall(self.keys.instances(app))).await?;
         Ok(parse_all("instance", raw))
+    }
+
+    // ------------------------------------------------------------ add-ons
+
+    /// The app's add-ons.
+    pub async fn addons(&self, app: &str) -> Result<Vec<AddonRecord>, StoreError> {
+        let raw: BTreeMap<String, String> = timed(self.c().hgetall(self.keys.addons(app))).await?;
+        Ok(parse_all("add-on", raw))
+    }
+
+    pub async fn addon(&self, app: &str, kind: &str) -> Result<Option<AddonRecord>, StoreError> {
+        let raw: Option<String> = timed(self.c().hget(self.keys.addons(app), kind)).await?;
+        raw.map(|r| from_json(&format!("add-on {kind} of {app}"), &r))
+            .transpose()
+    }
+
+    /// Stores `rec` unless the app has an add-on of that kind already; returns the one stored
+    /// (`rec`, or the one there before) and whether it is `rec`.
+    pub async fn claim_addon(&self, rec: &AddonRecord) -> Result<(AddonRecord, bool), StoreError> {
+        let made: bool = timed(self.c().hset_nx(
+            self.keys.addons(&rec.app),
+            &rec.kind,
+            to_json(rec)?,
+        ))
+        .await?;
+        if made {
+            return Ok((rec.clone(), true));
+        }
+        let there = self.addon(&rec.app, &rec.kind).await?.ok_or_else(|| {
+            StoreError::BadData(format!("add-on {} of {} vanished", rec.kind, rec.app))
+        })?;
+        Ok((there, false))
+    }
+
+    pub async fn put_addon(&self, rec: &AddonRecord) -> Result<(), StoreError> {
+        timed(
+            self.c()
+                .hset::<_, _, _, ()>(self.keys.addons(&rec.app), &rec.kind, to_json(rec)?),
+        )
+        .await
+    }
+
+    pub async fn delete_addon(&self, app: &str, kind: &str) -> Result<(), StoreError> {
+        timed(self.c().hdel::<_, _, ()>(self.keys.addons(app), kind)).await
     }
 
     // ------------------------------------------------------------ uids

@@ -42,6 +42,11 @@ impl ApiServer {
 
     /// An API server with the platform's routes (deploys, releases, formation, ...).
     pub async fn start_platform() -> ApiServer {
+        Self::start_platform_with(Default::default()).await
+    }
+
+    /// [`ApiServer::start_platform`] with add-on servers.
+    pub async fn start_platform_with(addon_servers: pier_api::addons::AddonServers) -> ApiServer {
         let slugs = tempfile::tempdir().unwrap();
         let redis = RedisServer::start();
         let store = pier_store::Store::connect(&redis.url(), "pier:")
@@ -54,6 +59,7 @@ impl ApiServer {
             max_upload: 1 << 20,
             builds: Arc::new(tokio::sync::Semaphore::new(1)),
             apps_url: Some("http://{app}.apps.test/".into()),
+            addon_servers,
         };
         let mut api = Self::start_on(redis, |s| s.with_platform(platform)).await;
         api._slugs = Some(slugs);
