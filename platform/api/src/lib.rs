@@ -14,6 +14,7 @@
 //! - [`auth`]: tokens (made, hashed, stored hashed) and who a caller is.
 //! - [`api`]: the handlers and their request and response bodies.
 //! - [`addons`]: per-app PostgreSQL databases and Redis users.
+//! - [`logs`]: an app's log lines, and the live tail.
 //! - [`platform`]: deploys, releases, config vars, formation, instances, runners.
 //! - [`verify`]: the pluggable ownership check of custom domains and its HTTP implementation.
 //! - [`netpolicy`]: which addresses owners may register as backends.
@@ -26,6 +27,7 @@ pub mod addons;
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod logs;
 pub mod netpolicy;
 pub mod openapi;
 pub mod platform;

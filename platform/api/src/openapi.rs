@@ -144,6 +144,7 @@ fn path_params(names: &[&str]) -> Value {
     wire::Restarted,
     wire::RunnerList,
     wire::AddonList,
+    wire::LogList,
     wire::NewAddon,
     wire::DestroyAddon,
     pier_model::platform::Release,
@@ -590,6 +591,20 @@ pub fn document() -> Value {
                 optional_body: false,
                 ok: &[(200, Some("RunnerList"))],
                 errors: &[403],
+            },
+        ),
+        (
+            "/v1/apps/{app}/logs",
+            "get",
+            app,
+            Op {
+                id: "logs",
+                summary: "The app's last log lines (query: n=1..10000, default 100; ps=web.1; source=app|router). With tail=1, an NDJSON stream of LogLine: those lines, then each new one as it is written",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("LogList"))],
+                errors: &[403, 404, 422],
             },
         ),
         (

@@ -44,7 +44,7 @@ pub struct PlatformState {
 /// Default of [`PlatformState::max_upload`]: 200 MiB.
 pub const DEFAULT_MAX_UPLOAD: usize = 200 << 20;
 
-fn platform(state: &ApiState) -> Result<&PlatformState, ApiError> {
+pub(crate) fn platform(state: &ApiState) -> Result<&PlatformState, ApiError> {
     state.platform.as_ref().ok_or_else(|| {
         ApiError::Unavailable(
             "this API runs without the platform (no slug store configured)".into(),

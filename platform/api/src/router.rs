@@ -39,6 +39,7 @@ pub enum RouteId {
     Restart,
     ListRunners,
     ListAddons,
+    Logs,
     CreateAddon,
     DestroyAddon,
 }
@@ -144,6 +145,7 @@ pub static ROUTES: &[Route] = &[
     route(Method::POST, "/v1/apps/{app}/restart", RouteId::Restart),
     route(Method::GET, "/v1/runners", RouteId::ListRunners),
     route(Method::GET, "/v1/apps/{app}/addons", RouteId::ListAddons),
+    route(Method::GET, "/v1/apps/{app}/logs", RouteId::Logs),
     route(Method::POST, "/v1/apps/{app}/addons", RouteId::CreateAddon),
     route(
         Method::DELETE,
@@ -206,7 +208,7 @@ fn match_pattern(pattern: &str, segments: &[String]) -> Option<Vec<String>> {
     Some(params)
 }
 
-fn percent_decode(segment: &str) -> Result<String, ApiError> {
+pub(crate) fn percent_decode(segment: &str) -> Result<String, ApiError> {
     let bad = || ApiError::BadRequest(format!("bad percent-encoding in path segment {segment:?}"));
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

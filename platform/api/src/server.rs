@@ -20,7 +20,7 @@ use crate::api::{self, ApiState};
 use crate::error::ApiError;
 use crate::openapi;
 use crate::router::{self, Match, RouteId};
-use crate::{addons, platform};
+use crate::{addons, logs, platform};
 use pier_model::api::ErrorBody;
 
 /// Largest request body accepted: app settings with a static page fit well within it.
@@ -214,6 +214,16 @@ async fn dispatch(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Answe
                 .map(HeaderValue::as_bytes),
         )
         .await?;
+    if route.id == RouteId::Logs {
+        let q = logs::LogQuery::parse(req.uri().query().unwrap_or(""))?;
+        if !q.tail {
+            return Ok(logs::show(state, &caller, p(0), &q).await?.into());
+        }
+        logs::tail_allowed(state, &caller, p(0)).await?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(logs::tail(state.clone(), p(0).to_string(), q, tx));
+        return Ok(Answer::Stream(rx));
+    }
     if route.id == RouteId::Deploy {
         // The upload is checked before it is read, and read under its own, larger limit.
         platform::deploy_allowed(state, &caller, p(0)).await?;
@@ -241,7 +251,9 @@ async fn dispatch(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Answe
     }
     let body = read_body(req, MAX_BODY).await?;
     let reply = match route.id {
-        RouteId::Healthz | RouteId::OpenApi | RouteId::Deploy => unreachable_route(),
+        RouteId::Healthz | RouteId::OpenApi | RouteId::Deploy | RouteId::Logs => {
+            unreachable_route()
+        }
         RouteId::ListApps => api::list_apps(state, &caller).await,
         RouteId::CreateApp => api::create_app(state, &caller, &body).await,
         RouteId::ShowApp => api::show_app(state, &caller, p(0)).await,

@@ -1618,3 +1618,56 @@ async fn addons_without_a_server_are_refused_with_the_reason() {
         .await;
     assert!(r.reason().contains("--addon-redis"), "{}", r.text);
 }
+
+#[tokio::test]
+async fn logs_are_read_in_order_and_filtered() {
+    let api = ApiServer::start_platform().await;
+    let blog = api.app_with_owner("blog").await;
+    let store = pier_store::Store::connect(&api.redis.url(), "pier:")
+        .await
+        .unwrap();
+    let line = |ps: &str, text: &str| {
+        (
+            "blog".to_string(),
+            pier_model::platform::LogLine {
+                id: String::new(),
+                at_ms: 1,
+                source: "app".into(),
+                process: ps.into(),
+                line: text.into(),
+            },
+        )
+    };
+    store
+        .append_logs(&[
+            line("web.1", "one"),
+            line("web.2", "two \u{1b}[31mred"),
+            line("web.1", "three"),
+        ])
+        .await
+        .unwrap();
+    let r = blog
+        .expect(Method::GET, "/v1/apps/blog/logs", None, 200)
+        .await;
+    let texts: Vec<&str> = r.body["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, vec!["one", "two \u{1b}[31mred", "three"]);
+    let r = blog
+        .expect(Method::GET, "/v1/apps/blog/logs?n=1&ps=web.1", None, 200)
+        .await;
+    assert_eq!(r.body["lines"][0]["line"], "three");
+    assert_eq!(r.body["lines"].as_array().unwrap().len(), 1);
+    blog.expect(Method::GET, "/v1/apps/blog/logs?n=0", None, 422)
+        .await;
+    blog.expect(Method::GET, "/v1/apps/blog/logs?colour=red", None, 422)
+        .await;
+    blog.expect(Method::GET, "/v1/apps/blog/logs?source=db", None, 422)
+        .await;
+    let shop = api.app_with_owner("shop").await;
+    shop.expect(Method::GET, "/v1/apps/blog/logs", None, 403)
+        .await;
+}

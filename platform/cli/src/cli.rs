@@ -82,6 +82,22 @@ pub enum Command {
     Runners,
     /// An app's add-ons (a PostgreSQL database, a Redis): list, create, destroy.
     Addons(crate::platform_verbs::AddonsArgs),
+    /// An app's log: its instances' output, in time order.
+    Logs {
+        app: String,
+        /// Lines to show (1-10000).
+        #[arg(short = 'n', long = "num", default_value_t = 100)]
+        num: usize,
+        /// Keep printing new lines as they are written.
+        #[arg(short, long)]
+        tail: bool,
+        /// Only this instance's lines (web.1).
+        #[arg(long)]
+        ps: Option<String>,
+        /// Only `app` or `router` lines.
+        #[arg(long)]
+        source: Option<String>,
+    },
     /// Create, list, show, update and delete apps.
     #[command(subcommand)]
     Apps(AppsCmd),
@@ -323,7 +339,8 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
         | Command::Ps { .. }
         | Command::Restart { .. }
         | Command::Runners
-        | Command::Addons(_) => return crate::platform_verbs::run(cli, &client, out).await,
+        | Command::Addons(_)
+        | Command::Logs { .. } => return crate::platform_verbs::run(cli, &client, out).await,
         Command::Apps(AppsCmd::Create { name }) => (
             Method::POST,
             "/v1/apps".to_string(),

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use pier_model::api::{
-    AddonList, AddonView, AppView, DeployEvent, InstanceList, ReleaseList, RunnerList,
+    AddonList, AddonView, AppView, DeployEvent, InstanceList, LogList, ReleaseList, RunnerList,
 };
 use pier_model::client::{encode_segment, ApiClient};
-use pier_model::platform::{InstanceStatus, Release, ReleaseStatus};
+use pier_model::platform::{InstanceStatus, LogLine, Release, ReleaseStatus};
 use serde_json::{json, Value};
 
 use crate::cli::{check, parse, Cli, CliError, Command};
@@ -116,6 +116,21 @@ fn release_line(r: &Release, current: Option<u64>) -> String {
         line.push_str(&format!("\t{why}"));
     }
     line
+}
+
+/// `2026-12-04T18:00:00.123Z app[web.1]: text`, with control characters shown escaped so a
+/// line cannot move the cursor, change colours or ring the terminal.
+fn log_line(l: &LogLine) -> String {
+    let at = pier_registry::cert::rfc3339(i64::try_from(l.at_ms).unwrap_or(0));
+    let mut text = String::with_capacity(l.line.len());
+    for c in l.line.chars() {
+        if c.is_control() && c != '\t' {
+            text.extend(c.escape_default());
+        } else {
+            text.push(c);
+        }
+    }
+    format!("{at} {}[{}]: {text}", l.source, l.process)
 }
 
 fn instance_line(i: &InstanceStatus) -> String {
@@ -269,18 +284,72 @@ pub async fn run(cli: &Cli, client: &ApiClient, out: &mut dyn Write) -> Result<(
                 let live = if r.live { "live" } else { "dead" };
                 writeln!(
                     out,
-                    "{}\t{}\t{live}\theartbeat {}ms ago\t{}/{} instances\t{}",
+                    "{}\t{}\t{live}\theartbeat {}ms ago\t{}/{} instances\t{}\tlog lines dropped: {}",
                     r.runner.id,
                     r.runner.address,
                     r.heartbeat_age_ms,
                     r.instances,
                     r.runner.capacity,
-                    r.runner.limits
+                    r.runner.limits,
+                    r.runner.log_lines_dropped
                 )?;
             }
             Ok(())
         }
         Command::Addons(args) => addons(cli, client, args, out).await,
+        Command::Logs {
+            app,
+            num,
+            tail,
+            ps,
+            source,
+        } => {
+            let mut query = format!("n={num}");
+            if let Some(p) = ps {
+                query.push_str(&format!("&ps={}", encode_segment(p)));
+            }
+            if let Some(s) = source {
+                query.push_str(&format!("&source={}", encode_segment(s)));
+            }
+            let path = format!("{}/logs?{query}", app_path(app));
+            if !tail {
+                let v = call(client, Method::GET, &path, None).await?;
+                if !printed_json(cli, &v, out)? {
+                    for l in parse::<LogList>(&v)?.lines {
+                        writeln!(out, "{}", log_line(&l))?;
+                    }
+                }
+                return Ok(());
+            }
+            let mut write_err = None;
+            let resp = client
+                .stream_lines(
+                    Method::GET,
+                    &format!("{path}&tail=1"),
+                    "application/json",
+                    Vec::new().into(),
+                    // A quiet app sends nothing for as long as it is quiet.
+                    Duration::from_secs(365 * 24 * 3600),
+                    &mut |line| {
+                        let text = if cli.json {
+                            line.to_string()
+                        } else {
+                            match serde_json::from_str::<LogLine>(line) {
+                                Ok(l) => log_line(&l),
+                                Err(_) => return,
+                            }
+                        };
+                        if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
+                            write_err.get_or_insert(e);
+                        }
+                    },
+                )
+                .await?;
+            if let Some(e) = write_err {
+                return Err(e.into());
+            }
+            check(resp).map(|_| ())
+        }
         _ => Err(CliError::Usage("not a platform verb".into())),
     }
 }
@@ -565,4 +634,30 @@ pub async fn deploy(
         writeln!(out, "       {url}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_cannot_drive_the_terminal() {
+        let l = LogLine {
+            id: "1-0".into(),
+            at_ms: 1_764_892_800_000,
+            source: "app".into(),
+            process: "web.1".into(),
+            line: "red \u{1b}[31mtext\u{7}\rback\ttab \u{fffd}".into(),
+        };
+        let shown = log_line(&l);
+        assert!(
+            !shown.chars().any(|c| c.is_control() && c != '\t'),
+            "{shown:?}"
+        );
+        assert!(
+            shown.ends_with("app[web.1]: red \\u{1b}[31mtext\\u{7}\\rback\ttab \u{fffd}"),
+            "{shown}"
+        );
+        assert!(shown.starts_with("2025-12-05T00:00:00Z "), "{shown}");
+    }
 }

@@ -600,3 +600,76 @@ async fn an_http_health_check_that_fails_keeps_the_release_out_of_the_table() {
         .wait_served(&Platform::host("picky"), |b| b == "picky v3", SERVED_WITHIN)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_output_reaches_pier_logs_and_its_tail() {
+    let p = Platform::start(&["127.0.0.2"]).await;
+    p.create_and_deploy("hello", "hello-stdlib");
+    p.pier(&["scale", "hello", "web=2"]).ok();
+    common_wait(&p, "two up", |ps| {
+        ps.lines().filter(|l| l.contains("\tup ")).count() == 2
+    })
+    .await;
+    // Both instances' start lines are in the log, each marked with its instance.
+    let start = Instant::now();
+    loop {
+        let out = p.pier(&["logs", "hello"]).ok();
+        let web1 = out
+            .stdout
+            .lines()
+            .any(|l| l.contains(" app[web.1]: listening on"));
+        let web2 = out
+            .stdout
+            .lines()
+            .any(|l| l.contains(" app[web.2]: listening on"));
+        if web1 && web2 {
+            break;
+        }
+        assert!(start.elapsed() < SERVED_WITHIN, "{out:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let only = p.pier(&["logs", "hello", "--ps", "web.2"]).ok();
+    assert!(
+        only.stdout.lines().all(|l| l.contains("app[web.2]")),
+        "{only:?}"
+    );
+    // A tail sees a request's line soon after it is written.
+    let mut tail = p
+        .api
+        .pier_command(
+            Some(common::OPERATOR),
+            &["logs", "hello", "--tail", "-n", "1"],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = Instant::now();
+    let (status, _) =
+        pier_testkit::http_get(p.balancer.addr(), &Platform::host("hello"), "/tail-probe")
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    let seen = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the tail printed the request's line");
+        if line.contains("GET /tail-probe") {
+            break sent.elapsed();
+        }
+    };
+    println!("request line seen by the tail {seen:?} after the request");
+    let _ = tail.kill();
+    let _ = tail.wait();
+}

@@ -360,6 +360,7 @@ mod tests {
             started_ms: 0,
             heartbeat_ms: beat,
             limits: String::new(),
+            log_lines_dropped: 0,
         }
     }
 

@@ -362,6 +362,12 @@ impl From<&AddonRecord> for AddonView {
     }
 }
 
+/// An app's log lines, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogList {
+    pub lines: Vec<crate::platform::LogLine>,
+}
+
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct AddonList {
     pub addons: Vec<AddonView>,

@@ -91,6 +91,10 @@ pub struct RunnerRecord {
     /// The limits it enforces on instances, in words (for operators).
     #[serde(default)]
     pub limits: String,
+    /// Log lines its instances wrote that it dropped (its shipping queue was full or Redis
+    /// was unreachable) since it started.
+    #[serde(default)]
+    pub log_lines_dropped: u64,
 }
 
 /// One instance the coordinator wants a runner to run.
@@ -174,6 +178,25 @@ pub struct InstanceStatus {
     pub rss_kib: u64,
     pub updated_ms: u64,
 }
+
+/// One line of an app's log: an instance's output or a balancer's router line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogLine {
+    /// Its id in the app's log stream (ordered; `tail` resumes after it).
+    #[serde(default)]
+    pub id: String,
+    /// When it was written, ms since the epoch.
+    pub at_ms: u64,
+    /// `app` (an instance's stdout or stderr) or `router` (a balancer).
+    pub source: String,
+    /// The instance (`web.1`) or the balancer that wrote it.
+    pub process: String,
+    /// The text: valid UTF-8 (other bytes replaced), at most [`MAX_LOG_LINE`] bytes.
+    pub line: String,
+}
+
+/// Longest log line kept, bytes; a longer one is cut there and marked.
+pub const MAX_LOG_LINE: usize = 16 * 1024;
 
 /// Where an add-on stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

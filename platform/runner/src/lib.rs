@@ -13,12 +13,15 @@
 //!
 //! Modules:
 //! - [`config`]: the runner's settings ([`RunnerConfig`]).
+//! - [`logs`]: instances' output shipped to their apps' log streams, dropped (counted) rather
+//!   than waited for.
 //! - [`slugs`]: this machine's unpacked slugs.
 //! - [`process`]: starting an instance's process with its user and limits, signals, usage.
 //! - [`supervisor`]: one instance's life.
 //! - [`runner`]: the main loop.
 
 pub mod config;
+pub mod logs;
 pub mod process;
 pub mod runner;
 pub mod slugs;

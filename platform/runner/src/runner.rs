@@ -54,7 +54,9 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
     let cgroups = Cgroups::detect();
     let limits = cgroups.describe(&cfg.limits, isolate);
     tracing::info!(id = %cfg.id, address = %cfg.address, capacity = cfg.capacity, limits = %limits, "runner started; limits in force");
+    let logs = crate::logs::LogShipper::start(store.clone());
     let ctx = Arc::new(Ctx {
+        logs,
         slugs: SlugCache::new(&cfg.workdir, slug_store).map_err(|e| e.to_string())?,
         registry: RegistryHandle::new(&cfg.redis_url, &cfg.prefix),
         store,
@@ -74,6 +76,7 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
             started_ms,
             heartbeat_ms: now_ms(),
             limits: limits.clone(),
+            log_lines_dropped: ctx.logs.dropped(),
         };
         let beat = ctx.store.put_runner(&record).await;
         match ctx.store.assignments(&ctx.cfg.id).await {
@@ -121,6 +124,7 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
         started_ms,
         heartbeat_ms: 0,
         limits,
+        log_lines_dropped: ctx.logs.dropped(),
     };
     if let Err(e) = ctx.store.put_runner(&gone).await {
         tracing::warn!(error = %e, "cannot mark the runner gone");

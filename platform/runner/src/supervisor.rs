@@ -40,6 +40,8 @@ pub struct Ctx {
     pub isolate: bool,
     /// CPU and memory of every instance, read together.
     pub usage: process::UsageTable,
+    /// Instances' output on its way to their apps' log streams.
+    pub logs: crate::logs::LogShipper,
 }
 
 /// The registry connection, made again after a failure (a multiplexed connection does not
@@ -321,7 +323,7 @@ async fn run_once(
         Err(e) => return Ended::Crashed(e),
     };
     let pid = child.id().unwrap_or(0);
-    capture_output(&mut child, &inst.output, &inst.spec);
+    capture_output(&mut child, &inst.output, &inst.spec, &ctx);
     inst.status.address = web.then(|| addr.to_string());
     inst.status.started_ms = now_ms();
     inst.set(InstanceState::Starting);
@@ -580,16 +582,23 @@ async fn read_lines<R: tokio::io::AsyncRead + Unpin>(r: R, mut on_line: impl FnM
 
 /// Reads the process's stdout and stderr line by line (each line at most [`MAX_LINE`]) into the
 /// instance's kept lines. Reading never waits on anyone: the app is never blocked by its output.
-fn capture_output(child: &mut Child, kept: &Arc<Mutex<VecDeque<String>>>, spec: &InstanceSpec) {
+fn capture_output(
+    child: &mut Child,
+    kept: &Arc<Mutex<VecDeque<String>>>,
+    spec: &InstanceSpec,
+    ctx: &Arc<Ctx>,
+) {
     fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
         r: R,
         kept: Arc<Mutex<VecDeque<String>>>,
         app: String,
         name: String,
+        ctx: Arc<Ctx>,
     ) {
         tokio::spawn(async move {
             read_lines(r, |text| {
                 tracing::debug!(target: "pier::app", app = %app, instance = %name, "{text}");
+                ctx.logs.push(&app, &name, text.clone());
                 if let Ok(mut k) = kept.lock() {
                     if k.len() == KEPT_LINES {
                         k.pop_front();
@@ -602,10 +611,16 @@ fn capture_output(child: &mut Child, kept: &Arc<Mutex<VecDeque<String>>>, spec: 
     }
     let name = spec.name();
     if let Some(out) = child.stdout.take() {
-        pump(out, kept.clone(), spec.app.clone(), name.clone());
+        pump(
+            out,
+            kept.clone(),
+            spec.app.clone(),
+            name.clone(),
+            ctx.clone(),
+        );
     }
     if let Some(err) = child.stderr.take() {
-        pump(err, kept.clone(), spec.app.clone(), name);
+        pump(err, kept.clone(), spec.app.clone(), name, ctx.clone());
     }
 }
 

@@ -53,6 +53,11 @@ impl PlatformKeys {
         format!("{}assign:{runner}", self.prefix)
     }
 
+    /// Stream: the app's log lines (`t`, `src`, `ps`, `line`), capped in length.
+    pub fn logs(&self, app: &str) -> String {
+        format!("{}logs:{app}", self.prefix)
+    }
+
     /// Hash: add-on kind → [`pier_model::platform::AddonRecord`] JSON (credentials included).
     pub fn addons(&self, app: &str) -> String {
         format!("{}addons:{app}", self.prefix)

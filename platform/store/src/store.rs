@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pier_model::platform::{
-    AddonRecord, Formation, InstanceSpec, InstanceStatus, Release, RunnerRecord,
+    AddonRecord, Formation, InstanceSpec, InstanceStatus, LogLine, Release, RunnerRecord,
 };
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -40,7 +40,11 @@ pub const FIRST_APP_UID: u32 = 200_000;
 pub struct Store {
     pub(crate) conn: ConnectionManager,
     pub(crate) keys: PlatformKeys,
+    url: String,
 }
+
+/// Lines kept per app log stream (approximately: Redis trims whole nodes).
+pub const LOG_STREAM_LEN: u64 = 10_000;
 
 pub(crate) async fn timed<T>(
     fut: impl std::future::Future<Output = redis::RedisResult<T>>,
@@ -81,6 +85,7 @@ impl Store {
         Ok(Store {
             conn,
             keys: PlatformKeys::new(prefix),
+            url: url.to_string(),
         })
     }
 
@@ -340,6 +345,97 @@ return out
         Ok(parse_all("instance", raw))
     }
 
+    // ------------------------------------------------------------ logs
+
+    /// Appends lines to their apps' streams in one pipeline, each stream capped at
+    /// [`LOG_STREAM_LEN`].
+    pub async fn append_logs(&self, lines: &[(String, LogLine)]) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (app, l) in lines {
+            pipe.cmd("XADD")
+                .arg(self.keys.logs(app))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(LOG_STREAM_LEN)
+                .arg("*")
+                .arg("t")
+                .arg(l.at_ms)
+                .arg("src")
+                .arg(&l.source)
+                .arg("ps")
+                .arg(&l.process)
+                .arg("line")
+                .arg(&l.line)
+                .ignore();
+        }
+        timed(pipe.query_async::<()>(&mut self.c())).await
+    }
+
+    /// The app's last `n` lines, oldest first.
+    pub async fn recent_logs(&self, app: &str, n: usize) -> Result<Vec<LogLine>, StoreError> {
+        let v: redis::Value = timed(
+            redis::cmd("XREVRANGE")
+                .arg(self.keys.logs(app))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(n.max(1))
+                .query_async(&mut self.c()),
+        )
+        .await?;
+        let mut lines = log_entries(&v);
+        lines.reverse();
+        Ok(lines)
+    }
+
+    /// A connection of its own for [`Store::logs_after`]: a blocking read must not hold up the
+    /// shared connection's other commands.
+    pub async fn log_reader(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
+        let client = redis::Client::open(self.url.as_str())?;
+        timed(client.get_multiplexed_async_connection()).await
+    }
+
+    /// Lines written after `after` (a stream id; `$` for only new ones), waiting up to `block`
+    /// for the first.
+    pub async fn logs_after(
+        &self,
+        reader: &mut redis::aio::MultiplexedConnection,
+        app: &str,
+        after: &str,
+        block: Duration,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let v: redis::Value = tokio::time::timeout(
+            block + COMMAND_TIMEOUT,
+            redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(1000)
+                .arg("BLOCK")
+                .arg(u64::try_from(block.as_millis()).unwrap_or(5000))
+                .arg("STREAMS")
+                .arg(self.keys.logs(app))
+                .arg(after)
+                .query_async(reader),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout(block + COMMAND_TIMEOUT))??;
+        // [[key, [entries]]] or nil.
+        let entries = match &v {
+            redis::Value::Array(streams) => streams
+                .first()
+                .and_then(|s| match s {
+                    redis::Value::Array(kv) => kv.get(1),
+                    _ => None,
+                })
+                .map(log_entries)
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        Ok(entries)
+    }
+
     // ------------------------------------------------------------ add-ons
 
     /// The app's add-ons.
@@ -411,4 +507,49 @@ return uid
         )
         .await
     }
+}
+
+/// Stream entries (`[[id, [field, value, ...]], ...]`) as log lines; malformed ones skipped.
+fn log_entries(v: &redis::Value) -> Vec<LogLine> {
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let redis::Value::Array(entries) = v else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|e| {
+            let redis::Value::Array(pair) = e else {
+                return None;
+            };
+            let id = text(pair.first()?)?;
+            let redis::Value::Array(fields) = pair.get(1)? else {
+                return None;
+            };
+            let mut line = LogLine {
+                id,
+                at_ms: 0,
+                source: String::new(),
+                process: String::new(),
+                line: String::new(),
+            };
+            for kv in fields.chunks(2) {
+                let (Some(k), Some(val)) = (kv.first().and_then(text), kv.get(1).and_then(text))
+                else {
+                    continue;
+                };
+                match k.as_str() {
+                    "t" => line.at_ms = val.parse().unwrap_or(0),
+                    "src" => line.source = val,
+                    "ps" => line.process = val,
+                    "line" => line.line = val,
+                    _ => {}
+                }
+            }
+            Some(line)
+        })
+        .collect()
 }
