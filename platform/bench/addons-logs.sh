@@ -33,7 +33,7 @@ pg_port=$(free_port); redis_port=$(free_port); addon_redis_port=$(free_port); ap
 mkdir -p "$work/pg" && chown postgres "$work/pg" && echo admin >"$work/pw" && chown postgres "$work/pw"
 runuser -u postgres -- "$pgbin/initdb" -D "$work/pg" -U postgres --auth-local=trust \
     --auth-host=scram-sha-256 --pwfile="$work/pw" >/dev/null
-runuser -u postgres -- "$pgbin/pg_ctl" -D "$work/pg" -l "$work/pg.log" \
+runuser -u postgres -- "$pgbin/pg_ctl" -D "$work/pg" -l "$work/pg/server.log" \
     -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $work/pg" start >/dev/null
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
 pids+=($!)

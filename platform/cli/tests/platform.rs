@@ -673,3 +673,51 @@ async fn instances_output_reaches_pier_logs_and_its_tail() {
     let _ = tail.kill();
     let _ = tail.wait();
 }
+
+const FLOOD_APP: &str = r#"
+import os, socket, sys, threading, time
+s = socket.socket(); s.bind((os.environ["PIER_HOST"], int(os.environ["PORT"]))); s.listen()
+def flood():
+    time.sleep(0.5)
+    line = "x" * 99 + "\n"
+    for _ in range(200_000):
+        sys.stdout.write(line)
+    sys.stdout.flush()
+    print("after the flood", flush=True)
+threading.Thread(target=flood, daemon=True).start()
+while True:
+    c, _ = s.accept(); c.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_output_is_dropped_and_counted_not_waited_for() {
+    let p = Platform::start(&["127.0.0.2"]).await;
+    let app = app_dir(&[
+        ("Procfile", "web: python3 flood.py\n"),
+        ("flood.py", FLOOD_APP),
+    ]);
+    p.pier(&["apps", "create", "flood"]).ok();
+    let out = p.pier(&[
+        "deploy",
+        "flood",
+        &app.path().display().to_string(),
+        "--wait",
+        "60",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", p.logs());
+    // The runner's count of dropped lines moves, and the app is not held up: it stays up.
+    let start = Instant::now();
+    loop {
+        let r = p.pier(&["runners", "--json"]).ok();
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let dropped = v["runners"][0]["log_lines_dropped"].as_u64().unwrap_or(0);
+        if dropped > 0 {
+            println!("log lines dropped under a flood of 200,000: {dropped}");
+            break;
+        }
+        assert!(start.elapsed() < SERVED_WITHIN, "no drop counted: {v}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let ps = p.pier(&["ps", "flood"]).ok();
+    assert!(ps.stdout.contains("\tup "), "{ps:?}");
+}
