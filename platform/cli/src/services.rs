@@ -119,6 +119,10 @@ pub struct RunnerArgs {
     /// Seconds between SIGTERM and SIGKILL.
     #[arg(long, default_value_t = 10.0)]
     pub grace: f64,
+    /// On stop, seconds its instances keep serving while their replacements start on other
+    /// runners (0: stop at once).
+    #[arg(long, default_value_t = 30.0)]
+    pub handover: f64,
     /// Seconds a backend stays routable without a heartbeat.
     #[arg(long, default_value_t = 10.0)]
     pub backend_ttl: f64,
@@ -216,6 +220,9 @@ impl RunnerArgs {
             &workdir,
             "--slug-store",
             slugs,
+            // `pier up` stops the whole platform: nobody takes the instances over.
+            "--handover",
+            "0",
         ];
         if !isolate {
             a.push("--no-isolation");
@@ -365,6 +372,7 @@ pub fn runner_config(args: &RunnerArgs) -> pier_runner::RunnerConfig {
     cfg.boot_timeout = secs(args.boot_timeout);
     cfg.drain = secs(args.drain);
     cfg.grace = secs(args.grace);
+    cfg.handover = secs(args.handover);
     cfg.backend_ttl = secs(args.backend_ttl.max(1.0));
     cfg.isolate = !args.no_isolation;
     cfg.limits = pier_runner::config::Limits {

@@ -721,3 +721,54 @@ async fn a_flood_of_output_is_dropped_and_counted_not_waited_for() {
     let ps = p.pier(&["ps", "flood"]).ok();
     assert!(ps.stdout.contains("\tup "), "{ps:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_stopped_on_purpose_hands_its_instances_over_without_a_failed_request() {
+    let mut p = Platform::start(&[]).await;
+    p.handover = "30".into();
+    p.start_runner("127.0.0.2");
+    p.start_runner("127.0.0.3");
+    p.create_and_deploy("hello", "hello-stdlib");
+    let ps = common_wait(&p, "web.1 up", |ps| ps.contains("\tup ")).await;
+    let leaving = if ps.contains("r-127.0.0.2") { 0 } else { 1 };
+    let stop = Arc::new(AtomicBool::new(false));
+    let load_task = tokio::spawn(load(
+        p.balancer.addr(),
+        Platform::host("hello"),
+        4,
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // SIGTERM: the runner says it is leaving, waits for web.1 to be up elsewhere, then drains.
+    let pid = p.runners[leaving].child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let start = Instant::now();
+    while p.runners[leaving].child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(60), "{}", p.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let other = if leaving == 0 {
+        "r-127.0.0.3"
+    } else {
+        "r-127.0.0.2"
+    };
+    common_wait(&p, "web.1 up on the other runner", |ps| {
+        ps.lines().count() == 1 && ps.contains("\tup ") && ps.contains(other)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let count = load_task.await.unwrap();
+    println!(
+        "runner stopped on purpose, {:?} to hand over; load: {count:?}",
+        start.elapsed()
+    );
+    assert!(count.ok > 50, "{count:?}");
+    assert_eq!(count.failed, 0, "{count:?}\n{}", p.logs());
+    assert!(p.runners[leaving]
+        .log_text()
+        .contains("handing its instances over"));
+}

@@ -89,7 +89,11 @@ pub fn plan(
             specs.len()
         ));
         for s in specs {
-            out.dead_backends.push((s.app.clone(), s.id.clone()));
+            // A leaving runner's instances stay routed until their replacements are up (the
+            // runner waits for them, then drains); a silent one's are gone now.
+            if !r.leaving {
+                out.dead_backends.push((s.app.clone(), s.id.clone()));
+            }
             out.ops.push(FencedOp::RemoveReport {
                 app: s.app.clone(),
                 id: s.id.clone(),
@@ -360,6 +364,7 @@ mod tests {
             started_ms: 0,
             heartbeat_ms: beat,
             limits: String::new(),
+            leaving: false,
             log_lines_dropped: 0,
         }
     }

@@ -91,6 +91,10 @@ pub struct RunnerRecord {
     /// The limits it enforces on instances, in words (for operators).
     #[serde(default)]
     pub limits: String,
+    /// It is stopping on purpose and hands its instances over: they are placed elsewhere, and
+    /// keep serving (routed) until their replacements are up.
+    #[serde(default)]
+    pub leaving: bool,
     /// Log lines its instances wrote that it dropped (its shipping queue was full or Redis
     /// was unreachable) since it started.
     #[serde(default)]

@@ -50,6 +50,9 @@ pub struct RunnerConfig {
     pub drain: Duration,
     /// Between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// On stop, how long instances keep serving while the coordinator starts their replacements
+    /// on other runners (0: stop at once).
+    pub handover: Duration,
     /// Run each app's instances under its own Unix user (needs root).
     pub isolate: bool,
     pub limits: Limits,
@@ -77,6 +80,7 @@ impl RunnerConfig {
             boot_timeout: Duration::from_secs(30),
             drain: Duration::from_secs(2),
             grace: Duration::from_secs(10),
+            handover: Duration::from_secs(30),
             isolate: true,
             limits: Limits::default(),
         }

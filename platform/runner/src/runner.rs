@@ -76,6 +76,7 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
             started_ms,
             heartbeat_ms: now_ms(),
             limits: limits.clone(),
+            leaving: false,
             log_lines_dropped: ctx.logs.dropped(),
         };
         let beat = ctx.store.put_runner(&record).await;
@@ -104,6 +105,25 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
             _ = tokio::time::sleep(ctx.cfg.tick) => {}
         }
     }
+    // Leaving on purpose: say so first, so the coordinator places the instances elsewhere while
+    // these keep serving; stop each once its replacement is up (or the handover time is over).
+    let gone = RunnerRecord {
+        id: ctx.cfg.id.clone(),
+        address: ctx.cfg.address.to_string(),
+        capacity: ctx.cfg.capacity,
+        started_ms,
+        heartbeat_ms: 0,
+        limits,
+        leaving: true,
+        log_lines_dropped: ctx.logs.dropped(),
+    };
+    if let Err(e) = ctx.store.put_runner(&gone).await {
+        tracing::warn!(error = %e, "cannot mark the runner as leaving");
+    }
+    if !running.is_empty() && !ctx.cfg.handover.is_zero() {
+        tracing::info!(instances = running.len(), within = ?ctx.cfg.handover, "runner stopping: handing its instances over");
+        hand_over(&ctx, &running).await;
+    }
     tracing::info!(
         instances = running.len(),
         "runner stopping: draining its instances"
@@ -114,20 +134,6 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
     for (id, r) in running.drain() {
         let _ = r.task.await;
         let _ = ctx.store.remove_report(&r.spec.app, &id).await;
-    }
-    // A heartbeat at time zero: the coordinator counts it dead at once and moves its work,
-    // rather than waiting for the heartbeat to lapse.
-    let gone = RunnerRecord {
-        id: ctx.cfg.id.clone(),
-        address: ctx.cfg.address.to_string(),
-        capacity: ctx.cfg.capacity,
-        started_ms,
-        heartbeat_ms: 0,
-        limits,
-        log_lines_dropped: ctx.logs.dropped(),
-    };
-    if let Err(e) = ctx.store.put_runner(&gone).await {
-        tracing::warn!(error = %e, "cannot mark the runner gone");
     }
     Ok(())
 }
@@ -160,6 +166,39 @@ pub fn reachable_by_others(workdir: &std::path::Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Waits until every instance here has a replacement up on another runner (same app, process
+/// type and slot), or the handover time is over.
+async fn hand_over(ctx: &Ctx, running: &HashMap<String, Running>) {
+    let deadline = Instant::now() + ctx.cfg.handover;
+    loop {
+        let mut waiting = 0;
+        for r in running.values() {
+            let replaced = ctx.store.reports(&r.spec.app).await.is_ok_and(|reports| {
+                reports.iter().any(|o| {
+                    o.runner != ctx.cfg.id
+                        && o.ptype == r.spec.ptype
+                        && o.index == r.spec.index
+                        && o.state == InstanceState::Up
+                })
+            });
+            if !replaced {
+                waiting += 1;
+            }
+        }
+        if waiting == 0 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                waiting,
+                "handover time over: stopping instances without a replacement up"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// Starts supervisors for new assignments and stops those no longer assigned.

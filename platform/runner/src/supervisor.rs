@@ -515,7 +515,19 @@ async fn refresh(inst: &Instance, addr: &SocketAddr) {
         .await
     {
         Ok(Some(_)) => {}
-        Ok(None) => register(inst, addr).await,
+        // Gone from the registry: registered again if it is still this runner's to run (Redis
+        // lost it), not if the coordinator took it away (the runner stops it next).
+        Ok(None) => {
+            let still_mine = inst
+                .ctx
+                .store
+                .assignments(&inst.ctx.cfg.id)
+                .await
+                .is_ok_and(|specs| specs.iter().any(|s| s.id == inst.spec.id));
+            if still_mine {
+                register(inst, addr).await;
+            }
+        }
         Err(e) => {
             tracing::debug!(error = %e, "backend refresh failed");
             inst.ctx.registry.failed().await;

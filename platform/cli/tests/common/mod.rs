@@ -191,6 +191,9 @@ pub struct Platform {
     pub dir: tempfile::TempDir,
     /// `--boot-timeout` of runners started from now on, seconds.
     pub boot_timeout: String,
+    /// `--handover` of runners started from now on, seconds (0: a stopped runner does not wait
+    /// for replacements, which keeps the tests' teardown short).
+    pub handover: String,
 }
 
 /// The base domain apps are served under in these tests: `{app}.apps.test`.
@@ -231,6 +234,7 @@ impl Platform {
             coordinators: Vec::new(),
             dir,
             boot_timeout: "15".into(),
+            handover: "0".into(),
         };
         p.start_coordinator("c1");
         for ip in runner_ips {
@@ -291,6 +295,8 @@ impl Platform {
             &self.dir.path().join("slugs").display().to_string(),
             "--boot-timeout",
             &self.boot_timeout,
+            "--handover",
+            &self.handover,
             "--drain",
             "1",
             "--grace",
