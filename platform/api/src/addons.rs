@@ -9,12 +9,12 @@ use pier_addons::postgres::Postgres;
 use pier_addons::redis::SharedRedis;
 use pier_addons::AddonError;
 use pier_model::api::{AddonList, AddonView, DestroyAddon, NewAddon};
-use pier_model::platform::{AddonRecord, AddonState, Release, ReleaseStatus};
+use pier_model::platform::{AddonRecord, AddonState};
 
 use crate::api::{existing_app, json, now_ms, parse_body, ApiState, Reply};
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
-use crate::platform::PlatformState;
+use crate::platform::{release_with_config, PlatformState};
 
 /// The operator's servers add-ons are made on (none: that kind is refused with the reason).
 #[derive(Debug, Clone, Default)]
@@ -147,14 +147,13 @@ pub async fn create(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -
     rec.state = AddonState::Ready;
     p.store.put_addon(&rec).await?;
     let names: Vec<&str> = rec.config.keys().map(String::as_str).collect();
-    set_config(
-        p,
-        app,
-        &rec.config,
-        &[],
-        &format!("Add {} ({})", rec.kind, names.join(", ")),
-    )
-    .await?;
+    let set = rec
+        .config
+        .iter()
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect();
+    let description = format!("Add {} ({})", rec.kind, names.join(", "));
+    release_with_config(p, app, &set, &description).await?;
     tracing::info!(app, kind = %rec.kind, resource = %rec.resource, "add-on made");
     json(StatusCode::CREATED, &AddonView::from(&rec))
 }
@@ -197,38 +196,8 @@ pub async fn destroy(
     };
     dropped.map_err(failed)?;
     p.store.delete_addon(app, kind).await?;
-    let unset: Vec<String> = rec.config.keys().cloned().collect();
-    set_config(p, app, &BTreeMap::new(), &unset, &format!("Remove {kind}")).await?;
+    let unset = rec.config.keys().map(|k| (k.clone(), None)).collect();
+    release_with_config(p, app, &unset, &format!("Remove {kind}")).await?;
     tracing::info!(app, kind, "add-on destroyed");
     Ok((StatusCode::NO_CONTENT, None))
-}
-
-/// A release of the current one with `set` set and `unset` removed.
-async fn set_config(
-    p: &PlatformState,
-    app: &str,
-    set: &BTreeMap<String, String>,
-    unset: &[String],
-    description: &str,
-) -> Result<Release, ApiError> {
-    Ok(p.store
-        .create_release(app, true, |base| {
-            let mut config = base.map(|b| b.config.clone()).unwrap_or_default();
-            config.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
-            for k in unset {
-                config.remove(k);
-            }
-            Ok(Release {
-                app: app.to_string(),
-                version: 0,
-                slug: base.and_then(|b| b.slug.clone()),
-                processes: base.map(|b| b.processes.clone()).unwrap_or_default(),
-                config,
-                description: description.to_string(),
-                created_ms: now_ms(),
-                status: ReleaseStatus::Pending,
-                reason: None,
-            })
-        })
-        .await?)
 }

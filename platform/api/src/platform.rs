@@ -350,11 +350,30 @@ pub async fn update_config(state: &ApiState, caller: &Caller, app: &str, body: &
         words.push(format!("Unset {}", unset.join(", ")));
     }
     let description = words.join("; ");
-    let rel = p
-        .store
+    let rel = release_with_config(p, app, &patch, &description).await?;
+    // Names only: values may be secrets.
+    tracing::info!(app, version = rel.version, change = %description, "config changed");
+    json(
+        StatusCode::OK,
+        &ConfigView {
+            config: rel.config,
+            release: Some(rel.version),
+        },
+    )
+}
+
+/// A new current release: the current one with `changes` applied to its config vars (a value
+/// sets, `None` removes). Config changes and add-ons make their releases with it.
+pub(crate) async fn release_with_config(
+    p: &PlatformState,
+    app: &str,
+    changes: &BTreeMap<String, Option<String>>,
+    description: &str,
+) -> Result<Release, ApiError> {
+    Ok(p.store
         .create_release(app, true, |base| {
             let mut config = base.map(|b| b.config.clone()).unwrap_or_default();
-            for (k, v) in &patch {
+            for (k, v) in changes {
                 match v {
                     Some(v) => config.insert(k.clone(), v.clone()),
                     None => config.remove(k),
@@ -366,22 +385,13 @@ pub async fn update_config(state: &ApiState, caller: &Caller, app: &str, body: &
                 slug: base.and_then(|b| b.slug.clone()),
                 processes: base.map(|b| b.processes.clone()).unwrap_or_default(),
                 config,
-                description: description.clone(),
+                description: description.to_string(),
                 created_ms: now_ms(),
                 status: ReleaseStatus::Pending,
                 reason: None,
             })
         })
-        .await?;
-    // Names only: values may be secrets.
-    tracing::info!(app, version = rel.version, change = %description, "config changed");
-    json(
-        StatusCode::OK,
-        &ConfigView {
-            config: rel.config,
-            release: Some(rel.version),
-        },
-    )
+        .await?)
 }
 
 // ------------------------------------------------------------------- formation
