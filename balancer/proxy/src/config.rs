@@ -43,6 +43,18 @@ pub struct ConfigFile {
     pub log: Option<LogFile>,
     pub tls: Option<TlsFile>,
     pub http2: Option<Http2File>,
+    pub telemetry: Option<TelemetryFile>,
+}
+
+/// `[telemetry]`: router lines and per-app stats written to the registry's Redis.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryFile {
+    pub router_lines: Option<bool>,
+    pub stats: Option<bool>,
+    pub queue: Option<usize>,
+    pub stats_interval: Option<String>,
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -326,6 +338,20 @@ pub struct RegistrySettings {
     pub app_domains: Vec<Box<str>>,
 }
 
+/// What the balancer writes about apps' requests (with a registry only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetrySettings {
+    /// One line per request to the app's log stream.
+    pub router_lines: bool,
+    /// Per-app request counts and latency histograms for `pier stats`.
+    pub stats: bool,
+    /// Requests waiting for the writer, at most; more are dropped (counted).
+    pub queue: usize,
+    pub stats_interval: Duration,
+    /// This balancer's name in router lines and stats (default: host name and process id).
+    pub id: String,
+}
+
 /// Holding requests of apps that have no live backend yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpinSettings {
@@ -346,6 +372,8 @@ pub struct Config {
     pub routes_watch_interval: Duration,
     /// Set when routes come from the Redis registry instead of a file.
     pub registry: Option<RegistrySettings>,
+    /// Set with a registry unless both router lines and stats are turned off.
+    pub telemetry: Option<TelemetrySettings>,
     pub spin: SpinSettings,
     pub workers: usize,
     pub mode: RuntimeMode,
@@ -536,6 +564,7 @@ impl ConfigFile {
                 "only for routes.redis (a routes file has its own app_domains)",
             );
         }
+        let telemetry = self.telemetry_settings(&mut c, registry.is_some());
         let sp = self.spin.as_ref();
         let spin = SpinSettings {
             timeout: c.duration(
@@ -798,6 +827,7 @@ impl ConfigFile {
             routes_watch,
             routes_watch_interval,
             registry,
+            telemetry,
             spin,
             workers,
             mode,
@@ -810,6 +840,48 @@ impl ConfigFile {
             tls,
             http2,
         })
+    }
+
+    /// `[telemetry]`: on by default with a registry, refused without one.
+    fn telemetry_settings(
+        &self,
+        c: &mut Checker<'_>,
+        has_registry: bool,
+    ) -> Option<TelemetrySettings> {
+        let t = self.telemetry.as_ref();
+        if !has_registry {
+            if t.is_some() {
+                c.err(
+                    "telemetry",
+                    "needs routes.redis (router lines and stats go to the registry's Redis)",
+                );
+            }
+            return None;
+        }
+        let queue = t.and_then(|t| t.queue).unwrap_or(65_536);
+        if queue == 0 {
+            c.err("telemetry.queue", "must be above zero");
+        }
+        let id = match t.and_then(|t| t.id.clone()) {
+            Some(id) if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()) => {
+                c.err("telemetry.id", "must be printable ASCII without spaces");
+                id
+            }
+            Some(id) => id,
+            None => default_balancer_id(),
+        };
+        let settings = TelemetrySettings {
+            router_lines: t.and_then(|t| t.router_lines).unwrap_or(true),
+            stats: t.and_then(|t| t.stats).unwrap_or(true),
+            queue,
+            stats_interval: c.duration(
+                "telemetry.stats_interval",
+                &t.and_then(|t| t.stats_interval.clone()),
+                Duration::from_secs(5),
+            ),
+            id,
+        };
+        (settings.router_lines || settings.stats).then_some(settings)
     }
 
     /// `[tls]`: required with `https` listeners, refused without them. The default certificate
@@ -899,6 +971,16 @@ impl ConfigFile {
     }
 }
 
+/// `HOST:PID`: unique among the balancers of one host, readable in router lines.
+fn default_balancer_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| "balancer".into());
+    format!("{host}:{}", std::process::id())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -944,6 +1026,39 @@ mod tests {
         assert!(errs
             .to_string()
             .starts_with("/etc/pier/balancer.toml: listen.http[0]: "));
+    }
+
+    #[test]
+    fn telemetry_is_on_with_a_registry_and_refused_without() {
+        let redis =
+            "[listen]\nhttp = [\"127.0.0.1:8080\"]\n[routes]\nredis = \"redis://127.0.0.1:6379\"\n";
+        let t = parse(redis).unwrap().telemetry.unwrap();
+        assert!(t.router_lines && t.stats);
+        assert_eq!(t.queue, 65_536);
+        assert!(t.id.contains(':'), "{}", t.id);
+        let off = format!("{redis}[telemetry]\nrouter_lines = false\nstats = false\n");
+        assert_eq!(parse(&off).unwrap().telemetry, None);
+        let bad =
+            format!("{redis}[telemetry]\nqueue = 0\nid = \"lb 1\"\nstats_interval = \"0s\"\n");
+        let keys: Vec<String> = parse(&bad)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "telemetry.queue",
+                "telemetry.id",
+                "telemetry.stats_interval"
+            ]
+        );
+        let errs = parse(
+            "[listen]\nhttp = [\"127.0.0.1:8080\"]\n[routes]\nfile = \"r.toml\"\n[telemetry]\nstats = true\n",
+        )
+        .unwrap_err();
+        assert_eq!(errs.0[0].key, "telemetry", "{errs}");
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct Forwarded {
     pub upstream: Option<SocketAddr>,
     pub bytes_out: u64,
     pub first_byte: Option<Duration>,
+    /// From the request head to the backend connection in hand (picked, connected or reused).
+    pub connect: Option<Duration>,
     /// Whether the client connection may carry another request.
     pub keep_alive: bool,
     /// Set when pier answered the request itself.
@@ -129,6 +131,7 @@ pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<A
                 break;
             }
         };
+        let connected = req.start.elapsed();
         let backend = &app.backends[idx];
         let _outstanding = app.begin(idx);
         let reused = conn.reused;
@@ -152,6 +155,7 @@ pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<A
                     upstream: Some(backend.addr),
                     bytes_out: done.bytes_out,
                     first_byte: Some(done.first_byte),
+                    connect: Some(connected),
                     keep_alive: done.client_keep_alive,
                     error: None,
                     aborted: done.aborted,
@@ -183,6 +187,7 @@ pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<A
                     upstream: Some(backend.addr),
                     bytes_out: 0,
                     first_byte: None,
+                    connect: None,
                     keep_alive: false,
                     error: err,
                     aborted: err.is_none().then_some("client-closed"),
@@ -194,6 +199,7 @@ pub async fn forward(w: &Worker, client: &mut Client, req: &Request, app: &Arc<A
                     upstream: Some(backend.addr),
                     bytes_out: 0,
                     first_byte: None,
+                    connect: None,
                     keep_alive: false,
                     error: None,
                     aborted: Some(why),
@@ -276,6 +282,7 @@ pub(crate) fn upstream_failed(
         upstream: addr,
         bytes_out: 0,
         first_byte: None,
+        connect: None,
         keep_alive: in_sync,
         error: Some(err),
         aborted: None,

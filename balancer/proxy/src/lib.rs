@@ -15,7 +15,8 @@
 //!
 //! Around it: [`config`] (the TOML pipeline), [`reload`] (routes file → table → `ArcSwap`),
 //! [`registry_sync`] (the Redis registry → table edits → `ArcSwap`),
-//! [`admin`] (`/metrics`, `/healthz`, `/routes`), [`metrics`], [`logging`], [`util`].
+//! [`admin`] (`/metrics`, `/healthz`, `/routes`), [`metrics`], [`logging`], [`util`],
+//! [`telemetry`] (router lines and per-app stats to the registry's Redis, off the request path).
 
 pub mod admin;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod respond;
 pub mod serve;
 pub mod server;
 pub mod stream;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod upstream_h2;

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub h2_streams: IntCounter,
     /// h2 connections ended with GOAWAY for abuse, by kind.
     pub h2_abuse: IntCounterVec,
+    pub router_lines: IntCounter,
+    pub telemetry_dropped: IntCounter,
+    pub stats_write_failures: IntCounter,
 }
 
 fn fgauge(r: &Registry, name: &str, help: &str) -> Gauge {
@@ -244,6 +247,21 @@ impl Metrics {
                 &r,
                 "pier_route_table_version",
                 "Version of the route table in use",
+            ),
+            router_lines: counter(
+                &r,
+                "pier_router_lines_total",
+                "Router lines written to the apps' log streams",
+            ),
+            telemetry_dropped: counter(
+                &r,
+                "pier_telemetry_dropped_total",
+                "Router lines dropped because the queue was full or Redis unreachable",
+            ),
+            stats_write_failures: counter(
+                &r,
+                "pier_stats_write_failures_total",
+                "Per-app stats writes that failed (retried with the next write)",
             ),
             reloads,
             registry: r,

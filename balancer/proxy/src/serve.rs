@@ -589,6 +589,7 @@ pub(crate) fn local_outcome(status: u16, error: Option<ProxyError>, keep_alive: 
         upstream: None,
         bytes_out: 0,
         first_byte: None,
+        connect: None,
         keep_alive,
         error,
         aborted: None,
@@ -638,6 +639,9 @@ pub(crate) fn record(w: &Worker, x: &Exchange<'_>, app: Option<&Arc<App>>, o: &F
     m.duration.observe(elapsed.as_secs_f64());
     if let Some(err) = o.error {
         m.errors.with_label_values(&[err.reason()]).inc();
+    }
+    if let (Some(t), Some(app)) = (&w.shared.telemetry, app) {
+        t.record(app, x, o);
     }
     tracing::info!(
         target: "pier::access",

@@ -50,6 +50,8 @@ pub struct Shared {
     pub registry_contact_ms: std::sync::atomic::AtomicU64,
     /// Requests held by `spin` now.
     pub spin_held: AtomicUsize,
+    /// Router lines and stats, with a registry.
+    pub telemetry: Option<crate::telemetry::Telemetry>,
     /// The files the routes file named, read for the table in use (watched with it).
     routes_files: std::sync::Mutex<Vec<std::path::PathBuf>>,
 }
@@ -98,6 +100,23 @@ impl Shared {
             }
             None => (None, None),
         };
+        let telemetry = match (&config.telemetry, &config.registry) {
+            (Some(t), Some(r)) => {
+                let m = crate::telemetry::TelemetryMetrics {
+                    lines: metrics.router_lines.clone(),
+                    dropped: metrics.telemetry_dropped.clone(),
+                    stats_failures: metrics.stats_write_failures.clone(),
+                };
+                match crate::telemetry::Telemetry::start(t, &r.url, &r.prefix, m) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        tracing::error!(error = %e, "telemetry writer not started: no router lines or stats");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         Ok(Arc::new(Shared {
             config,
             routes,
@@ -113,6 +132,7 @@ impl Shared {
             routes_files: std::sync::Mutex::new(Vec::new()),
             registry_contact_ms: std::sync::atomic::AtomicU64::new(0),
             spin_held: AtomicUsize::new(0),
+            telemetry,
         }))
     }
 

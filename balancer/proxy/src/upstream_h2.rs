@@ -296,6 +296,7 @@ pub(crate) async fn forward_h1_to_h2(
             Ok(s) => s,
             Err(e) => return upstream_failed(e, true, None),
         };
+    let connected = req.start.elapsed();
     let backend = &app.backends[idx];
     let _outstanding = app.begin(idx);
     let tls = client.listener.tls;
@@ -392,6 +393,7 @@ pub(crate) async fn forward_h1_to_h2(
                     upstream: Some(backend.addr),
                     bytes_out: 0,
                     first_byte: None,
+                    connect: None,
                     keep_alive: false,
                     error: None,
                     aborted: Some("client-closed"),
@@ -462,6 +464,7 @@ pub(crate) async fn forward_h1_to_h2(
         upstream: Some(backend.addr),
         bytes_out,
         first_byte: Some(first_byte),
+        connect: Some(connected),
         keep_alive: keep,
         error: None,
         aborted: None,
@@ -474,6 +477,7 @@ fn aborted(status: u16, addr: SocketAddr, first_byte: Duration, why: &'static st
         upstream: Some(addr),
         bytes_out: 0,
         first_byte: Some(first_byte),
+        connect: None,
         keep_alive: false,
         error: None,
         aborted: Some(why),

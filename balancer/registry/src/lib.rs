@@ -15,6 +15,7 @@
 //! - [`client`]: [`Registry`], the typed client: writes, snapshot, feed.
 //! - [`apply`]: registry data to route specs and table edits.
 //! - [`cert`]: TLS certificate chains and keys (the parser the routes file uses too).
+//! - [`telemetry`]: the apps' log streams and stats buckets that balancers and runners write.
 
 pub mod apply;
 pub mod client;
@@ -24,6 +25,7 @@ pub mod client;
 pub use pier_routes::cert;
 pub mod model;
 pub mod schema;
+pub mod telemetry;
 
 pub use client::{Registry, RegistryError, SnapshotHead};
 pub use model::{AppRecord, BackendRecord, CertRecord, Change, DomainRecord, Snapshot};

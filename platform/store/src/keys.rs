@@ -38,6 +38,11 @@ impl PlatformKeys {
         }
     }
 
+    /// The prefix every key starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Hash: release number → [`pier_model::platform::Release`] JSON.
     pub fn releases(&self, app: &str) -> String {
         format!("{}releases:{app}", self.prefix)
@@ -55,7 +60,7 @@ impl PlatformKeys {
 
     /// Stream: the app's log lines (`t`, `src`, `ps`, `line`), capped in length.
     pub fn logs(&self, app: &str) -> String {
-        format!("{}logs:{app}", self.prefix)
+        pier_registry::telemetry::logs_key(&self.prefix, app)
     }
 
     /// Hash: add-on kind → [`pier_model::platform::AddonRecord`] JSON (credentials included).

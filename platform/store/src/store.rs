@@ -44,7 +44,7 @@ pub struct Store {
 }
 
 /// Lines kept per app log stream (approximately: Redis trims whole nodes).
-pub const LOG_STREAM_LEN: u64 = 10_000;
+pub use pier_registry::telemetry::LOG_STREAM_LEN;
 
 pub(crate) async fn timed<T>(
     fut: impl std::future::Future<Output = redis::RedisResult<T>>,
@@ -114,7 +114,7 @@ impl Store {
         &self.keys
     }
 
-    fn c(&self) -> ConnectionManager {
+    pub(crate) fn c(&self) -> ConnectionManager {
         self.conn.clone()
     }
 

@@ -222,6 +222,7 @@ async fn handle_stream(
                 parts: &parts,
                 request_id: &request_id,
                 start_ms,
+                start,
                 host: &host_text,
                 target: &target,
             };
@@ -308,6 +309,8 @@ struct StreamCtx<'a> {
     parts: &'a Parts,
     request_id: &'a [u8],
     start_ms: u64,
+    /// When the request head arrived.
+    start: Instant,
     host: &'a Bytes,
     target: &'a Bytes,
 }
@@ -637,6 +640,7 @@ async fn forward_h2(
             Ok(c) => c,
             Err(err) => return answer_error(respond, err, ctx.request_id, head_request),
         };
+        let connected = ctx.start.elapsed();
         let backend = &app.backends[idx];
         let _outstanding = app.begin(idx);
         out.truncate(head_len);
@@ -674,6 +678,7 @@ async fn forward_h2(
                 }
                 return Forwarded {
                     upstream: Some(backend.addr),
+                    connect: Some(connected),
                     ..done.outcome
                 };
             }
@@ -734,6 +739,7 @@ fn aborted(upstream: Option<SocketAddr>, why: &'static str) -> Forwarded {
         upstream,
         bytes_out: 0,
         first_byte: None,
+        connect: None,
         keep_alive: true,
         error: None,
         aborted: Some(why),
@@ -933,6 +939,7 @@ async fn exchange_h2(
             upstream: None,
             bytes_out,
             first_byte: Some(first_byte),
+            connect: None,
             keep_alive: true,
             error: None,
             aborted: None,
@@ -1057,6 +1064,7 @@ async fn forward_h2_to_h2(
             Ok(s) => s,
             Err(err) => return answer_error(respond, err, ctx.request_id, head_request),
         };
+    let connected = ctx.start.elapsed();
     let backend = &app.backends[idx];
     let _outstanding = app.begin(idx);
     let headers = &ctx.parts.headers;
@@ -1188,6 +1196,7 @@ async fn forward_h2_to_h2(
             upstream: Some(backend.addr),
             bytes_out: *moved.as_ref().unwrap_or(&0),
             first_byte: Some(first_byte),
+            connect: Some(connected),
             keep_alive: true,
             error: None,
             aborted: moved.err(),
@@ -1228,6 +1237,7 @@ async fn websocket_h2(
         Ok(c) => c,
         Err(err) => return answer_error(respond, err, ctx.request_id, false),
     };
+    let connected = ctx.start.elapsed();
     let backend = &app.backends[idx];
     let _outstanding = app.begin(idx);
     let key = crate::util::websocket_key();
@@ -1310,6 +1320,7 @@ async fn websocket_h2(
             upstream: Some(backend.addr),
             bytes_out: 0,
             first_byte: Some(first_byte),
+            connect: Some(connected),
             keep_alive: true,
             error: None,
             aborted: None,
@@ -1340,6 +1351,7 @@ async fn websocket_h2(
         upstream: Some(backend.addr),
         bytes_out: down,
         first_byte: Some(first_byte),
+        connect: Some(connected),
         keep_alive: true,
         error: None,
         aborted: why,
