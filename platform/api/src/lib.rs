@@ -15,6 +15,7 @@
 //! - [`api`]: the handlers and their request and response bodies.
 //! - [`addons`]: per-app PostgreSQL databases and Redis users.
 //! - [`logs`]: an app's log lines, and the live tail.
+//! - [`stats`]: an app's requests and its instances' use over the last minute, hour and day.
 //! - [`platform`]: deploys, releases, config vars, formation, instances, runners.
 //! - [`verify`]: the pluggable ownership check of custom domains and its HTTP implementation.
 //! - [`netpolicy`]: which addresses owners may register as backends.
@@ -33,6 +34,7 @@ pub mod openapi;
 pub mod platform;
 pub mod router;
 pub mod server;
+pub mod stats;
 pub mod verify;
 
 pub use api::ApiState;

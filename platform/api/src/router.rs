@@ -40,6 +40,7 @@ pub enum RouteId {
     ListRunners,
     ListAddons,
     Logs,
+    Stats,
     CreateAddon,
     DestroyAddon,
 }
@@ -146,6 +147,7 @@ pub static ROUTES: &[Route] = &[
     route(Method::GET, "/v1/runners", RouteId::ListRunners),
     route(Method::GET, "/v1/apps/{app}/addons", RouteId::ListAddons),
     route(Method::GET, "/v1/apps/{app}/logs", RouteId::Logs),
+    route(Method::GET, "/v1/apps/{app}/stats", RouteId::Stats),
     route(Method::POST, "/v1/apps/{app}/addons", RouteId::CreateAddon),
     route(
         Method::DELETE,

@@ -282,6 +282,7 @@ async fn dispatch(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Answe
         RouteId::Restart => platform::restart(state, &caller, p(0), &body).await,
         RouteId::ListRunners => platform::list_runners(state, &caller).await,
         RouteId::ListAddons => addons::list(state, &caller, p(0)).await,
+        RouteId::Stats => crate::stats::show(state, &caller, p(0)).await,
         RouteId::CreateAddon => addons::create(state, &caller, p(0), &body).await,
         RouteId::DestroyAddon => addons::destroy(state, &caller, p(0), p(1), &body).await,
     };

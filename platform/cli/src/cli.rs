@@ -98,6 +98,9 @@ pub enum Command {
         #[arg(long)]
         source: Option<String>,
     },
+    /// An app's requests/s, share of 5xx, p50/p95/p99 latency and its instances' CPU and
+    /// memory, over the last minute, hour and day.
+    Stats { app: String },
     /// Create, list, show, update and delete apps.
     #[command(subcommand)]
     Apps(AppsCmd),
@@ -341,6 +344,7 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
         | Command::Runners
         | Command::Addons(_)
         | Command::Logs { .. } => return crate::platform_verbs::run(cli, &client, out).await,
+        Command::Stats { app } => return crate::stats::run(cli, &client, app, out).await,
         Command::Apps(AppsCmd::Create { name }) => (
             Method::POST,
             "/v1/apps".to_string(),

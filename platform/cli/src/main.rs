@@ -4,6 +4,7 @@
 mod cli;
 mod platform_verbs;
 mod services;
+mod stats;
 mod up;
 
 use std::process::ExitCode;

@@ -68,7 +68,7 @@ pub enum ConfigCmd {
 }
 
 /// One API call whose answer must be a success.
-async fn call(
+pub(crate) async fn call(
     client: &ApiClient,
     method: Method,
     path: &str,
@@ -78,14 +78,14 @@ async fn call(
 }
 
 /// With `--json`, prints the API's answer and says so (the verb prints nothing else).
-fn printed_json(cli: &Cli, v: &Value, out: &mut dyn Write) -> Result<bool, CliError> {
+pub(crate) fn printed_json(cli: &Cli, v: &Value, out: &mut dyn Write) -> Result<bool, CliError> {
     if cli.json {
         writeln!(out, "{v:#}")?;
     }
     Ok(cli.json)
 }
 
-fn app_path(app: &str) -> String {
+pub(crate) fn app_path(app: &str) -> String {
     format!("/v1/apps/{}", encode_segment(app))
 }
 

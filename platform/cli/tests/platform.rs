@@ -672,6 +672,59 @@ async fn instances_output_reaches_pier_logs_and_its_tail() {
     println!("request line seen by the tail {seen:?} after the request");
     let _ = tail.kill();
     let _ = tail.wait();
+
+    // The balancer's router line for the same request, naming the instance that served it.
+    let start = Instant::now();
+    loop {
+        let out = p.pier(&["logs", "hello", "--source", "router"]).ok();
+        let probe = out
+            .stdout
+            .lines()
+            .find(|l| l.contains("path=\"/tail-probe\""));
+        if let Some(l) = probe {
+            assert!(l.contains(" router["), "{l}");
+            assert!(
+                l.contains(" status=200 ") && l.contains(" instance=hello-web-"),
+                "{l}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < SERVED_WITHIN, "{out:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Stats: the requests counted by the balancer, both instances' use reported by the runner.
+    let start = Instant::now();
+    loop {
+        let out = p.pier(&["stats", "hello", "--json"]).ok();
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let day = &v["requests"][2];
+        let instances: Vec<&str> = v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["instance"].as_str())
+            .collect();
+        let both = instances.iter().any(|i| i.starts_with("web.1@"))
+            && instances.iter().any(|i| i.starts_with("web.2@"));
+        if day["requests"].as_u64() >= Some(1) && both {
+            assert_eq!(day["window"], "1d");
+            assert!(day["p50_ms"].as_f64().is_some(), "{v}");
+            assert!(
+                v["instances"][0]["windows"][0]["memory_bytes"].as_u64() > Some(1 << 20),
+                "{v}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < SERVED_WITHIN, "{v}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let table = p.pier(&["stats", "hello"]).ok().stdout;
+    assert!(
+        table.contains("=== hello requests") && table.contains("\n1d "),
+        "{table}"
+    );
+    assert!(table.contains("web.1@"), "{table}");
 }
 
 const FLOOD_APP: &str = r#"

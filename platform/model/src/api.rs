@@ -368,6 +368,54 @@ pub struct LogList {
     pub lines: Vec<crate::platform::LogLine>,
 }
 
+/// What an app served and used over the last minute, hour and day (`GET /v1/apps/{app}/stats`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AppStats {
+    pub app: String,
+    /// When this was read, ms since the epoch.
+    pub at_ms: u64,
+    /// Requests through the balancers, merged across them: `1m`, `1h`, `1d`.
+    pub requests: Vec<RequestStats>,
+    /// Each instance's CPU and memory (`web.1@runner`), with the same windows.
+    pub instances: Vec<InstanceStats>,
+}
+
+/// Requests over one window. The window is made of whole buckets (10 s for `1m`, a minute for
+/// `1h`, an hour for `1d`), the current one included: `seconds` says how long it covers.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RequestStats {
+    pub window: String,
+    pub seconds: u64,
+    pub requests: u64,
+    pub requests_per_second: f64,
+    pub errors_5xx: u64,
+    /// Share of answers with a 5xx status, 0 to 1.
+    pub share_5xx: f64,
+    /// Latency from the request head to the end of the response, milliseconds (none without
+    /// requests).
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstanceStats {
+    /// `web.1@runner-id`.
+    pub instance: String,
+    pub windows: Vec<UsageStats>,
+}
+
+/// An instance's use over one window.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UsageStats {
+    pub window: String,
+    /// CPU used, percent of one core, averaged over the window's length.
+    pub cpu_percent: f64,
+    /// Resident memory, mean of the samples and highest sample, bytes.
+    pub memory_bytes: u64,
+    pub memory_max_bytes: u64,
+}
+
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct AddonList {
     pub addons: Vec<AddonView>,

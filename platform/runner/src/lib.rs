@@ -26,6 +26,7 @@ pub mod process;
 pub mod runner;
 pub mod slugs;
 pub mod supervisor;
+pub mod usage;
 
 pub use config::RunnerConfig;
 pub use runner::{is_root, reachable_by_others, run};

@@ -366,6 +366,8 @@ async fn run_once(
     let refresh_every = (cfg.backend_ttl / 3).max(Duration::from_millis(200));
     let mut last_refresh = Instant::now();
     let mut last_usage = Instant::now() - Duration::from_secs(60);
+    let mut meter = crate::usage::UsageMeter::default();
+    let usage_field = format!("{}@{}", inst.spec.name(), cfg.id);
     loop {
         tokio::select! {
             status = child.wait() => {
@@ -404,6 +406,14 @@ async fn run_once(
             inst.status.cpu_s = (cpu * 100.0).round() / 100.0;
             inst.status.rss_kib = rss;
             inst.publish();
+            let windows = meter.sample(pier_store::now_ms() / 1000, cpu, rss * 1024);
+            if let Err(e) = ctx
+                .store
+                .write_usage(&inst.spec.app, &usage_field, &windows)
+                .await
+            {
+                tracing::debug!(error = %e, app = %inst.spec.app, "usage stats not written");
+            }
         }
     }
 }

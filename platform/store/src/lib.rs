@@ -14,9 +14,11 @@
 //! - [`keys`]: key names.
 //! - [`store`]: [`Store`], the typed client.
 //! - [`lease`]: the coordinator's lease and the fenced writes only a leader can make.
+//! - [`stats`]: the stats buckets balancers and runners write and `pier stats` reads.
 
 pub mod keys;
 pub mod lease;
+pub mod stats;
 pub mod store;
 
 pub use lease::{FencedOp, Lease};
