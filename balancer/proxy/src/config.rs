@@ -858,7 +858,7 @@ impl ConfigFile {
             }
             return None;
         }
-        let queue = t.and_then(|t| t.queue).unwrap_or(65_536);
+        let queue = t.and_then(|t| t.queue).unwrap_or(16_384);
         if queue == 0 {
             c.err("telemetry.queue", "must be above zero");
         }
@@ -1034,7 +1034,7 @@ mod tests {
             "[listen]\nhttp = [\"127.0.0.1:8080\"]\n[routes]\nredis = \"redis://127.0.0.1:6379\"\n";
         let t = parse(redis).unwrap().telemetry.unwrap();
         assert!(t.router_lines && t.stats);
-        assert_eq!(t.queue, 65_536);
+        assert_eq!(t.queue, 16_384);
         assert!(t.id.contains(':'), "{}", t.id);
         let off = format!("{redis}[telemetry]\nrouter_lines = false\nstats = false\n");
         assert_eq!(parse(&off).unwrap().telemetry, None);

@@ -2,7 +2,8 @@
 //!
 //! The request path hands each answered request of an app to [`Telemetry::record`]: the
 //! router line is formatted there (one allocation) and queued with a non-blocking send on a
-//! bounded channel. One thread empties the channel: it writes the lines to the apps' log
+//! bounded channel. One thread empties the channel every 25 ms (it sleeps rather than waits on
+//! the channel, so no send ever has to wake it): it writes the lines to the apps' log
 //! streams in pipelined batches and folds every request into the app's stats buckets
 //! ([`pier_registry::telemetry`]), which it writes every `stats_interval`. When the queue is
 //! full or Redis is slow or gone, lines are dropped and counted
@@ -12,19 +13,22 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use compact_str::CompactString;
 use pier_registry::telemetry::{logs_key, router_stats_key, RouterWindow, Tier, LOG_STREAM_LEN};
 use pier_routes::App;
 use prometheus::IntCounter;
+use smallvec::SmallVec;
 
 use crate::config::TelemetrySettings;
 use crate::forward::Forwarded;
 use crate::respond::ProxyError;
 use crate::serve::Exchange;
 
+/// How often the writer empties the queue.
+const TICK: Duration = Duration::from_millis(25);
 /// Lines written per Redis round trip, at most.
 const BATCH: usize = 512;
 /// How long a Redis command may take before the link counts as down.
@@ -39,7 +43,32 @@ struct Event {
     app: CompactString,
     status: u16,
     total_us: u64,
-    line: Option<String>,
+    line: Option<Line>,
+}
+
+/// A router line, held inline up to 256 bytes (most lines): formatting one on the request path
+/// allocates nothing, and neither does freeing it on the writer's side.
+pub(crate) struct Line(SmallVec<[u8; 256]>);
+
+impl Line {
+    fn with_capacity(n: usize) -> Self {
+        Line(SmallVec::with_capacity(n))
+    }
+
+    fn push_str(&mut self, s: &str) {
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    fn push(&mut self, c: u8) {
+        self.0.push(c);
+    }
+}
+
+impl std::fmt::Write for Line {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push_str(s);
+        Ok(())
+    }
 }
 
 /// The request path's end of the queue.
@@ -76,8 +105,12 @@ impl Telemetry {
             stats: settings.stats,
             stats_interval: settings.stats_interval,
             conn: None,
+            lines_conn: None,
+            buf: Vec::new(),
+            keys: HashMap::new(),
             retry_at: None,
-            apps: HashMap::new(),
+            apps: HashMap::default(),
+            touched: Vec::new(),
             metrics,
         };
         std::thread::Builder::new()
@@ -111,12 +144,27 @@ impl Telemetry {
     }
 }
 
+/// One command in Redis's protocol (RESP): an array of bulk strings.
+fn resp(buf: &mut Vec<u8>, args: &[&[u8]]) {
+    let mut n = itoa::Buffer::new();
+    buf.push(b'*');
+    buf.extend_from_slice(n.format(args.len()).as_bytes());
+    buf.extend_from_slice(b"\r\n");
+    for a in args {
+        buf.push(b'$');
+        buf.extend_from_slice(n.format(a.len()).as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        buf.extend_from_slice(a);
+        buf.extend_from_slice(b"\r\n");
+    }
+}
+
 /// The Heroku-style router line: `at=info method=GET path="/" host=… request_id=… fwd="…"
 /// instance=… connect=0ms service=3ms total=4ms status=200 bytes=512 protocol=http/1.1`, with
 /// `at=error error=REASON` when pier answered itself and `aborted=WHY` when the answer broke.
 /// Client-supplied text is quoted and escaped: no control character or quote gets through.
-fn router_line(app: &App, x: &Exchange<'_>, o: &Forwarded, total: Duration) -> String {
-    let mut s = String::with_capacity(192 + x.target.len().min(MAX_PATH));
+fn router_line(app: &App, x: &Exchange<'_>, o: &Forwarded, total: Duration) -> Line {
+    let mut s = Line::with_capacity(192 + x.target.len().min(MAX_PATH));
     let at = if o.error.is_some() || o.aborted.is_some() {
         "error"
     } else {
@@ -140,27 +188,46 @@ fn router_line(app: &App, x: &Exchange<'_>, o: &Forwarded, total: Duration) -> S
     escape_bare(&mut s, x.host);
     s.push_str(" request_id=");
     escape_bare(&mut s, x.request_id);
-    let _ = write!(s, " fwd=\"{}\"", x.peer.ip());
+    s.push_str(" fwd=\"");
+    match x.peer.ip() {
+        std::net::IpAddr::V4(ip) => {
+            let mut n = itoa::Buffer::new();
+            for (i, octet) in ip.octets().iter().enumerate() {
+                if i > 0 {
+                    s.push(b'.');
+                }
+                s.push_str(n.format(*octet));
+            }
+        }
+        ip => {
+            let _ = write!(s, "{ip}");
+        }
+    }
+    s.push(b'"');
     s.push_str(" instance=");
     push_instance(&mut s, app, o.upstream);
     let ms = |d: Option<Duration>| d.map_or(0, |d| (d.as_micros() as u64).div_ceil(1000));
-    let _ = write!(
-        s,
-        " connect={}ms service={}ms total={}ms status={} bytes={} protocol={}",
-        ms(o.connect),
-        ms(o.first_byte),
-        ms(Some(total)),
-        o.status,
-        o.bytes_out,
-        x.protocol
-    );
+    let mut n = itoa::Buffer::new();
+    for (name, v, unit) in [
+        (" connect=", ms(o.connect), "ms"),
+        (" service=", ms(o.first_byte), "ms"),
+        (" total=", ms(Some(total)), "ms"),
+        (" status=", u64::from(o.status), ""),
+        (" bytes=", o.bytes_out, ""),
+    ] {
+        s.push_str(name);
+        s.push_str(n.format(v));
+        s.push_str(unit);
+    }
+    s.push_str(" protocol=");
+    s.push_str(x.protocol);
     s
 }
 
 /// The backend's instance id when the registry gave one, else its address; `-` for none.
-fn push_instance(s: &mut String, app: &App, upstream: Option<SocketAddr>) {
+fn push_instance(s: &mut Line, app: &App, upstream: Option<SocketAddr>) {
     let Some(addr) = upstream else {
-        s.push('-');
+        s.push(b'-');
         return;
     };
     match app.backends.iter().find(|b| b.addr == addr) {
@@ -173,13 +240,17 @@ fn push_instance(s: &mut String, app: &App, upstream: Option<SocketAddr>) {
 
 /// Bytes as a bare token: printable ASCII other than space, quote and backslash kept, the rest
 /// as `\xNN`; `-` for none.
-fn escape_bare(s: &mut String, b: &[u8]) {
+fn escape_bare(s: &mut Line, b: &[u8]) {
+    let plain = |c: &u8| c.is_ascii_graphic() && *c != b'"' && *c != b'\\';
     if b.is_empty() {
-        s.push('-');
+        s.push(b'-');
+    } else if b.iter().all(plain) {
+        s.0.extend_from_slice(b);
+        return;
     }
     for &c in b {
         if c.is_ascii_graphic() && c != b'"' && c != b'\\' {
-            s.push(c as char);
+            s.push(c);
         } else {
             let _ = write!(s, "\\x{c:02x}");
         }
@@ -188,14 +259,25 @@ fn escape_bare(s: &mut String, b: &[u8]) {
 
 /// Bytes inside quotes, cut at `max` (marked `...`): printable ASCII and space kept, `"` and `\`
 /// escaped with a backslash, the rest as `\xNN`.
-fn escape_quoted(s: &mut String, b: &[u8], max: usize) {
-    for &c in &b[..b.len().min(max)] {
+fn escape_quoted(s: &mut Line, b: &[u8], max: usize) {
+    let kept = &b[..b.len().min(max)];
+    if kept
+        .iter()
+        .all(|&c| matches!(c, b' '..=b'~') && c != b'"' && c != b'\\')
+    {
+        s.0.extend_from_slice(kept);
+        if b.len() > max {
+            s.push_str("...");
+        }
+        return;
+    }
+    for &c in kept {
         match c {
             b'"' | b'\\' => {
-                s.push('\\');
-                s.push(c as char);
+                s.push(b'\\');
+                s.push(c);
             }
-            b' '..=b'~' => s.push(c as char),
+            b' '..=b'~' => s.push(c),
             _ => {
                 let _ = write!(s, "\\x{c:02x}");
             }
@@ -209,6 +291,9 @@ fn escape_quoted(s: &mut String, b: &[u8], max: usize) {
 /// One app's stats, per tier: the bucket being filled and the ones still to be written.
 #[derive(Default)]
 struct AppStats {
+    /// This tick's requests, folded into the tiers at the end of the tick (one histogram
+    /// update per request instead of three).
+    tick: RouterWindow,
     tiers: [TierStats; 3],
 }
 
@@ -222,7 +307,7 @@ struct TierStats {
 }
 
 impl TierStats {
-    fn record(&mut self, tier: Tier, now_s: u64, status: u16, total_us: u64) {
+    fn add(&mut self, tier: Tier, now_s: u64, w: &RouterWindow) {
         let b = tier.bucket(now_s);
         if b != self.bucket {
             if self.dirty {
@@ -234,7 +319,7 @@ impl TierStats {
             self.current = RouterWindow::default();
             self.bucket = b;
         }
-        self.current.record(status, total_us);
+        self.current.merge(w);
         self.dirty = true;
     }
 }
@@ -246,10 +331,19 @@ struct Writer {
     id: String,
     stats: bool,
     stats_interval: Duration,
+    /// For stats (with replies).
     conn: Option<redis::Connection>,
+    /// For lines (`CLIENT REPLY OFF`).
+    lines_conn: Option<redis::Connection>,
+    /// The packed commands of one write, reused.
+    buf: Vec<u8>,
+    /// Apps' log stream keys, made once.
+    keys: HashMap<CompactString, String>,
     /// While set, Redis failed recently: not tried before then.
     retry_at: Option<Instant>,
-    apps: HashMap<CompactString, AppStats>,
+    apps: HashMap<CompactString, AppStats, foldhash::fast::RandomState>,
+    /// Apps with requests in this tick.
+    touched: Vec<CompactString>,
     metrics: TelemetryMetrics,
 }
 
@@ -262,28 +356,37 @@ fn unix_now() -> (u64, u64) {
 
 impl Writer {
     fn run(mut self, rx: Receiver<Event>) {
-        let mut lines: Vec<(CompactString, String, u64)> = Vec::with_capacity(BATCH);
+        let mut lines: Vec<(CompactString, Line, u64)> = Vec::with_capacity(BATCH);
         let mut next_stats = Instant::now() + self.stats_interval;
         loop {
-            let wait = next_stats.saturating_duration_since(Instant::now());
-            let first = match rx.recv_timeout(wait) {
-                Ok(ev) => Some(ev),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
+            // The writer sleeps rather than waits on the queue: a sender never has a sleeping
+            // receiver to wake, so handing a line over costs no system call.
+            std::thread::sleep(TICK);
             let (now_s, now_ms) = unix_now();
-            if let Some(ev) = first {
-                self.take(ev, &mut lines, now_s, now_ms);
-                while lines.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(ev) => self.take(ev, &mut lines, now_s, now_ms),
-                        Err(_) => break,
+            let mut closed = false;
+            loop {
+                match rx.try_recv() {
+                    Ok(ev) => {
+                        self.take(ev, &mut lines, now_ms);
+                        if lines.len() >= BATCH {
+                            self.write_lines(&lines);
+                            lines.clear();
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
                     }
                 }
             }
             if !lines.is_empty() {
                 self.write_lines(&lines);
                 lines.clear();
+            }
+            self.fold_tick(now_s);
+            if closed {
+                break;
             }
             if Instant::now() >= next_stats {
                 self.write_stats(now_s);
@@ -293,83 +396,126 @@ impl Writer {
         // The balancer is stopping: what was counted is written once more.
         let (now_s, _) = unix_now();
         self.retry_at = None;
+        self.fold_tick(now_s);
         self.write_stats(now_s);
     }
 
+    /// Folds this tick's requests of every app that had some into its buckets.
+    fn fold_tick(&mut self, now_s: u64) {
+        for name in self.touched.drain(..) {
+            if let Some(app) = self.apps.get_mut(&name) {
+                let tick = std::mem::take(&mut app.tick);
+                for (t, tier) in app.tiers.iter_mut().zip(Tier::ALL) {
+                    t.add(tier, now_s, &tick);
+                }
+            }
+        }
+    }
+
     /// Counts one request in its app's stats and keeps its line for the next write.
-    fn take(
-        &mut self,
-        ev: Event,
-        lines: &mut Vec<(CompactString, String, u64)>,
-        now_s: u64,
-        now_ms: u64,
-    ) {
+    fn take(&mut self, ev: Event, lines: &mut Vec<(CompactString, Line, u64)>, now_ms: u64) {
         if self.stats {
             let app = self.apps.entry(ev.app.clone()).or_default();
-            for (t, tier) in app.tiers.iter_mut().zip(Tier::ALL) {
-                t.record(tier, now_s, ev.status, ev.total_us);
+            if app.tick.requests == 0 {
+                self.touched.push(ev.app.clone());
             }
+            app.tick.record(ev.status, ev.total_us);
         }
         if let Some(line) = ev.line {
             lines.push((ev.app, line, now_ms));
         }
     }
 
-    /// The connection, opened if needed; `None` while Redis is failing.
-    fn conn(&mut self) -> Option<&mut redis::Connection> {
+    /// A connection to Redis, or `None` while Redis is failing (not tried again before
+    /// `retry_at`).
+    fn open(&mut self) -> Option<redis::Connection> {
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
             return None;
         }
-        if self.conn.is_none() {
-            let opened = redis::Client::open(self.url.as_str()).and_then(|c| {
-                let conn = c.get_connection_with_timeout(REDIS_TIMEOUT)?;
-                conn.set_read_timeout(Some(REDIS_TIMEOUT))?;
-                conn.set_write_timeout(Some(REDIS_TIMEOUT))?;
-                Ok(conn)
-            });
-            match opened {
-                Ok(c) => self.conn = Some(c),
-                Err(e) => {
-                    self.failed(&e);
-                    return None;
-                }
+        let opened = redis::Client::open(self.url.as_str()).and_then(|c| {
+            let conn = c.get_connection_with_timeout(REDIS_TIMEOUT)?;
+            conn.set_read_timeout(Some(REDIS_TIMEOUT))?;
+            conn.set_write_timeout(Some(REDIS_TIMEOUT))?;
+            Ok(conn)
+        });
+        match opened {
+            Ok(c) => {
+                self.retry_at = None;
+                Some(c)
+            }
+            Err(e) => {
+                self.failed(&e);
+                None
             }
         }
-        self.retry_at = None;
-        self.conn.as_mut()
     }
 
     fn failed(&mut self, e: &redis::RedisError) {
         tracing::debug!(error = %e, "telemetry: Redis unreachable");
         self.conn = None;
+        self.lines_conn = None;
         self.retry_at = Some(Instant::now() + RETRY_AFTER);
     }
 
-    fn write_lines(&mut self, lines: &[(CompactString, String, u64)]) {
-        let mut pipe = redis::pipe();
-        for (app, line, at_ms) in lines {
-            pipe.cmd("XADD")
-                .arg(logs_key(&self.prefix, app))
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(LOG_STREAM_LEN)
-                .arg("*")
-                .arg("t")
-                .arg(*at_ms)
-                .arg("src")
-                .arg("router")
-                .arg("ps")
-                .arg(&self.id)
-                .arg("line")
-                .arg(line)
-                .ignore();
-        }
+    /// Writes the lines as one packed pipeline of `XADD`s on a connection that asked Redis for
+    /// no replies (`CLIENT REPLY OFF`): nothing to read back or parse per line. A write that
+    /// fails drops the batch (counted); an entry Redis refused would go unnoticed, but these are
+    /// well-formed by construction.
+    fn write_lines(&mut self, lines: &[(CompactString, Line, u64)]) {
         let n = lines.len() as u64;
-        let Some(conn) = self.conn() else {
-            self.metrics.dropped.inc_by(n);
-            return;
+        if self.lines_conn.is_none() {
+            let Some(mut c) = self.open() else {
+                self.metrics.dropped.inc_by(n);
+                return;
+            };
+            let mut off = Vec::new();
+            resp(&mut off, &[b"CLIENT", b"REPLY", b"OFF"]);
+            if let Err(e) = c.send_packed_command(&off) {
+                self.metrics.dropped.inc_by(n);
+                self.failed(&e);
+                return;
+            }
+            self.lines_conn = Some(c);
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let mut digits = itoa::Buffer::new();
+        if self.keys.len() > 100_000 {
+            self.keys.clear();
+        }
+        let cap = LOG_STREAM_LEN.to_string();
+        for (app, line, at_ms) in lines {
+            let key = self
+                .keys
+                .entry(app.clone())
+                .or_insert_with(|| logs_key(&self.prefix, app));
+            let at = digits.format(*at_ms);
+            resp(
+                &mut buf,
+                &[
+                    b"XADD",
+                    key.as_bytes(),
+                    b"MAXLEN",
+                    b"~",
+                    cap.as_bytes(),
+                    b"*",
+                    b"t",
+                    at.as_bytes(),
+                    b"src",
+                    b"router",
+                    b"ps",
+                    self.id.as_bytes(),
+                    b"line",
+                    &line.0,
+                ],
+            );
+        }
+        let sent = match self.lines_conn.as_mut() {
+            Some(c) => c.send_packed_command(&buf),
+            None => Ok(()),
         };
-        match pipe.exec(conn) {
+        self.buf = buf;
+        match sent {
             Ok(()) => self.metrics.lines.inc_by(n),
             Err(e) => {
                 self.metrics.dropped.inc_by(n);
@@ -401,7 +547,10 @@ impl Writer {
             }
         }
         if any {
-            let Some(conn) = self.conn() else {
+            if self.conn.is_none() {
+                self.conn = self.open();
+            }
+            let Some(conn) = self.conn.as_mut() else {
                 self.metrics.stats_failures.inc();
                 return;
             };
@@ -430,23 +579,29 @@ mod tests {
 
     #[test]
     fn escaping_keeps_control_characters_and_quotes_out() {
-        let mut s = String::new();
+        let text = |s: &Line| String::from_utf8(s.0.to_vec()).unwrap();
+        let mut s = Line::with_capacity(0);
         escape_quoted(&mut s, b"/a b\"c\\d\r\n\x1b[31m\xff", 100);
-        assert_eq!(s, r#"/a b\"c\\d\x0d\x0a\x1b[31m\xff"#);
-        let mut s = String::new();
+        assert_eq!(text(&s), r#"/a b\"c\\d\x0d\x0a\x1b[31m\xff"#);
+        let mut s = Line::with_capacity(0);
         escape_bare(&mut s, b"a b\"");
-        assert_eq!(s, r"a\x20b\x22");
-        let mut s = String::new();
+        assert_eq!(text(&s), r"a\x20b\x22");
+        let mut s = Line::with_capacity(0);
         escape_quoted(&mut s, &[b'a'; 10], 4);
-        assert_eq!(s, "aaaa...");
+        assert_eq!(text(&s), "aaaa...");
     }
 
     #[test]
     fn a_change_of_bucket_keeps_the_finished_one_until_written() {
+        let one = |status| {
+            let mut w = RouterWindow::default();
+            w.record(status, 10);
+            w
+        };
         let mut t = TierStats::default();
-        t.record(Tier::TenSeconds, 1000, 200, 10);
-        t.record(Tier::TenSeconds, 1005, 500, 10);
-        t.record(Tier::TenSeconds, 1012, 200, 10);
+        t.add(Tier::TenSeconds, 1000, &one(200));
+        t.add(Tier::TenSeconds, 1005, &one(500));
+        t.add(Tier::TenSeconds, 1012, &one(200));
         assert_eq!(t.done.len(), 1);
         assert_eq!(t.done[0].0, 1000);
         assert_eq!((t.done[0].1.requests, t.done[0].1.errors_5xx), (2, 1));

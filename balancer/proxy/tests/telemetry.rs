@@ -32,6 +32,14 @@ async fn add_app(reg: &Registry, app: &str, host: &str, backend: std::net::Socke
     .unwrap();
 }
 
+async fn connect(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 /// The app's router lines: (balancer id, line).
 async fn router_lines(
     c: &mut redis::aio::MultiplexedConnection,
@@ -109,11 +117,7 @@ async fn every_request_leaves_a_router_line_and_a_count() {
         assert_eq!(get(b.addr(), "broken.test", "/").await.status, 502);
     }
 
-    let mut c = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = connect(&redis).await;
     let t = Instant::now();
     let lines = loop {
         let lines = router_lines(&mut c, "shop").await;
@@ -226,11 +230,7 @@ async fn a_redis_outage_drops_lines_counted_and_never_holds_a_request() {
 
     // Redis is back: lines flow again, and the stats counted meanwhile are written.
     redis.restart(true);
-    let mut c = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = connect(&redis).await;
     let t = Instant::now();
     loop {
         assert_eq!(get(b.addr(), "shop.test", "/after").await.status, 200);
