@@ -62,11 +62,7 @@ pub async fn create(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -
     let plan = match (req.kind.as_str(), req.plan.as_deref()) {
         ("postgres", None | Some("standard")) => "standard",
         ("redis", None | Some("shared")) => "shared",
-        ("redis", Some("dedicated")) => {
-            return Err(ApiError::Unprocessable(
-                "redis plan \"dedicated\" (a redis-server of the app's own) is not offered yet: use \"shared\"".into(),
-            ))
-        }
+        ("redis", Some("dedicated")) => "dedicated",
         ("postgres" | "redis", Some(other)) => {
             return Err(ApiError::Unprocessable(format!(
                 "{} has no plan {other:?}",
@@ -85,7 +81,7 @@ pub async fn create(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -
                 "no PostgreSQL server for add-ons: the operator starts pier api with --addon-postgres URL".into(),
             ))
         }
-        "redis" if p.addon_servers.redis.is_none() => {
+        "redis" if plan == "shared" && p.addon_servers.redis.is_none() => {
             return Err(ApiError::Unprocessable(
                 "no Redis server for add-ons: the operator starts pier api with --addon-redis URL".into(),
             ))
@@ -102,10 +98,33 @@ pub async fn create(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -
         resource: String::new(),
         config: BTreeMap::new(),
         created_ms: now_ms(),
+        runner: String::new(),
     };
     let (mut rec, mine) = p.store.claim_addon(&fresh).await?;
+    if rec.plan != plan {
+        return Err(ApiError::Conflict(format!(
+            "app {app:?} has a {} add-on on plan {:?} already: destroy it first",
+            rec.kind, rec.plan
+        )));
+    }
     if rec.state == AddonState::Ready {
         return json(StatusCode::OK, &AddonView::from(&rec));
+    }
+    if rec.plan == "dedicated" {
+        // Placed on a runner: nothing to undo on failure but the record (a retry finds the
+        // process placed, if it got that far).
+        match crate::dedicated::create(&p.store, app, &rec.password).await {
+            Ok((resource, config, runner)) => {
+                rec.runner = runner;
+                return finish(p, app, rec, resource, config).await;
+            }
+            Err(e) => {
+                if mine {
+                    let _ = p.store.delete_addon(app, &rec.kind).await;
+                }
+                return Err(e);
+            }
+        }
     }
     let made = match rec.kind.as_str() {
         "postgres" => match &p.addon_servers.postgres {
@@ -142,6 +161,17 @@ pub async fn create(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -
             return Err(failed(e));
         }
     };
+    finish(p, app, rec, resource, config).await
+}
+
+/// Records the add-on as made and sets its config vars on the app as a new release.
+async fn finish(
+    p: &PlatformState,
+    app: &str,
+    mut rec: AddonRecord,
+    resource: String,
+    config: BTreeMap<String, String>,
+) -> Reply {
     rec.resource = resource;
     rec.config = config;
     rec.state = AddonState::Ready;
@@ -185,6 +215,10 @@ pub async fn destroy(
         )));
     }
     let dropped = match kind {
+        _ if rec.plan == "dedicated" => {
+            crate::dedicated::destroy(&p.store, app, &rec.runner).await?;
+            Ok(())
+        }
         "postgres" => match &p.addon_servers.postgres {
             Some(pg) => pg.destroy(app).await,
             None => Err(AddonError::BadUrl("no PostgreSQL server".into())),

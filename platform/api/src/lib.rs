@@ -14,6 +14,7 @@
 //! - [`auth`]: tokens (made, hashed, stored hashed) and who a caller is.
 //! - [`api`]: the handlers and their request and response bodies.
 //! - [`addons`]: per-app PostgreSQL databases and Redis users.
+//! - [`dedicated`]: dedicated Redis add-ons, placed on a runner.
 //! - [`logs`]: an app's log lines, and the live tail.
 //! - [`stats`]: an app's requests and its instances' use over the last minute, hour and day.
 //! - [`platform`]: deploys, releases, config vars, formation, instances, runners.
@@ -27,6 +28,7 @@
 pub mod addons;
 pub mod api;
 pub mod auth;
+pub mod dedicated;
 pub mod error;
 pub mod logs;
 pub mod netpolicy;

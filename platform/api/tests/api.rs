@@ -1531,10 +1531,18 @@ async fn addons_are_made_once_set_config_vars_and_need_a_confirmation_to_go() {
         422,
     )
     .await;
+    // Another plan of a kind the app has: a conflict, not a second one.
     blog.expect(
         Method::POST,
         "/v1/apps/blog/addons",
         Some(json!({"kind": "redis", "plan": "dedicated"})),
+        409,
+    )
+    .await;
+    blog.expect(
+        Method::POST,
+        "/v1/apps/blog/addons",
+        Some(json!({"kind": "redis", "plan": "huge"})),
         422,
     )
     .await;
@@ -1555,6 +1563,18 @@ async fn addons_are_made_once_set_config_vars_and_need_a_confirmation_to_go() {
     let shop = api.app_with_owner("shop").await;
     shop.expect(Method::GET, "/v1/apps/blog/addons", None, 403)
         .await;
+    // A dedicated Redis needs a live runner to run on: none here, so 503 and nothing kept.
+    shop.expect(
+        Method::POST,
+        "/v1/apps/shop/addons",
+        Some(json!({"kind": "redis", "plan": "dedicated"})),
+        503,
+    )
+    .await;
+    let none = shop
+        .expect(Method::GET, "/v1/apps/shop/addons", None, 200)
+        .await;
+    assert_eq!(none.body["addons"], json!([]));
     // The app cannot be deleted while it has add-ons.
     api.operator()
         .expect(Method::DELETE, "/v1/apps/blog", None, 409)

@@ -229,6 +229,42 @@ pub struct AddonRecord {
     #[serde(default)]
     pub config: BTreeMap<String, String>,
     pub created_ms: u64,
+    /// The runner a dedicated add-on's process runs on (empty for add-ons on shared servers).
+    #[serde(default)]
+    pub runner: String,
+}
+
+/// A process an add-on runs on one runner (a dedicated `redis-server`), pinned to that runner
+/// with its data, supervised there like an instance. Never logged (it holds the password).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub app: String,
+    /// `redis`.
+    pub kind: String,
+    /// The port it listens on at the runner's address.
+    pub port: u16,
+    pub password: String,
+    /// Its memory limit (Redis `maxmemory`), MiB.
+    pub memory_mb: u64,
+}
+
+impl ServiceSpec {
+    /// `app/kind`: its field in the runner's services hash.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.app, self.kind)
+    }
+}
+
+impl std::fmt::Debug for ServiceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceSpec")
+            .field("app", &self.app)
+            .field("kind", &self.kind)
+            .field("port", &self.port)
+            .field("memory_mb", &self.memory_mb)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for AddonRecord {

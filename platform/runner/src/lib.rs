@@ -24,6 +24,7 @@ pub mod config;
 pub mod logs;
 pub mod process;
 pub mod runner;
+pub mod services;
 pub mod slugs;
 pub mod supervisor;
 pub mod usage;

@@ -42,6 +42,10 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
         .map_err(|e| format!("{}: {e}", instances_dir.display()))?;
     crate::slugs::set_mode(&cfg.workdir, 0o711).map_err(|e| e.to_string())?;
     crate::slugs::set_mode(&instances_dir, 0o711).map_err(|e| e.to_string())?;
+    let services_dir = cfg.workdir.join("services");
+    std::fs::create_dir_all(&services_dir)
+        .map_err(|e| format!("{}: {e}", services_dir.display()))?;
+    crate::slugs::set_mode(&services_dir, 0o711).map_err(|e| e.to_string())?;
     let slug_store = SlugStore::open(&cfg.slug_store).map_err(|e| e.to_string())?;
     let root = is_root();
     let isolate = cfg.isolate && root;
@@ -67,6 +71,7 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
     });
     let started_ms = now_ms();
     let mut running: HashMap<String, Running> = HashMap::new();
+    let mut services = crate::services::Services::default();
     let mut redis_ok = true;
     loop {
         let record = RunnerRecord {
@@ -87,6 +92,9 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
                     redis_ok = true;
                 }
                 reconcile(&ctx, &mut running, specs);
+                if let Ok(wanted) = ctx.store.services(&ctx.cfg.id).await {
+                    services.reconcile(&ctx, wanted);
+                }
             }
             Ok(_) | Err(_) => {
                 if redis_ok {
@@ -135,6 +143,7 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
         let _ = r.task.await;
         let _ = ctx.store.remove_report(&r.spec.app, &id).await;
     }
+    services.stop_all().await;
     Ok(())
 }
 

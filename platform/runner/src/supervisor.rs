@@ -475,7 +475,7 @@ fn describe_exit(s: std::process::ExitStatus) -> String {
 }
 
 /// SIGTERM to the process group, then SIGKILL after `grace`.
-async fn terminate(child: &mut Child, pid: u32, grace: Duration) {
+pub(crate) async fn terminate(child: &mut Child, pid: u32, grace: Duration) {
     process::signal_group(pid, Signal::SIGTERM);
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         process::signal_group(pid, Signal::SIGKILL);

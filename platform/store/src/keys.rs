@@ -53,6 +53,17 @@ impl PlatformKeys {
         format!("{}release_seq:{app}", self.prefix)
     }
 
+    /// Hash: `app/kind` → [`pier_model::platform::ServiceSpec`] JSON: the add-on processes
+    /// (dedicated Redis) the runner runs.
+    pub fn services(&self, runner: &str) -> String {
+        format!("{}services:{runner}", self.prefix)
+    }
+
+    /// Counter: ports handed to the runner's add-on processes so far.
+    pub fn service_ports(&self, runner: &str) -> String {
+        format!("{}service_port:{runner}", self.prefix)
+    }
+
     /// Hash: instance id → [`pier_model::platform::InstanceSpec`] JSON the runner must run.
     pub fn assignments(&self, runner: &str) -> String {
         format!("{}assign:{runner}", self.prefix)

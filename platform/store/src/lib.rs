@@ -14,10 +14,12 @@
 //! - [`keys`]: key names.
 //! - [`store`]: [`Store`], the typed client.
 //! - [`lease`]: the coordinator's lease and the fenced writes only a leader can make.
+//! - [`services`]: add-on processes pinned to a runner (dedicated Redis).
 //! - [`stats`]: the stats buckets balancers and runners write and `pier stats` reads.
 
 pub mod keys;
 pub mod lease;
+pub mod services;
 pub mod stats;
 pub mod store;
 

@@ -65,7 +65,7 @@ fn from_json<T: DeserializeOwned>(what: &str, raw: &str) -> Result<T, StoreError
 
 /// Parses every value of a hash, skipping (and returning the reasons of) the bad ones: one
 /// broken record must not hide the others.
-fn parse_all<T: DeserializeOwned>(what: &str, raw: BTreeMap<String, String>) -> Vec<T> {
+pub(crate) fn parse_all<T: DeserializeOwned>(what: &str, raw: BTreeMap<String, String>) -> Vec<T> {
     raw.into_iter()
         .filter_map(|(k, v)| match from_json(&format!("{what} {k}"), &v) {
             Ok(t) => Some(t),
