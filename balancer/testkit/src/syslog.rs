@@ -99,10 +99,7 @@ pub async fn read_frames(mut io: impl AsyncRead + Unpin, frames: Frames) {
     let mut chunk = [0u8; 16 * 1024];
     loop {
         // Every whole frame in the buffer.
-        loop {
-            let Some(sp) = buf.iter().position(|b| *b == b' ') else {
-                break;
-            };
+        while let Some(sp) = buf.iter().position(|b| *b == b' ') {
             let len = std::str::from_utf8(&buf[..sp])
                 .ok()
                 .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))

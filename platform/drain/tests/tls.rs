@@ -132,10 +132,6 @@ async fn https_drain_posts_logplex_batches_over_one_kept_alive_connection() {
     s.wait_drain("blog", &drain.id, "8 delivered", |d| d.delivered == 8)
         .await;
 
-    let seen = server.lock().unwrap();
-    let statuses: Vec<u16> = seen.requests.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [503, 200, 200]);
-    assert_eq!(seen.connections, 1, "one connection, kept alive");
     let last_ids: Vec<String> = s
         .store
         .recent_logs("blog", 8)
@@ -144,8 +140,15 @@ async fn https_drain_posts_logplex_batches_over_one_kept_alive_connection() {
         .into_iter()
         .map(|l| l.id)
         .collect();
+    let (requests, connections) = {
+        let seen = server.lock().unwrap();
+        (seen.requests.clone(), seen.connections)
+    };
+    let statuses: Vec<u16> = requests.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [503, 200, 200]);
+    assert_eq!(connections, 1, "one connection, kept alive");
     let mut delivered = Vec::new();
-    for (i, r) in seen.requests.iter().enumerate() {
+    for (i, r) in requests.iter().enumerate() {
         assert_eq!(r.method, "POST");
         assert_eq!(r.target, "/logs?app=blog");
         let h = |name: &str| r.headers.get(name).unwrap().to_str().unwrap().to_string();
@@ -170,7 +173,6 @@ async fn https_drain_posts_logplex_batches_over_one_kept_alive_connection() {
         }
     }
     assert_eq!(delivered, expected(1..=8));
-    drop(seen);
     drainer.stop().await;
 }
 
