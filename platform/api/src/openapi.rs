@@ -22,7 +22,7 @@ fn status_text(status: u16) -> &'static str {
         403 => {
             "The token may not do this (an owner acting on another app, or an operator-only action)"
         }
-        404 => "No such app, domain, backend or certificate",
+        404 => "No such app, domain, backend, certificate, add-on or drain",
         409 => "Exists already, the domain belongs to another app, or it is not verified yet",
         413 => "Request body too large",
         422 => {
