@@ -12,6 +12,7 @@
 //! - [`process`]: the workspace's binaries, [`process::Output`] of a run, waiting for a condition.
 //! - [`certs`]: self-signed certificates.
 //! - [`balancer`]: a `pier-balancer` process following a Redis registry.
+//! - [`syslog`]: [`SyslogListener`], a syslog receiver of octet-counted frames.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod balancer;
@@ -20,8 +21,10 @@ pub mod net;
 pub mod postgres_server;
 pub mod process;
 pub mod redis_server;
+pub mod syslog;
 
 pub use net::{free_port, http_get, TestBackend};
 pub use postgres_server::PostgresServer;
 pub use process::{wait_until, workspace_binary, Output};
 pub use redis_server::RedisServer;
+pub use syslog::SyslogListener;

@@ -47,6 +47,8 @@ pub struct ApiState {
     pub claim_ttl: Option<Duration>,
     /// Which addresses owners may register as backends.
     pub backend_policy: BackendPolicy,
+    /// Which addresses log drains may reach.
+    pub drain_policy: pier_model::drain::DrainPolicy,
     /// Deploys, releases, formation and instances (`None`: this API serves the registry only).
     pub platform: Option<PlatformState>,
 }
@@ -72,6 +74,7 @@ impl ApiState {
             verifier,
             claim_ttl: Some(DEFAULT_CLAIM_TTL),
             backend_policy: BackendPolicy::default(),
+            drain_policy: Default::default(),
             platform: None,
         }
     }
@@ -85,6 +88,12 @@ impl ApiState {
     /// Sets which addresses owners may register as backends (`pier api --backend-allow`).
     pub fn with_backend_policy(mut self, policy: BackendPolicy) -> Self {
         self.backend_policy = policy;
+        self
+    }
+
+    /// Sets which addresses log drains may reach (`pier api --drain-allow`).
+    pub fn with_drain_policy(mut self, policy: pier_model::drain::DrainPolicy) -> Self {
+        self.drain_policy = policy;
         self
     }
 

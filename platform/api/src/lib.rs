@@ -17,6 +17,7 @@
 //! - [`dedicated`]: dedicated Redis add-ons, placed on a runner.
 //! - [`logs`]: an app's log lines, and the live tail.
 //! - [`stats`]: an app's requests and its instances' use over the last minute, hour and day.
+//! - [`drains`]: log drains (where the drainer forwards an app's lines) and their checks.
 //! - [`platform`]: deploys, releases, config vars, formation, instances, runners.
 //! - [`verify`]: the pluggable ownership check of custom domains and its HTTP implementation.
 //! - [`netpolicy`]: which addresses owners may register as backends.
@@ -29,6 +30,7 @@ pub mod addons;
 pub mod api;
 pub mod auth;
 pub mod dedicated;
+pub mod drains;
 pub mod error;
 pub mod logs;
 pub mod netpolicy;

@@ -22,7 +22,7 @@ fn status_text(status: u16) -> &'static str {
         403 => {
             "The token may not do this (an owner acting on another app, or an operator-only action)"
         }
-        404 => "No such app, domain, backend or certificate",
+        404 => "No such app, domain, backend, certificate, add-on or drain",
         409 => "Exists already, the domain belongs to another app, or it is not verified yet",
         413 => "Request body too large",
         422 => {
@@ -96,7 +96,7 @@ fn path_params(names: &[&str]) -> Value {
         "domain" => "Domain pattern (percent-encode '*' as %2A if your client needs to)",
         "version" => "Release number (3 or v3)",
         "kind" => "Add-on kind: postgres or redis",
-        _ => "Backend instance id",
+        _ => "Backend instance id (backends) or drain id (drains)",
     };
     Value::Array(
         names
@@ -152,6 +152,8 @@ fn path_params(names: &[&str]) -> Value {
     wire::NewAddon,
     wire::DestroyAddon,
     pier_model::platform::Release,
+    pier_model::drain::DrainList,
+    pier_model::drain::NewDrain,
 )))]
 struct Wire;
 
@@ -665,6 +667,48 @@ pub fn document() -> Value {
                 optional_body: true,
                 ok: &[(204, None)],
                 errors: &[403, 404, 409, 422, 502],
+            },
+        ),
+        (
+            "/v1/apps/{app}/drains",
+            "get",
+            app,
+            Op {
+                id: "listDrains",
+                summary: "An app's log drains, with their delivery status (delivered, dropped, last error)",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("DrainList"))],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}/drains",
+            "post",
+            app,
+            Op {
+                id: "addDrain",
+                summary: "Forward the app's log lines to syslog://HOST:PORT, syslog+tls://HOST:PORT or https://HOST[:PORT]/PATH (201); the same URL again answers its drain (200). 422: a bad URL, an address drains may not reach, or the app's most drains",
+                authed: true,
+                body: Some("NewDrain"),
+                optional_body: false,
+                ok: &[(200, Some("Drain")), (201, Some("Drain"))],
+                errors: &[403, 404, 422],
+            },
+        ),
+        (
+            "/v1/apps/{app}/drains/{id}",
+            "delete",
+            app_id,
+            Op {
+                id: "removeDrain",
+                summary: "Stop forwarding to a drain and forget it",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(204, None)],
+                errors: &[403, 404],
             },
         ),
     ];

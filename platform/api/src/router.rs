@@ -43,6 +43,9 @@ pub enum RouteId {
     Stats,
     CreateAddon,
     DestroyAddon,
+    ListDrains,
+    AddDrain,
+    RemoveDrain,
 }
 
 /// One method and path pattern; `{name}` segments are parameters.
@@ -153,6 +156,13 @@ pub static ROUTES: &[Route] = &[
         Method::DELETE,
         "/v1/apps/{app}/addons/{kind}",
         RouteId::DestroyAddon,
+    ),
+    route(Method::GET, "/v1/apps/{app}/drains", RouteId::ListDrains),
+    route(Method::POST, "/v1/apps/{app}/drains", RouteId::AddDrain),
+    route(
+        Method::DELETE,
+        "/v1/apps/{app}/drains/{id}",
+        RouteId::RemoveDrain,
     ),
 ];
 

@@ -20,7 +20,7 @@ use crate::api::{self, ApiState};
 use crate::error::ApiError;
 use crate::openapi;
 use crate::router::{self, Match, RouteId};
-use crate::{addons, logs, platform};
+use crate::{addons, drains, logs, platform};
 use pier_model::api::ErrorBody;
 
 /// Largest request body accepted: app settings with a static page fit well within it.
@@ -285,6 +285,9 @@ async fn dispatch(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Answe
         RouteId::Stats => crate::stats::show(state, &caller, p(0)).await,
         RouteId::CreateAddon => addons::create(state, &caller, p(0), &body).await,
         RouteId::DestroyAddon => addons::destroy(state, &caller, p(0), p(1), &body).await,
+        RouteId::ListDrains => drains::list(state, &caller, p(0)).await,
+        RouteId::AddDrain => drains::add(state, &caller, p(0), &body).await,
+        RouteId::RemoveDrain => drains::remove(state, &caller, p(0), p(1)).await,
     };
     Ok(reply?.into())
 }

@@ -45,6 +45,8 @@ pub enum Command {
     Runner(crate::services::RunnerArgs),
     /// Run a coordinator (one leads at a time; start several for failover).
     Coordinator(crate::services::CoordinatorArgs),
+    /// Run a drainer: forwards apps' log lines to their drains (one forwards at a time).
+    Drainer(crate::drainer::DrainerArgs),
     /// Deploy a directory (with a Procfile at its root) as a new release of APP.
     Deploy {
         app: String,
@@ -82,6 +84,9 @@ pub enum Command {
     Runners,
     /// An app's add-ons (a PostgreSQL database, a Redis): list, create, destroy.
     Addons(crate::platform_verbs::AddonsArgs),
+    /// An app's log drains (syslog or HTTPS endpoints its lines are forwarded to): list, add,
+    /// remove.
+    Drains(crate::drains::DrainsArgs),
     /// An app's log: its instances' output, in time order.
     Logs {
         app: String,
@@ -331,9 +336,12 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
     let client = ApiClient::new(&api, Some(token)).map_err(|e| CliError::Usage(e.to_string()))?;
     let app_path = |app: &str| format!("/v1/apps/{}", encode_segment(app));
     let (method, path, body) = match &cli.command {
-        Command::Api(_) | Command::Runner(_) | Command::Coordinator(_) | Command::Up(_) => {
-            return Err(CliError::Usage("not a client verb".into()))
-        }
+        Command::Api(_)
+        | Command::Runner(_)
+        | Command::Coordinator(_)
+        | Command::Drainer(_)
+        | Command::Up(_) => return Err(CliError::Usage("not a client verb".into())),
+        Command::Drains(args) => return crate::drains::run(cli, &client, args, out).await,
         Command::Deploy { .. }
         | Command::Releases { .. }
         | Command::Rollback { .. }

@@ -1,7 +1,9 @@
-//! `pier`: the platform's one binary. `pier api`, `pier runner`, `pier coordinator` and
-//! `pier up` run services; every other verb is a client of the API.
+//! `pier`: the platform's one binary. `pier api`, `pier runner`, `pier coordinator`,
+//! `pier drainer` and `pier up` run services; every other verb is a client of the API.
 
 mod cli;
+mod drainer;
+mod drains;
 mod platform_verbs;
 mod services;
 mod stats;
@@ -19,6 +21,7 @@ fn main() -> ExitCode {
         Command::Api(args) => Some(("api", services::run_api(args))),
         Command::Runner(args) => Some(("runner", services::run_runner(args))),
         Command::Coordinator(args) => Some(("coordinator", services::run_coordinator(args))),
+        Command::Drainer(args) => Some(("drainer", drainer::run_drainer(args))),
         Command::Up(args) => Some(("up", up::run(args))),
         _ => None,
     };

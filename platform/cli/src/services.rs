@@ -1,5 +1,5 @@
 //! The long-running services of the `pier` binary: `pier api`, `pier runner`,
-//! `pier coordinator`. Each parses its flags, sets up logging and runs until SIGINT or SIGTERM.
+//! `pier coordinator` (`pier drainer` is in [`crate::drainer`]). Each parses its flags, sets up logging and runs until SIGINT or SIGTERM.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -38,6 +38,11 @@ pub struct ApiArgs {
     /// broadcast). The operator may register any address.
     #[arg(long, env = "PIER_BACKEND_ALLOW", value_delimiter = ',')]
     pub backend_allow: Vec<pier_api::netpolicy::Cidr>,
+    /// A network log drains may reach although internal (loopback, private, link-local,
+    /// unspecified, multicast are refused otherwise; repeat, or comma-separate in the
+    /// environment). Give `pier drainer` the same list.
+    #[arg(long, env = "PIER_DRAIN_ALLOW", value_delimiter = ',')]
+    pub drain_allow: Vec<pier_model::net::Cidr>,
     /// The slug store shared with the runners (a directory, or file:///DIR).
     #[arg(long, env = "PIER_SLUG_STORE", default_value = ".pier/slugs")]
     pub slug_store: String,
@@ -162,7 +167,7 @@ pub struct CoordinatorArgs {
 }
 
 /// Parses a service's flags from `args` (the rest at their defaults), for `pier up`.
-fn flags<T: clap::Args>(args: &[&str]) -> T {
+pub(crate) fn flags<T: clap::Args>(args: &[&str]) -> T {
     #[derive(clap::Parser)]
     struct Wrap<T: clap::Args> {
         #[command(flatten)]
@@ -195,6 +200,11 @@ impl ApiArgs {
             slugs,
             "--apps-url",
             apps_url,
+            // One machine: drains may reach it.
+            "--drain-allow",
+            "127.0.0.0/8",
+            "--drain-allow",
+            "::1/128",
         ])
     }
 }
@@ -331,6 +341,9 @@ pub async fn serve_api(
         )
         .with_backend_policy(pier_api::netpolicy::BackendPolicy {
             allow: args.backend_allow.clone(),
+        })
+        .with_drain_policy(pier_model::drain::DrainPolicy {
+            allow: args.drain_allow.clone(),
         })
         .with_platform(PlatformState {
             store,

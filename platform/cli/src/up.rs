@@ -1,7 +1,8 @@
 //! `pier up`: the whole platform on one machine, for trying it and for development.
 //!
 //! It starts a private `redis-server` (its data under the data directory) unless `--redis` is
-//! given, then the API, a coordinator and a runner in this process, and `pier-balancer` as a
+//! given, then the API, a coordinator, a runner and a drainer (log drains may reach this
+//! machine: `--drain-allow 127.0.0.0/8,::1/128`) in this process, and `pier-balancer` as a
 //! child process; writes the operator token where the CLI finds it by itself
 //! (`<data>/credentials.json`, looked up from the current directory upward); deploys the demo
 //! app from `platform/examples/hello-stdlib`; prints its URL. Ctrl-C stops everything it started
@@ -16,6 +17,7 @@ use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::drainer::{self, DrainerArgs};
 use crate::services::{self, ApiArgs, CoordinatorArgs, RunnerArgs};
 
 #[derive(Debug, clap::Args)]
@@ -247,6 +249,7 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
         isolate,
     );
     let coordinator_args = CoordinatorArgs::for_up(&redis_url);
+    let drainer_args = DrainerArgs::for_up(&redis_url);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -267,6 +270,10 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
         ));
         let runner = tokio::spawn(pier_runner::run(
             services::runner_config(&runner_args),
+            stopped(stop_rx.clone()),
+        ));
+        let drains = tokio::spawn(pier_drain::run(
+            drainer::drainer_config(&drainer_args),
             stopped(stop_rx.clone()),
         ));
         let client = pier_model::ApiClient::new(&api_url, Some(token.clone()))?;
@@ -309,6 +316,7 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
         println!("stopping: draining instances...");
         let _ = stop_tx.send(true);
         let _ = runner.await;
+        let _ = drains.await;
         let _ = coordinator.await;
         let _ = api.await;
         Ok::<(), anyhow::Error>(())

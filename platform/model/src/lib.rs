@@ -10,9 +10,14 @@
 //! - [`api`]: the registry API's request and response bodies.
 //! - [`platform`]: releases, formation, runners, instances; config keys and Procfiles.
 //! - [`client`]: a small HTTP/1.1 client, and [`client::ApiClient`] for the registry API.
+//! - [`drain`]: log drains: their URLs, which addresses they may reach, their records and wire
+//!   types.
+//! - [`net`]: IP networks (the operator's allow lists).
 
 pub mod api;
 pub mod client;
+pub mod drain;
+pub mod net;
 pub mod platform;
 
 pub use client::{ApiClient, ApiResponse, ClientError, UploadBody};

@@ -20,6 +20,12 @@ pub struct PlatformKeys {
     pub lease: String,
     /// The fencing token: incremented each time a coordinator takes the lease.
     pub fence: String,
+    /// Set: apps with at least one log drain.
+    pub drained_apps: String,
+    /// The forwarding drainer's lease: the holder's id, with an expiry.
+    pub drainer_lease: String,
+    /// The drainers' fencing token: incremented each time a drainer takes the lease.
+    pub drainer_fence: String,
     prefix: String,
 }
 
@@ -34,6 +40,9 @@ impl PlatformKeys {
             uid_seq: format!("{prefix}uid_seq"),
             lease: format!("{prefix}coordinator:lease"),
             fence: format!("{prefix}coordinator:fence"),
+            drained_apps: format!("{prefix}drained_apps"),
+            drainer_lease: format!("{prefix}drainer:lease"),
+            drainer_fence: format!("{prefix}drainer:fence"),
             prefix: prefix.to_string(),
         }
     }
@@ -82,5 +91,20 @@ impl PlatformKeys {
     /// Hash: instance id → [`pier_model::platform::InstanceStatus`] JSON, reported by runners.
     pub fn instances(&self, app: &str) -> String {
         format!("{}instances:{app}", self.prefix)
+    }
+
+    /// Hash: drain id → [`pier_model::drain::DrainRecord`] JSON.
+    pub fn drains(&self, app: &str) -> String {
+        format!("{}drains:{app}", self.prefix)
+    }
+
+    /// String: the id of the last log stream entry drain `id` of `app` delivered.
+    pub fn drain_cursor(&self, app: &str, id: &str) -> String {
+        format!("{}{id}", self.drain_cursor_prefix(app))
+    }
+
+    /// What every cursor key of `app`'s drains starts with.
+    pub fn drain_cursor_prefix(&self, app: &str) -> String {
+        format!("{}drain_cursor:{app}:", self.prefix)
     }
 }

@@ -29,21 +29,33 @@ pub enum FencedOp {
     RemoveReport { app: String, id: String },
 }
 
-/// A coordinator's hold on the lease.
+/// A coordinator's hold on the lease (or another service's on its own lease).
 pub struct Lease {
     store: Store,
     holder: String,
     ttl: Duration,
+    /// The lease key and the fencing token's key.
+    key: String,
+    fence: String,
 }
 
 impl Lease {
     /// `holder` names this coordinator (unique per process); `ttl` is how long the lease lasts
     /// without renewal.
     pub fn new(store: Store, holder: &str, ttl: Duration) -> Self {
+        let (key, fence) = (store.keys.lease.clone(), store.keys.fence.clone());
+        Self::on_keys(store, holder, ttl, &key, &fence)
+    }
+
+    /// A lease on other keys, for another service of which one instance leads at a time (the
+    /// drainer): `key` holds the leader's id, `fence` its fencing token.
+    pub fn on_keys(store: Store, holder: &str, ttl: Duration, key: &str, fence: &str) -> Self {
         Lease {
             store,
             holder: holder.to_string(),
             ttl,
+            key: key.to_string(),
+            fence: fence.to_string(),
         }
     }
 
@@ -62,11 +74,10 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return redis.call('INCR', KEYS[2])
 "#,
         );
-        let keys = &self.store.keys;
         let token: u64 = timed(
             script
-                .key(&keys.lease)
-                .key(&keys.fence)
+                .key(&self.key)
+                .key(&self.fence)
                 .arg(&self.holder)
                 .arg(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX))
                 .invoke_async(&mut self.store.conn.clone()),
@@ -82,7 +93,7 @@ return redis.call('INCR', KEYS[2])
         );
         timed(
             script
-                .key(&self.store.keys.lease)
+                .key(&self.key)
                 .arg(&self.holder)
                 .invoke_async::<i64>(&mut self.store.conn.clone()),
         )

@@ -16,13 +16,16 @@
 //! - [`lease`]: the coordinator's lease and the fenced writes only a leader can make.
 //! - [`services`]: add-on processes pinned to a runner (dedicated Redis).
 //! - [`stats`]: the stats buckets balancers and runners write and `pier stats` reads.
+//! - [`drains`]: log drains, their cursors, and the drainer's fenced progress.
 
+pub mod drains;
 pub mod keys;
 pub mod lease;
 pub mod services;
 pub mod stats;
 pub mod store;
 
+pub use drains::{DrainCreated, StreamBatch};
 pub use lease::{FencedOp, Lease};
 pub use store::{Store, StoreError};
 

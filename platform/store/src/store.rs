@@ -282,8 +282,8 @@ return out
         timed(self.c().hgetall(&self.keys.restarts)).await
     }
 
-    /// Forgets everything the platform keeps for an app (when the app is deleted). Its
-    /// instances stop at the coordinator's next pass.
+    /// Forgets everything the platform keeps for an app (when the app is deleted), its log
+    /// drains included. Its instances stop at the coordinator's next pass.
     pub async fn delete_app(&self, app: &str) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -292,7 +292,8 @@ return out
             .hdel(&self.keys.restarts, app)
             .del(self.keys.releases(app))
             .del(self.keys.release_seq(app));
-        timed(pipe.query_async::<()>(&mut self.c())).await
+        timed(pipe.query_async::<()>(&mut self.c())).await?;
+        self.delete_drains(app).await
     }
 
     // ------------------------------------------------------------ runners
@@ -510,7 +511,7 @@ return uid
 }
 
 /// Stream entries (`[[id, [field, value, ...]], ...]`) as log lines; malformed ones skipped.
-fn log_entries(v: &redis::Value) -> Vec<LogLine> {
+pub(crate) fn log_entries(v: &redis::Value) -> Vec<LogLine> {
     let text = |v: &redis::Value| match v {
         redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         redis::Value::SimpleString(s) => Some(s.clone()),

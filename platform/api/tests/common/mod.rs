@@ -47,6 +47,14 @@ impl ApiServer {
 
     /// [`ApiServer::start_platform`] with add-on servers.
     pub async fn start_platform_with(addon_servers: pier_api::addons::AddonServers) -> ApiServer {
+        Self::start_platform_configured(addon_servers, |s| s).await
+    }
+
+    /// [`ApiServer::start_platform`] with add-on servers and settings changed by `configure`.
+    pub async fn start_platform_configured(
+        addon_servers: pier_api::addons::AddonServers,
+        configure: impl FnOnce(ApiState) -> ApiState,
+    ) -> ApiServer {
         let slugs = tempfile::tempdir().unwrap();
         let redis = RedisServer::start();
         let store = pier_store::Store::connect(&redis.url(), "pier:")
@@ -61,7 +69,7 @@ impl ApiServer {
             apps_url: Some("http://{app}.apps.test/".into()),
             addon_servers,
         };
-        let mut api = Self::start_on(redis, |s| s.with_platform(platform)).await;
+        let mut api = Self::start_on(redis, |s| configure(s.with_platform(platform))).await;
         api._slugs = Some(slugs);
         api
     }
