@@ -76,19 +76,18 @@ print(f'{r["requests"]["rps"]:.0f} {b * 1000 / n:.1f} {rd * 1000 / n:.1f}')
 PY
 }
 
-echo "# router lines on/off ($(date -u +%FT%TZ), $(nproc) cores, release build, $REPEATS rounds of $DURATION)"
-printf "%-6s %-4s %10s %16s %16s\n" round mode req/s "cpu ms/1k req" "redis ms/1k req"
-results=()
-for i in $(seq 1 "$REPEATS"); do
-  for mode in off on; do
-    port=${!mode}; pid_var="${mode}_pid"
-    read -r rps cpu rcpu < <(run "$mode" "$port" "${!pid_var}")
-    printf "%-6s %-4s %10s %16s %16s\n" "$i" "$mode" "$rps" "$cpu" "$rcpu"
-    results+=("$i $mode $rps $cpu $rcpu")
+rounds() { # FILE [RATE]: REPEATS interleaved off/on rounds, printed and kept in FILE, then medians
+  printf "%-6s %-4s %10s %16s %16s\n" round mode req/s "cpu ms/1k req" "redis ms/1k req"
+  : >"$1"
+  for i in $(seq 1 "$REPEATS"); do
+    for mode in off on; do
+      port=${!mode}; pid_var="${mode}_pid"
+      read -r rps cpu rcpu < <(run "$mode" "$port" "${!pid_var}" "${2:-}")
+      printf "%-6s %-4s %10s %16s %16s\n" "$i" "$mode" "$rps" "$cpu" "$rcpu"
+      echo "$i $mode $rps $cpu $rcpu" >>"$1"
+    done
   done
-done
-printf '%s\n' "${results[@]}" >"$W/results"
-python3 - "$W/results" <<'PY'
+  python3 - "$1" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 def med(mode, col):
@@ -98,29 +97,15 @@ cpu = [float(b[3]) / float(a[3]) for a, b in zip(rows[0::2], rows[1::2])]
 print(f"median req/s: off {med('off', 2):.0f}, on {med('on', 2):.0f}; per-round on/off ratio: median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
 print(f"median balancer CPU ms per 1000 requests: off {med('off', 3):.1f}, on {med('on', 3):.1f} (per-round on/off median {statistics.median(cpu):.3f}); Redis with lines on: {med('on', 4):.1f}")
 PY
+}
+
+echo "# router lines on/off ($(date -u +%FT%TZ), $(nproc) cores, release build, $REPEATS rounds of $DURATION)"
+rounds "$W/results"
 # The same at a fixed rate both balancers sustain: what a request costs the balancer when it is
 # not saturated (at full load, Redis's work on CPU 1 also slows the load generator and backend).
 RATE=${RATE:-20000}
 echo "# at a fixed $RATE req/s (open model)"
-printf "%-6s %-4s %10s %16s %16s\n" round mode req/s "cpu ms/1k req" "redis ms/1k req"
-fixed=()
-for i in $(seq 1 "$REPEATS"); do
-  for mode in off on; do
-    port=${!mode}; pid_var="${mode}_pid"
-    read -r rps cpu rcpu < <(run "$mode" "$port" "${!pid_var}" "$RATE")
-    printf "%-6s %-4s %10s %16s %16s\n" "$i" "$mode" "$rps" "$cpu" "$rcpu"
-    fixed+=("$i $mode $rps $cpu $rcpu")
-  done
-done
-printf '%s\n' "${fixed[@]}" >"$W/fixed"
-python3 - "$W/fixed" <<'PY'
-import statistics, sys
-rows = [l.split() for l in open(sys.argv[1])]
-def med(mode, col):
-    return statistics.median(float(r[col]) for r in rows if r[1] == mode)
-cpu = [float(b[3]) / float(a[3]) for a, b in zip(rows[0::2], rows[1::2])]
-print(f"at a fixed rate, median balancer CPU ms per 1000 requests: off {med('off', 3):.1f}, on {med('on', 3):.1f} (per-round on/off median {statistics.median(cpu):.3f}); Redis: {med('on', 4):.1f}")
-PY
+rounds "$W/fixed" "$RATE"
 lines=$(redis-cli -p "$redis_port" eval "local n = 0 for _, k in ipairs(redis.call('keys', 'pier:logs:*')) do n = n + redis.call('xlen', k) end return n" 0)
 dropped=$(curl -s "http://127.0.0.1:$admin/metrics" 2>/dev/null | awk '/^pier_telemetry_dropped_total/ { print $2 }')
 echo "router lines in the streams at the end (capped at ~10,000 per app): $lines"
