@@ -6,17 +6,30 @@
 # per-run req/s, p99 and the balancer's CPU per 1000 requests, then medians and the median of
 # the per-round paired ratios (churn/quiet), as ../shared/bench/compare.sh reports them.
 set -euo pipefail
-R=/work/main/target/release; ROUNDS=${ROUNDS:-3}; DUR=${DUR:-10}
-taskset -c ${CHURN_CPU:-0} redis-server --port 6390 --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --logfile /tmp/rb/redis.log
-sleep 0.3; redis-cli -p 6390 flushall >/dev/null
-$R/examples/registry_fill redis://127.0.0.1:6390/0 1000 127.0.0.1:29101
-cat > /tmp/rb/c.toml <<CONF
+ROUNDS=${ROUNDS:-3}; DUR=${DUR:-10}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../../.." && pwd)
+source "$here/lib.sh"
+cd "$root"
+cargo build --release -p pier-balancer >&2
+cargo build --release -p pier-balancer --examples >&2
+cargo build --release -p pier-registry --examples >&2
+R="$root/target/release"
+bench_workdir registry
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+REDIS=$(free_port) LISTEN=$(free_port) ADMIN=$(free_port) BACKEND=$(free_port)
+bench_backend "$BACKEND" 1
+bench_on_exit() { redis-cli -p "$REDIS" shutdown nosave >/dev/null 2>&1 || true; }
+taskset -c ${CHURN_CPU:-0} redis-server --port $REDIS --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --pidfile "$W/redis.pid" --logfile "$W/redis.log"
+sleep 0.3; redis-cli -p $REDIS flushall >/dev/null
+$R/examples/registry_fill redis://127.0.0.1:$REDIS/0 1000 127.0.0.1:$BACKEND
+cat > $W/c.toml <<CONF
 [listen]
-http = ["127.0.0.1:18170"]
+http = ["127.0.0.1:$LISTEN"]
 [admin]
-listen = "127.0.0.1:18171"
+listen = "127.0.0.1:$ADMIN"
 [routes]
-redis = "redis://127.0.0.1:6390/0"
+redis = "redis://127.0.0.1:$REDIS/0"
 snapshot_file = ""
 [runtime]
 workers = 1
@@ -24,32 +37,33 @@ workers = 1
 access = false
 level = "warn"
 CONF
-taskset -c 0 $R/pier-balancer --config /tmp/rb/c.toml > /tmp/rb/cbal.log 2>&1 &
+taskset -c 0 $R/pier-balancer --config $W/c.toml > $W/cbal.log 2>&1 &
 BPID=$!
+PIDS+=("$BPID")
 sleep 1
-cat > /tmp/rb/hosts.lua <<'LUA'
+cat > $W/hosts.lua <<'LUA'
 local reqs, n, i = {}, 1000, 0
 function init(args) for k = 1, n do reqs[k] = wrk.format("GET", "/", { ["Host"] = "h" .. (k-1) .. ".bench.test" }) end end
 function request() i = i + 1; if i > n then i = 1 end; return reqs[i] end
 function done(s, lat, _) io.write(string.format("RESULT %.0f %d %d\n", s.requests / (s.duration / 1e6), lat:percentile(99), s.errors.connect + s.errors.read + s.errors.write + s.errors.status + s.errors.timeout)) end
 LUA
-taskset -c 1 wrk -t1 -c50 -d3s -s /tmp/rb/hosts.lua http://127.0.0.1:18170/ >/dev/null
-: > /tmp/rb/churn-results.txt
+taskset -c 1 wrk -t1 -c50 -d3s -s $W/hosts.lua http://127.0.0.1:$LISTEN/ >/dev/null
+: > $W/churn-results.txt
 for r in $(seq 1 $ROUNDS); do
   for mode in quiet churn; do
-    if [ $mode = churn ]; then taskset -c ${CHURN_CPU:-0} $R/examples/churn redis://127.0.0.1:6390/0 1000 $((DUR+1)) 1000 127.0.0.1:29101 > /tmp/rb/churn.out & CP=$!; sleep 0.5; fi
+    if [ $mode = churn ]; then taskset -c ${CHURN_CPU:-0} $R/examples/churn redis://127.0.0.1:$REDIS/0 1000 $((DUR+1)) 1000 127.0.0.1:$BACKEND > $W/churn.out & CP=$!; sleep 0.5; fi
     t0=$(awk '{ s=$0; sub(/^.*\) /, "", s); split(s, a, " "); print a[12]+a[13] }' /proc/$BPID/stat)
-    res=$(taskset -c 1 wrk -t1 -c50 -d${DUR}s -s /tmp/rb/hosts.lua http://127.0.0.1:18170/ | awk '/^RESULT/{print $2, $3, $4}')
+    res=$(taskset -c 1 wrk -t1 -c50 -d${DUR}s -s $W/hosts.lua http://127.0.0.1:$LISTEN/ | awk '/^RESULT/{print $2, $3, $4}')
     t1=$(awk '{ s=$0; sub(/^.*\) /, "", s); split(s, a, " "); print a[12]+a[13] }' /proc/$BPID/stat)
     res="$res $(echo "$res" | awk -v dt=$((t1-t0)) -v d=$DUR '{printf "%.3f", dt*10/($1*d/1000)}')"
-    if [ $mode = churn ]; then wait $CP; cat /tmp/rb/churn.out; fi
-    echo "$r $mode $res" | tee -a /tmp/rb/churn-results.txt
+    if [ $mode = churn ]; then wait $CP; cat $W/churn.out; fi
+    echo "$r $mode $res" | tee -a $W/churn-results.txt
   done
 done
-echo "changes applied by the balancer: $(curl -s http://127.0.0.1:18171/metrics | awk '/^pier_registry_changes_applied_total/{print $2}')"
-kill $BPID; redis-cli -p 6390 shutdown nosave >/dev/null 2>&1 || true
+echo "changes applied by the balancer: $(curl -s http://127.0.0.1:$ADMIN/metrics | awk '/^pier_registry_changes_applied_total/{print $2}')"
+kill $BPID; redis-cli -p $REDIS shutdown nosave >/dev/null 2>&1 || true
 awk '{ r = $1; m = $2; rps[m, r] = $3; p99[m, r] = $4; cpu[m, r] = $6; err[m] += $5; if (r > n) n = r }
   function med(a, k,   i, j, t) { for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }; return (k % 2) ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2 }
   END {
     for (r = 1; r <= n; r++) { q[r] = rps["quiet", r]; c[r] = rps["churn", r]; rr[r] = c[r] / q[r]; pr[r] = p99["churn", r] / p99["quiet", r]; cr[r] = cpu["churn", r] / cpu["quiet", r] }
-    printf "median req/s quiet=%d churn=%d | paired ratios (median over %d rounds): req/s=%.3f p99=%.3f balancer_cpu_per_req=%.3f | errors quiet=%d churn=%d\n", med(q, n), med(c, n), n, med(rr, n), med(pr, n), med(cr, n), err["quiet"], err["churn"] }' /tmp/rb/churn-results.txt
+    printf "median req/s quiet=%d churn=%d | paired ratios (median over %d rounds): req/s=%.3f p99=%.3f balancer_cpu_per_req=%.3f | errors quiet=%d churn=%d\n", med(q, n), med(c, n), n, med(rr, n), med(pr, n), med(cr, n), err["quiet"], err["churn"] }' $W/churn-results.txt

@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
-# Registry load benchmark: fills a dedicated redis-server (port 6390) with N apps, starts the
+# Registry load benchmark: fills a dedicated redis-server with N apps, starts the
 # release pier-balancer on it, and prints full-load time, RSS and propagation (see
-# docs/benchmarks/registry.md). Needs an HTTP backend on 127.0.0.1:29101 for the 200 checks.
-# usage: bench.sh N  -- fills a fresh redis with N apps, starts the balancer on it, measures
-# full-load time, RSS and propagation.
+# docs/benchmarks/registry.md), with its own redis-server and nginx backend on free ports.
+# usage: balancer/proxy/bench/registry-load.sh N  -- fills a fresh redis with N apps, starts the
+# balancer on it, measures full-load time, RSS and propagation.
 set -euo pipefail
-N=$1; R=/work/main/target/release
-redis-server --port 6390 --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --logfile /tmp/rb/redis.log
+N=$1
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../../.." && pwd)
+source "$here/lib.sh"
+cd "$root"
+cargo build --release -p pier-balancer >&2
+cargo build --release -p pier-balancer --examples >&2
+cargo build --release -p pier-registry --examples >&2
+R="$root/target/release"
+bench_workdir registry
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+REDIS=$(free_port) LISTEN=$(free_port) ADMIN=$(free_port) BACKEND=$(free_port)
+bench_backend "$BACKEND" 1
+bench_on_exit() { redis-cli -p "$REDIS" shutdown nosave >/dev/null 2>&1 || true; }
+redis-server --port $REDIS --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --pidfile "$W/redis.pid" --logfile "$W/redis.log"
 sleep 0.3
-redis-cli -p 6390 flushall >/dev/null
-$R/examples/registry_fill redis://127.0.0.1:6390/0 $N 127.0.0.1:29101
-cat > /tmp/rb/b.toml <<CONF
+redis-cli -p $REDIS flushall >/dev/null
+$R/examples/registry_fill redis://127.0.0.1:$REDIS/0 $N 127.0.0.1:$BACKEND
+cat > $W/b.toml <<CONF
 [listen]
-http = ["127.0.0.1:18170"]
+http = ["127.0.0.1:$LISTEN"]
 [admin]
-listen = "127.0.0.1:18171"
+listen = "127.0.0.1:$ADMIN"
 [routes]
-redis = "redis://127.0.0.1:6390/0"
+redis = "redis://127.0.0.1:$REDIS/0"
 snapshot_file = ""
 [runtime]
 workers = 1
@@ -24,15 +37,16 @@ workers = 1
 access = false
 CONF
 T0=$(date +%s%N)
-$R/pier-balancer --config /tmp/rb/b.toml > /tmp/rb/bal.log 2>&1 &
+$R/pier-balancer --config $W/b.toml > $W/bal.log 2>&1 &
 BPID=$!
-until grep -q "registry resync applied" /tmp/rb/bal.log; do sleep 0.05; done
+PIDS+=("$BPID")
+until grep -q "registry resync applied" $W/bal.log; do sleep 0.05; done
 T1=$(date +%s%N)
-grep "registry resync applied" /tmp/rb/bal.log | sed 's/.*registry resync applied//'
+grep "registry resync applied" $W/bal.log | sed 's/.*registry resync applied//'
 echo "N=$N process start to table installed: $(( (T1-T0)/1000000 )) ms"
 sleep 1
 echo "RSS: $(awk '/VmRSS/{print $2}' /proc/$BPID/status) KiB, peak $(awk '/VmHWM/{print $2}' /proc/$BPID/status) KiB"
-curl -s -o /dev/null -w "h1.bench.test -> %{http_code}\n" -H "Host: h1.bench.test" http://127.0.0.1:18170/
-$R/examples/propagation redis://127.0.0.1:6390/0 127.0.0.1:18170 200 127.0.0.1:29101
+curl -s -o /dev/null -w "h1.bench.test -> %{http_code}\n" -H "Host: h1.bench.test" http://127.0.0.1:$LISTEN/
+$R/examples/propagation redis://127.0.0.1:$REDIS/0 127.0.0.1:$LISTEN 200 127.0.0.1:$BACKEND
 kill $BPID; wait $BPID 2>/dev/null || true
-redis-cli -p 6390 shutdown nosave >/dev/null 2>&1 || true
+redis-cli -p $REDIS shutdown nosave >/dev/null 2>&1 || true
