@@ -10,6 +10,10 @@
 #   bench_tls_balancer H S B    pier-balancer config for bench.test over TLS (see below)
 #   bench_hosts FILE PORT       1000 names h<i>.bench.test, each to 127.0.0.1:PORT (the hosts file
 #                               format of compare.sh and compare-run.sh)
+#   bench_free_port             a loopback port free now
+#   bench_registry NAME         for the registry benchmarks: release pier-balancer and the
+#                               examples built, bench_workdir NAME, free ports REDIS LISTEN ADMIN
+#                               BACKEND, the nginx backend on BACKEND (CPU 1), R = the release dir
 
 bench_workdir() {
   W=$(mktemp -d "/tmp/pier-$1.XXXXXX")
@@ -83,4 +87,19 @@ max_connections = 200000
 level = "warn"
 access = false
 CONF
+}
+
+bench_free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+bench_registry() {
+  local root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
+  (cd "$root" && cargo build --release -p pier-balancer --bins --examples >&2 &&
+    cargo build --release -p pier-registry --examples >&2)
+  R="$root/target/release"
+  bench_workdir "$1"
+  REDIS=$(bench_free_port) LISTEN=$(bench_free_port) ADMIN=$(bench_free_port) BACKEND=$(bench_free_port)
+  bench_backend "$BACKEND" 1
 }

@@ -8,17 +8,8 @@
 set -euo pipefail
 ROUNDS=${ROUNDS:-3}; DUR=${DUR:-10}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-root=$(cd "$here/../../.." && pwd)
 source "$here/lib.sh"
-cd "$root"
-cargo build --release -p pier-balancer >&2
-cargo build --release -p pier-balancer --examples >&2
-cargo build --release -p pier-registry --examples >&2
-R="$root/target/release"
-bench_workdir registry
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-REDIS=$(free_port) LISTEN=$(free_port) ADMIN=$(free_port) BACKEND=$(free_port)
-bench_backend "$BACKEND" 1
+bench_registry registry-churn
 bench_on_exit() { redis-cli -p "$REDIS" shutdown nosave >/dev/null 2>&1 || true; }
 taskset -c ${CHURN_CPU:-0} redis-server --port $REDIS --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --pidfile "$W/redis.pid" --logfile "$W/redis.log"
 sleep 0.3; redis-cli -p $REDIS flushall >/dev/null

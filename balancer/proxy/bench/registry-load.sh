@@ -7,17 +7,8 @@
 set -euo pipefail
 N=$1
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-root=$(cd "$here/../../.." && pwd)
 source "$here/lib.sh"
-cd "$root"
-cargo build --release -p pier-balancer >&2
-cargo build --release -p pier-balancer --examples >&2
-cargo build --release -p pier-registry --examples >&2
-R="$root/target/release"
-bench_workdir registry
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-REDIS=$(free_port) LISTEN=$(free_port) ADMIN=$(free_port) BACKEND=$(free_port)
-bench_backend "$BACKEND" 1
+bench_registry registry
 bench_on_exit() { redis-cli -p "$REDIS" shutdown nosave >/dev/null 2>&1 || true; }
 redis-server --port $REDIS --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --pidfile "$W/redis.pid" --logfile "$W/redis.log"
 sleep 0.3

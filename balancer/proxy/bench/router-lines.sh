@@ -20,8 +20,7 @@ cargo build --release -p pier-balancer -p pier-load >&2
 cargo build --release -p pier-registry --example registry_fill >&2
 bin="$root/target/release"
 bench_workdir router-lines
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-backend=$(free_port) redis_port=$(free_port) off=$(free_port) on=$(free_port) admin=$(free_port)
+backend=$(bench_free_port) redis_port=$(bench_free_port) off=$(bench_free_port) on=$(bench_free_port) admin=$(bench_free_port)
 bench_backend "$backend" 1
 taskset -c 1 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >"$W/redis.log" 2>&1 &
 PIDS+=($!)
@@ -51,7 +50,7 @@ CONF
   PIDS+=($!)
   eval "${1}_pid=$!"
 }
-balancer off "$off" $'router_lines = false\nstats = false' "$(free_port)"
+balancer off "$off" $'router_lines = false\nstats = false' "$(bench_free_port)"
 balancer on "$on" $'router_lines = true\nstats = true\nid = "bench"' "$admin"
 for p in "$off" "$on"; do
   for _ in $(seq 100); do curl -sf -o /dev/null -H "Host: h1.bench.test" "http://127.0.0.1:$p/" && break; sleep 0.1; done

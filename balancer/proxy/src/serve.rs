@@ -641,7 +641,7 @@ pub(crate) fn record(w: &Worker, x: &Exchange<'_>, app: Option<&Arc<App>>, o: &F
         m.errors.with_label_values(&[err.reason()]).inc();
     }
     if let (Some(t), Some(app)) = (&w.shared.telemetry, app) {
-        t.record(app, x, o);
+        t.record(app, x, o, elapsed);
     }
     tracing::info!(
         target: "pier::access",

@@ -123,9 +123,8 @@ impl Telemetry {
         })
     }
 
-    /// Queues one answered request of `app`; never waits.
-    pub(crate) fn record(&self, app: &App, x: &Exchange<'_>, o: &Forwarded) {
-        let total = x.end.saturating_duration_since(x.start);
+    /// Queues one answered request of `app` that took `total`; never waits.
+    pub(crate) fn record(&self, app: &App, x: &Exchange<'_>, o: &Forwarded, total: Duration) {
         let line = self.lines.then(|| router_line(app, x, o, total));
         let ev = Event {
             app: app.name.clone(),

@@ -5,12 +5,19 @@
 
 mod common;
 
-use common::ApiServer;
+use common::{Api, ApiServer};
 use http::Method;
+use pier_model::client::ApiResponse;
 use pier_model::drain::DrainPolicy;
 use serde_json::json;
 
 const DRAINS: &str = "/v1/apps/blog/drains";
+
+/// `POST` a drain of blog to `url` as `who`, expecting `status`.
+async fn add_drain(who: &Api, url: &str, status: u16) -> ApiResponse {
+    who.expect(Method::POST, DRAINS, Some(json!({ "url": url })), status)
+        .await
+}
 
 /// An API with the platform's routes whose drains may reach loopback (as `pier up`'s).
 async fn api_allowing_loopback() -> ApiServer {
@@ -29,14 +36,7 @@ async fn drains_are_added_once_listed_and_removed() {
     let empty = blog.expect(Method::GET, DRAINS, None, 200).await;
     assert_eq!(empty.body["drains"], json!([]));
 
-    let made = blog
-        .expect(
-            Method::POST,
-            DRAINS,
-            Some(json!({"url": "SYSLOG://127.0.0.1:6514"})),
-            201,
-        )
-        .await;
+    let made = add_drain(&blog, "SYSLOG://127.0.0.1:6514", 201).await;
     let id = made.body["id"].as_str().unwrap().to_string();
     assert_eq!(made.body["url"], "syslog://127.0.0.1:6514");
     assert_eq!(made.body["kind"], "syslog");
@@ -46,23 +46,9 @@ async fn drains_are_added_once_listed_and_removed() {
     assert!(made.body["created_at_ms"].as_u64().unwrap() > 0);
 
     // The same URL (in any spelling that normalises to it) answers the drain there: 200.
-    let again = blog
-        .expect(
-            Method::POST,
-            DRAINS,
-            Some(json!({"url": "syslog://127.0.0.1:6514/"})),
-            200,
-        )
-        .await;
+    let again = add_drain(&blog, "syslog://127.0.0.1:6514/", 200).await;
     assert_eq!(again.body["id"], id.as_str());
-    let https = blog
-        .expect(
-            Method::POST,
-            DRAINS,
-            Some(json!({"url": "https://localhost:8443/logs?app=blog"})),
-            201,
-        )
-        .await;
+    let https = add_drain(&blog, "https://localhost:8443/logs?app=blog", 201).await;
     assert_eq!(https.body["kind"], "https");
     assert_eq!(https.body["url"], "https://localhost:8443/logs?app=blog");
 
@@ -122,14 +108,7 @@ async fn a_new_drain_starts_after_the_lines_already_written() {
         .await
         .unwrap();
     let newest = store.recent_logs("blog", 1).await.unwrap()[0].id.clone();
-    let made = blog
-        .expect(
-            Method::POST,
-            DRAINS,
-            Some(json!({"url": "syslog://127.0.0.1:514"})),
-            201,
-        )
-        .await;
+    let made = add_drain(&blog, "syslog://127.0.0.1:514", 201).await;
     let id = made.body["id"].as_str().unwrap();
     assert_eq!(store.drain_cursor("blog", id).await.unwrap(), Some(newest));
     let rec = &store.drains("blog").await.unwrap()[0];
@@ -152,9 +131,7 @@ async fn bad_urls_and_the_limit_are_refused_with_the_reason() {
         ("https://no-such-host.invalid/", "does not resolve"),
         (long.as_str(), "longer than 2048"),
     ] {
-        let r = blog
-            .expect(Method::POST, DRAINS, Some(json!({"url": url})), 422)
-            .await;
+        let r = add_drain(&blog, url, 422).await;
         assert!(r.reason().contains(why), "{url}: {}", r.text);
     }
     blog.expect(Method::POST, DRAINS, Some(json!({"href": "x"})), 422)
@@ -168,27 +145,14 @@ async fn bad_urls_and_the_limit_are_refused_with_the_reason() {
         )
         .await;
     }
-    let r = blog
-        .expect(
-            Method::POST,
-            DRAINS,
-            Some(json!({"url": "syslog://127.0.0.1:6"})),
-            422,
-        )
-        .await;
+    let r = add_drain(&blog, "syslog://127.0.0.1:6", 422).await;
     assert!(
         r.reason().contains("the most an app may have"),
         "{}",
         r.text
     );
     // One already there is still answered.
-    blog.expect(
-        Method::POST,
-        DRAINS,
-        Some(json!({"url": "syslog://127.0.0.1:5"})),
-        200,
-    )
-    .await;
+    add_drain(&blog, "syslog://127.0.0.1:5", 200).await;
 }
 
 #[tokio::test]
@@ -209,9 +173,7 @@ async fn internal_addresses_are_refused_unless_the_operator_allows_them() {
         "https://localhost/logs",
     ] {
         // The operator too: the drainer sits inside the platform whoever adds the drain.
-        let r = op
-            .expect(Method::POST, DRAINS, Some(json!({"url": url})), 422)
-            .await;
+        let r = add_drain(&op, url, 422).await;
         assert!(
             r.reason().contains("drains may not reach it") && r.reason().contains("--drain-allow"),
             "{url}: {}",
@@ -219,32 +181,13 @@ async fn internal_addresses_are_refused_unless_the_operator_allows_them() {
         );
     }
     // A public address is fine without any allowance.
-    op.expect(
-        Method::POST,
-        DRAINS,
-        Some(json!({"url": "syslog://93.184.216.34:514"})),
-        201,
-    )
-    .await;
+    add_drain(&op, "syslog://93.184.216.34:514", 201).await;
 
     // With --drain-allow 127.0.0.0/8, loopback is accepted and private networks are not.
     let api = api_allowing_loopback().await;
     let blog = api.app_with_owner("blog").await;
-    blog.expect(
-        Method::POST,
-        DRAINS,
-        Some(json!({"url": "syslog://127.0.0.1:514"})),
-        201,
-    )
-    .await;
-    let r = blog
-        .expect(
-            Method::POST,
-            DRAINS,
-            Some(json!({"url": "syslog://10.0.0.5:514"})),
-            422,
-        )
-        .await;
+    add_drain(&blog, "syslog://127.0.0.1:514", 201).await;
+    let r = add_drain(&blog, "syslog://10.0.0.5:514", 422).await;
     assert!(r.reason().contains("10.0.0.5 is private"), "{}", r.text);
 }
 
@@ -253,23 +196,10 @@ async fn owners_see_and_change_only_their_own_apps_drains() {
     let api = api_allowing_loopback().await;
     let blog = api.app_with_owner("blog").await;
     let shop = api.app_with_owner("shop").await;
-    let made = blog
-        .expect(
-            Method::POST,
-            DRAINS,
-            Some(json!({"url": "syslog://127.0.0.1:514"})),
-            201,
-        )
-        .await;
+    let made = add_drain(&blog, "syslog://127.0.0.1:514", 201).await;
     let id = made.body["id"].as_str().unwrap();
     shop.expect(Method::GET, DRAINS, None, 403).await;
-    shop.expect(
-        Method::POST,
-        DRAINS,
-        Some(json!({"url": "syslog://127.0.0.1:515"})),
-        403,
-    )
-    .await;
+    add_drain(&shop, "syslog://127.0.0.1:515", 403).await;
     shop.expect(Method::DELETE, &format!("{DRAINS}/{id}"), None, 403)
         .await;
     // The operator sees every app's; an unknown app is a 404.
@@ -289,14 +219,7 @@ async fn deleting_an_app_removes_its_drains() {
     let op = api.operator();
     op.expect(Method::POST, "/v1/apps", Some(json!({"name": "blog"})), 201)
         .await;
-    let made = op
-        .expect(
-            Method::POST,
-            DRAINS,
-            Some(json!({"url": "syslog://127.0.0.1:514"})),
-            201,
-        )
-        .await;
+    let made = add_drain(&op, "syslog://127.0.0.1:514", 201).await;
     let id = made.body["id"].as_str().unwrap();
     op.expect(Method::DELETE, "/v1/apps/blog", None, 204).await;
     let store = pier_store::Store::connect(&api.redis.url(), "pier:")
