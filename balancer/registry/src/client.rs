@@ -30,6 +30,13 @@ pub enum RegistryError {
     /// A certificate for a domain whose ownership is not verified yet.
     #[error("domain {0} is not verified yet")]
     DomainNotVerified(String),
+    /// An app at its limit of pending domain claims.
+    #[error("app {app:?} holds {held} pending domain claims, the most it may")]
+    TooManyClaims { app: String, held: u64 },
+    /// A verification of a claim that is no longer there (removed, or dropped when another
+    /// app proved the name first).
+    #[error("app {app:?} has no pending claim on {domain}")]
+    NoClaim { domain: String, app: String },
 }
 
 /// Where a full load starts: the version and feed position (read together) and the sizes of
@@ -58,15 +65,15 @@ local function emit(kind, key, value)
 end
 "#;
 
-fn script(body: &str) -> Script {
+pub(crate) fn script(body: &str) -> Script {
     Script::new(&format!("{EMIT}{body}"))
 }
 
 /// A connection to one registry (a Redis database and a key prefix).
 #[derive(Clone)]
 pub struct Registry {
-    conn: MultiplexedConnection,
-    keys: Keys,
+    pub(crate) conn: MultiplexedConnection,
+    pub(crate) keys: Keys,
 }
 
 impl Registry {
@@ -114,7 +121,7 @@ impl Registry {
         timed(inv.invoke_async(&mut self.conn.clone())).await
     }
 
-    /// Deletes an app with all its domains (and their certificates) and backends (each removal
+    /// Deletes an app with all its domains (and their certificates), pending claims and backends (each removal
     /// is its own change, the app's last). Returns the version after, or `None` if there was no such app.
     pub async fn delete_app(&self, name: &str) -> Result<Option<u64>, RegistryError> {
         let s = script(
@@ -129,7 +136,10 @@ for _, b in ipairs(redis.call('SMEMBERS', KEYS[7])) do
   redis.call('HDEL', KEYS[5], b)
   emit('backend', b, '')
 end
-redis.call('DEL', KEYS[6], KEYS[7])
+for _, d in ipairs(redis.call('SMEMBERS', KEYS[9])) do
+  redis.call('HDEL', ARGV[3] .. 'claims:' .. d, ARGV[2])
+end
+redis.call('DEL', KEYS[6], KEYS[7], KEYS[9])
 redis.call('HDEL', KEYS[3], ARGV[2])
 return emit('app', ARGV[2], '')
 "#,
@@ -142,41 +152,18 @@ return emit('app', ARGV[2], '')
             .key(&self.keys.backends)
             .key(self.keys.app_domains(name))
             .key(self.keys.app_backends(name))
-            .key(&self.keys.certs);
-        inv.arg(CHANGE_LOG_LEN).arg(name);
+            .key(&self.keys.certs)
+            .key(self.keys.app_claims(name));
+        inv.arg(CHANGE_LOG_LEN).arg(name).arg(self.keys.prefix());
         let v: u64 = timed(inv.invoke_async(&mut self.conn.clone())).await?;
         Ok((v != 0).then_some(v))
     }
 
     /// Gives `domain` (a normalised pattern) to `app`. A domain belongs to one app: if another
     /// app holds it, nothing changes and [`RegistryError::DomainTaken`] says who. A record that
-    /// is not verified deletes the domain's certificate, if any.
+    /// is not verified deletes the domain's certificate, if any. Owners' names go through
+    /// claims and [`Registry::grant_domain`] instead (see [`crate::claims`]).
     pub async fn put_domain(&self, domain: &str, rec: &DomainRecord) -> Result<u64, RegistryError> {
-        self.put_domain_over(domain, rec, None).await
-    }
-
-    /// Gives `domain` to `rec.app` in place of another app's *pending* claim, which must still
-    /// be exactly the one seen (`old_app`, claimed at `old_claimed_ms`): if it was verified,
-    /// renewed or replaced meanwhile, nothing changes and [`RegistryError::DomainTaken`] is
-    /// returned, so two apps racing for a lapsed claim cannot both win. The domain leaves the
-    /// old app's list.
-    pub async fn replace_pending_domain(
-        &self,
-        domain: &str,
-        rec: &DomainRecord,
-        old_app: &str,
-        old_claimed_ms: u64,
-    ) -> Result<u64, RegistryError> {
-        self.put_domain_over(domain, rec, Some((old_app, old_claimed_ms)))
-            .await
-    }
-
-    async fn put_domain_over(
-        &self,
-        domain: &str,
-        rec: &DomainRecord,
-        replacing: Option<(&str, u64)>,
-    ) -> Result<u64, RegistryError> {
         let json = to_json(rec)?;
         let s = script(
             r#"
@@ -184,14 +171,7 @@ if redis.call('HEXISTS', KEYS[4], ARGV[3]) == 0 then return {err = 'noapp'} end
 local cur = redis.call('HGET', KEYS[3], ARGV[2])
 if cur then
   local ok, rec = pcall(cjson.decode, cur)
-  if ok and rec.app ~= ARGV[3] then
-    if ARGV[6] ~= '' and rec.app == ARGV[6] and rec.verified ~= true
-       and tonumber(rec.claimed_ms or 0) == tonumber(ARGV[7]) then
-      redis.call('SREM', ARGV[8] .. 'app:' .. rec.app .. ':domains', ARGV[2])
-    else
-      return {err = 'taken:' .. tostring(rec.app)}
-    end
-  end
+  if ok and rec.app ~= ARGV[3] then return {err = 'taken:' .. tostring(rec.app)} end
 end
 if ARGV[5] == '0' and redis.call('HDEL', KEYS[6], ARGV[2]) == 1 then
   emit('cert', ARGV[2], '')
@@ -212,10 +192,7 @@ return emit('domain', ARGV[2], ARGV[4])
             .arg(domain)
             .arg(&rec.app)
             .arg(json)
-            .arg(if rec.verified { "1" } else { "0" })
-            .arg(replacing.map_or("", |r| r.0))
-            .arg(replacing.map_or(0, |r| r.1))
-            .arg(self.keys.prefix());
+            .arg(if rec.verified { "1" } else { "0" });
         match no_such_app(
             timed(inv.invoke_async(&mut self.conn.clone())).await,
             &rec.app,
@@ -650,7 +627,10 @@ return n
         }
     }
 
-    async fn scan_hash(&self, key: &str) -> Result<Vec<(String, String)>, RegistryError> {
+    pub(crate) async fn scan_hash(
+        &self,
+        key: &str,
+    ) -> Result<Vec<(String, String)>, RegistryError> {
         let mut c = self.conn.clone();
         let mut cursor: u64 = 0;
         let mut out = Vec::new();
@@ -701,7 +681,7 @@ return n
     }
 }
 
-async fn timed<T>(
+pub(crate) async fn timed<T>(
     fut: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, RegistryError> {
     match tokio::time::timeout(COMMAND_TIMEOUT, fut).await {
@@ -710,12 +690,12 @@ async fn timed<T>(
     }
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String, RegistryError> {
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String, RegistryError> {
     serde_json::to_string(v).map_err(|e| RegistryError::BadData(e.to_string()))
 }
 
 /// Maps the `noapp` error the write scripts raise to [`RegistryError::NoSuchApp`].
-fn no_such_app<T>(r: Result<T, RegistryError>, app: &str) -> Result<T, RegistryError> {
+pub(crate) fn no_such_app<T>(r: Result<T, RegistryError>, app: &str) -> Result<T, RegistryError> {
     match r {
         Err(RegistryError::Redis(e)) if e.to_string().contains("noapp") => {
             Err(RegistryError::NoSuchApp(app.into()))

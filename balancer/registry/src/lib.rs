@@ -13,11 +13,14 @@
 //! - [`schema`]: key names.
 //! - [`model`]: the records (apps, domains, backends, tokens) and the change entries.
 //! - [`client`]: [`Registry`], the typed client: writes, snapshot, feed.
+//! - [`claims`]: pending custom-domain claims, and the write that turns a proven one into the
+//!   app's verified domain.
 //! - [`apply`]: registry data to route specs and table edits.
 //! - [`cert`]: TLS certificate chains and keys (the parser the routes file uses too).
 //! - [`telemetry`]: the apps' log streams and stats buckets that balancers and runners write.
 
 pub mod apply;
+pub mod claims;
 pub mod client;
 
 /// TLS certificates: parsing, checks and coverage. The code lives in pier-routes because the
@@ -27,5 +30,8 @@ pub mod model;
 pub mod schema;
 pub mod telemetry;
 
+pub use claims::{ClaimAdded, Granted};
 pub use client::{Registry, RegistryError, SnapshotHead};
-pub use model::{AppRecord, BackendRecord, CertRecord, Change, DomainRecord, Snapshot};
+pub use model::{
+    AppRecord, BackendRecord, CertRecord, Change, ClaimRecord, DomainRecord, Snapshot,
+};

@@ -304,6 +304,17 @@ impl DomainRecord {
     }
 }
 
+/// An app's pending claim on a domain pattern, stored under `claims:<domain>` (field: the app).
+/// It routes nothing and reserves nothing: several apps may hold claims on one name, and the
+/// first to prove it (the TXT record `_pier-challenge.<name>` holding its token) gets the name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRecord {
+    /// The value the TXT record must hold.
+    pub token: String,
+    /// When the claim was made or last renewed, milliseconds since the Unix epoch.
+    pub claimed_ms: u64,
+}
+
 fn is_zero(v: &u64) -> bool {
     *v == 0
 }

@@ -40,6 +40,17 @@ impl Keys {
         format!("{}app:{app}:domains", self.prefix)
     }
 
+    /// Hash of the pending claims on one domain pattern: app name → [`crate::model::ClaimRecord`]
+    /// JSON. Several apps may claim one name; the first to prove it gets it.
+    pub fn claims(&self, domain: &str) -> String {
+        format!("{}claims:{domain}", self.prefix)
+    }
+
+    /// Set of the domain patterns an app has pending claims on.
+    pub fn app_claims(&self, app: &str) -> String {
+        format!("{}app:{app}:claims", self.prefix)
+    }
+
     /// Set of an app's backend keys (`app/id`).
     pub fn app_backends(&self, app: &str) -> String {
         format!("{}app:{app}:backends", self.prefix)

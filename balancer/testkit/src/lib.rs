@@ -11,18 +11,21 @@
 //! - [`postgres_server`]: [`PostgresServer`], a private PostgreSQL server (password auth).
 //! - [`process`]: the workspace's binaries, [`process::Output`] of a run, waiting for a condition.
 //! - [`certs`]: self-signed certificates.
+//! - [`dns`]: [`DnsServer`], an authoritative DNS server on loopback (hickory-server).
 //! - [`balancer`]: a `pier-balancer` process following a Redis registry.
 //! - [`syslog`]: [`SyslogListener`], a syslog receiver of octet-counted frames.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod balancer;
 pub mod certs;
+pub mod dns;
 pub mod net;
 pub mod postgres_server;
 pub mod process;
 pub mod redis_server;
 pub mod syslog;
 
+pub use dns::DnsServer;
 pub use net::{free_port, http_get, TestBackend};
 pub use postgres_server::PostgresServer;
 pub use process::{wait_until, workspace_binary, Output};

@@ -10,14 +10,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use pier_model::api::{
-    AppList, AppView, BackendList, BackendView, CertSummary, CertView, ChallengeView, DomainList,
-    DomainView, Health, HeartbeatRequest, NewApp, NewBackend, NewCert, NewDomain, NewToken,
-    TokenView, VerifyRequest,
+    AppList, AppView, BackendList, BackendView, Health, HeartbeatRequest, NewApp, NewBackend,
+    NewToken, TokenView,
 };
-use pier_registry::cert::{self, ParsedCert};
-use pier_registry::model::{AppRecord, BackendRecord, CertRecord, DomainRecord, TokenRecord};
+use pier_registry::model::{AppRecord, BackendRecord, TokenRecord};
 use pier_registry::Registry;
-use pier_routes::DomainPattern;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -25,7 +22,7 @@ use crate::auth::{self, Authenticator, Caller};
 use crate::error::ApiError;
 use crate::netpolicy::BackendPolicy;
 use crate::platform::PlatformState;
-use crate::verify::{Challenge, Verifier, CHALLENGE_PREFIX};
+use crate::verify::Verifier;
 
 /// Longest backend TTL a runner may ask for: a year. A longer one is a mistake (use no TTL).
 pub const MAX_TTL_S: u64 = 365 * 24 * 3600;
@@ -43,8 +40,12 @@ pub struct ApiState {
     last_reconnect: Mutex<Option<Instant>>,
     pub auth: Authenticator,
     pub verifier: Arc<dyn Verifier>,
-    /// How long a pending domain claim holds the name against other apps (`None`: for good).
+    /// How long a pending domain claim may be proven before it lapses (`None`: for good).
     pub claim_ttl: Option<Duration>,
+    /// Most pending domain claims an app may hold (`pier api --max-pending-domains`).
+    pub max_pending_claims: u64,
+    /// The name custom domains should point at (`pier api --dns-target`), shown to owners.
+    pub dns_target: Option<String>,
     /// Which addresses owners may register as backends.
     pub backend_policy: BackendPolicy,
     /// Which addresses log drains may reach.
@@ -53,8 +54,10 @@ pub struct ApiState {
     pub platform: Option<PlatformState>,
 }
 
-/// Default of [`ApiState::claim_ttl`]: three days to serve the challenge.
+/// Default of [`ApiState::claim_ttl`]: three days to publish the proof.
 pub const DEFAULT_CLAIM_TTL: Duration = Duration::from_secs(72 * 3600);
+/// Default of [`ApiState::max_pending_claims`].
+pub const DEFAULT_MAX_PENDING_CLAIMS: u64 = 50;
 
 impl ApiState {
     /// `registry` is connected to `redis_url` with key prefix `prefix` (reconnections use them).
@@ -73,6 +76,8 @@ impl ApiState {
             auth,
             verifier,
             claim_ttl: Some(DEFAULT_CLAIM_TTL),
+            max_pending_claims: DEFAULT_MAX_PENDING_CLAIMS,
+            dns_target: None,
             backend_policy: BackendPolicy::default(),
             drain_policy: Default::default(),
             platform: None,
@@ -97,19 +102,40 @@ impl ApiState {
         self
     }
 
-    /// Sets how long a pending domain claim holds the name (`pier api --claim-ttl-hours`).
+    /// Sets how long a pending domain claim may be proven (`pier api --claim-ttl-hours`).
     pub fn with_claim_ttl(mut self, ttl: Option<Duration>) -> Self {
         self.claim_ttl = ttl;
         self
     }
 
-    /// Whether a pending claim made at `claimed_ms` has lapsed (a claim with no time, from
-    /// before claims carried one, has).
-    fn claim_lapsed(&self, claimed_ms: u64) -> bool {
-        let Some(ttl) = self.claim_ttl else {
-            return false;
-        };
-        claimed_ms == 0 || now_ms().saturating_sub(claimed_ms) >= duration_ms(ttl)
+    /// Sets the most pending domain claims an app may hold (`pier api --max-pending-domains`).
+    pub fn with_max_pending_claims(mut self, max: u64) -> Self {
+        self.max_pending_claims = max;
+        self
+    }
+
+    /// Sets the name custom domains should point at (`pier api --dns-target`).
+    pub fn with_dns_target(mut self, target: Option<String>) -> Self {
+        self.dns_target = target;
+        self
+    }
+
+    /// When a claim made at `claimed_ms` lapses (`None`: never).
+    pub fn claim_deadline_ms(&self, claimed_ms: u64) -> Option<u64> {
+        self.claim_ttl
+            .map(|ttl| claimed_ms.saturating_add(duration_ms(ttl)))
+    }
+
+    /// Whether a pending claim made at `claimed_ms` has lapsed.
+    pub fn claim_lapsed(&self, claimed_ms: u64) -> bool {
+        self.claim_deadline_ms(claimed_ms)
+            .is_some_and(|deadline| now_ms() >= deadline)
+    }
+
+    /// Claims made before this time have lapsed (0: none has).
+    pub fn lapsed_before_ms(&self) -> u64 {
+        self.claim_ttl
+            .map_or(0, |ttl| now_ms().saturating_sub(duration_ms(ttl)))
     }
 
     /// The registry client (a cheap clone of the connection in use).
@@ -178,31 +204,6 @@ pub fn now_ms() -> u64 {
 
 // ------------------------------------------------------------------- views
 
-/// The view of domain record `rec`; a pending claim with a time shows when it lapses
-/// (`claim_ttl`).
-fn domain_view(domain: &str, rec: &DomainRecord, claim_ttl: Option<Duration>) -> DomainView {
-    let claim_expires_at = match (rec.verified || rec.claimed_ms == 0, claim_ttl) {
-        (false, Some(ttl)) => i64::try_from(rec.claimed_ms.saturating_add(duration_ms(ttl)))
-            .ok()
-            .map(cert::rfc3339),
-        _ => None,
-    };
-    DomainView {
-        certificate: None,
-        domain: domain.to_string(),
-        app: rec.app.clone(),
-        verified: rec.verified,
-        claim_expires_at,
-        challenge: match (&rec.token, rec.verified) {
-            (Some(t), false) => Some(ChallengeView {
-                path: format!("{CHALLENGE_PREFIX}{t}"),
-                body: t.clone(),
-            }),
-            _ => None,
-        },
-    }
-}
-
 fn backend_view(id: &str, rec: &BackendRecord, now: u64) -> BackendView {
     BackendView {
         id: id.to_string(),
@@ -212,26 +213,10 @@ fn backend_view(id: &str, rec: &BackendRecord, now: u64) -> BackendView {
     }
 }
 
-fn cert_view(domain: &str, c: &ParsedCert) -> CertView {
-    CertView {
-        domain: domain.to_string(),
-        names: c.names.clone(),
-        not_before: cert::rfc3339(c.not_before_ms),
-        not_after: cert::rfc3339(c.not_after_ms),
-        fingerprint_sha256: c.fingerprint_sha256.clone(),
-        issuer: c.issuer.clone(),
-        subject: c.subject.clone(),
-    }
-}
-
 // ------------------------------------------------------------------- checks
 
 fn check_app_name(name: &str) -> Result<(), ApiError> {
     pier_routes::file::check_app_name(name).map_err(ApiError::Unprocessable)
-}
-
-fn parse_domain(raw: &str) -> Result<DomainPattern, ApiError> {
-    DomainPattern::parse(raw).map_err(|e| ApiError::Unprocessable(format!("domain {raw:?}: {e}")))
 }
 
 /// A backend address `caller` may register: IP:port, not port 0, and for owners within the
@@ -292,22 +277,6 @@ pub(crate) async fn existing_app(state: &ApiState, app: &str) -> Result<AppRecor
         .ok_or_else(|| ApiError::NotFound(format!("no app named {app:?}")))
 }
 
-/// The app's domain `raw`, 404 when it is not there or is another app's (the same answer, so
-/// an owner cannot tell which).
-async fn own_domain(
-    state: &ApiState,
-    app: &str,
-    raw: &str,
-) -> Result<(DomainPattern, DomainRecord), ApiError> {
-    let pattern = parse_domain(raw)?;
-    match state.registry().domain(&pattern.to_string()).await? {
-        Some(rec) if rec.app == app => Ok((pattern, rec)),
-        _ => Err(ApiError::NotFound(format!(
-            "app {app:?} has no domain {pattern}"
-        ))),
-    }
-}
-
 // ------------------------------------------------------------------- handlers
 
 pub async fn healthz(state: &ApiState) -> Reply {
@@ -353,7 +322,7 @@ pub async fn create_app(state: &ApiState, caller: &Caller, body: &[u8]) -> Reply
         return Err(ApiError::Conflict(format!("app {:?} exists", req.name)));
     }
     state.registry().put_app(&req.name, &settings).await?;
-    tracing::info!(app = %req.name, "app created");
+    tracing::info!(app = %req.name, by = %caller, "app created");
     json(
         StatusCode::CREATED,
         &AppView {
@@ -369,24 +338,7 @@ pub async fn show_app(state: &ApiState, caller: &Caller, app: &str) -> Reply {
     caller.may_act_on(app)?;
     let settings = existing_app(state, app).await?;
     let now = now_ms();
-    let mut domains = Vec::new();
-    for (d, r) in state.registry().app_domains(app).await?.iter() {
-        let mut view = domain_view(d, r, state.claim_ttl);
-        if r.verified {
-            // A stored record that no longer parses is shown as no certificate (the
-            // certificate's own endpoint says why).
-            view.certificate = state
-                .registry()
-                .cert(d)
-                .await?
-                .and_then(|rec| cert::load_pair(&rec.cert, &rec.key).ok())
-                .map(|p| CertSummary {
-                    not_after: cert::rfc3339(p.not_after_ms),
-                    fingerprint_sha256: p.fingerprint_sha256,
-                });
-        }
-        domains.push(view);
-    }
+    let domains = crate::domains::app_domain_views(state, app, true).await?;
     let backends = state
         .registry()
         .app_backends(app)
@@ -469,157 +421,11 @@ pub async fn delete_app(state: &ApiState, caller: &Caller, app: &str) -> Reply {
     }
     match deleted {
         Some(_) => {
-            tracing::info!(app, "app deleted");
+            tracing::info!(app, by = %caller, "app deleted");
             Ok((StatusCode::NO_CONTENT, None))
         }
         None => Err(ApiError::NotFound(format!("no app named {app:?}"))),
     }
-}
-
-pub async fn list_domains(state: &ApiState, caller: &Caller, app: &str) -> Reply {
-    caller.may_act_on(app)?;
-    existing_app(state, app).await?;
-    let domains: Vec<DomainView> = state
-        .registry()
-        .app_domains(app)
-        .await?
-        .iter()
-        .map(|(d, r)| domain_view(d, r, state.claim_ttl))
-        .collect();
-    json(StatusCode::OK, &DomainList { domains })
-}
-
-pub async fn add_domain(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -> Reply {
-    caller.may_act_on(app)?;
-    let req: NewDomain = parse_body(body)?;
-    let pattern = parse_domain(&req.domain)?;
-    if req.verified {
-        caller.require_operator("add a domain as verified")?;
-    }
-    if pattern == DomainPattern::CatchAll {
-        // `*` takes every unknown hostname: not an owner's to claim.
-        caller.require_operator("add the catch-all domain \"*\"")?;
-    }
-    existing_app(state, app).await?;
-    let key = pattern.to_string();
-    let registry = state.registry();
-    let lapsed = match registry.domain(&key).await? {
-        Some(cur) if cur.app != app && (cur.verified || !state.claim_lapsed(cur.claimed_ms)) => {
-            return Err(ApiError::Conflict(if cur.verified {
-                format!("domain {key} belongs to another app")
-            } else {
-                format!("domain {key} is claimed by another app, pending verification")
-            }))
-        }
-        // An unverified claim past its time does not hold the name: the new claim replaces it
-        // (with a new token, so the old claimant's challenge no longer verifies).
-        Some(cur) if cur.app != app => Some(cur),
-        // Adding a domain again must not send a verified one back to pending.
-        Some(cur) if cur.verified || !req.verified => {
-            return json(StatusCode::OK, &domain_view(&key, &cur, state.claim_ttl));
-        }
-        _ => None,
-    };
-    let rec = new_claim(app, req.verified)?;
-    match &lapsed {
-        Some(cur) => {
-            registry
-                .replace_pending_domain(&key, &rec, &cur.app, cur.claimed_ms)
-                .await?;
-            tracing::info!(domain = %key, from = %cur.app, to = app, "lapsed pending claim replaced");
-        }
-        None => {
-            registry.put_domain(&key, &rec).await?;
-            tracing::info!(app, domain = %key, verified = rec.verified, "domain added");
-        }
-    }
-    json(
-        StatusCode::CREATED,
-        &domain_view(&key, &rec, state.claim_ttl),
-    )
-}
-
-/// A new domain record for `app`: verified (operator), or pending with a fresh token.
-fn new_claim(app: &str, verified: bool) -> Result<DomainRecord, ApiError> {
-    Ok(if verified {
-        DomainRecord::verified(app)
-    } else {
-        DomainRecord {
-            app: app.to_string(),
-            verified: false,
-            token: Some(auth::random_hex(16)?),
-            claimed_ms: now_ms(),
-        }
-    })
-}
-
-pub async fn remove_domain(state: &ApiState, caller: &Caller, app: &str, raw: &str) -> Reply {
-    caller.may_act_on(app)?;
-    let (pattern, _) = own_domain(state, app, raw).await?;
-    match state.registry().delete_domain(&pattern.to_string()).await? {
-        Some(_) => Ok((StatusCode::NO_CONTENT, None)),
-        None => Err(ApiError::NotFound(format!("no domain {pattern}"))),
-    }
-}
-
-pub async fn verify_domain(
-    state: &ApiState,
-    caller: &Caller,
-    app: &str,
-    raw: &str,
-    body: &[u8],
-) -> Reply {
-    caller.may_act_on(app)?;
-    let req: VerifyRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        VerifyRequest::default()
-    } else {
-        parse_body(body)?
-    };
-    let (pattern, rec) = own_domain(state, app, raw).await?;
-    let key = pattern.to_string();
-    if rec.verified {
-        return json(StatusCode::OK, &domain_view(&key, &rec, state.claim_ttl));
-    }
-    if req.force {
-        caller.require_operator("verify a domain without its check")?;
-    } else {
-        let DomainPattern::Exact(name) = &pattern else {
-            // No single hostname answers for a wildcard: the HTTP check proves nothing.
-            return Err(ApiError::VerificationFailed(format!(
-                "{key} is a wildcard: an operator verifies it (force)"
-            )));
-        };
-        let token = rec
-            .token
-            .clone()
-            .ok_or_else(|| ApiError::Internal(format!("pending domain {key} has no token")))?;
-        let now = now_ms();
-        let backends = state
-            .registry()
-            .app_backends(app)
-            .await?
-            .into_iter()
-            .map(|(id, r)| backend_view(&id, &r, now))
-            .filter(|b| b.live)
-            .map(|b| b.address)
-            .collect();
-        let challenge = Challenge {
-            domain: name.to_string(),
-            token,
-            backends,
-        };
-        if let Err(e) = state.verifier.verify(&challenge).await {
-            tracing::info!(app, domain = %key, error = %e, "domain verification failed");
-            return Err(ApiError::VerificationFailed(e.to_string()));
-        }
-    }
-    let verified = DomainRecord::verified(app);
-    state.registry().put_domain(&key, &verified).await?;
-    tracing::info!(app, domain = %key, forced = req.force, "domain verified");
-    json(
-        StatusCode::OK,
-        &domain_view(&key, &verified, state.claim_ttl),
-    )
 }
 
 pub async fn list_backends(state: &ApiState, caller: &Caller, app: &str) -> Reply {
@@ -693,88 +499,6 @@ pub async fn remove_backend(state: &ApiState, caller: &Caller, app: &str, id: &s
     }
 }
 
-/// The app's verified domain `raw` (404 when it is not the app's, 409 while pending).
-async fn verified_domain(state: &ApiState, app: &str, raw: &str) -> Result<String, ApiError> {
-    let (pattern, rec) = own_domain(state, app, raw).await?;
-    let key = pattern.to_string();
-    if !rec.verified {
-        return Err(ApiError::Conflict(format!(
-            "domain {key} is not verified yet: verify it before adding a certificate"
-        )));
-    }
-    Ok(key)
-}
-
-pub async fn put_cert(
-    state: &ApiState,
-    caller: &Caller,
-    app: &str,
-    raw: &str,
-    body: &[u8],
-) -> Reply {
-    caller.may_act_on(app)?;
-    let req: NewCert = parse_body(body)?;
-    let key = verified_domain(state, app, raw).await?;
-    let parsed = cert::parse_pair(&req.cert, &req.key)
-        .map_err(|e| ApiError::Unprocessable(format!("certificate: {e}")))?;
-    if !cert::covers(&parsed, &key) {
-        let names = if parsed.names.is_empty() {
-            "none".to_string()
-        } else {
-            parsed.names.join(", ")
-        };
-        return Err(ApiError::Unprocessable(format!(
-            "certificate: it does not cover {key} (its names: {names})"
-        )));
-    }
-    let rec = CertRecord {
-        app: app.to_string(),
-        cert: req.cert,
-        key: req.key,
-        added_ms: now_ms(),
-    };
-    // The registry checks ownership and verification again in the write itself.
-    state.registry().put_cert(&key, &rec).await?;
-    tracing::info!(
-        app,
-        domain = %key,
-        fingerprint = %parsed.fingerprint_sha256,
-        not_after = %cert::rfc3339(parsed.not_after_ms),
-        "certificate stored"
-    );
-    json(StatusCode::OK, &cert_view(&key, &parsed))
-}
-
-pub async fn show_cert(state: &ApiState, caller: &Caller, app: &str, raw: &str) -> Reply {
-    caller.may_act_on(app)?;
-    let (pattern, _) = own_domain(state, app, raw).await?;
-    let key = pattern.to_string();
-    let rec = state
-        .registry()
-        .cert(&key)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("domain {key} has no certificate")))?;
-    // Stored certificates are shown as they are, expired or not.
-    let parsed = cert::load_pair(&rec.cert, &rec.key)
-        .map_err(|e| ApiError::Internal(format!("stored certificate of {key}: {e}")))?;
-    json(StatusCode::OK, &cert_view(&key, &parsed))
-}
-
-pub async fn remove_cert(state: &ApiState, caller: &Caller, app: &str, raw: &str) -> Reply {
-    caller.may_act_on(app)?;
-    let (pattern, _) = own_domain(state, app, raw).await?;
-    let key = pattern.to_string();
-    match state.registry().delete_cert(&key).await? {
-        Some(_) => {
-            tracing::info!(app, domain = %key, "certificate removed");
-            Ok((StatusCode::NO_CONTENT, None))
-        }
-        None => Err(ApiError::NotFound(format!(
-            "domain {key} has no certificate"
-        ))),
-    }
-}
-
 pub async fn create_token(state: &ApiState, caller: &Caller, body: &[u8]) -> Reply {
     caller.require_operator("create tokens")?;
     let req: NewToken = parse_body(body)?;
@@ -790,7 +514,7 @@ pub async fn create_token(state: &ApiState, caller: &Caller, body: &[u8]) -> Rep
         .registry()
         .put_token(&auth::hash_token(&token), &rec)
         .await?;
-    tracing::info!(app = %req.app, "owner token created");
+    tracing::info!(app = %req.app, by = %caller, "owner token created");
     json(
         StatusCode::CREATED,
         &TokenView {

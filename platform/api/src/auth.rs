@@ -22,6 +22,16 @@ pub enum Caller {
     Owner(String),
 }
 
+/// Who made a change, for the log: `operator` or `owner:<app>` (never the token).
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Operator => f.write_str("operator"),
+            Caller::Owner(app) => write!(f, "owner:{app}"),
+        }
+    }
+}
+
 impl Caller {
     /// `Ok` if this caller may act on `app`; an owner of another app gets 403 whether or not
     /// `app` exists, so owners cannot probe for other customers' app names.

@@ -32,6 +32,9 @@ pub enum ApiError {
     /// The domain's ownership check ran and failed.
     #[error("verification failed: {0}")]
     VerificationFailed(String),
+    /// The DNS resolver did not answer a domain's proof lookup: retrying later may work.
+    #[error("dns unavailable: {0}")]
+    DnsUnavailable(String),
     /// Redis did not answer (or answered with an error): retrying later may work.
     #[error("registry unavailable: {0}")]
     Unavailable(String),
@@ -60,6 +63,7 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "verification-failed")
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "registry-unavailable"),
+            ApiError::DnsUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "dns-unavailable"),
             ApiError::AddonServer(_) => (StatusCode::BAD_GATEWAY, "addon-server-failed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -77,6 +81,7 @@ impl ApiError {
             | ApiError::Unprocessable(r)
             | ApiError::VerificationFailed(r)
             | ApiError::Unavailable(r)
+            | ApiError::DnsUnavailable(r)
             | ApiError::AddonServer(r)
             | ApiError::Internal(r) => r,
         }
@@ -111,6 +116,8 @@ impl From<RegistryError> for ApiError {
             RegistryError::DomainNotVerified(domain) => ApiError::Conflict(format!(
                 "domain {domain} is not verified yet: verify it before adding a certificate"
             )),
+            e @ RegistryError::TooManyClaims { .. } => ApiError::Conflict(e.to_string()),
+            e @ RegistryError::NoClaim { .. } => ApiError::Conflict(e.to_string()),
             RegistryError::BadData(m) => ApiError::Internal(m),
             e @ (RegistryError::Redis(_) | RegistryError::Timeout(_)) => {
                 ApiError::Unavailable(e.to_string())

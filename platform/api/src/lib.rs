@@ -12,14 +12,16 @@
 //! - [`server`]: accept loop, HTTP/1.1 connections (hyper), body limits, JSON responses.
 //! - [`router`]: the route table, matched by method and path; the one list of routes.
 //! - [`auth`]: tokens (made, hashed, stored hashed) and who a caller is.
-//! - [`api`]: the handlers and their request and response bodies.
+//! - [`api`]: the handlers of apps, backends and tokens, and the state they share.
+//! - [`domains`]: custom domains (claims, the DNS proof, the operator's grant) and certificates.
+//! - [`names`]: which domain names may be claimed (IDNA, public suffixes, no IP literals).
 //! - [`addons`]: per-app PostgreSQL databases and Redis users.
 //! - [`dedicated`]: dedicated Redis add-ons, placed on a runner.
 //! - [`logs`]: an app's log lines, and the live tail.
 //! - [`stats`]: an app's requests and its instances' use over the last minute, hour and day.
 //! - [`drains`]: log drains (where the drainer forwards an app's lines) and their checks.
 //! - [`platform`]: deploys, releases, config vars, formation, instances, runners.
-//! - [`verify`]: the pluggable ownership check of custom domains and its HTTP implementation.
+//! - [`verify`]: the ownership proof of custom domains, by DNS (hickory-resolver).
 //! - [`netpolicy`]: which addresses owners may register as backends.
 //! - [`error`]: [`ApiError`], mapped to status codes in one place.
 //! - [`openapi`]: the OpenAPI document served at `/openapi.json`.
@@ -30,9 +32,11 @@ pub mod addons;
 pub mod api;
 pub mod auth;
 pub mod dedicated;
+pub mod domains;
 pub mod drains;
 pub mod error;
 pub mod logs;
+pub mod names;
 pub mod netpolicy;
 pub mod openapi;
 pub mod platform;

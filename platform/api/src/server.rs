@@ -20,7 +20,7 @@ use crate::api::{self, ApiState};
 use crate::error::ApiError;
 use crate::openapi;
 use crate::router::{self, Match, RouteId};
-use crate::{addons, drains, logs, platform};
+use crate::{addons, domains, drains, logs, platform};
 use pier_model::api::ErrorBody;
 
 /// Largest request body accepted: app settings with a static page fit well within it.
@@ -259,13 +259,13 @@ async fn dispatch(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Answe
         RouteId::ShowApp => api::show_app(state, &caller, p(0)).await,
         RouteId::UpdateApp => api::update_app(state, &caller, p(0), &body).await,
         RouteId::DeleteApp => api::delete_app(state, &caller, p(0)).await,
-        RouteId::ListDomains => api::list_domains(state, &caller, p(0)).await,
-        RouteId::AddDomain => api::add_domain(state, &caller, p(0), &body).await,
-        RouteId::RemoveDomain => api::remove_domain(state, &caller, p(0), p(1)).await,
-        RouteId::VerifyDomain => api::verify_domain(state, &caller, p(0), p(1), &body).await,
-        RouteId::PutCert => api::put_cert(state, &caller, p(0), p(1), &body).await,
-        RouteId::ShowCert => api::show_cert(state, &caller, p(0), p(1)).await,
-        RouteId::RemoveCert => api::remove_cert(state, &caller, p(0), p(1)).await,
+        RouteId::ListDomains => domains::list(state, &caller, p(0)).await,
+        RouteId::AddDomain => domains::add(state, &caller, p(0), &body).await,
+        RouteId::RemoveDomain => domains::remove(state, &caller, p(0), p(1)).await,
+        RouteId::VerifyDomain => domains::verify(state, &caller, p(0), p(1), &body).await,
+        RouteId::PutCert => domains::put_cert(state, &caller, p(0), p(1), &body).await,
+        RouteId::ShowCert => domains::show_cert(state, &caller, p(0), p(1)).await,
+        RouteId::RemoveCert => domains::remove_cert(state, &caller, p(0), p(1)).await,
         RouteId::ListBackends => api::list_backends(state, &caller, p(0)).await,
         RouteId::AddBackend => api::add_backend(state, &caller, p(0), &body).await,
         RouteId::Heartbeat => api::heartbeat(state, &caller, p(0), p(1), &body).await,

@@ -47,8 +47,7 @@ async fn domain_added_through_the_api_is_served_by_the_balancer_within_a_second(
         .await;
     eprintln!("domain served {took:?} after the API answered");
 
-    // An owner's domain is not routed while pending, and is once the challenge (served by
-    // the app itself, reached directly) verifies it.
+    // An owner's domain is not routed while pending, and is once its DNS proof verifies it.
     let t = op
         .expect(
             Method::POST,
@@ -66,14 +65,15 @@ async fn domain_added_through_the_api_is_served_by_the_balancer_within_a_second(
             201,
         )
         .await;
-    let token = r.body["challenge"]["body"].as_str().unwrap().to_string();
+    let token = r.body["challenge"]["value"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         http_get(b, "custom.example.test", "/").await.unwrap().0,
         404,
         "a pending domain must not be routed"
     );
-    backend.serve_challenge("custom.example.test", &token);
+    api.dns
+        .add_txt("_pier-challenge.custom.example.test", &token);
     owner
         .expect(
             Method::POST,

@@ -261,14 +261,68 @@ pub(crate) fn check(resp: ApiResponse) -> Result<Value, CliError> {
     })
 }
 
-fn domain_line(d: &DomainView) -> String {
-    if d.verified {
-        return format!("{}\tverified", d.domain);
+/// `pier domains APP` is `pier domains list APP` (as `heroku domains` lists): the argument
+/// list with `list` put in when `domains` is followed by something that is not one of its
+/// subcommands or a flag.
+pub fn shorthand(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const SUBCOMMANDS: &[&str] = &["add", "list", "remove", "verify", "help"];
+    // The command is the first word that is neither a flag nor a global flag's value.
+    let mut i = 1;
+    while let Some(a) = args.get(i).map(|a| a.to_string_lossy().into_owned()) {
+        if a == "--api" || a == "--token" {
+            i += 2;
+        } else if a.starts_with('-') {
+            i += 1;
+        } else {
+            break;
+        }
     }
-    let path = d.challenge.as_ref().map(|c| c.path.as_str()).unwrap_or("");
-    match &d.claim_expires_at {
-        Some(until) => format!("{}\tpending\t{path}\t{until}", d.domain),
-        None => format!("{}\tpending\t{path}", d.domain),
+    if args.get(i).is_some_and(|a| a == "domains") {
+        if let Some(next) = args.get(i + 1).map(|a| a.to_string_lossy().into_owned()) {
+            if !next.starts_with('-') && !SUBCOMMANDS.contains(&next.as_str()) {
+                args.insert(i + 1, "list".into());
+            }
+        }
+    }
+    args
+}
+
+fn domain_line(d: &DomainView) -> String {
+    let mut cols = vec![d.domain.clone()];
+    if d.verified {
+        cols.push("verified".into());
+    } else {
+        cols.push("pending".into());
+        if let Some(c) = &d.challenge {
+            cols.push(zone_line(c));
+        }
+        if let Some(until) = &d.claim_expires_at {
+            cols.push(format!("lapses {until}"));
+        }
+    }
+    if let Some(check) = &d.dns {
+        cols.push(dns_column(check));
+    }
+    cols.join("\t")
+}
+
+/// The proof as a line to paste into a zone file.
+fn zone_line(c: &pier_model::api::ChallengeView) -> String {
+    format!("{}. 300 IN {} \"{}\"", c.name, c.kind, c.value)
+}
+
+/// Where a name points, next to the DNS target.
+fn dns_column(c: &pier_model::api::DnsCheck) -> String {
+    let found = if c.found.is_empty() {
+        "nothing".to_string()
+    } else {
+        c.found.join(", ")
+    };
+    match (c.points_at_target, &c.error) {
+        (Some(true), _) => format!("dns: points at {} ({found})", c.target),
+        (Some(false), _) => format!("dns: not pointed at {} yet ({found})", c.target),
+        (None, Some(e)) => format!("dns: unknown ({e})"),
+        (None, None) => "dns: unknown".to_string(),
     }
 }
 
@@ -478,27 +532,33 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
             if d.verified {
                 writeln!(out, "{domain} routes to {app} (verified)")?;
             } else {
-                let (path, body) = d
-                    .challenge
-                    .as_ref()
-                    .map(|c| (c.path.as_str(), c.body.as_str()))
-                    .unwrap_or_default();
-                writeln!(out, "{domain} added to {app}, pending verification")?;
-                writeln!(
-                    out,
-                    "serve GET {path} for Host: {domain} with the body {body} from the app, then run:"
-                )?;
+                writeln!(out, "{domain} added to {app}, pending its DNS proof")?;
+                if let Some(c) = &d.challenge {
+                    writeln!(out, "publish this record in the zone of {domain}:")?;
+                    writeln!(out, "  {}", zone_line(c))?;
+                }
+                writeln!(out, "then run:")?;
                 writeln!(out, "  pier domains verify {app} {domain}")?;
+                if let Some(target) = &d.dns_target {
+                    writeln!(
+                        out,
+                        "and point {domain} at {target} (a CNAME; at a zone apex, the same A/AAAA addresses)"
+                    )?;
+                }
                 if let Some(until) = &d.claim_expires_at {
                     writeln!(
                         out,
-                        "the claim holds {domain} against other apps until {until}"
+                        "the claim lapses at {until}; it reserves nothing: the first app to prove the name gets it"
                     )?;
                 }
             }
         }
         Command::Domains(DomainsCmd::List { .. }) => {
-            for d in parse::<DomainList>(&v)?.domains {
+            let list = parse::<DomainList>(&v)?;
+            if let Some(target) = list.domains.iter().find_map(|d| d.dns_target.as_ref()) {
+                writeln!(out, "# point domains at {target}")?;
+            }
+            for d in list.domains {
                 writeln!(out, "{}", domain_line(&d))?;
             }
         }

@@ -16,7 +16,7 @@ use clap::Parser as _;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cli::shorthand(std::env::args_os().collect()));
     let service = match &cli.command {
         Command::Api(args) => Some(("api", services::run_api(args))),
         Command::Runner(args) => Some(("runner", services::run_runner(args))),

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use pier_api::api::ApiState;
 use pier_api::auth::Authenticator;
 use pier_api::platform::PlatformState;
-use pier_api::verify::HttpVerifier;
+use pier_api::verify::DnsVerifier;
 
 #[derive(Debug, clap::Args)]
 pub struct ApiArgs {
@@ -22,16 +22,22 @@ pub struct ApiArgs {
     /// The operator token (prefer the environment: arguments show in `ps`).
     #[arg(long, env = "PIER_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
-    /// Send domain challenges to this address instead of the app's backends.
-    #[arg(long)]
-    pub challenge_via: Option<SocketAddr>,
-    /// Seconds a domain challenge may take per backend tried.
-    #[arg(long, default_value_t = 5)]
-    pub challenge_timeout: u64,
-    /// Hours a pending (unverified) domain claim holds the name against other apps; after
-    /// that another app may claim it. 0: claims never lapse.
+    /// The nameserver custom domains' TXT proofs are looked up at (IP:PORT); without it, the
+    /// system's resolver (/etc/resolv.conf).
+    #[arg(long, env = "PIER_DNS_RESOLVER")]
+    pub dns_resolver: Option<SocketAddr>,
+    /// The name custom domains should point at (a CNAME to it, or its addresses at an apex),
+    /// shown to owners with each domain and whether it points there yet.
+    #[arg(long, env = "PIER_DNS_TARGET")]
+    pub dns_target: Option<String>,
+    /// Hours a pending domain claim may be proven; after that it lapses (adding the domain
+    /// again renews it, same token). 0: claims never lapse. A claim never reserves a name:
+    /// the first app to prove it gets it.
     #[arg(long, default_value_t = 72)]
     pub claim_ttl_hours: u64,
+    /// Most pending domain claims one app may hold.
+    #[arg(long, default_value_t = pier_api::api::DEFAULT_MAX_PENDING_CLAIMS)]
+    pub max_pending_domains: u64,
     /// A network owners' backends must be in (repeat, or comma-separate in the environment),
     /// e.g. the runners' `10.0.0.0/8`. Without any, every address is allowed except those that
     /// are never an app instance (link-local such as cloud metadata, unspecified, multicast,
@@ -293,6 +299,29 @@ pub async fn serve_api(
     let store = pier_store::Store::connect(&args.redis.url, &args.redis.prefix)
         .await
         .with_context(|| format!("connecting to the platform state at {}", args.redis.url))?;
+    let verifier = match args.dns_resolver {
+        Some(addr) => DnsVerifier::with_nameserver(addr),
+        None => DnsVerifier::system(),
+    }
+    .map_err(anyhow::Error::msg)
+    .context("setting up the DNS resolver of custom domains' proofs (--dns-resolver)")?;
+    let dns_target = args
+        .dns_target
+        .as_deref()
+        .map(|t| {
+            pier_routes::host::normalise_name(t)
+                .map(String::from)
+                .map_err(|e| anyhow::anyhow!("--dns-target {t:?}: {e}"))
+        })
+        .transpose()?;
+    match registry.migrate_pending_domains().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            moved = n,
+            "pending domains of an earlier version moved to claims"
+        ),
+        Err(e) => tracing::warn!(error = %e, "moving pending domains to claims failed"),
+    }
     let slugs = pier_slug::SlugStore::open(&args.slug_store)
         .with_context(|| format!("opening the slug store {}", args.slug_store))?;
     let mut build = pier_slug::build::BuildConfig {
@@ -330,11 +359,10 @@ pub async fn serve_api(
             &args.redis.url,
             &args.redis.prefix,
             Authenticator::new(operator_token.trim()),
-            Arc::new(HttpVerifier {
-                via: args.challenge_via,
-                timeout: Duration::from_secs(args.challenge_timeout.max(1)),
-            }),
+            Arc::new(verifier),
         )
+        .with_dns_target(dns_target)
+        .with_max_pending_claims(args.max_pending_domains)
         .with_claim_ttl(
             (args.claim_ttl_hours != 0)
                 .then(|| Duration::from_secs(args.claim_ttl_hours.saturating_mul(3600))),

@@ -51,25 +51,52 @@ fn operator_and_owner_workflow() {
     let out = api
         .pier(owner, &["domains", "add", "blog", "shop.blog.test"])
         .ok();
-    assert!(out.stdout.contains("pending"), "{out:?}");
-    assert!(
-        out.stdout.contains("/.well-known/pier-challenge/"),
-        "{out:?}"
-    );
-    assert!(out.stdout.contains("against other apps until 2"), "{out:?}");
+    assert!(out.stdout.contains("pending its DNS proof"), "{out:?}");
+    // The proof as a line to paste into a zone file.
+    let zone_line = out
+        .stdout
+        .lines()
+        .find(|l| {
+            l.trim_start()
+                .starts_with("_pier-challenge.shop.blog.test. 300 IN TXT \"")
+        })
+        .unwrap_or_else(|| panic!("{out:?}"))
+        .trim()
+        .to_string();
+    let token = zone_line.rsplit('"').nth(1).unwrap().to_string();
+    assert_eq!(token.len(), 32, "{zone_line}");
+    assert!(out.stdout.contains("the claim lapses at 2"), "{out:?}");
     let out = api.pier(
         owner,
         &["domains", "add", "blog", "x.blog.test", "--verified"],
     );
     assert_eq!(out.code, 1, "{out:?}");
-    let out = api.pier(owner, &["domains", "list", "blog"]).ok();
+    // `pier domains APP` lists, as `pier domains list APP` does.
+    let out = api.pier(owner, &["domains", "blog"]).ok();
+    assert_eq!(
+        out.stdout,
+        api.pier(owner, &["domains", "list", "blog"]).ok().stdout
+    );
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{out:?}");
     assert_eq!(lines[1], "www.blog.test\tverified");
-    assert!(lines[0].starts_with("shop.blog.test\tpending\t/.well-known/pier-challenge/"));
-    // The fourth column: when the pending claim stops holding the name (RFC 3339, UTC).
-    let until = lines[0].split('\t').nth(3).unwrap_or("");
+    let cols: Vec<&str> = lines[0].split('\t').collect();
+    assert_eq!(cols[..3], ["shop.blog.test", "pending", zone_line.as_str()]);
+    // The fourth column: when the pending claim lapses (RFC 3339, UTC).
+    let until = cols[3].strip_prefix("lapses ").unwrap_or("");
     assert!(until.len() == 20 && until.ends_with('Z'), "{}", lines[0]);
+    // Not published yet: the reason names the record; published: verified.
+    let out = api.pier(owner, &["domains", "verify", "blog", "shop.blog.test"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("_pier-challenge.shop.blog.test"),
+        "{out:?}"
+    );
+    api.dns.add_txt("_pier-challenge.shop.blog.test", &token);
+    let out = api
+        .pier(owner, &["domains", "verify", "blog", "shop.blog.test"])
+        .ok();
+    assert!(out.stdout.contains("shop.blog.test verified"), "{out:?}");
     let out = api.pier(owner, &["domains", "add", "blog", "bad host"]);
     assert_eq!(out.code, 1);
     assert!(
@@ -139,8 +166,9 @@ fn operator_and_owner_workflow() {
             .unwrap();
         let d = reg.domain("www.blog.test").await.unwrap().unwrap();
         assert!(d.verified);
+        // Proven by its TXT record through `pier domains verify`.
         assert!(
-            !reg.domain("shop.blog.test")
+            reg.domain("shop.blog.test")
                 .await
                 .unwrap()
                 .unwrap()
@@ -251,7 +279,7 @@ fn remaining_verbs() {
         .ok();
     let out = api.pier(op, &["domains", "verify", "blog", "*.blog.test"]);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("wildcard"), "{out:?}");
+    assert!(out.stderr.contains("_pier-challenge.blog.test"), "{out:?}");
     let out = api
         .pier(op, &["domains", "verify", "blog", "*.blog.test", "--force"])
         .ok();

@@ -81,14 +81,37 @@ pub struct NewApp {
     pub settings: Option<AppRecord>,
 }
 
-/// While a domain is pending: the app must answer `GET <path>` for `Host: <domain>` with
-/// `<body>`.
+/// While a domain is pending: the DNS record that proves it. Publish it in the name's zone,
+/// then verify.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ChallengeView {
-    /// Path the app must answer, for the domain's `Host`.
-    pub path: String,
-    /// Exact body it must answer with.
-    pub body: String,
+    /// Always `TXT`.
+    #[serde(rename = "type")]
+    #[schema(example = "TXT")]
+    pub kind: String,
+    /// The record's name: `_pier-challenge.<domain>` (for `*.<base>`, `_pier-challenge.<base>`).
+    #[schema(example = "_pier-challenge.www.example.com")]
+    pub name: String,
+    /// The value the TXT record must hold (other TXT records may sit beside it).
+    pub value: String,
+}
+
+/// Where a domain points in DNS, compared with the platform's DNS target (for information:
+/// routing does not depend on it).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DnsCheck {
+    /// The name the domain should point at (`pier api --dns-target`).
+    pub target: String,
+    /// `true`: a CNAME to the target, or addresses all among the target's; `false`: not yet;
+    /// absent when the lookup failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub points_at_target: Option<bool>,
+    /// What the lookup found, as `CNAME name`, `A address` or `AAAA address`.
+    pub found: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub error: Option<String>,
 }
 
 /// When a domain's certificate expires and which one it is (in the app view).
@@ -108,11 +131,21 @@ pub struct DomainView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub challenge: Option<ChallengeView>,
-    /// While pending: when the claim stops holding the name against other apps (RFC 3339;
-    /// `pier api --claim-ttl-hours`, 72 by default); after it another app may claim it.
+    /// While pending: when the claim lapses (RFC 3339; `pier api --claim-ttl-hours`, 72 by
+    /// default). A lapsed claim is no longer verified; adding the domain again renews it with
+    /// the same token. A claim reserves nothing: the first app to prove a name gets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub claim_expires_at: Option<String>,
+    /// The name this domain should point at (CNAME, or the same addresses at an apex), when
+    /// the operator set one (`pier api --dns-target`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub dns_target: Option<String>,
+    /// In the domain list only, with a DNS target: where the name points now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub dns: Option<DnsCheck>,
     /// In the app view only: the domain's certificate, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]

@@ -11,14 +11,17 @@ use http::Method;
 use pier_api::api::ApiState;
 use pier_api::auth::Authenticator;
 use pier_api::router::{self, Match};
-use pier_api::verify::HttpVerifier;
+use pier_api::verify::DnsVerifier;
 use pier_model::client::{ApiClient, ApiResponse};
 pub use pier_testkit::certs::cert_pair;
-pub use pier_testkit::{free_port, http_get, RedisServer, TestBackend};
+pub use pier_testkit::{free_port, http_get, DnsServer, RedisServer, TestBackend};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
 pub const OPERATOR: &str = "op-secret-token-for-tests";
+
+/// The zones the tests' DNS server answers for: every custom domain the tests use is under one.
+pub const ZONES: &[&str] = &["test", "com", "org", "example"];
 
 /// The API server running in this test process, on a loopback port.
 pub struct ApiServer {
@@ -26,6 +29,8 @@ pub struct ApiServer {
     pub registry: pier_registry::Registry,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub redis: RedisServer,
+    /// The authoritative DNS server the API's proofs are looked up at.
+    pub dns: DnsServer,
     /// The slug store of an API started with the platform's routes.
     _slugs: Option<tempfile::TempDir>,
 }
@@ -86,15 +91,13 @@ impl ApiServer {
         let registry = pier_registry::Registry::connect(&redis.url())
             .await
             .unwrap();
+        let dns = DnsServer::start(ZONES);
         let state = Arc::new(configure(ApiState::new(
             registry.clone(),
             &redis.url(),
             "pier:",
             Authenticator::new(OPERATOR),
-            Arc::new(HttpVerifier {
-                via: None,
-                timeout: Duration::from_secs(2),
-            }),
+            Arc::new(DnsVerifier::with_nameserver(dns.addr).unwrap()),
         )));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -107,6 +110,7 @@ impl ApiServer {
             registry,
             stop: Some(tx),
             redis,
+            dns,
             _slugs: None,
         }
     }

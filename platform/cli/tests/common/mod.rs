@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use pier_testkit::certs::cert_pair;
-pub use pier_testkit::{free_port, Output, RedisServer};
+pub use pier_testkit::{free_port, DnsServer, Output, RedisServer};
 
 pub const OPERATOR: &str = "op-secret-token-for-tests";
 
@@ -16,6 +16,8 @@ pub struct ApiProcess {
     child: Child,
     pub port: u16,
     pub redis: RedisServer,
+    /// The nameserver its domain proofs are looked up at (`--dns-resolver`).
+    pub dns: DnsServer,
     log: std::path::PathBuf,
     pub dir: tempfile::TempDir,
 }
@@ -28,6 +30,7 @@ impl ApiProcess {
     /// `pier api` with extra arguments.
     pub fn start_with(extra: &[&str]) -> ApiProcess {
         let redis = RedisServer::start();
+        let dns = DnsServer::start(&["test", "com", "org"]);
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("api.log");
@@ -35,6 +38,7 @@ impl ApiProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_pier"))
             .args(["api", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--redis", &redis.url()])
+            .args(["--dns-resolver", &dns.addr.to_string()])
             .args(extra)
             .env("PIER_OPERATOR_TOKEN", OPERATOR)
             .env_remove("PIER_TOKEN")
@@ -47,6 +51,7 @@ impl ApiProcess {
             child,
             port,
             redis,
+            dns,
             log,
             dir,
         };
