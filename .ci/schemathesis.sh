@@ -95,6 +95,16 @@ OPERATOR_TOKEN="op_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 (cd "$WORK" && exec redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
     --appendonly no --daemonize no >"$WORK/redis.log" 2>&1) &
 PIDS+=($!)
+redis_up() { [[ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null || true)" == PONG ]]; }
+for _ in $(seq 1 100); do
+    redis_up && break
+    sleep 0.1
+done
+if ! redis_up; then
+    log "redis-server did not start"
+    cat "$WORK/redis.log" >&2
+    exit 1
+fi
 
 # Only the options given here: none of the caller's PIER_* settings leak in. Drains may point at
 # loopback (nothing delivers to them: no drainer runs).
@@ -105,11 +115,13 @@ env -u PIER_REDIS_URL -u PIER_BACKEND_ALLOW -u PIER_DRAIN_ALLOW -u PIER_SLUG_STO
     "$PIER_BIN" api --listen "127.0.0.1:$API_PORT" --redis "redis://127.0.0.1:$REDIS_PORT/0" \
     --slug-store "$WORK/slugs" --challenge-via "127.0.0.1:$CLOSED_PORT" --challenge-timeout 2 \
     --drain-allow 127.0.0.0/8 --build-timeout 30 --max-upload-mb 1 >"$WORK/api.log" 2>&1 &
-PIDS+=($!)
+API_PID=$!
+PIDS+=("$API_PID")
 
 healthy() { [[ "$(curl -s -o /dev/null -w '%{http_code}' "$API/healthz" || true)" == 200 ]]; }
 for _ in $(seq 1 150); do
     healthy && break
+    kill -0 "$API_PID" 2>/dev/null || break
     sleep 0.2
 done
 if ! healthy; then

@@ -202,10 +202,12 @@ impl Verifier for DnsVerifier {
         Box::pin(async move {
             let found = self.txt(&c.record).await?;
             let values = match found {
-                None => return Err(VerifyError::NotProven(format!(
+                None => {
+                    return Err(VerifyError::NotProven(format!(
                     "no TXT record {} (the name does not exist at {}): publish TXT \"{}\" there",
                     c.record, self.asked, c.token
-                ))),
+                )))
+                }
                 Some(v) => v,
             };
             if values.iter().any(|v| v.trim() == c.token) {

@@ -188,17 +188,26 @@ async fn malformed_and_invalid_bodies() {
 
 #[tokio::test]
 async fn owners_cannot_point_backends_at_the_platform_itself() {
-    // Default policy: loopback is fine (development), cloud metadata and friends are not.
+    // One machine (as `pier up` has it): loopback is allowed, the platform's own endpoints,
+    // cloud metadata and friends in any spelling are not.
     let api = ApiServer::start().await;
     let owner = api.app_with_owner("blog").await;
     assert_eq!(add_backend(&owner, "127.0.0.1:9000").await.status, 201);
-    for bad in [
+    let own = [
+        api.addr.to_string(),
+        format!("127.0.0.1:{}", api.redis.port),
+        format!("[::ffff:127.0.0.1]:{}", api.addr.port()),
+    ];
+    for bad in own.iter().map(String::as_str).chain([
         "169.254.169.254:80",
         "[::ffff:169.254.169.254]:80",
+        "[::169.254.169.254]:80",
+        "[64:ff9b::a9fe:a9fe]:80",
+        "[2002:a9fe:a9fe::1]:80",
         "0.0.0.0:8000",
         "[fe80::1]:80",
         "224.0.0.1:80",
-    ] {
+    ]) {
         let r = add_backend(&owner, bad).await;
         assert_eq!(r.status, 403, "{bad}: {}", r.text);
         assert_eq!(r.body["error"], "forbidden");
@@ -214,16 +223,28 @@ async fn owners_cannot_point_backends_at_the_platform_itself() {
     let n = listed.body["backends"].as_array().unwrap().len();
     assert_eq!(n, 2, "{}", listed.text);
 
+    // No allow-list: loopback is the operator's to allow.
+    let api = ApiServer::start_with(|s| s.with_backend_policy(Default::default())).await;
+    let owner = api.app_with_owner("blog").await;
+    let r = add_backend(&owner, "127.0.0.1:9000").await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert!(r.text.contains("--backend-allow"), "{}", r.text);
+    assert_eq!(add_backend(&owner, "10.1.2.3:8000").await.status, 201);
+
     // With an allow-list (the runners' network), owners stay inside it.
     let api = ApiServer::start_with(|s| {
         s.with_backend_policy(pier_api::netpolicy::BackendPolicy {
             allow: vec!["10.0.0.0/8".parse().unwrap()],
+            endpoints: vec!["10.0.0.2:7070".parse().unwrap()],
         })
     })
     .await;
     let owner = api.app_with_owner("blog").await;
     assert_eq!(add_backend(&owner, "10.1.2.3:8000").await.status, 201);
-    let r = add_backend(&owner, "127.0.0.1:9901").await;
+    let r = add_backend(&owner, "10.0.0.2:7070").await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert!(r.text.contains("platform's own endpoint"), "{}", r.text);
+    let r = add_backend(&owner, "192.168.0.9:9901").await;
     assert_eq!(r.status, 403, "{}", r.text);
     assert!(
         r.text.contains("outside the networks allowed"),

@@ -39,9 +39,11 @@ pub struct ApiArgs {
     #[arg(long, default_value_t = pier_api::api::DEFAULT_MAX_PENDING_CLAIMS)]
     pub max_pending_domains: u64,
     /// A network owners' backends must be in (repeat, or comma-separate in the environment),
-    /// e.g. the runners' `10.0.0.0/8`. Without any, every address is allowed except those that
-    /// are never an app instance (link-local such as cloud metadata, unspecified, multicast,
-    /// broadcast). The operator may register any address.
+    /// e.g. the runners' `10.0.0.0/8`. Without any, every address is allowed except loopback
+    /// and those that are never an app instance (link-local such as cloud metadata,
+    /// unspecified, multicast, broadcast, reserved); IPv6 spellings of IPv4 addresses are
+    /// judged as them. The platform's own endpoints (this API, its Redis, the add-on servers)
+    /// are refused even inside these networks. The operator may register any address.
     #[arg(long, env = "PIER_BACKEND_ALLOW", value_delimiter = ',')]
     pub backend_allow: Vec<pier_api::netpolicy::Cidr>,
     /// A network log drains may reach although internal (loopback, private, link-local,
@@ -206,10 +208,14 @@ impl ApiArgs {
             slugs,
             "--apps-url",
             apps_url,
-            // One machine: drains may reach it.
+            // One machine: drains may reach it, and owners' backends may live on it.
             "--drain-allow",
             "127.0.0.0/8",
             "--drain-allow",
+            "::1/128",
+            "--backend-allow",
+            "127.0.0.0/8",
+            "--backend-allow",
             "::1/128",
         ])
     }
@@ -369,6 +375,7 @@ pub async fn serve_api(
         )
         .with_backend_policy(pier_api::netpolicy::BackendPolicy {
             allow: args.backend_allow.clone(),
+            endpoints: platform_endpoints(args),
         })
         .with_drain_policy(pier_model::drain::DrainPolicy {
             allow: args.drain_allow.clone(),
@@ -393,6 +400,24 @@ pub async fn serve_api(
         .context("serving")?;
     tracing::info!("pier api stopped");
     Ok(())
+}
+
+/// The platform's own endpoints, which owners may never register as backends: the API's
+/// listen address, the registry's Redis and the add-on servers.
+fn platform_endpoints(args: &ApiArgs) -> Vec<SocketAddr> {
+    use pier_api::netpolicy::{endpoint_addresses, url_host_port};
+    let mut out = vec![args.listen];
+    let urls = [
+        Some((args.redis.url.as_str(), 6379)),
+        args.addon_postgres.as_deref().map(|u| (u, 5432)),
+        args.addon_redis.as_deref().map(|u| (u, 6379)),
+    ];
+    for (url, default_port) in urls.into_iter().flatten() {
+        if let Some((host, port)) = url_host_port(url, default_port) {
+            out.extend(endpoint_addresses(&host, port));
+        }
+    }
+    out
 }
 
 /// The runner's configuration from its flags.

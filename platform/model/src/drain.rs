@@ -5,12 +5,12 @@
 //! it connects.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::net::{canonical, Cidr};
+use crate::net::{canonical, special, Cidr};
 
 /// Most drains one app may have.
 pub const MAX_DRAINS_PER_APP: usize = 5;
@@ -278,62 +278,14 @@ impl DrainPolicy {
     /// Why a drain may not reach `ip`, if it may not.
     pub fn refusal(&self, ip: IpAddr) -> Option<String> {
         let ip = canonical(ip);
-        let kind = internal(ip)?;
+        let kind = special(ip)?;
         if self.allow.iter().any(|c| c.contains(ip)) {
             return None;
         }
         Some(format!(
-            "address {ip} is {kind}: drains may not reach it unless the operator allows its network (pier api --drain-allow CIDR)"
+            "address {ip} is {}: drains may not reach it unless the operator allows its network (pier api --drain-allow CIDR)",
+            kind.describe()
         ))
-    }
-}
-
-/// What kind of address inside the platform `ip` is, if it is one.
-fn internal(ip: IpAddr) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(v4) => internal_v4(v4),
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            if v6.is_unspecified() {
-                Some("unspecified")
-            } else if v6.is_loopback() {
-                Some("loopback")
-            } else if s[0] & 0xfe00 == 0xfc00 {
-                Some("private (unique local)")
-            } else if s[0] & 0xffc0 == 0xfe80 {
-                Some("link-local")
-            } else if v6.is_multicast() {
-                Some("multicast")
-            } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                // NAT64: the IPv4 address it stands for decides.
-                let v4 =
-                    Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-                internal_v4(v4)
-            } else {
-                None
-            }
-        }
-    }
-}
-
-fn internal_v4(v4: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, ..] = v4.octets();
-    if a == 0 {
-        Some("unspecified")
-    } else if v4.is_loopback() {
-        Some("loopback")
-    } else if v4.is_private() {
-        Some("private")
-    } else if a == 100 && (64..128).contains(&b) {
-        Some("shared (carrier-grade NAT)")
-    } else if v4.is_link_local() {
-        Some("link-local (where cloud instance metadata lives)")
-    } else if v4.is_multicast() {
-        Some("multicast")
-    } else if v4 == Ipv4Addr::BROADCAST || a >= 240 {
-        Some("reserved")
-    } else {
-        None
     }
 }
 

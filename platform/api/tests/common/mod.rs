@@ -92,15 +92,27 @@ impl ApiServer {
             .await
             .unwrap();
         let dns = DnsServer::start(ZONES);
-        let state = Arc::new(configure(ApiState::new(
-            registry.clone(),
-            &redis.url(),
-            "pier:",
-            Authenticator::new(OPERATOR),
-            Arc::new(DnsVerifier::with_nameserver(dns.addr).unwrap()),
-        )));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        // As `pier up` has it (one machine, owners' backends on loopback, never the API or its
+        // Redis), plus a runners' network.
+        let one_machine = pier_api::netpolicy::BackendPolicy {
+            allow: ["127.0.0.0/8", "::1/128", "10.0.0.0/8"]
+                .iter()
+                .map(|c| c.parse().unwrap())
+                .collect(),
+            endpoints: vec![addr, ([127, 0, 0, 1], redis.port).into()],
+        };
+        let state = Arc::new(configure(
+            ApiState::new(
+                registry.clone(),
+                &redis.url(),
+                "pier:",
+                Authenticator::new(OPERATOR),
+                Arc::new(DnsVerifier::with_nameserver(dns.addr).unwrap()),
+            )
+            .with_backend_policy(one_machine),
+        ));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(pier_api::server::serve(listener, state, async {
             let _ = rx.await;

@@ -39,6 +39,8 @@ impl ApiProcess {
             .args(["api", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--redis", &redis.url()])
             .args(["--dns-resolver", &dns.addr.to_string()])
+            // One machine: owners' test backends live on loopback.
+            .args(["--backend-allow", "127.0.0.0/8"])
             .args(extra)
             .env("PIER_OPERATOR_TOKEN", OPERATOR)
             .env_remove("PIER_TOKEN")
