@@ -209,9 +209,7 @@ impl AppRecord {
                         "redirect status {status} must be 301, 302, 303, 307 or 308"
                     ));
                 }
-                if location.is_empty() || !header_safe(location) {
-                    return Err("redirect location must be non-empty visible text".into());
-                }
+                pier_routes::app::check_redirect_location(location)?;
                 Action::Redirect {
                     status: *status,
                     location: location.as_str().into(),

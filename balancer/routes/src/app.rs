@@ -122,6 +122,45 @@ impl BackendProtocol {
 
 /// Longest `Strict-Transport-Security` value accepted.
 pub const MAX_HSTS_LEN: usize = 256;
+/// Longest HSTS `max-age` accepted: two years (browsers' preload lists ask for one or two).
+pub const MAX_HSTS_AGE: u64 = 2 * 365 * 24 * 3600;
+/// Longest redirect location accepted.
+pub const MAX_LOCATION_LEN: usize = 2048;
+
+/// Checks a redirect's `Location`: an absolute `http://` or `https://` URL with a host, or an
+/// absolute path (`/...`, but not `//host` or `/\host`, which browsers follow to another
+/// host), in visible ASCII. Other schemes (`javascript:`, `data:`) are refused.
+pub fn check_redirect_location(location: &str) -> Result<(), String> {
+    if location.is_empty() {
+        return Err("redirect location must not be empty".into());
+    }
+    if location.len() > MAX_LOCATION_LEN {
+        return Err(format!(
+            "redirect location is longer than {MAX_LOCATION_LEN} characters"
+        ));
+    }
+    if let Some(c) = location.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "redirect location {location:?}: {c:?} is not allowed (visible ASCII only; percent-encode the rest)"
+        ));
+    }
+    let lower = location.to_ascii_lowercase();
+    let host_after = |prefix: &str| {
+        lower
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.chars().next())
+            .is_some_and(|c| !matches!(c, '/' | '\\' | '?' | '#'))
+    };
+    let path =
+        location.starts_with('/') && !location.starts_with("//") && !location.starts_with("/\\");
+    if path || host_after("http://") || host_after("https://") {
+        Ok(())
+    } else {
+        Err(format!(
+            "redirect location {location:?} must be an http:// or https:// URL with a host, or an absolute path such as /new"
+        ))
+    }
+}
 
 /// Checks a `Strict-Transport-Security` value: it starts with `max-age=<digits>` (RFC 6797;
 /// directive names in any case), optionally followed by `;` and more directives, all in
@@ -150,6 +189,12 @@ pub fn check_hsts(value: &str) -> Result<(), String> {
     if digits == 0 || !(after.is_empty() || after.starts_with(';')) {
         return Err(format!(
             "hsts value {value:?}: max-age must be a number of seconds {example}"
+        ));
+    }
+    let age = rest[..digits].parse::<u64>().unwrap_or(u64::MAX);
+    if age > MAX_HSTS_AGE {
+        return Err(format!(
+            "hsts value {value:?}: max-age must be between 0 and {MAX_HSTS_AGE} seconds (two years)"
         ));
     }
     Ok(())
@@ -537,5 +582,38 @@ mod tests {
             assert!(check_hsts(bad).is_err(), "{bad:?}");
         }
         assert!(check_hsts(&format!("max-age=1;{}", "a".repeat(300))).is_err());
+        // Between 0 and two years.
+        assert!(check_hsts("max-age=63072001").is_err());
+        assert!(check_hsts("max-age=99999999999999999999999").is_err());
+    }
+
+    #[test]
+    fn redirect_locations_are_web_urls_or_absolute_paths() {
+        for ok in [
+            "https://example.com/",
+            "HTTP://example.com",
+            "https://[::1]:8443/x?y#z",
+            "/new/place?x=1",
+            "/",
+        ] {
+            assert_eq!(check_redirect_location(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "javascript:alert(1)",
+            "JavaScript:alert(1)",
+            "data:text/html,<script>",
+            "//evil.example/",
+            "/\\evil.example/",
+            "https:///x",
+            "https://",
+            "ftp://example.com/",
+            "relative/path",
+            "https://example.com/a b",
+            "https://example.com/\r\nX: 1",
+        ] {
+            assert!(check_redirect_location(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_redirect_location(&format!("/{}", "a".repeat(3000))).is_err());
     }
 }

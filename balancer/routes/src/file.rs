@@ -390,13 +390,7 @@ impl AppFile {
                     err(format!("{key}.redirect.status"), r);
                     302
                 });
-            if r.location.is_empty() {
-                err(
-                    format!("{key}.redirect.location"),
-                    "must not be empty".into(),
-                );
-            }
-            if let Err(r) = check_header_text(&r.location) {
+            if let Err(r) = crate::app::check_redirect_location(&r.location) {
                 err(format!("{key}.redirect.location"), r);
             }
             Action::Redirect {

@@ -56,6 +56,14 @@ pub async fn list(state: &ApiState, caller: &Caller, app: &str) -> Reply {
 /// finds the first one's record and credentials: never a second database). 201 when made now,
 /// 200 when it was there.
 pub async fn create(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -> Reply {
+    let reply = create_addon(state, caller, app, body).await;
+    if let Ok((status, _)) = &reply {
+        tracing::info!(app, by = %caller, status = status.as_u16(), "add-on create answered");
+    }
+    reply
+}
+
+async fn create_addon(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -> Reply {
     caller.may_act_on(app)?;
     let p = platform(state)?;
     let req: NewAddon = parse_body(body)?;
@@ -232,6 +240,6 @@ pub async fn destroy(
     p.store.delete_addon(app, kind).await?;
     let unset = rec.config.keys().map(|k| (k.clone(), None)).collect();
     release_with_config(p, app, &unset, &format!("Remove {kind}")).await?;
-    tracing::info!(app, kind, "add-on destroyed");
+    tracing::info!(app, by = %caller, kind, "add-on destroyed");
     Ok((StatusCode::NO_CONTENT, None))
 }

@@ -46,6 +46,10 @@ pub struct ApiState {
     pub max_pending_claims: u64,
     /// The name custom domains should point at (`pier api --dns-target`), shown to owners.
     pub dns_target: Option<String>,
+    /// A request body must arrive whole within this (`pier api --body-timeout`).
+    pub body_timeout: Duration,
+    /// Failed token attempts per client address (`pier api --auth-failures`).
+    pub auth_failures: crate::throttle::FailureLimiter,
     /// Which addresses owners may register as backends.
     pub backend_policy: BackendPolicy,
     /// Which addresses log drains may reach.
@@ -78,6 +82,8 @@ impl ApiState {
             claim_ttl: Some(DEFAULT_CLAIM_TTL),
             max_pending_claims: DEFAULT_MAX_PENDING_CLAIMS,
             dns_target: None,
+            body_timeout: crate::body::DEFAULT_BODY_TIMEOUT,
+            auth_failures: crate::throttle::FailureLimiter::new(crate::throttle::DEFAULT_FAILURES),
             backend_policy: BackendPolicy::default(),
             drain_policy: Default::default(),
             platform: None,
@@ -117,6 +123,18 @@ impl ApiState {
     /// Sets the name custom domains should point at (`pier api --dns-target`).
     pub fn with_dns_target(mut self, target: Option<String>) -> Self {
         self.dns_target = target;
+        self
+    }
+
+    /// Sets the deadline of request bodies (`pier api --body-timeout`).
+    pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
+    }
+
+    /// Sets how failed token attempts are limited (`pier api --auth-failures`).
+    pub fn with_auth_failures(mut self, limiter: crate::throttle::FailureLimiter) -> Self {
+        self.auth_failures = limiter;
         self
     }
 
@@ -182,13 +200,11 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, v: &T) -> Reply {
     Ok((status, Some(v)))
 }
 
-/// Parses a request body. Text that is not JSON is a 400; JSON of the wrong shape (missing or
-/// unknown fields, wrong types) is a 422, like JSON with refused values.
+/// Parses a request body strictly ([`crate::body::parse`]). Text that is not JSON is a 400;
+/// JSON of the wrong shape (not an object, repeated keys, missing or unknown fields, wrong
+/// types) is a 422, like JSON with refused values.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
-        _ => ApiError::BadRequest(format!("body is not valid JSON: {e}")),
-    })
+    crate::body::parse(body)
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -371,6 +387,7 @@ pub async fn update_app(state: &ApiState, caller: &Caller, app: &str, body: &[u8
         Ok(Value::Object(m)) => m,
         _ => return Err(ApiError::Internal("app record is not an object".into())),
     };
+    let changed: Vec<String> = patch.keys().cloned().collect();
     for (k, v) in patch {
         if v.is_null() {
             merged.remove(&k);
@@ -382,6 +399,8 @@ pub async fn update_app(state: &ApiState, caller: &Caller, app: &str, body: &[u8
         .map_err(|e| ApiError::Unprocessable(format!("settings: {e}")))?;
     check_settings(&settings)?;
     state.registry().put_app(app, &settings).await?;
+    // What changed: the fields the patch named (their values are the app's settings, shown).
+    tracing::info!(app, by = %caller, fields = ?changed, "app settings changed");
     json(
         StatusCode::OK,
         &AppView {
@@ -412,7 +431,7 @@ pub async fn delete_app(state: &ApiState, caller: &Caller, app: &str) -> Reply {
     // other way round a retry would answer 404 and leave the old owner's tokens behind.
     let revoked = state.registry().delete_app_tokens(app).await?;
     if revoked > 0 {
-        tracing::info!(app, revoked, "owner tokens revoked");
+        tracing::info!(app, by = %caller, revoked, "owner tokens revoked");
     }
     let deleted = state.registry().delete_app(app).await?;
     // Its releases and formation go too: the coordinator then stops its instances.
@@ -460,7 +479,7 @@ pub async fn add_backend(state: &ApiState, caller: &Caller, app: &str, body: &[u
     };
     // The registry refuses a backend of a missing app (NoSuchApp → 404) atomically.
     state.registry().put_backend(app, &id, &rec).await?;
-    tracing::debug!(app, id, address = %rec.address, "backend registered");
+    tracing::info!(app, by = %caller, id, address = %rec.address, "backend registered");
     json(StatusCode::CREATED, &backend_view(&id, &rec, now_ms()))
 }
 
@@ -492,7 +511,10 @@ pub async fn heartbeat(
 pub async fn remove_backend(state: &ApiState, caller: &Caller, app: &str, id: &str) -> Reply {
     caller.may_act_on(app)?;
     match state.registry().delete_backend(app, id).await? {
-        Some(_) => Ok((StatusCode::NO_CONTENT, None)),
+        Some(_) => {
+            tracing::info!(app, by = %caller, id, "backend removed");
+            Ok((StatusCode::NO_CONTENT, None))
+        }
         None => Err(ApiError::NotFound(format!(
             "app {app:?} has no backend {id:?}"
         ))),

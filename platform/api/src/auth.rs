@@ -107,14 +107,13 @@ impl Authenticator {
     ) -> Result<Caller, ApiError> {
         let raw = authorization
             .ok_or_else(|| ApiError::Unauthorized("no Authorization: Bearer token".into()))?;
+        // RFC 9110 §11.1: the scheme is case-insensitive, followed by one or more spaces.
         let token = std::str::from_utf8(raw)
             .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim_matches(' '))
+            .filter(|t| !t.is_empty() && !t.contains(' '))
             .ok_or_else(|| {
                 ApiError::Unauthorized("Authorization must be \"Bearer <token>\"".into())
             })?;

@@ -366,6 +366,7 @@ pub async fn put_cert(
     caller.may_act_on(app)?;
     let req: NewCert = parse_body(body)?;
     let key = verified_domain(state, app, raw).await?;
+    check_cert_bounds(&req)?;
     let parsed = cert::parse_pair(&req.cert, &req.key)
         .map_err(|e| ApiError::Unprocessable(format!("certificate: {e}")))?;
     if !cert::covers(&parsed, &key) {
@@ -395,6 +396,33 @@ pub async fn put_cert(
         "certificate stored"
     );
     json(StatusCode::OK, &cert_view(&key, &parsed))
+}
+
+/// Most certificates in a chain, and bytes of PEM, accepted.
+pub const MAX_CHAIN_CERTS: usize = 10;
+pub const MAX_CHAIN_BYTES: usize = 64 * 1024;
+pub const MAX_KEY_BYTES: usize = 16 * 1024;
+
+fn check_cert_bounds(req: &NewCert) -> Result<(), ApiError> {
+    if req.cert.len() > MAX_CHAIN_BYTES {
+        return Err(ApiError::Unprocessable(format!(
+            "certificate: the chain is {} bytes of PEM, over the limit of {MAX_CHAIN_BYTES}",
+            req.cert.len()
+        )));
+    }
+    let certs = req.cert.matches("-----BEGIN CERTIFICATE-----").count();
+    if certs > MAX_CHAIN_CERTS {
+        return Err(ApiError::Unprocessable(format!(
+            "certificate: the chain holds {certs} certificates, over the limit of {MAX_CHAIN_CERTS}"
+        )));
+    }
+    if req.key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::Unprocessable(format!(
+            "key: {} bytes of PEM, over the limit of {MAX_KEY_BYTES}",
+            req.key.len()
+        )));
+    }
+    Ok(())
 }
 
 pub async fn show_cert(state: &ApiState, caller: &Caller, app: &str, raw: &str) -> Reply {

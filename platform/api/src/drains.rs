@@ -55,7 +55,7 @@ pub async fn add(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -> R
     };
     match p.store.create_drain(rec, MAX_DRAINS_PER_APP).await? {
         DrainCreated::Made(rec) => {
-            tracing::info!(app, id = %rec.id, to = %url.redacted(), "drain added");
+            tracing::info!(app, by = %caller, id = %rec.id, to = %url.redacted(), "drain added");
             json(StatusCode::CREATED, &DrainView::from(&rec))
         }
         DrainCreated::Existing(rec) => json(StatusCode::OK, &DrainView::from(&rec)),
@@ -71,7 +71,7 @@ pub async fn remove(state: &ApiState, caller: &Caller, app: &str, id: &str) -> R
     existing_app(state, app).await?;
     let plain = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric());
     if plain && p.store.delete_drain(app, id).await? {
-        tracing::info!(app, id, "drain removed");
+        tracing::info!(app, by = %caller, id, "drain removed");
         return Ok((StatusCode::NO_CONTENT, None));
     }
     Err(ApiError::NotFound(format!(

@@ -25,6 +25,15 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body too large: {0}")]
     TooLarge(String),
+    /// The body did not arrive within `pier api --body-timeout`.
+    #[error("request timeout: {0}")]
+    Timeout(String),
+    /// A body that is not `application/json`.
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    /// Too many failed token attempts from this address: retry after the seconds given.
+    #[error("too many requests: {0}")]
+    TooManyRequests(String, u64),
     /// Well-formed JSON whose values are refused (bad hostname, address, app name, setting),
     /// or a domain whose ownership check failed.
     #[error("unprocessable: {0}")]
@@ -58,6 +67,11 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
+            ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
+            }
+            ApiError::TooManyRequests(..) => (StatusCode::TOO_MANY_REQUESTS, "too-many-requests"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             ApiError::VerificationFailed(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "verification-failed")
@@ -78,6 +92,9 @@ impl ApiError {
             | ApiError::MethodNotAllowed(r)
             | ApiError::Conflict(r)
             | ApiError::TooLarge(r)
+            | ApiError::Timeout(r)
+            | ApiError::UnsupportedMediaType(r)
+            | ApiError::TooManyRequests(r, _)
             | ApiError::Unprocessable(r)
             | ApiError::VerificationFailed(r)
             | ApiError::Unavailable(r)

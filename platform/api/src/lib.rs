@@ -11,6 +11,8 @@
 //! Modules, in the order a request meets them:
 //! - [`server`]: accept loop, HTTP/1.1 connections (hyper), body limits, JSON responses.
 //! - [`router`]: the route table, matched by method and path; the one list of routes.
+//! - [`body`]: request bodies: size and time limits, media type, strict JSON parsing.
+//! - [`throttle`]: failed token attempts limited per client address.
 //! - [`auth`]: tokens (made, hashed, stored hashed) and who a caller is.
 //! - [`api`]: the handlers of apps, backends and tokens, and the state they share.
 //! - [`domains`]: custom domains (claims, the DNS proof, the operator's grant) and certificates.
@@ -31,6 +33,7 @@
 pub mod addons;
 pub mod api;
 pub mod auth;
+pub mod body;
 pub mod dedicated;
 pub mod domains;
 pub mod drains;
@@ -43,6 +46,7 @@ pub mod platform;
 pub mod router;
 pub mod server;
 pub mod stats;
+pub mod throttle;
 pub mod verify;
 
 pub use api::ApiState;

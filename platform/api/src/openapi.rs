@@ -24,7 +24,10 @@ fn status_text(status: u16) -> &'static str {
         }
         404 => "No such app, domain, backend, certificate, add-on or drain",
         409 => "Exists already, the domain belongs to another app, or it is not verified yet",
-        413 => "Request body too large",
+        408 => "The request body did not arrive within the server's body timeout (pier api --body-timeout, 30 s by default)",
+        413 => "Request body too large: its declared Content-Length is answered at once, before any of it is read (1 MiB; deploys: pier api --max-upload-mb)",
+        415 => "A request body that is not Content-Type: application/json",
+        429 => "Too many failed token attempts from this address: wait the Retry-After seconds",
         422 => {
             "Invalid values (app name, hostname, address, settings, certificate) or a failed domain check"
         }
@@ -36,7 +39,7 @@ fn status_text(status: u16) -> &'static str {
 }
 
 /// Error statuses every authenticated operation can answer.
-const AUTHED: &[u16] = &[400, 401, 413, 500, 503];
+const AUTHED: &[u16] = &[400, 401, 408, 413, 415, 429, 500, 503];
 
 struct Op<'a> {
     id: &'a str,

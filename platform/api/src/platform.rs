@@ -110,11 +110,17 @@ pub async fn deploy_allowed(state: &ApiState, caller: &Caller, app: &str) -> Res
 /// Builds `upload` into a slug and makes a release of it, sending progress as NDJSON lines on
 /// `out`: `{"log": "..."}` for each line of build output, then `{"release": {...}}` or
 /// `{"error": "..."}`. Nothing that runs changes when the build fails.
-pub async fn deploy(state: Arc<ApiState>, app: String, upload: Upload, out: mpsc::Sender<Bytes>) {
+pub async fn deploy(
+    state: Arc<ApiState>,
+    caller: Caller,
+    app: String,
+    upload: Upload,
+    out: mpsc::Sender<Bytes>,
+) {
     let result = run_deploy(&state, &app, upload, &out).await;
     let last = match result {
         Ok(rel) => {
-            tracing::info!(app, version = rel.version, "deployed");
+            tracing::info!(app, by = %caller, version = rel.version, "deployed");
             let url = state
                 .platform
                 .as_ref()
@@ -127,7 +133,7 @@ pub async fn deploy(state: Arc<ApiState>, app: String, upload: Upload, out: mpsc
             .line()
         }
         Err(e) => {
-            tracing::info!(app, error = %e, "deploy failed");
+            tracing::info!(app, by = %caller, error = %e, "deploy failed");
             DeployEvent::Error { error: e }.line()
         }
     };
@@ -291,7 +297,7 @@ pub async fn rollback(state: &ApiState, caller: &Caller, app: &str, body: &[u8])
             })
         })
         .await?;
-    tracing::info!(app, to = target, version = rel.version, "rollback");
+    tracing::info!(app, by = %caller, to = target, version = rel.version, "rollback");
     json(StatusCode::CREATED, &rel)
 }
 
@@ -352,7 +358,7 @@ pub async fn update_config(state: &ApiState, caller: &Caller, app: &str, body: &
     let description = words.join("; ");
     let rel = release_with_config(p, app, &patch, &description).await?;
     // Names only: values may be secrets.
-    tracing::info!(app, version = rel.version, change = %description, "config changed");
+    tracing::info!(app, by = %caller, version = rel.version, change = %description, "config changed");
     json(
         StatusCode::OK,
         &ConfigView {
@@ -447,7 +453,7 @@ pub async fn scale(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) ->
         }
     }
     p.store.scale(app, &changes).await?;
-    tracing::info!(app, ?changes, "scaled");
+    tracing::info!(app, by = %caller, ?changes, "scaled");
     Ok((StatusCode::OK, Some(formation_view(p, app).await?)))
 }
 
@@ -487,7 +493,7 @@ pub async fn restart(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) 
         .store
         .request_restart(app, req.instance.as_deref())
         .await?;
-    tracing::info!(app, instance = ?req.instance, generation, "restart requested");
+    tracing::info!(app, by = %caller, instance = ?req.instance, generation, "restart requested");
     json(
         StatusCode::ACCEPTED,
         &Restarted {

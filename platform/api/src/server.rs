@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -20,7 +20,7 @@ use crate::api::{self, ApiState};
 use crate::error::ApiError;
 use crate::openapi;
 use crate::router::{self, Match, RouteId};
-use crate::{addons, domains, drains, logs, platform};
+use crate::{addons, body, domains, drains, logs, platform};
 use pier_model::api::ErrorBody;
 
 /// Largest request body accepted: app settings with a static page fit well within it.
@@ -29,6 +29,8 @@ pub const MAX_BODY: usize = 1 << 20;
 const MAX_CONNECTIONS: usize = 1024;
 /// A client must send its request head within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Least time a deploy's upload gets to arrive, whatever `--body-timeout` says.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long in-flight requests get to finish after shutdown starts.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -72,7 +74,7 @@ pub async fn serve(
             let _permit = permit;
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                async move { Ok::<_, Infallible>(handle(&state, req, peer.ip()).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -107,10 +109,14 @@ pub async fn serve(
 pub type Body = BoxBody<Bytes, Infallible>;
 
 /// Serves one request: never fails, every error becomes a JSON error response.
-pub async fn handle(state: &Arc<ApiState>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    state: &Arc<ApiState>,
+    req: Request<Incoming>,
+    peer: std::net::IpAddr,
+) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let resp = match dispatch(state, req).await {
+    let resp = match dispatch(state, req, peer).await {
         Ok(Answer::Json(status, Some(body))) => json_response(status, body.to_string()),
         Ok(Answer::Json(status, None)) => empty_response(status),
         Ok(Answer::Stream(rx)) => {
@@ -184,7 +190,11 @@ impl From<ApiError> for Rejection {
     }
 }
 
-async fn dispatch(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Answer, Rejection> {
+async fn dispatch(
+    state: &Arc<ApiState>,
+    req: Request<Incoming>,
+    peer: std::net::IpAddr,
+) -> Result<Answer, Rejection> {
     let (route, params) = match router::match_route(req.method(), req.uri().path())? {
         Match::Found(r, p) => (r, p),
         Match::WrongMethod(allowed) => {
@@ -205,7 +215,14 @@ async fn dispatch(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Answe
         RouteId::OpenApi => return Ok(Answer::Json(StatusCode::OK, Some(openapi::document()))),
         _ => {}
     }
-    let caller = state
+    if let Some(wait) = state.auth_failures.blocked(peer) {
+        return Err(ApiError::TooManyRequests(
+            format!("too many failed token attempts from {peer}: try again in {wait} s"),
+            wait,
+        )
+        .into());
+    }
+    let caller = match state
         .auth
         .caller(
             &state.registry(),
@@ -213,7 +230,16 @@ async fn dispatch(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Answe
                 .get(header::AUTHORIZATION)
                 .map(HeaderValue::as_bytes),
         )
-        .await?;
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            if matches!(e, ApiError::Unauthorized(_)) {
+                state.auth_failures.failed(peer);
+            }
+            return Err(e.into());
+        }
+    };
     if route.id == RouteId::Logs {
         let q = logs::LogQuery::parse(req.uri().query().unwrap_or(""))?;
         if !q.tail {
@@ -228,28 +254,35 @@ async fn dispatch(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Answe
         // The upload is checked before it is read, and read under its own, larger limit.
         platform::deploy_allowed(state, &caller, p(0)).await?;
         let limit = state.platform.as_ref().map_or(0, |p| p.max_upload) as u64;
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(ApiError::TooLarge(format!(
-                "the upload is over the limit of {limit} bytes (pier api --max-upload-mb)"
-            ))
-            .into());
-        }
-        let upload = platform::receive_upload(req.into_body(), limit).await?;
+        body::check_declared_length(
+            req.headers(),
+            limit,
+            "the upload (pier api --max-upload-mb)",
+        )?;
+        // An upload is larger than a JSON body: it gets at least UPLOAD_TIMEOUT.
+        let deadline = state.body_timeout.max(UPLOAD_TIMEOUT);
+        let upload =
+            tokio::time::timeout(deadline, platform::receive_upload(req.into_body(), limit))
+                .await
+                .map_err(|_| {
+                    ApiError::Timeout(format!(
+                        "the upload did not arrive within {} s",
+                        deadline.as_secs()
+                    ))
+                })??;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(platform::deploy(
             state.clone(),
+            caller,
             p(0).to_string(),
             upload,
             tx,
         ));
         return Ok(Answer::Stream(rx));
     }
-    let body = read_body(req, MAX_BODY).await?;
+    body::check_declared_length(req.headers(), MAX_BODY as u64, "the request body")?;
+    body::check_json_type(req.headers())?;
+    let body = body::read(req.into_body(), MAX_BODY, state.body_timeout).await?;
     let reply = match route.id {
         RouteId::Healthz | RouteId::OpenApi | RouteId::Deploy | RouteId::Logs => {
             unreachable_route()
@@ -298,21 +331,6 @@ fn unreachable_route() -> api::Reply {
     ))
 }
 
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::TooLarge(format!(
-                "request body is over {limit} bytes"
-            )))
-        }
-        Err(e) => Err(ApiError::BadRequest(format!("cannot read body: {e}"))),
-    }
-}
-
 fn json_response(status: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
     *r.status_mut() = status;
@@ -340,7 +358,12 @@ fn error_response(e: &ApiError) -> Response<Body> {
     })
     .unwrap_or_else(|_| format!("{{\"error\":\"{code}\",\"reason\":\"\"}}"));
     let mut r = json_response(status, body);
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
+    if let ApiError::TooManyRequests(_, wait) = e {
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    if status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::REQUEST_TIMEOUT {
         // The rest of the body was not read: the connection cannot carry another request.
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

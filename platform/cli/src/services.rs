@@ -35,6 +35,14 @@ pub struct ApiArgs {
     /// the first app to prove it gets it.
     #[arg(long, default_value_t = 72)]
     pub claim_ttl_hours: u64,
+    /// Seconds a request body may take to arrive whole (408 after); a deploy's upload gets at
+    /// least 600.
+    #[arg(long, default_value_t = 30)]
+    pub body_timeout: u64,
+    /// Failed token attempts allowed per client address and minute; past it, 429 with
+    /// Retry-After until the minute ends. 0: no limit.
+    #[arg(long, default_value_t = pier_api::throttle::DEFAULT_FAILURES)]
+    pub auth_failures: u32,
     /// Most pending domain claims one app may hold.
     #[arg(long, default_value_t = pier_api::api::DEFAULT_MAX_PENDING_CLAIMS)]
     pub max_pending_domains: u64,
@@ -369,6 +377,8 @@ pub async fn serve_api(
         )
         .with_dns_target(dns_target)
         .with_max_pending_claims(args.max_pending_domains)
+        .with_body_timeout(Duration::from_secs(args.body_timeout.max(1)))
+        .with_auth_failures(pier_api::throttle::FailureLimiter::new(args.auth_failures))
         .with_claim_ttl(
             (args.claim_ttl_hours != 0)
                 .then(|| Duration::from_secs(args.claim_ttl_hours.saturating_mul(3600))),

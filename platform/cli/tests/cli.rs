@@ -63,8 +63,8 @@ fn operator_and_owner_workflow() {
         .unwrap_or_else(|| panic!("{out:?}"))
         .trim()
         .to_string();
-    let token = zone_line.rsplit('"').nth(1).unwrap().to_string();
-    assert_eq!(token.len(), 32, "{zone_line}");
+    let proof = zone_line.rsplit('"').nth(1).unwrap().to_string();
+    assert_eq!(proof.len(), 32, "{zone_line}");
     assert!(out.stdout.contains("the claim lapses at 2"), "{out:?}");
     let out = api.pier(
         owner,
@@ -92,7 +92,7 @@ fn operator_and_owner_workflow() {
         out.stderr.contains("_pier-challenge.shop.blog.test"),
         "{out:?}"
     );
-    api.dns.add_txt("_pier-challenge.shop.blog.test", &token);
+    api.dns.add_txt("_pier-challenge.shop.blog.test", &proof);
     let out = api
         .pier(owner, &["domains", "verify", "blog", "shop.blog.test"])
         .ok();
@@ -176,6 +176,20 @@ fn operator_and_owner_workflow() {
         );
         assert_eq!(reg.app_backends("blog").await.unwrap().len(), 1);
     });
+    // Every change is logged with who made it, never with the token itself.
+    let log = api.log_text();
+    for line in [
+        "app created",
+        "owner token created",
+        "domain claimed",
+        "domain verified",
+        "domain added as verified",
+    ] {
+        let found = log.lines().find(|l| l.contains(line));
+        assert!(found.is_some_and(|l| l.contains("by=")), "{line}: {log}");
+    }
+    assert!(log.contains("by=owner:blog") && log.contains("by=operator"), "{log}");
+    assert!(!log.contains(&token), "the token is in the log");
 }
 
 #[test]

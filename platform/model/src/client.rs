@@ -137,6 +137,27 @@ impl ApiClient {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<ApiResponse, ClientError> {
+        self.call_bytes(method, path, body.map(|v| Bytes::from(v.to_string())))
+            .await
+    }
+
+    /// Sends `body` as it is (labelled JSON): for bodies a [`serde_json::Value`] cannot hold,
+    /// such as repeated keys.
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<ApiResponse, ClientError> {
+        self.call_bytes(method, path, Some(Bytes::from(body))).await
+    }
+
+    async fn call_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<ApiResponse, ClientError> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base_path))
@@ -146,9 +167,9 @@ impl ApiClient {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
         let payload = match body {
-            Some(v) => {
+            Some(b) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");
-                Bytes::from(v.to_string())
+                b
             }
             None => Bytes::new(),
         };
