@@ -121,7 +121,7 @@ pub fn parse_value(body: &[u8]) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -37,7 +37,9 @@ pub async fn create(store: &Store, app: &str, password: &str) -> Result<Made, Ap
         .filter(|(r, _)| !r.leaving && now.saturating_sub(r.heartbeat_ms) < RUNNER_DEAD_AFTER_MS)
         .min_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.id.cmp(&b.0.id)))
         .ok_or_else(|| {
-            ApiError::Unavailable("no live runner to run a dedicated Redis on".into())
+            ApiError::NoCapacity(
+                "no live runner to run a dedicated Redis on: try again when one is up".into(),
+            )
         })?;
     let spec = ServiceSpec {
         app: app.to_string(),

@@ -124,6 +124,12 @@ fn parse_domain(raw: &str) -> Result<DomainPattern, ApiError> {
     DomainPattern::parse(raw).map_err(|e| ApiError::Unprocessable(format!("domain {raw:?}: {e}")))
 }
 
+/// The pattern a path names: one that cannot be a domain is no domain of the app (404).
+fn path_domain(app: &str, raw: &str) -> Result<DomainPattern, ApiError> {
+    DomainPattern::parse(raw)
+        .map_err(|e| ApiError::NotFound(format!("app {app:?} has no domain {raw:?} ({e})")))
+}
+
 /// Where the app stands on `pattern`.
 enum Held {
     Verified,
@@ -137,7 +143,7 @@ async fn own_domain(
     app: &str,
     raw: &str,
 ) -> Result<(DomainPattern, Held), ApiError> {
-    let pattern = parse_domain(raw)?;
+    let pattern = path_domain(app, raw)?;
     let key = pattern.to_string();
     let registry = state.registry();
     if let Some(rec) = registry.domain(&key).await? {

@@ -41,6 +41,9 @@ pub enum ApiError {
     /// The domain's ownership check ran and failed.
     #[error("verification failed: {0}")]
     VerificationFailed(String),
+    /// Nothing to place the work on (no live runner): retrying later may work.
+    #[error("no capacity: {0}")]
+    NoCapacity(String),
     /// The DNS resolver did not answer a domain's proof lookup: retrying later may work.
     #[error("dns unavailable: {0}")]
     DnsUnavailable(String),
@@ -78,6 +81,7 @@ impl ApiError {
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "registry-unavailable"),
             ApiError::DnsUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "dns-unavailable"),
+            ApiError::NoCapacity(_) => (StatusCode::SERVICE_UNAVAILABLE, "no-capacity"),
             ApiError::AddonServer(_) => (StatusCode::BAD_GATEWAY, "addon-server-failed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -99,6 +103,7 @@ impl ApiError {
             | ApiError::VerificationFailed(r)
             | ApiError::Unavailable(r)
             | ApiError::DnsUnavailable(r)
+            | ApiError::NoCapacity(r)
             | ApiError::AddonServer(r)
             | ApiError::Internal(r) => r,
         }

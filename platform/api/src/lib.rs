@@ -27,6 +27,8 @@
 //! - [`netpolicy`]: which addresses owners may register as backends.
 //! - [`error`]: [`ApiError`], mapped to status codes in one place.
 //! - [`openapi`]: the OpenAPI document served at `/openapi.json`.
+//! - [`contract`]: the server's rules (lengths, patterns, ranges) stated in that document.
+//! - [`schema`]: the JSON Schema subset that checks request bodies against it.
 
 #![recursion_limit = "512"]
 
@@ -34,6 +36,7 @@ pub mod addons;
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod contract;
 pub mod dedicated;
 pub mod domains;
 pub mod drains;
@@ -44,6 +47,7 @@ pub mod netpolicy;
 pub mod openapi;
 pub mod platform;
 pub mod router;
+pub mod schema;
 pub mod server;
 pub mod stats;
 pub mod throttle;

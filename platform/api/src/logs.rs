@@ -53,6 +53,12 @@ impl LogQuery {
                         })?
                 }
                 "tail" => q.tail = matches!(v.as_str(), "1" | "true" | ""),
+                "ps" if v.chars().count() > 64 => {
+                    return Err(ApiError::Unprocessable(
+                        "ps is a process (web.1) or process type (web), at most 64 characters"
+                            .into(),
+                    ))
+                }
                 "ps" => q.process = Some(v),
                 "source" => match v.as_str() {
                     "app" | "router" => q.source = Some(v),

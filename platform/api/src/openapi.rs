@@ -33,7 +33,7 @@ fn status_text(status: u16) -> &'static str {
         }
         500 => "Bad data in the registry, or a bug",
         502 => "The add-on server (the operator's PostgreSQL or Redis) failed or is unreachable; nothing was left half-made",
-        503 => "The registry (Redis) is unavailable",
+        503 => "Unavailable for now: the registry (Redis), the DNS resolver of domain proofs, or a runner to place a dedicated add-on on",
         _ => "",
     }
 }
@@ -93,7 +93,7 @@ fn operation(op: &Op<'_>) -> Value {
     v
 }
 
-fn path_params(names: &[&str]) -> Value {
+fn path_params(path: &str, names: &[&str]) -> Value {
     let descr = |n: &str| match n {
         "app" => "App name",
         "domain" => "Domain pattern (percent-encode '*' as %2A if your client needs to)",
@@ -107,7 +107,7 @@ fn path_params(names: &[&str]) -> Value {
             .map(|n| {
                 json!({
                     "name": n, "in": "path", "required": true,
-                    "description": descr(n), "schema": { "type": "string" }
+                    "description": descr(n), "schema": crate::contract::path_param(path, n)
                 })
             })
             .collect(),
@@ -166,6 +166,7 @@ fn schemas() -> Value {
         .components
         .map(|c| serde_json::to_value(c.schemas).unwrap_or_default())
         .unwrap_or_default();
+    crate::contract::tighten(&mut all);
     // The document itself, for `/openapi.json`.
     all["OpenApi"] = json!({
         "type": "object",
@@ -173,6 +174,21 @@ fn schemas() -> Value {
         "properties": { "openapi": { "type": "string" }, "info": { "type": "object" }, "paths": { "type": "object" } }
     });
     all
+}
+
+/// The whole document, built once.
+pub fn cached() -> &'static Value {
+    static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(document)
+}
+
+/// The request body schema of the operation `method` on path `pattern`, if it takes one, and
+/// whether the body is required.
+pub fn request_schema(pattern: &str, method: &http::Method) -> Option<(&'static Value, bool)> {
+    let op = &cached()["paths"][pattern][method.as_str().to_ascii_lowercase()];
+    let body = op.get("requestBody")?;
+    let schema = &body["content"]["application/json"]["schema"];
+    Some((schema, body["required"].as_bool().unwrap_or(false)))
 }
 
 /// The whole document.
@@ -557,7 +573,7 @@ pub fn document() -> Value {
                 body: Some("FormationPatch"),
                 optional_body: false,
                 ok: &[(200, Some("Formation"))],
-                errors: &[403, 404, 422],
+                errors: &[403, 404, 409, 422],
             },
         ),
         (
@@ -719,9 +735,12 @@ pub fn document() -> Value {
     for (path, method, params, op) in ops {
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
         if !params.is_empty() {
-            entry["parameters"] = path_params(params);
+            entry["parameters"] = path_params(path, params);
         }
         entry[*method] = operation(op);
+        if op.id == "logs" {
+            entry[*method]["parameters"] = crate::contract::log_query();
+        }
     }
     json!({
         "openapi": "3.1.0",

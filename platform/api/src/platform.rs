@@ -239,10 +239,11 @@ pub async fn show_release(state: &ApiState, caller: &Caller, app: &str, raw: &st
 }
 
 fn parse_version(raw: &str) -> Result<u64, ApiError> {
-    raw.trim_start_matches('v')
-        .parse()
-        .ok()
-        .filter(|v| *v > 0)
+    // As crate::contract::VERSION: one optional `v`, then digits without a leading zero.
+    let digits = raw.strip_prefix('v').unwrap_or(raw);
+    Some(digits)
+        .filter(|d| !d.starts_with('0') && !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse().ok())
         .ok_or_else(|| {
             ApiError::Unprocessable(format!("release {raw:?} is not a number like 3 or v3"))
         })
@@ -445,7 +446,8 @@ pub async fn scale(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) ->
     if let Some(v) = p.store.current(app).await? {
         if let Some(rel) = p.store.release(app, v).await? {
             if let Some(t) = changes.keys().find(|t| !rel.processes.contains_key(*t)) {
-                return Err(ApiError::Unprocessable(format!(
+                // The request is well-formed; it conflicts with the current release.
+                return Err(ApiError::Conflict(format!(
                     "the Procfile of v{v} has no process type {t:?} (it has: {})",
                     rel.processes.keys().cloned().collect::<Vec<_>>().join(", ")
                 )));
@@ -479,8 +481,13 @@ pub async fn restart(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) 
         parse_body(body)?
     };
     if let Some(slot) = &req.instance {
+        // As crate::contract::INSTANCE: digits without a leading zero.
         let ok = slot.split_once('.').is_some_and(|(t, n)| {
-            check_process_type(t).is_ok() && n.parse::<u32>().is_ok_and(|n| n > 0)
+            check_process_type(t).is_ok()
+                && !n.starts_with('0')
+                && n.len() <= 9
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && n.parse::<u32>().is_ok_and(|n| n > 0)
         });
         if !ok {
             return Err(ApiError::Unprocessable(format!(

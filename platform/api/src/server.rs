@@ -282,7 +282,9 @@ async fn dispatch(
     }
     body::check_declared_length(req.headers(), MAX_BODY as u64, "the request body")?;
     body::check_json_type(req.headers())?;
+    let (method, pattern) = (req.method().clone(), route.pattern);
     let body = body::read(req.into_body(), MAX_BODY, state.body_timeout).await?;
+    check_against_contract(pattern, &method, &body)?;
     let reply = match route.id {
         RouteId::Healthz | RouteId::OpenApi | RouteId::Deploy | RouteId::Logs => {
             unreachable_route()
@@ -323,6 +325,28 @@ async fn dispatch(
         RouteId::RemoveDrain => drains::remove(state, &caller, p(0), p(1)).await,
     };
     Ok(reply?.into())
+}
+
+/// A body the operation takes must be what the OpenAPI document says (its shape and the
+/// server's rules, [`crate::contract`]): `422` naming the field otherwise. An optional body
+/// left out is not checked.
+fn check_against_contract(pattern: &str, method: &Method, body: &[u8]) -> Result<(), ApiError> {
+    let Some((schema, required)) = openapi::request_schema(pattern, method) else {
+        return Ok(());
+    };
+    if !required && body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let value = body::parse_value(body)?;
+    if !value.is_object() {
+        // Every body the API takes is an object.
+        return Err(ApiError::Unprocessable(format!(
+            "the body must be a JSON object, not {}",
+            body::kind(&value)
+        )));
+    }
+    crate::schema::validate(openapi::cached(), schema, &value, "body")
+        .map_err(ApiError::Unprocessable)
 }
 
 fn unreachable_route() -> api::Reply {

@@ -1009,7 +1009,7 @@ async fn platform_routes_answer_as_the_document_says() {
             Method::PATCH,
             "/v1/apps/blog/formation",
             Some(json!({"worker": 1})),
-            422,
+            409,
         )
         .await;
     owner

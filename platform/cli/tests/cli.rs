@@ -188,7 +188,10 @@ fn operator_and_owner_workflow() {
         let found = log.lines().find(|l| l.contains(line));
         assert!(found.is_some_and(|l| l.contains("by=")), "{line}: {log}");
     }
-    assert!(log.contains("by=owner:blog") && log.contains("by=operator"), "{log}");
+    assert!(
+        log.contains("by=owner:blog") && log.contains("by=operator"),
+        "{log}"
+    );
     assert!(!log.contains(&token), "the token is in the log");
 }
 
