@@ -110,7 +110,7 @@ pub fn tighten(s: &mut Value) {
     s["FormationPatch"]["propertyNames"] = json!({ "type": "string", "pattern": PROCESS_TYPE });
     s["FormationPatch"]["additionalProperties"]["maximum"] = json!(pier_model::platform::MAX_SCALE);
     s["RestartRequest"]["properties"]["instance"]["pattern"] = json!(INSTANCE);
-    s["RollbackRequest"]["properties"]["version"]["maximum"] = json!(i64::MAX);
+    s["Rollback"]["properties"]["version"]["maximum"] = json!(i64::MAX);
 
     s["NewAddon"] = json!({
         "description": "An add-on to make: postgres (plan standard, the default) or redis (plan shared, the default, or dedicated).",
@@ -162,8 +162,6 @@ pub fn log_query() -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     /// Every rule lands on a field the wire types have: a renamed field would otherwise get
     /// a new, typeless entry and the rule would guard nothing.
     #[test]
@@ -179,7 +177,7 @@ mod tests {
             ("AppSettingsPatch", "hsts"),
             ("Timeouts", "connect_ms"),
             ("RestartRequest", "instance"),
-            ("RollbackRequest", "version"),
+            ("Rollback", "version"),
             ("NewBackend", "address"),
             ("NewBackend", "id"),
             ("NewBackend", "ttl_s"),

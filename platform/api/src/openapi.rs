@@ -25,6 +25,7 @@ fn status_text(status: u16) -> &'static str {
         404 => "No such app, domain, backend, certificate, add-on or drain",
         409 => "Exists already, the domain belongs to another app, or it is not verified yet",
         408 => "The request body did not arrive within the server's body timeout (pier api --body-timeout, 30 s by default)",
+        405 => "Another method on this path: the Allow header lists the ones it has",
         413 => "Request body too large: its declared Content-Length is answered at once, before any of it is read (1 MiB; deploys: pier api --max-upload-mb)",
         415 => "A request body that is not Content-Type: application/json",
         429 => "Too many failed token attempts from this address: wait the Retry-After seconds",
@@ -62,6 +63,8 @@ fn operation(op: &Op<'_>) -> Value {
         responses.insert(status.to_string(), r);
     }
     let mut errors: Vec<u16> = op.errors.to_vec();
+    // Any other method on the operation's path (with an Allow header).
+    errors.push(405);
     if op.authed {
         errors.extend_from_slice(AUTHED);
     }

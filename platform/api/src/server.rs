@@ -373,7 +373,10 @@ fn empty_response(status: StatusCode) -> Response<Body> {
 
 fn error_response(e: &ApiError) -> Response<Body> {
     let (status, code) = e.status_and_code();
-    if status.is_server_error() {
+    if matches!(e, ApiError::NoCapacity(_)) {
+        // A condition of the platform, not a fault of the API: the runners tell why.
+        tracing::info!(error = %e, "request refused for now");
+    } else if status.is_server_error() {
         tracing::warn!(error = %e, "request failed");
     }
     let body = serde_json::to_string(&ErrorBody {
