@@ -103,9 +103,12 @@ pub fn tighten(s: &mut Value) {
         "pattern": CONFIG_KEY,
         "not": { "anyOf": [ { "const": "PORT" }, { "pattern": "^PIER_" } ] }
     });
-    // 32 KiB of UTF-8 holds at least 8192 characters; no NUL (values go into an environment).
-    s["ConfigPatch"]["additionalProperties"] =
-        json!({ "type": ["string", "null"], "maxLength": 8192, "pattern": "^[^\\x00]*$" });
+    // No NUL: values go into a process environment.
+    s["ConfigPatch"]["additionalProperties"] = json!({
+        "type": ["string", "null"],
+        "maxLength": pier_model::platform::MAX_CONFIG_VALUE_CHARS,
+        "pattern": "^[^\\x00]*$"
+    });
     s["FormationPatch"]["minProperties"] = json!(1);
     s["FormationPatch"]["propertyNames"] = json!({ "type": "string", "pattern": PROCESS_TYPE });
     s["FormationPatch"]["additionalProperties"]["maximum"] = json!(pier_model::platform::MAX_SCALE);

@@ -302,10 +302,16 @@ pub fn check_config_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a config value: at most 32 KiB, no NUL (it goes into a process environment).
+/// Most characters in a config value.
+pub const MAX_CONFIG_VALUE_CHARS: usize = 32 * 1024;
+
+/// Checks a config value: at most [`MAX_CONFIG_VALUE_CHARS`] characters (as the API's document
+/// states it, JSON Schema counting characters), no NUL (it goes into a process environment).
 pub fn check_config_value(key: &str, value: &str) -> Result<(), String> {
-    if value.len() > 32 * 1024 {
-        return Err(format!("config value of {key} is over 32 KiB"));
+    if value.len() > MAX_CONFIG_VALUE_CHARS && value.chars().count() > MAX_CONFIG_VALUE_CHARS {
+        return Err(format!(
+            "config value of {key} is over {MAX_CONFIG_VALUE_CHARS} characters"
+        ));
     }
     if value.contains('\0') {
         return Err(format!("config value of {key} contains a NUL byte"));
