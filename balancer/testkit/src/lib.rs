@@ -13,10 +13,12 @@
 //! - [`certs`]: self-signed certificates.
 //! - [`dns`]: [`DnsServer`], an authoritative DNS server on loopback (hickory-server).
 //! - [`balancer`]: a `pier-balancer` process following a Redis registry.
+//! - [`browser`]: headless Chromium over the DevTools protocol ([`browser::Browser`]).
 //! - [`syslog`]: [`SyslogListener`], a syslog receiver of octet-counted frames.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod balancer;
+pub mod browser;
 pub mod certs;
 pub mod dns;
 pub mod net;

@@ -13,6 +13,7 @@
 //! - [`router`]: the route table, matched by method and path; the one list of routes.
 //! - [`body`]: request bodies: size and time limits, media type, strict JSON parsing.
 //! - [`throttle`]: failed token attempts limited per client address.
+//! - [`ui`]: the web dashboard's files (`/ui`), built into the binary.
 //! - [`auth`]: tokens (made, hashed, stored hashed) and who a caller is.
 //! - [`api`]: the handlers of apps, backends and tokens, and the state they share.
 //! - [`domains`]: custom domains (claims, the DNS proof, the operator's grant) and certificates.
@@ -51,6 +52,7 @@ pub mod schema;
 pub mod server;
 pub mod stats;
 pub mod throttle;
+pub mod ui;
 pub mod verify;
 
 pub use api::ApiState;

@@ -116,6 +116,9 @@ pub async fn handle(
 ) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    if crate::ui::is_ui(&path) {
+        return crate::ui::serve(&method, &path);
+    }
     let resp = match dispatch(state, req, peer).await {
         Ok(Answer::Json(status, Some(body))) => json_response(status, body.to_string()),
         Ok(Answer::Json(status, None)) => empty_response(status),
