@@ -93,13 +93,7 @@ return {'added'}
             .arg(max)
             .arg(lapsed_before_ms)
             .arg(self.keys.prefix());
-        let reply: Result<Vec<String>, _> =
-            no_such_app(timed(inv.invoke_async(&mut self.conn.clone())).await, app);
-        let reply = match reply {
-            Ok(r) => r,
-            Err(RegistryError::Redis(e)) => return Err(script_error(e, domain, app)),
-            Err(e) => return Err(e),
-        };
+        let reply: Vec<String> = self.run_script(inv, domain, app).await?;
         match reply.first().map(String::as_str) {
             Some("added") => Ok(ClaimAdded::Added),
             Some("verified") => Ok(ClaimAdded::AlreadyVerified),
@@ -233,13 +227,7 @@ return out
             .arg(rec)
             .arg(token.unwrap_or(""))
             .arg(self.keys.prefix());
-        let reply: Result<Vec<redis::Value>, _> =
-            no_such_app(timed(inv.invoke_async(&mut self.conn.clone())).await, app);
-        let reply = match reply {
-            Ok(r) => r,
-            Err(RegistryError::Redis(e)) => return Err(script_error(e, domain, app)),
-            Err(e) => return Err(e),
-        };
+        let reply: Vec<redis::Value> = self.run_script(inv, domain, app).await?;
         let mut it = reply.into_iter();
         let version = match it.next() {
             Some(redis::Value::Int(0)) => None,
@@ -295,6 +283,21 @@ return 1
             moved += usize::try_from(n).unwrap_or(0);
         }
         Ok(moved)
+    }
+}
+
+impl Registry {
+    /// Runs a domain write script for `app` on `domain`, its `{err = ...}` answers typed.
+    pub(crate) async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        inv: redis::ScriptInvocation<'_>,
+        domain: &str,
+        app: &str,
+    ) -> Result<T, RegistryError> {
+        match no_such_app(timed(inv.invoke_async(&mut self.conn.clone())).await, app) {
+            Err(RegistryError::Redis(e)) => Err(script_error(e, domain, app)),
+            other => other,
+        }
     }
 }
 

@@ -193,27 +193,7 @@ return emit('domain', ARGV[2], ARGV[4])
             .arg(&rec.app)
             .arg(json)
             .arg(if rec.verified { "1" } else { "0" });
-        match no_such_app(
-            timed(inv.invoke_async(&mut self.conn.clone())).await,
-            &rec.app,
-        ) {
-            Err(RegistryError::Redis(e)) if e.to_string().contains("taken:") => {
-                let msg = e.to_string();
-                let owner = msg
-                    .split("taken:")
-                    .nth(1)
-                    .unwrap_or("")
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
-                Err(RegistryError::DomainTaken {
-                    domain: domain.into(),
-                    owner,
-                })
-            }
-            other => other,
-        }
+        self.run_script(inv, domain, &rec.app).await
     }
 
     /// Removes a domain and its certificate. Returns the version after, or `None` if it was

@@ -90,17 +90,7 @@ pub fn validate(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), 
         _ => Vec::new(),
     };
     if !types.is_empty() {
-        let ok = types.iter().any(|t| match *t {
-            "object" => v.is_object(),
-            "array" => v.is_array(),
-            "string" => v.is_string(),
-            // JSON Schema: 2.0 is an integer.
-            "integer" => v.as_f64().is_some_and(|f| f.fract() == 0.0),
-            "number" => v.is_number(),
-            "boolean" => v.is_boolean(),
-            "null" => v.is_null(),
-            _ => false,
-        });
+        let ok = types.iter().any(|t| json_type_is(v, t));
         if !ok {
             return Err(format!(
                 "{at}: expected {}, got {}",
@@ -232,6 +222,7 @@ fn could_mean(doc: &Value, schema: &Value, v: &Value) -> bool {
     })
 }
 
+/// Whether `v` is of JSON Schema type `t` (2.0 is an integer).
 fn json_type_is(v: &Value, t: &str) -> bool {
     match t {
         "object" => v.is_object(),

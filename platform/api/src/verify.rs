@@ -97,16 +97,9 @@ pub struct DnsVerifier {
 impl DnsVerifier {
     /// Asks the system's resolver (`/etc/resolv.conf`).
     pub fn system() -> Result<Self, String> {
-        let mut b = TokioResolver::builder_tokio()
+        let b = TokioResolver::builder_tokio()
             .map_err(|e| format!("reading the system's resolver configuration: {e}"))?;
-        tune(b.options_mut());
-        let resolver = b
-            .build()
-            .map_err(|e| format!("building the resolver: {e}"))?;
-        Ok(DnsVerifier {
-            resolver,
-            asked: "the system's resolver".into(),
-        })
+        Self::build(b, "the system's resolver".into())
     }
 
     /// Asks the nameserver at `addr` only (UDP, then TCP for long answers).
@@ -122,15 +115,19 @@ impl DnsVerifier {
             vec![conn(ProtocolConfig::Udp), conn(ProtocolConfig::Tcp)],
         );
         let config = ResolverConfig::from_parts(None, Vec::new(), vec![ns]);
-        let mut b = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+        let b = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+        Self::build(b, addr.to_string())
+    }
+
+    fn build(
+        mut b: hickory_resolver::ResolverBuilder<TokioRuntimeProvider>,
+        asked: String,
+    ) -> Result<Self, String> {
         tune(b.options_mut());
         let resolver = b
             .build()
             .map_err(|e| format!("building the resolver: {e}"))?;
-        Ok(DnsVerifier {
-            resolver,
-            asked: addr.to_string(),
-        })
+        Ok(DnsVerifier { resolver, asked })
     }
 
     /// Every TXT value at `name` (each record's strings joined, as RFC 7208 §3.3 reads them).
