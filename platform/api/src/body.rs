@@ -236,6 +236,18 @@ mod tests {
     }
 
     #[test]
+    fn integral_floats_parse_exactly() {
+        // Found by schemathesis: without correctly rounded parsing this literal read as
+        // 4268113609052782.5 (one unit in the last place off) and an integer was refused.
+        let v = parse_value(br#"{"n": 4268113609052782.0}"#).unwrap();
+        assert_eq!(v["n"].as_u64(), Some(4_268_113_609_052_782));
+        let v = parse_value(br#"{"n": 4268113609052782.5}"#).unwrap();
+        assert_eq!(v["n"].as_f64(), Some(4_268_113_609_052_782.5));
+        let v = parse_value(br#"{"n": -9007199254740992.0}"#).unwrap();
+        assert_eq!(v["n"].as_i64(), Some(-9_007_199_254_740_992));
+    }
+
+    #[test]
     fn media_type() {
         let mut h = HeaderMap::new();
         assert!(check_json_type(&h).is_ok());
