@@ -140,6 +140,12 @@ fn run(
             ));
         }
         if let Some(r) = cfg.registry.clone() {
+            let id = cfg
+                .telemetry
+                .as_ref()
+                .map(|t| t.id.clone())
+                .unwrap_or_else(|| "balancer".into());
+            tokio::spawn(registry_sync::report(Arc::clone(&shared), r.clone(), id));
             tokio::spawn(registry_sync::run(Arc::clone(&shared), r));
         }
         loop {

@@ -294,3 +294,46 @@ async fn full_resync(
     }
     Ok(Resync::Applied(head.feed_id))
 }
+
+/// How often a balancer writes its report ([`pier_registry::BalancerStatus`]).
+pub const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Writes this balancer's report to the registry every [`REPORT_EVERY`], on its own connection
+/// (a registry that does not answer delays only the report, which then ages where operators
+/// read it).
+pub async fn report(shared: Arc<Shared>, settings: RegistrySettings, id: String) {
+    let started_ms = now_ms();
+    let mut reg: Option<Registry> = None;
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if reg.is_none() {
+            reg = Registry::connect_with_prefix(&settings.url, &settings.prefix)
+                .await
+                .ok();
+        }
+        let Some(r) = reg.as_ref() else { continue };
+        let table = shared.routes.load();
+        let m = &shared.metrics;
+        let status = pier_registry::BalancerStatus {
+            id: id.clone(),
+            at_ms: now_ms(),
+            started_ms,
+            software: env!("CARGO_PKG_VERSION").to_string(),
+            table_version: table.version(),
+            domains: table.len() as u64,
+            certificates: table.cert_count() as u64,
+            connected: m.registry_connected.get() == 1,
+            contact_ms: shared.registry_contact_ms.load(Ordering::Relaxed),
+            lag_ms: (m.registry_lag.get() * 1000.0).round() as u64,
+            held: m.registry_held.get() == 1,
+            bad_entries: m.registry_bad_entries.get(),
+        };
+        drop(table);
+        if let Err(e) = r.report_balancer(&status).await {
+            tracing::debug!(error = %e, "balancer report not written");
+            reg = None;
+        }
+    }
+}

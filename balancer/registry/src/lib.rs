@@ -15,11 +15,13 @@
 //! - [`client`]: [`Registry`], the typed client: writes, snapshot, feed.
 //! - [`claims`]: pending custom-domain claims, and the write that turns a proven one into the
 //!   app's verified domain.
+//! - [`balancers`]: each balancer's report of the table it serves and its lag.
 //! - [`apply`]: registry data to route specs and table edits.
 //! - [`cert`]: TLS certificate chains and keys (the parser the routes file uses too).
 //! - [`telemetry`]: the apps' log streams and stats buckets that balancers and runners write.
 
 pub mod apply;
+pub mod balancers;
 pub mod claims;
 pub mod client;
 
@@ -30,6 +32,7 @@ pub mod model;
 pub mod schema;
 pub mod telemetry;
 
+pub use balancers::BalancerStatus;
 pub use claims::{ClaimAdded, Granted};
 pub use client::{Registry, RegistryError, SnapshotHead};
 pub use model::{

@@ -18,6 +18,8 @@ pub struct Keys {
     pub certs: String,
     /// Hash: SHA-256 of a token (hex) → [`crate::model::TokenRecord`] JSON.
     pub tokens: String,
+    /// Hash: balancer id → [`crate::balancers::BalancerStatus`] JSON, each balancer's report.
+    pub balancers: String,
     prefix: String,
 }
 
@@ -31,6 +33,7 @@ impl Keys {
             backends: format!("{prefix}backends"),
             certs: format!("{prefix}certs"),
             tokens: format!("{prefix}tokens"),
+            balancers: format!("{prefix}balancers"),
             prefix: prefix.to_string(),
         }
     }

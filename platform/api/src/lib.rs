@@ -24,6 +24,7 @@
 //! - [`stats`]: an app's requests and its instances' use over the last minute, hour and day.
 //! - [`drains`]: log drains (where the drainer forwards an app's lines) and their checks.
 //! - [`platform`]: deploys, releases, config vars, formation, instances, runners.
+//! - [`balancers`]: the balancers' reports of the table they serve.
 //! - [`verify`]: the ownership proof of custom domains, by DNS (hickory-resolver).
 //! - [`netpolicy`]: which addresses owners may register as backends.
 //! - [`error`]: [`ApiError`], mapped to status codes in one place.
@@ -36,6 +37,7 @@
 pub mod addons;
 pub mod api;
 pub mod auth;
+pub mod balancers;
 pub mod body;
 pub mod contract;
 pub mod dedicated;

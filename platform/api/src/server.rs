@@ -319,6 +319,7 @@ async fn dispatch(
         RouteId::ListInstances => platform::list_instances(state, &caller, p(0)).await,
         RouteId::Restart => platform::restart(state, &caller, p(0), &body).await,
         RouteId::ListRunners => platform::list_runners(state, &caller).await,
+        RouteId::ListBalancers => crate::balancers::list(state, &caller).await,
         RouteId::ListAddons => addons::list(state, &caller, p(0)).await,
         RouteId::Stats => crate::stats::show(state, &caller, p(0)).await,
         RouteId::CreateAddon => addons::create(state, &caller, p(0), &body).await,

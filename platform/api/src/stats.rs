@@ -1,9 +1,10 @@
 //! `GET /v1/apps/{app}/stats`: the buckets balancers and runners write
-//! ([`pier_registry::telemetry`]), merged over the last minute, hour and day.
+//! ([`pier_registry::telemetry`]), merged over the last minute, hour and day, and the last two
+//! minutes bucket by bucket for a live chart.
 
 use http::StatusCode;
-use pier_model::api::{AppStats, InstanceStats, RequestStats, UsageStats};
-use pier_registry::telemetry::Tier;
+use pier_model::api::{AppStats, InstanceStats, RequestStats, StatsPoint, UsageStats};
+use pier_registry::telemetry::{RouterWindow, Tier};
 use pier_store::stats::WindowStats;
 
 use crate::api::{existing_app, json, now_ms, ApiState, Reply};
@@ -43,6 +44,17 @@ pub async fn show(state: &ApiState, caller: &Caller, app: &str) -> Reply {
         }
     }
     instances.sort_by(|a, b| a.instance.cmp(&b.instance));
+    let (buckets, bad) = p
+        .store
+        .router_series(app, Tier::TenSeconds, SERIES_SECONDS, now_s)
+        .await?;
+    if bad > 0 {
+        tracing::warn!(app, bad, "unreadable stats values skipped");
+    }
+    let series = buckets
+        .iter()
+        .map(|(start_s, w)| series_point(*start_s, now_s, w))
+        .collect();
     json(
         StatusCode::OK,
         &AppStats {
@@ -50,8 +62,29 @@ pub async fn show(state: &ApiState, caller: &Caller, app: &str) -> Reply {
             at_ms,
             requests,
             instances,
+            series,
         },
     )
+}
+
+/// How far back [`AppStats::series`] reaches, seconds.
+const SERIES_SECONDS: u64 = 120;
+
+fn series_point(start_s: u64, now_s: u64, w: &RouterWindow) -> StatsPoint {
+    let bucket = Tier::TenSeconds.seconds();
+    // The current bucket counts only the seconds that have passed (at least one).
+    let seconds = now_s.saturating_sub(start_s).clamp(1, bucket);
+    StatsPoint {
+        start_s,
+        seconds,
+        requests: w.requests,
+        requests_per_second: round2(w.requests as f64 / seconds as f64),
+        errors_5xx: w.errors_5xx,
+        p99_ms: w
+            .latency
+            .quantile(0.99)
+            .map(|us| round2(us as f64 / 1000.0)),
+    }
 }
 
 fn request_stats(window: &str, seconds: u64, w: &WindowStats) -> RequestStats {

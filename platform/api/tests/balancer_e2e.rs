@@ -107,4 +107,25 @@ async fn domain_added_through_the_api_is_served_by_the_balancer_within_a_second(
         assert!(start.elapsed() < PROPAGATION, "still routed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+
+    // The balancer reports the table it serves (every 5 s): the operator sees it current.
+    owner.expect(Method::GET, "/v1/balancers", None, 403).await;
+    let start = Instant::now();
+    loop {
+        let r = op.expect(Method::GET, "/v1/balancers", None, 200).await;
+        let current = r.body["registry_version"].as_u64().unwrap();
+        let list = r.body["balancers"].as_array().unwrap().clone();
+        if let [b] = list.as_slice() {
+            if b["table_version"].as_u64() == Some(current) {
+                assert_eq!(b["live"], true, "{b}");
+                assert_eq!(b["versions_behind"], 0, "{b}");
+                assert_eq!(b["connected"], true, "{b}");
+                assert!(b["domains"].as_u64() >= Some(1), "{b}");
+                assert!(b["report_age_ms"].as_u64().unwrap() < 15_000, "{b}");
+                break;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", r.body);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -82,6 +82,9 @@ pub enum Command {
     },
     /// The runners, with their heartbeat age and load (operator).
     Runners,
+    /// The balancers: the route table version each serves, how far behind the registry it is,
+    /// and the age of its last report (operator).
+    Balancers,
     /// An app's add-ons (a PostgreSQL database, a Redis): list, create, destroy.
     Addons(crate::platform_verbs::AddonsArgs),
     /// An app's log drains (syslog or HTTPS endpoints its lines are forwarded to): list, add,
@@ -404,6 +407,7 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
         | Command::Ps { .. }
         | Command::Restart { .. }
         | Command::Runners
+        | Command::Balancers
         | Command::Addons(_)
         | Command::Logs { .. } => return crate::platform_verbs::run(cli, &client, out).await,
         Command::Stats { app } => return crate::stats::run(cli, &client, app, out).await,

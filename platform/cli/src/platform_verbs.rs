@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use pier_model::api::{
-    AddonList, AddonView, AppView, DeployEvent, InstanceList, LogList, ReleaseList, RunnerList,
+    AddonList, AddonView, AppView, BalancerList, DeployEvent, InstanceList, LogList, ReleaseList,
+    RunnerList,
 };
 use pier_model::client::{encode_segment, ApiClient};
 use pier_model::platform::{InstanceStatus, LogLine, Release, ReleaseStatus};
@@ -292,6 +293,42 @@ pub async fn run(cli: &Cli, client: &ApiClient, out: &mut dyn Write) -> Result<(
                     r.runner.capacity,
                     r.runner.limits,
                     r.runner.log_lines_dropped
+                )?;
+            }
+            Ok(())
+        }
+        Command::Balancers => {
+            let v = call(client, Method::GET, "/v1/balancers", None).await?;
+            if printed_json(cli, &v, out)? {
+                return Ok(());
+            }
+            let list = parse::<BalancerList>(&v)?;
+            writeln!(out, "registry at v{}", list.registry_version)?;
+            for b in list.balancers {
+                let s = &b.status;
+                let live = if b.live { "live" } else { "silent" };
+                let behind = match b.versions_behind {
+                    0 => "current".to_string(),
+                    n => format!("{n} behind"),
+                };
+                let mut flags = String::new();
+                if !s.connected {
+                    flags.push_str("\tregistry unreachable");
+                }
+                if s.held {
+                    flags.push_str("\tresync held (mass drop)");
+                }
+                writeln!(
+                    out,
+                    "{}\t{live}\treported {}ms ago\ttable v{} ({behind})\t{} domains\t{} certificates\tlag {}ms\tbad entries {}\tpier {}{flags}",
+                    s.id,
+                    b.report_age_ms,
+                    s.table_version,
+                    s.domains,
+                    s.certificates,
+                    s.lag_ms,
+                    s.bad_entries,
+                    s.software,
                 )?;
             }
             Ok(())

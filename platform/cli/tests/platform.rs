@@ -707,8 +707,22 @@ async fn instances_output_reaches_pier_logs_and_its_tail() {
             .collect();
         let both = instances.iter().any(|i| i.starts_with("web.1@"))
             && instances.iter().any(|i| i.starts_with("web.2@"));
-        if day["requests"].as_u64() >= Some(1) && both {
+        let series = v["series"].as_array().unwrap();
+        let in_series: u64 = series.iter().filter_map(|p| p["requests"].as_u64()).sum();
+        if day["requests"].as_u64() >= Some(1) && both && in_series >= 1 {
             assert_eq!(day["window"], "1d");
+            // The live chart's buckets: 10 s apart, oldest first, the last one still filling.
+            assert!(series.len() >= 12, "{v}");
+            for w in series.windows(2) {
+                assert_eq!(
+                    w[1]["start_s"].as_u64().unwrap() - w[0]["start_s"].as_u64().unwrap(),
+                    10,
+                    "{v}"
+                );
+            }
+            let last = series.last().unwrap()["seconds"].as_u64().unwrap();
+            assert!((1..=10).contains(&last), "{v}");
+            assert!(series.iter().any(|p| p["p99_ms"].as_f64().is_some()), "{v}");
             assert!(day["p50_ms"].as_f64().is_some(), "{v}");
             assert!(
                 v["instances"][0]["windows"][0]["memory_bytes"].as_u64() > Some(1 << 20),
@@ -717,6 +731,20 @@ async fn instances_output_reaches_pier_logs_and_its_tail() {
             break;
         }
         assert!(start.elapsed() < SERVED_WITHIN, "{v}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The balancer reports the table it serves: live and current.
+    let start = Instant::now();
+    loop {
+        let out = p.pier(&["balancers"]).ok().stdout;
+        if out
+            .lines()
+            .any(|l| l.contains("\tlive\t") && l.contains("(current)"))
+        {
+            assert!(out.starts_with("registry at v"), "{out}");
+            break;
+        }
+        assert!(start.elapsed() < SERVED_WITHIN, "{out}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let table = p.pier(&["stats", "hello"]).ok().stdout;

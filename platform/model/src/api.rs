@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use pier_registry::model::{AppRecord, TimeoutsRecord};
+use pier_registry::BalancerStatus;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -366,6 +367,27 @@ pub struct RunnerList {
     pub runners: Vec<RunnerView>,
 }
 
+/// A balancer as the operator sees it: its last report and how current it is.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BalancerView {
+    #[serde(flatten)]
+    pub status: BalancerStatus,
+    /// Age of its last report, ms.
+    pub report_age_ms: u64,
+    /// It reported recently (it writes every 5 s).
+    pub live: bool,
+    /// Registry versions its table lags behind the registry's current one (0: current).
+    pub versions_behind: u64,
+}
+
+/// `GET /v1/balancers`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BalancerList {
+    /// The registry's version now.
+    pub registry_version: u64,
+    pub balancers: Vec<BalancerView>,
+}
+
 /// An app's add-on, with the config vars (credentials) it set on the app.
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[schema(as = Addon)]
@@ -411,6 +433,25 @@ pub struct AppStats {
     pub requests: Vec<RequestStats>,
     /// Each instance's CPU and memory (`web.1@runner`), with the same windows.
     pub instances: Vec<InstanceStats>,
+    /// Requests in 10-second buckets over the last two minutes, oldest first; the last one is
+    /// the current bucket, still filling (its `seconds` says how much of it has passed). For a
+    /// live chart: read again every few seconds.
+    #[serde(default)]
+    pub series: Vec<StatsPoint>,
+}
+
+/// One bucket of [`AppStats::series`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StatsPoint {
+    /// Start of the bucket, seconds since the epoch.
+    pub start_s: u64,
+    /// Seconds of the bucket that have passed (10, or fewer for the current one).
+    pub seconds: u64,
+    pub requests: u64,
+    pub requests_per_second: f64,
+    pub errors_5xx: u64,
+    /// Milliseconds; none without requests.
+    pub p99_ms: Option<f64>,
 }
 
 /// Requests over one window. The window is made of whole buckets (10 s for `1m`, a minute for

@@ -89,4 +89,40 @@ impl Store {
         }
         Ok(out)
     }
+
+    /// The app's requests bucket by bucket in `tier` over the `window_s` seconds before `now_s`,
+    /// oldest first, each merged across balancers (a bucket nobody wrote is all zeros). Values
+    /// that cannot be read are skipped and counted in the second member.
+    pub async fn router_series(
+        &self,
+        app: &str,
+        tier: Tier,
+        window_s: u64,
+        now_s: u64,
+    ) -> Result<(Vec<(u64, RouterWindow)>, usize), StoreError> {
+        let first = tier.bucket(now_s.saturating_sub(window_s));
+        let buckets: Vec<u64> = (first..=now_s).step_by(tier.seconds() as usize).collect();
+        let mut pipe = redis::pipe();
+        for b in &buckets {
+            pipe.cmd("HGETALL")
+                .arg(router_stats_key(self.keys.prefix(), app, tier, *b));
+        }
+        let maps: Vec<BTreeMap<String, String>> = timed(pipe.query_async(&mut self.c())).await?;
+        let mut bad = 0;
+        let series = buckets
+            .into_iter()
+            .zip(maps)
+            .map(|(start, fields)| {
+                let mut w = RouterWindow::default();
+                for v in fields.values() {
+                    match RouterWindow::decode(v) {
+                        Ok(one) => w.merge(&one),
+                        Err(_) => bad += 1,
+                    }
+                }
+                (start, w)
+            })
+            .collect();
+        Ok((series, bad))
+    }
 }
