@@ -162,6 +162,14 @@ pub struct Page {
 impl Page {
     /// Calls a DevTools method and returns its result (events in between are skipped).
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.send(method, params).await {
+            Ok(v) => v,
+            Err(e) => panic!("{method}: {e}"),
+        }
+    }
+
+    /// Calls a DevTools method: its result, or the error it answered with.
+    async fn send(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         let id = self.next_id;
         self.next_id += 1;
         let msg = json!({"id": id, "method": method, "params": params}).to_string();
@@ -179,38 +187,68 @@ impl Page {
             let v: Value = serde_json::from_str(&t).expect("devtools json");
             if v["id"] == json!(id) {
                 if let Some(e) = v.get("error") {
-                    panic!("{method}: {e}");
+                    return Err(e.clone());
                 }
-                return v["result"].clone();
+                return Ok(v["result"].clone());
             }
         }
     }
 
     /// Evaluates `js` in the page (awaiting a promise) and returns its value.
     pub async fn eval(&mut self, js: &str) -> Value {
+        match self.try_eval(js).await {
+            Ok(v) => v,
+            Err(e) => panic!("{js}: {e}"),
+        }
+    }
+
+    /// [`Page::eval`], with the exception or protocol error (a navigation in between) as an
+    /// error instead of a panic.
+    pub async fn try_eval(&mut self, js: &str) -> Result<Value, Value> {
         let r = self
-            .call(
+            .send(
                 "Runtime.evaluate",
                 json!({"expression": js, "awaitPromise": true, "returnByValue": true}),
             )
-            .await;
+            .await?;
         if let Some(e) = r.get("exceptionDetails") {
-            panic!("{js}: {e}");
+            return Err(e.clone());
         }
-        r["result"]["value"].clone()
+        Ok(r["result"]["value"].clone())
     }
 
-    /// Waits until `js` is truthy in the page; panics with `what` after `timeout`.
-    pub async fn wait_for(&mut self, js: &str, timeout: Duration, what: &str) {
+    /// Waits until `js` gives a value other than `null`, `false` or nothing, and returns it
+    /// (errors while the page navigates count as nothing); panics with `what` after `timeout`.
+    pub async fn eval_until(&mut self, js: &str, timeout: Duration, what: &str) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
-            let v = self.eval(js).await;
-            if v.as_bool() == Some(true) {
-                return;
+            if let Ok(v) = self.try_eval(js).await {
+                if !v.is_null() && v != json!(false) {
+                    return v;
+                }
             }
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting for {what} ({js})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `js` is `true` in the page; panics with `what` after `timeout`. An exception
+    /// (the page navigating, an element not there yet) counts as not yet, and the last one is
+    /// in the panic message.
+    pub async fn wait_for(&mut self, js: &str, timeout: Duration, what: &str) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.try_eval(js).await {
+                Ok(v) if v.as_bool() == Some(true) => return,
+                Ok(v) => v,
+                Err(e) => e,
+            };
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what} ({js}); last: {last}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -234,6 +272,41 @@ impl Page {
             json!({"width": width, "height": height, "deviceScaleFactor": scale, "mobile": false}),
         )
         .await;
+    }
+
+    /// Presses `key` as a keyboard does (`Tab`, `Shift+Tab`, `Enter`, `Escape`, `Space`): the
+    /// page sees the key events and their default actions (focus moves, forms submit).
+    pub async fn press(&mut self, key: &str) {
+        let (key, shift) = match key.strip_prefix("Shift+") {
+            Some(k) => (k, true),
+            None => (key, false),
+        };
+        let (code, vk, text) = match key {
+            "Tab" => ("Tab", 9, ""),
+            "Enter" => ("Enter", 13, "\r"),
+            "Escape" => ("Escape", 27, ""),
+            "Space" => ("Space", 32, " "),
+            other => panic!("press: no key {other}"),
+        };
+        let key_name = if key == "Space" { " " } else { key };
+        let modifiers = if shift { 8 } else { 0 };
+        let mut down = json!({"type": "keyDown", "key": key_name, "code": code,
+            "windowsVirtualKeyCode": vk, "nativeVirtualKeyCode": vk, "modifiers": modifiers});
+        if !text.is_empty() {
+            down["text"] = json!(text);
+        }
+        self.call("Input.dispatchKeyEvent", down).await;
+        self.call(
+            "Input.dispatchKeyEvent",
+            json!({"type": "keyUp", "key": key_name, "code": code,
+                "windowsVirtualKeyCode": vk, "nativeVirtualKeyCode": vk, "modifiers": modifiers}),
+        )
+        .await;
+    }
+
+    /// Types `text` into the focused element, as an input method does.
+    pub async fn type_text(&mut self, text: &str) {
+        self.call("Input.insertText", json!({"text": text})).await;
     }
 
     /// A PNG of the page as it is.

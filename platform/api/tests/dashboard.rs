@@ -158,11 +158,16 @@ async fn an_owner_works_in_the_dashboard_and_hostile_text_stays_text() {
         "the app page",
     )
     .await;
-    // The hostile log line shows as text and ran nothing.
-    let logs = page
-        .eval("document.getElementById('log-lines').textContent")
-        .await;
-    assert!(logs.as_str().unwrap().contains(hostile), "{logs}");
+    // The hostile log line shows as text (brought by the live tail) and ran nothing.
+    page.wait_for(
+        &format!(
+            "document.getElementById('log-lines').textContent.includes({})",
+            json!(hostile)
+        ),
+        d,
+        "the hostile line in the tail",
+    )
+    .await;
     assert_eq!(
         page.eval("document.querySelectorAll('#view img, #view script').length")
             .await,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{load, Platform};
+use common::{app_dir, load, Platform};
 
 /// Bounds for things that take milliseconds to a few seconds here: wide, because CI machines
 /// are shared; timings are measured by benchmarks, not asserted by tests.
@@ -80,15 +80,6 @@ async fn stdlib_app_deployed_with_the_cli_is_served_through_the_balancer() {
     let ps = p.pier(&["ps", "hello", "--json"]).ok();
     assert!(!ps.stdout.contains("s3cr3t-value"));
     assert!(!p.logs().contains("s3cr3t-value"), "a secret reached a log");
-}
-
-/// Writes an app (a Procfile and files) into a new directory.
-fn app_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    for (name, text) in files {
-        std::fs::write(d.path().join(name), text).unwrap();
-    }
-    d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

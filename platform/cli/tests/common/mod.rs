@@ -356,6 +356,15 @@ impl Platform {
     }
 }
 
+/// A directory holding `files` (name, text): an app to deploy.
+pub fn app_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(d.path().join(name), text).unwrap();
+    }
+    d
+}
+
 /// `platform/examples/<name>`.
 pub fn example_dir(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
