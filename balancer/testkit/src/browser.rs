@@ -254,6 +254,21 @@ impl Page {
         }
     }
 
+    /// Logs in to pier's dashboard through its form, as a user does (the page is at `/ui/`).
+    pub async fn dashboard_log_in(&mut self, token: &str, timeout: Duration) {
+        self.wait_for(
+            "!document.getElementById('login').hidden",
+            timeout,
+            "the login form",
+        )
+        .await;
+        self.eval(&format!(
+            "document.getElementById('token').value = {}; document.getElementById('login-form').requestSubmit(); true",
+            json!(token)
+        ))
+        .await;
+    }
+
     /// Navigates and waits for the load event.
     pub async fn goto(&mut self, url: &str) {
         self.call("Page.navigate", json!({"url": url})).await;

@@ -128,18 +128,8 @@ async fn an_owner_works_in_the_dashboard_and_hostile_text_stays_text() {
     let mut page = browser.page(&url).await;
     page.goto(&url).await;
     let d = Duration::from_secs(15);
-    page.wait_for(
-        "!document.getElementById('login').hidden",
-        d,
-        "the login form",
-    )
-    .await;
     // Log in as the owner through the form.
-    page.eval(&format!(
-        "document.getElementById('token').value = {}; document.getElementById('login-form').requestSubmit(); true",
-        json!(token)
-    ))
-    .await;
+    page.dashboard_log_in(&token, d).await;
     page.wait_for(
         "[...document.querySelectorAll('ul.apps a')].map(a => a.textContent).join() === 'blog'",
         d,

@@ -120,12 +120,11 @@ function form(label, fields, submit, onsubmit) {
     ? el("textarea", { id: f.id, name: f.id, rows: 4, required: f.required, placeholder: f.placeholder, spellcheck: "false" })
     : el("input", { id: f.id, name: f.id, type: f.type || "text", value: f.value, min: f.min, max: f.max,
       required: f.required, placeholder: f.placeholder, autocomplete: "off" }));
-  return el("form", { class: f0(fields) ? "stack" : "inline", "aria-label": label,
+  return el("form", { class: fields.some((f) => f.multiline) ? "stack" : "inline", "aria-label": label,
     onsubmit: (ev) => { ev.preventDefault(); onsubmit(inputs.map((i) => i.value)); } },
   fields.map((f, i) => el("div", {}, el("label", { for: f.id }, f.label), inputs[i])),
   el("button", { type: "submit" }, submit));
 }
-function f0(fields) { return fields.some((f) => f.multiline); }
 
 function button(text, label, onclick) {
   return el("button", { type: "button", class: "quiet", "aria-label": label, onclick }, text);

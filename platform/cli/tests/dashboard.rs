@@ -28,20 +28,6 @@ fn shots() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard-screenshots")
 }
 
-async fn log_in(page: &mut Page, token: &str) {
-    page.wait_for(
-        "!document.getElementById('login').hidden",
-        WAIT,
-        "the login form",
-    )
-    .await;
-    page.eval(&format!(
-        "document.getElementById('token').value = {}; document.getElementById('login-form').requestSubmit(); true",
-        json!(token)
-    ))
-    .await;
-}
-
 async fn text_has(page: &mut Page, text: &str, what: &str) {
     page.wait_for(
         &format!(
@@ -75,7 +61,7 @@ async fn the_dashboard_runs_an_app_on_the_whole_platform() {
 
     // The operator logs in and creates an app through the form; operators see runners and
     // balancers.
-    log_in(&mut page, OPERATOR).await;
+    page.dashboard_log_in(OPERATOR, WAIT).await;
     page.wait_for(
         "!document.querySelector('a[href=\"#/runners\"]').hidden",
         WAIT,
@@ -106,14 +92,7 @@ async fn the_dashboard_runs_an_app_on_the_whole_platform() {
             include_str!("../../examples/hello-stdlib/app.py"),
         ),
     ]);
-    let out = p.pier(&[
-        "deploy",
-        "shop",
-        &app.path().display().to_string(),
-        "--wait",
-        "60",
-    ]);
-    assert_eq!(out.code, 0, "{out:?}\n{}", p.logs());
+    p.deploy_dir("shop", app.path());
 
     page.eval("location.hash = '#/apps/shop'; true").await;
     // The live tail brings the hostile line, as text; nothing ran.
@@ -305,7 +284,7 @@ async fn the_dashboard_runs_an_app_on_the_whole_platform() {
     let owner_token = owner.stdout.lines().last().unwrap().trim().to_string();
     page.eval("document.getElementById('logout').click(); true")
         .await;
-    log_in(&mut page, &owner_token).await;
+    page.dashboard_log_in(&owner_token, WAIT).await;
     page.wait_for(
         "[...document.querySelectorAll('ul.apps a')].map(a => a.textContent).join() === 'other'",
         WAIT,

@@ -459,14 +459,7 @@ async fn an_app_cannot_read_another_apps_files_or_signal_its_processes() {
         &format!("TARGET_PID={victim_pid}"),
     ])
     .ok();
-    let out = p.pier(&[
-        "deploy",
-        "spy",
-        &spy.path().display().to_string(),
-        "--wait",
-        "60",
-    ]);
-    assert_eq!(out.code, 0, "{out:?}\n{}", p.logs());
+    p.deploy_dir("spy", spy.path());
     let (_, body) = pier_testkit::http_get(p.balancer.addr(), &Platform::host("spy"), "/")
         .await
         .unwrap();
@@ -547,14 +540,7 @@ async fn an_http_health_check_that_fails_keeps_the_release_out_of_the_table() {
     p.start_runner("127.0.0.2");
     let app = app_dir(&[("Procfile", "web: python3 app.py\n"), ("app.py", PICKY_APP)]);
     p.pier(&["apps", "create", "picky"]).ok();
-    let out = p.pier(&[
-        "deploy",
-        "picky",
-        &app.path().display().to_string(),
-        "--wait",
-        "60",
-    ]);
-    assert_eq!(out.code, 0, "{out:?}\n{}", p.logs());
+    p.deploy_dir("picky", app.path());
     // v2 asks for GET /ready, which answers 500: never healthy, never routed, v1 serves.
     let out = p
         .pier(&["config", "set", "picky", "HEALTHCHECK_PATH=/ready"])
@@ -769,14 +755,7 @@ async fn a_flood_of_output_is_dropped_and_counted_not_waited_for() {
         ("flood.py", FLOOD_APP),
     ]);
     p.pier(&["apps", "create", "flood"]).ok();
-    let out = p.pier(&[
-        "deploy",
-        "flood",
-        &app.path().display().to_string(),
-        "--wait",
-        "60",
-    ]);
-    assert_eq!(out.code, 0, "{out:?}\n{}", p.logs());
+    p.deploy_dir("flood", app.path());
     // The runner's count of dropped lines moves, and the app is not held up: it stays up.
     let start = Instant::now();
     loop {

@@ -55,8 +55,8 @@ impl Store {
         window_s: u64,
         now_s: u64,
     ) -> Result<WindowStats, StoreError> {
-        let first = tier.bucket(now_s.saturating_sub(window_s));
-        let buckets: Vec<u64> = (first..=now_s).step_by(tier.seconds() as usize).collect();
+        let buckets = buckets(tier, window_s, now_s);
+        let first = buckets.first().copied().unwrap_or(now_s);
         let mut pipe = redis::pipe();
         for b in &buckets {
             pipe.cmd("HGETALL")
@@ -100,9 +100,8 @@ impl Store {
         window_s: u64,
         now_s: u64,
     ) -> Result<(Vec<(u64, RouterWindow)>, usize), StoreError> {
-        let first = tier.bucket(now_s.saturating_sub(window_s));
-        let buckets: Vec<u64> = (first..=now_s).step_by(tier.seconds() as usize).collect();
         let mut pipe = redis::pipe();
+        let buckets = buckets(tier, window_s, now_s);
         for b in &buckets {
             pipe.cmd("HGETALL")
                 .arg(router_stats_key(self.keys.prefix(), app, tier, *b));
@@ -125,4 +124,11 @@ impl Store {
             .collect();
         Ok((series, bad))
     }
+}
+
+/// The starts of `tier`'s buckets that overlap the `window_s` seconds before `now_s`, oldest
+/// first (never empty: the current bucket is always one).
+fn buckets(tier: Tier, window_s: u64, now_s: u64) -> Vec<u64> {
+    let first = tier.bucket(now_s.saturating_sub(window_s));
+    (first..=now_s).step_by(tier.seconds() as usize).collect()
 }

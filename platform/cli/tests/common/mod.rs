@@ -344,7 +344,11 @@ impl Platform {
     }
 
     pub fn deploy(&self, name: &str, example: &str) -> Output {
-        let dir = example_dir(example);
+        self.deploy_dir(name, &example_dir(example))
+    }
+
+    /// Deploys the app in `dir` to `name`, waiting for it to run, asserting success.
+    pub fn deploy_dir(&self, name: &str, dir: &std::path::Path) -> Output {
         let out = self.pier(&["deploy", name, &dir.display().to_string(), "--wait", "60"]);
         assert_eq!(out.code, 0, "deploy failed: {out:?}\n{}", self.logs());
         out
