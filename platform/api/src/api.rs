@@ -56,6 +56,8 @@ pub struct ApiState {
     pub drain_policy: pier_model::drain::DrainPolicy,
     /// Deploys, releases, formation and instances (`None`: this API serves the registry only).
     pub platform: Option<PlatformState>,
+    /// The apps' git repositories (`None`: no `/git/` routes).
+    pub git: Option<crate::git::GitState>,
 }
 
 /// Default of [`ApiState::claim_ttl`]: three days to publish the proof.
@@ -87,12 +89,19 @@ impl ApiState {
             backend_policy: BackendPolicy::default(),
             drain_policy: Default::default(),
             platform: None,
+            git: None,
         }
     }
 
     /// Serves the platform's routes (deploys, releases, config, formation, instances).
     pub fn with_platform(mut self, platform: PlatformState) -> Self {
         self.platform = Some(platform);
+        self
+    }
+
+    /// Serves the apps' git repositories (`/git/APP.git`).
+    pub fn with_git(mut self, git: crate::git::GitState) -> Self {
+        self.git = Some(git);
         self
     }
 
@@ -437,6 +446,10 @@ pub async fn delete_app(state: &ApiState, caller: &Caller, app: &str) -> Reply {
     // Its releases and formation go too: the coordinator then stops its instances.
     if let Some(p) = &state.platform {
         p.store.delete_app(app).await?;
+    }
+    // Its repository too: an app made later under this name must not get this one's code.
+    if let Some(git) = &state.git {
+        git.forget(app).await;
     }
     match deleted {
         Some(_) => {

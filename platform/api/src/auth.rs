@@ -117,6 +117,15 @@ impl Authenticator {
             .ok_or_else(|| {
                 ApiError::Unauthorized("Authorization must be \"Bearer <token>\"".into())
             })?;
+        self.caller_of_token(registry, token).await
+    }
+
+    /// Who `token` says the caller is (git clients send it as a Basic password).
+    pub async fn caller_of_token(
+        &self,
+        registry: &Registry,
+        token: &str,
+    ) -> Result<Caller, ApiError> {
         let hash = hash_token(token);
         if hash == self.operator_hash {
             return Ok(Caller::Operator);

@@ -15,6 +15,8 @@ pub const BACKEND_ID: &str = "^[A-Za-z0-9._-]{1,64}$";
 pub const DRAIN_ID: &str = "^[0-9a-f]{16}$";
 /// Release numbers, `3` or `v3` (19 digits always fit).
 pub const VERSION: &str = "^v?[1-9][0-9]{0,18}$";
+/// A one-off process: `7` or `run.7`.
+pub const RUN_NUMBER: &str = "^(run\\.)?[1-9][0-9]{0,14}$";
 /// Process types.
 pub const PROCESS_TYPE: &str = "^[a-z][a-z0-9_-]{0,29}$";
 /// One instance, `TYPE.N` (N from 1, at most 9 digits).
@@ -146,6 +148,7 @@ pub fn path_param(path: &str, name: &str) -> Value {
         "id" if path.contains("/drains/") => json!({ "type": "string", "pattern": DRAIN_ID }),
         "id" => json!({ "type": "string", "pattern": BACKEND_ID }),
         "domain" => json!({ "type": "string", "minLength": 1, "maxLength": 255 }),
+        "run" => json!({ "type": "string", "pattern": RUN_NUMBER }),
         _ => json!({ "type": "string" }),
     }
 }

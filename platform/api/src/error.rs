@@ -41,6 +41,9 @@ pub enum ApiError {
     /// The domain's ownership check ran and failed.
     #[error("verification failed: {0}")]
     VerificationFailed(String),
+    /// A WebSocket endpoint asked for without the upgrade (`426`, `Upgrade: websocket`).
+    #[error("upgrade required: {0}")]
+    UpgradeRequired(String),
     /// Nothing to place the work on (no live runner): retrying later may work.
     #[error("no capacity: {0}")]
     NoCapacity(String),
@@ -69,6 +72,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::UpgradeRequired(_) => (StatusCode::UPGRADE_REQUIRED, "upgrade-required"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
             ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             ApiError::UnsupportedMediaType(_) => {
@@ -95,6 +99,7 @@ impl ApiError {
             | ApiError::NotFound(r)
             | ApiError::MethodNotAllowed(r)
             | ApiError::Conflict(r)
+            | ApiError::UpgradeRequired(r)
             | ApiError::TooLarge(r)
             | ApiError::Timeout(r)
             | ApiError::UnsupportedMediaType(r)

@@ -14,6 +14,8 @@
 //! - [`body`]: request bodies: size and time limits, media type, strict JSON parsing.
 //! - [`throttle`]: failed token attempts limited per client address.
 //! - [`ui`]: the web dashboard's files (`/ui`), built into the binary.
+//! - [`git`]: the apps' git repositories (`/git/APP.git`): `git push` deploys, clone and fetch
+//!   read, spoken by the real `git http-backend`.
 //! - [`auth`]: tokens (made, hashed, stored hashed) and who a caller is.
 //! - [`api`]: the handlers of apps, backends and tokens, and the state they share.
 //! - [`domains`]: custom domains (claims, the DNS proof, the operator's grant) and certificates.
@@ -24,6 +26,7 @@
 //! - [`stats`]: an app's requests and its instances' use over the last minute, hour and day.
 //! - [`drains`]: log drains (where the drainer forwards an app's lines) and their checks.
 //! - [`platform`]: deploys, releases, config vars, formation, instances, runners.
+//! - [`runs`]: one-off processes (`pier run`), and the relay of an attached client's WebSocket.
 //! - [`balancers`]: the balancers' reports of the table they serve.
 //! - [`verify`]: the ownership proof of custom domains, by DNS (hickory-resolver).
 //! - [`netpolicy`]: which addresses owners may register as backends.
@@ -44,12 +47,14 @@ pub mod dedicated;
 pub mod domains;
 pub mod drains;
 pub mod error;
+pub mod git;
 pub mod logs;
 pub mod names;
 pub mod netpolicy;
 pub mod openapi;
 pub mod platform;
 pub mod router;
+pub mod runs;
 pub mod schema;
 pub mod server;
 pub mod stats;

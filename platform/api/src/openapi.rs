@@ -14,6 +14,7 @@ fn schema_ref(name: &str) -> Value {
 fn status_text(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        101 => "Switching Protocols: the run's WebSocket (subprotocol pier-run.v1; docs/api.md)",
         201 => "Created",
         202 => "Accepted: the coordinator carries it out",
         204 => "No content",
@@ -28,6 +29,7 @@ fn status_text(status: u16) -> &'static str {
         405 => "Another method on this path: the Allow header lists the ones it has",
         413 => "Request body too large: its declared Content-Length is answered at once, before any of it is read (1 MiB; deploys: pier api --max-upload-mb)",
         415 => "A request body that is not Content-Type: application/json",
+        426 => "Upgrade Required: this endpoint speaks WebSocket only",
         429 => "Too many failed token attempts from this address: wait the Retry-After seconds",
         422 => {
             "Invalid values (app name, hostname, address, settings, certificate) or a failed domain check"
@@ -102,6 +104,7 @@ fn path_params(path: &str, names: &[&str]) -> Value {
         "domain" => "Domain pattern (percent-encode '*' as %2A if your client needs to)",
         "version" => "Release number (3 or v3)",
         "kind" => "Add-on kind: postgres or redis",
+        "run" => "One-off process: its number (7) or name (run.7)",
         _ => "Backend instance id (backends) or drain id (drains)",
     };
     Value::Array(
@@ -138,6 +141,10 @@ fn path_params(path: &str, names: &[&str]) -> Value {
     wire::NewCert,
     wire::CertView,
     wire::NewToken,
+    wire::NewRun,
+    wire::RunView,
+    wire::RunList,
+    pier_model::platform::RunExit,
     wire::TokenView,
     wire::ReleaseList,
     wire::RollbackRequest,
@@ -204,6 +211,7 @@ pub fn document() -> Value {
     let app_domain = &["app", "domain"][..];
     let cert_path = "/v1/apps/{app}/domains/{domain}/cert";
     let app_id = &["app", "id"][..];
+    let app_run = &["app", "run"][..];
     let ops: &[(&str, &str, &[&str], Op<'_>)] = &[
         (
             "/healthz",
@@ -749,6 +757,76 @@ pub fn document() -> Value {
                 optional_body: false,
                 ok: &[(204, None)],
                 errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}/runs",
+            "post",
+            app,
+            Op {
+                id: "createRun",
+                summary: "Run a command once in a new process of the app's current release (pier run): attached (then attach to attach_url with a WebSocket) or detached (output to the logs as run.N). 409: nothing deployed, or the app's most one-off processes at once",
+                authed: true,
+                body: Some("NewRun"),
+                optional_body: false,
+                ok: &[(201, Some("RunView"))],
+                errors: &[403, 404, 409, 422],
+            },
+        ),
+        (
+            "/v1/apps/{app}/runs",
+            "get",
+            app,
+            Op {
+                id: "listRuns",
+                summary: "The app's one-off processes, newest first (the last 100): who ran what, and how each ended",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("RunList"))],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}/runs/{run}",
+            "get",
+            app_run,
+            Op {
+                id: "showRun",
+                summary: "One one-off process",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("RunView"))],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}/runs/{run}",
+            "delete",
+            app_run,
+            Op {
+                id: "stopRun",
+                summary: "Stop a one-off process (pier stop APP run.N): SIGTERM, then SIGKILL after the runner's grace",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(202, Some("RunView"))],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}/runs/{run}/attach",
+            "get",
+            app_run,
+            Op {
+                id: "attachRun",
+                summary: "Attach to an attached run with a WebSocket (subprotocol pier-run.v1): once per run. 409: detached, ended, or attached already; 426: not a WebSocket upgrade",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(101, None)],
+                errors: &[403, 404, 409, 426],
             },
         ),
     ];

@@ -36,6 +36,8 @@ pub struct PlatformState {
     pub builds: Arc<Semaphore>,
     /// The operator's servers add-ons are made on.
     pub addon_servers: crate::addons::AddonServers,
+    /// Limits on one-off processes (`pier run`).
+    pub runs: crate::runs::RunLimits,
     /// Where apps answer, with `{app}` for the app's name (`http://{app}.example.net/`), as the
     /// balancers' `app_domains` make it; told to the deploying user.
     pub apps_url: Option<String>,

@@ -47,6 +47,11 @@ pub enum RouteId {
     ListDrains,
     AddDrain,
     RemoveDrain,
+    CreateRun,
+    ListRuns,
+    ShowRun,
+    StopRun,
+    AttachRun,
 }
 
 /// One method and path pattern; `{name}` segments are parameters.
@@ -165,6 +170,19 @@ pub static ROUTES: &[Route] = &[
         Method::DELETE,
         "/v1/apps/{app}/drains/{id}",
         RouteId::RemoveDrain,
+    ),
+    route(Method::POST, "/v1/apps/{app}/runs", RouteId::CreateRun),
+    route(Method::GET, "/v1/apps/{app}/runs", RouteId::ListRuns),
+    route(Method::GET, "/v1/apps/{app}/runs/{run}", RouteId::ShowRun),
+    route(
+        Method::DELETE,
+        "/v1/apps/{app}/runs/{run}",
+        RouteId::StopRun,
+    ),
+    route(
+        Method::GET,
+        "/v1/apps/{app}/runs/{run}/attach",
+        RouteId::AttachRun,
     ),
 ];
 

@@ -79,7 +79,9 @@ pub async fn serve(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc);
+                .serve_connection(TokioIo::new(stream), svc)
+                // pier run's WebSocket (crate::runs).
+                .with_upgrades();
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
@@ -119,9 +121,13 @@ pub async fn handle(
     if crate::ui::is_ui(&path) {
         return crate::ui::serve(&method, &path);
     }
+    if crate::git::is_git(&path) {
+        return crate::git::serve(state, req, peer).await;
+    }
     let resp = match dispatch(state, req, peer).await {
         Ok(Answer::Json(status, Some(body))) => json_response(status, body.to_string()),
         Ok(Answer::Json(status, None)) => empty_response(status),
+        Ok(Answer::Raw(resp)) => resp,
         Ok(Answer::Stream(rx)) => {
             let mut r = Response::new(ChannelBody(rx).boxed());
             r.headers_mut().insert(
@@ -157,6 +163,8 @@ pub async fn handle(
 enum Answer {
     Json(StatusCode, Option<serde_json::Value>),
     Stream(mpsc::Receiver<Bytes>),
+    /// A response made whole by its handler (a WebSocket upgrade).
+    Raw(Response<Body>),
 }
 
 impl From<(StatusCode, Option<serde_json::Value>)> for Answer {
@@ -166,7 +174,7 @@ impl From<(StatusCode, Option<serde_json::Value>)> for Answer {
 }
 
 /// A body made of the chunks a task sends; it ends when the task drops its sender.
-struct ChannelBody(mpsc::Receiver<Bytes>);
+pub(crate) struct ChannelBody(pub(crate) mpsc::Receiver<Bytes>);
 
 impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
@@ -253,6 +261,10 @@ async fn dispatch(
         tokio::spawn(logs::tail(state.clone(), p(0).to_string(), q, tx));
         return Ok(Answer::Stream(rx));
     }
+    if route.id == RouteId::AttachRun {
+        let resp = crate::runs::attach(state, &caller, p(0), p(1), req).await?;
+        return Ok(Answer::Raw(resp));
+    }
     if route.id == RouteId::Deploy {
         // The upload is checked before it is read, and read under its own, larger limit.
         platform::deploy_allowed(state, &caller, p(0)).await?;
@@ -289,9 +301,11 @@ async fn dispatch(
     let body = body::read(req.into_body(), MAX_BODY, state.body_timeout).await?;
     check_against_contract(pattern, &method, &body)?;
     let reply = match route.id {
-        RouteId::Healthz | RouteId::OpenApi | RouteId::Deploy | RouteId::Logs => {
-            unreachable_route()
-        }
+        RouteId::Healthz
+        | RouteId::OpenApi
+        | RouteId::Deploy
+        | RouteId::Logs
+        | RouteId::AttachRun => unreachable_route(),
         RouteId::ListApps => api::list_apps(state, &caller).await,
         RouteId::CreateApp => api::create_app(state, &caller, &body).await,
         RouteId::ShowApp => api::show_app(state, &caller, p(0)).await,
@@ -327,6 +341,10 @@ async fn dispatch(
         RouteId::ListDrains => drains::list(state, &caller, p(0)).await,
         RouteId::AddDrain => drains::add(state, &caller, p(0), &body).await,
         RouteId::RemoveDrain => drains::remove(state, &caller, p(0), p(1)).await,
+        RouteId::CreateRun => crate::runs::create(state, &caller, p(0), &body).await,
+        RouteId::ListRuns => crate::runs::list(state, &caller, p(0)).await,
+        RouteId::ShowRun => crate::runs::show(state, &caller, p(0), p(1)).await,
+        RouteId::StopRun => crate::runs::stop(state, &caller, p(0), p(1)).await,
     };
     Ok(reply?.into())
 }

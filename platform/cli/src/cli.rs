@@ -57,6 +57,13 @@ pub enum Command {
         #[arg(long, default_value_t = 300)]
         wait: u64,
     },
+    /// Deploy with `git push`: `pier git remote APP` points a `pier` remote of this repository
+    /// at the app, with the token as git's credential.
+    #[command(subcommand)]
+    Git(crate::git::GitCmd),
+    /// The hooks of the apps' git repositories (the API's git server runs them).
+    #[command(subcommand, hide = true)]
+    GitHook(crate::git::HookCmd),
     /// List an app's releases.
     Releases { app: String },
     /// Make a new release from an older one (default: the one before the current).
@@ -80,6 +87,13 @@ pub enum Command {
         app: String,
         instance: Option<String>,
     },
+    /// Run a command once in a new process of APP's current release, this terminal attached
+    /// (`pier run blog -- python manage.py migrate`); its exit status is pier's.
+    Run(crate::run::RunArgs),
+    /// Stop a one-off process: `pier stop blog run.3`.
+    Stop { app: String, process: String },
+    /// An app's one-off processes: who ran what, and how each ended.
+    Runs { app: String },
     /// The runners, with their heartbeat age and load (operator).
     Runners,
     /// The balancers: the route table version each serves, how far behind the registry it is,
@@ -237,12 +251,16 @@ pub enum CliError {
     Failed(String),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    /// Exit with this status and say nothing more (`pier run` passes its command's on).
+    #[error("exit status {0}")]
+    Exit(i32),
 }
 
 impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Usage(_) => 2,
+            CliError::Exit(code) => *code,
             _ => 1,
         }
     }
@@ -371,25 +389,38 @@ fn read_pem(path: &std::path::Path, what: &str) -> Result<String, CliError> {
     })
 }
 
-/// Runs one client verb (anything but `api`), writing its output to `out`.
-pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
+/// The API's URL and the token a client verb uses: `--api`/`PIER_API_URL` and
+/// `--token`/`PIER_TOKEN`, else what `pier up` wrote to `.pier/credentials.json` here or in a
+/// parent directory; the URL defaults to `http://127.0.0.1:7070`.
+pub(crate) fn api_and_token(cli: &Cli) -> (String, Option<String>) {
     let saved = crate::up::Credentials::find();
     let token = cli
         .token
         .clone()
         .filter(|t| !t.is_empty())
-        .or_else(|| saved.as_ref().map(|c| c.token.clone()))
-        .ok_or_else(|| {
-            CliError::Usage(
-                "no API token: set PIER_TOKEN, pass --token, or run in the directory of `pier up`"
-                    .into(),
-            )
-        })?;
+        .or_else(|| saved.as_ref().map(|c| c.token.clone()));
     let api = cli
         .api
         .clone()
         .or_else(|| saved.map(|c| c.api))
         .unwrap_or_else(|| "http://127.0.0.1:7070".into());
+    (api, token)
+}
+
+/// Runs one client verb (anything but `api`), writing its output to `out`.
+pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Git(cmd) => return crate::git::run(cli, cmd, out).await,
+        Command::GitHook(hook) => return crate::git::run_hook(cli, hook, out).await,
+        _ => {}
+    }
+    let (api, token) = api_and_token(cli);
+    let token = token.ok_or_else(|| {
+        CliError::Usage(
+            "no API token: set PIER_TOKEN, pass --token, or run in the directory of `pier up`"
+                .into(),
+        )
+    })?;
     let client = ApiClient::new(&api, Some(token)).map_err(|e| CliError::Usage(e.to_string()))?;
     let app_path = |app: &str| format!("/v1/apps/{}", encode_segment(app));
     let (method, path, body) = match &cli.command {
@@ -397,8 +428,15 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
         | Command::Runner(_)
         | Command::Coordinator(_)
         | Command::Drainer(_)
-        | Command::Up(_) => return Err(CliError::Usage("not a client verb".into())),
+        | Command::Up(_)
+        | Command::Git(_)
+        | Command::GitHook(_) => return Err(CliError::Usage("not a client verb".into())),
         Command::Drains(args) => return crate::drains::run(cli, &client, args, out).await,
+        Command::Run(args) => return crate::run::run(&client, args, out).await,
+        Command::Stop { app, process } => {
+            return crate::run::stop(&client, app, process, out).await
+        }
+        Command::Runs { app } => return crate::run::list(&client, app, out).await,
         Command::Deploy { .. }
         | Command::Releases { .. }
         | Command::Rollback { .. }

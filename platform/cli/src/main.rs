@@ -4,7 +4,9 @@
 mod cli;
 mod drainer;
 mod drains;
+mod git;
 mod platform_verbs;
+mod run;
 mod services;
 mod stats;
 mod up;
@@ -45,8 +47,12 @@ fn main() -> ExitCode {
         }
     };
     let mut stdout = std::io::stdout().lock();
-    match rt.block_on(cli::run_client(&cli, &mut stdout)) {
+    let result = rt.block_on(cli::run_client(&cli, &mut stdout));
+    // A read of stdin may still wait in a blocking thread (pier run): do not wait for it.
+    rt.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(cli::CliError::Exit(code)) => ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)),
         Err(e) => {
             eprintln!("pier: error: {e}");
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))

@@ -123,15 +123,22 @@ fn release_line(r: &Release, current: Option<u64>) -> String {
 /// line cannot move the cursor, change colours or ring the terminal.
 fn log_line(l: &LogLine) -> String {
     let at = pier_registry::cert::rfc3339(i64::try_from(l.at_ms).unwrap_or(0));
-    let mut text = String::with_capacity(l.line.len());
-    for c in l.line.chars() {
+    let text = escape_controls(&l.line);
+    format!("{at} {}[{}]: {text}", l.source, l.process)
+}
+
+/// `s` with control characters but tab shown escaped (`\u{1b}`): text from apps and owners
+/// cannot drive the terminal it is printed on.
+pub(crate) fn escape_controls(s: &str) -> String {
+    let mut text = String::with_capacity(s.len());
+    for c in s.chars() {
         if c.is_control() && c != '\t' {
             text.extend(c.escape_default());
         } else {
             text.push(c);
         }
     }
-    format!("{at} {}[{}]: {text}", l.source, l.process)
+    text
 }
 
 fn instance_line(i: &InstanceStatus) -> String {
@@ -568,11 +575,40 @@ pub async fn deploy(
         dir.display(),
         size.div_ceil(1024)
     )?;
+    match deploy_archive(client, app, archive.path(), wait, out).await? {
+        Rollout::Running | Rollout::NotWaited => Ok(()),
+        Rollout::Pending { version } => Err(CliError::Failed(format!(
+            "v{version} is not running after {wait}s: see `pier ps {app}`"
+        ))),
+    }
+}
+
+/// How a deploy's rollout stood when [`deploy_archive`] stopped watching it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollout {
+    /// The release runs.
+    Running,
+    /// Not waited for (a wait of 0 seconds).
+    NotWaited,
+    /// Still starting when the wait ended.
+    Pending { version: u64 },
+}
+
+/// Uploads a packed app (a gzipped tar at `archive`), prints the build's output, then waits up
+/// to `wait` seconds for the release to run: `pier deploy` and `git push` (its hook). A failed
+/// build or a failed rollout is an error.
+pub async fn deploy_archive(
+    client: &ApiClient,
+    app: &str,
+    archive: &std::path::Path,
+    wait: u64,
+    out: &mut dyn Write,
+) -> Result<Rollout, CliError> {
     // Progress on a terminal only (stderr, redrawn in place).
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut shown = 0u64;
     let body = pier_model::UploadBody::file(
-        archive.path(),
+        archive,
         Box::new(move |sent, total| {
             let pct = (sent * 100).checked_div(total).unwrap_or(100);
             if tty && (pct != shown || sent == total) {
@@ -631,7 +667,7 @@ pub async fn deploy(
             "{app}: released v{} (not waiting for it to run)",
             rel.version
         )?;
-        return Ok(());
+        return Ok(Rollout::NotWaited);
     }
     writeln!(out, "-----> Starting v{}", rel.version)?;
     let deadline = Instant::now() + Duration::from_secs(wait);
@@ -651,10 +687,9 @@ pub async fn deploy(
             ReleaseStatus::Pending => {}
         }
         if Instant::now() >= deadline {
-            return Err(CliError::Failed(format!(
-                "v{} is not running after {wait}s: see `pier ps {app}`",
-                rel.version
-            )));
+            return Ok(Rollout::Pending {
+                version: rel.version,
+            });
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -670,7 +705,7 @@ pub async fn deploy(
     if let Some(url) = url.filter(|_| rel.processes.contains_key("web")) {
         writeln!(out, "       {url}")?;
     }
-    Ok(())
+    Ok(Rollout::Running)
 }
 
 #[cfg(test)]

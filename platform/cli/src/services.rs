@@ -62,9 +62,19 @@ pub struct ApiArgs {
     /// The slug store shared with the runners (a directory, or file:///DIR).
     #[arg(long, env = "PIER_SLUG_STORE", default_value = ".pier/slugs")]
     pub slug_store: String,
-    /// Largest deploy upload, MiB (larger ones get 413).
+    /// One-off processes (`pier run`) an app may have at once.
+    #[arg(long, default_value_t = pier_api::runs::DEFAULT_MAX_RUNS)]
+    pub max_runs: usize,
+    /// Hours a one-off process may run before it is ended (SIGTERM, then SIGKILL).
+    #[arg(long, default_value_t = 24.0)]
+    pub run_lifetime_hours: f64,
+    /// Largest deploy upload, MiB (larger ones get 413); a git push's pack too.
     #[arg(long, default_value_t = 200)]
     pub max_upload_mb: usize,
+    /// Where the apps' git repositories are kept (`git push` deploys); default: `git` beside
+    /// the slug store (.pier/git for .pier/slugs).
+    #[arg(long, env = "PIER_GIT_DIR")]
+    pub git_dir: Option<PathBuf>,
     /// The Python that installs apps' requirements.txt (runners run `python3` from
     /// /usr/local/bin:/usr/bin:/bin: keep them the same interpreter).
     #[arg(long, env = "PIER_PYTHON")]
@@ -162,6 +172,10 @@ pub struct RunnerArgs {
     /// Run instances as the runner's own user even when root (no per-app users).
     #[arg(long)]
     pub no_isolation: bool,
+    /// Where the API attaches clients to one-off processes (`pier run`), `IP:PORT`; default: a
+    /// free port on --address.
+    #[arg(long)]
+    pub exec_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -367,6 +381,12 @@ pub async fn serve_api(
             .transpose()
             .context("--addon-redis")?,
     };
+    // Bound before the state is made: the git hooks are told where to reach this API.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr: SocketAddr = listener.local_addr().context("local address")?;
+    let git = git_state(args, &slugs, addr)?;
     let state = Arc::new(
         ApiState::new(
             registry,
@@ -398,18 +418,56 @@ pub async fn serve_api(
             builds: Arc::new(tokio::sync::Semaphore::new(2)),
             apps_url: args.apps_url.clone(),
             addon_servers,
-        }),
+            runs: pier_api::runs::RunLimits {
+                max_active: args.max_runs.max(1),
+                lifetime: Duration::from_secs_f64(
+                    args.run_lifetime_hours.clamp(0.001, 8760.0) * 3600.0,
+                ),
+            },
+        })
+        .with_git(git),
     );
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    let addr: SocketAddr = listener.local_addr().context("local address")?;
     tracing::info!(%addr, redis = %args.redis.url, prefix = %args.redis.prefix, slug_store = %args.slug_store, "pier api listening");
     pier_api::server::serve(listener, state, shutdown)
         .await
         .context("serving")?;
     tracing::info!("pier api stopped");
     Ok(())
+}
+
+/// The git server's repositories (`--git-dir`, else `git` beside the slug store), its hooks
+/// running this binary against the API at `addr`.
+fn git_state(
+    args: &ApiArgs,
+    slugs: &pier_slug::SlugStore,
+    addr: SocketAddr,
+) -> anyhow::Result<pier_api::git::GitState> {
+    let dir = args.git_dir.clone().unwrap_or_else(|| {
+        slugs
+            .dir()
+            .parent()
+            .map_or_else(|| PathBuf::from("git"), |p| p.join("git"))
+    });
+    let repos = pier_api::git::repo::Repos::open(&dir)
+        .with_context(|| format!("opening the git repositories' directory {}", dir.display()))?;
+    let exe = std::env::current_exe().context("finding this binary (the git hooks run it)")?;
+    if std::process::Command::new("git")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        tracing::warn!(
+            "git is not installed: `git push` deploys fail until it is (apt-get install git)"
+        );
+    }
+    tracing::info!(dir = %repos.root().display(), "git repositories");
+    Ok(pier_api::git::GitState::new(
+        repos,
+        exe,
+        pier_api::git::hook_api_url(addr),
+        Duration::from_secs(args.build_timeout.max(1)),
+        args.max_upload_mb.saturating_mul(1 << 20) as u64,
+    ))
 }
 
 /// The platform's own endpoints, which owners may never register as backends: the API's
@@ -451,6 +509,7 @@ pub fn runner_config(args: &RunnerArgs) -> pier_runner::RunnerConfig {
     cfg.handover = secs(args.handover);
     cfg.backend_ttl = secs(args.backend_ttl.max(1.0));
     cfg.isolate = !args.no_isolation;
+    cfg.exec_listen = args.exec_listen;
     cfg.limits = pier_runner::config::Limits {
         memory_mib: (args.memory_mb > 0).then_some(args.memory_mb),
         cpus: args.cpus.filter(|c| *c > 0.0),

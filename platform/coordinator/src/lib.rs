@@ -13,6 +13,7 @@
 
 pub mod coordinator;
 pub mod plan;
+mod runs;
 pub mod world;
 
 pub use coordinator::{run, CoordinatorConfig};

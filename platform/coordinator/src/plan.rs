@@ -11,6 +11,7 @@
 //! - An instance of an older release or generation in the same slot keeps running until the new
 //!   one is up (healthy and routed): rollouts and restarts never leave a slot empty.
 //! - Slots above the formation's count are stopped.
+//! - One-off processes (`pier run`) are placed once each and never moved: see [`crate::runs`].
 //! - When a new release's instance keeps crashing (or cannot be placed) while an older release
 //!   still serves the slot, the new release is marked failed with the reason, and the app goes
 //!   back to the release that serves.
@@ -118,6 +119,18 @@ pub fn plan(
         .map(|r| (r.id.as_str(), r.capacity))
         .collect();
 
+    crate::runs::plan_runs(
+        world,
+        now_ms,
+        crate::runs::Placing {
+            live: &live,
+            load: &mut load,
+            placed: &mut placed,
+            out: &mut out,
+        },
+        new_id,
+    );
+
     let unassign = |out: &mut Plan, runner: &str, s: &InstanceSpec| {
         out.ops.push(FencedOp::Unassign {
             runner: runner.to_string(),
@@ -148,9 +161,10 @@ pub fn plan(
         };
         let fresh =
             |s: &InstanceSpec| s.release == cur.version && s.generation >= gen_of(&s.name());
+        // One-off processes are not in the formation: crate::runs handles them.
         let mine: Vec<(String, InstanceSpec)> = placed
             .iter()
-            .filter(|(_, s)| &s.app == app)
+            .filter(|(_, s)| &s.app == app && s.run.is_none())
             .cloned()
             .collect();
         let formation = effective_formation(&cur.processes, &aw.formation);
@@ -231,6 +245,7 @@ pub fn plan(
                                 index,
                                 release: cur.version,
                                 generation: gen_of(&format!("{ptype}.{index}")),
+                                run: None,
                             };
                             out.events.push(format!(
                                 "{app}: {ptype}.{index} of v{} placed on {} ({})",
@@ -366,6 +381,7 @@ mod tests {
             limits: String::new(),
             leaving: false,
             log_lines_dropped: 0,
+            exec: Some("127.0.0.1:1".into()),
         }
     }
 

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use pier_model::platform::{Formation, InstanceSpec, InstanceStatus, Release, RunnerRecord};
+use pier_model::platform::{
+    Formation, InstanceSpec, InstanceStatus, Release, RunState, RunnerRecord,
+};
 use pier_store::{Store, StoreError};
 
 /// An app that has a current release.
@@ -23,6 +25,8 @@ pub struct World {
     pub generations: BTreeMap<String, u64>,
     /// Instance id → what its runner reports.
     pub reports: BTreeMap<String, InstanceStatus>,
+    /// One-off processes that have not ended.
+    pub runs: Vec<RunState>,
     /// `(app, runner)` pairs where an instance of the app could not start lately (slug
     /// unreadable, disk full): placed elsewhere while another runner has room. The
     /// coordinator's own memory, not read from Redis.
@@ -70,6 +74,7 @@ impl World {
             apps,
             generations: store.restart_generations().await?,
             reports,
+            runs: store.active_runs().await?,
             avoid: Default::default(),
         })
     }

@@ -8,7 +8,7 @@ use pier_registry::BalancerStatus;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::platform::{AddonRecord, AddonState, InstanceStatus, Release, RunnerRecord};
+use crate::platform::{AddonRecord, AddonState, InstanceStatus, Release, RunExit, RunnerRecord};
 
 /// The JSON body of every error response.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -513,4 +513,66 @@ pub struct DestroyAddon {
     #[serde(default)]
     #[schema(nullable = false)]
     pub confirm: Option<String>,
+}
+
+/// Body of `POST /v1/apps/{app}/runs`: a one-off process in the app's current release.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRun {
+    /// The command line, run by `/bin/sh -c` in the release's directory.
+    #[schema(min_length = 1, max_length = 8192, pattern = "^[^\\x00]*$")]
+    pub command: String,
+    /// Run without a client: output goes to the app's logs as `run.N` (`pier run --detach`).
+    #[serde(default)]
+    pub detach: bool,
+    /// Give the process a pseudo-terminal (the client's stdin is a terminal).
+    #[serde(default)]
+    pub tty: bool,
+    /// The terminal's columns and rows (tty only; 80×24 when absent).
+    #[serde(default)]
+    #[schema(nullable = false, minimum = 1, maximum = 1000)]
+    pub cols: Option<u16>,
+    #[serde(default)]
+    #[schema(nullable = false, minimum = 1, maximum = 1000)]
+    pub rows: Option<u16>,
+    /// The client's `TERM` (tty only).
+    #[serde(default)]
+    #[schema(nullable = false, max_length = 64, pattern = "^[A-Za-z0-9._+-]*$")]
+    pub term: Option<String>,
+}
+
+/// A one-off process as the API shows it (without its attach secret).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunView {
+    pub app: String,
+    /// `run.N`: its name in `pier ps`, the logs and `pier stop`.
+    pub name: String,
+    pub number: u64,
+    pub command: String,
+    pub release: u64,
+    pub detach: bool,
+    pub tty: bool,
+    /// Who started it.
+    pub by: String,
+    /// `pending` (not placed yet), `running` (on its runner), `stopping`, `ended`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub runner: Option<String>,
+    pub created_ms: u64,
+    /// When it is ended whatever it does.
+    pub deadline_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub exit: Option<RunExit>,
+    /// Where a client attaches (WebSocket, subprotocol `pier-run.v1`): attached runs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub attach_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunList {
+    /// Newest first (at most the last 100).
+    pub runs: Vec<RunView>,
 }

@@ -130,6 +130,21 @@ impl ApiClient {
         })
     }
 
+    /// `host:port` of the API.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// The request target of `path` (`/` first) under the base URL's path.
+    pub fn target(&self, path: &str) -> String {
+        format!("{}{path}", self.base_path)
+    }
+
+    /// The bearer token, when there is one.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// Sends one request; `path` starts with `/` and is appended to the base URL's path.
     pub async fn call(
         &self,

@@ -8,7 +8,8 @@
 //!
 //! Modules:
 //! - [`api`]: the registry API's request and response bodies.
-//! - [`platform`]: releases, formation, runners, instances; config keys and Procfiles.
+//! - [`platform`]: releases, formation, runners, instances, runs; config keys and Procfiles.
+//! - [`runproto`]: the wire protocol of an attached one-off process (`pier run`).
 //! - [`client`]: a small HTTP/1.1 client, and [`client::ApiClient`] for the registry API.
 //! - [`drain`]: log drains: their URLs, which addresses they may reach, their records and wire
 //!   types.
@@ -19,5 +20,6 @@ pub mod client;
 pub mod drain;
 pub mod net;
 pub mod platform;
+pub mod runproto;
 
 pub use client::{ApiClient, ApiResponse, ClientError, UploadBody};

@@ -91,6 +91,10 @@ pub struct RunnerRecord {
     /// The limits it enforces on instances, in words (for operators).
     #[serde(default)]
     pub limits: String,
+    /// `IP:port` where the API attaches clients to one-off processes (`pier run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub exec: Option<String>,
     /// It is stopping on purpose and hands its instances over: they are placed elsewhere, and
     /// keep serving (routed) until their replacements are up.
     #[serde(default)]
@@ -116,10 +120,113 @@ pub struct InstanceSpec {
     /// Restart generation: a spec of an older generation is replaced (rolling restart).
     #[serde(default)]
     pub generation: u64,
+    /// Set for a one-off process (`pier run`): what to run instead of a Procfile type. Its
+    /// `ptype` is `run` and its `index` the run's number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub run: Option<RunSpec>,
+}
+
+/// The process type name of one-off processes (`run.1`, `run.2`, ...); refused in a Procfile.
+pub const RUN_PTYPE: &str = "run";
+
+/// A one-off process of an app (`pier run`), as the API asked for it. Written once by the API;
+/// the coordinator places it (never twice), its runner runs it and writes how it ended.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    pub app: String,
+    /// 1, 2, 3, ... per app: the process is `run.N`.
+    pub number: u64,
+    /// The shell command line (`/bin/sh -c`), as `pier run` made it from its arguments.
+    pub command: String,
+    /// The release whose files, config vars and user it runs with.
+    pub release: u64,
+    /// A client attaches (its terminal or pipes); otherwise detached, output to the app's logs.
+    pub attach: bool,
+    /// A pseudo-terminal (the client's stdin is a terminal), else plain pipes.
+    pub tty: bool,
+    /// The terminal's size at start (tty only).
+    #[serde(default)]
+    pub cols: u16,
+    #[serde(default)]
+    pub rows: u16,
+    /// The client's `TERM` (tty only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub term: String,
+    /// Who started it: the token's owner (or `operator`).
+    pub by: String,
+    pub created_ms: u64,
+    /// It is ended (SIGTERM, then SIGKILL) at this time, whatever it does.
+    pub deadline_ms: u64,
+    /// What the API presents to the runner to attach (attached runs only). Never shown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub secret: String,
+}
+
+impl std::fmt::Debug for RunSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunSpec")
+            .field("app", &self.app)
+            .field("number", &self.number)
+            .field("attach", &self.attach)
+            .field("tty", &self.tty)
+            .field("release", &self.release)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the coordinator placed a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunPlacement {
+    pub runner: String,
+    /// The instance id its runner runs it under.
+    pub instance: String,
+    pub at_ms: u64,
+}
+
+/// How a run ended, written once by whoever saw it end (its runner, or the coordinator when
+/// the run never started or its runner died).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunExit {
+    pub ended_ms: u64,
+    /// Its exit status, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub code: Option<i32>,
+    /// The signal that ended it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub signal: Option<i32>,
+    /// In words: `exit status 0`, `killed by signal 9`, `stopped by pier stop`, `runner lost`.
+    pub reason: String,
+}
+
+impl RunExit {
+    /// The status a shell would give: the exit code, 128 + the signal, else 1.
+    pub fn shell_status(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            _ => 1,
+        }
+    }
+}
+
+/// Everything known of one run: the spec and the facts each writer added.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunState {
+    pub spec: RunSpec,
+    pub placed: Option<RunPlacement>,
+    /// When the API attached a client (attached runs attach once).
+    pub attached_ms: Option<u64>,
+    /// When the owner asked it to stop (`pier stop APP run.N`).
+    pub stop_ms: Option<u64>,
+    pub exit: Option<RunExit>,
 }
 
 impl InstanceSpec {
-    /// `web.1`.
+    /// `web.1`, `run.3`.
     pub fn name(&self) -> String {
         format!("{}.{}", self.ptype, self.index)
     }
@@ -350,6 +457,12 @@ pub fn parse_procfile(text: &str) -> Result<BTreeMap<String, String>, String> {
         };
         let (name, command) = (name.trim(), command.trim());
         check_process_type(name).map_err(|e| format!("Procfile line {}: {e}", n + 1))?;
+        if name == RUN_PTYPE {
+            return Err(format!(
+                "Procfile line {}: `{RUN_PTYPE}` is reserved for one-off processes (pier run)",
+                n + 1
+            ));
+        }
         if command.is_empty() {
             return Err(format!("Procfile line {}: {name} has no command", n + 1));
         }
@@ -385,6 +498,7 @@ mod tests {
             .contains("line 1"));
         assert!(parse_procfile("Web: x").is_err());
         assert!(parse_procfile("web:").unwrap_err().contains("no command"));
+        assert!(parse_procfile("run: x").unwrap_err().contains("reserved"));
         assert!(parse_procfile("web: a\nweb: b")
             .unwrap_err()
             .contains("twice"));

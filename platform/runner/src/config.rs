@@ -56,6 +56,9 @@ pub struct RunnerConfig {
     /// Run each app's instances under its own Unix user (needs root).
     pub isolate: bool,
     pub limits: Limits,
+    /// Where the API attaches clients to one-off processes (`pier run`); `None`: a free port
+    /// on `address`.
+    pub exec_listen: Option<std::net::SocketAddr>,
 }
 
 impl RunnerConfig {
@@ -83,6 +86,7 @@ impl RunnerConfig {
             handover: Duration::from_secs(30),
             isolate: true,
             limits: Limits::default(),
+            exec_listen: None,
         }
     }
 }

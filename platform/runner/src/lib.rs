@@ -18,14 +18,23 @@
 //! - [`slugs`]: this machine's unpacked slugs.
 //! - [`process`]: starting an instance's process with its user and limits, signals, usage.
 //! - [`supervisor`]: one instance's life.
+//! - [`statics`]: static files (`pier.toml`): which requests are static, and their answers.
+//! - [`front`]: a web instance's front port: static files served, the rest passed to the app.
+//! - [`runs`]: one one-off process's life (`pier run`), [`pty`] its terminal, [`exec`] where
+//!   the API attaches its client.
 //! - [`runner`]: the main loop.
 
 pub mod config;
+pub mod exec;
+pub mod front;
 pub mod logs;
 pub mod process;
+pub mod pty;
 pub mod runner;
+pub mod runs;
 pub mod services;
 pub mod slugs;
+pub mod statics;
 pub mod supervisor;
 pub mod usage;
 

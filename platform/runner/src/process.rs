@@ -192,6 +192,19 @@ impl Group {
         Ok(())
     }
 
+    /// Kills every process still in the group (SIGKILL), whatever its process group or
+    /// session: what a one-off left behind when its client went away.
+    pub fn kill_all(&self) {
+        for d in &self.dirs {
+            let Ok(pids) = std::fs::read_to_string(d.join("cgroup.procs")) else {
+                continue;
+            };
+            for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+
     /// Removes the group's directories (once its processes are gone).
     pub fn remove(&self) {
         for d in &self.dirs {
@@ -210,6 +223,19 @@ pub struct Launch<'a> {
     pub uid: Option<u32>,
     pub limits: &'a Limits,
     pub group: Option<&'a Group>,
+    pub io: Io,
+}
+
+/// What the process's stdin, stdout and stderr are.
+pub enum Io {
+    /// stdin `/dev/null`, stdout and stderr piped (instances, detached one-offs).
+    Null,
+    /// All three piped: an attached one-off without a terminal.
+    Pipes,
+    /// The slave side of a pseudo-terminal, which becomes the process's controlling terminal
+    /// (in a session of its own). The caller releases the process by writing a line to the
+    /// terminal's master once [`start`] returns.
+    Tty(std::fs::File),
 }
 
 /// Starts the process in a process group of its own, stdout and stderr piped. It waits, before
@@ -225,19 +251,53 @@ pub async fn start(l: Launch<'_>) -> Result<Child, String> {
         // its own user).
         ulimits.push_str(&format!("ulimit -u {p} 2>/dev/null; "));
     }
-    let wrapper =
-        format!("read -r _ || exit 112; {ulimits}exec /bin/sh -c \"$PIER_COMMAND\" </dev/null");
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(wrapper)
-        .current_dir(l.cwd)
+    let (stdin_after, tty) = match &l.io {
+        Io::Null => (" </dev/null", false),
+        Io::Pipes => ("", false),
+        // Echo is off until the process is released (so the release line is not shown).
+        Io::Tty(_) => ("", true),
+    };
+    let echo = if tty { "stty echo 2>/dev/null; " } else { "" };
+    let wrapper = format!(
+        "read -r _ || exit 112; {echo}{ulimits}exec /bin/sh -c \"$PIER_COMMAND\"{stdin_after}"
+    );
+    let mut cmd = match &l.io {
+        Io::Tty(slave) => {
+            // setsid(1) makes a session of its own, the terminal its controlling terminal (-c),
+            // then runs the wrapper: the process leads its own process group, as below.
+            let clone = |f: &std::fs::File| {
+                f.try_clone()
+                    .map(Stdio::from)
+                    .map_err(|e| format!("cannot share the terminal: {e}"))
+            };
+            let setsid = if Path::new("/usr/bin/setsid").exists() {
+                "/usr/bin/setsid"
+            } else {
+                "setsid"
+            };
+            let mut cmd = Command::new(setsid);
+            cmd.args(["-c", "/bin/sh", "-c"])
+                .arg(wrapper)
+                .stdin(clone(slave)?)
+                .stdout(clone(slave)?)
+                .stderr(clone(slave)?);
+            cmd
+        }
+        Io::Null | Io::Pipes => {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.arg("-c")
+                .arg(wrapper)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0);
+            cmd
+        }
+    };
+    cmd.current_dir(l.cwd)
         .env_clear()
         .envs(l.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("PIER_COMMAND", l.command)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
     if let Some(uid) = l.uid {
         cmd.uid(uid).gid(uid);
@@ -257,6 +317,10 @@ pub async fn start(l: Launch<'_>) -> Result<Child, String> {
             .write_all(b"go\n")
             .await
             .map_err(|e| format!("cannot release the process: {e}"))?;
+        if matches!(l.io, Io::Pipes) {
+            // The rest of stdin is the client's.
+            child.stdin = Some(stdin);
+        }
     }
     Ok(child)
 }

@@ -1,7 +1,7 @@
 //! The runner's main loop: heartbeat, assignments in, supervisors started and stopped,
 //! instance reports out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,7 +59,19 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
     let limits = cgroups.describe(&cfg.limits, isolate);
     tracing::info!(id = %cfg.id, address = %cfg.address, capacity = cfg.capacity, limits = %limits, "runner started; limits in force");
     let logs = crate::logs::LogShipper::start(store.clone());
+    let exec_addr = cfg
+        .exec_listen
+        .unwrap_or_else(|| std::net::SocketAddr::new(cfg.address, 0));
+    let exec_listener = crate::exec::bind(exec_addr)
+        .await
+        .map_err(|e| format!("attach listener on {exec_addr}: {e}"))?;
+    let exec_addr = exec_listener
+        .local_addr()
+        .map_err(|e| format!("attach listener: {e}"))?;
+    let attach = Arc::new(crate::exec::Attachments::default());
+    let exec_task = tokio::spawn(crate::exec::serve(exec_listener, attach.clone()));
     let ctx = Arc::new(Ctx {
+        attach,
         logs,
         slugs: SlugCache::new(&cfg.workdir, slug_store).map_err(|e| e.to_string())?,
         registry: RegistryHandle::new(&cfg.redis_url, &cfg.prefix),
@@ -71,6 +83,8 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
     });
     let started_ms = now_ms();
     let mut running: HashMap<String, Running> = HashMap::new();
+    // One-off processes that ended here and are still assigned: never started again.
+    let mut done_runs: HashSet<String> = HashSet::new();
     let mut services = crate::services::Services::default();
     let mut redis_ok = true;
     loop {
@@ -83,6 +97,7 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
             limits: limits.clone(),
             leaving: false,
             log_lines_dropped: ctx.logs.dropped(),
+            exec: Some(exec_addr.to_string()),
         };
         let beat = ctx.store.put_runner(&record).await;
         match ctx.store.assignments(&ctx.cfg.id).await {
@@ -91,7 +106,7 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
                     tracing::info!("Redis is back: reconciling");
                     redis_ok = true;
                 }
-                reconcile(&ctx, &mut running, specs);
+                reconcile(&ctx, &mut running, &mut done_runs, specs);
                 if let Ok(wanted) = ctx.store.services(&ctx.cfg.id).await {
                     services.reconcile(&ctx, wanted);
                 }
@@ -107,7 +122,7 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
                 }
             }
         }
-        report(&ctx, &mut running).await;
+        report(&ctx, &mut running, &mut done_runs).await;
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(ctx.cfg.tick) => {}
@@ -124,6 +139,7 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
         limits,
         leaving: true,
         log_lines_dropped: ctx.logs.dropped(),
+        exec: None,
     };
     if let Err(e) = ctx.store.put_runner(&gone).await {
         tracing::warn!(error = %e, "cannot mark the runner as leaving");
@@ -144,6 +160,7 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
         let _ = ctx.store.remove_report(&r.spec.app, &id).await;
     }
     services.stop_all().await;
+    exec_task.abort();
     Ok(())
 }
 
@@ -211,9 +228,15 @@ async fn hand_over(ctx: &Ctx, running: &HashMap<String, Running>) {
 }
 
 /// Starts supervisors for new assignments and stops those no longer assigned.
-fn reconcile(ctx: &Arc<Ctx>, running: &mut HashMap<String, Running>, specs: Vec<InstanceSpec>) {
+fn reconcile(
+    ctx: &Arc<Ctx>,
+    running: &mut HashMap<String, Running>,
+    done_runs: &mut HashSet<String>,
+    specs: Vec<InstanceSpec>,
+) {
     let wanted: HashMap<String, InstanceSpec> =
         specs.into_iter().map(|s| (s.id.clone(), s)).collect();
+    done_runs.retain(|id| wanted.contains_key(id));
     for (id, r) in running.iter() {
         if !wanted.contains_key(id) && !*r.stop.borrow() {
             tracing::info!(instance = %id, app = %r.spec.app, "unassigned: stopping");
@@ -221,7 +244,7 @@ fn reconcile(ctx: &Arc<Ctx>, running: &mut HashMap<String, Running>, specs: Vec<
         }
     }
     for (id, spec) in wanted {
-        if running.contains_key(&id) {
+        if running.contains_key(&id) || done_runs.contains(&id) {
             continue;
         }
         let status = InstanceStatus {
@@ -244,12 +267,21 @@ fn reconcile(ctx: &Arc<Ctx>, running: &mut HashMap<String, Running>, specs: Vec<
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let (report_tx, report_rx) = watch::channel(status);
-        let task = tokio::spawn(supervisor::supervise(
-            ctx.clone(),
-            spec.clone(),
-            stop_rx,
-            report_tx,
-        ));
+        let task = if spec.run.is_some() {
+            tokio::spawn(crate::runs::supervise_run(
+                ctx.clone(),
+                spec.clone(),
+                stop_rx,
+                report_tx,
+            ))
+        } else {
+            tokio::spawn(supervisor::supervise(
+                ctx.clone(),
+                spec.clone(),
+                stop_rx,
+                report_tx,
+            ))
+        };
         running.insert(
             id,
             Running {
@@ -264,7 +296,11 @@ fn reconcile(ctx: &Arc<Ctx>, running: &mut HashMap<String, Running>, specs: Vec<
 }
 
 /// Writes changed (or stale) reports; forgets supervisors that finished.
-async fn report(ctx: &Ctx, running: &mut HashMap<String, Running>) {
+async fn report(
+    ctx: &Ctx,
+    running: &mut HashMap<String, Running>,
+    done_runs: &mut HashSet<String>,
+) {
     let mut done = Vec::new();
     for (id, r) in running.iter_mut() {
         if r.task.is_finished() {
@@ -282,6 +318,9 @@ async fn report(ctx: &Ctx, running: &mut HashMap<String, Running>) {
     }
     for id in done {
         if let Some(r) = running.remove(&id) {
+            if r.spec.run.is_some() {
+                done_runs.insert(id.clone());
+            }
             if ctx.store.remove_report(&r.spec.app, &id).await.is_err() {
                 // Stale reports of unassigned instances are also cleared by the coordinator.
                 tracing::debug!(instance = %id, "report not removed (Redis unreachable)");

@@ -186,6 +186,7 @@ async fn run_once(
         uid,
         limits: &limits,
         group: group.as_ref(),
+        io: process::Io::Null,
     })
     .await?;
     let pid = child.id().unwrap_or(0);

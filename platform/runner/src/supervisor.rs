@@ -42,6 +42,8 @@ pub struct Ctx {
     pub usage: process::UsageTable,
     /// Instances' output on its way to their apps' log streams.
     pub logs: crate::logs::LogShipper,
+    /// One-off processes waiting for their client (`pier run`).
+    pub attach: Arc<crate::exec::Attachments>,
 }
 
 /// The registry connection, made again after a failure (a multiplexed connection does not
@@ -79,7 +81,7 @@ impl RegistryHandle {
 }
 
 /// Waits `d`, or less if asked to stop; true when asked to stop.
-async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+pub(crate) async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     if *stop.borrow() {
         return true;
     }
@@ -139,7 +141,7 @@ pub async fn supervise(
         output: Arc::new(Mutex::new(VecDeque::new())),
     };
     let prepared = loop {
-        match prepare(&inst).await {
+        match prepare(&inst.ctx, &inst.spec).await {
             Ok(p) => break p,
             Err(Prep::Retry(why)) => {
                 tracing::warn!(instance = %inst.spec.id, reason = %why, "cannot prepare yet");
@@ -171,24 +173,24 @@ pub async fn supervise(
 }
 
 /// What an instance needs to start, found once.
-struct Prepared {
-    release: Release,
-    command: String,
-    slug_dir: PathBuf,
-    home: PathBuf,
-    uid: Option<u32>,
+pub(crate) struct Prepared {
+    pub release: Release,
+    pub command: String,
+    pub slug_dir: PathBuf,
+    pub home: PathBuf,
+    pub uid: Option<u32>,
 }
 
-enum Prep {
+pub(crate) enum Prep {
     /// Redis unreachable: try again.
     Retry(String),
     /// This runner cannot run it.
     Fail(String),
 }
 
-async fn prepare(inst: &Instance) -> Result<Prepared, Prep> {
-    let ctx = &inst.ctx;
-    let spec = &inst.spec;
+/// Finds the release, unpacks its slug and makes the instance's home. A one-off process runs
+/// its own command; an instance, its type's in the Procfile.
+pub(crate) async fn prepare(ctx: &Ctx, spec: &InstanceSpec) -> Result<Prepared, Prep> {
     let release = ctx
         .store
         .release(&spec.app, spec.release)
@@ -199,12 +201,18 @@ async fn prepare(inst: &Instance) -> Result<Prepared, Prep> {
         .slug
         .clone()
         .ok_or_else(|| Prep::Fail(format!("release v{} has no slug", spec.release)))?;
-    let command = release.processes.get(&spec.ptype).cloned().ok_or_else(|| {
-        Prep::Fail(format!(
-            "the Procfile of v{} has no {}",
-            spec.release, spec.ptype
-        ))
-    })?;
+    let procfile = release.processes.get(&spec.ptype).cloned();
+    let command = spec
+        .run
+        .as_ref()
+        .map(|r| r.command.clone())
+        .or(procfile)
+        .ok_or_else(|| {
+            Prep::Fail(format!(
+                "the Procfile of v{} has no {}",
+                spec.release, spec.ptype
+            ))
+        })?;
     let uid = if ctx.isolate {
         Some(
             ctx.store
@@ -238,7 +246,7 @@ async fn prepare(inst: &Instance) -> Result<Prepared, Prep> {
 }
 
 /// A port free on this runner's address now.
-fn pick_port(ip: std::net::IpAddr) -> Result<u16, String> {
+pub(crate) fn pick_port(ip: std::net::IpAddr) -> Result<u16, String> {
     std::net::TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -300,15 +308,7 @@ async fn run_once(
         Err(e) => return Ended::Crashed(e),
     };
     let addr = SocketAddr::new(cfg.address, port);
-    let mut env = pier_slug::build::runtime_env(&p.slug_dir);
-    env.extend(p.release.config.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env.push(("PORT".into(), port.to_string()));
-    env.push(("HOME".into(), p.home.display().to_string()));
-    env.push(("TMPDIR".into(), p.home.display().to_string()));
-    env.push(("PIER_APP".into(), inst.spec.app.clone()));
-    env.push(("PIER_RELEASE".into(), format!("v{}", inst.spec.release)));
-    env.push(("PIER_INSTANCE".into(), inst.spec.name()));
-    env.push(("PIER_HOST".into(), cfg.address.to_string()));
+    let env = instance_env(cfg, &inst.spec, p, port);
     let mut child = match process::start(Launch {
         command: &p.command,
         cwd: &p.slug_dir,
@@ -316,6 +316,7 @@ async fn run_once(
         uid: p.uid,
         limits: &cfg.limits,
         group,
+        io: process::Io::Null,
     })
     .await
     {
@@ -331,6 +332,7 @@ async fn run_once(
 
     // Health: within the boot timeout, the app must accept connections on PORT or, when its
     // release sets HEALTHCHECK_PATH, answer a GET of that path with a 2xx or 3xx.
+    let mut front: Option<crate::front::Front> = None;
     if web {
         let deadline = Instant::now() + cfg.boot_timeout;
         let path = p.release.config.get(HEALTHCHECK_PATH).cloned();
@@ -359,7 +361,24 @@ async fn run_once(
                 return Ended::Stopped;
             }
         }
-        register(inst, &addr).await;
+        // Static files (pier.toml): balancers are sent to the runner's front, which serves
+        // them and passes the rest to the app. Dropped, it closes, when this function returns.
+        match crate::front::Front::for_release(&p.slug_dir, cfg.address, addr, ctx.isolate).await {
+            Ok(f) => front = f,
+            Err(crate::front::FrontError::Manifest(why)) => {
+                tracing::warn!(instance = %inst.spec.id, reason = %why, "static files not served");
+                let line = format!("pier: static files not served: {why}");
+                ctx.logs.push(&inst.spec.app, &inst.spec.name(), line);
+            }
+            Err(e) => {
+                terminate(&mut child, pid, cfg.grace).await;
+                return Ended::Crashed(e.to_string());
+            }
+        }
+        if let Some(f) = &front {
+            inst.status.address = Some(f.addr().to_string());
+        }
+        register(inst, &front.as_ref().map_or(addr, |f| f.addr())).await;
     }
     inst.set(InstanceState::Up);
 
@@ -395,7 +414,7 @@ async fn run_once(
         }
         if web && last_refresh.elapsed() >= refresh_every {
             last_refresh = Instant::now();
-            refresh(inst, &addr).await;
+            refresh(inst, &front.as_ref().map_or(addr, |f| f.addr())).await;
         }
         if last_usage.elapsed() >= Duration::from_secs(5) {
             last_usage = Instant::now();
@@ -416,6 +435,26 @@ async fn run_once(
             }
         }
     }
+}
+
+/// The environment of an instance's (or a one-off's) process: the build's, the config vars,
+/// then the platform's own.
+pub(crate) fn instance_env(
+    cfg: &RunnerConfig,
+    spec: &InstanceSpec,
+    p: &Prepared,
+    port: u16,
+) -> Vec<(String, String)> {
+    let mut env = pier_slug::build::runtime_env(&p.slug_dir);
+    env.extend(p.release.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.push(("PORT".into(), port.to_string()));
+    env.push(("HOME".into(), p.home.display().to_string()));
+    env.push(("TMPDIR".into(), p.home.display().to_string()));
+    env.push(("PIER_APP".into(), spec.app.clone()));
+    env.push(("PIER_RELEASE".into(), format!("v{}", spec.release)));
+    env.push(("PIER_INSTANCE".into(), spec.name()));
+    env.push(("PIER_HOST".into(), cfg.address.to_string()));
+    env
 }
 
 /// The config var naming the path a web instance's health check GETs (absent: TCP connect).
@@ -465,7 +504,7 @@ async fn health_check(addr: SocketAddr, app: &str, path: Option<&str>) -> Result
     }
 }
 
-fn describe_exit(s: std::process::ExitStatus) -> String {
+pub(crate) fn describe_exit(s: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (s.code(), s.signal()) {
         (Some(c), _) => format!("exit status {c}"),
@@ -604,7 +643,7 @@ async fn read_lines<R: tokio::io::AsyncRead + Unpin>(r: R, mut on_line: impl FnM
 
 /// Reads the process's stdout and stderr line by line (each line at most [`MAX_LINE`]) into the
 /// instance's kept lines. Reading never waits on anyone: the app is never blocked by its output.
-fn capture_output(
+pub(crate) fn capture_output(
     child: &mut Child,
     kept: &Arc<Mutex<VecDeque<String>>>,
     spec: &InstanceSpec,

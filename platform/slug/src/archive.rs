@@ -167,7 +167,7 @@ fn no_link_on_the_way(root: &Path, rel: &Path) -> Result<(), ArchiveError> {
 /// Unpacks the gzipped tar `input` into `root` (an existing, empty directory). Refused, with
 /// nothing written outside `root`: absolute paths, `..`, links pointing outside, hard links,
 /// devices and FIFOs, entries written through a link, more than `limits` allow. Modes keep their
-/// permission bits without setuid, setgid or sticky.
+/// permission bits without setuid, setgid or sticky; files keep their modification times.
 pub fn unpack(input: impl Read, root: &Path, limits: Limits) -> Result<u64, ArchiveError> {
     let mut ar = tar::Archive::new(GzDecoder::new(input));
     let mut total = 0u64;
@@ -212,6 +212,15 @@ pub fn unpack(input: impl Read, root: &Path, limits: Limits) -> Result<u64, Arch
                 let mut f = fs::File::create(&dest).map_err(io(&dest))?;
                 // The entry reads exactly its header's size, counted above.
                 std::io::copy(&mut entry, &mut f).map_err(io(&dest))?;
+                // The file keeps its time from the archive: static files are served with it
+                // (Last-Modified, ETag), the same on every runner. Not fatal when it cannot be set.
+                if let Ok(secs) = entry.header().mtime() {
+                    if secs > 0 && secs < 1 << 40 {
+                        let _ = f.set_modified(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+                        );
+                    }
+                }
                 set_mode(&dest, mode | 0o400)?;
             }
             tar::EntryType::Symlink => {
@@ -419,5 +428,28 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         unpack(&bytes[..], out.path(), Limits::default()).unwrap();
         assert!(out.path().join("app.log").exists());
+    }
+
+    #[test]
+    fn unpacked_files_keep_their_modification_time() {
+        let src = tempfile::tempdir().unwrap();
+        let f = src.path().join("site.css");
+        fs::write(&f, "body{}").unwrap();
+        let then = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+        let mut bytes = Vec::new();
+        pack_dir(src.path(), &mut bytes, false).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        unpack(&bytes[..], out.path(), Limits::default()).unwrap();
+        let got = fs::metadata(out.path().join("site.css"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(got, then);
     }
 }

@@ -60,6 +60,8 @@ pub enum BuildError {
     NoProcfile,
     #[error("bad Procfile: {0}")]
     BadProcfile(String),
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
     #[error("{0}")]
     Failed(String),
 }
@@ -103,6 +105,23 @@ pub fn build(
     ));
     if !processes.contains_key("web") {
         log("       No web process: this app has no routed process (it serves no HTTP).");
+    }
+    if let Some(manifest) = crate::manifest::Manifest::read(&src)? {
+        for m in &manifest.statics {
+            let cc = if m.cache_control.is_empty() {
+                "none".to_string()
+            } else {
+                m.cache_control.clone()
+            };
+            log(&format!(
+                "-----> pier.toml: static {} -> {}/ (Cache-Control: {cc})",
+                m.prefix,
+                m.dir.display()
+            ));
+        }
+        if !manifest.statics.is_empty() && !processes.contains_key("web") {
+            log("       Static files are served beside web instances only: none here.");
+        }
     }
     if src.join("requirements.txt").is_file() {
         log(&format!(
@@ -272,6 +291,53 @@ mod tests {
             &mut |_| {},
         );
         assert!(matches!(r, Err(BuildError::BadProcfile(_))), "{r:?}");
+    }
+
+    #[test]
+    fn pier_toml_is_checked_and_its_mounts_printed() {
+        let work = tempfile::tempdir().unwrap();
+        let mut lines = Vec::new();
+        build_bytes(
+            &upload(&[
+                ("Procfile", "web: python3 app.py\n"),
+                ("pier.toml", "[static]\n\"/static\" = \"public/css\"\n"),
+                ("public/css/site.css", "body{}"),
+            ]),
+            work.path(),
+            &BuildConfig::default(),
+            &mut |l| lines.push(l.to_string()),
+        )
+        .unwrap();
+        assert!(
+            lines.contains(
+                &"-----> pier.toml: static /static -> public/css/ (Cache-Control: public, max-age=3600)"
+                    .to_string()
+            ),
+            "{lines:?}"
+        );
+        for (toml, why) in [
+            (
+                "[static]\n\"/static\" = \"missing\"\n",
+                "static.\"/static\": the directory missing/ is not in the app",
+            ),
+            (
+                "[static]\n\"/static\" = \"../x\"\n",
+                "climbs out of the app",
+            ),
+            ("[static\n", "pier.toml: line 1: "),
+        ] {
+            let work = tempfile::tempdir().unwrap();
+            let r = build_bytes(
+                &upload(&[("Procfile", "web: x\n"), ("pier.toml", toml)]),
+                work.path(),
+                &BuildConfig::default(),
+                &mut |_| {},
+            );
+            assert!(
+                matches!(r, Err(BuildError::Manifest(ref e)) if e.to_string().contains(why)),
+                "{toml}: {r:?}"
+            );
+        }
     }
 
     #[test]

@@ -12,11 +12,14 @@
 //! Modules:
 //! - [`archive`]: packing a directory, unpacking an upload or a slug with its checks.
 //! - [`build`]: the build of one upload into a slug directory.
+//! - [`manifest`]: `pier.toml`, the app's static directories.
 //! - [`store`]: the slug store (a local directory).
 
 pub mod archive;
 pub mod build;
+pub mod manifest;
 pub mod store;
 
 pub use archive::ArchiveError;
+pub use manifest::{Manifest, ManifestError};
 pub use store::SlugStore;

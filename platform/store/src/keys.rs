@@ -22,6 +22,8 @@ pub struct PlatformKeys {
     pub fence: String,
     /// Set: apps with at least one log drain.
     pub drained_apps: String,
+    /// Set: `app/N` of every run (`pier run`) that has not ended, for the coordinator.
+    pub runs_active: String,
     /// The forwarding drainer's lease: the holder's id, with an expiry.
     pub drainer_lease: String,
     /// The drainers' fencing token: incremented each time a drainer takes the lease.
@@ -41,6 +43,7 @@ impl PlatformKeys {
             lease: format!("{prefix}coordinator:lease"),
             fence: format!("{prefix}coordinator:fence"),
             drained_apps: format!("{prefix}drained_apps"),
+            runs_active: format!("{prefix}runs_active"),
             drainer_lease: format!("{prefix}drainer:lease"),
             drainer_fence: format!("{prefix}drainer:fence"),
             prefix: prefix.to_string(),
@@ -91,6 +94,31 @@ impl PlatformKeys {
     /// Hash: instance id → [`pier_model::platform::InstanceStatus`] JSON, reported by runners.
     pub fn instances(&self, app: &str) -> String {
         format!("{}instances:{app}", self.prefix)
+    }
+
+    /// Hash of one run (`spec`, `placed`, `attached`, `stop`, `exit`): see [`crate::runs`].
+    pub fn run(&self, app: &str, number: u64) -> String {
+        format!("{}run:{app}:{number}", self.prefix)
+    }
+
+    /// What every run key of `app` starts with (the Lua script appends the number).
+    pub fn run_prefix(&self, app: &str) -> String {
+        format!("{}run:{app}:", self.prefix)
+    }
+
+    /// Set: `app/N` of the app's runs that have not ended.
+    pub fn runs_active(&self, app: &str) -> String {
+        format!("{}runs_active:{app}", self.prefix)
+    }
+
+    /// Sorted set: the app's run numbers by creation time (the last 100 are kept).
+    pub fn runs(&self, app: &str) -> String {
+        format!("{}runs:{app}", self.prefix)
+    }
+
+    /// Counter: the app's last run number.
+    pub fn run_seq(&self, app: &str) -> String {
+        format!("{}run_seq:{app}", self.prefix)
     }
 
     /// Hash: drain id → [`pier_model::drain::DrainRecord`] JSON.

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use pier_model::platform::{InstanceSpec, Release};
+use pier_model::platform::{InstanceSpec, Release, RunExit, RunPlacement};
 use redis::Script;
 
 use crate::store::{timed, to_json, Store, StoreError};
@@ -27,6 +27,19 @@ pub enum FencedOp {
     ForgetRunner(String),
     /// Forgets an instance's report (its runner is gone).
     RemoveReport { app: String, id: String },
+    /// Places a one-off process: assigns `spec` (its `run` set) to `runner` and records where.
+    PlaceRun {
+        runner: String,
+        spec: InstanceSpec,
+        at_ms: u64,
+    },
+    /// A run is over: records `exit` unless its runner did first, and takes it off the active
+    /// lists (its assignment is removed with [`FencedOp::Unassign`]).
+    FinishRun {
+        app: String,
+        number: u64,
+        exit: RunExit,
+    },
 }
 
 /// A coordinator's hold on the lease (or another service's on its own lease).
@@ -117,7 +130,10 @@ while i <= #ARGV do
   local cmd, key, field, value = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
   if cmd == 'hset' then redis.call('HSET', key, field, value)
   elseif cmd == 'hdel' then redis.call('HDEL', key, field)
-  elseif cmd == 'del' then redis.call('DEL', key) end
+  elseif cmd == 'del' then redis.call('DEL', key)
+  elseif cmd == 'hsetnx' then redis.call('HSETNX', key, field, value)
+  elseif cmd == 'srem' then redis.call('SREM', key, field)
+  elseif cmd == 'pexpire' then redis.call('PEXPIRE', key, field) end
   i = i + 4
 end
 return 1
@@ -152,6 +168,42 @@ return 1
                 }
                 FencedOp::RemoveReport { app, id } => {
                     ("hdel", k.instances(app), id.clone(), String::new())
+                }
+                FencedOp::PlaceRun {
+                    runner,
+                    spec,
+                    at_ms,
+                } => {
+                    let run = spec
+                        .run
+                        .as_ref()
+                        .ok_or_else(|| StoreError::BadData(format!("{} is not a run", spec.id)))?;
+                    let placed = RunPlacement {
+                        runner: runner.clone(),
+                        instance: spec.id.clone(),
+                        at_ms: *at_ms,
+                    };
+                    inv.arg("hsetnx")
+                        .arg(k.run(&run.app, run.number))
+                        .arg("placed")
+                        .arg(to_json(&placed)?);
+                    (
+                        "hset",
+                        k.assignments(runner),
+                        spec.id.clone(),
+                        to_json(spec)?,
+                    )
+                }
+                FencedOp::FinishRun { app, number, exit } => {
+                    let member = format!("{app}/{number}");
+                    let key = k.run(app, *number);
+                    inv.arg("hsetnx").arg(&key).arg("exit").arg(to_json(exit)?);
+                    inv.arg("pexpire")
+                        .arg(&key)
+                        .arg(crate::runs::KEEP_ENDED_MS)
+                        .arg("");
+                    inv.arg("srem").arg(k.runs_active(app)).arg(&member).arg("");
+                    ("srem", k.runs_active.clone(), member, String::new())
                 }
             };
             inv.arg(cmd).arg(key).arg(field).arg(value);

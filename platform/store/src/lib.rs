@@ -17,10 +17,12 @@
 //! - [`services`]: add-on processes pinned to a runner (dedicated Redis).
 //! - [`stats`]: the stats buckets balancers and runners write and `pier stats` reads.
 //! - [`drains`]: log drains, their cursors, and the drainer's fenced progress.
+//! - [`runs`]: one-off processes (`pier run`): each writer its own field of a run's record.
 
 pub mod drains;
 pub mod keys;
 pub mod lease;
+pub mod runs;
 pub mod services;
 pub mod stats;
 pub mod store;

@@ -92,6 +92,7 @@ async fn a_deposed_leaders_writes_are_refused() {
         index: 1,
         release: 1,
         generation: 0,
+        run: None,
     };
     store
         .fenced(

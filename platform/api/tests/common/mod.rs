@@ -73,6 +73,7 @@ impl ApiServer {
             builds: Arc::new(tokio::sync::Semaphore::new(1)),
             apps_url: Some("http://{app}.apps.test/".into()),
             addon_servers,
+            runs: Default::default(),
         };
         let mut api = Self::start_on(redis, |s| configure(s.with_platform(platform))).await;
         api._slugs = Some(slugs);
