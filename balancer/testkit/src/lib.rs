@@ -15,6 +15,7 @@
 //! - [`balancer`]: a `pier-balancer` process following a Redis registry.
 //! - [`browser`]: headless Chromium over the DevTools protocol ([`browser::Browser`]).
 //! - [`syslog`]: [`SyslogListener`], a syslog receiver of octet-counted frames.
+//! - [`pty`]: [`pty::PtyProcess`], a command run on a pseudo-terminal, as at a terminal.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod balancer;
@@ -24,6 +25,7 @@ pub mod dns;
 pub mod net;
 pub mod postgres_server;
 pub mod process;
+pub mod pty;
 pub mod redis_server;
 pub mod syslog;
 

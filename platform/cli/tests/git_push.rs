@@ -184,14 +184,6 @@ fn git_home() -> tempfile::TempDir {
     home
 }
 
-/// An owner token of `app` (made by the operator).
-fn owner_token(p: &Platform, app: &str) -> String {
-    p.pier(&["tokens", "create", "--app", app])
-        .ok()
-        .last_line()
-        .to_string()
-}
-
 async fn served(p: &Platform, app: &str, want: &str) {
     p.balancer
         .wait_served(&Platform::host(app), |b| b.trim() == want, SERVED_WITHIN)
@@ -211,7 +203,7 @@ async fn git_push_deploys_and_a_failed_build_declines_the_push() {
     let home = git_home();
     let p = Platform::start(&["127.0.0.2"]).await;
     p.pier(&["apps", "create", "gitapp"]).ok();
-    let token = owner_token(&p, "gitapp");
+    let token = p.owner_token("gitapp");
     let w = WorkTree::new(&p, home.path(), &token, "first push");
 
     // `pier git remote` adds the remote and the credential helper; --print only prints.
@@ -325,8 +317,8 @@ async fn git_pushes_are_refused_to_other_owners_and_run_one_after_the_other() {
     let p = Platform::start(&["127.0.0.2"]).await;
     p.pier(&["apps", "create", "alpha"]).ok();
     p.pier(&["apps", "create", "beta"]).ok();
-    let alpha = owner_token(&p, "alpha");
-    let beta = owner_token(&p, "beta");
+    let alpha = p.owner_token("alpha");
+    let beta = p.owner_token("beta");
     let w = WorkTree::new(&p, home.path(), &alpha, "alpha one");
     w.pier(&["git", "remote", "alpha"]).ok();
     let push = w.git(&["push", "pier", "main"]);

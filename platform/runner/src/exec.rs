@@ -113,7 +113,12 @@ pub async fn serve(listener: TcpListener, all: Arc<Attachments>) {
         let all = all.clone();
         tokio::spawn(async move {
             if let Err(e) = attach(stream, &all).await {
-                tracing::info!(%peer, error = %e, "attach refused");
+                // The API asks until the run is here: not yet is not worth a line.
+                if e.contains("404") {
+                    tracing::debug!(%peer, error = %e, "attach refused");
+                } else {
+                    tracing::info!(%peer, error = %e, "attach refused");
+                }
             }
         });
     }

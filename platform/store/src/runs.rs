@@ -53,7 +53,15 @@ impl Store {
             .ok_or_else(|| StoreError::BadData("run spec without its number".into()))?;
         let script = Script::new(
             r#"
-local active = redis.call('SCARD', KEYS[1])
+-- Runs that ended count no more, even before the coordinator has cleared them away.
+local active = 0
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local n = string.match(m, '(%d+)$')
+  local k = n and (ARGV[4] .. n)
+  if k and redis.call('EXISTS', k) == 1 and redis.call('HEXISTS', k, 'exit') == 0 then
+    active = active + 1
+  end
+end
 if active >= tonumber(ARGV[1]) then return {0, active} end
 local n = redis.call('INCR', KEYS[2])
 local key = ARGV[4] .. n
@@ -71,7 +79,8 @@ return {1, n}
         let ttl = spec
             .deadline_ms
             .saturating_sub(spec.created_ms)
-            .saturating_add(KEEP_ENDED_MS);
+            .saturating_add(KEEP_ENDED_MS)
+            .min(i64::MAX as u64 / 2);
         let (ok, n): (i64, u64) = timed(
             script
                 .key(k.runs_active(&spec.app))
@@ -160,7 +169,7 @@ return {1, n}
                 Ok(Some(r)) => out.push(r),
                 Ok(None) => {}
                 // One broken record must not hide the others.
-                Err(e) => eprintln!("pier-store: skipped {e}"),
+                Err(e) => tracing::warn!(error = %e, "run record skipped"),
             }
         }
         Ok(out)

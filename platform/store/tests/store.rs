@@ -148,3 +148,99 @@ async fn uids_are_stable_and_distinct() {
     assert_eq!(store.app_uid("a").await.unwrap(), a);
     assert!(a > pier_store::store::FIRST_APP_UID);
 }
+
+fn run_spec(app: &str, command: &str) -> pier_model::platform::RunSpec {
+    pier_model::platform::RunSpec {
+        app: app.into(),
+        number: 0,
+        command: command.into(),
+        release: 1,
+        attach: false,
+        tty: false,
+        cols: 0,
+        rows: 0,
+        term: String::new(),
+        by: "owner:blog".into(),
+        created_ms: 1,
+        deadline_ms: 3_600_000,
+        secret: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn runs_are_numbered_per_app_and_limited_to_those_not_ended() {
+    use pier_store::runs::CreateRun;
+    let redis = RedisServer::start();
+    let store = Store::connect(&redis.url(), "pier:").await.unwrap();
+    let mut made = Vec::new();
+    for i in 0..3 {
+        match store
+            .create_run(&run_spec("blog", &format!("cmd {i}")), 3)
+            .await
+            .unwrap()
+        {
+            CreateRun::Created(s) => made.push(s.number),
+            CreateRun::AtLimit(n) => panic!("refused at {n}"),
+        }
+    }
+    assert_eq!(made, [1, 2, 3]);
+    // Another app counts apart and numbers from 1.
+    match store.create_run(&run_spec("shop", "x"), 3).await.unwrap() {
+        CreateRun::Created(s) => assert_eq!(s.number, 1),
+        CreateRun::AtLimit(n) => panic!("refused at {n}"),
+    }
+    assert!(matches!(
+        store
+            .create_run(&run_spec("blog", "one too many"), 3)
+            .await
+            .unwrap(),
+        CreateRun::AtLimit(3)
+    ));
+    // A run that ended frees its place at once, before the coordinator clears it away.
+    let exit = pier_model::platform::RunExit {
+        ended_ms: 2,
+        code: Some(0),
+        signal: None,
+        reason: "exit status 0".into(),
+    };
+    store.end_run("blog", 2, &exit).await.unwrap();
+    let CreateRun::Created(s) = store
+        .create_run(&run_spec("blog", "again"), 3)
+        .await
+        .unwrap()
+    else {
+        panic!("still at the limit after a run ended");
+    };
+    assert_eq!(s.number, 4);
+    // Listed newest first, with who ran what and how it ended; a stop is recorded once.
+    store.stop_run("blog", 1, 10).await.unwrap();
+    store.stop_run("blog", 1, 20).await.unwrap();
+    let runs = store.runs("blog").await.unwrap();
+    let numbers: Vec<u64> = runs.iter().map(|r| r.spec.number).collect();
+    assert_eq!(numbers, [4, 3, 2, 1]);
+    assert_eq!(runs[0].spec.command, "again");
+    assert_eq!(runs[2].exit.as_ref().unwrap().reason, "exit status 0");
+    assert_eq!(runs[3].stop_ms, Some(10));
+    assert_eq!(runs[3].spec.by, "owner:blog");
+    // A run starts once: a runner that restarts cannot start it again.
+    assert!(store.start_run("blog", 1, "r1").await.unwrap());
+    assert!(!store.start_run("blog", 1, "r1").await.unwrap());
+    // A client attaches once.
+    assert!(store.attach_run("blog", 3, 5).await.unwrap());
+    assert!(!store.attach_run("blog", 3, 6).await.unwrap());
+    // A broken record is skipped, not fatal to the listing.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("pier:run:blog:3")
+        .arg("spec")
+        .arg("{not json")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let runs = store.runs("blog").await.unwrap();
+    assert_eq!(runs.len(), 3, "{runs:?}");
+}

@@ -324,6 +324,14 @@ impl Platform {
         self.api.pier(Some(OPERATOR), args)
     }
 
+    /// A new owner token of `app` (made by the operator).
+    pub fn owner_token(&self, app: &str) -> String {
+        self.pier(&["tokens", "create", "--app", app])
+            .ok()
+            .last_line()
+            .to_string()
+    }
+
     /// Every service's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = format!("--- api\n{}", self.api.log_text());
