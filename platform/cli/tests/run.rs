@@ -334,6 +334,37 @@ async fn one_off_commands_on_a_terminal() {
     let status = t.wait(Duration::from_secs(30));
     assert!(status.success(), "{}", t.output());
 
+    // A shell: `stty size` follows the window, Ctrl-C stops a `sleep` and not the shell, and
+    // the shell's exit status is the client's.
+    let mut t = PtyProcess::spawn(&pier(&["run", "term", "--", "sh"]), 100, 30);
+    t.wait_for("up, run.", RUN_WITHIN);
+    t.type_bytes(b"echo mark-$((40+1)); stty size\r");
+    t.wait_for("mark-41\r\n30 100\r\n", Duration::from_secs(20));
+    t.resize(132, 43);
+    // (The resize travels to the runner as a message of its own: ask until it has arrived.)
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut asked = 0;
+    while !t.output().contains("43 132\r\n") {
+        assert!(Instant::now() < end, "resize not seen: {}", t.output());
+        asked += 1;
+        t.type_bytes(format!("echo ask-$(({asked}+1000)); stty size\r").as_bytes());
+        t.wait_for(
+            &format!("ask-{}\r\n", asked + 1000),
+            Duration::from_secs(20),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    t.type_bytes(b"sleep 300; echo after-$((1+1))\r");
+    std::thread::sleep(Duration::from_millis(500));
+    t.type_bytes(b"\x03");
+    t.type_bytes(b"echo alive-$((2+2))\r");
+    t.wait_for("alive-4\r\n", Duration::from_secs(20));
+    assert!(!t.output().contains("after-2"), "{}", t.output());
+    t.type_bytes(b"exit 7\r");
+    let status = t.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(7), "{}", t.output());
+    assert!(t.is_cooked());
+
     // Without a terminal on the client's side, plain pipes even from a terminal (-T).
     let mut t = PtyProcess::spawn(&pier(&["run", "-T", "term", "--", "tty"]), 80, 24);
     let status = t.wait(RUN_WITHIN);

@@ -260,9 +260,7 @@ async fn start_and_watch(
         }
         Some(ws) => {
             let relay = Relay::start(ws, &mut child, master);
-            relay
-                .watch(&mut child, pid, stop, deadline, cfg.grace)
-                .await
+            relay.watch(&mut child, pid, stop, deadline, ctx, run).await
         }
     }
 }
@@ -351,8 +349,10 @@ impl Relay {
         pid: u32,
         stop: &mut watch::Receiver<bool>,
         deadline: tokio::time::Instant,
-        grace: Duration,
+        ctx: &Ctx,
+        run: &RunSpec,
     ) -> RunExit {
+        let grace = ctx.cfg.grace;
         let exit = tokio::select! {
             s = child.wait() => exited(s, None),
             _ = &mut self.input => {
@@ -382,6 +382,13 @@ impl Relay {
             }
         }
         self.input.abort();
+        // Recorded before the client hears of it, so what the client does next (`pier runs`,
+        // another run at the limit) sees it ended. (The caller records it again if this failed.)
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            ctx.store.end_run(&run.app, run.number, &exit),
+        )
+        .await;
         let _ = self
             .out
             .send(runproto::status(&Status::Exit(exit.clone())))
