@@ -10,6 +10,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cd "$root"
+source platform/bench/lib.sh
 cargo build --release -p pier-cli >&2
 bin="$root/target/release"
 work=$(mktemp -d)
@@ -20,14 +21,10 @@ cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     sleep 2
     runuser -u postgres -- "$pgbin/pg_ctl" -D "$work/pg" stop -m immediate >/dev/null 2>&1 || true
-    for d in /proc/[0-9]*; do
-        case "$(readlink "$d/cwd" 2>/dev/null)" in "$work"/*) kill -9 "${d#/proc/}" 2>/dev/null || true ;; esac
-    done
+    kill_under "$work"
     rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now() { date +%s.%N; }
 
 pg_port=$(free_port); redis_port=$(free_port); addon_redis_port=$(free_port); api_port=$(free_port)
 mkdir -p "$work/pg" && chown postgres "$work/pg" && echo admin >"$work/pw" && chown postgres "$work/pw"

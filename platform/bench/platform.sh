@@ -11,6 +11,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cd "$root"
+source platform/bench/lib.sh
 cargo build --release -p pier-cli -p pier-balancer -p pier-load >&2
 bin="$root/target/release"
 work=$(mktemp -d)
@@ -21,16 +22,11 @@ cleanup() {
     sleep 3
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     # Instances left by a killed runner.
-    for d in /proc/[0-9]*; do
-        case "$(readlink "$d/cwd" 2>/dev/null)" in "$work"/*) kill -9 "${d#/proc/}" 2>/dev/null || true ;; esac
-    done
+    kill_under "$work"
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now() { date +%s.%N; }
-since() { python3 -c "import sys; print(f'{float(sys.argv[2])-float(sys.argv[1]):.2f}')" "$1" "$(now)"; }
 
 redis_port=$(free_port); api_port=$(free_port); http_port=$(free_port); admin_port=$(free_port)
 redis="redis://127.0.0.1:$redis_port/0"
@@ -55,20 +51,7 @@ runner() { # ip capacity
 }
 runner 127.0.0.2 60; r2=$runner_pid
 runner 127.0.0.3 60; r3=$runner_pid
-cat >"$work/balancer.toml" <<TOML
-[listen]
-http = ["127.0.0.1:$http_port"]
-[admin]
-listen = "127.0.0.1:$admin_port"
-[routes]
-redis = "$redis"
-snapshot_file = ""
-app_domains = ["apps.bench"]
-[log]
-access = false
-TOML
-"$bin/pier-balancer" --config "$work/balancer.toml" >"$work/balancer.log" 2>&1 &
-pids+=($!)
+start_balancer
 until curl -s "$PIER_API_URL/healthz" >/dev/null; do sleep 0.05; done
 until curl -s "http://127.0.0.1:$admin_port/healthz" >/dev/null; do sleep 0.05; done
 
@@ -120,9 +103,7 @@ line=$("$bin/pier" ps hello | grep $'\tup ')
 case "$line" in *r-127.0.0.2*) victim=$r2; vdir="$work/runner-127.0.0.2" ;; *) victim=$r3; vdir="$work/runner-127.0.0.3" ;; esac
 t0=$(now)
 kill -9 "$victim"
-for d in /proc/[0-9]*; do
-    case "$(readlink "$d/cwd" 2>/dev/null)" in "$vdir"/*) kill -9 "${d#/proc/}" 2>/dev/null || true ;; esac
-done
+kill_under "$vdir"
 first_fail=""
 until [ "$(status_of hello)" = 200 ] && [ -n "$first_fail" ]; do
     [ -z "$first_fail" ] && [ "$(status_of hello)" != 200 ] && first_fail=$(since "$t0")

@@ -13,6 +13,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cd "$root"
+source platform/bench/lib.sh
 if [ "${1:-}" = "--no-build" ]; then
     shift
 else
@@ -38,14 +39,11 @@ cleanup() {
     done
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    for d in /proc/[0-9]*; do
-        case "$(readlink "$d/cwd" 2>/dev/null)" in "$work"/*) kill -9 "${d#/proc/}" 2>/dev/null || true ;; esac
-    done
+    kill_under "$work"
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 redis_port=$(free_port); api_port=$(free_port); http_port=$(free_port); admin_port=$(free_port)
 redis="redis://127.0.0.1:$redis_port/0"
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
@@ -61,20 +59,7 @@ pids+=($!)
     --workdir "$work/runner" --slug-store "$work/slugs" --handover 0 >"$work/runner.log" 2>&1 &
 runner_pid=$!
 pids+=($runner_pid)
-cat >"$work/balancer.toml" <<TOML
-[listen]
-http = ["127.0.0.1:$http_port"]
-[admin]
-listen = "127.0.0.1:$admin_port"
-[routes]
-redis = "$redis"
-snapshot_file = ""
-app_domains = ["apps.bench"]
-[log]
-access = false
-TOML
-"$bin/pier-balancer" --config "$work/balancer.toml" >"$work/balancer.log" 2>&1 &
-pids+=($!)
+start_balancer
 until curl -s "$PIER_API_URL/healthz" >/dev/null; do sleep 0.05; done
 until curl -s "http://127.0.0.1:$admin_port/healthz" >/dev/null; do sleep 0.05; done
 
