@@ -9,9 +9,12 @@
 //! Modules:
 //! - [`postgres`]: a role and a database per app, `CONNECT` revoked from `PUBLIC`, a connection
 //!   limit.
+//! - [`pgdump`]: `pg_dump` and `pg_restore` found and set up against one app's database (the
+//!   platform's backups).
 //! - [`redis`]: an ACL user per app limited to its key prefix, enumeration and dangerous commands
 //!   denied.
 
+pub mod pgdump;
 pub mod postgres;
 pub mod redis;
 

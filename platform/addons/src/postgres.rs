@@ -156,6 +156,18 @@ impl Postgres {
         })
     }
 
+    /// How to reach `app`'s database as its own role (`password` from its add-on record).
+    pub fn app_connection(&self, app: &str, password: &str) -> crate::pgdump::AppConnection {
+        let name = resource_name(app);
+        crate::pgdump::AppConnection {
+            host: self.host.clone(),
+            port: self.port,
+            role: name.clone(),
+            password: password.to_string(),
+            database: name,
+        }
+    }
+
     /// Drops `app`'s database (its connections closed first) and role. Safe to run again.
     pub async fn destroy(&self, app: &str) -> Result<(), AddonError> {
         let name = resource_name(app);

@@ -58,6 +58,8 @@ pub struct ApiState {
     pub platform: Option<PlatformState>,
     /// The apps' git repositories (`None`: no `/git/` routes).
     pub git: Option<crate::git::GitState>,
+    /// PostgreSQL backups (`None`: their routes answer 503).
+    pub backups: Option<Arc<crate::backups::Backups>>,
 }
 
 /// Default of [`ApiState::claim_ttl`]: three days to publish the proof.
@@ -90,7 +92,14 @@ impl ApiState {
             drain_policy: Default::default(),
             platform: None,
             git: None,
+            backups: None,
         }
+    }
+
+    /// Makes and restores PostgreSQL add-ons' backups (`pier api --backup-store`).
+    pub fn with_backups(mut self, backups: crate::backups::Backups) -> Self {
+        self.backups = Some(Arc::new(backups));
+        self
     }
 
     /// Serves the platform's routes (deploys, releases, config, formation, instances).

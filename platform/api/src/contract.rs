@@ -17,6 +17,12 @@ pub const DRAIN_ID: &str = "^[0-9a-f]{16}$";
 pub const VERSION: &str = "^v?[1-9][0-9]{0,18}$";
 /// A one-off process: `7` or `run.7`.
 pub const RUN_NUMBER: &str = "^(run\\.)?[1-9][0-9]{0,14}$";
+/// A backup's id within its app.
+pub const BACKUP_ID: &str = "^[1-9][0-9]{0,14}$";
+/// A time of day, `HH:MM` (UTC).
+pub const TIME_OF_DAY: &str = "^([01][0-9]|2[0-3]):[0-5][0-9]$";
+/// Most days, weeks or months a backup schedule keeps.
+pub const MAX_RETENTION: u32 = 1000;
 /// Process types.
 pub const PROCESS_TYPE: &str = "^[a-z][a-z0-9_-]{0,29}$";
 /// One instance, `TYPE.N` (N from 1, at most 9 digits).
@@ -127,6 +133,10 @@ pub fn tighten(s: &mut Value) {
               "properties": { "kind": { "const": "redis" }, "plan": { "enum": ["shared", "dedicated"] } } }
         ]
     });
+    s["NewBackupSchedule"]["properties"]["at"]["pattern"] = json!(TIME_OF_DAY);
+    for f in ["daily", "weekly", "monthly"] {
+        s["NewBackupSchedule"]["properties"][f]["maximum"] = json!(MAX_RETENTION);
+    }
     s["NewBackend"]["properties"]["address"] = backend_address();
     s["NewBackend"]["properties"]["id"]["pattern"] = json!(BACKEND_ID);
     s["NewBackend"]["properties"]["ttl_s"]["maximum"] = json!(MAX_TTL_S);
@@ -149,6 +159,7 @@ pub fn path_param(path: &str, name: &str) -> Value {
         "id" => json!({ "type": "string", "pattern": BACKEND_ID }),
         "domain" => json!({ "type": "string", "minLength": 1, "maxLength": 255 }),
         "run" => json!({ "type": "string", "pattern": RUN_NUMBER }),
+        "backup" => json!({ "type": "string", "pattern": BACKUP_ID }),
         _ => json!({ "type": "string" }),
     }
 }
@@ -192,6 +203,8 @@ mod tests {
             ("NewDrain", "url"),
             ("NewCert", "cert"),
             ("NewCert", "key"),
+            ("NewBackupSchedule", "at"),
+            ("NewBackupSchedule", "daily"),
         ] {
             let f = &s[schema]["properties"][field];
             assert!(f.get("type").is_some(), "{schema}.{field}: {f}");

@@ -22,6 +22,10 @@
 //! - [`names`]: which domain names may be claimed (IDNA, public suffixes, no IP literals).
 //! - [`addons`]: per-app PostgreSQL databases and Redis users.
 //! - [`dedicated`]: dedicated Redis add-ons, placed on a runner.
+//! - [`backups`]: PostgreSQL backups: captured with `pg_dump`, listed, downloaded, restored
+//!   after their checksum is checked.
+//! - [`backup_store`]: where backups' archives live (a private directory, or S3).
+//! - [`backup_schedule`]: daily scheduled captures and their retention.
 //! - [`logs`]: an app's log lines, and the live tail.
 //! - [`stats`]: an app's requests and its instances' use over the last minute, hour and day.
 //! - [`drains`]: log drains (where the drainer forwards an app's lines) and their checks.
@@ -40,6 +44,9 @@
 pub mod addons;
 pub mod api;
 pub mod auth;
+pub mod backup_schedule;
+pub mod backup_store;
+pub mod backups;
 pub mod balancers;
 pub mod body;
 pub mod contract;

@@ -105,6 +105,7 @@ fn path_params(path: &str, names: &[&str]) -> Value {
         "version" => "Release number (3 or v3)",
         "kind" => "Add-on kind: postgres or redis",
         "run" => "One-off process: its number (7) or name (run.7)",
+        "backup" => "A backup's id within the app (3)",
         _ => "Backend instance id (backends) or drain id (drains)",
     };
     Value::Array(
@@ -171,6 +172,12 @@ fn path_params(path: &str, names: &[&str]) -> Value {
     pier_model::platform::Release,
     pier_model::drain::DrainList,
     pier_model::drain::NewDrain,
+    wire::BackupView,
+    wire::BackupList,
+    wire::BackupSchedule,
+    wire::BackupRetention,
+    wire::NewBackupSchedule,
+    wire::RestoreBackup,
 )))]
 struct Wire;
 
@@ -212,6 +219,7 @@ pub fn document() -> Value {
     let cert_path = "/v1/apps/{app}/domains/{domain}/cert";
     let app_id = &["app", "id"][..];
     let app_run = &["app", "run"][..];
+    let app_backup = &["app", "backup"][..];
     let ops: &[(&str, &str, &[&str], Op<'_>)] = &[
         (
             "/healthz",
@@ -827,6 +835,132 @@ pub fn document() -> Value {
                 optional_body: false,
                 ok: &[(101, None)],
                 errors: &[403, 404, 409, 426],
+            },
+        ),
+        (
+            "/v1/apps/{app}/backups",
+            "get",
+            app,
+            Op {
+                id: "listBackups",
+                summary: "The app's PostgreSQL backups, newest first: id, state (running, succeeded, failed with its reason), kind (manual or scheduled), size, SHA-256",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("BackupList"))],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}/backups",
+            "post",
+            app,
+            Op {
+                id: "captureBackup",
+                summary: "Capture a backup of the app's PostgreSQL database (pg_dump -Fc, one snapshot: the app is not stopped). 202 with the backup running; poll it until succeeded or failed. 409: no PostgreSQL add-on, or a capture or restore of the app is running",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(202, Some("Backup"))],
+                errors: &[403, 404, 409],
+            },
+        ),
+        (
+            "/v1/apps/{app}/backups/{backup}",
+            "get",
+            app_backup,
+            Op {
+                id: "showBackup",
+                summary: "One backup",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("Backup"))],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}/backups/{backup}",
+            "delete",
+            app_backup,
+            Op {
+                id: "deleteBackup",
+                summary: "Delete a backup and its archive. 409: it is still being captured",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(204, None)],
+                errors: &[403, 404, 409],
+            },
+        ),
+        (
+            "/v1/apps/{app}/backups/{backup}/download",
+            "get",
+            app_backup,
+            Op {
+                id: "downloadBackup",
+                summary: "The backup's archive (pg_dump custom format, application/octet-stream), streamed, with Content-Length and its SHA-256 in X-Pier-Sha256. 409: running, failed, or missing from the store",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, None)],
+                errors: &[403, 404, 409],
+            },
+        ),
+        (
+            "/v1/apps/{app}/backups/{backup}/restore",
+            "post",
+            app_backup,
+            Op {
+                id: "restoreBackup",
+                summary: "Restore a backup into the app's own database (pg_restore --clean --if-exists --no-owner --role=<app role>, one transaction), after checking the archive's SHA-256. The body must confirm with the app's name. 409: the checksum does not match (nothing restored), the backup failed or is running, or a capture or restore is running; 502: pg_restore failed (the database is as it was)",
+                authed: true,
+                body: Some("RestoreBackup"),
+                optional_body: true,
+                ok: &[(200, Some("Backup"))],
+                errors: &[403, 404, 409, 422, 502],
+            },
+        ),
+        (
+            "/v1/apps/{app}/backup-schedule",
+            "get",
+            app,
+            Op {
+                id: "showBackupSchedule",
+                summary: "The app's daily backup schedule and retention. 404: none",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("BackupSchedule"))],
+                errors: &[403, 404],
+            },
+        ),
+        (
+            "/v1/apps/{app}/backup-schedule",
+            "put",
+            app,
+            Op {
+                id: "putBackupSchedule",
+                summary: "Capture the app's database every day at HH:MM UTC, keeping the newest scheduled backup of each of the last daily (7) days, weekly (4) weeks and monthly (12) months; manual backups are kept until deleted. 409: no PostgreSQL add-on",
+                authed: true,
+                body: Some("NewBackupSchedule"),
+                optional_body: false,
+                ok: &[(200, Some("BackupSchedule"))],
+                errors: &[403, 404, 409, 422],
+            },
+        ),
+        (
+            "/v1/apps/{app}/backup-schedule",
+            "delete",
+            app,
+            Op {
+                id: "deleteBackupSchedule",
+                summary: "Stop the scheduled captures (the backups stay). 404: no schedule",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(204, None)],
+                errors: &[403, 404],
             },
         ),
     ];

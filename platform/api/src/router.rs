@@ -52,6 +52,15 @@ pub enum RouteId {
     ShowRun,
     StopRun,
     AttachRun,
+    ListBackups,
+    CaptureBackup,
+    ShowBackup,
+    DeleteBackup,
+    DownloadBackup,
+    RestoreBackup,
+    ShowBackupSchedule,
+    PutBackupSchedule,
+    DeleteBackupSchedule,
 }
 
 /// One method and path pattern; `{name}` segments are parameters.
@@ -183,6 +192,47 @@ pub static ROUTES: &[Route] = &[
         Method::GET,
         "/v1/apps/{app}/runs/{run}/attach",
         RouteId::AttachRun,
+    ),
+    route(Method::GET, "/v1/apps/{app}/backups", RouteId::ListBackups),
+    route(
+        Method::POST,
+        "/v1/apps/{app}/backups",
+        RouteId::CaptureBackup,
+    ),
+    route(
+        Method::GET,
+        "/v1/apps/{app}/backups/{backup}",
+        RouteId::ShowBackup,
+    ),
+    route(
+        Method::DELETE,
+        "/v1/apps/{app}/backups/{backup}",
+        RouteId::DeleteBackup,
+    ),
+    route(
+        Method::GET,
+        "/v1/apps/{app}/backups/{backup}/download",
+        RouteId::DownloadBackup,
+    ),
+    route(
+        Method::POST,
+        "/v1/apps/{app}/backups/{backup}/restore",
+        RouteId::RestoreBackup,
+    ),
+    route(
+        Method::GET,
+        "/v1/apps/{app}/backup-schedule",
+        RouteId::ShowBackupSchedule,
+    ),
+    route(
+        Method::PUT,
+        "/v1/apps/{app}/backup-schedule",
+        RouteId::PutBackupSchedule,
+    ),
+    route(
+        Method::DELETE,
+        "/v1/apps/{app}/backup-schedule",
+        RouteId::DeleteBackupSchedule,
     ),
 ];
 

@@ -20,7 +20,7 @@ use crate::api::{self, ApiState};
 use crate::error::ApiError;
 use crate::openapi;
 use crate::router::{self, Match, RouteId};
-use crate::{addons, body, domains, drains, logs, platform};
+use crate::{addons, backups, body, domains, drains, logs, platform};
 use pier_model::api::ErrorBody;
 
 /// Largest request body accepted: app settings with a static page fit well within it.
@@ -265,6 +265,10 @@ async fn dispatch(
         let resp = crate::runs::attach(state, &caller, p(0), p(1), req).await?;
         return Ok(Answer::Raw(resp));
     }
+    if route.id == RouteId::DownloadBackup {
+        let resp = crate::backups::download(state, &caller, p(0), p(1)).await?;
+        return Ok(Answer::Raw(resp));
+    }
     if route.id == RouteId::Deploy {
         // The upload is checked before it is read, and read under its own, larger limit.
         platform::deploy_allowed(state, &caller, p(0)).await?;
@@ -305,7 +309,8 @@ async fn dispatch(
         | RouteId::OpenApi
         | RouteId::Deploy
         | RouteId::Logs
-        | RouteId::AttachRun => unreachable_route(),
+        | RouteId::AttachRun
+        | RouteId::DownloadBackup => unreachable_route(),
         RouteId::ListApps => api::list_apps(state, &caller).await,
         RouteId::CreateApp => api::create_app(state, &caller, &body).await,
         RouteId::ShowApp => api::show_app(state, &caller, p(0)).await,
@@ -345,6 +350,14 @@ async fn dispatch(
         RouteId::ListRuns => crate::runs::list(state, &caller, p(0)).await,
         RouteId::ShowRun => crate::runs::show(state, &caller, p(0), p(1)).await,
         RouteId::StopRun => crate::runs::stop(state, &caller, p(0), p(1)).await,
+        RouteId::ListBackups => backups::list(state, &caller, p(0)).await,
+        RouteId::CaptureBackup => backups::capture(state, &caller, p(0)).await,
+        RouteId::ShowBackup => backups::show(state, &caller, p(0), p(1)).await,
+        RouteId::DeleteBackup => backups::delete(state, &caller, p(0), p(1)).await,
+        RouteId::RestoreBackup => backups::restore(state, &caller, p(0), p(1), &body).await,
+        RouteId::ShowBackupSchedule => backups::show_schedule(state, &caller, p(0)).await,
+        RouteId::PutBackupSchedule => backups::put_schedule(state, &caller, p(0), &body).await,
+        RouteId::DeleteBackupSchedule => backups::delete_schedule(state, &caller, p(0)).await,
     };
     Ok(reply?.into())
 }

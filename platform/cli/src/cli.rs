@@ -40,7 +40,7 @@ pub enum Command {
     /// Run the whole platform on this machine (Redis, API, coordinator, a runner, balancer).
     Up(crate::up::UpArgs),
     /// Run the registry API server.
-    Api(crate::services::ApiArgs),
+    Api(Box<crate::services::ApiArgs>),
     /// Run a runner: the instances the coordinator assigns to this machine.
     Runner(crate::services::RunnerArgs),
     /// Run a coordinator (one leads at a time; start several for failover).
@@ -101,6 +101,10 @@ pub enum Command {
     Balancers,
     /// An app's add-ons (a PostgreSQL database, a Redis): list, create, destroy.
     Addons(crate::platform_verbs::AddonsArgs),
+    /// An app's PostgreSQL database: `pier pg backups` captures, lists, downloads, restores
+    /// and schedules its backups.
+    #[command(subcommand)]
+    Pg(crate::pg::PgCmd),
     /// An app's log drains (syslog or HTTPS endpoints its lines are forwarded to): list, add,
     /// remove.
     Drains(crate::drains::DrainsArgs),
@@ -432,6 +436,7 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
         | Command::Git(_)
         | Command::GitHook(_) => return Err(CliError::Usage("not a client verb".into())),
         Command::Drains(args) => return crate::drains::run(cli, &client, args, out).await,
+        Command::Pg(cmd) => return crate::pg::run(cli, &client, cmd, out).await,
         Command::Run(args) => return crate::run::run(&client, args, out).await,
         Command::Stop { app, process } => {
             return crate::run::stop(&client, app, process, out).await

@@ -5,6 +5,7 @@ mod cli;
 mod drainer;
 mod drains;
 mod git;
+mod pg;
 mod platform_verbs;
 mod run;
 mod services;

@@ -105,6 +105,15 @@ pub struct ApiArgs {
     /// ACL SETUSER). Never the registry's Redis unless named here.
     #[arg(long, env = "PIER_ADDON_REDIS_URL", hide_env_values = true)]
     pub addon_redis: Option<String>,
+    /// Where PostgreSQL add-ons' backups are kept: a directory or file:///DIR (made mode 0700;
+    /// refused when another user owns it or others may read it), or s3://BUCKET/PREFIX (built
+    /// with the `aws` feature; credentials and region from the AWS_* variables). Default:
+    /// `backups` beside the slug store (.pier/backups for .pier/slugs).
+    #[arg(long, env = "PIER_BACKUP_STORE")]
+    pub backup_store: Option<String>,
+    /// Tests only: seconds added to the backups' clock (schedules, retention, records).
+    #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
+    pub backup_clock_offset_s: i64,
 }
 
 /// Where the registry and the platform state live (every service's first two flags).
@@ -387,6 +396,20 @@ pub async fn serve_api(
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr: SocketAddr = listener.local_addr().context("local address")?;
     let git = git_state(args, &slugs, addr)?;
+    let backup_store = args.backup_store.clone().unwrap_or_else(|| {
+        slugs
+            .dir()
+            .parent()
+            .map_or_else(|| PathBuf::from("backups"), |p| p.join("backups"))
+            .display()
+            .to_string()
+    });
+    let mut backups = pier_api::backups::Backups::new(
+        pier_api::backup_store::BackupStore::open(&backup_store)
+            .with_context(|| format!("opening the backup store (--backup-store {backup_store})"))?,
+    );
+    backups.clock_offset_ms = args.backup_clock_offset_s.saturating_mul(1000);
+    let backup_store = backups.store.describe.clone();
     let state = Arc::new(
         ApiState::new(
             registry,
@@ -425,12 +448,14 @@ pub async fn serve_api(
                 ),
             },
         })
-        .with_git(git),
+        .with_git(git)
+        .with_backups(backups),
     );
-    tracing::info!(%addr, redis = %args.redis.url, prefix = %args.redis.prefix, slug_store = %args.slug_store, "pier api listening");
-    pier_api::server::serve(listener, state, shutdown)
-        .await
-        .context("serving")?;
+    let scheduler = tokio::spawn(pier_api::backup_schedule::run(state.clone()));
+    tracing::info!(%addr, redis = %args.redis.url, prefix = %args.redis.prefix, slug_store = %args.slug_store, backup_store, "pier api listening");
+    let served = pier_api::server::serve(listener, state, shutdown).await;
+    scheduler.abort();
+    served.context("serving")?;
     tracing::info!("pier api stopped");
     Ok(())
 }

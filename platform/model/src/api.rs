@@ -576,3 +576,109 @@ pub struct RunList {
     /// Newest first (at most the last 100).
     pub runs: Vec<RunView>,
 }
+
+/// One backup of an app's PostgreSQL database: a `pg_dump -Fc` archive in the backup store,
+/// with its SHA-256. It is also the record the platform keeps (`pier:backups:<app>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = Backup)]
+pub struct BackupView {
+    pub app: String,
+    /// The backup's number within the app (1, 2, ...).
+    pub id: u64,
+    /// `running` (being captured), `succeeded` (stored and checksummed) or `failed` (with
+    /// `reason`; never offered for restore).
+    pub state: String,
+    /// `manual` (kept until deleted) or `scheduled` (removed by the schedule's retention).
+    pub kind: String,
+    /// Who asked for it: `operator`, `owner:<app>` or `schedule`.
+    pub by: String,
+    pub created_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub finished_ms: Option<u64>,
+    /// The archive's size in bytes (once succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub size: Option<u64>,
+    /// The archive's SHA-256, hex (once succeeded): a restore checks it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub sha256: Option<String>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub reason: Option<String>,
+    /// The last time it was restored into the app's database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub restored_ms: Option<u64>,
+}
+
+/// `GET /v1/apps/{app}/backups`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackupList {
+    /// Newest first.
+    pub backups: Vec<BackupView>,
+}
+
+/// How many scheduled backups are kept: the newest of each of the last `daily` days, `weekly`
+/// weeks (Monday to Sunday) and `monthly` months, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRetention {
+    pub daily: u32,
+    pub weekly: u32,
+    pub monthly: u32,
+}
+
+impl Default for BackupRetention {
+    fn default() -> Self {
+        BackupRetention {
+            daily: 7,
+            weekly: 4,
+            monthly: 12,
+        }
+    }
+}
+
+/// An app's backup schedule: a capture every day at `at` (UTC), then retention.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackupSchedule {
+    pub app: String,
+    /// `HH:MM`, UTC.
+    pub at: String,
+    pub retention: BackupRetention,
+    /// When it was set: a day's capture is due only if its time is after this.
+    pub since_ms: u64,
+    pub by: String,
+}
+
+/// Body of `PUT /v1/apps/{app}/backup-schedule`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewBackupSchedule {
+    /// `HH:MM`, UTC.
+    pub at: String,
+    /// Days kept (7 by default).
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub daily: Option<u32>,
+    /// Weeks kept (4 by default).
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub weekly: Option<u32>,
+    /// Months kept (12 by default).
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub monthly: Option<u32>,
+}
+
+/// Body of `POST /v1/apps/{app}/backups/{backup}/restore`: a restore replaces the database's
+/// contents, so the app's name must be repeated.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreBackup {
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub confirm: Option<String>,
+}

@@ -362,6 +362,72 @@ impl ApiClient {
         Ok(ApiResponse { status, body, text })
     }
 
+    /// `GET path` of a file (a backup's archive): each piece of a successful answer goes to
+    /// `sink` as it arrives, never held whole; an error status is returned as
+    /// [`ApiClient::call`] returns it. Returns the answer (its body empty on success) and its
+    /// headers. Waits at most `idle` for each piece; a body cut short of its length is an
+    /// error.
+    pub async fn download(
+        &self,
+        path: &str,
+        idle: Duration,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(ApiResponse, http::HeaderMap), ClientError> {
+        let addr = self.authority.clone();
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}{path}", self.base_path))
+            .header(header::HOST, &self.authority);
+        if let Some(t) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Request(e.to_string()))?;
+        let http = |e: hyper::Error| ClientError::Http(addr.clone(), e.to_string());
+        let stream = tokio::time::timeout(self.timeout, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| ClientError::Timeout(addr.clone(), self.timeout))?
+            .map_err(|source| ClientError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut resp = tokio::time::timeout(idle, sender.send_request(req))
+            .await
+            .map_err(|_| ClientError::Timeout(addr.clone(), idle))?
+            .map_err(http)?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let mut whole = Vec::new();
+        loop {
+            let frame = tokio::time::timeout(idle, resp.body_mut().frame())
+                .await
+                .map_err(|_| ClientError::Timeout(addr.clone(), idle))?;
+            let Some(frame) = frame else { break };
+            let Ok(data) = frame.map_err(http)?.into_data() else {
+                continue;
+            };
+            if status.is_success() {
+                sink(&data)
+                    .map_err(|e| ClientError::Request(format!("writing the download: {e}")))?;
+            } else {
+                whole.extend_from_slice(&data);
+                if whole.len() > 1 << 20 {
+                    return Err(ClientError::TooLarge(addr, 1 << 20));
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&whole).into_owned();
+        let body = serde_json::from_slice(&whole).unwrap_or(serde_json::Value::Null);
+        Ok((ApiResponse { status, body, text }, headers))
+    }
+
     /// Sets how long [`ApiClient::call`] waits for a whole answer.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;

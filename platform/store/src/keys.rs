@@ -135,4 +135,30 @@ impl PlatformKeys {
     pub fn drain_cursor_prefix(&self, app: &str) -> String {
         format!("{}drain_cursor:{app}:", self.prefix)
     }
+
+    /// Hash: backup id → [`pier_model::api::BackupView`] JSON: the app's PostgreSQL backups.
+    pub fn backups(&self, app: &str) -> String {
+        format!("{}backups:{app}", self.prefix)
+    }
+
+    /// Counter: the app's last backup id.
+    pub fn backup_seq(&self, app: &str) -> String {
+        format!("{}backup_seq:{app}", self.prefix)
+    }
+
+    /// String with an expiry: who captures or restores the app's database now (one at a time).
+    pub fn backup_lock(&self, app: &str) -> String {
+        format!("{}backup_lock:{app}", self.prefix)
+    }
+
+    /// Hash: app → [`pier_model::api::BackupSchedule`] JSON.
+    pub fn backup_schedules(&self) -> String {
+        format!("{}backup_schedules", self.prefix)
+    }
+
+    /// String with an expiry: the API that took the app's scheduled capture of `day`
+    /// (`YYYY-MM-DD`), so several APIs capture it once.
+    pub fn backup_day(&self, app: &str, day: &str) -> String {
+        format!("{}backup_day:{app}:{day}", self.prefix)
+    }
 }

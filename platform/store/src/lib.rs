@@ -18,7 +18,10 @@
 //! - [`stats`]: the stats buckets balancers and runners write and `pier stats` reads.
 //! - [`drains`]: log drains, their cursors, and the drainer's fenced progress.
 //! - [`runs`]: one-off processes (`pier run`): each writer its own field of a run's record.
+//! - [`backups`]: PostgreSQL backups' records, the one-at-a-time lock, schedules and the
+//!   per-day claim of a scheduled capture.
 
+pub mod backups;
 pub mod drains;
 pub mod keys;
 pub mod lease;
