@@ -243,9 +243,10 @@ checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]
 # Where a schema-valid request is refused for what no schema can state, 422 is the answer:
 # a name's IDNA form and public-suffix status and a claim's DNS proof (domains), a
 # certificate's contents, a drain URL's host resolving and its address, a backend's IPv6
-# address form, and an add-on kind this platform has no server for.
+# address form, and an add-on kind this platform has no server for. A backup or a backup
+# schedule needs a PostgreSQL add-on, which this API has no server for: 409 is the answer.
 [[operations]]
-include-operation-id = ["addDomain", "verifyDomain", "putCert", "addDrain", "addBackend", "createAddon"]
+include-operation-id = ["addDomain", "verifyDomain", "putCert", "addDrain", "addBackend", "createAddon", "captureBackup", "putBackupSchedule"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 TOML
 
