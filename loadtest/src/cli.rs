@@ -43,6 +43,18 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
+    /// Merge the --json reports of generators that loaded one target together (see
+    /// --start-at) into one report: counts added, percentiles from the merged histograms.
+    Merge {
+        /// The reports (JSON files written with --json).
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// Print the detailed latency distribution.
+        #[arg(long)]
+        latency: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -117,6 +129,11 @@ pub struct LoadArgs {
     /// server is spared wake-ups. Default 20us in the closed model, 0 (off) with -R.
     #[arg(long, value_parser = parse_duration)]
     pub coalesce: Option<Duration>,
+    /// Start loading at this wall-clock time (RFC 3339 in UTC, e.g. 2026-12-06T10:30:00Z, or
+    /// Unix seconds), so generators on several machines start together; their --json reports then
+    /// merge second by second (pier-load merge).
+    #[arg(long, value_name = "TIME", value_parser = parse_start_at)]
+    pub start_at: Option<std::time::SystemTime>,
     /// Target URL (http:// or https://).
     #[arg(required = true)]
     pub url: Option<String>,
@@ -139,6 +156,19 @@ pub struct OutputArgs {
     /// Never print the live progress line (it is only printed on a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// `--start-at`: RFC 3339 in UTC (`2026-12-06T10:30:00Z`, fractions of a second allowed) or
+/// Unix seconds.
+pub fn parse_start_at(s: &str) -> Result<std::time::SystemTime, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: u64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        return Ok(std::time::UNIX_EPOCH + Duration::from_secs(secs));
+    }
+    humantime::parse_rfc3339_weak(s).map_err(|e| {
+        format!("{s:?} is not an RFC 3339 time (2026-12-06T10:30:00Z) or Unix seconds: {e}")
+    })
 }
 
 /// Command-line values that do not make a runnable configuration.

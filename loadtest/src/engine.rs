@@ -423,18 +423,12 @@ fn collect_seconds(
     let mut rows = Vec::new();
     let mut done = 0;
     let finish = |second: u64, p: Pending| {
-        let q = |v: f64| p.latency.value_at_quantile(v);
-        SecondRow {
+        SecondRow::new(
             second,
-            span: (duration - second as f64).clamp(0.0, 1.0),
-            responses: p.responses,
-            errors: p.errors,
-            bytes: p.bytes,
-            p50_us: q(0.5),
-            p90_us: q(0.9),
-            p99_us: q(0.99),
-            max_us: p.latency.max(),
-        }
+            (duration - second as f64).clamp(0.0, 1.0),
+            (p.responses, p.errors, p.bytes),
+            p.latency,
+        )
     };
     while done < cfg.threads {
         match rx.recv() {
@@ -474,10 +468,7 @@ fn collect_seconds(
     rows.sort_by_key(|r| r.second);
     rows.dedup_by(|later, earlier| {
         if later.second == earlier.second {
-            earlier.responses += later.responses;
-            earlier.errors += later.errors;
-            earlier.bytes += later.bytes;
-            earlier.max_us = earlier.max_us.max(later.max_us);
+            earlier.absorb(later);
             true
         } else {
             false
@@ -533,6 +524,7 @@ impl Report {
                 })
                 .collect(),
             series: Vec::new(),
+            merged_from: Vec::new(),
         }
     }
 }

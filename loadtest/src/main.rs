@@ -25,6 +25,27 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(Command::Merge {
+        files,
+        latency,
+        output,
+    }) = &cli.command
+    {
+        let mut reports = Vec::new();
+        for f in files {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", f.display()))?;
+            let r = pier_load::report::load::from_value(&v)
+                .with_context(|| format!("{} cannot be merged", f.display()))?;
+            reports.push((f.display().to_string(), r));
+        }
+        let report = pier_load::report::merge::merge(reports)?;
+        eprintln!("merged {} reports", report.merged_from.len());
+        return finish(&report, *latency, output);
+    }
+
     if let Some(Command::Scenario { file, rounds, json }) = cli.command {
         let mut s = scenario::load(&file)?;
         if let Some(r) = rounds {
@@ -65,6 +86,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 
     let cfg = build_config(&cli.load)?;
+    if let Some(at) = cli.load.start_at {
+        wait_until(at)?;
+    }
     let progress = !cli.output.no_progress && std::io::stderr().is_terminal();
     let total = cfg.duration.as_secs();
     let mut on_second = |row: &SecondRow| {
@@ -86,23 +110,56 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     if progress {
         eprint!("\r\x1b[2K");
     }
+    finish(&report, cli.load.latency, &cli.output)
+}
+
+/// Sleeps until `at` (`--start-at`), saying so; refuses a time already past or a day away.
+fn wait_until(at: std::time::SystemTime) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now();
+    let when = humantime::format_rfc3339_millis(at);
+    match at.duration_since(now) {
+        Ok(wait) if wait > std::time::Duration::from_secs(24 * 3600) => {
+            anyhow::bail!("--start-at {when} is more than a day away")
+        }
+        Ok(wait) => {
+            eprintln!(
+                "pier-load: starting at {when} (in {:.1} s)",
+                wait.as_secs_f64()
+            );
+            std::thread::sleep(wait);
+            Ok(())
+        }
+        Err(e) if e.duration() < std::time::Duration::from_millis(500) => Ok(()),
+        Err(e) => anyhow::bail!(
+            "--start-at {when} has passed ({:.1} s ago): the generators would not start together",
+            e.duration().as_secs_f64()
+        ),
+    }
+}
+
+/// Prints `report` and writes the files `output` asks for; the exit code follows --fail-if.
+fn finish(
+    report: &pier_load::Report,
+    latency: bool,
+    output: &pier_load::cli::OutputArgs,
+) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    human::write(&report, cli.load.latency, &mut out)?;
-    if let Some(p) = &cli.output.json {
-        std::fs::write(p, json::to_string(&report))
+    human::write(report, latency, &mut out)?;
+    if let Some(p) = &output.json {
+        std::fs::write(p, json::to_string(report))
             .with_context(|| format!("writing {}", p.display()))?;
     }
-    if let Some(p) = &cli.output.csv {
-        std::fs::write(p, csv::to_string(&report))
+    if let Some(p) = &output.csv {
+        std::fs::write(p, csv::to_string(report))
             .with_context(|| format!("writing {}", p.display()))?;
     }
-    if let Some(p) = &cli.output.html {
-        std::fs::write(p, html::to_string(&report))
+    if let Some(p) = &output.html {
+        std::fs::write(p, html::to_string(report))
             .with_context(|| format!("writing {}", p.display()))?;
     }
     let mut failed = false;
-    for t in &cli.output.fail_if {
-        if let Some(msg) = t.violated(&report) {
+    for t in &output.fail_if {
+        if let Some(msg) = t.violated(report) {
             writeln!(out, "{msg}")?;
             failed = true;
         }

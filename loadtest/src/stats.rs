@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Latencies are recorded in microseconds up to one hour.
 pub const LATENCY_MAX_US: u64 = 3_600_000_000;
@@ -43,7 +43,7 @@ pub enum ErrorKind {
 }
 
 /// Failures by kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorCounts {
     pub connect: u64,
     pub read: u64,
@@ -77,7 +77,7 @@ impl ErrorCounts {
 }
 
 /// Responses by status class.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusCounts {
     #[serde(rename = "1xx")]
     pub s1xx: u64,

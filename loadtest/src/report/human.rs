@@ -48,6 +48,14 @@ pub fn write(r: &Report, detail: bool, out: &mut dyn Write) -> io::Result<()> {
         "  {} threads and {} connections, {model}, {proto}",
         r.threads, r.connections
     )?;
+    if !r.merged_from.is_empty() {
+        writeln!(
+            out,
+            "  merged from {} reports: {}",
+            r.merged_from.len(),
+            r.merged_from.join(", ")
+        )?;
+    }
     if !r.warmup.is_zero() {
         writeln!(
             out,

@@ -4,7 +4,7 @@
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
-use super::{Report, PERCENTILES};
+use super::{hdr, Report, SecondRow, PERCENTILES};
 use crate::config::Protocol;
 
 /// The schema identifier written into every report.
@@ -102,8 +102,23 @@ pub fn to_value(r: &Report) -> Value {
         },
         "per_host_summary": host_summary(r),
         "per_host": if r.per_host.len() <= PER_HOST_LIMIT { json!(r.per_host) } else { json!([]) },
-        "series": r.series,
+        "series": r.series.iter().map(series_row).collect::<Vec<_>>(),
+        "histograms": {
+            "encoding": hdr::ENCODING,
+            "corrected": hdr::encode(&r.latency),
+            "service": hdr::encode(&r.service),
+        },
+        "merged_from": r.merged_from,
     })
+}
+
+/// A row of the series, with its second's histogram (`latency_hdr`) for merging.
+fn series_row(row: &SecondRow) -> Value {
+    let mut v = json!(row);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("latency_hdr".into(), json!(hdr::encode(&row.latency)));
+    }
+    v
 }
 
 pub fn to_string(r: &Report) -> String {

@@ -2,14 +2,17 @@
 //! (versioned schema), [`csv`] (per-second series) and [`html`] (one self-contained page).
 
 pub mod csv;
+pub mod hdr;
 pub mod html;
 pub mod human;
 pub mod json;
+pub mod load;
+pub mod merge;
 
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{HostMode, LoadModel, Protocol};
 use crate::stats::{ErrorCounts, StatusCounts};
@@ -18,7 +21,7 @@ use crate::stats::{ErrorCounts, StatusCounts};
 pub const PERCENTILES: [f64; 9] = [50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99, 99.999, 100.0];
 
 /// Per-host outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRow {
     pub host: String,
     pub responses: u64,
@@ -40,9 +43,53 @@ pub struct SecondRow {
     pub p90_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
+    /// This second's latencies (what the percentiles above are read from; kept so rows of
+    /// several threads or generators merge exactly). Written to JSON as `latency_hdr`.
+    #[serde(skip)]
+    pub latency: Histogram<u32>,
 }
 
 impl SecondRow {
+    /// A row of `responses`, `errors` and `bytes` whose percentiles are read from `latency`.
+    pub fn new(
+        second: u64,
+        span: f64,
+        (responses, errors, bytes): (u64, u64, u64),
+        latency: Histogram<u32>,
+    ) -> SecondRow {
+        let mut row = SecondRow {
+            second,
+            span,
+            responses,
+            errors,
+            bytes,
+            p50_us: 0,
+            p90_us: 0,
+            p99_us: 0,
+            max_us: 0,
+            latency,
+        };
+        row.read_percentiles();
+        row
+    }
+
+    /// Adds `other` (the same second, from another thread or generator) to this row.
+    pub fn absorb(&mut self, other: &SecondRow) {
+        self.responses += other.responses;
+        self.errors += other.errors;
+        self.bytes += other.bytes;
+        self.span = self.span.max(other.span);
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+        self.read_percentiles();
+    }
+
+    fn read_percentiles(&mut self) {
+        let q = |v: f64| self.latency.value_at_quantile(v);
+        (self.p50_us, self.p90_us, self.p99_us) = (q(0.5), q(0.9), q(0.99));
+        self.max_us = self.latency.max();
+    }
+
     pub fn rps(&self) -> f64 {
         if self.span > 0.0 {
             self.responses as f64 / self.span
@@ -86,6 +133,8 @@ pub struct Report {
     pub first_connect_error: Option<String>,
     pub per_host: Vec<HostRow>,
     pub series: Vec<SecondRow>,
+    /// The reports this one was merged from (`pier-load merge`), empty for a run.
+    pub merged_from: Vec<String>,
 }
 
 impl Report {
