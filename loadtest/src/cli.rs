@@ -156,6 +156,10 @@ pub struct OutputArgs {
     /// Never print the live progress line (it is only printed on a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
+    /// A full-screen live view on the terminal (requests/s, latency, statuses, errors as they
+    /// happen, hosts); without a terminal, ignored.
+    #[arg(long)]
+    pub tui: bool,
 }
 
 /// `--start-at`: RFC 3339 in UTC (`2026-12-06T10:30:00Z`, fractions of a second allowed) or

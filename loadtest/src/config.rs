@@ -74,7 +74,13 @@ pub struct RunConfig {
     /// Under load, wait this long before sleeping in epoll so answers are collected in
     /// batches (see `coalesce`); zero disables.
     pub coalesce: Duration,
+    /// Count each second's responses and errors per host too (for the live view; at most
+    /// [`LIVE_HOSTS_MAX`] hosts).
+    pub live_hosts: bool,
 }
+
+/// Most hosts counted second by second for the live view.
+pub const LIVE_HOSTS_MAX: usize = 1000;
 
 /// A configuration that cannot run.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -119,6 +125,7 @@ impl RunConfig {
             timeout: Some(Duration::from_secs(2)),
             tls: TlsOptions::default(),
             coalesce: crate::coalesce::DEFAULT,
+            live_hosts: false,
         }
     }
 

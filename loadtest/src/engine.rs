@@ -18,7 +18,10 @@ use crate::config::{ConfigError, HostMode, LoadModel, Protocol, RunConfig};
 use crate::h2conn::{H2TemplateError, H2Templates};
 use crate::report::{HostRow, Report, SecondRow};
 use crate::schedule::Schedule;
-use crate::stats::{latency_histogram, second_histogram, ErrorKind, Recorder, SecondSnapshot};
+use crate::stats::{
+    latency_histogram, second_histogram, ErrorCounts, ErrorKind, HostCounts, Recorder,
+    SecondSnapshot, StatusCounts,
+};
 use crate::target::{RequestSet, Scheme};
 use crate::tls::{client_config, server_name, TlsError};
 
@@ -154,7 +157,8 @@ pub(crate) async fn connect(ctx: &ThreadCtx, host: usize) -> std::io::Result<Con
 }
 
 enum Msg {
-    Second(SecondSnapshot),
+    // Boxed: a second's snapshot (histogram, counts) is large, and one is sent per second.
+    Second(Box<SecondSnapshot>),
     Done,
 }
 
@@ -338,6 +342,7 @@ fn worker_thread(
             sh.measure_start,
             cfg.model != LoadModel::Closed,
             cfg.hosts.len(),
+            cfg.live_hosts && cfg.hosts.len() <= crate::config::LIVE_HOSTS_MAX,
         )),
         schedule,
         rotate: Cell::new(0),
@@ -374,8 +379,8 @@ fn worker_thread(
     let mut last = rec.take_second(0);
     // Whatever arrived after the last tick belongs to the last (possibly partial) second.
     last.second = last.second.min(total_secs - 1);
-    let _ = tx.send(Msg::Second(last));
-    let recorder = std::mem::replace(&mut *rec, Recorder::new(sh.measure_start, false, 0));
+    let _ = tx.send(Msg::Second(Box::new(last)));
+    let recorder = std::mem::replace(&mut *rec, Recorder::new(sh.measure_start, false, 0, false));
     drop(rec);
     let unsent = ctx.schedule.as_ref().map_or(0, Schedule::unsent);
     let first_connect_error = ctx.first_connect_error.borrow_mut().take();
@@ -398,7 +403,7 @@ async fn ticker(ctx: Rc<ThreadCtx>, tx: mpsc::Sender<Msg>) {
         }
         tokio::time::sleep_until(at.into()).await;
         let snap = ctx.recorder.borrow_mut().take_second(k);
-        if tx.send(Msg::Second(snap)).is_err() {
+        if tx.send(Msg::Second(Box::new(snap))).is_err() {
             return;
         }
         k += 1;
@@ -417,18 +422,25 @@ fn collect_seconds(
         errors: u64,
         bytes: u64,
         latency: Histogram<u32>,
+        status: StatusCounts,
+        error_kinds: ErrorCounts,
+        hosts: Vec<HostCounts>,
     }
     let duration = cfg.duration.as_secs_f64();
     let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
     let mut rows = Vec::new();
     let mut done = 0;
     let finish = |second: u64, p: Pending| {
-        SecondRow::new(
+        let mut row = SecondRow::new(
             second,
             (duration - second as f64).clamp(0.0, 1.0),
             (p.responses, p.errors, p.bytes),
             p.latency,
-        )
+        );
+        row.status = p.status;
+        row.error_kinds = p.error_kinds;
+        row.hosts = p.hosts;
+        row
     };
     while done < cfg.threads {
         match rx.recv() {
@@ -440,12 +452,18 @@ fn collect_seconds(
                     errors: 0,
                     bytes: 0,
                     latency: second_histogram(),
+                    status: StatusCounts::default(),
+                    error_kinds: ErrorCounts::default(),
+                    hosts: Vec::new(),
                 });
                 entry.reports += 1;
                 entry.responses += s.responses;
                 entry.errors += s.errors;
                 entry.bytes += s.bytes;
                 let _ = entry.latency.add(&s.latency);
+                entry.status.add(&s.status);
+                entry.error_kinds.add(&s.error_kinds);
+                crate::stats::add_hosts(&mut entry.hosts, &s.hosts);
                 // Emit every leading second that all threads have reported.
                 while let Some(first) = pending.first_entry() {
                     if first.get().reports < cfg.threads {

@@ -18,6 +18,7 @@
 //! - [`schedule`]: the open model's arrival schedule.
 //! - [`stats`]: per-thread recording; [`report`]: merged results and their renderings.
 //! - [`threshold`]: `--fail-if`; [`units`]: durations and sizes as people write them.
+//! - [`live`]: `--tui`, the full-screen live view.
 
 pub mod cli;
 pub mod coalesce;
@@ -26,6 +27,7 @@ pub mod engine;
 pub mod h1;
 pub mod h2conn;
 pub mod hosts;
+pub mod live;
 pub mod report;
 pub mod scenario;
 pub mod schedule;

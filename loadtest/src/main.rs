@@ -85,14 +85,35 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let cfg = build_config(&cli.load)?;
+    let mut cfg = build_config(&cli.load)?;
+    let on_terminal = std::io::stderr().is_terminal();
+    if cli.output.tui && !on_terminal {
+        eprintln!("pier-load: --tui ignored: stderr is not a terminal");
+    }
+    let tui = cli.output.tui && on_terminal;
+    cfg.live_hosts = tui && cfg.hosts.len() > 1;
     if let Some(at) = cli.load.start_at {
         wait_until(at)?;
     }
-    let progress = !cli.output.no_progress && std::io::stderr().is_terminal();
+    let progress = !tui && !cli.output.no_progress && on_terminal;
     let total = cfg.duration.as_secs();
+    let mut view = if tui {
+        let title = format!(
+            "{}  {} threads, {} connections",
+            cli.load.url.as_deref().unwrap_or_default(),
+            cfg.threads,
+            cfg.connections
+        );
+        let hosts = cfg.hosts.iter().map(|h| h.name.clone()).collect();
+        Some(pier_load::live::LiveView::start(title, total, hosts)?)
+    } else {
+        None
+    };
     let mut on_second = |row: &SecondRow| {
-        if progress {
+        if let Some(v) = view.as_mut() {
+            // A terminal that cannot be written to must not stop the run.
+            let _ = v.second(row);
+        } else if progress {
             let mut err = std::io::stderr().lock();
             let _ = write!(
                 err,
@@ -106,7 +127,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let _ = err.flush();
         }
     };
-    let report = pier_load::run(&cfg, &mut on_second)?;
+    let report = pier_load::run(&cfg, &mut on_second);
+    drop(view);
+    let report = report?;
     if progress {
         eprint!("\r\x1b[2K");
     }

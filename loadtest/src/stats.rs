@@ -133,6 +133,18 @@ pub struct HostCounts {
     pub mismatched: u64,
 }
 
+/// Adds `more` to `into`, host by host.
+pub fn add_hosts(into: &mut Vec<HostCounts>, more: &[HostCounts]) {
+    if into.len() < more.len() {
+        into.resize(more.len(), HostCounts::default());
+    }
+    for (a, b) in into.iter_mut().zip(more) {
+        a.responses += b.responses;
+        a.errors += b.errors;
+        a.mismatched += b.mismatched;
+    }
+}
+
 /// One thread's numbers for one second of the measured window.
 #[derive(Debug, Clone)]
 pub struct SecondSnapshot {
@@ -141,16 +153,23 @@ pub struct SecondSnapshot {
     pub errors: u64,
     pub bytes: u64,
     pub latency: Histogram<u32>,
+    pub status: StatusCounts,
+    pub error_kinds: ErrorCounts,
+    /// This second's counts per host (empty unless the run counts them: the live view).
+    pub hosts: Vec<HostCounts>,
 }
 
 impl SecondSnapshot {
-    fn new(second: u64) -> SecondSnapshot {
+    fn new(second: u64, hosts: usize) -> SecondSnapshot {
         SecondSnapshot {
             second,
             responses: 0,
             errors: 0,
             bytes: 0,
             latency: second_histogram(),
+            status: StatusCounts::default(),
+            error_kinds: ErrorCounts::default(),
+            hosts: vec![HostCounts::default(); hosts],
         }
     }
 }
@@ -177,10 +196,20 @@ pub struct Recorder {
     pub warmup_requests: u64,
     pub per_host: Vec<HostCounts>,
     current: SecondSnapshot,
+    /// Hosts counted second by second (0: none).
+    live_hosts: usize,
 }
 
 impl Recorder {
-    pub fn new(measure_start: Instant, open_model: bool, hosts: usize) -> Recorder {
+    /// A recorder for `hosts` hosts; `live_hosts` of them (all or none) are also counted
+    /// second by second.
+    pub fn new(
+        measure_start: Instant,
+        open_model: bool,
+        hosts: usize,
+        live_hosts: bool,
+    ) -> Recorder {
+        let live_hosts = if live_hosts { hosts } else { 0 };
         Recorder {
             measure_start,
             open_model,
@@ -195,7 +224,8 @@ impl Recorder {
             mismatched: 0,
             warmup_requests: 0,
             per_host: vec![HostCounts::default(); hosts],
-            current: SecondSnapshot::new(0),
+            current: SecondSnapshot::new(0, live_hosts),
+            live_hosts,
         }
     }
 
@@ -225,6 +255,7 @@ impl Recorder {
                 .saturating_record(micros(now.saturating_duration_since(sent)));
         }
         self.status.bump(status);
+        self.current.status.bump(status);
         self.current.responses += 1;
         if !(200..400).contains(&status) {
             self.current.errors += 1;
@@ -238,6 +269,10 @@ impl Recorder {
             h.responses += 1;
             h.mismatched += u64::from(mismatch);
         }
+        if let Some(h) = self.current.hosts.get_mut(host) {
+            h.responses += 1;
+            h.mismatched += u64::from(mismatch);
+        }
     }
 
     /// A request (or connection attempt) that failed without a response; `due` as above.
@@ -246,8 +281,12 @@ impl Recorder {
             return;
         }
         self.errors.bump(kind);
+        self.current.error_kinds.bump(kind);
         self.current.errors += 1;
         if let Some(h) = host.and_then(|h| self.per_host.get_mut(h)) {
+            h.errors += 1;
+        }
+        if let Some(h) = host.and_then(|h| self.current.hosts.get_mut(h)) {
             h.errors += 1;
         }
     }
@@ -275,6 +314,9 @@ impl Recorder {
 
     /// Hands over the current second's numbers and starts second `next`.
     pub fn take_second(&mut self, next: u64) -> SecondSnapshot {
-        std::mem::replace(&mut self.current, SecondSnapshot::new(next))
+        std::mem::replace(
+            &mut self.current,
+            SecondSnapshot::new(next, self.live_hosts),
+        )
     }
 }

@@ -231,3 +231,59 @@ fn reports_of_generators_started_together_merge_exactly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `--tui` on a terminal (a pseudo-terminal from the test kit): the alternate screen, the live
+/// numbers, the hosts table, the terminal given back, then the usual summary; without a
+/// terminal it is ignored, saying so.
+#[test]
+fn the_live_view_draws_on_a_terminal_and_gives_it_back() {
+    let server = start(Behaviour::default());
+    let mut cmd = pier_load();
+    cmd.args([
+        "-t1",
+        "-c2",
+        "-d3s",
+        "--tui",
+        "--host-pattern",
+        "app{1..3}.test",
+    ])
+    .arg(server.url());
+    let mut t = pier_testkit::pty::PtyProcess::spawn(&cmd, 120, 40);
+    let status = t.wait(std::time::Duration::from_secs(30));
+    let out = t.output();
+    assert!(status.success(), "{out}");
+    let enter = out
+        .find("\x1b[?1049h")
+        .expect("the alternate screen is entered");
+    let leave = out
+        .rfind("\x1b[?1049l")
+        .expect("the alternate screen is left");
+    let view = &out[enter..leave];
+    for want in [
+        "req/s over time",
+        "p99 over time",
+        "errors as they happen",
+        "2xx ",
+        "app1.test",
+        "app3.test",
+        "3s / 3s",
+    ] {
+        assert!(view.contains(want), "{want:?} not in the view:\n{view}");
+    }
+    // The summary is printed on the normal screen, after the view.
+    assert!(out[leave..].contains("Requests/sec:"), "{out}");
+    assert!(
+        out.rfind("\x1b[?25h") > out.rfind("\x1b[?25l"),
+        "the cursor is shown again"
+    );
+
+    let out = pier_load()
+        .args(["-t1", "-c1", "-d500ms", "--tui"])
+        .arg(server.url())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tui ignored"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Requests/sec:"));
+}

@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{HostMode, LoadModel, Protocol};
-use crate::stats::{ErrorCounts, StatusCounts};
+use crate::stats::{ErrorCounts, HostCounts, StatusCounts};
 
 /// Percentiles printed and exported (100 is the maximum).
 pub const PERCENTILES: [f64; 9] = [50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99, 99.999, 100.0];
@@ -47,6 +47,14 @@ pub struct SecondRow {
     /// several threads or generators merge exactly). Written to JSON as `latency_hdr`.
     #[serde(skip)]
     pub latency: Histogram<u32>,
+    /// This second's responses by status class, and failures by kind (for the live view).
+    #[serde(skip)]
+    pub status: StatusCounts,
+    #[serde(skip)]
+    pub error_kinds: ErrorCounts,
+    /// This second's counts per host, when the run counted them (the live view).
+    #[serde(skip)]
+    pub hosts: Vec<HostCounts>,
 }
 
 impl SecondRow {
@@ -68,6 +76,9 @@ impl SecondRow {
             p99_us: 0,
             max_us: 0,
             latency,
+            status: StatusCounts::default(),
+            error_kinds: ErrorCounts::default(),
+            hosts: Vec::new(),
         };
         row.read_percentiles();
         row
@@ -81,6 +92,9 @@ impl SecondRow {
         self.span = self.span.max(other.span);
         // Same bounds on both sides: adding cannot fail.
         let _ = self.latency.add(&other.latency);
+        self.status.add(&other.status);
+        self.error_kinds.add(&other.error_kinds);
+        crate::stats::add_hosts(&mut self.hosts, &other.hosts);
         self.read_percentiles();
     }
 
