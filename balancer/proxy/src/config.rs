@@ -55,6 +55,9 @@ pub struct TelemetryFile {
     pub queue: Option<usize>,
     pub stats_interval: Option<String>,
     pub id: Option<String>,
+    /// Usage reports for billing (requests, bytes in and out per app).
+    pub usage: Option<bool>,
+    pub usage_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -348,8 +351,13 @@ pub struct TelemetrySettings {
     /// Requests waiting for the writer, at most; more are dropped (counted).
     pub queue: usize,
     pub stats_interval: Duration,
-    /// This balancer's name in router lines and stats (default: host name and process id).
+    /// This balancer's name in router lines, stats and usage reports (default: host name and
+    /// process id).
     pub id: String,
+    /// Per-app requests and bytes in and out, reported every `usage_interval` to the usage
+    /// stream (`pier usage`).
+    pub usage: bool,
+    pub usage_interval: Duration,
 }
 
 /// Holding requests of apps that have no live backend yet.
@@ -880,8 +888,14 @@ impl ConfigFile {
                 Duration::from_secs(5),
             ),
             id,
+            usage: t.and_then(|t| t.usage).unwrap_or(true),
+            usage_interval: c.duration(
+                "telemetry.usage_interval",
+                &t.and_then(|t| t.usage_interval.clone()),
+                Duration::from_millis(pier_registry::usage::DEFAULT_INTERVAL_MS),
+            ),
         };
-        (settings.router_lines || settings.stats).then_some(settings)
+        (settings.router_lines || settings.stats || settings.usage).then_some(settings)
     }
 
     /// `[tls]`: required with `https` listeners, refused without them. The default certificate
@@ -1033,10 +1047,12 @@ mod tests {
         let redis =
             "[listen]\nhttp = [\"127.0.0.1:8080\"]\n[routes]\nredis = \"redis://127.0.0.1:6379\"\n";
         let t = parse(redis).unwrap().telemetry.unwrap();
-        assert!(t.router_lines && t.stats);
+        assert!(t.router_lines && t.stats && t.usage);
+        assert_eq!(t.usage_interval, Duration::from_secs(60));
         assert_eq!(t.queue, 16_384);
         assert!(t.id.contains(':'), "{}", t.id);
-        let off = format!("{redis}[telemetry]\nrouter_lines = false\nstats = false\n");
+        let off =
+            format!("{redis}[telemetry]\nrouter_lines = false\nstats = false\nusage = false\n");
         assert_eq!(parse(&off).unwrap().telemetry, None);
         let bad =
             format!("{redis}[telemetry]\nqueue = 0\nid = \"lb 1\"\nstats_interval = \"0s\"\n");

@@ -173,6 +173,9 @@ fn run(
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+    if let Some(t) = &shared.telemetry {
+        t.finish(Duration::from_secs(3));
+    }
     tracing::info!(
         left = shared.open_connections(),
         drained_ms = started.elapsed().as_millis() as u64,

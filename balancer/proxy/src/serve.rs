@@ -610,6 +610,10 @@ fn finish(w: &Worker, client: &mut Client, req: &Request, app: Option<&Arc<App>>
             start: req.start,
             end,
             protocol: "http/1.1",
+            bytes_in: match req.framing.body {
+                BodyKind::Length(n) => n,
+                _ => 0,
+            },
         },
         app,
         o,
@@ -627,6 +631,9 @@ pub(crate) struct Exchange<'a> {
     /// When the answer was complete.
     pub end: Instant,
     pub protocol: &'static str,
+    /// The request body's declared length (`Content-Length`; 0 for none or chunked), for
+    /// usage reports.
+    pub bytes_in: u64,
 }
 
 /// Counts one answered request in the metrics and writes its access log line.

@@ -9,15 +9,23 @@
 //! full or Redis is slow or gone, lines are dropped and counted
 //! (`pier_telemetry_dropped_total`), never waited for; stats keep accumulating in memory and
 //! are written when Redis answers again.
+//!
+//! The same thread adds each request's bytes to its app's usage counters and, at every
+//! `usage_interval` boundary, turns them into a usage report ([`pier_registry::usage`]) for
+//! billing: requests, request body bytes in, response body bytes out. Reports wait in a
+//! bounded outbox while Redis is away and keep their sequence number when written again.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use compact_str::CompactString;
 use pier_registry::telemetry::{logs_key, router_stats_key, RouterWindow, Tier, LOG_STREAM_LEN};
+use pier_registry::usage::{self, Outbox, ReporterKind, UsageReport};
 use pier_routes::App;
 use prometheus::IntCounter;
 use smallvec::SmallVec;
@@ -43,6 +51,8 @@ struct Event {
     app: CompactString,
     status: u16,
     total_us: u64,
+    bytes_in: u64,
+    bytes_out: u64,
     line: Option<Line>,
 }
 
@@ -76,6 +86,10 @@ pub struct Telemetry {
     tx: SyncSender<Event>,
     lines: bool,
     dropped: IntCounter,
+    /// Set at shutdown: the writer writes what it counted, with a final usage report.
+    stop: Arc<AtomicBool>,
+    /// Gets a message when the writer has finished.
+    done: Mutex<Receiver<()>>,
 }
 
 /// Counters the writer keeps in the balancer's metrics.
@@ -98,6 +112,9 @@ impl Telemetry {
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(settings.queue);
         let dropped = metrics.dropped.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done_tx, done_rx) = mpsc::channel();
+        let (_, now_ms) = unix_now();
         let writer = Writer {
             url: redis_url.to_string(),
             prefix: prefix.to_string(),
@@ -111,16 +128,38 @@ impl Telemetry {
             retry_at: None,
             apps: HashMap::default(),
             touched: Vec::new(),
+            usage: settings.usage.then(|| UsageCounts {
+                interval_ms: (settings.usage_interval.as_millis() as u64).max(1),
+                from_ms: now_ms,
+                next_ms: usage::next_boundary(now_ms, settings.usage_interval.as_millis() as u64),
+                apps: HashMap::default(),
+                outbox: Outbox::default(),
+            }),
             metrics,
+            stop: stop.clone(),
         };
         std::thread::Builder::new()
             .name("pier-telemetry".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || {
+                writer.run(rx);
+                let _ = done_tx.send(());
+            })?;
         Ok(Telemetry {
             tx,
             lines: settings.router_lines,
             dropped,
+            stop,
+            done: Mutex::new(done_rx),
         })
+    }
+
+    /// At shutdown: the writer writes its stats and a final usage report (the balancer stopped
+    /// on purpose, so no report is missing after it); waits for that at most `limit`.
+    pub fn finish(&self, limit: Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Ok(done) = self.done.lock() {
+            let _ = done.recv_timeout(limit);
+        }
     }
 
     /// Queues one answered request of `app` that took `total`; never waits.
@@ -130,6 +169,8 @@ impl Telemetry {
             app: app.name.clone(),
             status: o.status,
             total_us: total.as_micros().min(u128::from(u64::MAX)) as u64,
+            bytes_in: x.bytes_in,
+            bytes_out: o.bytes_out,
             line,
         };
         match self.tx.try_send(ev) {
@@ -323,6 +364,42 @@ impl TierStats {
     }
 }
 
+/// One app's usage since the last report.
+#[derive(Default, Clone, Copy)]
+struct AppCounts {
+    requests: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// Usage counted for the next report, and the reports not yet written.
+struct UsageCounts {
+    interval_ms: u64,
+    /// Start of the interval being counted.
+    from_ms: u64,
+    /// When it ends (a multiple of the interval).
+    next_ms: u64,
+    apps: HashMap<CompactString, AppCounts, foldhash::fast::RandomState>,
+    outbox: Outbox,
+}
+
+impl UsageCounts {
+    /// Ends the interval at `to_ms`: its counts become a report in the outbox.
+    fn cut(&mut self, reporter: &str, to_ms: u64, last: bool) {
+        let mut r = UsageReport::new(reporter, ReporterKind::Balancer, self.from_ms, to_ms);
+        r.last = last;
+        for (app, c) in self.apps.drain() {
+            let u = r.apps.entry(app.to_string()).or_default();
+            u.requests = c.requests;
+            u.bytes_in = c.bytes_in;
+            u.bytes_out = c.bytes_out;
+        }
+        self.outbox.push(r);
+        self.from_ms = to_ms;
+        self.next_ms = usage::next_boundary(to_ms, self.interval_ms);
+    }
+}
+
 /// The writer thread's state.
 struct Writer {
     url: String,
@@ -343,7 +420,10 @@ struct Writer {
     apps: HashMap<CompactString, AppStats, foldhash::fast::RandomState>,
     /// Apps with requests in this tick.
     touched: Vec<CompactString>,
+    /// `None` when usage reports are off.
+    usage: Option<UsageCounts>,
     metrics: TelemetryMetrics,
+    stop: Arc<AtomicBool>,
 }
 
 fn unix_now() -> (u64, u64) {
@@ -384,19 +464,88 @@ impl Writer {
                 lines.clear();
             }
             self.fold_tick(now_s);
-            if closed {
+            if closed || self.stop.load(Ordering::Relaxed) {
                 break;
             }
             if Instant::now() >= next_stats {
                 self.write_stats(now_s);
                 next_stats = Instant::now() + self.stats_interval;
             }
+            if let Some(u) = self.usage.as_mut() {
+                if now_ms >= u.next_ms {
+                    let to = u.next_ms;
+                    u.cut(&self.id, to, false);
+                }
+                if !u.outbox.is_empty() {
+                    self.write_usage();
+                }
+            }
         }
-        // The balancer is stopping: what was counted is written once more.
-        let (now_s, _) = unix_now();
+        // The balancer is stopping: what was counted is written once more, and usage ends
+        // with a final report.
+        let (now_s, now_ms) = unix_now();
         self.retry_at = None;
         self.fold_tick(now_s);
         self.write_stats(now_s);
+        if let Some(u) = self.usage.as_mut() {
+            u.cut(&self.id, now_ms.max(u.from_ms), true);
+            self.retry_at = None;
+            self.write_usage();
+        }
+    }
+
+    /// Writes the outbox's reports, oldest first: each gets its sequence number (`INCR`) the
+    /// first time and keeps it, so one written again after a lost answer is counted once.
+    fn write_usage(&mut self) {
+        if self.usage.is_none() {
+            return;
+        }
+        if self.conn.is_none() {
+            self.conn = self.open();
+        }
+        let (Some(u), Some(conn)) = (self.usage.as_mut(), self.conn.as_mut()) else {
+            return;
+        };
+        let stream = usage::reports_key(&self.prefix);
+        let mut failure = None;
+        while let Some(r) = u.outbox.front_mut() {
+            if r.seq == 0 {
+                match redis::cmd("INCR")
+                    .arg(usage::seq_key(&self.prefix, &self.id))
+                    .query::<u64>(conn)
+                {
+                    Ok(n) => r.seq = n,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            let Ok(text) = serde_json::to_vec(&*r) else {
+                u.outbox.written(); // cannot happen: plain data
+                continue;
+            };
+            let added = redis::cmd("XADD")
+                .arg(&stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(usage::REPORT_STREAM_LEN)
+                .arg("*")
+                .arg("report")
+                .arg(text)
+                .query::<String>(conn);
+            match added {
+                Ok(_) => u.outbox.written(),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            self.metrics.stats_failures.inc();
+            self.failed(&e);
+        }
     }
 
     /// Folds this tick's requests of every app that had some into its buckets.
@@ -413,6 +562,13 @@ impl Writer {
 
     /// Counts one request in its app's stats and keeps its line for the next write.
     fn take(&mut self, ev: Event, lines: &mut Vec<(CompactString, Line, u64)>, now_ms: u64) {
+        if let Some(u) = self.usage.as_mut() {
+            // App names up to 24 bytes are held inline: no allocation per request.
+            let c = u.apps.entry(ev.app.clone()).or_default();
+            c.requests += 1;
+            c.bytes_in += ev.bytes_in;
+            c.bytes_out += ev.bytes_out;
+        }
         if self.stats {
             let app = self.apps.entry(ev.app.clone()).or_default();
             if app.tick.requests == 0 {

@@ -19,6 +19,8 @@
 //! - [`apply`]: registry data to route specs and table edits.
 //! - [`cert`]: TLS certificate chains and keys (the parser the routes file uses too).
 //! - [`telemetry`]: the apps' log streams and stats buckets that balancers and runners write.
+//! - [`usage`]: usage reports for billing (balancers, runners, add-ons), their stream and
+//!   the outbox that keeps a report's sequence number until it is written.
 
 pub mod apply;
 pub mod balancers;
@@ -31,6 +33,7 @@ pub use pier_routes::cert;
 pub mod model;
 pub mod schema;
 pub mod telemetry;
+pub mod usage;
 
 pub use balancers::BalancerStatus;
 pub use claims::{ClaimAdded, Granted};

@@ -17,12 +17,22 @@ pub struct RegistryBalancer {
 impl RegistryBalancer {
     /// Starts one with `extra` appended to its `[routes]` table (e.g. `app_domains = [...]`).
     pub async fn start(redis_url: &str, extra_routes: &str) -> RegistryBalancer {
+        Self::start_with(redis_url, extra_routes, "").await
+    }
+
+    /// Starts one with `extra_routes` appended to its `[routes]` table and `extra_tables`
+    /// (more tables, e.g. `[telemetry]`) at the end of its config.
+    pub async fn start_with(
+        redis_url: &str,
+        extra_routes: &str,
+        extra_tables: &str,
+    ) -> RegistryBalancer {
         let dir = tempfile::tempdir().unwrap();
         let (port, admin) = (free_port(), free_port());
         let config = format!(
             "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
              [routes]\nredis = \"{redis_url}\"\nsnapshot_file = \"\"\n{extra_routes}\n\
-             [runtime]\nworkers = 1\n"
+             [runtime]\nworkers = 1\n{extra_tables}\n"
         );
         let path = dir.path().join("balancer.toml");
         std::fs::write(&path, config).unwrap();
@@ -66,6 +76,22 @@ impl RegistryBalancer {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("balancer.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, and waits (up to 10 s) for the balancer to drain and exit.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Polls `host` until it answers 200 with a body for which `want` holds; returns how long

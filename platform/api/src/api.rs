@@ -60,6 +60,8 @@ pub struct ApiState {
     pub git: Option<crate::git::GitState>,
     /// PostgreSQL backups (`None`: their routes answer 503).
     pub backups: Option<Arc<crate::backups::Backups>>,
+    /// Usage and costs (`None`: no platform database; their routes answer 503).
+    pub usage: Option<Arc<crate::usage::Usage>>,
 }
 
 /// Default of [`ApiState::claim_ttl`]: three days to publish the proof.
@@ -93,7 +95,14 @@ impl ApiState {
             platform: None,
             git: None,
             backups: None,
+            usage: None,
         }
+    }
+
+    /// Keeps usage in the platform database and answers it (`pier api --platform-db`).
+    pub fn with_usage(mut self, usage: crate::usage::Usage) -> Self {
+        self.usage = Some(Arc::new(usage));
+        self
     }
 
     /// Makes and restores PostgreSQL add-ons' backups (`pier api --backup-store`).

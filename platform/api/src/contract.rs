@@ -177,6 +177,14 @@ pub fn log_query() -> Value {
     ])
 }
 
+/// The query of the usage routes.
+pub fn month_query() -> Value {
+    json!([
+        { "name": "month", "in": "query", "required": false, "description": "The month, YYYY-MM, UTC (default: this month)",
+          "schema": { "type": "string", "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$" } }
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     /// Every rule lands on a field the wire types have: a renamed field would otherwise get

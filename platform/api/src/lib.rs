@@ -28,6 +28,10 @@
 //! - [`backup_schedule`]: daily scheduled captures and their retention.
 //! - [`logs`]: an app's log lines, and the live tail.
 //! - [`stats`]: an app's requests and its instances' use over the last minute, hour and day.
+//! - [`usage`]: usage an operator can bill: the collector (report stream → PostgreSQL), the
+//!   add-on reports, and each month's quantities, costs and gaps.
+//! - [`usage_db`]: the platform's own PostgreSQL database (sqlx, embedded migrations).
+//! - [`prices`]: the operator's price sheet (`pier api --prices`).
 //! - [`drains`]: log drains (where the drainer forwards an app's lines) and their checks.
 //! - [`platform`]: deploys, releases, config vars, formation, instances, runners.
 //! - [`runs`]: one-off processes (`pier run`), and the relay of an attached client's WebSocket.
@@ -60,6 +64,7 @@ pub mod names;
 pub mod netpolicy;
 pub mod openapi;
 pub mod platform;
+pub mod prices;
 pub mod router;
 pub mod runs;
 pub mod schema;
@@ -67,6 +72,8 @@ pub mod server;
 pub mod stats;
 pub mod throttle;
 pub mod ui;
+pub mod usage;
+pub mod usage_db;
 pub mod verify;
 
 pub use api::ApiState;

@@ -178,6 +178,10 @@ fn path_params(path: &str, names: &[&str]) -> Value {
     wire::BackupRetention,
     wire::NewBackupSchedule,
     wire::RestoreBackup,
+    wire::UsageView,
+    wire::AppUsageView,
+    wire::UsageItem,
+    wire::UsageGap,
 )))]
 struct Wire;
 
@@ -963,6 +967,34 @@ pub fn document() -> Value {
                 errors: &[403, 404],
             },
         ),
+        (
+            "/v1/apps/{app}/usage",
+            "get",
+            app,
+            Op {
+                id: "appUsage",
+                summary: "The app's usage in a month (UTC, default this month): instance hours by process type and size, CPU seconds, memory GB-hours, requests, GB in and out, add-on hours; costs from the operator's price sheet; gaps where reports are missing. 503: no platform database (pier api --platform-db)",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("UsageView"))],
+                errors: &[403, 422],
+            },
+        ),
+        (
+            "/v1/usage",
+            "get",
+            &[],
+            Op {
+                id: "allUsage",
+                summary: "Every app's usage in a month (operator), as appUsage. 503: no platform database (pier api --platform-db)",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("UsageView"))],
+                errors: &[403, 422],
+            },
+        ),
     ];
     let mut paths = Map::new();
     for (path, method, params, op) in ops {
@@ -973,6 +1005,9 @@ pub fn document() -> Value {
         entry[*method] = operation(op);
         if op.id == "logs" {
             entry[*method]["parameters"] = crate::contract::log_query();
+        }
+        if op.id == "appUsage" || op.id == "allUsage" {
+            entry[*method]["parameters"] = crate::contract::month_query();
         }
     }
     json!({

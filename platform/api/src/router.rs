@@ -61,6 +61,8 @@ pub enum RouteId {
     ShowBackupSchedule,
     PutBackupSchedule,
     DeleteBackupSchedule,
+    AppUsage,
+    AllUsage,
 }
 
 /// One method and path pattern; `{name}` segments are parameters.
@@ -234,6 +236,8 @@ pub static ROUTES: &[Route] = &[
         "/v1/apps/{app}/backup-schedule",
         RouteId::DeleteBackupSchedule,
     ),
+    route(Method::GET, "/v1/apps/{app}/usage", RouteId::AppUsage),
+    route(Method::GET, "/v1/usage", RouteId::AllUsage),
 ];
 
 /// The outcome of matching a request line against [`ROUTES`].

@@ -261,6 +261,14 @@ async fn dispatch(
         tokio::spawn(logs::tail(state.clone(), p(0).to_string(), q, tx));
         return Ok(Answer::Stream(rx));
     }
+    if matches!(route.id, RouteId::AppUsage | RouteId::AllUsage) {
+        let query = req.uri().query().unwrap_or("");
+        return Ok(match route.id {
+            RouteId::AppUsage => crate::usage::show_app(state, &caller, p(0), query).await?,
+            _ => crate::usage::show_all(state, &caller, query).await?,
+        }
+        .into());
+    }
     if route.id == RouteId::AttachRun {
         let resp = crate::runs::attach(state, &caller, p(0), p(1), req).await?;
         return Ok(Answer::Raw(resp));
@@ -310,6 +318,8 @@ async fn dispatch(
         | RouteId::Deploy
         | RouteId::Logs
         | RouteId::AttachRun
+        | RouteId::AppUsage
+        | RouteId::AllUsage
         | RouteId::DownloadBackup => unreachable_route(),
         RouteId::ListApps => api::list_apps(state, &caller).await,
         RouteId::CreateApp => api::create_app(state, &caller, &body).await,

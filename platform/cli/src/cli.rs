@@ -127,6 +127,20 @@ pub enum Command {
     /// An app's requests/s, share of 5xx, p50/p95/p99 latency and its instances' CPU and
     /// memory, over the last minute, hour and day.
     Stats { app: String },
+    /// An app's usage in a month (instance hours, CPU, memory, requests, bytes, add-on hours),
+    /// its cost from the operator's price sheet, and gaps where reports are missing; `--all`:
+    /// every app's (operator).
+    Usage {
+        /// The app (or --all).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        app: Option<String>,
+        /// Every app (operator).
+        #[arg(long)]
+        all: bool,
+        /// The month, YYYY-MM, UTC (default: this month).
+        #[arg(long)]
+        month: Option<String>,
+    },
     /// Create, list, show, update and delete apps.
     #[command(subcommand)]
     Apps(AppsCmd),
@@ -454,6 +468,9 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
         | Command::Addons(_)
         | Command::Logs { .. } => return crate::platform_verbs::run(cli, &client, out).await,
         Command::Stats { app } => return crate::stats::run(cli, &client, app, out).await,
+        Command::Usage { app, month, .. } => {
+            return crate::usage::run(cli, &client, app.as_deref(), month.as_deref(), out).await
+        }
         Command::Apps(AppsCmd::Create { name }) => (
             Method::POST,
             "/v1/apps".to_string(),

@@ -11,6 +11,7 @@ mod run;
 mod services;
 mod stats;
 mod up;
+mod usage;
 
 use std::process::ExitCode;
 

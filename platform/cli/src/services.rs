@@ -114,6 +114,18 @@ pub struct ApiArgs {
     /// Tests only: seconds added to the backups' clock (schedules, retention, records).
     #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
     pub backup_clock_offset_s: i64,
+    /// The platform's own PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/DB): usage
+    /// for billing is kept there (its tables are made and migrated at start). Without it,
+    /// usage is not collected and `pier usage` answers 503.
+    #[arg(long, env = "PIER_PLATFORM_DB", hide_env_values = true)]
+    pub platform_db: Option<String>,
+    /// The operator's price sheet: a TOML file with a [prices] table (config/prices.toml);
+    /// refused at start when a price is bad. Without it, usage has quantities and no costs.
+    #[arg(long, env = "PIER_PRICES")]
+    pub prices: Option<PathBuf>,
+    /// Milliseconds between two add-on usage reports (tests shorten it; at least 100).
+    #[arg(long, hide = true, default_value_t = pier_registry::usage::DEFAULT_INTERVAL_MS)]
+    pub usage_interval_ms: u64,
 }
 
 /// Where the registry and the platform state live (every service's first two flags).
@@ -185,6 +197,9 @@ pub struct RunnerArgs {
     /// free port on --address.
     #[arg(long)]
     pub exec_listen: Option<SocketAddr>,
+    /// Milliseconds between two usage reports (tests shorten it; at least 100).
+    #[arg(long, hide = true, default_value_t = pier_registry::usage::DEFAULT_INTERVAL_MS)]
+    pub usage_interval_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -329,6 +344,13 @@ pub async fn serve_api(
         .clone()
         .filter(|t| !t.trim().is_empty())
         .context("set PIER_OPERATOR_TOKEN (the operator's API token)")?;
+    // Checked first: a bad price sheet is refused before anything else is started.
+    let prices = args
+        .prices
+        .as_deref()
+        .map(pier_api::prices::Prices::load)
+        .transpose()
+        .context("the price sheet (--prices) is refused")?;
     let registry =
         pier_registry::Registry::connect_with_prefix(&args.redis.url, &args.redis.prefix)
             .await
@@ -410,51 +432,75 @@ pub async fn serve_api(
     );
     backups.clock_offset_ms = args.backup_clock_offset_s.saturating_mul(1000);
     let backup_store = backups.store.describe.clone();
-    let state = Arc::new(
-        ApiState::new(
-            registry,
-            &args.redis.url,
-            &args.redis.prefix,
-            Authenticator::new(operator_token.trim()),
-            Arc::new(verifier),
-        )
-        .with_dns_target(dns_target)
-        .with_max_pending_claims(args.max_pending_domains)
-        .with_body_timeout(Duration::from_secs(args.body_timeout.max(1)))
-        .with_auth_failures(pier_api::throttle::FailureLimiter::new(args.auth_failures))
-        .with_claim_ttl(
-            (args.claim_ttl_hours != 0)
-                .then(|| Duration::from_secs(args.claim_ttl_hours.saturating_mul(3600))),
-        )
-        .with_backend_policy(pier_api::netpolicy::BackendPolicy {
-            allow: args.backend_allow.clone(),
-            endpoints: platform_endpoints(args),
-        })
-        .with_drain_policy(pier_model::drain::DrainPolicy {
-            allow: args.drain_allow.clone(),
-        })
-        .with_platform(PlatformState {
-            store,
-            slugs,
-            build,
-            max_upload: args.max_upload_mb.saturating_mul(1 << 20),
-            builds: Arc::new(tokio::sync::Semaphore::new(2)),
-            apps_url: args.apps_url.clone(),
-            addon_servers,
-            runs: pier_api::runs::RunLimits {
-                max_active: args.max_runs.max(1),
-                lifetime: Duration::from_secs_f64(
-                    args.run_lifetime_hours.clamp(0.001, 8760.0) * 3600.0,
-                ),
-            },
-        })
-        .with_git(git)
-        .with_backups(backups),
-    );
+    let usage = match &args.platform_db {
+        Some(url) => Some(pier_api::usage::Usage {
+            db: pier_api::usage_db::UsageDb::connect(url)
+                .await
+                .context("connecting to the platform database (--platform-db)")?,
+            prices,
+            interval_ms: args.usage_interval_ms.max(100),
+        }),
+        None => {
+            if prices.is_some() {
+                tracing::warn!(
+                    "--prices without --platform-db: usage is not kept, so nothing is priced"
+                );
+            }
+            None
+        }
+    };
+    let mut state = ApiState::new(
+        registry,
+        &args.redis.url,
+        &args.redis.prefix,
+        Authenticator::new(operator_token.trim()),
+        Arc::new(verifier),
+    )
+    .with_dns_target(dns_target)
+    .with_max_pending_claims(args.max_pending_domains)
+    .with_body_timeout(Duration::from_secs(args.body_timeout.max(1)))
+    .with_auth_failures(pier_api::throttle::FailureLimiter::new(args.auth_failures))
+    .with_claim_ttl(
+        (args.claim_ttl_hours != 0)
+            .then(|| Duration::from_secs(args.claim_ttl_hours.saturating_mul(3600))),
+    )
+    .with_backend_policy(pier_api::netpolicy::BackendPolicy {
+        allow: args.backend_allow.clone(),
+        endpoints: platform_endpoints(args),
+    })
+    .with_drain_policy(pier_model::drain::DrainPolicy {
+        allow: args.drain_allow.clone(),
+    })
+    .with_platform(PlatformState {
+        store,
+        slugs,
+        build,
+        max_upload: args.max_upload_mb.saturating_mul(1 << 20),
+        builds: Arc::new(tokio::sync::Semaphore::new(2)),
+        apps_url: args.apps_url.clone(),
+        addon_servers,
+        runs: pier_api::runs::RunLimits {
+            max_active: args.max_runs.max(1),
+            lifetime: Duration::from_secs_f64(
+                args.run_lifetime_hours.clamp(0.001, 8760.0) * 3600.0,
+            ),
+        },
+    })
+    .with_git(git)
+    .with_backups(backups);
+    if let Some(u) = usage {
+        state = state.with_usage(u);
+    }
+    let state = Arc::new(state);
     let scheduler = tokio::spawn(pier_api::backup_schedule::run(state.clone()));
-    tracing::info!(%addr, redis = %args.redis.url, prefix = %args.redis.prefix, slug_store = %args.slug_store, backup_store, "pier api listening");
+    let (collector_stop, collector_stopped) = tokio::sync::watch::channel(false);
+    let collector = tokio::spawn(pier_api::usage::collect(state.clone(), collector_stopped));
+    tracing::info!(%addr, redis = %args.redis.url, prefix = %args.redis.prefix, slug_store = %args.slug_store, backup_store, usage = state.usage.is_some(), "pier api listening");
     let served = pier_api::server::serve(listener, state, shutdown).await;
     scheduler.abort();
+    // The collector's last pass: a final add-on report, then the lease given up.
+    let _ = collector_stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), collector).await;
     served.context("serving")?;
     tracing::info!("pier api stopped");
     Ok(())
@@ -504,6 +550,7 @@ fn platform_endpoints(args: &ApiArgs) -> Vec<SocketAddr> {
         Some((args.redis.url.as_str(), 6379)),
         args.addon_postgres.as_deref().map(|u| (u, 5432)),
         args.addon_redis.as_deref().map(|u| (u, 6379)),
+        args.platform_db.as_deref().map(|u| (u, 5432)),
     ];
     for (url, default_port) in urls.into_iter().flatten() {
         if let Some((host, port)) = url_host_port(url, default_port) {
@@ -535,6 +582,7 @@ pub fn runner_config(args: &RunnerArgs) -> pier_runner::RunnerConfig {
     cfg.backend_ttl = secs(args.backend_ttl.max(1.0));
     cfg.isolate = !args.no_isolation;
     cfg.exec_listen = args.exec_listen;
+    cfg.usage_interval = Duration::from_millis(args.usage_interval_ms.max(100));
     cfg.limits = pier_runner::config::Limits {
         memory_mib: (args.memory_mb > 0).then_some(args.memory_mb),
         cpus: args.cpus.filter(|c| *c > 0.0),

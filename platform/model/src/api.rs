@@ -682,3 +682,87 @@ pub struct RestoreBackup {
     #[schema(nullable = false)]
     pub confirm: Option<String>,
 }
+
+/// One billed quantity of an app over a month: `GET /v1/apps/{app}/usage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageItem {
+    /// `instance:<ptype>:<size>`, `cpu`, `memory`, `requests`, `bytes_in`, `bytes_out` or
+    /// `addon:<kind>:<plan>`.
+    pub item: String,
+    /// The quantity in `unit`.
+    pub quantity: f64,
+    /// `hours`, `seconds`, `GB-hours`, `requests`, `GB`.
+    pub unit: String,
+    /// The price of one `price_unit` from the operator's price sheet (absent without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub price: Option<f64>,
+    /// What `price` is for: `instance hour`, `CPU second`, `GB-hour`, `million requests`,
+    /// `GB`, `add-on hour`.
+    pub price_unit: String,
+    /// quantity × price, in the price sheet's currency (absent without a price sheet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub cost: Option<f64>,
+}
+
+/// One app's month.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AppUsageView {
+    pub app: String,
+    pub items: Vec<UsageItem>,
+    /// The sum of the items' costs (absent without a price sheet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub cost: Option<f64>,
+}
+
+/// Usage that may be missing: a reporter's reports with numbers missing between two that
+/// arrived, a reporter that came back after stopping without a final report, or one that
+/// stopped reporting without a final report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageGap {
+    /// The runner's or balancer's id (`addons` for the API's add-on reports).
+    pub reporter: String,
+    /// `runner`, `balancer` or `addons`.
+    pub kind: String,
+    /// Start of the time no report covers (ms since the epoch).
+    pub from_ms: u64,
+    /// Its end; absent when the reporter has not reported since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub to_ms: Option<u64>,
+    /// The first and last missing sequence numbers (absent when none is missing: the
+    /// reporter restarted, or stopped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub seq_from: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub seq_to: Option<u64>,
+    /// The gap in words, as `pier usage` prints it.
+    pub text: String,
+}
+
+/// `GET /v1/apps/{app}/usage` and `GET /v1/usage`: a month's usage (UTC), and what may be
+/// missing from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageView {
+    /// `YYYY-MM`.
+    pub month: String,
+    /// The month's first and last millisecond + 1 (UTC).
+    pub from_ms: u64,
+    pub to_ms: u64,
+    /// Apps with usage, by name.
+    pub apps: Vec<AppUsageView>,
+    /// Gaps of every reporter in the month (any of them may have measured these apps).
+    pub gaps: Vec<UsageGap>,
+    /// The price sheet's currency (absent without a price sheet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub currency: Option<String>,
+    /// The apps' costs summed (absent without a price sheet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub cost: Option<f64>,
+}

@@ -59,6 +59,8 @@ pub struct RunnerConfig {
     /// Where the API attaches clients to one-off processes (`pier run`); `None`: a free port
     /// on `address`.
     pub exec_listen: Option<std::net::SocketAddr>,
+    /// Between two usage reports (billing); reports end on multiples of it.
+    pub usage_interval: Duration,
 }
 
 impl RunnerConfig {
@@ -87,6 +89,7 @@ impl RunnerConfig {
             isolate: true,
             limits: Limits::default(),
             exec_listen: None,
+            usage_interval: Duration::from_millis(pier_registry::usage::DEFAULT_INTERVAL_MS),
         }
     }
 }

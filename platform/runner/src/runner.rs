@@ -79,8 +79,11 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
         cgroups,
         isolate,
         usage: Default::default(),
+        ledger: Default::default(),
         cfg,
     });
+    let (usage_stop, usage_stopped) = watch::channel(false);
+    let reporter = tokio::spawn(report_usage(ctx.clone(), usage_stopped));
     let started_ms = now_ms();
     let mut running: HashMap<String, Running> = HashMap::new();
     // One-off processes that ended here and are still assigned: never started again.
@@ -161,7 +164,59 @@ pub async fn run(cfg: RunnerConfig, shutdown: impl Future<Output = ()>) -> Resul
     }
     services.stop_all().await;
     exec_task.abort();
+    // Every instance has stopped: the final usage report covers them up to their end.
+    let _ = usage_stop.send(true);
+    if tokio::time::timeout(Duration::from_secs(5), reporter)
+        .await
+        .is_err()
+    {
+        tracing::warn!("final usage report not written within 5 s");
+    }
     Ok(())
+}
+
+/// Every `usage_interval` (on its multiples), a usage report of this runner's instances; at
+/// `stop`, a final one. Reports Redis did not take wait in an outbox, with their sequence
+/// numbers, and are written first next time.
+async fn report_usage(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    use pier_registry::usage::{next_boundary, Outbox, ReporterKind, UsageReport};
+    let interval = u64::try_from(ctx.cfg.usage_interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let mut outbox = Outbox::default();
+    let mut from = now_ms();
+    let mut last = false;
+    while !last {
+        let to = next_boundary(now_ms(), interval);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(to.saturating_sub(now_ms()))) => {}
+            _ = stop.changed() => last = true,
+        }
+        let to = if last { now_ms().max(from) } else { to };
+        let pids = ctx.ledger.pids();
+        let c = ctx.clone();
+        let usage = tokio::task::spawn_blocking(move || {
+            pids.into_iter()
+                .map(|p| (p, c.usage.of(p)))
+                .collect::<HashMap<_, _>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut r = UsageReport::new(&ctx.cfg.id, ReporterKind::Runner, from, to);
+        r.last = last;
+        ctx.ledger.cut(to, &usage, &mut r);
+        outbox.push(r);
+        from = to;
+        if let Err(e) = ctx.store.write_usage_reports(&mut outbox).await {
+            tracing::debug!(error = %e, waiting = outbox.len(), "usage reports not written yet");
+        }
+    }
+    if outbox.dropped() > 0 {
+        tracing::warn!(
+            dropped = outbox.dropped(),
+            "usage reports dropped while Redis was unreachable"
+        );
+    }
 }
 
 /// Whether this process runs as root (per-app users and cgroups need it).

@@ -216,6 +216,10 @@ async fn start_and_watch(
         Err(e) => return refuse(ws, ended(format!("cannot start: {e}"))).await,
     };
     let pid = child.id().unwrap_or(0);
+    // One-off processes are billed like instances, as process type `run`.
+    let _metering = ctx
+        .ledger
+        .start(&run.app, "run", &crate::usage::size_label(&cfg.limits), pid);
     if let Some(m) = &master {
         // Released: the wrapper turns echo on and runs the command.
         if let Err(e) = m.write_all(b"go\n").await {

@@ -40,6 +40,8 @@ pub struct Ctx {
     pub isolate: bool,
     /// CPU and memory of every instance, read together.
     pub usage: process::UsageTable,
+    /// Instances' time, CPU and memory for usage reports (billing).
+    pub ledger: Arc<crate::usage::UsageLedger>,
     /// Instances' output on its way to their apps' log streams.
     pub logs: crate::logs::LogShipper,
     /// One-off processes waiting for their client (`pier run`).
@@ -324,6 +326,13 @@ async fn run_once(
         Err(e) => return Ended::Crashed(e),
     };
     let pid = child.id().unwrap_or(0);
+    // Billed from the start of the process to its end (this function returns once it ended).
+    let _metering = ctx.ledger.start(
+        &inst.spec.app,
+        &inst.spec.ptype,
+        &crate::usage::size_label(&cfg.limits),
+        pid,
+    );
     capture_output(&mut child, &inst.output, &inst.spec, &ctx);
     inst.status.address = web.then(|| addr.to_string());
     inst.status.started_ms = now_ms();

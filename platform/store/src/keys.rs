@@ -28,6 +28,9 @@ pub struct PlatformKeys {
     pub drainer_lease: String,
     /// The drainers' fencing token: incremented each time a drainer takes the lease.
     pub drainer_fence: String,
+    /// The usage collector's lease (one API collects at a time) and its fencing token.
+    pub usage_lease: String,
+    pub usage_fence: String,
     prefix: String,
 }
 
@@ -46,6 +49,8 @@ impl PlatformKeys {
             runs_active: format!("{prefix}runs_active"),
             drainer_lease: format!("{prefix}drainer:lease"),
             drainer_fence: format!("{prefix}drainer:fence"),
+            usage_lease: format!("{prefix}usage_collector:lease"),
+            usage_fence: format!("{prefix}usage_collector:fence"),
             prefix: prefix.to_string(),
         }
     }

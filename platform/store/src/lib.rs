@@ -20,6 +20,8 @@
 //! - [`runs`]: one-off processes (`pier run`): each writer its own field of a run's record.
 //! - [`backups`]: PostgreSQL backups' records, the one-at-a-time lock, schedules and the
 //!   per-day claim of a scheduled capture.
+//! - [`usage`]: usage reports for billing on their stream (written, and read by the
+//!   collector).
 
 pub mod backups;
 pub mod drains;
@@ -29,6 +31,7 @@ pub mod runs;
 pub mod services;
 pub mod stats;
 pub mod store;
+pub mod usage;
 
 pub use drains::{DrainCreated, StreamBatch};
 pub use lease::{FencedOp, Lease};

@@ -243,6 +243,12 @@ async fn handle_stream(
             start,
             end: Instant::now(),
             protocol: "h2",
+            bytes_in: parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         },
         app.as_ref(),
         &outcome,

@@ -201,6 +201,8 @@ pub struct Platform {
     /// `--handover` of runners started from now on, seconds (0: a stopped runner does not wait
     /// for replacements, which keeps the tests' teardown short).
     pub handover: String,
+    /// More arguments of runners started from now on.
+    pub runner_extra: Vec<String>,
 }
 
 /// The base domain apps are served under in these tests: `{app}.apps.test`.
@@ -209,6 +211,17 @@ pub const APPS_DOMAIN: &str = "apps.test";
 impl Platform {
     /// Starts the API, one coordinator and a runner on each of `runner_ips`.
     pub async fn start(runner_ips: &[&str]) -> Platform {
+        Self::start_with(runner_ips, &[], "", &[]).await
+    }
+
+    /// [`Platform::start`] with more arguments for the API and the runners, and more tables
+    /// for the balancer's config.
+    pub async fn start_with(
+        runner_ips: &[&str],
+        api_extra: &[&str],
+        balancer_tables: &str,
+        runner_extra: &[&str],
+    ) -> Platform {
         let dir = tempfile::tempdir().unwrap();
         // Per-app users must be able to walk down to their slug and home directories.
         use std::os::unix::fs::PermissionsExt;
@@ -227,11 +240,13 @@ impl Platform {
             extra.push("--pip-arg=--no-index".into());
             extra.push(format!("--pip-arg=--find-links={}", wheels.display()));
         }
+        extra.extend(api_extra.iter().map(|a| a.to_string()));
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let api = ApiProcess::start_with(&extra);
-        let balancer = pier_testkit::balancer::RegistryBalancer::start(
+        let balancer = pier_testkit::balancer::RegistryBalancer::start_with(
             &api.redis.url(),
             &format!("app_domains = [\"{APPS_DOMAIN}\"]"),
+            balancer_tables,
         )
         .await;
         let mut p = Platform {
@@ -242,6 +257,7 @@ impl Platform {
             dir,
             boot_timeout: "15".into(),
             handover: "0".into(),
+            runner_extra: runner_extra.iter().map(|a| a.to_string()).collect(),
         };
         p.start_coordinator("c1");
         for ip in runner_ips {
@@ -313,6 +329,7 @@ impl Platform {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(self.runner_extra.iter().cloned())
         .collect();
         let mut s = self.service(&format!("runner-{ip}"), &args);
         s.workdir = Some(workdir);
