@@ -180,8 +180,8 @@ pub fn log_query() -> Value {
 /// The query of the usage routes.
 pub fn month_query() -> Value {
     json!([
-        { "name": "month", "in": "query", "required": false, "description": "The month, YYYY-MM, UTC (default: this month)",
-          "schema": { "type": "string", "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$" } }
+        { "name": "month", "in": "query", "required": false, "description": "The month, YYYY-MM, UTC, from 1970-01 (default: this month)",
+          "schema": { "type": "string", "pattern": "^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])$" } }
     ])
 }
 

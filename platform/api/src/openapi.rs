@@ -973,12 +973,12 @@ pub fn document() -> Value {
             app,
             Op {
                 id: "appUsage",
-                summary: "The app's usage in a month (UTC, default this month): instance hours by process type and size, CPU seconds, memory GB-hours, requests, GB in and out, add-on hours; costs from the operator's price sheet; gaps where reports are missing. 503: no platform database (pier api --platform-db)",
+                summary: "The app's usage in a month (UTC, default this month): instance hours by process type and size, CPU seconds, memory GB-hours, requests, GB in and out, add-on hours; costs from the operator's price sheet; gaps where reports are missing. 409: no platform database (pier api --platform-db)",
                 authed: true,
                 body: None,
                 optional_body: false,
                 ok: &[(200, Some("UsageView"))],
-                errors: &[403, 422],
+                errors: &[403, 409, 422],
             },
         ),
         (
@@ -987,12 +987,12 @@ pub fn document() -> Value {
             &[],
             Op {
                 id: "allUsage",
-                summary: "Every app's usage in a month (operator), as appUsage. 503: no platform database (pier api --platform-db)",
+                summary: "Every app's usage in a month (operator), as appUsage. 409: no platform database (pier api --platform-db)",
                 authed: true,
                 body: None,
                 optional_body: false,
                 ok: &[(200, Some("UsageView"))],
-                errors: &[403, 422],
+                errors: &[403, 409, 422],
             },
         ),
     ];

@@ -40,7 +40,7 @@ pub struct Usage {
 
 fn usage(state: &ApiState) -> Result<&Arc<Usage>, ApiError> {
     state.usage.as_ref().ok_or_else(|| {
-        ApiError::NoCapacity(
+        ApiError::Conflict(
             "this API keeps no usage: it has no platform database (pier api --platform-db)".into(),
         )
     })
@@ -66,7 +66,7 @@ pub fn month_range(month: &str) -> Option<(u64, u64)> {
         return None;
     }
     let (y, m): (i64, u32) = (y.parse().ok()?, m.parse().ok()?);
-    if !(1970..=9998).contains(&y) || !(1..=12).contains(&m) {
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) {
         return None;
     }
     let start = days_from_civil(y, m);
@@ -254,8 +254,8 @@ pub fn gaps(rows: &[ReportRow], from_ms: u64, to_ms: u64, now_ms: u64) -> Vec<Us
 // ------------------------------------------------------------------- handlers
 
 async fn month_view(state: &ApiState, app: Option<&str>, query: &str) -> Reply {
-    let u = usage(state)?;
     let (month, from, to) = month_query(query)?;
+    let u = usage(state)?;
     let rows = u.db.totals(app, from, to).await.map_err(db_error)?;
     let reports = u.db.reports(from, to).await.map_err(db_error)?;
     let apps = price_apps(rows, u.prices.as_ref());
@@ -463,8 +463,9 @@ mod tests {
         assert_eq!(month_of(from), "2026-12");
         assert_eq!(month_of(to - 1), "2026-12");
         assert_eq!(month_of(to), "2027-01");
+        assert!(month_range("9999-12").is_some());
         for bad in [
-            "2026-13", "2026-00", "26-12", "2026-1", "2026/12", "", "abcd-ef",
+            "2026-13", "2026-00", "26-12", "2026-1", "2026/12", "", "abcd-ef", "1969-12",
         ] {
             assert_eq!(month_range(bad), None, "{bad}");
         }

@@ -190,7 +190,7 @@ async function appsPage(view) {
 async function appPage(view, app) {
   const base = "/v1/apps/" + encodeURIComponent(app);
   const quiet = (p, empty) => p.catch((e) => { if (e.code === 401) throw e; return empty; });
-  const [shown, domains, releases, config, formation, instances, stats] = await Promise.all([
+  const [shown, domains, releases, config, formation, instances, stats, usage] = await Promise.all([
     api("GET", base),
     api("GET", base + "/domains"),
     quiet(api("GET", base + "/releases"), { releases: [] }),
@@ -198,6 +198,7 @@ async function appPage(view, app) {
     quiet(api("GET", base + "/formation"), { formation: {} }),
     quiet(api("GET", base + "/instances"), { instances: [] }),
     quiet(api("GET", base + "/stats"), null),
+    quiet(api("GET", base + "/usage"), null),
   ]);
   view.append(heading(app));
   const certs = new Map((shown.domains || []).filter((d) => d.certificate).map((d) => [d.domain, d.certificate]));
@@ -214,6 +215,17 @@ async function appPage(view, app) {
         el("td", {}, num(w.p50_ms, 1)), el("td", {}, num(w.p99_ms, 1)), el("td", {}, String(w.errors_5xx)))), "Requests by window"));
   };
   drawStats(stats);
+
+  // Usage: the month so far, priced when the operator has a price sheet.
+  view.append(card("usage", "Usage this month",
+    !usage ? el("p", { class: "muted" }, "Usage needs the platform database (pier api --platform-db).")
+      : !usage.apps.length ? el("p", { class: "muted" }, "No usage in " + usage.month + " yet.")
+      : table(["Item", "Quantity", "Unit", "Cost"], usage.apps[0].items.map((i) => el("tr", {},
+          el("td", {}, i.item), el("td", {}, num(i.quantity, 4)), el("td", {}, i.unit),
+          el("td", {}, i.cost == null ? "-" : num(i.cost, 4) + " " + (usage.currency || ""))))
+        .concat(usage.apps[0].cost == null ? [] : [el("tr", {}, el("td", {}, "total"), el("td", {}), el("td", {}),
+          el("td", {}, num(usage.apps[0].cost, 4) + " " + (usage.currency || "")))]), "Usage in " + usage.month),
+    usage && usage.gaps.length ? el("p", { class: "note" }, "Some usage may be missing: " + usage.gaps.map((g) => g.text).join("; ")) : null));
 
   // Domains: verification state, the exact record to publish, certificates.
   const target = domains.domains.map((d) => d.dns_target).find(Boolean);

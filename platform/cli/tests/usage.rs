@@ -335,7 +335,7 @@ async fn a_known_load_is_billed_and_lost_reports_show_as_gaps() {
 }
 
 #[test]
-fn without_a_platform_database_usage_answers_503() {
+fn without_a_platform_database_usage_answers_409() {
     let api = ApiProcess::start();
     let out = api.pier(Some(OPERATOR), &["usage", "--all"]);
     assert_ne!(out.code, 0);
