@@ -496,7 +496,7 @@ fn collect_seconds(
 }
 
 impl Report {
-    fn empty(cfg: &RunConfig, addr: SocketAddr) -> Report {
+    pub(crate) fn empty(cfg: &RunConfig, addr: SocketAddr) -> Report {
         Report {
             url: format!(
                 "{}://{}:{}{}",

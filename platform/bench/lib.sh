@@ -33,3 +33,26 @@ TOML
 
 now() { date +%s.%N; }
 since() { python3 -c "import sys; print(f'{float(sys.argv[2])-float(sys.argv[1]):.2f}')" "$1" "$(now)"; }
+
+# Stops every process in pids: SIGTERM, up to $1 seconds for them to go (a runner drains its
+# instances first), then SIGKILL, and whatever was left under $work.
+stop_all() {
+    local p alive i
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for ((i = 0; i < $1 * 10; i++)); do
+        alive=0
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    kill_under "$work"
+}
+
+# A private redis-server on $redis_port (its files in $work); sets $redis, adds it to pids.
+start_redis() {
+    redis="redis://127.0.0.1:$redis_port/0"
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+    pids+=($!)
+}

@@ -29,25 +29,13 @@ work=$(mktemp -d)
 chmod 711 "$work"
 pids=()
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    # The runner drains its instances first (--drain, 2 s): give it 10 s before SIGKILL.
-    for _ in $(seq 100); do
-        alive=0
-        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [ "$alive" = 0 ] && break
-        sleep 0.1
-    done
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    kill_under "$work"
+    stop_all 10
     rm -rf "$work"
 }
 trap cleanup EXIT
 
 redis_port=$(free_port); api_port=$(free_port); http_port=$(free_port); admin_port=$(free_port)
-redis="redis://127.0.0.1:$redis_port/0"
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
-pids+=($!)
+start_redis
 export PIER_OPERATOR_TOKEN="bench-$(date +%s%N)" PIER_TOKEN PIER_API_URL="http://127.0.0.1:$api_port"
 PIER_TOKEN=$PIER_OPERATOR_TOKEN
 sleep 0.3

@@ -145,39 +145,15 @@ fn one_or_several(mut values: Vec<String>) -> String {
 mod tests {
     use super::*;
     use crate::report::{json, load, HostRow};
-    use crate::stats::{latency_histogram, second_histogram};
+    use crate::stats::second_histogram;
 
     /// A closed-model report of `samples` (µs), spread over seconds 0 and 1, on `hosts`.
     fn report(samples: &[u64], hosts: &[&str]) -> Report {
-        let mut r = Report {
-            url: "http://127.0.0.1:8080/".into(),
-            connect_addr: "127.0.0.1:8080".into(),
-            threads: 1,
-            connections: 10,
-            duration: std::time::Duration::from_secs(2),
-            warmup: std::time::Duration::ZERO,
-            model: LoadModel::Closed,
-            protocol: Protocol::Http1 { pipeline: 1 },
-            host_mode: crate::config::HostMode::Rotate,
-            expect_header: None,
-            timeout: None,
-            latency: latency_histogram(),
-            service: latency_histogram(),
-            status: Default::default(),
-            errors: Default::default(),
-            bytes_read: 0,
-            bytes_written: 0,
-            reconnects: 0,
-            retried: 0,
-            mismatched: 0,
-            warmup_requests: 0,
-            in_flight_at_end: 0,
-            unsent: 0,
-            first_connect_error: None,
-            per_host: Vec::new(),
-            series: Vec::new(),
-            merged_from: Vec::new(),
-        };
+        let mut cfg = crate::config::RunConfig::new(
+            crate::target::Target::parse("http://127.0.0.1:8080/").unwrap(),
+        );
+        cfg.duration = std::time::Duration::from_secs(2);
+        let mut r = Report::empty(&cfg, "127.0.0.1:8080".parse().unwrap());
         let mut per_second = [second_histogram(), second_histogram()];
         for (i, &s) in samples.iter().enumerate() {
             r.latency.record(s).unwrap();

@@ -173,14 +173,9 @@ impl ApiClient {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<ApiResponse, ClientError> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base_path))
-            .header(header::HOST, &self.authority)
+        let mut req = self
+            .request(method, path)
             .header(header::ACCEPT, "application/json");
-        if let Some(t) = &self.token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
         let payload = match body {
             Some(b) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");
@@ -192,9 +187,63 @@ impl ApiClient {
             .body(Full::new(payload))
             .map_err(|e| ClientError::Request(e.to_string()))?;
         let (status, bytes) = send(&self.authority, req, self.timeout, 16 << 20).await?;
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        Ok(ApiResponse { status, body, text })
+        Ok(ApiResponse::of(status, &bytes))
+    }
+
+    /// A request to `path` with the API's host and this client's token.
+    fn request(&self, method: Method, path: &str) -> http::request::Builder {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base_path))
+            .header(header::HOST, &self.authority);
+        match &self.token {
+            Some(t) => req.header(header::AUTHORIZATION, format!("Bearer {t}")),
+            None => req,
+        }
+    }
+
+    /// Sends `req` on a new connection (connecting within the client's timeout) and waits at
+    /// most `idle` for the answer's head; its body is left to the caller.
+    async fn open<B>(
+        &self,
+        req: Request<B>,
+        idle: Duration,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let addr = &self.authority;
+        let http = |e: hyper::Error| ClientError::Http(addr.clone(), e.to_string());
+        let stream = tokio::time::timeout(self.timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ClientError::Timeout(addr.clone(), self.timeout))?
+            .map_err(|source| ClientError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        tokio::time::timeout(idle, sender.send_request(req))
+            .await
+            .map_err(|_| ClientError::Timeout(addr.clone(), idle))?
+            .map_err(http)
+    }
+}
+
+impl ApiResponse {
+    /// An answer of `status` whose body is `bytes` (as text, and as JSON when it is).
+    fn of(status: StatusCode, bytes: &[u8]) -> ApiResponse {
+        ApiResponse {
+            status,
+            body: serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null),
+            text: String::from_utf8_lossy(bytes).into_owned(),
+        }
     }
 }
 
@@ -301,35 +350,13 @@ impl ApiClient {
         on_line: &mut dyn FnMut(&str),
     ) -> Result<ApiResponse, ClientError> {
         let addr = self.authority.clone();
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base_path))
-            .header(header::HOST, &self.authority)
-            .header(header::CONTENT_TYPE, content_type);
-        if let Some(t) = &self.token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = req
+        let req = self
+            .request(method, path)
+            .header(header::CONTENT_TYPE, content_type)
             .body(body)
             .map_err(|e| ClientError::Request(e.to_string()))?;
         let http = |e: hyper::Error| ClientError::Http(addr.clone(), e.to_string());
-        let stream = tokio::time::timeout(self.timeout, TcpStream::connect(&addr))
-            .await
-            .map_err(|_| ClientError::Timeout(addr.clone(), self.timeout))?
-            .map_err(|source| ClientError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(http)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut resp = tokio::time::timeout(idle, sender.send_request(req))
-            .await
-            .map_err(|_| ClientError::Timeout(addr.clone(), idle))?
-            .map_err(http)?;
+        let mut resp = self.open(req, idle).await?;
         let status = resp.status();
         let mut pending = Vec::new();
         let mut whole = Vec::new();
@@ -357,9 +384,7 @@ impl ApiClient {
         if !pending.is_empty() {
             on_line(&String::from_utf8_lossy(&pending));
         }
-        let text = String::from_utf8_lossy(&whole).into_owned();
-        let body = serde_json::from_slice(&whole).unwrap_or(serde_json::Value::Null);
-        Ok(ApiResponse { status, body, text })
+        Ok(ApiResponse::of(status, &whole))
     }
 
     /// `GET path` of a file (a backup's archive): each piece of a successful answer goes to
@@ -374,34 +399,12 @@ impl ApiClient {
         sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(ApiResponse, http::HeaderMap), ClientError> {
         let addr = self.authority.clone();
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .uri(format!("{}{path}", self.base_path))
-            .header(header::HOST, &self.authority);
-        if let Some(t) = &self.token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = req
+        let req = self
+            .request(Method::GET, path)
             .body(Full::new(Bytes::new()))
             .map_err(|e| ClientError::Request(e.to_string()))?;
         let http = |e: hyper::Error| ClientError::Http(addr.clone(), e.to_string());
-        let stream = tokio::time::timeout(self.timeout, TcpStream::connect(&addr))
-            .await
-            .map_err(|_| ClientError::Timeout(addr.clone(), self.timeout))?
-            .map_err(|source| ClientError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(http)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut resp = tokio::time::timeout(idle, sender.send_request(req))
-            .await
-            .map_err(|_| ClientError::Timeout(addr.clone(), idle))?
-            .map_err(http)?;
+        let mut resp = self.open(req, idle).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let mut whole = Vec::new();
@@ -423,9 +426,7 @@ impl ApiClient {
                 }
             }
         }
-        let text = String::from_utf8_lossy(&whole).into_owned();
-        let body = serde_json::from_slice(&whole).unwrap_or(serde_json::Value::Null);
-        Ok((ApiResponse { status, body, text }, headers))
+        Ok((ApiResponse::of(status, &whole), headers))
     }
 
     /// Sets how long [`ApiClient::call`] waits for a whole answer.
