@@ -104,7 +104,12 @@ pub async fn create(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -
     caller.may_act_on(app)?;
     let p = platform(state)?;
     let req: NewRun = parse_body(body)?;
-    if req.command.trim().is_empty() {
+    // The schema's rule: white space is ASCII's (as JSON Schema's clients read it), not Unicode's.
+    if req
+        .command
+        .trim_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b')
+        .is_empty()
+    {
         return Err(ApiError::Unprocessable("the command is empty".into()));
     }
     if req.command.contains('\0') {

@@ -519,8 +519,13 @@ pub struct DestroyAddon {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRun {
-    /// The command line, run by `/bin/sh -c` in the release's directory.
-    #[schema(min_length = 1, max_length = 8192, pattern = "^[^\\x00]*$")]
+    /// The command line, run by `/bin/sh -c` in the release's directory: no NUL byte, and at
+    /// least one character other than ASCII white space.
+    #[schema(
+        min_length = 1,
+        max_length = 8192,
+        pattern = "^[\\t\\n\\v\\f\\r ]*[^\\x00\\t\\n\\v\\f\\r ][^\\x00]*$"
+    )]
     pub command: String,
     /// Run without a client: output goes to the app's logs as `run.N` (`pier run --detach`).
     #[serde(default)]
