@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs pier-balancer's fuzz targets with libFuzzer, each for a while (bounded, stops by itself).
+# Runs pier's fuzz targets with libFuzzer, each for a while (bounded, stops by itself): the
+# HTTP/1.x codec's (h1_request, h1_response, chunked: balancer/h1/fuzz, built against pier-h1
+# alone) and the balancer's (host, h2_frames: balancer/proxy/fuzz).
 #
 #   bash balancer/proxy/fuzz/run.sh                 # every target, 60 s each
 #   SECONDS_EACH=600 bash balancer/proxy/fuzz/run.sh h1_request chunked
@@ -8,16 +10,22 @@
 # compiler flags: on a stable toolchain RUSTC_BOOTSTRAP=1 allows them for this build only.
 # Safe Rust cannot corrupt memory, so no sanitizer: the targets look for panics (including
 # their own assertions), hangs and unbounded memory. Findings land in fuzz/artifacts/TARGET/;
-# a crash input replays with `cargo fuzz run TARGET FILE` from balancer/proxy/.
+# a crash input replays with `cargo fuzz run TARGET FILE` from the crate (balancer/h1/ or
+# balancer/proxy/).
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cd "$here/.."
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(h1_request h1_response chunked host h2_frames)
 secs="${SECONDS_EACH:-60}"
 for t in "${targets[@]}"; do
+  case "$t" in
+    h1_request | h1_response | chunked) crate=balancer/h1 ;;
+    *) crate=balancer/proxy ;;
+  esac
+  here="$root/$crate/fuzz"
+  cd "$root/$crate"
   corpus="$here/corpus/$t"
   mkdir -p "$corpus"
   seeds=()

@@ -13,9 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use pier_routes::{Action, DomainPattern, RouteTable};
 
-use crate::h1::head::{parse_request, HeadLimits};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::util::now_ms;
+use pier_h1::head::{parse_request, HeadLimits};
 
 const LIMITS: HeadLimits = HeadLimits {
     max_line: 4096,

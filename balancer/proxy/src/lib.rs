@@ -1,40 +1,51 @@
-//! pier-balancer: the hostname-routing HTTP/1.1 reverse proxy at the centre of pier.
+//! pier-balancer: the hostname-routing HTTP/1.1, HTTP/2 and TLS reverse proxy at the centre
+//! of pier.
 //!
-//! This crate owns the request path — listeners, HTTP/1.1 parsing and serving, routing through
-//! the route table, forwarding to backends over pooled keep-alive connections, the answers pier
-//! writes itself — plus the admin endpoints, metrics and the routes-file reload. It does not own
-//! the route table's data structure ([`pier_routes`]) and never talks to the registry itself.
+//! This crate owns the request path — listeners, TLS, the HTTP/1.1 and HTTP/2 front ends, the
+//! one pipeline every request goes through, the exchanges with backends over pooled
+//! connections, the answers pier writes itself — plus the admin endpoints, metrics, the
+//! routes-file reload and the registry feed. It does not own the route table's data structure
+//! ([`pier_routes`]) nor the HTTP/1.x codec ([`pier_h1`]), and never asks the registry on the
+//! request path.
 //!
-//! The request path, stage by stage (docs/architecture.md tells the same story at length):
-//! 1. [`server`] — accept: listener sockets, worker runtimes, connection cap, shutdown drain.
-//! 2. [`serve`] — serve: read and parse a request head ([`h1::head`]), check its framing
-//!    ([`h1::framing`]), find the app (route), answer locally or forward.
-//! 3. [`forward`] — forward: pick a backend, take a pooled connection ([`upstream`]) or connect,
-//!    write the canonical head ([`headers`]), stream the body ([`relay`]), retry when safe.
-//! 4. [`respond`] — respond: the one mapping from failure to status code and `X-Pier-Error`.
+//! The request path reads top to bottom; a module imports only from its own layer or below
+//! (docs/architecture.md tells the same story at length):
+//! 1. [`accept`] — listeners, worker runtimes, connection cap, TLS handshake and ALPN, the
+//!    h2c preface, shutdown drain.
+//! 2. [`front`] — [`front::h1`] (an HTTP/1.x connection) and [`front::h2`] (an HTTP/2
+//!    connection and its streams, [`front::h2::guard`] against floods) read their protocol into
+//!    one [`downstream::Request`] and implement [`downstream::Downstream`].
+//! 3. [`pipeline`] — route, action, upstream peer, proxy, logging: written once.
+//! 4. [`upstream`] — backend selection with retries and ejection, the exchange with HTTP/1.1
+//!    ([`upstream::h1`]) and h2c ([`upstream::h2c`]) backends, the pools ([`upstream::pool`]).
+//! 5. Below them all: [`relay`] (bodies and tunnels between sockets), [`h2io`] (h2 streams as
+//!    byte streams), [`stream`] (plain or TLS client sockets), [`respond`] (pier's own answers),
+//!    [`error`] (the one error type and the abort reasons), [`outcome`], [`shared`] (state of
+//!    the workers), [`tls`], [`config`], [`metrics`], [`util`].
 //!
-//! Around it: [`config`] (the TOML pipeline), [`reload`] (routes file → table → `ArcSwap`),
-//! [`registry_sync`] (the Redis registry → table edits → `ArcSwap`),
-//! [`admin`] (`/metrics`, `/healthz`, `/routes`), [`metrics`], [`logging`], [`util`],
-//! [`telemetry`] (router lines and per-app stats to the registry's Redis, off the request path).
+//! Around it: [`reload`] (routes file → table → `ArcSwap`), [`registry_sync`] (the Redis
+//! registry → table edits → `ArcSwap`), [`admin`] (`/metrics`, `/healthz`, `/routes`),
+//! [`logging`], [`telemetry`] (router lines and per-app stats to the registry's Redis, off the
+//! request path).
 
+pub mod accept;
 pub mod admin;
 pub mod config;
-pub mod forward;
-pub mod h1;
-pub mod h2;
-pub mod headers;
+pub mod downstream;
+pub mod error;
+pub mod front;
+pub mod h2io;
 pub mod logging;
 pub mod metrics;
+pub mod outcome;
+pub mod pipeline;
 pub mod registry_sync;
 pub mod relay;
 pub mod reload;
 pub mod respond;
-pub mod serve;
-pub mod server;
+pub mod shared;
 pub mod stream;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
-pub mod upstream_h2;
 pub mod util;

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use pier_balancer::accept::start_workers;
 use pier_balancer::config::Config;
-use pier_balancer::server::{start_workers, Shared};
+use pier_balancer::shared::Shared;
 use pier_balancer::{admin, logging, registry_sync, reload};
 
 /// pier's hostname-routing HTTP reverse proxy.

@@ -21,7 +21,7 @@ use pier_registry::{Registry, RegistryError, Snapshot};
 use pier_routes::RouteTable;
 
 use crate::config::RegistrySettings;
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::util::now_ms;
 
 /// How long one feed read waits for a change before checking timers.

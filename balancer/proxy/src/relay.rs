@@ -15,7 +15,9 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
-use crate::h1::framing::{trailer_fields, BodyKind, ChunkError, ChunkedDecoder, Decoded};
+use pier_h1::framing::{trailer_fields, BodyKind, ChunkError, ChunkedDecoder, Decoded};
+
+use crate::error::{Abort, Failure, ProxyError};
 
 /// How the body is written to the destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,48 @@ pub enum RelayError {
     DstTimeout,
     /// More than the allowed number of body bytes.
     TooLarge,
+}
+
+impl RelayError {
+    /// The answer for a request body that could not be read whole (`None`: the client is
+    /// gone and there is no one to answer).
+    pub fn client_error(&self) -> Option<ProxyError> {
+        match self {
+            RelayError::SrcChunk(c) => Some(ProxyError::RequestChunk(*c)),
+            RelayError::SrcTimeout => Some(ProxyError::BodyTimeout),
+            RelayError::TooLarge => Some(ProxyError::BodyTooLarge),
+            RelayError::SrcEof | RelayError::SrcRead(_) => None,
+            RelayError::DstWrite(_) => Some(ProxyError::UpstreamIo),
+            RelayError::DstTimeout => Some(ProxyError::UpstreamTimeout),
+        }
+    }
+
+    /// A request body that could not be sent upstream: the client's fault or the backend's.
+    pub fn request_failure(&self) -> Failure {
+        match self {
+            RelayError::DstWrite(_) => Failure::Upstream {
+                err: ProxyError::UpstreamIo,
+                in_sync: false,
+            },
+            RelayError::DstTimeout => Failure::Upstream {
+                err: ProxyError::UpstreamTimeout,
+                in_sync: false,
+            },
+            other => Failure::Client(other.client_error()),
+        }
+    }
+
+    /// Why relaying a response body from a backend to the client stopped.
+    pub fn response_abort(&self) -> Abort {
+        match self {
+            RelayError::DstWrite(_) | RelayError::DstTimeout => Abort::ClientWrite,
+            RelayError::SrcTimeout => Abort::UpstreamIdleTimeout,
+            RelayError::SrcChunk(_) => Abort::BadResponseChunk,
+            RelayError::SrcEof | RelayError::SrcRead(_) | RelayError::TooLarge => {
+                Abort::UpstreamClosedMidBody
+            }
+        }
+    }
 }
 
 /// Idle limits and size cap of one relay.
@@ -165,7 +209,7 @@ pub fn put_last_chunk(out: &mut Vec<u8>, trailers: Option<&http::HeaderMap>) {
 /// Fields that must not be taken from a trailer section (RFC 9110 §6.5.1): framing, routing,
 /// and hop-by-hop fields.
 fn forbidden_trailer(name: &[u8]) -> bool {
-    crate::h1::framing::is_hop_by_hop(name)
+    pier_h1::framing::is_hop_by_hop(name)
         || [
             &b"host"[..],
             b"trailer",
@@ -331,7 +375,7 @@ pub async fn tunnel<CR, CW, UR, UW>(
     up_w: &mut UW,
     up_buf: &mut BytesMut,
     idle: Duration,
-) -> (u64, Option<&'static str>)
+) -> (u64, Option<Abort>)
 where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
@@ -359,7 +403,7 @@ where
     };
     tokio::select! {
         r = both => (down.load(Ordering::Relaxed), r.err()),
-        _ = watch => (down.load(Ordering::Relaxed), Some("tunnel-idle-timeout")),
+        _ = watch => (down.load(Ordering::Relaxed), Some(Abort::TunnelIdleTimeout)),
     }
 }
 
@@ -371,7 +415,7 @@ async fn pump<R, W>(
     origin: tokio::time::Instant,
     last: &AtomicU64,
     count: Option<&AtomicU64>,
-) -> Result<(), &'static str>
+) -> Result<(), Abort>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -383,7 +427,7 @@ where
                 dst.write_all(buf).await?;
                 dst.flush().await
             };
-            sent.await.map_err(|_| "tunnel-write")?;
+            sent.await.map_err(|_| Abort::TunnelWrite)?;
             buf.advance(n);
             last.store(origin.elapsed().as_millis() as u64, Ordering::Relaxed);
             if let Some(c) = count {
@@ -401,7 +445,7 @@ where
             Ok(_) => last.store(origin.elapsed().as_millis() as u64, Ordering::Relaxed),
             Err(_) => {
                 let _ = dst.shutdown().await;
-                return Err("tunnel-read");
+                return Err(Abort::TunnelRead);
             }
         }
     }
@@ -482,7 +526,7 @@ mod tests {
         assert_eq!(dst, b"abc");
         // Host may not come from trailers; the others are handed back as lines.
         assert_eq!(scratch, b"X-Sum: 1\r\nX-B:  2 \r\n");
-        let map = crate::h2::io::trailers_from_lines(&scratch);
+        let map = crate::h2io::trailers_from_lines(&scratch);
         assert_eq!(map.len(), 2);
         assert_eq!(map.get("x-sum").unwrap(), "1");
         assert_eq!(map.get("x-b").unwrap(), "2");

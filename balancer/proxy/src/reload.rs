@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use pier_routes::RouteTable;
 
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// A table built from a routes file, and the other files it read (certificates, bodies).
 pub struct Loaded {

@@ -1,115 +1,13 @@
-//! Answers pier writes itself, and the one place where a failure becomes a status code.
-//!
-//! Every failure the proxy can meet is a [`ProxyError`]: it says who failed (client, routing,
-//! upstream), which status the client gets, the short reason sent in `X-Pier-Error` and counted
-//! in `pier_errors_total`, and whether another backend may be tried.
+//! Answers pier writes itself: error pages, an app's own redirect, static page or maintenance
+//! page, and the redirect to HTTPS — written once as a [`LocalResponse`] that each front end
+//! sends its own way (an HTTP/1.1 head and body, or an h2 head and DATA).
 
 use std::io::Write;
 
 use pier_routes::Action;
 
-use crate::h1::framing::{ChunkError, FramingError};
-use crate::h1::head::HeadError;
+use crate::error::ProxyError;
 use crate::util::with_http_date;
-
-/// Everything that can stop a request from being proxied normally.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyError {
-    /// The request head was malformed or over a limit.
-    Head(HeadError),
-    /// The request's framing or its Host/Expect fields were unusable.
-    Framing(FramingError),
-    /// The request body's chunked coding was malformed.
-    RequestChunk(ChunkError),
-    BadHost,
-    BadTarget,
-    ConnectNotSupported,
-    BodyTooLarge,
-    /// The client took too long to send its head.
-    HeaderTimeout,
-    /// The client stopped sending its body.
-    BodyTimeout,
-    UnknownHost,
-    NoBackend,
-    /// Every attempt to connect to a backend failed.
-    UpstreamConnect,
-    UpstreamConnectTimeout,
-    /// The backend closed or reset the connection before a full response head.
-    UpstreamClosed,
-    /// The backend's response was malformed (head or framing).
-    UpstreamBadResponse(&'static str),
-    /// No response head within the first-byte timeout.
-    UpstreamTimeout,
-    UpstreamIo,
-    /// An h2 request the RFC calls malformed (RFC 9113 §8.1.1, §8.2, §8.3).
-    BadH2Request(&'static str),
-    /// An h2 request for a host this connection's certificate does not serve (RFC 9110 §15.5.20).
-    Misdirected,
-}
-
-impl ProxyError {
-    pub fn status(self) -> u16 {
-        use ProxyError::*;
-        match self {
-            Head(HeadError::LineTooLong) => 414,
-            Head(HeadError::HeadTooLarge | HeadError::TooManyHeaders) => 431,
-            Head(HeadError::UnsupportedVersion) => 505,
-            Head(_) | RequestChunk(_) | BadHost | BadTarget | BadH2Request(_) => 400,
-            Misdirected => 421,
-            Framing(f) => f.status(),
-            ConnectNotSupported => 405,
-            BodyTooLarge => 413,
-            HeaderTimeout | BodyTimeout => 408,
-            UnknownHost => 404,
-            NoBackend => 503,
-            UpstreamConnect | UpstreamClosed | UpstreamBadResponse(_) | UpstreamIo => 502,
-            UpstreamConnectTimeout | UpstreamTimeout => 504,
-        }
-    }
-
-    /// The `X-Pier-Error` value: short, stable, documented in docs/configuration.md.
-    pub fn reason(self) -> &'static str {
-        use ProxyError::*;
-        match self {
-            Head(h) => h.reason(),
-            Framing(f) => f.reason(),
-            RequestChunk(c) => c.reason(),
-            BadHost => "bad-host",
-            BadTarget => "bad-target",
-            ConnectNotSupported => "connect-not-supported",
-            BodyTooLarge => "body-too-large",
-            HeaderTimeout => "header-timeout",
-            BodyTimeout => "body-timeout",
-            UnknownHost => "unknown-host",
-            NoBackend => "no-backend",
-            UpstreamConnect => "upstream-connect-failed",
-            UpstreamConnectTimeout => "upstream-connect-timeout",
-            UpstreamClosed => "upstream-closed",
-            UpstreamBadResponse(r) => r,
-            UpstreamTimeout => "upstream-timeout",
-            UpstreamIo => "upstream-io",
-            BadH2Request(r) => r,
-            Misdirected => "misdirected-request",
-        }
-    }
-
-    /// Whether the client connection can stay open after this answer: only when the request
-    /// was fully read and understood.
-    pub fn keeps_connection(self) -> bool {
-        use ProxyError::*;
-        matches!(
-            self,
-            UnknownHost
-                | NoBackend
-                | UpstreamConnect
-                | UpstreamConnectTimeout
-                | UpstreamClosed
-                | UpstreamBadResponse(_)
-                | UpstreamTimeout
-                | UpstreamIo
-        )
-    }
-}
 
 /// The reason phrase for the statuses pier writes itself.
 pub fn status_text(status: u16) -> &'static str {
@@ -372,6 +270,8 @@ pub fn error_body(err: ProxyError) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pier_h1::framing::FramingError;
+    use pier_h1::head::HeadError;
 
     #[test]
     fn statuses_follow_the_issue() {

@@ -31,9 +31,8 @@ use prometheus::IntCounter;
 use smallvec::SmallVec;
 
 use crate::config::TelemetrySettings;
-use crate::forward::Forwarded;
-use crate::respond::ProxyError;
-use crate::serve::Exchange;
+use crate::error::ProxyError;
+use crate::outcome::{Access, Outcome};
 
 /// How often the writer empties the queue.
 const TICK: Duration = Duration::from_millis(25);
@@ -163,7 +162,7 @@ impl Telemetry {
     }
 
     /// Queues one answered request of `app` that took `total`; never waits.
-    pub(crate) fn record(&self, app: &App, x: &Exchange<'_>, o: &Forwarded, total: Duration) {
+    pub(crate) fn record(&self, app: &App, x: &Access<'_>, o: &Outcome, total: Duration) {
         let line = self.lines.then(|| router_line(app, x, o, total));
         let ev = Event {
             app: app.name.clone(),
@@ -203,7 +202,7 @@ fn resp(buf: &mut Vec<u8>, args: &[&[u8]]) {
 /// instance=… connect=0ms service=3ms total=4ms status=200 bytes=512 protocol=http/1.1`, with
 /// `at=error error=REASON` when pier answered itself and `aborted=WHY` when the answer broke.
 /// Client-supplied text is quoted and escaped: no control character or quote gets through.
-fn router_line(app: &App, x: &Exchange<'_>, o: &Forwarded, total: Duration) -> Line {
+fn router_line(app: &App, x: &Access<'_>, o: &Outcome, total: Duration) -> Line {
     let mut s = Line::with_capacity(192 + x.target.len().min(MAX_PATH));
     let at = if o.error.is_some() || o.aborted.is_some() {
         "error"
@@ -218,7 +217,7 @@ fn router_line(app: &App, x: &Exchange<'_>, o: &Forwarded, total: Duration) -> L
     }
     if let Some(why) = o.aborted {
         s.push_str(" aborted=");
-        s.push_str(why);
+        s.push_str(why.as_str());
     }
     s.push_str(" method=");
     escape_bare(&mut s, x.method);

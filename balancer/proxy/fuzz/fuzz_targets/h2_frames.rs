@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pier_balancer::h2::guard::FrameCounter;
+use pier_balancer::front::h2::guard::FrameCounter;
 
 fn feed(data: &[u8], piece: usize) -> Option<&'static str> {
     // Low limits, so that floods are within reach of small inputs.

@@ -1,6 +1,6 @@
 //! What the head targets share: limits, and reading a head whole and in pieces.
 
-use pier_balancer::h1::head::{HeadError, HeadLimits, HeaderList};
+use pier_h1::head::{HeadError, HeadLimits, HeaderList};
 
 pub const LIMITS: HeadLimits = HeadLimits {
     max_line: 2048,

@@ -516,7 +516,7 @@ pub fn trailer_fields(trailers: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::h1::head::{parse_request, parse_response, HeadLimits};
+    use crate::head::{parse_request, parse_response, HeadLimits};
     use bytes::Bytes;
 
     const LIMITS: HeadLimits = HeadLimits {

@@ -9,8 +9,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::h1::framing::{BodyKind, Connection, ResponseFraming};
-use crate::h1::head::{HeaderPos, Known, RequestHead, ResponseHead, Version};
+use crate::framing::{BodyKind, Connection, ResponseFraming};
+use crate::head::{HeaderPos, Known, RequestHead, ResponseHead, Version};
 
 /// Per-request facts needed to write the upstream head.
 pub struct Forwarding<'a> {
@@ -401,8 +401,8 @@ fn write_status_and_fields(out: &mut Vec<u8>, resp: &ResponseHead) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::h1::framing::RequestFraming;
-    use crate::h1::head::{parse_request, HeadLimits};
+    use crate::framing::RequestFraming;
+    use crate::head::{parse_request, HeadLimits};
     use bytes::Bytes;
 
     const LIMITS: HeadLimits = HeadLimits {
@@ -495,7 +495,7 @@ mod tests {
     fn response_fields_are_copied_in_order_without_hop_by_hop() {
         let raw = "HTTP/1.1 200 OK\r\nServer: s\r\nConnection: keep-alive, X-Hop\r\nX-Hop: h\r\n\
                    Content-Length: 2\r\nDate:  today\r\nX-A: a\r\nX-B: b\r\n\r\n";
-        let (n, p) = crate::h1::head::parse_response(raw.as_bytes(), &LIMITS)
+        let (n, p) = crate::head::parse_response(raw.as_bytes(), &LIMITS)
             .unwrap()
             .unwrap();
         let head = p.into_head(Bytes::copy_from_slice(&raw.as_bytes()[..n]));

@@ -7,9 +7,9 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use pier_balancer::h1::framing::{BodyKind, RequestFraming};
-use pier_balancer::h1::head::{parse_request, HeadGate, Known, RequestHead, Version};
-use pier_balancer::headers::{write_request_head, Forwarding};
+use pier_h1::framing::{BodyKind, RequestFraming};
+use pier_h1::head::{parse_request, HeadGate, Known, RequestHead, Version};
+use pier_h1::rewrite::{write_request_head, Forwarding};
 use pier_routes::RequestHost;
 
 mod common;
@@ -85,7 +85,7 @@ fuzz_target!(|input: &[u8]| {
     assert_eq!(sent_host.as_deref(), Some(&host[..]), "Host");
 
     // The client's end-to-end fields, in order, are a subsequence of what was sent.
-    let passed = |h: &RequestHead, p: &pier_balancer::h1::head::HeaderPos| {
+    let passed = |h: &RequestHead, p: &pier_h1::head::HeaderPos| {
         !(p.kind.is_hop_by_hop()
             || p.kind.is_forwarded()
             || matches!(

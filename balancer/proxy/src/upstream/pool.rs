@@ -1,4 +1,5 @@
-//! Connections to backends, and the keep-alive pool that reuses them.
+//! Connections to backends, and the pools that reuse them: idle HTTP/1.1 keep-alive
+//! connections ([`UpstreamPool`]) and one multiplexed connection per h2c backend ([`H2Pool`]).
 //!
 //! Each worker owns one [`UpstreamPool`] (in the per-core runtime mode nothing is shared between
 //! cores; in the shared mode all threads use one). Idle connections are kept last-in first-out
@@ -8,11 +9,14 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use h2::client::SendRequest;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::timeout;
 
 /// One connection to a backend, with its read buffer.
 pub struct UpstreamConn {
@@ -118,6 +122,83 @@ impl UpstreamPool {
     pub fn idle_count(&self) -> usize {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.values().map(Vec::len).sum()
+    }
+}
+
+/// One shared connection to a backend.
+struct H2Backend {
+    send: SendRequest<Bytes>,
+    /// Set by the connection's driver task when the connection ends.
+    closed: Arc<AtomicBool>,
+    /// When a request last took a stream on it.
+    last_used: Instant,
+}
+
+/// Multiplexed connections to h2c backends, one per address.
+#[derive(Default)]
+pub struct H2Pool {
+    conns: Mutex<HashMap<SocketAddr, H2Backend>>,
+}
+
+impl H2Pool {
+    /// A sender on the connection to `addr`, opening one if there is none (or it closed).
+    /// The `bool` says whether the connection was already open.
+    pub async fn sender(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<(SendRequest<Bytes>, bool), ConnectError> {
+        {
+            let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(b) = conns.get_mut(&addr) {
+                if !b.closed.load(Ordering::Relaxed) {
+                    b.last_used = Instant::now();
+                    return Ok((b.send.clone(), true));
+                }
+            }
+        }
+        let conn = connect(addr, connect_timeout).await?;
+        let handshake = h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .handshake::<_, Bytes>(conn.stream);
+        let (send, connection) = match timeout(connect_timeout, handshake).await {
+            Err(_) => return Err(ConnectError::Timeout),
+            Ok(Err(e)) => return Err(ConnectError::Io(std::io::Error::other(e))),
+            Ok(Ok(pair)) => pair,
+        };
+        let closed = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&closed);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(backend = %addr, error = %e, "h2c backend connection ended");
+            }
+            flag.store(true, Ordering::Relaxed);
+        });
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.insert(
+            addr,
+            H2Backend {
+                send: send.clone(),
+                closed,
+                last_used: Instant::now(),
+            },
+        );
+        Ok((send, false))
+    }
+
+    /// Forgets connections that ended, and lets go of those no request has used for `idle`
+    /// (a backend that left the table, or a quiet one): once its streams in flight finish, an
+    /// h2 connection with no handle left sends GOAWAY and closes. Called periodically.
+    pub fn reap(&self, idle: Duration) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.retain(|_, b| !b.closed.load(Ordering::Relaxed) && b.last_used.elapsed() < idle);
+    }
+
+    /// Forgets the connection to `addr` (after it failed a request).
+    pub fn drop_conn(&self, addr: SocketAddr) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.remove(&addr);
     }
 }
 

@@ -6,9 +6,9 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use pier_balancer::h1::framing::{BodyKind, ResponseFraming};
-use pier_balancer::h1::head::{parse_response, HeadGate, HeaderPos, Known, Version};
-use pier_balancer::headers::{client_framing, write_response_head, ClientFraming};
+use pier_h1::framing::{BodyKind, ResponseFraming};
+use pier_h1::head::{parse_response, HeadGate, HeaderPos, Known, Version};
+use pier_h1::rewrite::{client_framing, write_response_head, ClientFraming};
 
 mod common;
 use common::{check_pieces, text, LIMITS, WIDE};

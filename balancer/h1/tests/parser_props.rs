@@ -2,8 +2,8 @@
 //! reads past what it was given, and what it accepts is well-formed.
 #![allow(clippy::unwrap_used)]
 
-use pier_balancer::h1::framing::{ChunkedDecoder, Decoded, RequestFraming};
-use pier_balancer::h1::head::{parse_request, parse_response, HeadLimits};
+use pier_h1::framing::{ChunkedDecoder, Decoded, RequestFraming};
+use pier_h1::head::{parse_request, parse_response, HeadLimits};
 use proptest::prelude::*;
 
 const LIMITS: HeadLimits = HeadLimits {

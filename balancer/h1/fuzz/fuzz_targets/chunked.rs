@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pier_balancer::h1::framing::{trailer_fields, ChunkError, ChunkedDecoder, Decoded};
+use pier_h1::framing::{trailer_fields, ChunkError, ChunkedDecoder, Decoded};
 
 #[derive(Debug, PartialEq)]
 enum End {

@@ -7,8 +7,9 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::h1::framing::BodyKind;
+use crate::error::Abort;
 use crate::relay::{relay_body, write_last_chunk, OutCoding, RelayError, RelayLimits};
+use pier_h1::framing::BodyKind;
 
 /// Largest piece of a response body handed to `h2` at once.
 const MAX_PIECE: usize = 64 * 1024;
@@ -26,6 +27,16 @@ impl RecvBody {
             inner,
             pending: first,
         }
+    }
+
+    /// The stream underneath (read from directly before any byte was taken through this).
+    pub fn inner(&mut self) -> &mut h2::RecvStream {
+        &mut self.inner
+    }
+
+    /// Whether the client ended the stream (no more DATA will come).
+    pub fn is_end_stream(&self) -> bool {
+        self.pending.is_empty() && self.inner.is_end_stream()
     }
 
     /// The trailers that ended the body, once it has been read to its end (`None`: there were
@@ -151,7 +162,7 @@ pub async fn relay_chunked<W: AsyncWrite + Unpin>(
 /// without surrounding whitespace; a line `http` refuses is left out.
 pub fn trailers_from_lines(lines: &[u8]) -> http::HeaderMap {
     let mut map = http::HeaderMap::new();
-    for (name, line) in crate::h1::framing::trailer_fields(lines) {
+    for (name, line) in pier_h1::framing::trailer_fields(lines) {
         let value = line[name.len()..]
             .strip_prefix(b":")
             .unwrap_or_default()
@@ -215,43 +226,43 @@ pub async fn pump(
     src: &mut h2::RecvStream,
     dst: &mut h2::SendStream<Bytes>,
     idle: std::time::Duration,
-) -> Result<u64, &'static str> {
+) -> Result<u64, Abort> {
     use std::future::poll_fn;
     use tokio::time::timeout;
     let mut total = 0u64;
     loop {
         let next = match timeout(idle, poll_fn(|cx| src.poll_data(cx))).await {
-            Err(_) => return Err("idle-timeout"),
+            Err(_) => return Err(Abort::IdleTimeout),
             Ok(n) => n,
         };
         let Some(data) = next else { break };
-        let mut data = data.map_err(|_| "read-reset")?;
+        let mut data = data.map_err(|_| Abort::ReadReset)?;
         let n = data.len();
         while !data.is_empty() {
             dst.reserve_capacity(data.len().min(MAX_PIECE));
             let cap = match timeout(idle, poll_fn(|cx| dst.poll_capacity(cx))).await {
-                Err(_) => return Err("idle-timeout"),
-                Ok(None) | Ok(Some(Err(_))) => return Err("write-reset"),
+                Err(_) => return Err(Abort::IdleTimeout),
+                Ok(None) | Ok(Some(Err(_))) => return Err(Abort::WriteReset),
                 Ok(Some(Ok(c))) => c,
             };
             if cap == 0 {
                 continue;
             }
             let piece = data.split_to(cap.min(data.len()));
-            dst.send_data(piece, false).map_err(|_| "write-reset")?;
+            dst.send_data(piece, false).map_err(|_| Abort::WriteReset)?;
         }
         let _ = src.flow_control().release_capacity(n);
         total += n as u64;
     }
     let trailers = match timeout(idle, poll_fn(|cx| src.poll_trailers(cx))).await {
-        Err(_) => return Err("idle-timeout"),
-        Ok(t) => t.map_err(|_| "read-reset")?,
+        Err(_) => return Err(Abort::IdleTimeout),
+        Ok(t) => t.map_err(|_| Abort::ReadReset)?,
     };
     match trailers {
-        Some(t) => dst.send_trailers(t).map_err(|_| "write-reset")?,
+        Some(t) => dst.send_trailers(t).map_err(|_| Abort::WriteReset)?,
         None => dst
             .send_data(Bytes::new(), true)
-            .map_err(|_| "write-reset")?,
+            .map_err(|_| Abort::WriteReset)?,
     }
     Ok(total)
 }

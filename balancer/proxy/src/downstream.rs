@@ -1,0 +1,245 @@
+//! The one interface between a front end and the rest of the request path.
+//!
+//! A front end (an HTTP/1.1 connection, an HTTP/2 stream) reads its protocol into a
+//! [`Request`] and implements [`Downstream`] for it: answer with one of pier's own responses,
+//! answer an error, write the request for a backend, and give out the two halves an exchange
+//! with a backend needs at once — the request body still to come ([`RequestBody`]) and the
+//! client's side of the answer ([`ResponseSink`]: interim heads, the response head, the body
+//! and its trailers, a tunnel). The pipeline ([`crate::pipeline`]) and the exchanges with
+//! backends ([`crate::upstream`]) are written once against these traits; everything that
+//! differs between HTTP/1.1 and HTTP/2 clients lives in the front ends.
+//!
+//! The traits are used with static dispatch only (each front end's future is a concrete type),
+//! so their futures cost no allocation; they are declared `Send` so that the generic request
+//! path can be spawned on a work-stealing runtime.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use pier_h1::framing::{BodyKind, ResponseFraming};
+use pier_h1::head::{HeaderList, ResponseHead};
+use pier_routes::RequestHost;
+
+use crate::config::Listener;
+use crate::error::{Abort, ProxyError};
+use crate::outcome::Outcome;
+use crate::relay::{RelayError, RelayLimits};
+use crate::respond::LocalResponse;
+
+/// One request, read and checked by its front end, whatever protocol carried it.
+pub struct Request {
+    /// The Host sent upstream (the Host field, the authority of an absolute-form target, or
+    /// `:authority`).
+    pub host: Bytes,
+    /// The host the request is routed by (lower-cased, without port); `None` for an HTTP/1.0
+    /// request without a Host.
+    pub name: Option<RequestHost>,
+    /// The origin-form target sent upstream.
+    pub target: Bytes,
+    pub request_id: SmallVec<[u8; 64]>,
+    /// When the request head arrived.
+    pub start: Instant,
+    /// The same instant in wall-clock milliseconds (liveness, ejection, `X-Request-Start`).
+    pub start_ms: u64,
+    pub head_request: bool,
+    /// Whether the method may be sent twice ([`is_idempotent`]).
+    pub idempotent: bool,
+    /// The declared body length (`Content-Length`).
+    pub length: Option<u64>,
+    /// A WebSocket over HTTP/2 (extended CONNECT, RFC 8441): the stream becomes a tunnel.
+    pub tunnel: bool,
+    /// The largest body accepted (0 = no limit): the config's, then the app's.
+    pub max_body: u64,
+}
+
+impl Request {
+    /// The routing name (empty when there is none).
+    pub fn name(&self) -> &str {
+        self.name.as_ref().map_or("", RequestHost::as_str)
+    }
+}
+
+/// The methods a request may be sent with twice (RFC 9110 §9.2.2): only these are ever retried
+/// on a new connection after a pooled one turned out closed.
+pub fn is_idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
+}
+
+/// Why a wait for the backend's answer ended without one.
+pub enum Waited {
+    TimedOut,
+    /// The client went away (an HTTP/2 stream reset).
+    ClientGone,
+}
+
+/// What the client's side said once a response head went out.
+pub struct HeadSent {
+    /// The body, when it was sent with the head (it was all in the buffer, and small).
+    pub body_sent: Option<u64>,
+    /// Whether the client connection may carry another request.
+    pub keep_alive: bool,
+}
+
+/// A client's side of one request: what the pipeline and the upstream exchanges need.
+pub trait Downstream: Send {
+    /// The request body still to come from the client.
+    type Body<'a>: RequestBody + Send
+    where
+        Self: 'a;
+    /// The client's side of the answer.
+    type Sink<'a>: ResponseSink + Send
+    where
+        Self: 'a;
+
+    /// `http/1.1` or `h2`, for the access log.
+    const PROTOCOL: &'static str;
+    /// Whether the client may keep sending while the answer comes (HTTP/2 streams): an h2c
+    /// backend then gets the body and gives its answer at once.
+    const DUPLEX: bool;
+
+    fn request(&self) -> &Request;
+    fn request_mut(&mut self) -> &mut Request;
+    fn method(&self) -> &[u8];
+    fn peer(&self) -> SocketAddr;
+    fn listener(&self) -> &Listener;
+
+    /// Whether `name` may be answered on this connection (an HTTP/2 connection over TLS serves
+    /// only the names its certificate covers, RFC 9113 §9.1.1).
+    fn may_serve(&self, _name: &str) -> bool {
+        true
+    }
+
+    /// Sends one of pier's own answers (redirect, static page, maintenance).
+    fn answer(&mut self, resp: &LocalResponse<'_>) -> impl Future<Output = Outcome> + Send;
+
+    /// Answers with an error. `body_read` says whether the request body (if any) was read whole.
+    fn answer_error(
+        &mut self,
+        err: ProxyError,
+        body_read: bool,
+    ) -> impl Future<Output = Outcome> + Send;
+
+    /// The client failed while sending its body: answer `err` if there is one, and end the
+    /// exchange (the connection or the stream).
+    fn client_failed(&mut self, err: Option<ProxyError>) -> impl Future<Output = Outcome> + Send;
+
+    /// The answer broke after its head went out (`status`, 0 for none).
+    fn cut(&mut self, status: u16, why: Abort) -> Outcome;
+
+    // An HTTP/1.1 backend.
+
+    /// Gets the body ready before a backend is chosen (an HTTP/2 front end reads a small body
+    /// whole). `Err`: the request was answered.
+    fn prepare_body(&mut self) -> impl Future<Output = Result<(), Outcome>> + Send;
+
+    /// Whether a request body is still unread (a local answer then closes an HTTP/1.1
+    /// connection).
+    fn body_pending(&self) -> bool;
+
+    /// Whether the body (if any) can be sent again on another connection.
+    fn body_replayable(&self) -> bool;
+
+    /// Whether a `101 Switching Protocols` answer is expected (a WebSocket handshake).
+    fn upgrading(&self) -> bool;
+
+    /// Writes the canonical HTTP/1.1 request for a backend, with the body bytes in hand when
+    /// they fit; returns it and whether the whole body is in it.
+    fn write_request(&mut self) -> (&[u8], bool);
+
+    /// The request body and the answer, apart, so that an exchange can use both at once.
+    fn split(&mut self) -> (Self::Body<'_>, Self::Sink<'_>);
+
+    // An h2c backend.
+
+    /// The request head for an h2c backend, and whether a body follows.
+    fn h2_request(&self) -> Result<(http::Request<()>, bool), ProxyError>;
+}
+
+/// The request body still to come.
+pub trait RequestBody: Send {
+    type Reader: AsyncRead + Unpin + Send;
+
+    /// Streams the rest of the body to an HTTP/1.1 backend (in the framing the request head
+    /// written by [`Downstream::write_request`] announced).
+    fn send_h1<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        up: &mut W,
+        limits: RelayLimits,
+    ) -> impl Future<Output = Result<u64, RelayError>> + Send;
+
+    /// Streams the body, trailers included, to an h2c backend's stream, and ends it.
+    fn send_h2(
+        &mut self,
+        up: h2::SendStream<Bytes>,
+        limits: RelayLimits,
+    ) -> impl Future<Output = Result<u64, RelayError>> + Send;
+
+    /// The client's bytes for a tunnel, and what was already read of them.
+    fn tunnel(&mut self) -> Option<(&mut Self::Reader, &mut BytesMut)>;
+}
+
+/// The client's side of an answer from a backend.
+pub trait ResponseSink: Send {
+    type Writer: AsyncWrite + Unpin + Send;
+
+    /// The field list to parse response heads into (kept between requests where it can be).
+    fn take_fields(&mut self) -> HeaderList;
+    fn put_fields(&mut self, fields: HeaderList);
+
+    /// Waits for `f` until `deadline`, or until the client goes away.
+    fn wait<F: Future + Send>(
+        &mut self,
+        deadline: Instant,
+        f: F,
+    ) -> impl Future<Output = Result<F::Output, Waited>> + Send;
+
+    /// Passes on a `1xx` interim answer (HTTP/1.1 clients; HTTP/2 gets the final one only).
+    fn interim(&mut self, head: &ResponseHead) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Sends an HTTP/1.1 backend's response head; the body goes with it when it is all in
+    /// `up_buf` and small. `early`: the backend answered before the request body was sent.
+    fn head(
+        &mut self,
+        head: &ResponseHead,
+        framing: &ResponseFraming,
+        up_buf: &mut BytesMut,
+        early: bool,
+        hsts: Option<&str>,
+    ) -> impl Future<Output = Result<HeadSent, Abort>> + Send;
+
+    /// Relays the rest of the response body (of kind `kind`; bytes already read are in
+    /// `up_buf`) and ends the answer, trailers included where the client takes them.
+    fn body<R: AsyncRead + Unpin + Send>(
+        &mut self,
+        up: &mut R,
+        up_buf: &mut BytesMut,
+        kind: BodyKind,
+        read_idle: Duration,
+    ) -> impl Future<Output = Result<u64, Abort>> + Send;
+
+    /// Sends an h2c backend's answer, head and body (its trailers where the client takes
+    /// them). Returns the status, the body bytes and whether the client connection may carry
+    /// another request, or the status and why the body broke.
+    fn h2_answer(
+        &mut self,
+        resp: http::Response<h2::RecvStream>,
+        read_idle: Duration,
+        hsts: Option<&str>,
+    ) -> impl Future<Output = Result<(u16, u64, bool), (u16, Abort)>> + Send;
+
+    /// The backend switched protocols (`101`): tell the client, and give the writer of the
+    /// tunnel.
+    fn switch(
+        &mut self,
+        head: &ResponseHead,
+    ) -> impl Future<Output = Result<&mut Self::Writer, Abort>> + Send;
+}

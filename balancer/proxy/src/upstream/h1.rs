@@ -1,0 +1,411 @@
+//! The exchange with an HTTP/1.1 backend, for any front end.
+//!
+//! One attempt: write the canonical request head (with a small body in hand in the same
+//! write), stream the rest of the body while watching for an early answer, read the response
+//! head (passing `1xx` on where the client takes them), send it on, relay the body, and give
+//! the connection back to the pool when both sides ended cleanly. A `101` to a WebSocket
+//! handshake turns the exchange into a tunnel. Failures count towards passive ejection; a
+//! stale pooled connection is retried on a new one when the request is replayable.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::ReadHalf;
+use tokio::time::timeout;
+
+use pier_h1::framing::{BodyKind, FramingError, ResponseFraming};
+use pier_h1::head::{recycle, HeadError, HeadGate, HeadLimits, HeaderList, Known, ResponseHead};
+use pier_routes::App;
+
+use crate::downstream::{Downstream, RequestBody, ResponseSink, Waited};
+use crate::error::{Abort, Failure, ProxyError};
+use crate::outcome::Outcome;
+use crate::relay::{write_all_timed, RelayError, RelayLimits};
+use crate::shared::Worker;
+use crate::upstream::pool::UpstreamConn;
+use crate::upstream::{Attempts, Timeouts};
+
+/// Limits for response heads from backends (they are trusted more than clients, not blindly).
+pub const UPSTREAM_HEAD: HeadLimits = HeadLimits {
+    max_line: 64 * 1024,
+    max_head: 64 * 1024,
+    max_headers: 256,
+};
+
+/// Proxies the request of `d` to one of `app`'s HTTP/1.1 backends and relays the answer.
+pub async fn proxy<D: Downstream>(
+    w: &Worker,
+    d: &mut D,
+    app: &Arc<App>,
+    hsts: Option<&str>,
+) -> Outcome {
+    if let Err(answered) = d.prepare_body().await {
+        return answered;
+    }
+    let replayable = d.request().idempotent && d.body_replayable();
+    let start = d.request().start;
+    let mut attempts = Attempts::new(w, app, d.request().start_ms);
+    let mut fresh = false;
+    let mut stale_retries = 0;
+    loop {
+        let (idx, mut conn) = match attempts.h1(fresh, start).await {
+            Ok(c) => c,
+            Err(err) => {
+                let in_sync = !d.body_pending();
+                return d.answer_error(err, in_sync).await;
+            }
+        };
+        let connected = start.elapsed();
+        let backend = &app.backends[idx];
+        let _outstanding = app.begin(idx);
+        let reused = conn.reused;
+        match exchange(w, d, &mut conn, &attempts.timeouts, hsts).await {
+            Ok(done) => {
+                backend.state.record_success();
+                // One reading of the clock for the pool, the access record and the next
+                // request's idle wait.
+                let end = Instant::now();
+                if done.reusable && !w.shared.is_shutting_down() {
+                    w.pool.put(conn, end);
+                }
+                return Outcome {
+                    status: done.status,
+                    upstream: Some(backend.addr),
+                    bytes_out: done.bytes_out,
+                    first_byte: Some(done.first_byte),
+                    connect: Some(connected),
+                    keep_alive: done.keep_alive,
+                    error: None,
+                    aborted: done.aborted,
+                    end: Some(end),
+                };
+            }
+            Err(Failure::Stale) if reused && replayable && stale_retries < 2 => {
+                stale_retries += 1;
+                fresh = true;
+                w.shared.metrics.upstream_retries.inc();
+            }
+            Err(Failure::Stale) => {
+                let in_sync = !d.body_pending();
+                let o = d.answer_error(ProxyError::UpstreamClosed, in_sync).await;
+                return o.via(backend.addr);
+            }
+            Err(Failure::Upstream { err, in_sync }) => {
+                attempts.failed(idx);
+                return d.answer_error(err, in_sync).await.via(backend.addr);
+            }
+            Err(Failure::Client(err)) => return d.client_failed(err).await.via(backend.addr),
+            Err(Failure::Aborted(why)) => return d.cut(0, why).via(backend.addr),
+        }
+    }
+}
+
+/// How one successful attempt ended.
+struct Exchanged {
+    status: u16,
+    bytes_out: u64,
+    first_byte: Duration,
+    /// Whether the backend connection can be pooled.
+    reusable: bool,
+    /// Whether the client connection can carry another request.
+    keep_alive: bool,
+    aborted: Option<Abort>,
+}
+
+/// An I/O failure before a response head: stale when a pooled connection gave nothing back.
+fn io_failure(reused: bool, got_nothing: bool, in_sync: bool) -> Failure {
+    if reused && got_nothing {
+        Failure::Stale
+    } else {
+        Failure::Upstream {
+            err: if got_nothing {
+                ProxyError::UpstreamClosed
+            } else {
+                ProxyError::UpstreamIo
+            },
+            in_sync,
+        }
+    }
+}
+
+/// What a response head means for the exchange.
+enum Read {
+    Final(ResponseHead),
+    Interim(ResponseHead),
+}
+
+/// Reads one response head. `Err` carries whether any byte of a response arrived.
+pub async fn read_head(
+    up: &mut ReadHalf<'_>,
+    buf: &mut BytesMut,
+    fields: &mut HeaderList,
+) -> Result<ResponseHead, (ProxyError, bool)> {
+    let mut gate = HeadGate::default();
+    loop {
+        match gate.response(buf, &UPSTREAM_HEAD, fields) {
+            Ok(Some((len, parts))) => return Ok(parts.into_head(buf.split_to(len).freeze())),
+            Ok(None) => {}
+            Err(e) => {
+                let reason = match e {
+                    HeadError::HeadTooLarge | HeadError::TooManyHeaders => {
+                        "upstream-head-too-large"
+                    }
+                    _ => "bad-response-head",
+                };
+                return Err((ProxyError::UpstreamBadResponse(reason), true));
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        match up.read_buf(buf).await {
+            Ok(0) => return Err((ProxyError::UpstreamClosed, !buf.is_empty())),
+            Ok(_) => {}
+            Err(_) => return Err((ProxyError::UpstreamIo, !buf.is_empty())),
+        }
+    }
+}
+
+/// Sorts a response head: final, interim (`1xx`), or a `101` nobody asked for.
+fn sort(head: ResponseHead, upgrading: bool) -> Result<Read, (ProxyError, bool)> {
+    match head.status {
+        101 if upgrading => Ok(Read::Final(head)),
+        101 => Err((ProxyError::UpstreamBadResponse("unexpected-101"), true)),
+        100..=199 => Ok(Read::Interim(head)),
+        _ => Ok(Read::Final(head)),
+    }
+}
+
+/// Reads heads until the final one, passing interim ones to `sink`.
+async fn read_final<S: ResponseSink>(
+    up: &mut ReadHalf<'_>,
+    buf: &mut BytesMut,
+    fields: &mut HeaderList,
+    sink: &mut S,
+    upgrading: bool,
+) -> Result<ResponseHead, (ProxyError, bool)> {
+    let mut got_any = false;
+    loop {
+        let head = read_head(up, buf, fields)
+            .await
+            .map_err(|(e, some)| (e, some || got_any))?;
+        got_any = true;
+        match sort(head, upgrading)? {
+            Read::Final(h) => return Ok(h),
+            Read::Interim(h) => {
+                sink.interim(&h)
+                    .await
+                    .map_err(|_| (ProxyError::UpstreamIo, true))?;
+                recycle(fields, h.headers);
+            }
+        }
+    }
+}
+
+/// The failure for a response head that did not come.
+fn head_failure(e: ProxyError, got_some: bool, reused: bool, early: bool) -> Failure {
+    if (e == ProxyError::UpstreamClosed || e == ProxyError::UpstreamIo) && !early {
+        io_failure(reused, !got_some, true)
+    } else {
+        Failure::Upstream {
+            err: e,
+            in_sync: !early,
+        }
+    }
+}
+
+async fn exchange<D: Downstream>(
+    w: &Worker,
+    d: &mut D,
+    conn: &mut UpstreamConn,
+    t: &Timeouts,
+    hsts: Option<&str>,
+) -> Result<Exchanged, Failure> {
+    let cfg = &w.shared.config;
+    let reused = conn.reused;
+    let upgrading = d.upgrading();
+    let max_body = d.request().max_body;
+    let head_request = d.request().head_request;
+    let (mut up_r, mut up_w) = conn.stream.split();
+    let (request, body_done) = d.write_request();
+    match write_all_timed(&mut up_w, request, t.idle).await {
+        Ok(()) => {}
+        Err(RelayError::DstTimeout) => {
+            return Err(Failure::Upstream {
+                err: ProxyError::UpstreamTimeout,
+                in_sync: body_done,
+            })
+        }
+        Err(_) => return Err(io_failure(reused, true, body_done)),
+    }
+    let sent_at = Instant::now();
+    let (mut body, mut sink) = d.split();
+    let mut fields = sink.take_fields();
+    let mut early = false;
+    let head = if body_done {
+        let deadline = sent_at + t.first_byte;
+        let mut got_any = false;
+        loop {
+            let read = read_head(&mut up_r, &mut conn.buf, &mut fields);
+            let head = match sink.wait(deadline, read).await {
+                Err(Waited::TimedOut) => {
+                    return Err(Failure::Upstream {
+                        err: ProxyError::UpstreamTimeout,
+                        in_sync: true,
+                    })
+                }
+                Err(Waited::ClientGone) => return Err(Failure::Client(None)),
+                Ok(Err((e, some))) => return Err(head_failure(e, some || got_any, reused, false)),
+                Ok(Ok(h)) => h,
+            };
+            got_any = true;
+            match sort(head, upgrading).map_err(|(e, _)| head_failure(e, true, reused, false))? {
+                Read::Final(h) => break h,
+                Read::Interim(h) => {
+                    sink.interim(&h).await.map_err(|_| Failure::Upstream {
+                        err: ProxyError::UpstreamIo,
+                        in_sync: true,
+                    })?;
+                    recycle(&mut fields, h.headers);
+                }
+            }
+        }
+    } else {
+        let limits = RelayLimits {
+            read_idle: cfg.timeouts.client_body,
+            write_idle: t.idle,
+            max_bytes: max_body,
+        };
+        let upload = body.send_h1(&mut up_w, limits);
+        let head_read = read_final(&mut up_r, &mut conn.buf, &mut fields, &mut sink, upgrading);
+        tokio::pin!(upload);
+        tokio::pin!(head_read);
+        let first = tokio::select! {
+            biased;
+            r = &mut head_read => Err(r),
+            b = &mut upload => Ok(b),
+        };
+        match first {
+            // The backend answered before the whole body was sent (e.g. an early 413): stop
+            // sending; neither connection can be reused.
+            Err(Ok(h)) => {
+                early = true;
+                h
+            }
+            Err(Err((e, _))) => {
+                return Err(Failure::Upstream {
+                    err: e,
+                    in_sync: false,
+                })
+            }
+            Ok(Err(e)) => return Err(e.request_failure()),
+            Ok(Ok(_)) => match timeout(t.first_byte, &mut head_read).await {
+                Err(_) => {
+                    return Err(Failure::Upstream {
+                        err: ProxyError::UpstreamTimeout,
+                        in_sync: true,
+                    })
+                }
+                Ok(Err((e, _))) => {
+                    return Err(Failure::Upstream {
+                        err: e,
+                        in_sync: true,
+                    })
+                }
+                Ok(Ok(h)) => h,
+            },
+        }
+    };
+    let first_byte = sent_at.elapsed();
+    if head.status == 101 {
+        // Only a WebSocket handshake gets here (`sort` refuses other 101s).
+        let r = tunnel(
+            w,
+            &head,
+            &mut body,
+            &mut sink,
+            &mut up_r,
+            &mut up_w,
+            &mut conn.buf,
+        )
+        .await;
+        return r.map(|(bytes_out, aborted)| Exchanged {
+            status: 101,
+            bytes_out,
+            first_byte,
+            reusable: false,
+            keep_alive: false,
+            aborted,
+        });
+    }
+    let framing = ResponseFraming::of(&head, head_request).map_err(|e| Failure::Upstream {
+        err: ProxyError::UpstreamBadResponse(match e {
+            FramingError::BadContentLength => "bad-response-content-length",
+            FramingError::ContentLengthAndTransferEncoding => "bad-response-framing",
+            _ => "bad-response-transfer-encoding",
+        }),
+        in_sync: !early,
+    })?;
+    // A backend that refused an upgrade may still expect one on that connection: do not reuse.
+    let mut reusable = !early && framing.reusable(head.version) && !upgrading;
+    let sent = sink
+        .head(&head, &framing, &mut conn.buf, early, hsts)
+        .await
+        .map_err(Failure::Aborted)?;
+    let bytes_out = match sent.body_sent {
+        Some(n) => n,
+        None if framing.body == BodyKind::None => 0,
+        None => sink
+            .body(&mut up_r, &mut conn.buf, framing.body, t.idle)
+            .await
+            .map_err(Failure::Aborted)?,
+    };
+    if !conn.buf.is_empty() {
+        // Bytes after the response: the backend is confused; do not reuse it.
+        reusable = false;
+    }
+    let status = head.status;
+    recycle(&mut fields, head.headers);
+    sink.put_fields(fields);
+    Ok(Exchanged {
+        status,
+        bytes_out,
+        first_byte,
+        reusable,
+        keep_alive: sent.keep_alive,
+        aborted: None,
+    })
+}
+
+/// The backend agreed to switch protocols: pass its answer on, then copy bytes both ways until
+/// either side closes (the close is passed on) or nothing moves for `timeouts.tunnel_idle`.
+/// Returns the bytes sent to the client and why the tunnel was cut, if it was.
+async fn tunnel<B: RequestBody, S: ResponseSink>(
+    w: &Worker,
+    head: &ResponseHead,
+    body: &mut B,
+    sink: &mut S,
+    up_r: &mut ReadHalf<'_>,
+    up_w: &mut tokio::net::tcp::WriteHalf<'_>,
+    up_buf: &mut BytesMut,
+) -> Result<(u64, Option<Abort>), Failure> {
+    let accepted = head
+        .first(Known::Upgrade)
+        .is_some_and(pier_h1::head::lists_websocket);
+    let Some((cl_r, cl_buf)) = body.tunnel().filter(|_| accepted) else {
+        return Err(Failure::Upstream {
+            err: ProxyError::UpstreamBadResponse("bad-upgrade-response"),
+            in_sync: false,
+        });
+    };
+    let cl_w = sink.switch(head).await.map_err(Failure::Aborted)?;
+    let m = &w.shared.metrics;
+    m.tunnels_total.inc();
+    m.tunnels_open.inc();
+    let idle = w.shared.config.timeouts.tunnel_idle;
+    let r = crate::relay::tunnel(cl_r, cl_w, cl_buf, up_r, up_w, up_buf, idle).await;
+    m.tunnels_open.dec();
+    Ok(r)
+}
