@@ -16,7 +16,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 if [ -z "${PIER_LOAD:-}" ]; then
     (cd "$root" && cargo build --release -p pier-load >&2)
-    PIER_LOAD="$root/target/release/pier-load"
+    PIER_LOAD=$(cd "$root" && realpath -m "${CARGO_TARGET_DIR:-target}/release/pier-load")
 fi
 work=$(mktemp -d)
 trap '"$here/nginx-target.sh" stop "$port" "$work/nginx"; rm -rf "$work"' EXIT

@@ -17,7 +17,7 @@ root=$(cd "$here/../.." && pwd)
 command -v script >/dev/null || apt-get install -y bsdutils >/dev/null
 if [ -z "${PIER_LOAD:-}" ]; then
     (cd "$root" && cargo build --release -p pier-load >&2)
-    PIER_LOAD="$root/target/release/pier-load"
+    PIER_LOAD=$(cd "$root" && realpath -m "${CARGO_TARGET_DIR:-target}/release/pier-load")
 fi
 "$here/nginx-target.sh" start "$port" >/dev/null
 trap '"$here/nginx-target.sh" stop "$port" >/dev/null' EXIT

@@ -21,7 +21,7 @@ done
 [ -x /usr/bin/time ] || apt-get install -y time >/dev/null
 if [ -z "${PIER_LOAD:-}" ]; then
     (cd "$root" && cargo build --release -p pier-load >&2)
-    PIER_LOAD="$root/target/release/pier-load"
+    PIER_LOAD=$(cd "$root" && realpath -m "${CARGO_TARGET_DIR:-target}/release/pier-load")
 fi
 
 work=$(mktemp -d)

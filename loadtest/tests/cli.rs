@@ -95,11 +95,7 @@ fn crossed_threshold_exits_3() {
 
 #[test]
 fn errors_threshold_sees_failures_and_bad_usage_exits_2() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = pier_testkit::free_port();
     let out = pier_load()
         .args(["-t1", "-c1", "-d300ms", "--fail-if", "errors>0.1%"])
         .arg(format!("http://127.0.0.1:{port}/"))

@@ -216,12 +216,8 @@ fn timeouts_are_counted_not_hidden() {
 
 #[test]
 fn connection_failures_are_counted() {
-    // Bind and drop a listener: nothing listens on that port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A free port: nothing listens on it, and the kit hands it to no other test.
+    let port = pier_testkit::free_port();
     let cfg = config(&format!("http://127.0.0.1:{port}/"), 2, 0.5);
     let r = run(&cfg);
     assert_eq!(r.responses(), 0);

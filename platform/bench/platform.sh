@@ -13,7 +13,7 @@ root=$(cd "$here/../.." && pwd)
 cd "$root"
 source platform/bench/lib.sh
 cargo build --release -p pier-cli -p pier-balancer -p pier-load >&2
-bin="$root/target/release"
+bin=$(realpath -m "${CARGO_TARGET_DIR:-target}/release")
 work=$(mktemp -d)
 chmod 711 "$work"
 pids=()

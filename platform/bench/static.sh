@@ -22,7 +22,7 @@ fi
 rounds=${1:-5}
 secs=${2:-10}
 conns=${3:-16}
-bin="$root/target/release"
+bin=$(realpath -m "${CARGO_TARGET_DIR:-target}/release")
 out="$root/target/bench-static"
 mkdir -p "$out"
 work=$(mktemp -d)

@@ -7,7 +7,10 @@
 set -euo pipefail
 port=$1 hosts=$2
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-bin=${PIER_BALANCER:-$here/../../../target/release/pier-balancer}
+root=$(cd "$here/../../.." && pwd)
+# cargo builds into $CARGO_TARGET_DIR when it is set (relative to the repository root here).
+target=$(cd "$root" && realpath -m "${CARGO_TARGET_DIR:-target}")
+bin=${PIER_BALANCER:-$target/release/pier-balancer}
 dir=$(mktemp -d /tmp/pier-bench.XXXXXX)
 awk '{ printf "[[app]]\nname = \"a%d\"\ndomains = [\"%s\"]\nbackends = [\"%s\"]\n", NR, $1, $2 }' "$hosts" > "$dir/routes.toml"
 cat > "$dir/balancer.toml" <<CONF

@@ -11,7 +11,10 @@
 # Needs: nginx, python3; N must fit the open-file limit (ulimit -n) twice over.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-BIN=${1:-$here/../../../target/release/pier-balancer}
+root=$(cd "$here/../../.." && pwd)
+# cargo builds into $CARGO_TARGET_DIR when it is set (relative to the repository root here).
+target=$(cd "$root" && realpath -m "${CARGO_TARGET_DIR:-target}")
+BIN=${1:-$target/release/pier-balancer}
 N=${N:-6000}
 BACKEND_PORT=${BACKEND_PORT:-29301}
 PORT=${PORT:-29370}

@@ -26,7 +26,7 @@ done
 BIN=${1:-}
 if [ -z "$BIN" ]; then
   cargo build --release -q -p pier-balancer
-  BIN=./target/release/pier-balancer
+  BIN=${CARGO_TARGET_DIR:-target}/release/pier-balancer
 fi
 BIN=$(realpath "$BIN")
 . balancer/proxy/bench/lib.sh

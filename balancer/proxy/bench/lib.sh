@@ -98,7 +98,7 @@ bench_registry() {
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
   (cd "$root" && cargo build --release -p pier-balancer --bins --examples >&2 &&
     cargo build --release -p pier-registry --examples >&2)
-  R="$root/target/release"
+  R=$(cd "$root" && realpath -m "${CARGO_TARGET_DIR:-target}/release")
   bench_workdir "$1"
   REDIS=$(bench_free_port) LISTEN=$(bench_free_port) ADMIN=$(bench_free_port) BACKEND=$(bench_free_port)
   bench_backend "$BACKEND" 1

@@ -18,7 +18,7 @@ DURATION=${DURATION:-10s}
 cd "$root"
 cargo build --release -p pier-balancer -p pier-load >&2
 cargo build --release -p pier-registry --example registry_fill >&2
-bin="$root/target/release"
+bin=$(realpath -m "${CARGO_TARGET_DIR:-target}/release")
 bench_workdir router-lines
 backend=$(bench_free_port) redis_port=$(bench_free_port) off=$(bench_free_port) on=$(bench_free_port) admin=$(bench_free_port)
 bench_backend "$backend" 1

@@ -48,7 +48,7 @@ done
 PIER_BIN=${PIER_BIN:-}
 if [ -z "$PIER_BIN" ]; then
   cargo build --release -q -p pier-balancer
-  PIER_BIN=./target/release/pier-balancer
+  PIER_BIN=${CARGO_TARGET_DIR:-target}/release/pier-balancer
 fi
 [ "${FLOOR:-0}" = 1 ] && cargo build --release -q -p pier-balancer --example floor_relay
 case " $SCENARIOS " in *" tls-h1-pierload "*) cargo build --release -q -p pier-load ;; esac
@@ -103,7 +103,7 @@ bench_tls_balancer "$PIER_HTTP" "$PIER_PORT" "$BACKEND_PORT"
 taskset -c "$PROXY_CPU" nginx -p "$W" -c "$W/nginx.conf" -g 'daemon off;' >"$W/nginx.out" 2>&1 &
 PIDS+=($!)
 if [ "${FLOOR:-0}" = 1 ]; then
-  taskset -c "$PROXY_CPU" ./target/release/examples/floor_relay "127.0.0.1:$PIER_PORT" \
+  taskset -c "$PROXY_CPU" "${CARGO_TARGET_DIR:-target}"/release/examples/floor_relay "127.0.0.1:$PIER_PORT" \
     "127.0.0.1:$BACKEND_PORT" "$W/cert.pem" "$W/key.pem" >"$W/pier.out" 2>&1 &
 else
   taskset -c "$PROXY_CPU" "$PIER_BIN" --config "$W/balancer.toml" >"$W/pier.out" 2>&1 &
@@ -143,7 +143,7 @@ run() {
     rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
     ok=$(echo "$out" | awk '/requests in/ {t = $1} /Non-2xx/ {b = $NF} END {print t - b}')
   elif [ "$2" = tls-h1-pierload ]; then
-    out=$(/usr/bin/time -f "%U %S" -o "$W/client.time" taskset -c "$CLIENT_CPU" ./target/release/pier-load -t1 -c "$CONNS" -d "${DURATION}s" -k \
+    out=$(/usr/bin/time -f "%U %S" -o "$W/client.time" taskset -c "$CLIENT_CPU" "${CARGO_TARGET_DIR:-target}"/release/pier-load -t1 -c "$CONNS" -d "${DURATION}s" -k \
       --connect-to "127.0.0.1:$port" "$url" 2>&1)
     after=$(cpu_ticks "$pid")
     rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')

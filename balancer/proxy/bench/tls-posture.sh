@@ -41,7 +41,7 @@ key = "key.pem"
 [log]
 access = false
 CONF
-./target/release/pier-balancer --config "$work/balancer.toml" >"$work/log" 2>&1 &
+"${CARGO_TARGET_DIR:-target}"/release/pier-balancer --config "$work/balancer.toml" >"$work/log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break

@@ -2,13 +2,13 @@
 //! memory while streaming very large bodies.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use pier_testkit::certs::make_cert;
+use pier_testkit::h1::{get, request, Backend, Conn};
+use pier_testkit::proxy::{admin_get, app_routes, write_file, Balancer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn check(config: &Path) -> (bool, String, String) {
@@ -37,16 +37,8 @@ fn every_example_config_is_valid() {
             std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
         }
     }
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     std::fs::create_dir_all(dir.path().join("tls")).unwrap();
-    write_file(
-        &dir.path().join("tls/example.crt"),
-        ck.cert.pem().as_bytes(),
-    );
-    write_file(
-        &dir.path().join("tls/example.key"),
-        ck.key_pair.serialize_pem().as_bytes(),
-    );
+    make_cert(&dir.path().join("tls"), "example", &["localhost"]);
     let mut checked = 0;
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();

@@ -2,11 +2,10 @@
 //! and refusal of smuggling shapes (which must never reach a backend).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use pier_testkit::h1::{get, header_map, request, Backend, Conn};
+use pier_testkit::proxy::{app_routes, Balancer};
 
 async fn setup(extra_routes: &str, extra_config: &str) -> (Balancer, Backend) {
     let be = Backend::start("b1").await;

@@ -3,13 +3,13 @@
 //! booting apps spin.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use pier_registry::model::{ActionRecord, AppRecord, BackendRecord, ChangeKind, DomainRecord};
 use pier_registry::Registry;
+use pier_testkit::h1::{get, Backend};
+use pier_testkit::proxy::{admin_get, Balancer};
+use pier_testkit::RedisServer;
 
 fn registry_config(redis: &RedisServer, extra: &str) -> String {
     format!(

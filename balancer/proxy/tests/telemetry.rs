@@ -3,15 +3,15 @@
 //! drops lines (counted) without slowing a request.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::*;
 use pier_registry::model::{AppRecord, BackendRecord, DomainRecord};
 use pier_registry::telemetry::RouterWindow;
 use pier_registry::Registry;
+use pier_testkit::h1::{get, Backend};
+use pier_testkit::proxy::Balancer;
+use pier_testkit::{free_port, RedisServer};
 
 const TELEMETRY: &str = "[telemetry]\nstats_interval = \"200ms\"\nid = \"lb-1\"\n";
 

@@ -2,13 +2,13 @@
 //! strict checking of backend responses.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use pier_testkit::free_port;
+use pier_testkit::h1::{get, request, Backend, Conn, RAW};
+use pier_testkit::proxy::{admin_get, app_routes, Balancer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn dead_addr() -> SocketAddr {

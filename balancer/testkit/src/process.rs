@@ -75,3 +75,22 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs `cmd` (a tool that must be installed, such as curl or openssl) with `stdin` as its
+/// input; returns whether it succeeded and its standard output followed by its standard error.
+pub fn run_tool(cmd: &str, args: &[&str], stdin: &[u8]) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(cmd)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd} must be installed (.ci/run installs it): {e}"));
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}

@@ -288,11 +288,8 @@ async fn an_app_that_is_gone_is_a_502() {
     std::fs::create_dir(dir.path().join("s")).unwrap();
     let m = Manifest::parse("[static]\n\"/s\" = \"s\"\n").unwrap();
     let site = StaticSite::new(dir.path(), &m, false).unwrap();
-    let gone = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A free port nothing listens on (the kit never hands it out twice).
+    let gone = SocketAddr::from(([127, 0, 0, 1], pier_testkit::free_port()));
     let front = Front::start(site, "127.0.0.1".parse().unwrap(), gone)
         .await
         .unwrap();
