@@ -41,7 +41,7 @@ impl rustls::server::ResolvesServerCert for OneCert {
 }
 
 fn tls_acceptor(cert: &str, key: &str) -> Result<TlsAcceptor, Box<dyn std::error::Error>> {
-    let key = pier_balancer::tls::certified_key(
+    let key = pier_balancer::config::certified_key(
         &std::fs::read_to_string(cert)?,
         &std::fs::read_to_string(key)?,
     )?;

@@ -965,7 +965,7 @@ impl ConfigFile {
         let cert_pem = read(c, "tls.cert", &cert_file);
         let key_pem = read(c, "tls.key", &key_file);
         let (cert_pem, key_pem) = (cert_pem?, key_pem?);
-        let default_cert = match crate::tls::certified_key(&cert_pem, &key_pem) {
+        let default_cert = match certified_key(&cert_pem, &key_pem) {
             Ok(k) => k,
             Err(e) => {
                 c.err("tls.cert", e);
@@ -993,6 +993,19 @@ fn default_balancer_id() -> String {
         .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
         .unwrap_or_else(|| "balancer".into());
     format!("{host}:{}", std::process::id())
+}
+
+/// Parses a PEM certificate chain and private key into a key rustls can serve, checking that
+/// the key belongs to the certificate.
+pub fn certified_key(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<std::sync::Arc<rustls::sign::CertifiedKey>, String> {
+    // An expired default certificate still loads (clients decide); the registry API is
+    // where expiry is refused.
+    pier_routes::cert::load_pair(cert_pem, key_pem)
+        .map(|p| p.key)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 //! answer an error, write the request for a backend, and give out the two halves an exchange
 //! with a backend needs at once — the request body still to come ([`RequestBody`]) and the
 //! client's side of the answer ([`ResponseSink`]: interim heads, the response head, the body
-//! and its trailers, a tunnel). The pipeline ([`crate::pipeline`]) and the exchanges with
-//! backends ([`crate::upstream`]) are written once against these traits; everything that
+//! and its trailers, a tunnel). The pipeline and the exchanges with backends (the layers
+//! above this one) are written once against these traits; everything that
 //! differs between HTTP/1.1 and HTTP/2 clients lives in the front ends.
 //!
 //! The traits are used with static dispatch only (each front end's future is a concrete type),

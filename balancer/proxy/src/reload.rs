@@ -100,7 +100,7 @@ pub fn reload_default_cert(shared: &Shared, why: &'static str) -> bool {
         |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: (file): {e}", p.display()));
     let loaded = read(&tls.cert_file).and_then(|cert| {
         let key = read(&tls.key_file)?;
-        crate::tls::certified_key(&cert, &key).map_err(|e| {
+        crate::config::certified_key(&cert, &key).map_err(|e| {
             format!(
                 "{} and {}: {e}",
                 tls.cert_file.display(),

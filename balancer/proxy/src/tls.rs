@@ -18,16 +18,6 @@ use pier_routes::RouteTable;
 
 use crate::config::{Http2Settings, TlsSettings, UnknownSni};
 
-/// Parses a PEM certificate chain and private key into a key rustls can serve, checking that
-/// the key belongs to the certificate.
-pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, String> {
-    // An expired default certificate still loads (clients decide); the registry API is
-    // where expiry is refused.
-    pier_routes::cert::load_pair(cert_pem, key_pem)
-        .map(|p| p.key)
-        .map_err(|e| e.to_string())
-}
-
 /// Picks the certificate for a ClientHello.
 #[derive(Debug)]
 pub struct SniResolver {

@@ -40,38 +40,18 @@ const INLINE_BODY: u64 = 64 * 1024;
 /// type holds no borrowed lifetime, so that the generic request path's future is provably
 /// `Send` where the connection task is spawned.
 pub struct H1Request {
-    w: Arc<Worker>,
-    client: Client,
-    head: RequestHead,
-    framing: RequestFraming,
-    req: Request,
+    pub(super) w: Arc<Worker>,
+    pub(super) client: Client,
+    pub(super) head: RequestHead,
+    pub(super) framing: RequestFraming,
+    pub(super) req: Request,
     /// Whether the client asked to keep the connection open (and pier is not draining).
-    keep_alive: bool,
+    pub(super) keep_alive: bool,
     /// The `Upgrade` value of a WebSocket handshake (tunnelled once the backend says 101).
-    upgrade: Option<Bytes>,
+    pub(super) upgrade: Option<Bytes>,
 }
 
 impl H1Request {
-    pub fn new(
-        w: Arc<Worker>,
-        client: Client,
-        head: RequestHead,
-        framing: RequestFraming,
-        req: Request,
-        keep_alive: bool,
-        upgrade: Option<Bytes>,
-    ) -> Self {
-        H1Request {
-            w,
-            client,
-            head,
-            framing,
-            req,
-            keep_alive,
-            upgrade,
-        }
-    }
-
     /// The connection back, and the head (its field list is reused for the next one).
     pub fn into_parts(self) -> (Client, RequestHead) {
         (self.client, self.head)

@@ -76,7 +76,7 @@ impl Client {
 
 /// Serves one client connection until it closes, fails, idles out or the balancer drains.
 /// Returns the connection when it turned out to speak HTTP/2 (the preface, with what was read
-/// of it), for the accept layer to hand to [`crate::front::h2`].
+/// of it), for the accept layer to hand to the h2 front end.
 pub async fn serve(
     w: Arc<Worker>,
     stream: ClientStream,
@@ -377,15 +377,15 @@ async fn handle(w: &Arc<Worker>, mut client: Client, head: RequestHead) -> (Clie
         tunnel: false,
         max_body: cfg.limits.max_body,
     };
-    let mut d = H1Request::new(
-        Arc::clone(w),
+    let mut d = H1Request {
+        w: Arc::clone(w),
         client,
         head,
         framing,
-        request,
+        req: request,
         keep_alive,
         upgrade,
-    );
+    };
     let outcome = pipeline::run(w, &mut d).await;
     let (mut client, head) = d.into_parts();
     client.last_done = outcome.end;
