@@ -111,7 +111,13 @@ fn spawn_connection(
         if cfg.tls {
             serve_tls(w, stream, peer, cfg).await;
         } else {
-            serve_http(w, ClientStream::Plain(stream), peer, cfg).await;
+            // HTTP/1.x, until the client turns out to speak HTTP/2 with prior knowledge (its
+            // first bytes are the preface, RFC 9113 §3.3): then the connection goes to the h2
+            // front end, with what was read of it.
+            let plain = ClientStream::Plain(stream);
+            if let Some((s, read)) = front::h1::serve(Arc::clone(&w), plain, peer, cfg).await {
+                Box::pin(front::h2::serve(w, s, peer, cfg, read)).await;
+            }
         }
         drop(guard);
         drop(permit);
@@ -150,16 +156,8 @@ async fn serve_tls(w: Arc<Worker>, stream: tokio::net::TcpStream, peer: SocketAd
         let h2 = front::h2::serve(w, ClientStream::Tls(stream), peer, cfg, BytesMut::new());
         Box::pin(h2).await;
     } else {
-        serve_http(w, ClientStream::Tls(stream), peer, cfg).await;
-    }
-}
-
-/// HTTP/1.x, until the client turns out to speak HTTP/2 with prior knowledge (its first bytes
-/// are the preface, RFC 9113 §3.3): then the connection goes to the h2 front end, with what
-/// was read of it.
-async fn serve_http(w: Arc<Worker>, stream: ClientStream, peer: SocketAddr, cfg: Listener) {
-    if let Some((stream, read)) = front::h1::serve(Arc::clone(&w), stream, peer, cfg).await {
-        Box::pin(front::h2::serve(w, stream, peer, cfg, read)).await;
+        // ALPN chose HTTP/1.1 (or nothing): no preface to look for.
+        let _ = front::h1::serve(w, ClientStream::Tls(stream), peer, cfg).await;
     }
 }
 

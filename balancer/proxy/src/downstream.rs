@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
+
+use pier_routes::RequestHost;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use pier_h1::framing::{BodyKind, ResponseFraming};
 use pier_h1::head::{HeaderList, ResponseHead};
-use pier_routes::RequestHost;
 
 use crate::config::Listener;
 use crate::error::{Abort, ProxyError};
@@ -37,9 +38,9 @@ pub struct Request {
     /// The Host sent upstream (the Host field, the authority of an absolute-form target, or
     /// `:authority`).
     pub host: Bytes,
-    /// The host the request is routed by (lower-cased, without port); `None` for an HTTP/1.0
-    /// request without a Host.
-    pub name: Option<RequestHost>,
+    /// The host the request is routed by (normalised by `pier_routes::RequestHost`: lower-cased,
+    /// without port or trailing dot; ASCII); `None` for an HTTP/1.0 request without a Host.
+    pub name: Option<Bytes>,
     /// The origin-form target sent upstream.
     pub target: Bytes,
     pub request_id: SmallVec<[u8; 64]>,
@@ -61,7 +62,19 @@ pub struct Request {
 impl Request {
     /// The routing name (empty when there is none).
     pub fn name(&self) -> &str {
-        self.name.as_ref().map_or("", RequestHost::as_str)
+        let name = self.name.as_deref().unwrap_or_default();
+        std::str::from_utf8(name).unwrap_or_default()
+    }
+}
+
+/// The routing name as bytes: a slice of the Host bytes when it is their prefix (a lower-case
+/// name, with or without a port: no copy), else a copy.
+pub fn routing_name(host: &Bytes, name: &RequestHost) -> Bytes {
+    let n = name.as_bytes();
+    if host.starts_with(n) {
+        host.slice(..n.len())
+    } else {
+        Bytes::copy_from_slice(n)
     }
 }
 

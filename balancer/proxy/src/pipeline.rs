@@ -52,12 +52,17 @@ pub async fn refused<D: Downstream>(w: &Worker, d: &mut D, err: ProxyError) -> O
 async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outcome) {
     let cfg = &w.shared.config;
     // route
-    if !d.may_serve(d.request().name()) {
-        return (None, d.answer_error(ProxyError::Misdirected, false).await);
-    }
     let app = {
-        let table = w.shared.routes.load();
-        table.lookup(d.request().name()).map(|m| Arc::clone(m.app))
+        let name = d.request().name();
+        if !d.may_serve(name) {
+            None
+        } else {
+            let table = w.shared.routes.load();
+            Some(table.lookup(name).map(|m| Arc::clone(m.app)))
+        }
+    };
+    let Some(app) = app else {
+        return (None, d.answer_error(ProxyError::Misdirected, false).await);
     };
     let Some(mut app) = app else {
         let in_sync = !d.body_pending();

@@ -128,6 +128,11 @@ impl RequestHost {
     }
 
     /// The normalised name (lower-case, no port, no trailing dot).
+    /// The normalised name's bytes (ASCII), without the check `as_str` makes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+
     pub fn as_str(&self) -> &str {
         // Every byte was checked to be ASCII above.
         std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("")

@@ -131,21 +131,31 @@ fn io_failure(reused: bool, got_nothing: bool, in_sync: bool) -> Failure {
 }
 
 /// What a response head means for the exchange.
-enum Read {
+pub enum Read {
     Final(ResponseHead),
     Interim(ResponseHead),
 }
 
-/// Reads one response head. `Err` carries whether any byte of a response arrived.
+/// Reads one response head and sorts it: final, interim (`1xx`), or a `101` nobody asked for
+/// (refused). `Err` carries whether any byte of a response arrived.
 pub async fn read_head(
     up: &mut ReadHalf<'_>,
     buf: &mut BytesMut,
     fields: &mut HeaderList,
-) -> Result<ResponseHead, (ProxyError, bool)> {
+    upgrading: bool,
+) -> Result<Read, (ProxyError, bool)> {
     let mut gate = HeadGate::default();
     loop {
         match gate.response(buf, &UPSTREAM_HEAD, fields) {
-            Ok(Some((len, parts))) => return Ok(parts.into_head(buf.split_to(len).freeze())),
+            Ok(Some((len, parts))) => {
+                let head = parts.into_head(buf.split_to(len).freeze());
+                return match head.status {
+                    101 if upgrading => Ok(Read::Final(head)),
+                    101 => Err((ProxyError::UpstreamBadResponse("unexpected-101"), true)),
+                    100..=199 => Ok(Read::Interim(head)),
+                    _ => Ok(Read::Final(head)),
+                };
+            }
             Ok(None) => {}
             Err(e) => {
                 let reason = match e {
@@ -168,16 +178,6 @@ pub async fn read_head(
     }
 }
 
-/// Sorts a response head: final, interim (`1xx`), or a `101` nobody asked for.
-fn sort(head: ResponseHead, upgrading: bool) -> Result<Read, (ProxyError, bool)> {
-    match head.status {
-        101 if upgrading => Ok(Read::Final(head)),
-        101 => Err((ProxyError::UpstreamBadResponse("unexpected-101"), true)),
-        100..=199 => Ok(Read::Interim(head)),
-        _ => Ok(Read::Final(head)),
-    }
-}
-
 /// Reads heads until the final one, passing interim ones to `sink`.
 async fn read_final<S: ResponseSink>(
     up: &mut ReadHalf<'_>,
@@ -188,18 +188,16 @@ async fn read_final<S: ResponseSink>(
 ) -> Result<ResponseHead, (ProxyError, bool)> {
     let mut got_any = false;
     loop {
-        let head = read_head(up, buf, fields)
-            .await
-            .map_err(|(e, some)| (e, some || got_any))?;
-        got_any = true;
-        match sort(head, upgrading)? {
-            Read::Final(h) => return Ok(h),
-            Read::Interim(h) => {
+        match read_head(up, buf, fields, upgrading).await {
+            Ok(Read::Final(h)) => return Ok(h),
+            Ok(Read::Interim(h)) => {
+                got_any = true;
                 sink.interim(&h)
                     .await
                     .map_err(|_| (ProxyError::UpstreamIo, true))?;
                 recycle(fields, h.headers);
             }
+            Err((e, some)) => return Err((e, some || got_any)),
         }
     }
 }
@@ -248,8 +246,18 @@ async fn exchange<D: Downstream>(
         let deadline = sent_at + t.first_byte;
         let mut got_any = false;
         loop {
-            let read = read_head(&mut up_r, &mut conn.buf, &mut fields);
-            let head = match sink.wait(deadline, read).await {
+            let read = read_head(&mut up_r, &mut conn.buf, &mut fields, upgrading);
+            match sink.wait(deadline, read).await {
+                Ok(Ok(Read::Final(h))) => break h,
+                Ok(Ok(Read::Interim(h))) => {
+                    got_any = true;
+                    sink.interim(&h).await.map_err(|_| Failure::Upstream {
+                        err: ProxyError::UpstreamIo,
+                        in_sync: true,
+                    })?;
+                    recycle(&mut fields, h.headers);
+                }
+                Ok(Err((e, some))) => return Err(head_failure(e, some || got_any, reused, false)),
                 Err(Waited::TimedOut) => {
                     return Err(Failure::Upstream {
                         err: ProxyError::UpstreamTimeout,
@@ -257,19 +265,6 @@ async fn exchange<D: Downstream>(
                     })
                 }
                 Err(Waited::ClientGone) => return Err(Failure::Client(None)),
-                Ok(Err((e, some))) => return Err(head_failure(e, some || got_any, reused, false)),
-                Ok(Ok(h)) => h,
-            };
-            got_any = true;
-            match sort(head, upgrading).map_err(|(e, _)| head_failure(e, true, reused, false))? {
-                Read::Final(h) => break h,
-                Read::Interim(h) => {
-                    sink.interim(&h).await.map_err(|_| Failure::Upstream {
-                        err: ProxyError::UpstreamIo,
-                        in_sync: true,
-                    })?;
-                    recycle(&mut fields, h.headers);
-                }
             }
         }
     } else {
@@ -320,7 +315,7 @@ async fn exchange<D: Downstream>(
     };
     let first_byte = sent_at.elapsed();
     if head.status == 101 {
-        // Only a WebSocket handshake gets here (`sort` refuses other 101s).
+        // Only a WebSocket handshake gets here (`read_head` refuses other 101s).
         let r = tunnel(
             w,
             &head,

@@ -53,22 +53,6 @@ impl Timeouts {
     }
 }
 
-/// A connection in hand to one backend, of either protocol.
-enum Conn {
-    H1(UpstreamConn),
-    H2(SendRequest<Bytes>),
-}
-
-/// How to get a connection.
-#[derive(Clone, Copy)]
-enum Want {
-    /// An HTTP/1.1 connection: a pooled one unless `fresh`, else a new one. `at` is a recent
-    /// reading of the clock (the pool's idle check).
-    H1 { fresh: bool, at: Instant },
-    /// A ready stream slot on the backend's h2c connection.
-    H2,
-}
-
 /// The backends one request has tried, and the next one to try.
 pub struct Attempts<'a> {
     w: &'a Worker,
@@ -93,78 +77,76 @@ impl<'a> Attempts<'a> {
         }
     }
 
-    /// A connection to an HTTP/1.1 backend: `(backend index, connection)`.
+    /// A connection to an HTTP/1.1 backend: `(backend index, connection)`. A pooled one
+    /// unless `fresh` (`at` is a recent reading of the clock, for the pool's idle check), else
+    /// a new one.
     pub async fn h1(
         &mut self,
         fresh: bool,
         at: Instant,
     ) -> Result<(usize, UpstreamConn), ProxyError> {
-        match self.next(Want::H1 { fresh, at }).await? {
-            (idx, Conn::H1(c)) => Ok((idx, c)),
-            (_, Conn::H2(_)) => Err(ProxyError::UpstreamConnect),
+        let w = self.w;
+        let mut last_error = ProxyError::NoBackend;
+        loop {
+            let idx = self.pick().ok_or(last_error)?;
+            let addr = self.app.backends[idx].addr;
+            if !fresh {
+                if let Some(c) = w.pool.take(addr, at) {
+                    w.shared.metrics.upstream_reused.inc();
+                    return Ok((idx, c));
+                }
+            }
+            match pool::connect(addr, self.timeouts.connect).await {
+                Ok(c) => {
+                    w.shared.metrics.upstream_connects.inc();
+                    return Ok((idx, c));
+                }
+                Err(e) => last_error = self.connect_failed(idx, e)?,
+            }
         }
     }
 
     /// A ready stream slot on an h2c backend's connection: `(backend index, sender)`.
     pub async fn h2(&mut self) -> Result<(usize, SendRequest<Bytes>), ProxyError> {
-        match self.next(Want::H2).await? {
-            (idx, Conn::H2(s)) => Ok((idx, s)),
-            (_, Conn::H1(_)) => Err(ProxyError::UpstreamConnect),
-        }
-    }
-
-    /// Picks a backend not tried yet and gets a connection to it. One that cannot be connected
-    /// to counts a failure (towards ejection), joins the tried, and the next one is tried,
-    /// `retries` times at most.
-    async fn next(&mut self, want: Want) -> Result<(usize, Conn), ProxyError> {
-        let w = self.w;
-        let metrics = &w.shared.metrics;
         let mut last_error = ProxyError::NoBackend;
         loop {
-            let Some(idx) = self
-                .app
-                .pick(w.shared.liveness_ms(self.now_ms), &self.tried)
-            else {
-                return Err(last_error);
-            };
+            let idx = self.pick().ok_or(last_error)?;
             let backend = &self.app.backends[idx];
-            let connected = match want {
-                Want::H1 { fresh, at } => {
-                    if !fresh {
-                        if let Some(c) = w.pool.take(backend.addr, at) {
-                            metrics.upstream_reused.inc();
-                            return Ok((idx, Conn::H1(c)));
-                        }
-                    }
-                    let c = pool::connect(backend.addr, self.timeouts.connect).await;
-                    if c.is_ok() {
-                        metrics.upstream_connects.inc();
-                    }
-                    c.map(Conn::H1)
-                }
-                Want::H2 => self.h2_slot(backend).await.map(Conn::H2),
-            };
-            match connected {
-                Ok(c) => return Ok((idx, c)),
+            match self.h2_slot(backend).await {
+                Ok(s) => return Ok((idx, s)),
                 Err(e) => {
-                    if matches!(want, Want::H2) {
-                        w.h2_pool.drop_conn(backend.addr);
-                    }
-                    metrics.upstream_connect_errors.inc();
-                    last_error = match e {
-                        ConnectError::Timeout => ProxyError::UpstreamConnectTimeout,
-                        ConnectError::Io(_) => ProxyError::UpstreamConnect,
-                    };
-                    tracing::debug!(backend = %backend.addr, app = %self.app.name, error = ?e, "upstream connect failed");
-                    self.failed_at(idx, self.now_ms);
-                    self.tried.push(idx);
-                    if self.tried.len() > self.retries || self.tried.len() >= MAX_TRIED {
-                        return Err(last_error);
-                    }
-                    metrics.upstream_retries.inc();
+                    self.w.h2_pool.drop_conn(backend.addr);
+                    last_error = self.connect_failed(idx, e)?;
                 }
             }
         }
+    }
+
+    /// A live backend not tried yet.
+    fn pick(&self) -> Option<usize> {
+        let live_at = self.w.shared.liveness_ms(self.now_ms);
+        self.app.pick(live_at, &self.tried)
+    }
+
+    /// Backend `idx` could not be connected to: it counts a failure (towards ejection) and
+    /// joins the tried. `Ok(error)`: another backend may be tried (`retries` times at most);
+    /// `Err(error)`: give up with it.
+    fn connect_failed(&mut self, idx: usize, e: ConnectError) -> Result<ProxyError, ProxyError> {
+        let metrics = &self.w.shared.metrics;
+        metrics.upstream_connect_errors.inc();
+        let err = match e {
+            ConnectError::Timeout => ProxyError::UpstreamConnectTimeout,
+            ConnectError::Io(_) => ProxyError::UpstreamConnect,
+        };
+        let backend = &self.app.backends[idx];
+        tracing::debug!(backend = %backend.addr, app = %self.app.name, error = ?e, "upstream connect failed");
+        self.failed_at(idx, self.now_ms);
+        self.tried.push(idx);
+        if self.tried.len() > self.retries || self.tried.len() >= MAX_TRIED {
+            return Err(err);
+        }
+        metrics.upstream_retries.inc();
+        Ok(err)
     }
 
     /// A ready stream slot on the connection to an h2c backend, opened if there is none.

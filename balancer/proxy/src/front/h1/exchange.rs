@@ -41,7 +41,7 @@ const INLINE_BODY: u64 = 64 * 1024;
 /// `Send` where the connection task is spawned.
 pub struct H1Request {
     pub(super) w: Arc<Worker>,
-    pub(super) client: Client,
+    pub(super) client: Box<Client>,
     pub(super) head: RequestHead,
     pub(super) framing: RequestFraming,
     pub(super) req: Request,
@@ -53,7 +53,7 @@ pub struct H1Request {
 
 impl H1Request {
     /// The connection back, and the head (its field list is reused for the next one).
-    pub fn into_parts(self) -> (Client, RequestHead) {
+    pub fn into_parts(self) -> (Box<Client>, RequestHead) {
         (self.client, self.head)
     }
 
@@ -184,6 +184,7 @@ impl Downstream for H1Request {
         self.upgrade.is_some()
     }
 
+    #[inline]
     fn write_request(&mut self) -> (&[u8], bool) {
         let Client {
             out,
@@ -191,7 +192,7 @@ impl Downstream for H1Request {
             peer_ip,
             listener,
             ..
-        } = &mut self.client;
+        } = &mut *self.client;
         out.clear();
         let f = Self::forwarding(
             &self.req,
@@ -223,7 +224,7 @@ impl Downstream for H1Request {
             timer,
             response_fields,
             ..
-        } = &mut self.client;
+        } = &mut *self.client;
         let (r, w) = stream.split();
         (
             H1Body {

@@ -23,7 +23,7 @@ use pier_h1::head::{recycle, HeadGate, HeadLimits, HeaderList, Known, RequestHea
 use pier_routes::RequestHost;
 
 use crate::config::Listener;
-use crate::downstream::{is_idempotent, Request};
+use crate::downstream::{is_idempotent, routing_name, Request};
 use crate::error::ProxyError;
 use crate::pipeline;
 use crate::respond::{error_body, LocalResponse};
@@ -83,7 +83,8 @@ pub async fn serve(
     peer: SocketAddr,
     listener: Listener,
 ) -> Option<(ClientStream, BytesMut)> {
-    let mut client = Client {
+    // Boxed: it moves into each request's exchange and back, a pointer instead of its bytes.
+    let mut client = Box::new(Client {
         stream,
         // Both start empty: the read loop takes 1 KiB when the first bytes are due (8 KiB
         // more if a head needs it) and `out` grows to the first head written.
@@ -97,13 +98,13 @@ pub async fn serve(
         fields: HeaderList::new(),
         response_fields: HeaderList::new(),
         last_done: None,
-    };
+    });
     let mut first = true;
     loop {
         let head = match read_head(&w, &mut client, first).await {
             Ok(Some(Incoming::Head(h))) => h,
             Ok(Some(Incoming::H2Preface)) => {
-                let Client { stream, buf, .. } = client;
+                let Client { stream, buf, .. } = *client;
                 return Some((stream, buf));
             }
             Ok(None) => break,
@@ -291,7 +292,11 @@ fn websocket_upgrade(head: &RequestHead, framing: &RequestFraming) -> Option<Byt
 
 /// Reads one request into a [`Request`], runs the pipeline on it; returns whether the
 /// connection may carry another.
-async fn handle(w: &Arc<Worker>, mut client: Client, head: RequestHead) -> (Client, bool) {
+async fn handle(
+    w: &Arc<Worker>,
+    mut client: Box<Client>,
+    head: RequestHead,
+) -> (Box<Client>, bool) {
     let start = Instant::now();
     let start_ms = wall_ms(start);
     client.last_done = None;
@@ -345,7 +350,7 @@ async fn handle(w: &Arc<Worker>, mut client: Client, head: RequestHead) -> (Clie
         None
     } else {
         match RequestHost::parse(&host) {
-            Ok(h) => Some(h),
+            Ok(h) => Some(routing_name(&host, &h)),
             Err(_) => {
                 refuse(
                     w,

@@ -25,7 +25,7 @@ use pier_routes::RequestHost;
 use super::ConnInfo;
 use crate::config::Listener;
 use crate::downstream::{
-    is_idempotent, Downstream, HeadSent, Request, RequestBody, ResponseSink, Waited,
+    is_idempotent, routing_name, Downstream, HeadSent, Request, RequestBody, ResponseSink, Waited,
 };
 use crate::error::{Abort, ProxyError};
 use crate::h2io::{pump, relay_chunked, RecvBody, SendBody};
@@ -59,7 +59,9 @@ pub(super) async fn handle(
         _ => {}
     }
     let checked = check(&parts).map(|(host, target, length)| {
-        let name = RequestHost::parse(&host).map_err(|_| ProxyError::BadHost);
+        let name = RequestHost::parse(&host)
+            .map(|n| routing_name(&host, &n))
+            .map_err(|_| ProxyError::BadHost);
         (host, target, length, name)
     });
     let (host, target, length, name, refused) = match checked {
