@@ -141,6 +141,13 @@ pub trait Downstream: Send {
         body_read: bool,
     ) -> impl Future<Output = Outcome> + Send;
 
+    /// Answers with an error before any of the body was read (it is still pending if there is
+    /// one).
+    fn answer_unread(&mut self, err: ProxyError) -> impl Future<Output = Outcome> + Send {
+        let in_sync = !self.body_pending();
+        self.answer_error(err, in_sync)
+    }
+
     /// The client failed while sending its body: answer `err` if there is one, and end the
     /// exchange (the connection or the stream).
     fn client_failed(&mut self, err: Option<ProxyError>) -> impl Future<Output = Outcome> + Send;

@@ -65,8 +65,7 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
         return (None, d.answer_error(ProxyError::Misdirected, false).await);
     };
     let Some(mut app) = app else {
-        let in_sync = !d.body_pending();
-        return (None, d.answer_error(ProxyError::UnknownHost, in_sync).await);
+        return (None, d.answer_unread(ProxyError::UnknownHost).await);
     };
     // action
     let redirect_port = match &cfg.tls {
@@ -105,11 +104,7 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
         checked_at = w.shared.liveness_ms(now_ms());
     }
     if !app.has_live_backend(checked_at) {
-        let in_sync = !d.body_pending();
-        return (
-            Some(app),
-            d.answer_error(ProxyError::NoBackend, in_sync).await,
-        );
+        return (Some(app), d.answer_unread(ProxyError::NoBackend).await);
     }
     if d.request()
         .length

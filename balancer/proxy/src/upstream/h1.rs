@@ -53,8 +53,7 @@ pub async fn proxy<D: Downstream>(
         let (idx, mut conn) = match attempts.h1(fresh, start).await {
             Ok(c) => c,
             Err(err) => {
-                let in_sync = !d.body_pending();
-                return d.answer_error(err, in_sync).await;
+                return d.answer_unread(err).await;
             }
         };
         let connected = start.elapsed();
@@ -88,8 +87,7 @@ pub async fn proxy<D: Downstream>(
                 w.shared.metrics.upstream_retries.inc();
             }
             Err(Failure::Stale) => {
-                let in_sync = !d.body_pending();
-                let o = d.answer_error(ProxyError::UpstreamClosed, in_sync).await;
+                let o = d.answer_unread(ProxyError::UpstreamClosed).await;
                 return o.via(backend.addr);
             }
             Err(Failure::Upstream { err, in_sync }) => {

@@ -98,27 +98,22 @@ pub async fn proxy<D: Downstream>(
     let (idx, mut send) = match attempts.h2().await {
         Ok(s) => s,
         Err(err) => {
-            let in_sync = !d.body_pending();
-            return d.answer_error(err, in_sync).await;
+            return d.answer_unread(err).await;
         }
     };
     let connected = start.elapsed();
     let backend = &app.backends[idx];
     let addr = backend.addr;
     let _outstanding = app.begin(idx);
-    let in_sync = !d.body_pending();
     let (request, has_body) = match d.h2_request() {
         Ok(r) => r,
-        Err(err) => return d.answer_error(err, in_sync).await.via(addr),
+        Err(err) => return d.answer_unread(err).await.via(addr),
     };
     let (response, stream) = match send.send_request(request, !has_body) {
         Ok(pair) => pair,
         Err(_) => {
             w.h2_pool.drop_conn(addr);
-            return d
-                .answer_error(ProxyError::UpstreamIo, in_sync)
-                .await
-                .via(addr);
+            return d.answer_unread(ProxyError::UpstreamIo).await.via(addr);
         }
     };
     let sent_at = Instant::now();
