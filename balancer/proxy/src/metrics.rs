@@ -9,6 +9,9 @@ use prometheus::{
 use pier_routes::RouteTable;
 
 /// Every metric the balancer exports.
+/// Most certificates listed one by one in `/metrics` (the soonest to expire).
+const CERT_EXPIRY_LINES: usize = 10_000;
+
 pub struct Metrics {
     registry: Registry,
     /// Responses sent, by status class (index 0 = 1xx … 4 = 5xx).
@@ -320,6 +323,35 @@ impl Metrics {
                 text,
                 "# HELP pier_tls_cert_earliest_expiry_seconds notAfter of the certificate that expires first (Unix time)\n\
                  # TYPE pier_tls_cert_earliest_expiry_seconds gauge\npier_tls_cert_earliest_expiry_seconds {}",
+                ms / 1000
+            );
+        }
+        // Each certificate's expiry, soonest first (at most CERT_EXPIRY_LINES of them), with who
+        // provided it: a stuck renewal shows as an `acme` line that stops moving.
+        let mut certs: Vec<(i64, String, &'static str)> = table
+            .certs()
+            .filter(|(_, e)| e.not_after_ms != i64::MAX)
+            .map(|(pattern, e)| {
+                let source = match e.source.as_deref() {
+                    None => "file",
+                    Some(json) if json.contains("\"source\":\"acme\"") => "acme",
+                    Some(_) => "uploaded",
+                };
+                (e.not_after_ms, pattern.to_string(), source)
+            })
+            .collect();
+        certs.sort_unstable();
+        if !certs.is_empty() {
+            let _ = writeln!(
+                text,
+                "# HELP pier_tls_cert_expiry_seconds notAfter of each certificate served (Unix time), soonest first\n\
+                 # TYPE pier_tls_cert_expiry_seconds gauge"
+            );
+        }
+        for (ms, pattern, source) in certs.iter().take(CERT_EXPIRY_LINES) {
+            let _ = writeln!(
+                text,
+                "pier_tls_cert_expiry_seconds{{domain=\"{pattern}\",source=\"{source}\"}} {}",
                 ms / 1000
             );
         }

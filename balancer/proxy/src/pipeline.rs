@@ -1,6 +1,8 @@
 //! Stage `pipeline`: what happens to a request once its front end has read and checked it,
 //! written once for every protocol. The phases, named as pingora names them:
 //!
+//! 0. `acme` — an ACME HTTP-01 challenge of a certificate the platform is ordering is
+//!    answered from the table (the registry's pending challenges), whatever the app;
 //! 1. `route` — the connection may serve the name (HTTP/2 over TLS), the route table knows it;
 //! 2. `action` — an app that answers itself: the redirect to HTTPS, a redirect, a static page,
 //!    maintenance;
@@ -20,10 +22,10 @@ use tokio::time::timeout_at;
 use pier_routes::app::BackendProtocol;
 use pier_routes::{Action, App};
 
-use crate::downstream::Downstream;
+use crate::downstream::{Downstream, Request};
 use crate::error::ProxyError;
 use crate::outcome::{Access, Outcome};
-use crate::respond::{action_response, https_redirect, AnswerScratch};
+use crate::respond::{action_response, https_redirect, AnswerScratch, LocalResponse};
 use crate::shared::Worker;
 use crate::upstream;
 use crate::util::now_ms;
@@ -51,6 +53,23 @@ pub async fn refused<D: Downstream>(w: &Worker, d: &mut D, err: ProxyError) -> O
 /// Phases 1–4.
 async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outcome) {
     let cfg = &w.shared.config;
+    // acme: an HTTP-01 challenge of a certificate being ordered, before routing and before
+    // any redirect to HTTPS (the CA asks over plain HTTP)
+    if d.request().target.starts_with(ACME_CHALLENGE_PATH) {
+        if let Some(key_authorization) = acme_challenge(w, d.request()) {
+            let resp = LocalResponse {
+                status: 200,
+                content_type: "application/octet-stream",
+                body: key_authorization.as_bytes(),
+                error: None,
+                location: None,
+                retry_after: None,
+                request_id: &[],
+                hsts: None,
+            };
+            return (None, d.answer(&resp).await);
+        }
+    }
     // route
     let app = {
         let name = d.request().name();
@@ -131,6 +150,19 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
         _ => upstream::h1::proxy(w, d, &app, hsts).await,
     };
     (Some(app), o)
+}
+
+/// Where the ACME HTTP-01 challenges are asked for (RFC 8555 §8.3).
+const ACME_CHALLENGE_PATH: &[u8] = b"/.well-known/acme-challenge/";
+
+/// The key authorization of the pending challenge the request asks for, if it is one: a `GET`
+/// of `/.well-known/acme-challenge/<token>` on the name the challenge is for.
+fn acme_challenge(w: &Worker, req: &Request) -> Option<String> {
+    let token = req.target.strip_prefix(ACME_CHALLENGE_PATH)?;
+    let token = std::str::from_utf8(token).ok()?;
+    let table = w.shared.routes.load();
+    let c = table.acme_challenge(token)?;
+    (*c.domain == *req.name()).then(|| c.key_authorization.to_string())
 }
 
 /// mantrid's `spin`: while an app boots it has no live backend; hold the request until one

@@ -229,6 +229,7 @@ async fn full_resync(
     let backends_ms = started.elapsed().as_millis() as u64;
     load_phase(reg, ChangeKind::Domain, |b| loader.domains(b)).await?;
     load_phase(reg, ChangeKind::Cert, |b| loader.certs(b)).await?;
+    load_phase(reg, ChangeKind::Challenge, |b| loader.challenges(b)).await?;
     tracing::debug!(apps_ms, backends_ms, "registry load phases");
     shared
         .registry_contact_ms

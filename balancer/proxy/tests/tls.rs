@@ -393,6 +393,7 @@ async fn registry_certificates_are_served_and_swapped_without_restart() {
         cert: c.cert_pem.clone(),
         key: c.key_pem.clone(),
         added_ms: 0,
+        source: Default::default(),
     };
     reg.put_cert("shop.test", &rec(&first)).await.unwrap();
     let s = tls_balancer(
@@ -456,6 +457,7 @@ async fn a_resync_that_would_drop_most_certificates_is_held() {
                 cert: c.cert_pem.clone(),
                 key: c.key_pem.clone(),
                 added_ms: 0,
+                source: Default::default(),
             },
         )
         .await

@@ -6,11 +6,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use pier_routes::{BackendSpec, DomainPattern, RouteTable};
+use pier_routes::{AcmeChallenge, BackendSpec, DomainPattern, RouteTable};
 
 use crate::cert::load_pair;
 use crate::model::{
-    AppRecord, BackendRecord, CertRecord, Change, ChangeKind, DomainRecord, Snapshot,
+    AppRecord, BackendRecord, CertRecord, ChallengeRecord, Change, ChangeKind, DomainRecord,
+    Snapshot,
 };
 
 /// Puts the certificate of a `certs` entry into `table`, keeping the record as the entry's
@@ -25,6 +26,22 @@ fn put_cert_record(table: &mut RouteTable, key: &str, json: &str) -> Result<(), 
         parsed.key,
         Some(Arc::from(json)),
         parsed.not_after_ms,
+    );
+    Ok(())
+}
+
+fn put_challenge_record(table: &mut RouteTable, token: &str, json: &str) -> Result<(), String> {
+    let rec: ChallengeRecord = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let domain = pier_routes::host::normalise_name(&rec.domain).map_err(|e| e.to_string())?;
+    if token.is_empty() || rec.key_authorization.is_empty() {
+        return Err("empty token or key authorization".into());
+    }
+    table.put_acme_challenge(
+        token,
+        AcmeChallenge {
+            domain,
+            key_authorization: rec.key_authorization.into(),
+        },
     );
     Ok(())
 }
@@ -109,6 +126,13 @@ pub fn apply_change(table: &mut RouteTable, c: &Change) -> Result<(), String> {
                 }
             }
         }
+        (ChangeKind::Challenge, None) => {
+            table.remove_acme_challenge(&c.key);
+        }
+        (ChangeKind::Challenge, Some(json)) => {
+            put_challenge_record(table, &c.key, json)
+                .map_err(|e| format!("challenge {}: {e}", c.key))?;
+        }
         (ChangeKind::Cert, None) => {
             let pattern = DomainPattern::parse(&c.key)
                 .map_err(|e| format!("certificate of {}: {e}", c.key))?;
@@ -135,6 +159,7 @@ pub fn table_from_snapshot(
     loader.backends(s.backends.clone());
     loader.domains(s.domains.clone());
     loader.certs(s.certs.clone());
+    loader.challenges(s.challenges.clone());
     let (table, _, problems) = loader.finish(s.version);
     (table, problems)
 }
@@ -231,6 +256,15 @@ impl<'a> TableLoader<'a> {
         for (key, json) in batch {
             if let Err(e) = put_cert_record(&mut self.table, &key, &json) {
                 self.problem(format!("certificate of {key}: {e}"));
+            }
+        }
+    }
+
+    /// Loads a batch of the pending ACME challenges (token → challenge record).
+    pub fn challenges(&mut self, batch: Vec<(String, String)>) {
+        for (token, json) in batch {
+            if let Err(e) = put_challenge_record(&mut self.table, &token, &json) {
+                self.problem(format!("challenge {token}: {e}"));
             }
         }
     }
@@ -368,6 +402,7 @@ mod tests {
                 ("noslash".into(), "{\"address\":\"127.0.0.1:9004\"}".into()),
             ],
             certs: Vec::new(),
+            challenges: Vec::new(),
         }
     }
 
@@ -385,6 +420,7 @@ mod tests {
             cert: cert.pem(),
             key: kp.serialize_pem(),
             added_ms: 1,
+            source: Default::default(),
         })
         .unwrap()
     }

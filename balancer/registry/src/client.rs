@@ -102,6 +102,7 @@ impl Registry {
             ChangeKind::Domain => &self.keys.domains,
             ChangeKind::Backend => &self.keys.backends,
             ChangeKind::Cert => &self.keys.certs,
+            ChangeKind::Challenge => &self.keys.acme_challenges,
         }
     }
 
@@ -129,6 +130,8 @@ impl Registry {
 if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 0 then return 0 end
 for _, d in ipairs(redis.call('SMEMBERS', KEYS[6])) do
   if redis.call('HDEL', KEYS[8], d) == 1 then emit('cert', d, '') end
+  redis.call('HDEL', ARGV[3] .. 'acme:certs', d)
+  redis.call('HDEL', ARGV[3] .. 'acme:status', d)
   redis.call('HDEL', KEYS[4], d)
   emit('domain', d, '')
 end
@@ -173,8 +176,10 @@ if cur then
   local ok, rec = pcall(cjson.decode, cur)
   if ok and rec.app ~= ARGV[3] then return {err = 'taken:' .. tostring(rec.app)} end
 end
-if ARGV[5] == '0' and redis.call('HDEL', KEYS[6], ARGV[2]) == 1 then
-  emit('cert', ARGV[2], '')
+if ARGV[5] == '0' then
+  if redis.call('HDEL', KEYS[6], ARGV[2]) == 1 then emit('cert', ARGV[2], '') end
+  redis.call('HDEL', KEYS[7], ARGV[2])
+  redis.call('HDEL', KEYS[8], ARGV[2])
 end
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
 redis.call('SADD', KEYS[5], ARGV[2])
@@ -187,7 +192,9 @@ return emit('domain', ARGV[2], ARGV[4])
             .key(&self.keys.domains)
             .key(&self.keys.apps)
             .key(self.keys.app_domains(&rec.app))
-            .key(&self.keys.certs);
+            .key(&self.keys.certs)
+            .key(&self.keys.acme_certs)
+            .key(&self.keys.acme_status);
         inv.arg(CHANGE_LOG_LEN)
             .arg(domain)
             .arg(&rec.app)
@@ -208,6 +215,8 @@ if ok and type(rec) == 'table' and type(rec.app) == 'string' then
   redis.call('SREM', ARGV[3] .. 'app:' .. rec.app .. ':domains', ARGV[2])
 end
 if redis.call('HDEL', KEYS[4], ARGV[2]) == 1 then emit('cert', ARGV[2], '') end
+redis.call('HDEL', ARGV[3] .. 'acme:certs', ARGV[2])
+redis.call('HDEL', ARGV[3] .. 'acme:status', ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[2])
 return emit('domain', ARGV[2], '')
 "#,
@@ -354,19 +363,27 @@ return emit('cert', ARGV[2], ARGV[4])
         }
     }
 
-    /// Deletes the certificate of `domain`. Returns the version after, or `None` if there was
-    /// none.
+    /// Deletes the certificate of `domain`; a certificate the platform issued for it (see
+    /// [`Registry::put_issued_cert`]) is served again in its place. Returns the version after,
+    /// or `None` if there was none.
     pub async fn delete_cert(&self, domain: &str) -> Result<Option<u64>, RegistryError> {
         let s = script(
             r#"
-if redis.call('HDEL', KEYS[3], ARGV[2]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 0 then return 0 end
+local issued = redis.call('HGET', KEYS[4], ARGV[2])
+if issued then
+  redis.call('HSET', KEYS[3], ARGV[2], issued)
+  return emit('cert', ARGV[2], issued)
+end
+redis.call('HDEL', KEYS[3], ARGV[2])
 return emit('cert', ARGV[2], '')
 "#,
         );
         let mut inv = s.prepare_invoke();
         inv.key(&self.keys.version)
             .key(&self.keys.changes)
-            .key(&self.keys.certs);
+            .key(&self.keys.certs)
+            .key(&self.keys.acme_certs);
         inv.arg(CHANGE_LOG_LEN).arg(domain);
         let v: u64 = timed(inv.invoke_async(&mut self.conn.clone())).await?;
         Ok((v != 0).then_some(v))
@@ -536,6 +553,7 @@ return n
             domains: self.scan_hash(&self.keys.domains).await?,
             backends: self.scan_hash(&self.keys.backends).await?,
             certs: self.scan_hash(&self.keys.certs).await?,
+            challenges: self.scan_hash(&self.keys.acme_challenges).await?,
         })
     }
 
@@ -690,6 +708,7 @@ fn kind_name(kind: ChangeKind) -> &'static str {
         ChangeKind::Domain => "domain",
         ChangeKind::Backend => "backend",
         ChangeKind::Cert => "cert",
+        ChangeKind::Challenge => "challenge",
     }
 }
 
@@ -770,6 +789,7 @@ fn parse_entries(entries: &Value) -> Result<Vec<Change>, RegistryError> {
             Some("domain") => ChangeKind::Domain,
             Some("backend") => ChangeKind::Backend,
             Some("cert") => ChangeKind::Cert,
+            Some("challenge") => ChangeKind::Challenge,
             other => return Err(bad(&format!("unknown op {other:?} in {id}"))),
         };
         out.push(Change {

@@ -22,6 +22,7 @@
 //! - [`usage`]: usage reports for billing (balancers, runners, add-ons), their stream and
 //!   the outbox that keeps a report's sequence number until it is written.
 
+pub mod acme;
 pub mod apply;
 pub mod balancers;
 pub mod claims;
@@ -39,5 +40,6 @@ pub use balancers::BalancerStatus;
 pub use claims::{ClaimAdded, Granted};
 pub use client::{Registry, RegistryError, SnapshotHead};
 pub use model::{
-    AppRecord, BackendRecord, CertRecord, Change, ClaimRecord, DomainRecord, Snapshot,
+    AppRecord, BackendRecord, CertRecord, CertSource, ChallengeRecord, Change, ClaimRecord,
+    DomainRecord, Snapshot,
 };

@@ -341,6 +341,43 @@ pub struct CertRecord {
     /// When it was stored, milliseconds since the Unix epoch.
     #[serde(default)]
     pub added_ms: u64,
+    /// Who provided it: the owner (uploaded) or the platform's ACME orderer. An uploaded
+    /// certificate wins over an issued one for the same name.
+    #[serde(default, skip_serializing_if = "CertSource::is_uploaded")]
+    pub source: CertSource,
+}
+
+/// Where a served certificate came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertSource {
+    /// Uploaded by the app's owner or the operator (`pier certs add`).
+    #[default]
+    Uploaded,
+    /// Issued and renewed by the platform over ACME.
+    Acme,
+}
+
+impl CertSource {
+    pub fn is_uploaded(&self) -> bool {
+        *self == CertSource::Uploaded
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertSource::Uploaded => "uploaded",
+            CertSource::Acme => "acme",
+        }
+    }
+}
+
+/// A pending ACME HTTP-01 challenge, stored under `acme:challenges` by token: every balancer
+/// answers `GET /.well-known/acme-challenge/<token>` on `domain` with `key_authorization`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChallengeRecord {
+    pub domain: String,
+    pub key_authorization: String,
 }
 
 impl std::fmt::Debug for CertRecord {
@@ -351,6 +388,7 @@ impl std::fmt::Debug for CertRecord {
             .field("cert", &format_args!("<{} bytes of PEM>", self.cert.len()))
             .field("key", &format_args!("<redacted>"))
             .field("added_ms", &self.added_ms)
+            .field("source", &self.source)
             .finish()
     }
 }
@@ -376,6 +414,8 @@ pub enum ChangeKind {
     Backend,
     /// A domain's TLS certificate ([`CertRecord`]), keyed by domain pattern.
     Cert,
+    /// A pending ACME HTTP-01 challenge ([`ChallengeRecord`]), keyed by token.
+    Challenge,
 }
 
 /// One change-log entry: after version `version`, `key` of `kind` has `value` (JSON), or is
@@ -403,6 +443,9 @@ pub struct Snapshot {
     /// Absent from snapshots written before certificates existed.
     #[serde(default)]
     pub certs: Vec<(String, String)>,
+    /// Pending ACME challenges (absent from local snapshot files: they are short-lived).
+    #[serde(default)]
+    pub challenges: Vec<(String, String)>,
 }
 
 #[cfg(test)]

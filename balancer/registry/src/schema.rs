@@ -20,6 +20,18 @@ pub struct Keys {
     pub tokens: String,
     /// Hash: balancer id → [`crate::balancers::BalancerStatus`] JSON, each balancer's report.
     pub balancers: String,
+    /// Hash: token → [`crate::model::ChallengeRecord`] JSON, the pending ACME HTTP-01
+    /// challenges every balancer answers (route-affecting: each write is a change).
+    pub acme_challenges: String,
+    /// Hash: domain → [`crate::acme::AcmeStatus`] JSON, where each name's certificate stands.
+    pub acme_status: String,
+    /// Hash: domain → [`crate::model::CertRecord`] JSON, the certificates the orderer issued
+    /// (served through `certs` unless an upload is there).
+    pub acme_certs: String,
+    /// String: the ACME account's credentials (JSON; never returned by the API).
+    pub acme_account: String,
+    /// String with a time to live: who runs the orderer now.
+    pub acme_lease: String,
     prefix: String,
 }
 
@@ -34,6 +46,11 @@ impl Keys {
             certs: format!("{prefix}certs"),
             tokens: format!("{prefix}tokens"),
             balancers: format!("{prefix}balancers"),
+            acme_challenges: format!("{prefix}acme:challenges"),
+            acme_status: format!("{prefix}acme:status"),
+            acme_certs: format!("{prefix}acme:certs"),
+            acme_account: format!("{prefix}acme:account"),
+            acme_lease: format!("{prefix}acme:lease"),
             prefix: prefix.to_string(),
         }
     }
@@ -57,6 +74,11 @@ impl Keys {
     /// Set of an app's backend keys (`app/id`).
     pub fn app_backends(&self, app: &str) -> String {
         format!("{}app:{app}:backends", self.prefix)
+    }
+
+    /// Counter of the ACME orders started in one clock hour (`hour` since the Unix epoch).
+    pub fn acme_orders(&self, hour: u64) -> String {
+        format!("{}acme:orders:{hour}", self.prefix)
     }
 
     pub fn prefix(&self) -> &str {

@@ -27,6 +27,7 @@ fn record(app: &str, names: &[&str]) -> CertRecord {
         cert: cert.pem(),
         key: kp.serialize_pem(),
         added_ms: 1_700_000_000_000,
+        source: Default::default(),
     }
 }
 

@@ -29,4 +29,4 @@ pub use app::{
 };
 pub use host::{DomainPattern, HostError, RequestHost};
 pub use spec::{AppSpec, BackendSpec, CertSpec, RouteSpec};
-pub use table::{BuildError, CertEntry, MatchKind, RouteMatch, RouteTable};
+pub use table::{AcmeChallenge, BuildError, CertEntry, MatchKind, RouteMatch, RouteTable};

@@ -181,6 +181,16 @@ struct Certs {
     count: usize,
 }
 
+/// A pending ACME HTTP-01 challenge (RFC 8555 §8.3): what every balancer answers at
+/// `/.well-known/acme-challenge/<token>` for `domain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeChallenge {
+    /// The name being validated (lower-case, no port).
+    pub domain: Box<str>,
+    /// The key authorization: the token, a dot, the account key's thumbprint.
+    pub key_authorization: Box<str>,
+}
+
 /// Longest TLS server name looked up (a DNS name without its trailing dot).
 const MAX_SNI: usize = crate::host::MAX_HOST_LEN;
 
@@ -199,6 +209,8 @@ pub struct RouteTable {
     app_count: usize,
     version: u64,
     certs: Arc<Certs>,
+    /// Pending ACME HTTP-01 challenges by token (a handful at a time; replaced whole on edit).
+    challenges: Arc<HashMap<Box<str>, AcmeChallenge, foldhash::fast::RandomState>>,
 }
 
 impl std::fmt::Debug for RouteTable {
@@ -239,6 +251,7 @@ impl RouteTable {
             app_count: 0,
             version: 0,
             certs: Arc::default(),
+            challenges: Arc::default(),
         }
     }
 
@@ -678,6 +691,32 @@ impl RouteTable {
             certs.count += 1;
         }
         *slot = entry;
+    }
+
+    /// The pending ACME challenge with `token`, if any.
+    pub fn acme_challenge(&self, token: &str) -> Option<&AcmeChallenge> {
+        if self.challenges.is_empty() {
+            return None;
+        }
+        self.challenges.get(token)
+    }
+
+    /// Adds (or replaces) a pending ACME challenge.
+    pub fn put_acme_challenge(&mut self, token: &str, challenge: AcmeChallenge) {
+        Arc::make_mut(&mut self.challenges).insert(token.into(), challenge);
+    }
+
+    /// Removes a pending ACME challenge; returns whether it was there.
+    pub fn remove_acme_challenge(&mut self, token: &str) -> bool {
+        if !self.challenges.contains_key(token) {
+            return false;
+        }
+        Arc::make_mut(&mut self.challenges).remove(token).is_some()
+    }
+
+    /// The pending ACME challenges, by token.
+    pub fn acme_challenges(&self) -> impl Iterator<Item = (&str, &AcmeChallenge)> {
+        self.challenges.iter().map(|(t, c)| (&**t, c))
     }
 
     /// Removes a domain pattern's certificate; returns whether there was one.

@@ -11,6 +11,8 @@ pub struct RegistryBalancer {
     child: Child,
     pub port: u16,
     pub admin: u16,
+    /// The https listener's port (balancers started with [`RegistryBalancer::start_tls`]).
+    pub https: Option<u16>,
     dir: tempfile::TempDir,
 }
 
@@ -27,12 +29,38 @@ impl RegistryBalancer {
         extra_routes: &str,
         extra_tables: &str,
     ) -> RegistryBalancer {
+        Self::launch(redis_url, extra_routes, extra_tables, false).await
+    }
+
+    /// [`RegistryBalancer::start`] with an https listener too (its default certificate is a
+    /// self-signed one for `default.test`; the registry's certificates are served by name).
+    pub async fn start_tls(redis_url: &str, extra_routes: &str) -> RegistryBalancer {
+        Self::launch(redis_url, extra_routes, "", true).await
+    }
+
+    async fn launch(
+        redis_url: &str,
+        extra_routes: &str,
+        extra_tables: &str,
+        tls: bool,
+    ) -> RegistryBalancer {
         let dir = tempfile::tempdir().unwrap();
         let (port, admin) = (free_port(), free_port());
+        let https = tls.then(free_port);
+        let (https_listen, tls_table) = match https {
+            Some(p) => {
+                let c = crate::certs::make_cert(dir.path(), "default", &["default.test"]);
+                (
+                    format!("https = [\"127.0.0.1:{p}\"]\n"),
+                    format!("[tls]\ncert = {:?}\nkey = {:?}\n", c.cert_path, c.key_path),
+                )
+            }
+            None => (String::new(), String::new()),
+        };
         let config = format!(
-            "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+            "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n{https_listen}[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
              [routes]\nredis = \"{redis_url}\"\nsnapshot_file = \"\"\n{extra_routes}\n\
-             [runtime]\nworkers = 1\n{extra_tables}\n"
+             [runtime]\nworkers = 1\n{tls_table}{extra_tables}\n"
         );
         let path = dir.path().join("balancer.toml");
         std::fs::write(&path, config).unwrap();
@@ -48,6 +76,7 @@ impl RegistryBalancer {
             child,
             port,
             admin,
+            https,
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);

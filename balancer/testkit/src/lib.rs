@@ -32,6 +32,7 @@ pub mod dns;
 pub mod h1;
 pub mod h2;
 pub mod net;
+pub mod pebble;
 pub mod postgres_server;
 pub mod process;
 pub mod proxy;

@@ -74,6 +74,13 @@ pub async fn tls_connect(
 /// The leaf certificate a TLS listener presents for `sni` (verification off: we look at what
 /// is served, not whether it is trusted).
 pub async fn served_cert(port: u16, sni: &str) -> Option<Vec<u8>> {
+    let tls = tls_connect(port, sni, accept_any()).await.ok()?;
+    let certs = tls.get_ref().1.peer_certificates()?;
+    Some(certs[0].to_vec())
+}
+
+/// A rustls client that accepts any certificate (to look at what is served).
+pub fn accept_any() -> Arc<rustls::ClientConfig> {
     #[derive(Debug)]
     struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
     impl rustls::client::danger::ServerCertVerifier for AcceptAny {
@@ -124,7 +131,5 @@ pub async fn served_cert(port: u16, sni: &str) -> Option<Vec<u8>> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
-    let tls = tls_connect(port, sni, Arc::new(cfg)).await.ok()?;
-    let certs = tls.get_ref().1.peer_certificates()?;
-    Some(certs[0].to_vec())
+    Arc::new(cfg)
 }

@@ -62,6 +62,8 @@ pub struct ApiState {
     pub backups: Option<Arc<crate::backups::Backups>>,
     /// Usage and costs (`None`: no platform database; their routes answer 503).
     pub usage: Option<Arc<crate::usage::Usage>>,
+    /// Certificates issued by the platform over ACME (`None`: off, `pier api --acme-directory`).
+    pub acme: Option<Arc<crate::acme::Acme>>,
 }
 
 /// Default of [`ApiState::claim_ttl`]: three days to publish the proof.
@@ -96,6 +98,7 @@ impl ApiState {
             git: None,
             backups: None,
             usage: None,
+            acme: None,
         }
     }
 
@@ -148,6 +151,12 @@ impl ApiState {
     }
 
     /// Sets the name custom domains should point at (`pier api --dns-target`).
+    /// Turns on certificates issued over ACME.
+    pub fn with_acme(mut self, acme: crate::acme::Acme) -> Self {
+        self.acme = Some(Arc::new(acme));
+        self
+    }
+
     pub fn with_dns_target(mut self, target: Option<String>) -> Self {
         self.dns_target = target;
         self

@@ -15,10 +15,11 @@ use pier_model::api::{
     CertSummary, CertView, ChallengeView, DomainList, DomainView, NewCert, NewDomain, VerifyRequest,
 };
 use pier_registry::cert::{self, ParsedCert};
-use pier_registry::model::{CertRecord, ClaimRecord};
+use pier_registry::model::{CertRecord, CertSource, ClaimRecord};
 use pier_registry::{ClaimAdded, RegistryError};
 use pier_routes::DomainPattern;
 
+use crate::acme;
 use crate::api::{existing_app, json, now_ms, parse_body, ApiState, Reply};
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
@@ -42,6 +43,7 @@ fn verified_view(state: &ApiState, domain: &str, app: &str) -> DomainView {
         certificate: None,
         dns_target: state.dns_target.clone(),
         dns: None,
+        cert_state: None,
     }
 }
 
@@ -66,18 +68,33 @@ fn claim_view(state: &ApiState, domain: &str, app: &str, claim: &ClaimRecord) ->
         certificate: None,
         dns_target: state.dns_target.clone(),
         dns: None,
+        cert_state: None,
     }
 }
 
-fn cert_view(domain: &str, c: &ParsedCert) -> CertView {
+/// A domain's certificate (`served`: the one served and who provided it) with the state of
+/// the platform's issued certificate for the name.
+async fn cert_view(
+    state: &ApiState,
+    domain: &str,
+    served: Option<(&ParsedCert, CertSource)>,
+) -> CertView {
+    let (acme_state, error, next) = acme::view(state, domain, true).await;
+    let c = served.map(|(c, _)| c);
     CertView {
         domain: domain.to_string(),
-        names: c.names.clone(),
-        not_before: cert::rfc3339(c.not_before_ms),
-        not_after: cert::rfc3339(c.not_after_ms),
-        fingerprint_sha256: c.fingerprint_sha256.clone(),
-        issuer: c.issuer.clone(),
-        subject: c.subject.clone(),
+        names: c.map(|c| c.names.clone()).unwrap_or_default(),
+        not_before: c.map(|c| cert::rfc3339(c.not_before_ms)),
+        not_after: c.map(|c| cert::rfc3339(c.not_after_ms)),
+        fingerprint_sha256: c.map(|c| c.fingerprint_sha256.clone()),
+        issuer: c.map(|c| c.issuer.clone()),
+        subject: c.map(|c| c.subject.clone()),
+        source: served.map(|(_, s)| s.as_str().to_string()),
+        state: acme_state,
+        error,
+        next_attempt: next
+            .and_then(|ms| i64::try_from(ms).ok())
+            .map(cert::rfc3339),
     }
 }
 
@@ -167,6 +184,11 @@ pub async fn list(state: &Arc<ApiState>, caller: &Caller, app: &str) -> Reply {
     let mut domains = app_domain_views(state, app, false).await?;
     if let Some(target) = &state.dns_target {
         check_targets(state, target, &mut domains).await;
+    }
+    if state.acme.is_some() {
+        for d in &mut domains {
+            d.cert_state = Some(acme::view(state, &d.domain, d.verified).await.0);
+        }
     }
     json(StatusCode::OK, &DomainList { domains })
 }
@@ -390,6 +412,7 @@ pub async fn put_cert(
         cert: req.cert,
         key: req.key,
         added_ms: now_ms(),
+        source: Default::default(),
     };
     // The registry checks ownership and verification again in the write itself.
     state.registry().put_cert(&key, &rec).await?;
@@ -401,7 +424,8 @@ pub async fn put_cert(
         by = %caller,
         "certificate stored"
     );
-    json(StatusCode::OK, &cert_view(&key, &parsed))
+    let view = cert_view(state, &key, Some((&parsed, CertSource::Uploaded))).await;
+    json(StatusCode::OK, &view)
 }
 
 /// Most certificates in a chain, and bytes of PEM, accepted.
@@ -433,18 +457,75 @@ fn check_cert_bounds(req: &NewCert) -> Result<(), ApiError> {
 
 pub async fn show_cert(state: &ApiState, caller: &Caller, app: &str, raw: &str) -> Reply {
     caller.may_act_on(app)?;
-    let (pattern, _) = own_domain(state, app, raw).await?;
+    let (pattern, held) = own_domain(state, app, raw).await?;
     let key = pattern.to_string();
-    let rec = state
-        .registry()
-        .cert(&key)
-        .await?
-        .filter(|r| r.app == app)
-        .ok_or_else(|| ApiError::NotFound(format!("domain {key} has no certificate")))?;
+    let rec = state.registry().cert(&key).await?.filter(|r| r.app == app);
+    let Some(rec) = rec else {
+        if state.acme.is_none() {
+            return Err(ApiError::NotFound(format!(
+                "domain {key} has no certificate"
+            )));
+        }
+        // None served yet: where the platform's certificate stands.
+        let verified = matches!(held, Held::Verified);
+        let (acme_state, error, next) = acme::view(state, &key, verified).await;
+        let view = CertView {
+            domain: key,
+            names: Vec::new(),
+            not_before: None,
+            not_after: None,
+            fingerprint_sha256: None,
+            issuer: None,
+            subject: None,
+            source: None,
+            state: acme_state,
+            error,
+            next_attempt: next
+                .and_then(|ms| i64::try_from(ms).ok())
+                .map(cert::rfc3339),
+        };
+        return json(StatusCode::OK, &view);
+    };
     // Stored certificates are shown as they are, expired or not.
     let parsed = cert::load_pair(&rec.cert, &rec.key)
         .map_err(|e| ApiError::Internal(format!("stored certificate of {key}: {e}")))?;
-    json(StatusCode::OK, &cert_view(&key, &parsed))
+    let view = cert_view(state, &key, Some((&parsed, rec.source))).await;
+    json(StatusCode::OK, &view)
+}
+
+/// Asks for the platform's certificate of a verified name to be renewed now (at most once a
+/// minute per name).
+pub async fn renew_cert(state: &ApiState, caller: &Caller, app: &str, raw: &str) -> Reply {
+    caller.may_act_on(app)?;
+    let key = verified_domain(state, app, raw).await?;
+    if state.acme.is_none() {
+        return Err(ApiError::Conflict(
+            "certificates are not issued by this platform (pier api --acme-directory): upload one"
+                .into(),
+        ));
+    }
+    if !matches!(DomainPattern::parse(&key), Ok(DomainPattern::Exact(_))) {
+        return Err(ApiError::Conflict(format!(
+            "{key}: wildcard names are not issued over HTTP-01: upload a certificate"
+        )));
+    }
+    match acme::request_renewal(state, &key).await {
+        Ok(Ok(())) => {}
+        Ok(Err(wait_ms)) => {
+            return Err(ApiError::TooManyRequests(
+                format!("a renewal of {key} was asked for less than a minute ago"),
+                wait_ms.div_ceil(1000),
+            ))
+        }
+        Err(e) => return Err(ApiError::Internal(format!("renewal of {key}: {e}"))),
+    }
+    tracing::info!(app, domain = %key, by = %caller, "certificate renewal asked for");
+    let served = state.registry().cert(&key).await?.filter(|r| r.app == app);
+    let parsed = served
+        .as_ref()
+        .and_then(|r| cert::load_pair(&r.cert, &r.key).ok().map(|p| (p, r.source)));
+    let view = cert_view(state, &key, parsed.as_ref().map(|(p, s)| (p, *s))).await;
+    json(StatusCode::ACCEPTED, &view)
 }
 
 pub async fn remove_cert(state: &ApiState, caller: &Caller, app: &str, raw: &str) -> Reply {
@@ -454,6 +535,13 @@ pub async fn remove_cert(state: &ApiState, caller: &Caller, app: &str, raw: &str
     if matches!(held, Held::Pending(_)) {
         return Err(ApiError::NotFound(format!(
             "domain {key} has no certificate"
+        )));
+    }
+    let served = state.registry().cert(&key).await?;
+    if served.is_some_and(|r| r.source == CertSource::Acme) {
+        return Err(ApiError::NotFound(format!(
+            "domain {key} has no uploaded certificate (the one served is issued and renewed by \
+             the platform; removing the domain stops it)"
         )));
     }
     match state.registry().delete_cert(&key).await? {

@@ -13,6 +13,8 @@
 //! - [`router`]: the route table, matched by method and path; the one list of routes.
 //! - [`body`]: request bodies: size and time limits, media type, strict JSON parsing.
 //! - [`throttle`]: failed token attempts limited per client address.
+//! - [`acme`]: certificates issued and renewed for verified domains (ACME, HTTP-01 answered by
+//!   every balancer), their state as owners see it.
 //! - [`ui`]: the web dashboard's files (`/ui`), built into the binary.
 //! - [`git`]: the apps' git repositories (`/git/APP.git`): `git push` deploys, clone and fetch
 //!   read, spoken by the real `git http-backend`.
@@ -45,6 +47,7 @@
 
 #![recursion_limit = "512"]
 
+pub mod acme;
 pub mod addons;
 pub mod api;
 pub mod auth;

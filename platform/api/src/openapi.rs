@@ -30,7 +30,7 @@ fn status_text(status: u16) -> &'static str {
         413 => "Request body too large: its declared Content-Length is answered at once, before any of it is read (1 MiB; deploys: pier api --max-upload-mb)",
         415 => "A request body that is not Content-Type: application/json",
         426 => "Upgrade Required: this endpoint speaks WebSocket only",
-        429 => "Too many failed token attempts from this address: wait the Retry-After seconds",
+        429 => "Too many requests: wait the Retry-After seconds (failed token attempts from this address, or a renewal asked for again within a minute)",
         422 => {
             "Invalid values (app name, hostname, address, settings, certificate) or a failed domain check"
         }
@@ -399,7 +399,7 @@ pub fn document() -> Value {
             app_domain,
             Op {
                 id: "showCert",
-                summary: "A domain's certificate (never its key)",
+                summary: "A domain's certificate (never its key) and the state of the platform's issued one",
                 authed: true,
                 body: None,
                 optional_body: false,
@@ -413,12 +413,26 @@ pub fn document() -> Value {
             app_domain,
             Op {
                 id: "removeCert",
-                summary: "Remove a domain's certificate",
+                summary: "Remove a domain's uploaded certificate (an issued one is served again, if any)",
                 authed: true,
                 body: None,
                 optional_body: false,
                 ok: &[(204, None)],
                 errors: &[403, 404, 422],
+            },
+        ),
+        (
+            "/v1/apps/{app}/domains/{domain}/cert/renew",
+            "post",
+            app_domain,
+            Op {
+                id: "renewCert",
+                summary: "Renew the platform's certificate of a verified name now (ACME; once a minute per name)",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(202, Some("Cert"))],
+                errors: &[403, 404, 409, 422, 429],
             },
         ),
         (

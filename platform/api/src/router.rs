@@ -22,6 +22,7 @@ pub enum RouteId {
     PutCert,
     ShowCert,
     RemoveCert,
+    RenewCert,
     ListBackends,
     AddBackend,
     Heartbeat,
@@ -116,6 +117,11 @@ pub static ROUTES: &[Route] = &[
         Method::DELETE,
         "/v1/apps/{app}/domains/{domain}/cert",
         RouteId::RemoveCert,
+    ),
+    route(
+        Method::POST,
+        "/v1/apps/{app}/domains/{domain}/cert/renew",
+        RouteId::RenewCert,
     ),
     route(
         Method::GET,

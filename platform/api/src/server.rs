@@ -333,6 +333,7 @@ async fn dispatch(
         RouteId::PutCert => domains::put_cert(state, &caller, p(0), p(1), &body).await,
         RouteId::ShowCert => domains::show_cert(state, &caller, p(0), p(1)).await,
         RouteId::RemoveCert => domains::remove_cert(state, &caller, p(0), p(1)).await,
+        RouteId::RenewCert => domains::renew_cert(state, &caller, p(0), p(1)).await,
         RouteId::ListBackends => api::list_backends(state, &caller, p(0)).await,
         RouteId::AddBackend => api::add_backend(state, &caller, p(0), &body).await,
         RouteId::Heartbeat => api::heartbeat(state, &caller, p(0), p(1), &body).await,

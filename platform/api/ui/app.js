@@ -238,9 +238,10 @@ async function appPage(view, app) {
         el("td", {}, d.domain),
         el("td", { class: d.verified ? "ok nowrap" : "nowrap" }, d.verified ? "verified" : "pending"),
         el("td", {}, d.verified
-          ? (cert ? expiry(cert.not_after) : el("span", { class: "muted" }, "no certificate"))
+          ? (cert ? expiry(cert.not_after) : el("span", { class: "muted" }, d.cert_state && d.cert_state !== "off" ? "certificate: " + d.cert_state : "no certificate"))
           : (d.challenge ? el("code", { class: "mono" }, d.challenge.name + ". 300 IN " + d.challenge.type + " \"" + d.challenge.value + "\"") : ""),
-        d.dns ? el("div", { class: "note" }, d.dns.points_at_target ? "points at " + d.dns.target : "not pointed at " + d.dns.target + " yet") : null),
+        d.dns ? el("div", { class: "note" }, d.dns.points_at_target ? "points at " + d.dns.target : "not pointed at " + d.dns.target + " yet") : null,
+        cert && d.cert_state && d.cert_state !== "off" ? el("div", { class: "note" }, "platform certificate: " + d.cert_state) : null),
         el("td", { class: "actions" },
           d.verified ? null : button("Verify", "Verify " + d.domain, () => act("Verify " + d.domain, () => api("POST", path + "/verify"))),
           cert ? button("Remove certificate", "Remove the certificate of " + d.domain,

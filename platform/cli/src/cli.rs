@@ -209,11 +209,16 @@ pub enum CertsCmd {
         #[arg(long, value_name = "FILE")]
         key: std::path::PathBuf,
     },
-    /// Show a domain's certificate (names, validity, fingerprint, issuer, subject).
+    /// Show a domain's certificate (names, validity, fingerprint, issuer, subject, who
+    /// provided it) and where the platform's issued certificate stands (state, error, next
+    /// attempt).
     Show { app: String, host: String },
-    /// Remove a domain's certificate.
+    /// Remove a domain's uploaded certificate (the platform's issued one, if any, is served
+    /// again).
     #[command(alias = "remove")]
     Rm { app: String, host: String },
+    /// Renew the platform's certificate of a verified name now (ACME; once a minute per name).
+    Renew { app: String, host: String },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -342,6 +347,9 @@ fn domain_line(d: &DomainView) -> String {
     if let Some(check) = &d.dns {
         cols.push(dns_column(check));
     }
+    if let Some(state) = &d.cert_state {
+        cols.push(format!("certificate: {state}"));
+    }
     cols.join("\t")
 }
 
@@ -378,15 +386,26 @@ fn backend_line(b: &BackendView) -> String {
 /// A certificate's facts, one `FIELD<TAB>VALUE` line each.
 fn cert_lines(c: &CertView, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "domain\t{}", c.domain)?;
-    writeln!(out, "names\t{}", c.names.join(", "))?;
+    if !c.names.is_empty() {
+        writeln!(out, "names\t{}", c.names.join(", "))?;
+    }
     for (field, value) in [
         ("not_before", &c.not_before),
         ("not_after", &c.not_after),
         ("fingerprint_sha256", &c.fingerprint_sha256),
         ("issuer", &c.issuer),
         ("subject", &c.subject),
+        ("source", &c.source),
     ] {
-        writeln!(out, "{field}\t{value}")?;
+        if let Some(v) = value {
+            writeln!(out, "{field}\t{v}")?;
+        }
+    }
+    writeln!(out, "state\t{}", c.state)?;
+    for (field, value) in [("error", &c.error), ("next_attempt", &c.next_attempt)] {
+        if let Some(v) = value {
+            writeln!(out, "{field}\t{v}")?;
+        }
     }
     Ok(())
 }
@@ -529,6 +548,15 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
             format!("{}/domains/{}/cert", app_path(app), encode_segment(host)),
             None,
         ),
+        Command::Certs(CertsCmd::Renew { app, host }) => (
+            Method::POST,
+            format!(
+                "{}/domains/{}/cert/renew",
+                app_path(app),
+                encode_segment(host)
+            ),
+            None,
+        ),
         Command::Backends(BackendsCmd::Add { app, addr, id, ttl }) => {
             let mut b = json!({ "address": addr });
             if let Some(id) = id {
@@ -640,6 +668,13 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
         Command::Certs(CertsCmd::Show { .. }) => cert_lines(&parse(&v)?, out)?,
         Command::Certs(CertsCmd::Rm { app, host }) => {
             writeln!(out, "removed the certificate of {host} from {app}")?
+        }
+        Command::Certs(CertsCmd::Renew { app, host }) => {
+            writeln!(
+                out,
+                "renewal of the certificate of {host} ({app}) asked for"
+            )?;
+            cert_lines(&parse(&v)?, out)?;
         }
         Command::Backends(BackendsCmd::Add { .. } | BackendsCmd::Heartbeat { .. }) => {
             writeln!(out, "{}", backend_line(&parse(&v)?))?

@@ -12,6 +12,76 @@ use pier_api::auth::Authenticator;
 use pier_api::platform::PlatformState;
 use pier_api::verify::DnsVerifier;
 
+/// Certificates issued by the platform for verified domains (ACME, docs/platform.md).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AcmeArgs {
+    /// The ACME directory URL of the CA that issues certificates for verified domains (e.g.
+    /// Let's Encrypt's https://acme-v02.api.letsencrypt.org/directory). Without it, owners
+    /// upload their certificates.
+    #[arg(long, env = "PIER_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+    /// Contact address given to the CA (expiry and policy notices).
+    #[arg(long, env = "PIER_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+    /// PEM file of extra roots for the CA's own HTTPS (a private CA).
+    #[arg(long, env = "PIER_ACME_CA_FILE")]
+    pub acme_ca_file: Option<PathBuf>,
+    /// External Account Binding key id, for CAs that need one.
+    #[arg(long, env = "PIER_ACME_EAB_KID", requires = "acme_eab_hmac")]
+    pub acme_eab_kid: Option<String>,
+    /// External Account Binding HMAC key (base64url, as the CA gives it).
+    #[arg(
+        long,
+        env = "PIER_ACME_EAB_HMAC",
+        hide_env_values = true,
+        requires = "acme_eab_kid"
+    )]
+    pub acme_eab_hmac: Option<String>,
+    /// Orders running at once.
+    #[arg(long, default_value_t = 4)]
+    pub acme_concurrency: usize,
+    /// New orders started per clock hour across the platform (keep it under the CA's limits).
+    #[arg(long, default_value_t = 100)]
+    pub acme_orders_per_hour: u64,
+    /// How often the orderer looks for names to order or renew, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub acme_interval_ms: u64,
+}
+
+impl AcmeArgs {
+    /// The orderer's settings, or `None` when ACME is off. Bad values are refused with the
+    /// flag's name.
+    pub fn config(&self) -> anyhow::Result<Option<pier_api::acme::AcmeConfig>> {
+        let Some(directory) = self.acme_directory.clone().filter(|d| !d.trim().is_empty()) else {
+            return Ok(None);
+        };
+        if !directory.starts_with("https://") {
+            anyhow::bail!("--acme-directory {directory:?}: an https:// URL");
+        }
+        if let Some(f) = &self.acme_ca_file {
+            std::fs::metadata(f).with_context(|| format!("--acme-ca-file {}", f.display()))?;
+        }
+        let eab = match (&self.acme_eab_kid, &self.acme_eab_hmac) {
+            (Some(kid), Some(hmac)) => {
+                use base64::Engine as _;
+                let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(hmac.trim().trim_end_matches('='))
+                    .map_err(|e| anyhow::anyhow!("--acme-eab-hmac: not base64url: {e}"))?;
+                Some((kid.clone(), key))
+            }
+            _ => None,
+        };
+        let mut c = pier_api::acme::AcmeConfig::new(directory);
+        c.email = self.acme_email.clone().filter(|e| !e.trim().is_empty());
+        c.ca_file = self.acme_ca_file.clone();
+        c.eab = eab;
+        c.concurrency = self.acme_concurrency.max(1);
+        c.orders_per_hour = self.acme_orders_per_hour;
+        c.interval = Duration::from_millis(self.acme_interval_ms.max(100));
+        Ok(Some(c))
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ApiArgs {
     /// Address to listen on.
@@ -30,6 +100,8 @@ pub struct ApiArgs {
     /// shown to owners with each domain and whether it points there yet.
     #[arg(long, env = "PIER_DNS_TARGET")]
     pub dns_target: Option<String>,
+    #[command(flatten)]
+    pub acme: AcmeArgs,
     /// Hours a pending domain claim may be proven; after that it lapses (adding the domain
     /// again renews it, same token). 0: claims never lapse. A claim never reserves a name:
     /// the first app to prove it gets it.
@@ -373,6 +445,8 @@ pub async fn serve_api(
                 .map_err(|e| anyhow::anyhow!("--dns-target {t:?}: {e}"))
         })
         .transpose()?;
+    // Checked early: bad ACME settings are refused before anything is started.
+    let acme = args.acme.config()?;
     match registry.migrate_pending_domains().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(
@@ -491,13 +565,19 @@ pub async fn serve_api(
     if let Some(u) = usage {
         state = state.with_usage(u);
     }
+    if let Some(c) = acme {
+        tracing::info!(directory = %c.directory, "certificates for verified domains issued over ACME");
+        state = state.with_acme(pier_api::acme::Acme::new(c));
+    }
     let state = Arc::new(state);
     let scheduler = tokio::spawn(pier_api::backup_schedule::run(state.clone()));
+    let orderer = tokio::spawn(pier_api::acme::run(state.clone()));
     let (collector_stop, collector_stopped) = tokio::sync::watch::channel(false);
     let collector = tokio::spawn(pier_api::usage::collect(state.clone(), collector_stopped));
     tracing::info!(%addr, redis = %args.redis.url, prefix = %args.redis.prefix, slug_store = %args.slug_store, backup_store, usage = state.usage.is_some(), "pier api listening");
     let served = pier_api::server::serve(listener, state, shutdown).await;
     scheduler.abort();
+    orderer.abort();
     // The collector's last pass: a final add-on report, then the lease given up.
     let _ = collector_stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), collector).await;

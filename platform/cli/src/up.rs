@@ -46,6 +46,9 @@ pub struct UpArgs {
     /// Do not deploy the demo app.
     #[arg(long)]
     pub no_demo: bool,
+    /// Certificates for verified domains issued over ACME (as `pier api` takes them).
+    #[command(flatten)]
+    pub acme: crate::services::AcmeArgs,
 }
 
 /// Where the CLI finds the API and the operator token `pier up` made.
@@ -240,7 +243,8 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
 
     let slugs = data.join("slugs").display().to_string();
     let apps_url = format!("http://{{app}}.{}:{}/", args.apps_domain, args.http.port());
-    let api_args = ApiArgs::for_up(args.api_listen, &redis_url, &token, &slugs, &apps_url);
+    let mut api_args = ApiArgs::for_up(args.api_listen, &redis_url, &token, &slugs, &apps_url);
+    api_args.acme = args.acme.clone();
     let runner_args = RunnerArgs::for_up(
         args.runner_address,
         &redis_url,

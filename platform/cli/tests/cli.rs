@@ -377,8 +377,12 @@ fn certs_add_show_rm() {
     let out = api
         .pier(owner, &["certs", "show", "shop", "shop.test"])
         .ok();
-    assert_eq!(out.stdout.lines().count(), 7, "{out:?}");
+    // The certificate's seven facts, who provided it, and the platform's certificate state
+    // (this API issues none: off).
+    assert_eq!(out.stdout.lines().count(), 9, "{out:?}");
     assert!(out.stdout.starts_with("domain\tshop.test\n"), "{out:?}");
+    assert!(out.stdout.contains("\nsource\tuploaded\n"), "{out:?}");
+    assert!(out.stdout.ends_with("\nstate\toff\n"), "{out:?}");
     let fingerprint = out
         .stdout
         .lines()

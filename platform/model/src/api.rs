@@ -151,6 +151,11 @@ pub struct DomainView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub certificate: Option<CertSummary>,
+    /// In the domain list, with ACME on: where the platform's certificate for the name stands
+    /// (see `Cert.state`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub cert_state: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -224,20 +229,48 @@ pub struct NewCert {
     pub key: String,
 }
 
-/// A domain's certificate, without its private key.
+/// A domain's certificate, without its private key, and where the platform's issued
+/// certificate for it stands (ACME). The certificate's fields are absent while none is served.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(as = Cert)]
 pub struct CertView {
     pub domain: String,
-    /// The certificate's DNS names (subjectAltName).
+    /// The certificate's DNS names (subjectAltName); empty while none is served.
     pub names: Vec<String>,
     /// Validity window, RFC 3339 (UTC).
-    pub not_before: String,
-    pub not_after: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub not_before: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub not_after: Option<String>,
     /// SHA-256 of the leaf certificate (DER), lower-case hex.
-    pub fingerprint_sha256: String,
-    pub issuer: String,
-    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub fingerprint_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub subject: Option<String>,
+    /// Who provided the certificate served: `uploaded` (an owner or the operator) or `acme`
+    /// (issued by the platform). Absent while none is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub source: Option<String>,
+    /// The platform's issued certificate for the name: `off` (ACME is not configured, or a
+    /// wildcard name: upload a certificate), `waiting for verification`, `waiting for DNS`,
+    /// `ordering`, `issued`, `failed`.
+    pub state: String,
+    /// Why the last order failed (the CA's words), or why the name waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub error: Option<String>,
+    /// When the name is ordered again (after a failure, or its renewal), RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub next_attempt: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -114,6 +114,9 @@ impl ApiServer {
             )
             .with_backend_policy(one_machine),
         ));
+        if state.acme.is_some() {
+            tokio::spawn(pier_api::acme::run(state.clone()));
+        }
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(pier_api::server::serve(listener, state, async {
             let _ = rx.await;
