@@ -39,8 +39,8 @@ pub struct Request {
     /// `:authority`).
     pub host: Bytes,
     /// The host the request is routed by (normalised by `pier_routes::RequestHost`: lower-cased,
-    /// without port or trailing dot; ASCII); `None` for an HTTP/1.0 request without a Host.
-    pub name: Option<Bytes>,
+    /// without port or trailing dot; ASCII): see [`Request::name`].
+    pub name: RoutingName,
     /// The origin-form target sent upstream.
     pub target: Bytes,
     pub request_id: SmallVec<[u8; 64]>,
@@ -59,22 +59,43 @@ pub struct Request {
     pub max_body: u64,
 }
 
-impl Request {
-    /// The routing name (empty when there is none).
-    pub fn name(&self) -> &str {
-        let name = self.name.as_deref().unwrap_or_default();
-        std::str::from_utf8(name).unwrap_or_default()
+/// Where a request's routing name is: most often the start of its Host bytes (a lower-case
+/// name, with or without a port), so that keeping it costs nothing.
+#[derive(Debug, Clone, Default)]
+pub enum RoutingName {
+    /// No Host (HTTP/1.0): routed as the empty name.
+    #[default]
+    None,
+    /// The first `n` bytes of [`Request::host`].
+    Prefix(usize),
+    /// A normalised copy (the Host had upper case or a trailing dot).
+    Owned(Box<str>),
+}
+
+impl RoutingName {
+    /// The routing name of `host`, normalised as `name`.
+    pub fn of(host: &[u8], name: &RequestHost) -> RoutingName {
+        let n = name.as_bytes();
+        if host.starts_with(n) {
+            RoutingName::Prefix(n.len())
+        } else {
+            RoutingName::Owned(name.as_str().into())
+        }
     }
 }
 
-/// The routing name as bytes: a slice of the Host bytes when it is their prefix (a lower-case
-/// name, with or without a port: no copy), else a copy.
-pub fn routing_name(host: &Bytes, name: &RequestHost) -> Bytes {
-    let n = name.as_bytes();
-    if host.starts_with(n) {
-        host.slice(..n.len())
-    } else {
-        Bytes::copy_from_slice(n)
+impl Request {
+    /// The routing name (empty when there is none).
+    pub fn name(&self) -> &str {
+        match &self.name {
+            RoutingName::None => "",
+            RoutingName::Prefix(n) => self
+                .host
+                .get(..*n)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or_default(),
+            RoutingName::Owned(s) => s,
+        }
     }
 }
 

@@ -55,7 +55,9 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
     let cfg = &w.shared.config;
     // acme: an HTTP-01 challenge of a certificate being ordered, before routing and before
     // any redirect to HTTPS (the CA asks over plain HTTP)
-    if d.request().target.starts_with(ACME_CHALLENGE_PATH) {
+    let target = &d.request().target;
+    // (The second byte first: a path that is not /.well-known/… is turned away in one compare.)
+    if target.get(1) == Some(&b'.') && target.starts_with(ACME_CHALLENGE_PATH) {
         if let Some(key_authorization) = acme_challenge(w, d.request()) {
             let resp = LocalResponse {
                 status: 200,

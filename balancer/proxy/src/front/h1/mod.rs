@@ -23,7 +23,7 @@ use pier_h1::head::{recycle, HeadGate, HeadLimits, HeaderList, Known, RequestHea
 use pier_routes::RequestHost;
 
 use crate::config::Listener;
-use crate::downstream::{is_idempotent, routing_name, Request};
+use crate::downstream::{is_idempotent, Request, RoutingName};
 use crate::error::ProxyError;
 use crate::pipeline;
 use crate::respond::{error_body, LocalResponse};
@@ -100,28 +100,88 @@ pub async fn serve(
         last_done: None,
     });
     let mut first = true;
+    let mut idle_until = None;
     loop {
-        let head = match read_head(&w, &mut client, first).await {
-            Ok(Some(Incoming::Head(h))) => h,
-            Ok(Some(Incoming::H2Preface)) => {
+        if let Some(limit) = idle_until.take() {
+            // Idle: only this small future waits for the next request; the request path's
+            // state (several KiB) is not held by an idle connection.
+            if !wait_idle(&w, &mut client, limit).await {
+                break;
+            }
+        }
+        // Busy: requests one after another, in a future boxed for the busy period (allocated
+        // when the connection wakes up, freed when it has been idle for IDLE_CHECK).
+        let busy;
+        (client, busy) = Box::pin(serve_busy(&w, client, &mut first)).await;
+        match busy {
+            Busy::Idle(limit) => idle_until = Some(limit),
+            Busy::Close => break,
+            Busy::H2Preface => {
                 let Client { stream, buf, .. } = *client;
                 return Some((stream, buf));
             }
-            Ok(None) => break,
-            Err(err) => {
-                refuse(&w, &mut client, err, b"", false).await;
-                break;
-            }
-        };
-        first = false;
-        let keep;
-        (client, keep) = handle(&w, client, head).await;
-        if !keep {
-            break;
         }
     }
     close(&mut client).await;
     None
+}
+
+/// How a busy period of a connection ended.
+enum Busy {
+    /// Nothing came for IDLE_CHECK: wait idle, until this deadline at most.
+    Idle(Instant),
+    Close,
+    /// The HTTP/2 preface (h2c with prior knowledge).
+    H2Preface,
+}
+
+/// Serves requests until the connection closes or goes idle.
+async fn serve_busy(
+    w: &Arc<Worker>,
+    mut client: Box<Client>,
+    first: &mut bool,
+) -> (Box<Client>, Busy) {
+    loop {
+        let head = match read_head(w, &mut client, *first).await {
+            Ok(Some(Incoming::Head(h))) => h,
+            Ok(Some(Incoming::H2Preface)) => return (client, Busy::H2Preface),
+            Ok(Some(Incoming::Idle(limit))) => return (client, Busy::Idle(limit)),
+            Ok(None) => return (client, Busy::Close),
+            Err(err) => {
+                refuse(w, &mut client, err, b"", false).await;
+                return (client, Busy::Close);
+            }
+        };
+        *first = false;
+        let keep;
+        (client, keep) = handle(w, client, head).await;
+        if !keep {
+            return (client, Busy::Close);
+        }
+    }
+}
+
+/// Waits while a connection is idle: until its first bytes come (`true`), or until `limit`,
+/// the peer's close, or the balancer's drain (`false`). It wakes up every IDLE_CHECK to notice
+/// a drain, and then still waits DRAIN_GRACE: a request may already be on its way.
+async fn wait_idle(w: &Worker, client: &mut Client, limit: Instant) -> bool {
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let draining = w.shared.is_shutting_down();
+        let until = if draining {
+            limit.min(*drain_deadline.get_or_insert(now + DRAIN_GRACE))
+        } else {
+            limit.min(now + IDLE_CHECK)
+        };
+        let readable = client.stream.tcp().readable();
+        match client.timer.run(until.into(), readable).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(_)) => return false,
+            Err(_) if draining || Instant::now() >= limit => return false,
+            Err(_) => {}
+        }
+    }
 }
 
 fn limits(w: &Worker) -> HeadLimits {
@@ -144,6 +204,8 @@ enum Incoming {
     Head(RequestHead),
     /// The h2 preface on a plain listener (h2c with prior knowledge).
     H2Preface,
+    /// Nothing for IDLE_CHECK (buffers given back): wait idle until this deadline at most.
+    Idle(Instant),
 }
 
 /// Reads until a whole request head is buffered. `Ok(None)` means the connection should
@@ -227,8 +289,10 @@ async fn read_head(
                     return Ok(None);
                 }
                 // Idle for a while (IDLE_CHECK): give the buffers back (up to ~13 KiB), as
-                // nginx does. A busy connection never gets here between its requests.
+                // nginx does, and the busy period's state with them. A busy connection never
+                // gets here between its requests.
                 client.release_buffers();
+                return Ok(Some(Incoming::Idle(limit)));
             }
             Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
             Ok(Ok(_)) => {}
@@ -347,10 +411,10 @@ async fn handle(
         return (client, false);
     };
     let name = if host.is_empty() && head.version == Version::Http10 {
-        None
+        RoutingName::None
     } else {
         match RequestHost::parse(&host) {
-            Ok(h) => Some(routing_name(&host, &h)),
+            Ok(h) => RoutingName::of(&host, &h),
             Err(_) => {
                 refuse(
                     w,

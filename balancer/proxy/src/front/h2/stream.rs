@@ -25,7 +25,7 @@ use pier_routes::RequestHost;
 use super::ConnInfo;
 use crate::config::Listener;
 use crate::downstream::{
-    is_idempotent, routing_name, Downstream, HeadSent, Request, RequestBody, ResponseSink, Waited,
+    is_idempotent, Downstream, HeadSent, Request, RequestBody, ResponseSink, RoutingName, Waited,
 };
 use crate::error::{Abort, ProxyError};
 use crate::h2io::{pump, relay_chunked, RecvBody, SendBody};
@@ -60,14 +60,14 @@ pub(super) async fn handle(
     }
     let checked = check(&parts).map(|(host, target, length)| {
         let name = RequestHost::parse(&host)
-            .map(|n| routing_name(&host, &n))
+            .map(|n| RoutingName::of(&host, &n))
             .map_err(|_| ProxyError::BadHost);
         (host, target, length, name)
     });
     let (host, target, length, name, refused) = match checked {
-        Ok((host, target, length, Ok(name))) => (host, target, length, Some(name), None),
-        Ok((host, target, length, Err(e))) => (host, target, length, None, Some(e)),
-        Err(e) => (Bytes::new(), Bytes::new(), None, None, Some(e)),
+        Ok((host, target, length, Ok(name))) => (host, target, length, name, None),
+        Ok((host, target, length, Err(e))) => (host, target, length, RoutingName::None, Some(e)),
+        Err(e) => (Bytes::new(), Bytes::new(), None, RoutingName::None, Some(e)),
     };
     let request = Request {
         host,
