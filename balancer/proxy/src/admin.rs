@@ -171,7 +171,8 @@ pub fn routes_json(table: &RouteTable) -> serde_json::Value {
                 "max_body": s.max_body,
                 "backends": app.backends.iter().map(|b| json!({
                     "id": b.id(),
-                    "address": b.addr.to_string(),
+                    "address": pier_routes::spec::backend_address(b.addr, b.tls.is_some()),
+                    "server_name": b.tls.as_ref().and_then(|t| t.server_name.as_deref()),
                     "outstanding": b.state.outstanding(),
                     "ejected": b.state.is_ejected(now),
                     "expires_at_ms": (b.expires_at_ms != 0).then_some(b.expires_at_ms),

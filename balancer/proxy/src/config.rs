@@ -42,6 +42,7 @@ pub struct ConfigFile {
     pub spin: Option<SpinFile>,
     pub log: Option<LogFile>,
     pub tls: Option<TlsFile>,
+    pub upstream_tls: Option<UpstreamTlsFile>,
     pub http2: Option<Http2File>,
     pub telemetry: Option<TelemetryFile>,
 }
@@ -81,6 +82,27 @@ pub struct TlsFile {
     pub https_port: Option<u16>,
     pub watch: Option<bool>,
     pub watch_interval: Option<String>,
+    /// `"1.2"` or `"1.3"` (a bare TOML number is taken too).
+    pub min_version: Option<VersionValue>,
+}
+
+/// A TLS version as written: `"1.3"`, or `1.3` without quotes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum VersionValue {
+    Text(String),
+    Number(f64),
+}
+
+/// `[upstream_tls]`: how pier checks `https://` backends and what it shows them.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    /// PEM certificates trusted besides the public roots (a private CA).
+    pub ca_file: Option<String>,
+    /// A client certificate chain (PEM) for backends that ask for one (mutual TLS).
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -217,6 +239,15 @@ pub enum UnknownSni {
     Reject,
 }
 
+/// The oldest TLS version the listeners accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinTlsVersion {
+    /// TLS 1.2 and 1.3: Mozilla's "intermediate" profile.
+    Tls12,
+    /// TLS 1.3 only: Mozilla's "modern" profile (whatever the certificate's key type).
+    Tls13,
+}
+
 /// The TLS listeners' settings. The default certificate is read and checked at load.
 #[derive(Debug, Clone)]
 pub struct TlsSettings {
@@ -230,6 +261,7 @@ pub struct TlsSettings {
     /// Reload the default certificate when its files change, checked this often.
     pub watch: bool,
     pub watch_interval: Duration,
+    pub min_version: MinTlsVersion,
 }
 
 impl PartialEq for TlsSettings {
@@ -240,6 +272,32 @@ impl PartialEq for TlsSettings {
             && self.handshake_timeout == other.handshake_timeout
             && self.unknown_sni == other.unknown_sni
             && self.https_port == other.https_port
+            && self.min_version == other.min_version
+    }
+}
+
+/// TLS to `https://` backends: what their certificates are checked against, and the client
+/// certificate shown to those that ask. Read and checked at load.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamTlsSettings {
+    /// The `ca_file` certificates, trusted besides the public roots.
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate and its key (mutual TLS).
+    pub client_cert: Option<Arc<rustls::sign::CertifiedKey>>,
+    pub cert_file: Option<PathBuf>,
+}
+
+impl PartialEq for UpstreamTlsSettings {
+    fn eq(&self, other: &Self) -> bool {
+        self.extra_roots == other.extra_roots
+            && self.ca_file == other.ca_file
+            && self.cert_file == other.cert_file
+            && match (&self.client_cert, &other.client_cert) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
     }
 }
 
@@ -393,6 +451,8 @@ pub struct Config {
     pub log: LogSettings,
     /// Set when there are `https` listeners.
     pub tls: Option<TlsSettings>,
+    /// For `https://` backends (the defaults when the table is absent).
+    pub upstream_tls: UpstreamTlsSettings,
     pub http2: Http2Settings,
 }
 
@@ -758,6 +818,7 @@ impl ConfigFile {
         };
 
         let tls = self.tls_settings(&mut c, base, &listeners);
+        let upstream_tls = self.upstream_tls_settings(&mut c, base);
         let h2 = self.http2.as_ref();
         let h2_size = |c: &mut Checker<'_>,
                        key: &str,
@@ -846,6 +907,7 @@ impl ConfigFile {
             headers,
             log,
             tls,
+            upstream_tls,
             http2,
         })
     }
@@ -927,6 +989,28 @@ impl ConfigFile {
             &t.watch_interval,
             Duration::from_secs(5),
         );
+        let min_version = match &t.min_version {
+            None => MinTlsVersion::Tls12,
+            Some(v) => {
+                let text = match v {
+                    VersionValue::Text(t) => t.clone(),
+                    VersionValue::Number(n) => n.to_string(),
+                };
+                match text.as_str() {
+                    "1.2" => MinTlsVersion::Tls12,
+                    "1.3" => MinTlsVersion::Tls13,
+                    _ => {
+                        c.err(
+                            "tls.min_version",
+                            format!(
+                                "unknown version {text:?} (use \"1.2\" or \"1.3\"; TLS 1.0 and 1.1 are never offered)"
+                            ),
+                        );
+                        MinTlsVersion::Tls12
+                    }
+                }
+            }
+        };
         let unknown_sni = match t.unknown_sni.as_deref() {
             None | Some("default") => UnknownSni::Default,
             Some("reject") => UnknownSni::Reject,
@@ -981,8 +1065,77 @@ impl ConfigFile {
             https_port: t.https_port.unwrap_or(first.addr.port()),
             watch: t.watch.unwrap_or(true),
             watch_interval,
+            min_version,
         })
     }
+
+    /// `[upstream_tls]`: the extra roots and the client certificate are read and checked here,
+    /// so `--check` catches a file that does not load.
+    fn upstream_tls_settings(&self, c: &mut Checker<'_>, base: &Path) -> UpstreamTlsSettings {
+        let mut out = UpstreamTlsSettings::default();
+        let Some(t) = self.upstream_tls.as_ref() else {
+            return out;
+        };
+        let read = |c: &mut Checker<'_>, k: &str, p: &Path| match std::fs::read_to_string(p) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                c.err(k, format!("cannot read {}: {e}", p.display()));
+                None
+            }
+        };
+        if let Some(ca) = t.ca_file.as_deref() {
+            let path = base.join(ca);
+            if let Some(pem) = read(c, "upstream_tls.ca_file", &path) {
+                match trust_anchors(&pem) {
+                    Ok(roots) => out.extra_roots = roots,
+                    Err(e) => c.err("upstream_tls.ca_file", format!("{}: {e}", path.display())),
+                }
+            }
+            out.ca_file = Some(path);
+        }
+        match (t.cert.as_deref(), t.key.as_deref()) {
+            (None, None) => {}
+            (Some(_), None) => c.err(
+                "upstream_tls.key",
+                "the client certificate's private key (PEM file) is needed with upstream_tls.cert",
+            ),
+            (None, Some(_)) => c.err(
+                "upstream_tls.cert",
+                "the client certificate (PEM file) is needed with upstream_tls.key",
+            ),
+            (Some(cert), Some(key)) => {
+                let cert_file = base.join(cert);
+                let cert_pem = read(c, "upstream_tls.cert", &cert_file);
+                let key_pem = read(c, "upstream_tls.key", &base.join(key));
+                if let (Some(cert_pem), Some(key_pem)) = (cert_pem, key_pem) {
+                    match certified_key(&cert_pem, &key_pem) {
+                        Ok(k) => out.client_cert = Some(k),
+                        Err(e) => c.err("upstream_tls.cert", e),
+                    }
+                }
+                out.cert_file = Some(cert_file);
+            }
+        }
+        out
+    }
+}
+
+/// The certificates of a PEM file, each checked as a trust anchor.
+fn trust_anchors(pem: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate in it".into());
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        store
+            .add(cert.clone())
+            .map_err(|e| format!("certificate {} cannot be a trust anchor: {e}", i + 1))?;
+    }
+    Ok(certs)
 }
 
 /// `HOST:PID`: unique among the balancers of one host, readable in router lines.
@@ -1088,6 +1241,32 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(errs.0[0].key, "telemetry", "{errs}");
+    }
+
+    #[test]
+    fn tls_min_version_defaults_to_12_and_refuses_other_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = pier_testkit::certs::make_cert(dir.path(), "a", &["a.test"]);
+        let (cert, key) = (pair.cert_path, pair.key_path);
+        let config = |extra: &str| {
+            format!(
+                "[listen]\nhttps = [\"127.0.0.1:8443\"]\n[routes]\nfile = \"r.toml\"\n\
+                 [tls]\ncert = {cert:?}\nkey = {key:?}\n{extra}"
+            )
+        };
+        let min = |extra: &str| parse(&config(extra)).map(|c| c.tls.unwrap().min_version);
+        assert_eq!(min(""), Ok(MinTlsVersion::Tls12));
+        assert_eq!(min("min_version = \"1.2\"\n"), Ok(MinTlsVersion::Tls12));
+        assert_eq!(min("min_version = \"1.3\"\n"), Ok(MinTlsVersion::Tls13));
+        assert_eq!(min("min_version = 1.3\n"), Ok(MinTlsVersion::Tls13));
+        let errs = min("min_version = \"1.0\"\n").unwrap_err();
+        assert_eq!(errs.0.len(), 1, "{errs}");
+        assert_eq!(errs.0[0].key, "tls.min_version");
+        assert_eq!(errs.0[0].file, "/etc/pier/balancer.toml");
+        assert!(
+            errs.0[0].reason.contains("unknown version \"1.0\""),
+            "{errs}"
+        );
     }
 
     #[test]

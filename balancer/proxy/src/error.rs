@@ -43,6 +43,10 @@ pub enum ProxyError {
     NoBackend,
     /// Every attempt to connect to a backend failed.
     UpstreamConnect,
+    /// TLS with an `https://` backend failed (its certificate did not verify, it refused
+    /// pier's, it does not speak TLS): the short reason, as [`crate::tls::failure_reason`]
+    /// gives it.
+    UpstreamTls(&'static str),
     UpstreamConnectTimeout,
     /// The backend closed or reset the connection before a full response head.
     UpstreamClosed,
@@ -72,7 +76,11 @@ impl ProxyError {
             HeaderTimeout | BodyTimeout => 408,
             UnknownHost => 404,
             NoBackend => 503,
-            UpstreamConnect | UpstreamClosed | UpstreamBadResponse(_) | UpstreamIo => 502,
+            UpstreamConnect
+            | UpstreamTls(_)
+            | UpstreamClosed
+            | UpstreamBadResponse(_)
+            | UpstreamIo => 502,
             UpstreamConnectTimeout | UpstreamTimeout => 504,
         }
     }
@@ -93,6 +101,7 @@ impl ProxyError {
             UnknownHost => "unknown-host",
             NoBackend => "no-backend",
             UpstreamConnect => "upstream-connect-failed",
+            UpstreamTls(_) => "upstream-tls",
             UpstreamConnectTimeout => "upstream-connect-timeout",
             UpstreamClosed => "upstream-closed",
             UpstreamBadResponse(r) => r,
@@ -113,11 +122,22 @@ impl ProxyError {
             }
             UnknownHost | NoBackend => Party::Pier,
             UpstreamConnect
+            | UpstreamTls(_)
             | UpstreamConnectTimeout
             | UpstreamClosed
             | UpstreamBadResponse(_)
             | UpstreamTimeout
             | UpstreamIo => Party::Backend,
+        }
+    }
+
+    /// More about the reason, where there is more to say: for `upstream-tls`, why TLS failed
+    /// (`unknown-issuer`, `name-mismatch`, …). In the access line and the router line, not in
+    /// `X-Pier-Error` (clients get the stable reason only).
+    pub fn detail(self) -> Option<&'static str> {
+        match self {
+            ProxyError::UpstreamTls(why) => Some(why),
+            _ => None,
         }
     }
 
@@ -130,6 +150,7 @@ impl ProxyError {
             UnknownHost
                 | NoBackend
                 | UpstreamConnect
+                | UpstreamTls(_)
                 | UpstreamConnectTimeout
                 | UpstreamClosed
                 | UpstreamBadResponse(_)

@@ -19,7 +19,7 @@
 //! 4. [`upstream`] — backend selection with retries and ejection, the exchange with HTTP/1.1
 //!    ([`upstream::h1`]) and h2c ([`upstream::h2c`]) backends, the pools ([`upstream::pool`]).
 //! 5. Below them all: [`relay`] (bodies and tunnels between sockets), [`h2io`] (h2 streams as
-//!    byte streams), [`stream`] (plain or TLS client sockets), [`respond`] (pier's own answers),
+//!    byte streams), [`stream`] (plain or TLS sockets, the client's and backends'), [`respond`] (pier's own answers),
 //!    [`error`] (the one error type and the abort reasons), [`outcome`], [`shared`] (state of
 //!    the workers), [`tls`], [`config`], [`metrics`], [`util`].
 //!

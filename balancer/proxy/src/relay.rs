@@ -172,6 +172,12 @@ impl TryWrite for tokio::net::tcp::WriteHalf<'_> {
     }
 }
 
+impl TryWrite for crate::stream::UpstreamWrite<'_> {
+    fn try_write_now(&self, data: &[u8]) -> io::Result<usize> {
+        self.try_write(data)
+    }
+}
+
 impl TryWrite for crate::stream::ClientWrite<'_> {
     fn try_write_now(&self, data: &[u8]) -> io::Result<usize> {
         self.try_write(data)

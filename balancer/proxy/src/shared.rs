@@ -23,6 +23,8 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Chooses certificates by name (also asked whether an h2 request is misdirected).
     pub tls_resolver: Option<Arc<crate::tls::SniResolver>>,
+    /// TLS to `https://` backends (`[upstream_tls]`), one session cache for every worker.
+    pub upstream_tls: tokio_rustls::TlsConnector,
     pub metrics: Metrics,
     pub shutdown_tx: watch::Sender<bool>,
     pub shutdown_rx: watch::Receiver<bool>,
@@ -82,11 +84,15 @@ impl Shared {
         let (tls, tls_resolver) = match &config.tls {
             Some(t) => {
                 let resolver = Arc::new(crate::tls::SniResolver::new(Arc::clone(&routes), t));
-                let cfg = crate::tls::server_config(Arc::clone(&resolver), &config.http2)?;
+                let cfg =
+                    crate::tls::server_config(Arc::clone(&resolver), &config.http2, t.min_version)?;
                 (Some(tokio_rustls::TlsAcceptor::from(cfg)), Some(resolver))
             }
             None => (None, None),
         };
+        let upstream_tls = tokio_rustls::TlsConnector::from(crate::tls::upstream_client_config(
+            &config.upstream_tls,
+        )?);
         let telemetry = match (&config.telemetry, &config.registry) {
             (Some(t), Some(r)) => {
                 let m = crate::telemetry::TelemetryMetrics {
@@ -109,6 +115,7 @@ impl Shared {
             routes,
             tls,
             tls_resolver,
+            upstream_tls,
             metrics,
             shutdown_tx,
             shutdown_rx,

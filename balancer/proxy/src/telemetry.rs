@@ -200,7 +200,8 @@ fn resp(buf: &mut Vec<u8>, args: &[&[u8]]) {
 
 /// The Heroku-style router line: `at=info method=GET path="/" host=… request_id=… fwd="…"
 /// instance=… connect=0ms service=3ms total=4ms status=200 bytes=512 protocol=http/1.1`, with
-/// `at=error error=REASON` when pier answered itself and `aborted=WHY` when the answer broke.
+/// `at=error error=REASON` when pier answered itself (with `detail=WHY` where the reason has
+/// one: why TLS with a backend failed) and `aborted=WHY` when the answer broke.
 /// Client-supplied text is quoted and escaped: no control character or quote gets through.
 fn router_line(app: &App, x: &Access<'_>, o: &Outcome, total: Duration) -> Line {
     let mut s = Line::with_capacity(192 + x.target.len().min(MAX_PATH));
@@ -214,6 +215,10 @@ fn router_line(app: &App, x: &Access<'_>, o: &Outcome, total: Duration) -> Line 
     if let Some(e) = o.error {
         s.push_str(" error=");
         s.push_str(ProxyError::reason(e));
+        if let Some(detail) = e.detail() {
+            s.push_str(" detail=");
+            s.push_str(detail);
+        }
     }
     if let Some(why) = o.aborted {
         s.push_str(" aborted=");

@@ -32,6 +32,7 @@ async fn add_app(reg: &Registry, app: &str, domains: &[&str], backends: &[std::n
             &BackendRecord {
                 address: b.to_string(),
                 expires_at_ms: 0,
+                server_name: None,
             },
         )
         .await
@@ -274,6 +275,7 @@ async fn expired_backends_are_skipped_without_any_event() {
         &BackendRecord {
             address: be.addr.to_string(),
             expires_at_ms: deadline,
+            server_name: None,
         },
     )
     .await
@@ -300,6 +302,7 @@ async fn expired_backends_are_skipped_without_any_event() {
         &BackendRecord {
             address: be.addr.to_string(),
             expires_at_ms: pier_now_ms() + 60_000,
+            server_name: None,
         },
     )
     .await
@@ -339,6 +342,7 @@ async fn spin_holds_requests_until_a_backend_registers() {
         &BackendRecord {
             address: be.addr.to_string(),
             expires_at_ms: 0,
+            server_name: None,
         },
     )
     .await
@@ -472,6 +476,7 @@ async fn backends_do_not_expire_while_the_registry_is_unreachable() {
         &BackendRecord {
             address: be.addr.to_string(),
             expires_at_ms: pier_now_ms() + ttl_ms,
+            server_name: None,
         },
     )
     .await
@@ -502,6 +507,7 @@ async fn backends_do_not_expire_while_the_registry_is_unreachable() {
         &BackendRecord {
             address: be.addr.to_string(),
             expires_at_ms: pier_now_ms() - 1,
+            server_name: None,
         },
     )
     .await

@@ -1,17 +1,23 @@
-//! TLS through a real balancer process: protocol versions and handshakes, certificates chosen
-//! by SNI (routes file, registry, default certificate) and swapped or reloaded, HTTPS redirect
-//! and HSTS, the configuration check's TLS keys, and curl and openssl s_client as clients.
+//! TLS through a real balancer process: protocol versions and handshakes (`[tls] min_version`),
+//! certificates chosen by SNI (routes file, registry, default certificate) and swapped or
+//! reloaded, HTTPS redirect and HSTS, TLS to `https://` backends (verification, pooling, SNI,
+//! mutual TLS), the configuration check's TLS keys, and curl and openssl s_client as clients.
 //! rustls clients from their crate; the TLS helpers from `pier_testkit::tls`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pier_testkit::certs::{make_cert, TestCert};
-use pier_testkit::h1::{get, h1_over, Backend};
+use pier_testkit::certs::{make_cert, TestCa, TestCert};
+use pier_testkit::h1::{get, h1_over, Backend, Conn};
 use pier_testkit::h2::{h2_client, h2_get};
-use pier_testkit::proxy::{admin_get, app_routes, backend_routes};
-use pier_testkit::tls::{client_config, served_cert, tls_balancer, tls_connect, TlsSetup};
+use pier_testkit::proxy::{
+    admin_get, app_routes, backend_routes, written_backend_routes, Balancer,
+};
+use pier_testkit::tls::{
+    client_config, client_config_versions, served_cert, tls_balancer, tls_connect, TlsBackend,
+    TlsSetup,
+};
 use pier_testkit::{run_tool, RedisServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -69,6 +75,36 @@ async fn tls_versions_are_12_and_13_only() {
         buf[6] == 70 || buf[6] == 40,
         "protocol_version or handshake_failure: {buf:?}"
     );
+}
+
+#[tokio::test]
+async fn min_version_13_refuses_tls12_clients_and_the_default_serves_both() {
+    let backend = Backend::start("one").await;
+    let routes = backend_routes("one", &["default.test"], &backend);
+    for (extra, tls12_served) in [("", true), ("min_version = \"1.3\"\n", false)] {
+        let s = tls_balancer(&routes, extra).await;
+        for v in [&rustls::version::TLS12, &rustls::version::TLS13] {
+            let cfg = client_config_versions(&[&s.default.der], &[v]);
+            let served = v.version == rustls::ProtocolVersion::TLSv1_3 || tls12_served;
+            match tls_connect(s.tls_port, "default.test", cfg).await {
+                Ok(mut tls) => {
+                    assert!(served, "{extra:?}: a {:?} client was served", v.version);
+                    assert_eq!(tls.get_ref().1.protocol_version(), Some(v.version));
+                    let text = h1_over(&mut tls, "default.test", "/v").await;
+                    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+                }
+                Err(e) => {
+                    assert!(
+                        !served,
+                        "{extra:?}: a {:?} client was refused: {e}",
+                        v.version
+                    );
+                    // rustls answers a ClientHello without TLS 1.3 with protocol_version.
+                    assert!(e.to_string().contains("ProtocolVersion"), "{e}");
+                }
+            }
+        }
+    }
 }
 
 /// A minimal TLS 1.0 ClientHello offering TLS_RSA_WITH_AES_128_CBC_SHA.
@@ -382,6 +418,7 @@ async fn registry_certificates_are_served_and_swapped_without_restart() {
         &BackendRecord {
             address: backend.addr.to_string(),
             expires_at_ms: 0,
+            server_name: None,
         },
     )
     .await
@@ -508,6 +545,290 @@ async fn a_resync_that_would_drop_most_certificates_is_held() {
     );
 }
 
+// ---- TLS to backends ----
+
+/// Sends `n` GETs for `host` over one keep-alive connection (so one worker's pool serves them).
+async fn keep_alive_gets(addr: std::net::SocketAddr, host: &str, n: usize) -> Vec<(u16, String)> {
+    let mut c = Conn::connect(addr).await;
+    let mut out = Vec::new();
+    for i in 0..n {
+        c.send(format!("GET /r{i} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await;
+        let r = c.read_response(false).await.unwrap();
+        out.push((r.status, r.text()));
+    }
+    out
+}
+
+#[tokio::test]
+async fn https_backends_verified_with_ca_file_are_pooled_and_get_their_server_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("pier test backends CA");
+    let ca_file = ca.write(dir.path(), "ca");
+    // One backend known by its IP (certificate for 127.0.0.1, no SNI), one by a name.
+    let by_ip = TlsBackend::start("by-ip", &ca.server(&["127.0.0.1"]), None).await;
+    let by_name = TlsBackend::start("by-name", &ca.server(&["api.internal"]), None).await;
+    let routes = written_backend_routes(
+        "ip",
+        &["ip.test"],
+        &[&format!("\"https://{}\"", by_ip.addr)],
+    ) + &written_backend_routes(
+        "named",
+        &["named.test"],
+        &[&format!(
+            "{{ address = \"https://{}\", server_name = \"api.internal\" }}",
+            by_name.addr
+        )],
+    );
+    let b = Balancer::start(&routes, &format!("[upstream_tls]\nca_file = {ca_file:?}\n")).await;
+    for (host, be) in [("ip.test", &by_ip), ("named.test", &by_name)] {
+        let answers = keep_alive_gets(b.addr(), host, 3).await;
+        for (i, (status, text)) in answers.iter().enumerate() {
+            assert_eq!(*status, 200, "{host}: {text}\n{}", b.log_text());
+            assert_eq!(text, &format!("{} /r{i} conn=1", be.name), "{host}");
+        }
+        // Three requests, one TLS connection: pooled like a plain backend.
+        assert_eq!(be.seen().len(), 1, "{host}: {:?}", be.seen());
+        assert_eq!(
+            be.failed_handshakes
+                .load(std::sync::atomic::Ordering::SeqCst),
+            0
+        );
+    }
+    assert_eq!(
+        by_ip.seen()[0].sni,
+        None,
+        "an IP address is never sent as SNI"
+    );
+    assert_eq!(by_name.seen()[0].sni.as_deref(), Some("api.internal"));
+    assert!(
+        b.metrics().await.contains("pier_upstream_reused_total 4"),
+        "{}",
+        b.metrics().await
+    );
+}
+
+#[tokio::test]
+async fn a_backend_certificate_that_does_not_verify_is_a_502_upstream_tls_and_counts_towards_ejection(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let right = TestCa::new("the backends' CA");
+    let wrong = TestCa::new("another CA");
+    let wrong_file = wrong.write(dir.path(), "wrong");
+    let right_file = right.write(dir.path(), "right");
+    let be = TlsBackend::start("be", &right.server(&["127.0.0.1", "api.internal"]), None).await;
+    let routes =
+        written_backend_routes("api", &["api.test"], &[&format!("\"https://{}\"", be.addr)]);
+    let b = Balancer::start(
+        &routes,
+        &format!("[upstream]\neject_after = 2\n[upstream_tls]\nca_file = {wrong_file:?}\n"),
+    )
+    .await;
+    for _ in 0..2 {
+        let r = get(b.addr(), "api.test", "/").await;
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert_eq!(r.header("x-pier-error"), Some("upstream-tls"));
+    }
+    assert_eq!(be.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // The backend sees the handshakes fail a moment after pier gave up on them.
+    let failed = &be.failed_handshakes;
+    pier_testkit::wait_until("two failed handshakes", Duration::from_secs(5), || async {
+        (failed.load(std::sync::atomic::Ordering::SeqCst) >= 2).then_some(())
+    })
+    .await;
+    let m = b
+        .metrics_with(&[
+            "pier_upstream_ejections_total 1",
+            "reason=\"upstream-tls\"} 2",
+        ])
+        .await;
+    assert!(m.contains("pier_upstream_ejections_total 1"), "{m}");
+    assert!(
+        m.contains("pier_errors_total{reason=\"upstream-tls\"} 2"),
+        "{m}"
+    );
+    pier_testkit::wait_until("the reason logged", Duration::from_secs(5), || async {
+        let log = b.log_text();
+        (log.contains("upstream TLS handshake failed") && log.contains("unknown-issuer"))
+            .then_some(())
+    })
+    .await;
+
+    // The right CA, but a certificate for another name than the one asked for.
+    let routes = written_backend_routes(
+        "api",
+        &["api.test"],
+        &[&format!(
+            "{{ address = \"https://{}\", server_name = \"db.internal\" }}",
+            be.addr
+        )],
+    );
+    let b = Balancer::start(
+        &routes,
+        &format!("[upstream_tls]\nca_file = {right_file:?}\n"),
+    )
+    .await;
+    let r = get(b.addr(), "api.test", "/").await;
+    assert_eq!(
+        (r.status, r.header("x-pier-error")),
+        (502, Some("upstream-tls"))
+    );
+    pier_testkit::wait_until("the reason logged", Duration::from_secs(5), || async {
+        b.log_text().contains("name-mismatch").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mutual_tls_shows_the_configured_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = TestCa::new("backends");
+    let clients = TestCa::new("clients");
+    let ca_file = backends.write(dir.path(), "backends");
+    let client = clients.client("pier-balancer");
+    let (cert, key) = client.write(dir.path(), "client");
+    let be = TlsBackend::start("mtls", &backends.server(&["127.0.0.1"]), Some(&clients)).await;
+    let routes =
+        written_backend_routes("api", &["api.test"], &[&format!("\"https://{}\"", be.addr)]);
+    let b = Balancer::start(
+        &routes,
+        &format!("[upstream_tls]\nca_file = {ca_file:?}\ncert = {cert:?}\nkey = {key:?}\n"),
+    )
+    .await;
+    let r = get(b.addr(), "api.test", "/who").await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), b.log_text());
+    assert_eq!(
+        be.seen()[0].client_cert.as_deref(),
+        Some(&client.chain[0][..])
+    );
+
+    // Without a client certificate the backend refuses the connection: a 502. Over TLS 1.3 the
+    // refusal (the alert certificate_required) comes after pier's side of the handshake, on
+    // the first read.
+    let b = Balancer::start(&routes, &format!("[upstream_tls]\nca_file = {ca_file:?}\n")).await;
+    let r = get(b.addr(), "api.test", "/who").await;
+    assert_eq!(
+        (r.status, r.header("x-pier-error")),
+        (502, Some("upstream-tls")),
+        "{}",
+        r.text()
+    );
+    // Logs are written by a background thread.
+    pier_testkit::wait_until("the reason logged", Duration::from_secs(5), || async {
+        b.log_text()
+            .contains("client-certificate-required")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        be.seen().len(),
+        1,
+        "only the first balancer's handshake completed"
+    );
+}
+
+#[tokio::test]
+async fn the_backend_handshake_is_bounded_by_the_connect_timeout() {
+    // A backend that accepts and never says a word of TLS.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            conns.push(s);
+        }
+    });
+    let routes = written_backend_routes("api", &["api.test"], &[&format!("\"https://{addr}\"")])
+        + "timeouts = { connect = \"300ms\" }\n";
+    let b = Balancer::start(&routes, "").await;
+    let started = Instant::now();
+    let r = get(b.addr(), "api.test", "/").await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.header("x-pier-error"), Some("upstream-connect-timeout"));
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_https_backends_are_verified_and_the_router_line_says_why_not() {
+    use pier_registry::model::{AppRecord, BackendRecord, DomainRecord};
+    let redis = RedisServer::start();
+    let reg = pier_registry::Registry::connect(&redis.url())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("backends");
+    let ca_file = ca.write(dir.path(), "ca");
+    let good = TlsBackend::start("good", &ca.server(&["web.internal"]), None).await;
+    let stranger = TestCa::new("nobody trusts this");
+    let bad = TlsBackend::start("bad", &stranger.server(&["127.0.0.1"]), None).await;
+    for (app, be, server_name) in [("good", &good, Some("web.internal")), ("bad", &bad, None)] {
+        reg.put_app(app, &AppRecord::default()).await.unwrap();
+        reg.put_domain(&format!("{app}.test"), &DomainRecord::verified(app))
+            .await
+            .unwrap();
+        let rec = BackendRecord {
+            address: format!("https://{}", be.addr),
+            expires_at_ms: 0,
+            server_name: server_name.map(str::to_string),
+        };
+        reg.put_backend(app, "web.1", &rec).await.unwrap();
+    }
+    let config = format!(
+        "[routes]\nredis = \"{}\"\nsnapshot_file = \"\"\n[telemetry]\nid = \"lb-1\"\n\
+         [upstream_tls]\nca_file = {ca_file:?}\n",
+        redis.url()
+    );
+    let b = Balancer::start("", &config).await;
+    let t = Instant::now();
+    loop {
+        let r = get(b.addr(), "good.test", "/").await;
+        if r.status == 200 {
+            assert_eq!(r.text(), "good / conn=1");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", b.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(good.seen()[0].sni.as_deref(), Some("web.internal"));
+    let r = get(b.addr(), "bad.test", "/").await;
+    assert_eq!(
+        (r.status, r.header("x-pier-error")),
+        (502, Some("upstream-tls"))
+    );
+    let mut c = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        let entries: Vec<(String, std::collections::HashMap<String, String>)> =
+            redis::cmd("XRANGE")
+                .arg("pier:logs:bad")
+                .arg("-")
+                .arg("+")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        if let Some((_, f)) = entries.last() {
+            let line = &f["line"];
+            assert!(
+                line.starts_with("at=error error=upstream-tls detail=unknown-issuer method=GET"),
+                "{line}"
+            );
+            assert!(line.contains(" status=502 "), "{line}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "no router line");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 // ---- the configuration check ----
 
 #[test]
@@ -553,6 +874,51 @@ fn tls_config_problems_are_keyed() {
         a.cert_path, a.key_path
     ));
     assert!(!ok && text.contains("tls.unknown_sni"), "{text}");
+    for bad in ["\"1.1\"", "\"tls1.3\"", "1.0"] {
+        let (ok, text) = check(&format!(
+            "[listen]\nhttps = [\"127.0.0.1:8443\"]\n{base}[tls]\ncert = {:?}\nkey = {:?}\nmin_version = {bad}\n",
+            a.cert_path, a.key_path
+        ));
+        let file = dir.path().join("balancer.toml").display().to_string();
+        assert!(
+            !ok && text.contains(&format!("{file}: tls.min_version: unknown version")),
+            "{bad}: {text}"
+        );
+        assert!(text.contains("use \"1.2\" or \"1.3\""), "{text}");
+    }
+    for good in ["\"1.2\"", "\"1.3\"", "1.3"] {
+        let (ok, text) = check(&format!(
+            "[listen]\nhttps = [\"127.0.0.1:8443\"]\n{base}[tls]\ncert = {:?}\nkey = {:?}\nmin_version = {good}\n",
+            a.cert_path, a.key_path
+        ));
+        assert!(ok, "{good}: {text}");
+    }
+    // [upstream_tls]: a CA file without certificates, a client certificate without its key,
+    // a client pair that does not match.
+    std::fs::write(dir.path().join("empty.pem"), "nothing here\n").unwrap();
+    let (ok, text) = check(&format!(
+        "[listen]\nhttp = [\"127.0.0.1:8080\"]\n{base}[upstream_tls]\nca_file = \"empty.pem\"\ncert = {:?}\n",
+        a.cert_path
+    ));
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("upstream_tls.ca_file: ") && text.contains("no certificate in it"),
+        "{text}"
+    );
+    assert!(text.contains("upstream_tls.key: "), "{text}");
+    let (ok, text) = check(&format!(
+        "[listen]\nhttp = [\"127.0.0.1:8080\"]\n{base}[upstream_tls]\ncert = {:?}\nkey = {:?}\n",
+        a.cert_path, b.key_path
+    ));
+    assert!(
+        !ok && text.contains("upstream_tls.cert: ") && text.contains("does not match"),
+        "{text}"
+    );
+    let (ok, text) = check(&format!(
+        "[listen]\nhttp = [\"127.0.0.1:8080\"]\n{base}[upstream_tls]\nca_file = {:?}\ncert = {:?}\nkey = {:?}\n",
+        a.cert_path, a.cert_path, a.key_path
+    ));
+    assert!(ok, "{text}");
     let (ok, text) = check(&format!(
         "[listen]\nhttps = [\"127.0.0.1:8443\"]\n{base}[tls]\ncert = {:?}\nkey = {:?}\n",
         a.cert_path, a.key_path

@@ -3,7 +3,6 @@
 //! a missing app, a certificate that does not load) are reported and skipped; they never stop
 //! the rest from loading.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use pier_routes::{AcmeChallenge, BackendSpec, DomainPattern, RouteTable};
@@ -47,16 +46,12 @@ fn put_challenge_record(table: &mut RouteTable, token: &str, json: &str) -> Resu
 }
 
 fn backend_spec(id: &str, rec: &BackendRecord) -> Result<BackendSpec, String> {
-    let addr: SocketAddr = rec
-        .address
-        .parse()
-        .map_err(|_| format!("address {:?} is not IP:port", rec.address))?;
-    if addr.port() == 0 {
-        return Err(format!("address {:?} has port 0", rec.address));
-    }
+    let (addr, tls) = pier_routes::spec::parse_backend(&rec.address, rec.server_name.as_deref())
+        .map_err(|e| format!("address {e}"))?;
     Ok(BackendSpec {
         id: Some(id.into()),
         addr,
+        tls,
         expires_at_ms: rec.expires_at_ms,
     })
 }
@@ -328,9 +323,11 @@ fn write_snapshot(
     let mut first = true;
     for app in table.apps() {
         for b in app.backends.iter() {
+            let spec = b.spec();
             let rec = serde_json::to_string(&BackendRecord {
-                address: b.addr.to_string(),
+                address: spec.address(),
                 expires_at_ms: b.expires_at_ms,
+                server_name: spec.tls.and_then(|t| t.server_name).map(|n| n.to_string()),
             })
             .map_err(std::io::Error::other)?;
             let sep = if first { "" } else { "," };

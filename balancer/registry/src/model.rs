@@ -321,10 +321,15 @@ fn is_zero(v: &u64) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendRecord {
+    /// `IP:port`, or `https://IP:port` for a backend spoken to over TLS.
     pub address: String,
     /// Liveness deadline in milliseconds since the Unix epoch; 0 = no deadline.
     #[serde(default)]
     pub expires_at_ms: u64,
+    /// For an `https://` address: the name its certificate is checked for and sent as SNI
+    /// (default: the address's IP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 /// A domain's TLS certificate, stored under `certs` by domain pattern. The domain must be a

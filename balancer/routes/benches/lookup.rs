@@ -36,6 +36,7 @@ pub fn spec(n: usize) -> RouteSpec {
                 backends: vec![BackendSpec {
                     id: Some("b".into()),
                     addr: "127.0.0.1:9000".parse().expect("literal address"),
+                    tls: None,
                     expires_at_ms: 0,
                 }],
                 settings: Arc::clone(&settings),

@@ -49,6 +49,7 @@ fn main() {
                 backends: vec![BackendSpec {
                     id: Some("b".into()),
                     addr: "127.0.0.1:9000".parse().expect("literal address"),
+                    tls: None,
                     expires_at_ms: 0,
                 }],
                 settings: Arc::clone(&settings),

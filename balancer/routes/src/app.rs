@@ -207,6 +207,8 @@ pub struct Backend {
     /// as ejection follows the id, so a recycled port never inherits another instance's state.
     pub id: Option<Box<str>>,
     pub addr: SocketAddr,
+    /// Set when the backend is spoken to over TLS (an `https://` address).
+    pub tls: Option<crate::spec::BackendTls>,
     /// Liveness deadline in milliseconds since the Unix epoch (0 = none); past it the backend
     /// is skipped.
     pub expires_at_ms: u64,
@@ -227,6 +229,7 @@ impl Backend {
         crate::spec::BackendSpec {
             id: self.id.clone(),
             addr: self.addr,
+            tls: self.tls.clone(),
             expires_at_ms: self.expires_at_ms,
         }
     }
@@ -486,6 +489,7 @@ mod tests {
             .map(|i| Backend {
                 id: Some(format!("b{i}").into()),
                 addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                tls: None,
                 expires_at_ms: 0,
                 state: BackendState::default(),
             })

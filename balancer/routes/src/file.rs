@@ -2,12 +2,11 @@
 //!
 //! The pipeline is TOML → [`RoutesFile`] (unknown keys refused) → [`RoutesFile::validate`] →
 //! [`RouteSpec`]. Validation reports every problem with the key it is about, e.g.
-//! `app[2] (blog).backends[0]: "10.0.0.1" is not IP:port`. Reading the files a `static` or
+//! `app[2] (blog).backends[0]: "10.0.0.1" is not IP:port or https://IP:port`. Reading the files a `static` or
 //! `maintenance` page or a `[[cert]]` names is left to the caller through a loader, so this
 //! crate does no I/O.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,7 +15,7 @@ use serde::Deserialize;
 use crate::app::{check_hsts, Action, AppSettings, BackendProtocol, Policy, Timeouts};
 use crate::cert::{load_pair, CertError};
 use crate::host::{normalise_name, DomainPattern};
-use crate::spec::{AppSpec, BackendSpec, CertSpec, RouteSpec};
+use crate::spec::{parse_backend, AppSpec, BackendSpec, CertSpec, RouteSpec};
 use crate::units::{parse_duration, SizeValue};
 
 /// One problem in a routes file.
@@ -102,6 +101,9 @@ pub enum BackendFile {
 pub struct BackendTable {
     pub address: String,
     pub id: Option<String>,
+    /// For an `https://` address: the name the backend's certificate is checked for and sent
+    /// as SNI (default: the address's IP).
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,12 +295,16 @@ impl AppFile {
         }
         let mut backends: Vec<BackendSpec> = Vec::with_capacity(self.backends.len());
         for (j, b) in self.backends.iter().enumerate() {
-            let (address, id) = match b {
-                BackendFile::Address(a) => (a.as_str(), None),
-                BackendFile::Full(t) => (t.address.as_str(), t.id.as_deref()),
+            let (address, id, server_name) = match b {
+                BackendFile::Address(a) => (a.as_str(), None, None),
+                BackendFile::Full(t) => (
+                    t.address.as_str(),
+                    t.id.as_deref(),
+                    t.server_name.as_deref(),
+                ),
             };
-            match address.parse::<SocketAddr>() {
-                Ok(addr) if addr.port() != 0 => {
+            match parse_backend(address, server_name) {
+                Ok((addr, tls)) => {
                     let same = |o: &BackendSpec| match (&o.id, id) {
                         (Some(a), Some(b)) => &**a == b,
                         (None, None) => o.addr == addr,
@@ -313,13 +319,11 @@ impl AppFile {
                     backends.push(BackendSpec {
                         id: id.map(Into::into),
                         addr,
+                        tls,
                         expires_at_ms: 0,
                     });
                 }
-                _ => err(
-                    format!("{key}.backends[{j}]"),
-                    format!("{address:?} is not IP:port (e.g. \"127.0.0.1:9001\", \"[::1]:9001\")"),
-                ),
+                Err(e) => err(format!("{key}.backends[{j}]"), e),
             }
         }
         let policy = match self.policy.as_deref() {
@@ -450,6 +454,19 @@ impl AppFile {
                 BackendProtocol::Http1
             }
         };
+        if backend_protocol == BackendProtocol::H2c {
+            // h2c is HTTP/2 in cleartext by definition; HTTP/2 over TLS to backends is not
+            // offered, so an https:// backend of an h2c app is refused rather than guessed at.
+            for (j, b) in backends.iter().enumerate().filter(|(_, b)| b.tls.is_some()) {
+                err(
+                    format!("{key}.backends[{j}]"),
+                    format!(
+                        "{:?}: https:// backends speak HTTP/1.1 over TLS; backend_protocol = \"h2c\" is cleartext only",
+                        b.address()
+                    ),
+                );
+            }
+        }
         if errors.len() > before {
             return None;
         }
@@ -783,6 +800,51 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(errs[0].key, "app[0] (g).backend_protocol", "{errs:?}");
+    }
+
+    #[test]
+    fn https_backends_carry_their_server_name_and_are_refused_for_h2c() {
+        let spec = parse(
+            r#"
+            [[app]]
+            name = "api"
+            backends = ["https://10.0.0.5:8443", { address = "https://10.0.0.6:8443", server_name = "API.internal" }, "10.0.0.7:80"]
+            "#,
+            &no_files,
+        )
+        .unwrap();
+        let b = &spec.apps[0].backends;
+        assert_eq!(b[0].tls, Some(crate::BackendTls { server_name: None }));
+        assert_eq!(b[0].address(), "https://10.0.0.5:8443");
+        assert_eq!(
+            b[1].tls.as_ref().and_then(|t| t.server_name.as_deref()),
+            Some("api.internal")
+        );
+        assert_eq!(b[2].tls, None);
+        let errs = parse(
+            r#"
+            [[app]]
+            name = "grpc"
+            backend_protocol = "h2c"
+            backends = ["10.0.0.7:80", "https://10.0.0.5:8443"]
+            [[app]]
+            name = "plain"
+            backends = [{ address = "10.0.0.8:80", server_name = "x.test" }, "10.0.0.8:80", "https://10.0.0.8:80"]
+            "#,
+            &no_files,
+        )
+        .unwrap_err();
+        let got: Vec<(&str, &str)> = errs
+            .iter()
+            .map(|e| (e.key.as_str(), e.reason.as_str()))
+            .collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0].0, "app[0] (grpc).backends[1]");
+        assert!(got[0].1.contains("cleartext only"), "{got:?}");
+        assert_eq!(got[1].0, "app[1] (plain).backends[0]");
+        assert!(got[1].1.contains("server_name is for https://"), "{got:?}");
+        assert_eq!(got[2].0, "app[1] (plain).backends[2]");
+        assert!(got[2].1.contains("listed twice"), "{got:?}");
     }
 
     /// Writes a certificate for `names` (valid `from`..`to`, years) and its key into `dir` as

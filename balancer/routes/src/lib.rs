@@ -28,5 +28,5 @@ pub use app::{
     Timeouts,
 };
 pub use host::{DomainPattern, HostError, RequestHost};
-pub use spec::{AppSpec, BackendSpec, CertSpec, RouteSpec};
+pub use spec::{AppSpec, BackendSpec, BackendTls, CertSpec, RouteSpec};
 pub use table::{AcmeChallenge, BuildError, CertEntry, MatchKind, RouteMatch, RouteTable};

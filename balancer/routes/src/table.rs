@@ -843,6 +843,7 @@ fn build_app(
             Backend {
                 id: b.id.clone(),
                 addr: b.addr,
+                tls: b.tls.clone(),
                 expires_at_ms: b.expires_at_ms,
                 state: prior.map(|p| p.state.carried_over()).unwrap_or_default(),
             }
@@ -873,6 +874,7 @@ mod tests {
                     backends: vec![BackendSpec {
                         id: Some("b".into()),
                         addr: "127.0.0.1:1".parse().unwrap(),
+                        tls: None,
                         expires_at_ms: 0,
                     }],
                     settings: Arc::new(AppSettings::default()),
@@ -971,6 +973,7 @@ mod tests {
             BackendSpec {
                 id: Some("new".into()),
                 addr: "127.0.0.1:2".parse().unwrap(),
+                tls: None,
                 expires_at_ms: 0,
             },
         )

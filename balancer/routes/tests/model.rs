@@ -76,6 +76,7 @@ fn spec_strategy() -> impl Strategy<Value = RouteSpec> {
                     backends: vec![BackendSpec {
                         id: Some("b".into()),
                         addr: "127.0.0.1:1".parse().unwrap(),
+                        tls: None,
                         expires_at_ms: 0,
                     }],
                     settings: Arc::new(AppSettings::default()),

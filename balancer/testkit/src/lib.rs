@@ -10,7 +10,8 @@
 //! - [`redis_server`]: [`RedisServer`], a private `redis-server` process.
 //! - [`postgres_server`]: [`PostgresServer`], a private PostgreSQL server (password auth).
 //! - [`process`]: the workspace's binaries, [`process::Output`] of a run, waiting for a condition.
-//! - [`certs`]: self-signed certificates, as PEM strings or as files ([`certs::make_cert`]).
+//! - [`certs`]: self-signed certificates, as PEM strings or as files ([`certs::make_cert`]), and
+//!   a private CA issuing server and client certificates ([`certs::TestCa`]).
 //! - [`dns`]: [`DnsServer`], an authoritative DNS server on loopback (hickory-server).
 //! - [`balancer`]: a `pier-balancer` process following a Redis registry.
 //! - [`proxy`]: a `pier-balancer` process following a routes file ([`proxy::Balancer`]), and
@@ -18,7 +19,8 @@
 //! - [`h1`]: HTTP/1.1 by hand: a raw client connection ([`h1::Conn`]) and a programmable
 //!   backend ([`h1::Backend`]).
 //! - [`h2`]: HTTP/2: an `h2` crate client, raw frames ([`h2::RawH2`]), an h2c backend.
-//! - [`tls`]: a balancer with an https listener ([`tls::tls_balancer`]) and rustls clients.
+//! - [`tls`]: a balancer with an https listener ([`tls::tls_balancer`]), rustls clients, and an
+//!   HTTPS backend ([`tls::TlsBackend`]).
 //! - [`ws`]: a WebSocket echo server and hand-made client frames.
 //! - [`browser`]: headless Chromium over the DevTools protocol ([`browser::Browser`]).
 //! - [`syslog`]: [`SyslogListener`], a syslog receiver of octet-counted frames.

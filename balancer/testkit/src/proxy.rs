@@ -234,6 +234,17 @@ pub fn backend_routes(app: &str, domains: &[&str], b: &Backend) -> String {
     app_routes(app, domains, &[b.addr], "")
 }
 
+/// Routes for one app `app` with `domains` and `backends` as written in a routes file (TOML
+/// values: `"\"https://127.0.0.1:8443\""`, `{ address = "…", server_name = "…" }`).
+pub fn written_backend_routes(app: &str, domains: &[&str], backends: &[&str]) -> String {
+    let d: Vec<String> = domains.iter().map(|d| format!("\"{d}\"")).collect();
+    format!(
+        "[[app]]\nname = \"{app}\"\ndomains = [{}]\nbackends = [{}]\n",
+        d.join(", "),
+        backends.join(", ")
+    )
+}
+
 /// Writes `bytes` with a flush, for tests that need std I/O.
 pub fn write_file(path: &std::path::Path, bytes: &[u8]) {
     let mut f = std::fs::File::create(path).unwrap();

@@ -1,10 +1,14 @@
-//! TLS in front of the balancer: a balancer with an https listener ([`tls_balancer`]), rustls
-//! clients that trust given certificates ([`client_config`], [`tls_connect`]), and the
-//! certificate a listener presents for a name ([`served_cert`]).
+//! TLS around the balancer: a balancer with an https listener ([`tls_balancer`]), rustls
+//! clients that trust given certificates ([`client_config`], [`client_config_versions`],
+//! [`tls_connect`]), the certificate a listener presents for a name ([`served_cert`]), and an
+//! HTTPS backend behind it ([`TlsBackend`]).
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::certs::{make_cert, TestCert};
 use crate::net::free_port;
@@ -55,6 +59,24 @@ pub fn client_config(
         .with_root_certificates(store)
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// A rustls client that trusts `roots` and speaks only the TLS `versions` given.
+pub fn client_config_versions(
+    roots: &[&rustls::pki_types::CertificateDer<'static>],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add((*r).clone()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
     Arc::new(cfg)
 }
 
@@ -132,4 +154,173 @@ pub fn accept_any() -> Arc<rustls::ClientConfig> {
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
     Arc::new(cfg)
+}
+
+/// What an HTTPS backend saw of one TLS connection it accepted.
+#[derive(Debug, Clone)]
+pub struct TlsConnSeen {
+    /// Numbered from 1 in the order of acceptance.
+    pub id: usize,
+    /// The server name the client sent (SNI), if any.
+    pub sni: Option<String>,
+    /// The client certificate's leaf (DER), when the client showed one.
+    pub client_cert: Option<Vec<u8>>,
+}
+
+/// An HTTP/1.1 backend over TLS (tokio-rustls) on a loopback port: every request is answered
+/// `200` with the body `<name> <path> conn=<connection id>` on keep-alive connections. It
+/// keeps what each connection's handshake showed ([`TlsConnSeen`]) and counts handshakes that
+/// failed. With a `client_ca`, it requires a client certificate issued by it (mutual TLS).
+pub struct TlsBackend {
+    pub addr: SocketAddr,
+    pub name: String,
+    /// Completed handshakes, in order.
+    pub conns: Arc<Mutex<Vec<TlsConnSeen>>>,
+    /// TCP connections whose handshake failed.
+    pub failed_handshakes: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsBackend {
+    /// Serves with the certificate `cert` (see [`crate::certs::TestCa::server`]).
+    pub async fn start(
+        name: &str,
+        cert: &crate::certs::Issued,
+        client_ca: Option<&crate::certs::TestCa>,
+    ) -> TlsBackend {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.der.clone()).unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let cfg = builder
+            .with_single_cert(cert.chain.clone(), cert.key.clone_key())
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns: Arc<Mutex<Vec<TlsConnSeen>>> = Arc::default();
+        let failed_handshakes: Arc<AtomicUsize> = Arc::default();
+        let requests: Arc<AtomicUsize> = Arc::default();
+        let accepted = AtomicUsize::new(0);
+        let (c, f, r, me) = (
+            Arc::clone(&conns),
+            Arc::clone(&failed_handshakes),
+            Arc::clone(&requests),
+            name.to_string(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let id = accepted.fetch_add(1, Ordering::SeqCst) + 1;
+                let (acceptor, c, f, r, me) = (
+                    acceptor.clone(),
+                    Arc::clone(&c),
+                    Arc::clone(&f),
+                    Arc::clone(&r),
+                    me.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut tls = match acceptor.accept(tcp).await {
+                        Ok(t) => t,
+                        Err(_) => {
+                            f.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    };
+                    let session = tls.get_ref().1;
+                    c.lock().unwrap().push(TlsConnSeen {
+                        id,
+                        sni: session.server_name().map(str::to_string),
+                        client_cert: session.peer_certificates().map(|certs| certs[0].to_vec()),
+                    });
+                    serve_h1(&mut tls, &me, id, &r).await;
+                });
+            }
+        });
+        TlsBackend {
+            addr,
+            name: name.to_string(),
+            conns,
+            failed_handshakes,
+            requests,
+            task,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<TlsConnSeen> {
+        self.conns.lock().unwrap().clone()
+    }
+}
+
+/// Answers GET-style requests (a body announced by Content-Length is read and dropped) until
+/// the client closes.
+async fn serve_h1<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    name: &str,
+    conn_id: usize,
+    requests: &AtomicUsize,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while buf.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_end + length);
+        requests.fetch_add(1, Ordering::SeqCst);
+        let path = head.split(' ').nth(1).unwrap_or("/");
+        let body = format!("{name} {path} conn={conn_id}");
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if s.write_all(answer.as_bytes()).await.is_err() || s.flush().await.is_err() {
+            return;
+        }
+    }
 }

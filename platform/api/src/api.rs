@@ -4,7 +4,6 @@
 //! then that the app exists (404): an owner learns nothing about apps that are not theirs.
 //! Values are validated before anything is written (422 with the reason).
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -260,9 +259,15 @@ fn backend_view(id: &str, rec: &BackendRecord, now: u64) -> BackendView {
     BackendView {
         id: id.to_string(),
         address: rec.address.clone(),
+        server_name: rec.server_name.clone(),
         expires_at_ms: rec.expires_at_ms,
         live: rec.expires_at_ms == 0 || rec.expires_at_ms > now,
     }
+}
+
+/// Whether a stored backend address asks for TLS.
+fn is_https(address: &str) -> bool {
+    pier_routes::spec::parse_backend_address(address).is_ok_and(|(_, tls)| tls)
 }
 
 // ------------------------------------------------------------------- checks
@@ -271,23 +276,26 @@ fn check_app_name(name: &str) -> Result<(), ApiError> {
     pier_routes::file::check_app_name(name).map_err(ApiError::Unprocessable)
 }
 
-/// A backend address `caller` may register: IP:port, not port 0, and for owners within the
-/// backend policy.
-fn check_address(state: &ApiState, caller: &Caller, raw: &str) -> Result<(), ApiError> {
-    let addr: SocketAddr = raw.parse().map_err(|_| {
-        ApiError::Unprocessable(format!(
-            "address {raw:?} is not IP:port (e.g. 10.0.0.5:8000)"
-        ))
+/// A backend address `caller` may register: `IP:port` or `https://IP:port` (with an optional
+/// `server_name` for the latter), not port 0, and for owners with the IP within the backend
+/// policy, whichever the scheme. Returns the server name as it is stored (normalised).
+fn check_address(
+    state: &ApiState,
+    caller: &Caller,
+    raw: &str,
+    server_name: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let (addr, tls) = pier_routes::spec::parse_backend(raw, server_name).map_err(|e| {
+        ApiError::Unprocessable(if e.contains("server_name") {
+            e
+        } else {
+            format!("address {e}")
+        })
     })?;
-    if addr.port() == 0 {
-        return Err(ApiError::Unprocessable(format!(
-            "address {raw:?} has port 0"
-        )));
-    }
     if let (Caller::Owner(_), Some(why)) = (caller, state.backend_policy.refusal(addr)) {
         return Err(ApiError::Forbidden(why));
     }
-    Ok(())
+    Ok(tls.and_then(|t| t.server_name).map(|n| n.to_string()))
 }
 
 /// Instance ids end up in `app/id` keys and URLs: keep them short and plain.
@@ -434,6 +442,15 @@ pub async fn update_app(state: &ApiState, caller: &Caller, app: &str, body: &[u8
     let settings: AppRecord = serde_json::from_value(Value::Object(merged))
         .map_err(|e| ApiError::Unprocessable(format!("settings: {e}")))?;
     check_settings(&settings)?;
+    if settings.backend_protocol.as_deref() == Some("h2c") {
+        let backends = state.registry().app_backends(app).await?;
+        if let Some((id, rec)) = backends.iter().find(|(_, r)| is_https(&r.address)) {
+            return Err(ApiError::Unprocessable(format!(
+                "backend_protocol \"h2c\" is cleartext HTTP/2, but backend {id} is {}: remove it first",
+                rec.address
+            )));
+        }
+    }
     state.registry().put_app(app, &settings).await?;
     // What changed: the fields the patch named (their values are the app's settings, shown).
     tracing::info!(app, by = %caller, fields = ?changed, "app settings changed");
@@ -504,7 +521,16 @@ pub async fn list_backends(state: &ApiState, caller: &Caller, app: &str) -> Repl
 pub async fn add_backend(state: &ApiState, caller: &Caller, app: &str, body: &[u8]) -> Reply {
     caller.may_act_on(app)?;
     let req: NewBackend = parse_body(body)?;
-    check_address(state, caller, &req.address)?;
+    let server_name = check_address(state, caller, &req.address, req.server_name.as_deref())?;
+    if is_https(&req.address) {
+        // An h2c app's backends are spoken to in cleartext HTTP/2: TLS would not be used.
+        let settings = existing_app(state, app).await?;
+        if settings.backend_protocol.as_deref() == Some("h2c") {
+            return Err(ApiError::Unprocessable(format!(
+                "app {app:?} has backend_protocol \"h2c\" (cleartext HTTP/2): an https:// backend is not spoken to over TLS there"
+            )));
+        }
+    }
     let id = match req.id {
         Some(id) => {
             check_backend_id(&id)?;
@@ -516,6 +542,7 @@ pub async fn add_backend(state: &ApiState, caller: &Caller, app: &str, body: &[u
     let rec = BackendRecord {
         address: req.address,
         expires_at_ms,
+        server_name,
     };
     // The registry refuses a backend of a missing app (NoSuchApp → 404) atomically.
     state.registry().put_backend(app, &id, &rec).await?;

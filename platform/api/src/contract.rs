@@ -45,11 +45,11 @@ const LOCATION: &str =
 
 fn backend_address() -> Value {
     json!({
-        "description": "IP:port: an IPv4 address, or an IPv6 address in brackets; port 1-65535.",
+        "description": "IP:port: an IPv4 address, or an IPv6 address in brackets; port 1-65535. Prefixed with https:// the backend is spoken to over TLS (HTTP/1.1, its certificate verified).",
         "type": "string",
         "anyOf": [
-            { "pattern": format!("^({OCTET}\\.){{3}}{OCTET}:{PORT}$") },
-            { "pattern": format!("^\\[[0-9A-Fa-f:.]{{2,45}}\\]:{PORT}$") }
+            { "pattern": format!("^([Hh][Tt][Tt][Pp][Ss]://)?({OCTET}\\.){{3}}{OCTET}:{PORT}$") },
+            { "pattern": format!("^([Hh][Tt][Tt][Pp][Ss]://)?\\[[0-9A-Fa-f:.]{{2,45}}\\]:{PORT}$") }
         ]
     })
 }
@@ -138,6 +138,7 @@ pub fn tighten(s: &mut Value) {
         s["NewBackupSchedule"]["properties"][f]["maximum"] = json!(MAX_RETENTION);
     }
     s["NewBackend"]["properties"]["address"] = backend_address();
+    s["NewBackend"]["properties"]["server_name"]["maxLength"] = json!(253);
     s["NewBackend"]["properties"]["id"]["pattern"] = json!(BACKEND_ID);
     s["NewBackend"]["properties"]["ttl_s"]["maximum"] = json!(MAX_TTL_S);
     s["Heartbeat"]["properties"]["ttl_s"]["maximum"] = json!(MAX_TTL_S);
@@ -204,6 +205,7 @@ mod tests {
             ("RestartRequest", "instance"),
             ("Rollback", "version"),
             ("NewBackend", "address"),
+            ("NewBackend", "server_name"),
             ("NewBackend", "id"),
             ("NewBackend", "ttl_s"),
             ("Heartbeat", "ttl_s"),

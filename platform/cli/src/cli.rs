@@ -223,13 +223,17 @@ pub enum CertsCmd {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BackendsCmd {
-    /// Register a backend instance at ADDR (IP:port).
+    /// Register a backend instance at ADDR (IP:port, or https://IP:port for TLS).
     Add {
         app: String,
         addr: String,
         /// Instance id (default: generated).
         #[arg(long)]
         id: Option<String>,
+        /// For an https:// ADDR: the name its certificate is checked for and sent as SNI
+        /// (default: the IP).
+        #[arg(long)]
+        server_name: Option<String>,
         /// Seconds it lives without a heartbeat (default: forever).
         #[arg(long)]
         ttl: Option<u64>,
@@ -380,7 +384,11 @@ fn backend_line(b: &BackendView) -> String {
     } else {
         format!("expires_at_ms={}", b.expires_at_ms)
     };
-    format!("{}\t{}\t{live}\t{expires}", b.id, b.address)
+    let address = match &b.server_name {
+        Some(name) => format!("{} (server_name {name})", b.address),
+        None => b.address.clone(),
+    };
+    format!("{}\t{address}\t{live}\t{expires}", b.id)
 }
 
 /// A certificate's facts, one `FIELD<TAB>VALUE` line each.
@@ -557,10 +565,19 @@ pub async fn run_client(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> 
             ),
             None,
         ),
-        Command::Backends(BackendsCmd::Add { app, addr, id, ttl }) => {
+        Command::Backends(BackendsCmd::Add {
+            app,
+            addr,
+            id,
+            server_name,
+            ttl,
+        }) => {
             let mut b = json!({ "address": addr });
             if let Some(id) = id {
                 b["id"] = json!(id);
+            }
+            if let Some(name) = server_name {
+                b["server_name"] = json!(name);
             }
             if let Some(ttl) = ttl {
                 b["ttl_s"] = json!(ttl);

@@ -184,7 +184,12 @@ pub struct VerifyRequest {
 #[schema(as = Backend)]
 pub struct BackendView {
     pub id: String,
+    /// `IP:port`, or `https://IP:port` for a backend spoken to over TLS.
     pub address: String,
+    /// The name an `https://` backend's certificate is checked for (absent: its IP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub server_name: Option<String>,
     /// Liveness deadline, ms since the epoch; 0 = none.
     pub expires_at_ms: u64,
     /// Whether the balancer considers it now (its deadline is not past).
@@ -199,8 +204,14 @@ pub struct BackendList {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBackend {
-    /// IP:port.
+    /// `IP:port`, or `https://IP:port` to speak to the backend over TLS (its certificate is
+    /// verified).
     pub address: String,
+    /// For an `https://` address: the name the certificate is checked for and sent as SNI
+    /// (default: the address's IP).
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub server_name: Option<String>,
     /// Instance id (default: generated).
     #[serde(default)]
     #[schema(nullable = false)]

@@ -543,6 +543,7 @@ async fn register(inst: &Instance, addr: &SocketAddr) {
     let rec = BackendRecord {
         address: addr.to_string(),
         expires_at_ms: ttl_deadline(&inst.ctx),
+        server_name: None,
     };
     for attempt in 0..3 {
         match inst.ctx.registry.get().await {

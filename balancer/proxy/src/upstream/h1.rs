@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::ReadHalf;
 use tokio::time::timeout;
 
 use pier_h1::framing::{BodyKind, FramingError, ResponseFraming};
@@ -24,6 +23,7 @@ use crate::error::{Abort, Failure, ProxyError};
 use crate::outcome::Outcome;
 use crate::relay::{write_all_timed, RelayError, RelayLimits};
 use crate::shared::Worker;
+use crate::stream::{UpstreamRead, UpstreamWrite};
 use crate::upstream::pool::UpstreamConn;
 use crate::upstream::{Attempts, Timeouts};
 
@@ -92,6 +92,9 @@ pub async fn proxy<D: Downstream>(
             }
             Err(Failure::Upstream { err, in_sync }) => {
                 attempts.failed(idx);
+                if let ProxyError::UpstreamTls(reason) = err {
+                    tracing::warn!(backend = %backend.addr, app = %app.name, reason, "upstream TLS failed after the handshake");
+                }
                 return d.answer_error(err, in_sync).await.via(backend.addr);
             }
             Err(Failure::Client(err)) => return d.client_failed(err).await.via(backend.addr),
@@ -137,7 +140,7 @@ pub enum Read {
 /// Reads one response head and sorts it: final, interim (`1xx`), or a `101` nobody asked for
 /// (refused). `Err` carries whether any byte of a response arrived.
 pub async fn read_head(
-    up: &mut ReadHalf<'_>,
+    up: &mut UpstreamRead<'_>,
     buf: &mut BytesMut,
     fields: &mut HeaderList,
     upgrading: bool,
@@ -171,14 +174,19 @@ pub async fn read_head(
         match up.read_buf(buf).await {
             Ok(0) => return Err((ProxyError::UpstreamClosed, !buf.is_empty())),
             Ok(_) => {}
-            Err(_) => return Err((ProxyError::UpstreamIo, !buf.is_empty())),
+            Err(e) => {
+                // A TLS backend may refuse pier's client certificate only now (TLS 1.3).
+                let err = crate::tls::failure_reason(&e)
+                    .map_or(ProxyError::UpstreamIo, ProxyError::UpstreamTls);
+                return Err((err, !buf.is_empty()));
+            }
         }
     }
 }
 
 /// Reads heads until the final one, passing interim ones to `sink`.
 async fn read_final<S: ResponseSink>(
-    up: &mut ReadHalf<'_>,
+    up: &mut UpstreamRead<'_>,
     buf: &mut BytesMut,
     fields: &mut HeaderList,
     sink: &mut S,
@@ -380,8 +388,8 @@ async fn tunnel<B: RequestBody, S: ResponseSink>(
     head: &ResponseHead,
     body: &mut B,
     sink: &mut S,
-    up_r: &mut ReadHalf<'_>,
-    up_w: &mut tokio::net::tcp::WriteHalf<'_>,
+    up_r: &mut UpstreamRead<'_>,
+    up_w: &mut UpstreamWrite<'_>,
     up_buf: &mut BytesMut,
 ) -> Result<(u64, Option<Abort>), Failure> {
     let accepted = head

@@ -33,7 +33,7 @@ use pier_routes::App;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::shared::Worker;
-use pool::{ConnectError, UpstreamConn};
+use pool::{ConnectError, PeerKey, UpstreamConn};
 
 /// The effective upstream timeouts for an app.
 pub struct Timeouts {
@@ -89,14 +89,18 @@ impl<'a> Attempts<'a> {
         let mut last_error = ProxyError::NoBackend;
         loop {
             let idx = self.pick().ok_or(last_error)?;
-            let addr = self.app.backends[idx].addr;
+            let backend = &self.app.backends[idx];
+            let peer = PeerKey {
+                addr: backend.addr,
+                tls: backend.tls.clone(),
+            };
             if !fresh {
-                if let Some(c) = w.pool.take(addr, at) {
+                if let Some(c) = w.pool.take(&peer, at) {
                     w.shared.metrics.upstream_reused.inc();
                     return Ok((idx, c));
                 }
             }
-            match pool::connect(addr, self.timeouts.connect).await {
+            match pool::connect(&peer, &w.shared.upstream_tls, self.timeouts.connect).await {
                 Ok(c) => {
                     w.shared.metrics.upstream_connects.inc();
                     return Ok((idx, c));
@@ -112,6 +116,19 @@ impl<'a> Attempts<'a> {
         loop {
             let idx = self.pick().ok_or(last_error)?;
             let backend = &self.app.backends[idx];
+            if backend.tls.is_some() {
+                // Refused when the routes file loads and by the API; a registry written to
+                // directly could still pair them.
+                let error = std::io::Error::other("an https:// backend of an h2c app");
+                last_error = self.connect_failed(
+                    idx,
+                    ConnectError::Tls {
+                        reason: "h2c-is-cleartext",
+                        error,
+                    },
+                )?;
+                continue;
+            }
             match self.h2_slot(backend).await {
                 Ok(s) => return Ok((idx, s)),
                 Err(e) => {
@@ -134,11 +151,23 @@ impl<'a> Attempts<'a> {
     fn connect_failed(&mut self, idx: usize, e: ConnectError) -> Result<ProxyError, ProxyError> {
         let metrics = &self.w.shared.metrics;
         metrics.upstream_connect_errors.inc();
-        let err = match e {
+        let backend = &self.app.backends[idx];
+        let err = match &e {
             ConnectError::Timeout => ProxyError::UpstreamConnectTimeout,
             ConnectError::Io(_) => ProxyError::UpstreamConnect,
+            ConnectError::Tls { reason, error } => {
+                // A certificate that does not verify is a setup problem an operator must see.
+                tracing::warn!(
+                    backend = %backend.addr,
+                    server_name = backend.tls.as_ref().and_then(|t| t.server_name.as_deref()).unwrap_or("-"),
+                    app = %self.app.name,
+                    reason,
+                    error = %error,
+                    "upstream TLS handshake failed"
+                );
+                ProxyError::UpstreamTls(reason)
+            }
         };
-        let backend = &self.app.backends[idx];
         tracing::debug!(backend = %backend.addr, app = %self.app.name, error = ?e, "upstream connect failed");
         self.failed_at(idx, self.now_ms);
         self.tried.push(idx);

@@ -15,14 +15,29 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
+use rustls::pki_types::ServerName;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+use pier_routes::BackendTls;
+
+use crate::stream::UpstreamStream;
+
+/// Which connections may carry a request to a backend: its address and, for TLS, the name its
+/// certificate was verified for. A cleartext and a TLS connection to one address never mix,
+/// nor do TLS connections verified for different names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub addr: SocketAddr,
+    pub tls: Option<BackendTls>,
+}
 
 /// One connection to a backend, with its read buffer.
 pub struct UpstreamConn {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     pub buf: BytesMut,
-    pub addr: SocketAddr,
+    pub peer: PeerKey,
     /// True when this connection came from the pool (it may have been closed by the backend).
     pub reused: bool,
     idle_since: Instant,
@@ -33,10 +48,16 @@ pub struct UpstreamConn {
 pub enum ConnectError {
     Timeout,
     Io(io::Error),
+    /// The TLS handshake failed: a short reason (`unknown-issuer`, `name-mismatch`, …, see
+    /// [`crate::tls::failure_reason`]) and the error as rustls or the socket gave it.
+    Tls {
+        reason: &'static str,
+        error: io::Error,
+    },
 }
 
-/// Opens a new connection to `addr` within `timeout`.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn, ConnectError> {
+/// Opens a TCP connection to `addr` within `timeout`.
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -44,25 +65,73 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn
     }
     .map_err(ConnectError::Io)?;
     socket.set_nodelay(true).map_err(ConnectError::Io)?;
-    let stream = match tokio::time::timeout(timeout, socket.connect(addr)).await {
-        Err(_) => return Err(ConnectError::Timeout),
-        Ok(Err(e)) => return Err(ConnectError::Io(e)),
-        Ok(Ok(s)) => s,
+    match tokio::time::timeout(timeout, socket.connect(addr)).await {
+        Err(_) => Err(ConnectError::Timeout),
+        Ok(Err(e)) => Err(ConnectError::Io(e)),
+        Ok(Ok(s)) => Ok(s),
+    }
+}
+
+/// Opens a new connection to `peer` within `timeout`: TCP, then for a TLS peer the handshake
+/// with `tls` (both within the one deadline).
+pub async fn connect(
+    peer: &PeerKey,
+    tls: &TlsConnector,
+    timeout: Duration,
+) -> Result<UpstreamConn, ConnectError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let tcp = connect_tcp(peer.addr, timeout).await?;
+    let stream = match &peer.tls {
+        None => UpstreamStream::Plain(tcp),
+        Some(t) => {
+            let name = server_name(peer.addr, t);
+            match tokio::time::timeout_at(deadline, tls.connect(name, tcp)).await {
+                Err(_) => return Err(ConnectError::Timeout),
+                Ok(Err(error)) => {
+                    return Err(ConnectError::Tls {
+                        reason: handshake_failure(&error),
+                        error,
+                    })
+                }
+                Ok(Ok(s)) => UpstreamStream::Tls(Box::new(s)),
+            }
+        }
     };
     Ok(UpstreamConn {
         stream,
         buf: BytesMut::with_capacity(16 * 1024),
-        addr,
+        peer: peer.clone(),
         reused: false,
         idle_since: Instant::now(),
     })
 }
 
-/// Idle keep-alive connections by backend address.
+/// Why a TLS handshake with a backend failed (see [`crate::tls::failure_reason`]); a backend
+/// that closes the connection instead of answering is `handshake-closed`.
+fn handshake_failure(error: &io::Error) -> &'static str {
+    crate::tls::failure_reason(error).unwrap_or(match error.kind() {
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe => "handshake-closed",
+        _ => "handshake-failed",
+    })
+}
+
+/// The name a backend's certificate is verified for: its `server_name` (sent as SNI when it is
+/// a DNS name), else its IP address (no SNI).
+fn server_name(addr: SocketAddr, tls: &BackendTls) -> ServerName<'static> {
+    tls.server_name
+        .as_deref()
+        .and_then(|n| ServerName::try_from(n.to_owned()).ok())
+        .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
+}
+
+/// Idle keep-alive connections by backend ([`PeerKey`]: address and TLS identity).
 pub struct UpstreamPool {
-    /// Keyed with foldhash rather than SipHash: the keys are backend addresses from the route
-    /// table, not attacker-chosen, and the pool is looked up twice per proxied request.
-    idle: Mutex<HashMap<SocketAddr, Vec<UpstreamConn>, foldhash::fast::RandomState>>,
+    /// Keyed with foldhash rather than SipHash: the keys are backends from the route table,
+    /// not attacker-chosen, and the pool is looked up twice per proxied request.
+    idle: Mutex<HashMap<PeerKey, Vec<UpstreamConn>, foldhash::fast::RandomState>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -76,18 +145,18 @@ impl UpstreamPool {
         }
     }
 
-    /// Takes the most recently used live connection to `addr`, if any. `now` is a recent
+    /// Takes the most recently used live connection to `peer`, if any. `now` is a recent
     /// reading of the clock (the request's start).
-    pub fn take(&self, addr: SocketAddr, now: Instant) -> Option<UpstreamConn> {
+    pub fn take(&self, peer: &PeerKey, now: Instant) -> Option<UpstreamConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(peer)?;
         while let Some(mut conn) = list.pop() {
             if now.saturating_duration_since(conn.idle_since) >= self.idle_timeout {
                 // Everything below is older still.
                 list.clear();
                 return None;
             }
-            if is_quiet(&conn.stream) {
+            if conn.stream.is_quiet() {
                 conn.reused = true;
                 return Some(conn);
             }
@@ -102,7 +171,7 @@ impl UpstreamPool {
         }
         conn.idle_since = now;
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(conn.addr).or_default();
+        let list = idle.entry(conn.peer.clone()).or_default();
         if list.len() >= self.max_idle {
             list.remove(0);
         }
@@ -157,11 +226,11 @@ impl H2Pool {
                 }
             }
         }
-        let conn = connect(addr, connect_timeout).await?;
+        let tcp = connect_tcp(addr, connect_timeout).await?;
         let handshake = h2::client::Builder::new()
             .initial_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
-            .handshake::<_, Bytes>(conn.stream);
+            .handshake::<_, Bytes>(tcp);
         let (send, connection) = match timeout(connect_timeout, handshake).await {
             Err(_) => return Err(ConnectError::Timeout),
             Ok(Err(e)) => return Err(ConnectError::Io(std::io::Error::other(e))),
@@ -202,28 +271,33 @@ impl H2Pool {
     }
 }
 
-/// True when an idle connection has neither been closed by the peer nor sent stray bytes.
-/// tokio answers from its readiness state without a system call unless the socket became
-/// readable, so this is nearly free for a healthy connection.
-fn is_quiet(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
+    fn plain(addr: SocketAddr) -> PeerKey {
+        PeerKey { addr, tls: None }
+    }
+
+    fn connector() -> TlsConnector {
+        let settings = crate::config::UpstreamTlsSettings::default();
+        TlsConnector::from(crate::tls::upstream_client_config(&settings).unwrap())
+    }
+
     #[tokio::test]
     async fn pool_reuses_live_and_drops_closed_connections() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let pool = UpstreamPool::new(4, Duration::from_secs(30));
-        let a = connect(addr, Duration::from_secs(1)).await.unwrap();
+        let a = connect(&plain(addr), &connector(), Duration::from_secs(1))
+            .await
+            .unwrap();
         let (mut server_a, _) = listener.accept().await.unwrap();
-        let b = connect(addr, Duration::from_secs(1)).await.unwrap();
+        let b = connect(&plain(addr), &connector(), Duration::from_secs(1))
+            .await
+            .unwrap();
         let (_server_b, _) = listener.accept().await.unwrap();
         pool.put(b, Instant::now());
         pool.put(a, Instant::now());
@@ -232,9 +306,33 @@ mod tests {
         server_a.shutdown().await.unwrap();
         drop(server_a);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let got = pool.take(addr, Instant::now()).expect("b is still alive");
+        let got = pool
+            .take(&plain(addr), Instant::now())
+            .expect("b is still alive");
         assert!(got.reused);
-        assert!(pool.take(addr, Instant::now()).is_none());
+        assert!(pool.take(&plain(addr), Instant::now()).is_none());
+    }
+
+    #[tokio::test]
+    async fn plain_and_tls_connections_to_one_address_never_mix() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = UpstreamPool::new(4, Duration::from_secs(30));
+        let a = connect(&plain(addr), &connector(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        let _s = listener.accept().await.unwrap();
+        pool.put(a, Instant::now());
+        let tls = |name: Option<&str>| PeerKey {
+            addr,
+            tls: Some(BackendTls {
+                server_name: name.map(Arc::from),
+            }),
+        };
+        let now = Instant::now();
+        assert!(pool.take(&tls(None), now).is_none());
+        assert!(pool.take(&tls(Some("api.internal")), now).is_none());
+        assert!(pool.take(&plain(addr), now).is_some());
     }
 
     #[tokio::test]
@@ -242,7 +340,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let pool = UpstreamPool::new(4, Duration::from_millis(20));
-        let a = connect(addr, Duration::from_secs(1)).await.unwrap();
+        let a = connect(&plain(addr), &connector(), Duration::from_secs(1))
+            .await
+            .unwrap();
         let _s = listener.accept().await.unwrap();
         pool.put(a, Instant::now());
         tokio::time::sleep(Duration::from_millis(40)).await;
