@@ -8,7 +8,8 @@
 //! - `acme:status` — where each name stands ([`AcmeStatus`]), for owners and for the orderer's
 //!   backoff and renewal times.
 //! - `acme:account` — the ACME account's credentials; `acme:lease` — which `pier api` process
-//!   runs the orderer; `acme:orders:<hour>` — orders started in that hour (the cap).
+//!   runs the orderer; `acme:orders:<hour>` — orders started in that hour (the cap);
+//!   `acme:results` — finished orders by kind and result (a metric).
 
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
@@ -267,6 +268,44 @@ return 1
         inv.key(key).arg(cap);
         let ok: u64 = timed(inv.invoke_async(&mut self.conn.clone())).await?;
         Ok(ok == 1)
+    }
+}
+
+/// Counts of finished ACME orders, platform-wide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeResultCount {
+    /// `new` (a name's first certificate) or `renewal`.
+    pub kind: String,
+    /// `issued`, `failed`, or `rate-limited` (the CA asked to wait).
+    pub result: String,
+    pub count: u64,
+}
+
+impl Registry {
+    /// Counts one finished order.
+    pub async fn count_acme_result(&self, kind: &str, result: &str) -> Result<(), RegistryError> {
+        let mut conn = self.conn.clone();
+        let _: i64 =
+            timed(conn.hincr(&self.keys.acme_results, format!("{kind}:{result}"), 1)).await?;
+        Ok(())
+    }
+
+    /// The counts of finished orders (an unreadable field is skipped).
+    pub async fn acme_results(&self) -> Result<Vec<AcmeResultCount>, RegistryError> {
+        let raw = self.scan_hash(&self.keys.acme_results).await?;
+        let mut out: Vec<AcmeResultCount> = raw
+            .into_iter()
+            .filter_map(|(field, n)| {
+                let (kind, result) = field.split_once(':')?;
+                Some(AcmeResultCount {
+                    kind: kind.to_string(),
+                    result: result.to_string(),
+                    count: n.parse().ok()?,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.kind, &a.result).cmp(&(&b.kind, &b.result)));
+        Ok(out)
     }
 }
 

@@ -32,6 +32,9 @@ pub struct Keys {
     pub acme_account: String,
     /// String with a time to live: who runs the orderer now.
     pub acme_lease: String,
+    /// Hash: `<kind>:<result>` → count of finished ACME orders, platform-wide (the metric
+    /// `pier_acme_orders_total`).
+    pub acme_results: String,
     prefix: String,
 }
 
@@ -51,6 +54,7 @@ impl Keys {
             acme_certs: format!("{prefix}acme:certs"),
             acme_account: format!("{prefix}acme:account"),
             acme_lease: format!("{prefix}acme:lease"),
+            acme_results: format!("{prefix}acme:results"),
             prefix: prefix.to_string(),
         }
     }

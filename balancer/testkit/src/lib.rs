@@ -33,6 +33,7 @@ pub mod certs;
 pub mod dns;
 pub mod h1;
 pub mod h2;
+pub mod limited_ca;
 pub mod net;
 pub mod pebble;
 pub mod postgres_server;

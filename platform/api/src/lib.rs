@@ -63,6 +63,7 @@ pub mod drains;
 pub mod error;
 pub mod git;
 pub mod logs;
+pub mod metrics;
 pub mod names;
 pub mod netpolicy;
 pub mod openapi;

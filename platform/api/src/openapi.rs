@@ -59,8 +59,13 @@ fn operation(op: &Op<'_>) -> Value {
     let mut responses = Map::new();
     for (status, schema) in op.ok {
         let mut r = json!({ "description": status_text(*status) });
-        if let Some(s) = schema {
-            r["content"] = json!({ "application/json": { "schema": schema_ref(s) } });
+        match schema {
+            // A text body (Prometheus's exposition format), not JSON.
+            Some("text/plain") => {
+                r["content"] = json!({ "text/plain": { "schema": { "type": "string" } } });
+            }
+            Some(s) => r["content"] = json!({ "application/json": { "schema": schema_ref(s) } }),
+            None => {}
         }
         responses.insert(status.to_string(), r);
     }
@@ -251,6 +256,20 @@ pub fn document() -> Value {
                 optional_body: false,
                 ok: &[(200, Some("OpenApi"))],
                 errors: &[],
+            },
+        ),
+        (
+            "/metrics",
+            "get",
+            &[],
+            Op {
+                id: "metrics",
+                summary: "The platform's figures in Prometheus's text format (text/plain; version=0.0.4): ACME orders by kind and result, names by certificate state, failing and overdue renewals (operator)",
+                authed: true,
+                body: None,
+                optional_body: false,
+                ok: &[(200, Some("text/plain"))],
+                errors: &[403],
             },
         ),
         (

@@ -10,6 +10,7 @@ use crate::error::ApiError;
 pub enum RouteId {
     Healthz,
     OpenApi,
+    Metrics,
     ListApps,
     CreateApp,
     ShowApp,
@@ -86,6 +87,7 @@ const fn route(method: Method, pattern: &'static str, id: RouteId) -> Route {
 pub static ROUTES: &[Route] = &[
     route(Method::GET, "/healthz", RouteId::Healthz),
     route(Method::GET, "/openapi.json", RouteId::OpenApi),
+    route(Method::GET, "/metrics", RouteId::Metrics),
     route(Method::GET, "/v1/apps", RouteId::ListApps),
     route(Method::POST, "/v1/apps", RouteId::CreateApp),
     route(Method::GET, "/v1/apps/{app}", RouteId::ShowApp),

@@ -269,6 +269,9 @@ async fn dispatch(
         }
         .into());
     }
+    if route.id == RouteId::Metrics {
+        return Ok(Answer::Raw(crate::metrics::render(state, &caller).await?));
+    }
     if route.id == RouteId::AttachRun {
         let resp = crate::runs::attach(state, &caller, p(0), p(1), req).await?;
         return Ok(Answer::Raw(resp));
@@ -315,6 +318,7 @@ async fn dispatch(
     let reply = match route.id {
         RouteId::Healthz
         | RouteId::OpenApi
+        | RouteId::Metrics
         | RouteId::Deploy
         | RouteId::Logs
         | RouteId::AttachRun

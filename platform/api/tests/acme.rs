@@ -271,6 +271,15 @@ async fn a_verified_name_pointed_at_the_platform_gets_a_certificate_renewed_and_
     .await;
     assert_eq!(get_on(&mut old, "shop.example").await, 200);
     drop(old);
+    let text = api_metrics(&api).await;
+    for line in [
+        "pier_acme_orders_total{kind=\"new\",result=\"issued\"} 1\n",
+        "pier_acme_orders_total{kind=\"renewal\",result=\"issued\"} 1\n",
+        "pier_acme_names{state=\"issued\"} 1\n",
+        "pier_acme_renewals_failing 0\n",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
 
     // An upload wins over the issued certificate; removing it brings the issued one back.
     let (cert, key) = pier_testkit::certs::cert_pair(&["shop.example"], 2020, 2090);
@@ -513,4 +522,79 @@ async fn without_a_directory_certificates_are_uploaded_and_say_so() {
         .await;
     assert_eq!(up.body["source"], "uploaded");
     assert_eq!(up.body["state"], "off");
+}
+
+#[tokio::test]
+async fn a_ca_over_its_rate_limit_is_not_asked_again_before_its_retry_after() {
+    // pebble has no rate limits: this CA (test kit) answers every new account and order with
+    // 429, `Retry-After: 7200` and a rateLimited problem, over HTTPS like a CA.
+    let ca = pier_testkit::limited_ca::LimitedCa::start("7200").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.ca.write(dir.path(), "limited");
+    let mut cfg = AcmeConfig::new(ca.directory());
+    cfg.ca_file = Some(ca_file);
+    cfg.interval = Duration::from_millis(200);
+    let api = ApiServer::start_with(move |s| {
+        s.with_dns_target(Some(TARGET.into()))
+            .with_acme(Acme::new(cfg))
+    })
+    .await;
+    let owner = api.app_with_owner("shop").await;
+    api.dns.add_ip(TARGET, "127.0.0.1".parse().unwrap());
+    api.dns.add_ip("busy.example", "127.0.0.1".parse().unwrap());
+    verified(&api, &owner, "shop", "busy.example").await;
+    let v = wait_view(
+        &owner,
+        "shop",
+        "busy.example",
+        Duration::from_secs(20),
+        |v| v["state"] == "failed",
+    )
+    .await;
+    // The CA's words, as it gave them.
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        error.contains("too many new orders recently")
+            && error.contains("urn:ietf:params:acme:error:rateLimited"),
+        "{v}"
+    );
+    let status = api
+        .registry
+        .acme_status("busy.example")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.failures, 1);
+    // Two hours, as asked — not the first failure's one minute.
+    let wait = status.next_attempt_ms.saturating_sub(status.updated_ms);
+    assert!(
+        (7_190_000..=7_210_000).contains(&wait),
+        "Retry-After honoured: {wait} ms"
+    );
+    // And nothing more is sent to it meanwhile.
+    let asked = ca.refused.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(asked, 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ca.refused.load(std::sync::atomic::Ordering::SeqCst), asked);
+
+    // The operator's metrics count it; an owner may not read them.
+    let text = api_metrics(&api).await;
+    assert!(
+        text.contains("pier_acme_orders_total{kind=\"new\",result=\"rate-limited\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pier_acme_names{state=\"failed\"} 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("pier_acme_enabled 1\n"), "{text}");
+    let r = owner.call(Method::GET, "/metrics", None).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+}
+
+/// The operator's `GET /metrics` (Prometheus text).
+async fn api_metrics(api: &ApiServer) -> String {
+    let r = api.operator().call(Method::GET, "/metrics", None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.text
 }

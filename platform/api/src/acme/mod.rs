@@ -30,6 +30,10 @@ use tokio::sync::Semaphore;
 
 use crate::api::{now_ms, ApiState};
 
+mod ca_client;
+
+use ca_client::{with_retry_after, CaClient};
+
 /// States an owner sees (`Cert.state`).
 pub const OFF: &str = "off";
 pub const WAITING_FOR_VERIFICATION: &str = "waiting for verification";
@@ -123,10 +127,9 @@ impl Acme {
         if let Some(a) = &*cached {
             return Ok(Arc::clone(a));
         }
-        let builder = || match &self.config.ca_file {
-            Some(path) => Account::builder_with_root(path)
-                .map_err(|e| format!("--acme-ca-file {}: {e}", path.display())),
-            None => Account::builder().map_err(|e| e.to_string()),
+        let builder = || -> Result<_, String> {
+            let client = CaClient::new(self.config.ca_file.as_deref())?;
+            Ok(Account::builder_with_http(Box::new(client)))
         };
         let registry = state.registry();
         let account = match registry.acme_account().await.map_err(|e| e.to_string())? {
@@ -244,7 +247,15 @@ async fn pass(state: &Arc<ApiState>, acme: &Arc<Acme>) -> Result<(), String> {
             )
             .await;
             if r.is_err() {
-                let failed = failure(status, "the order took too long".into(), now_ms());
+                let kind = if status.not_after_ms > 0 {
+                    "renewal"
+                } else {
+                    "new"
+                };
+                if let Err(e) = state.registry().count_acme_result(kind, "failed").await {
+                    tracing::warn!(domain, error = %e, "ACME result not counted");
+                }
+                let failed = failure(status, "the order took too long".into(), now_ms(), None);
                 store_status(&state, &domain, &failed).await;
             }
             acme.in_flight
@@ -277,13 +288,14 @@ fn due(s: &AcmeStatus, now: u64) -> bool {
     now >= s.next_attempt_ms
 }
 
-/// The status after a failure: the error kept, the next attempt backed off.
-fn failure(mut s: AcmeStatus, error: String, now: u64) -> AcmeStatus {
+/// The status after a failure: the error kept, the next attempt backed off — and never before
+/// the time the CA asked for (`Retry-After`, ms since the epoch), however long that is.
+fn failure(mut s: AcmeStatus, error: String, now: u64, retry_after: Option<u64>) -> AcmeStatus {
     s.failures = s.failures.saturating_add(1);
     let wait = BACKOFF_FIRST_MS
         .saturating_mul(1u64 << (s.failures - 1).min(20))
         .min(BACKOFF_MAX_MS);
-    s.next_attempt_ms = now.saturating_add(wait);
+    s.next_attempt_ms = now.saturating_add(wait).max(retry_after.unwrap_or(0));
     s.error = Some(error);
     s.renew_requested = false;
     if s.not_after_ms == 0 || s.not_after_ms <= now {
@@ -371,24 +383,33 @@ async fn obtain(state: &ApiState, acme: &Acme, domain: &str, app: &str, mut s: A
     s.updated_ms = now;
     store_status(state, domain, &s).await;
     let mut tokens = Vec::new();
-    let result = order(state, acme, domain, &mut tokens).await;
+    let (result, retry_after) = with_retry_after(order(state, acme, domain, &mut tokens)).await;
     for t in &tokens {
         if let Err(e) = state.registry().delete_challenge(t).await {
             tracing::warn!(domain, error = %e, "ACME challenge not withdrawn");
         }
     }
     let now = now_ms();
+    let kind = if s.not_after_ms > 0 { "renewal" } else { "new" };
+    let counted = match &result {
+        Ok(_) => "issued",
+        Err(e) if e.contains("urn:ietf:params:acme:error:rateLimited") => "rate-limited",
+        Err(_) => "failed",
+    };
+    if let Err(e) = state.registry().count_acme_result(kind, counted).await {
+        tracing::warn!(domain, error = %e, "ACME result not counted");
+    }
     match result {
         Err(e) => {
-            tracing::warn!(domain, app, error = %e, "certificate order failed");
-            let failed = failure(s, e, now);
+            tracing::warn!(domain, app, error = %e, retry_after, "certificate order failed");
+            let failed = failure(s, e, now, retry_after);
             store_status(state, domain, &failed).await;
         }
         Ok((chain, key)) => {
             let parsed = match cert::load_pair(&chain, &key) {
                 Ok(p) => p,
                 Err(e) => {
-                    let failed = failure(s, format!("the CA's certificate: {e}"), now);
+                    let failed = failure(s, format!("the CA's certificate: {e}"), now, None);
                     store_status(state, domain, &failed).await;
                     return;
                 }
