@@ -445,7 +445,8 @@ pub async fn update_app(state: &ApiState, caller: &Caller, app: &str, body: &[u8
     if settings.backend_protocol.as_deref() == Some("h2c") {
         let backends = state.registry().app_backends(app).await?;
         if let Some((id, rec)) = backends.iter().find(|(_, r)| is_https(&r.address)) {
-            return Err(ApiError::Unprocessable(format!(
+            // The patch is valid; it conflicts with the app's backends as they are now.
+            return Err(ApiError::Conflict(format!(
                 "backend_protocol \"h2c\" is cleartext HTTP/2, but backend {id} is {}: remove it first",
                 rec.address
             )));
@@ -526,7 +527,7 @@ pub async fn add_backend(state: &ApiState, caller: &Caller, app: &str, body: &[u
         // An h2c app's backends are spoken to in cleartext HTTP/2: TLS would not be used.
         let settings = existing_app(state, app).await?;
         if settings.backend_protocol.as_deref() == Some("h2c") {
-            return Err(ApiError::Unprocessable(format!(
+            return Err(ApiError::Conflict(format!(
                 "app {app:?} has backend_protocol \"h2c\" (cleartext HTTP/2): an https:// backend is not spoken to over TLS there"
             )));
         }

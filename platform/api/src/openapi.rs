@@ -24,7 +24,7 @@ fn status_text(status: u16) -> &'static str {
             "The token may not do this (an owner acting on another app, or an operator-only action)"
         }
         404 => "No such app, domain, backend, certificate, add-on or drain",
-        409 => "Exists already, the domain belongs to another app, or it is not verified yet",
+        409 => "Exists already, the domain belongs to another app, it is not verified yet, or the change conflicts with the app's backends (h2c and https:// backends)",
         408 => "The request body did not arrive within the server's body timeout (pier api --body-timeout, 30 s by default)",
         405 => "Another method on this path: the Allow header lists the ones it has",
         413 => "Request body too large: its declared Content-Length is answered at once, before any of it is read (1 MiB; deploys: pier api --max-upload-mb)",
@@ -325,7 +325,7 @@ pub fn document() -> Value {
                 body: Some("AppSettingsPatch"),
                 optional_body: false,
                 ok: &[(200, Some("App"))],
-                errors: &[403, 404, 422],
+                errors: &[403, 404, 409, 422],
             },
         ),
         (
@@ -479,7 +479,7 @@ pub fn document() -> Value {
                 body: Some("NewBackend"),
                 optional_body: false,
                 ok: &[(201, Some("Backend"))],
-                errors: &[403, 404, 422],
+                errors: &[403, 404, 409, 422],
             },
         ),
         (

@@ -256,6 +256,56 @@ async fn owners_cannot_point_backends_at_the_platform_itself() {
     assert_eq!(r.status, 201, "{}", r.text);
 }
 
+#[tokio::test]
+async fn h2c_apps_and_https_backends_conflict_both_ways() {
+    // A valid request that the app's present state refuses is a 409, not a 422: the same body
+    // succeeds once the conflicting part is gone.
+    let api = ApiServer::start().await;
+    let owner = api.app_with_owner("blog").await;
+    assert_eq!(
+        add_backend(&owner, "https://127.0.0.1:9443").await.status,
+        201
+    );
+    let to_h2c = json!({ "backend_protocol": "h2c" });
+    let r = owner
+        .call(Method::PATCH, "/v1/apps/blog", Some(to_h2c.clone()))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert_eq!(r.body["error"], "conflict", "{}", r.text);
+    assert!(r.text.contains("remove it first"), "{}", r.text);
+    let app = owner.call(Method::GET, "/v1/apps/blog", None).await;
+    assert_ne!(
+        app.body["settings"]["backend_protocol"], "h2c",
+        "{}",
+        app.text
+    );
+
+    // Without the https backend the same patch lands, and an https backend is then refused.
+    let listed = owner
+        .call(Method::GET, "/v1/apps/blog/backends", None)
+        .await;
+    let id = listed.body["backends"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = owner
+        .call(
+            Method::DELETE,
+            &format!("/v1/apps/blog/backends/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = owner
+        .call(Method::PATCH, "/v1/apps/blog", Some(to_h2c))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = add_backend(&owner, "https://127.0.0.1:9443").await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert!(r.text.contains("cleartext HTTP/2"), "{}", r.text);
+    assert_eq!(add_backend(&owner, "127.0.0.1:9000").await.status, 201);
+}
+
 /// Registers a backend at `address` for app `blog`.
 async fn add_backend(api: &Api, address: &str) -> pier_model::client::ApiResponse {
     let body = json!({ "address": address });
