@@ -17,6 +17,8 @@ pub struct PtyProcess {
     master: File,
     child: Child,
     output: Arc<Mutex<Vec<u8>>>,
+    /// Copies the terminal's output into `output`; ends when no process holds the slave side.
+    reader: std::thread::JoinHandle<()>,
 }
 
 fn winsize(cols: u16, rows: u16) -> Winsize {
@@ -62,7 +64,7 @@ impl PtyProcess {
         let output = Arc::new(Mutex::new(Vec::new()));
         let mut reader = master.try_clone().unwrap();
         let kept = output.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             // Linux answers EIO once no process holds the slave side.
             while let Ok(n @ 1..) = reader.read(&mut buf) {
@@ -73,6 +75,7 @@ impl PtyProcess {
             master,
             child,
             output,
+            reader,
         }
     }
 
@@ -115,11 +118,17 @@ impl PtyProcess {
         }
     }
 
-    /// Waits for the process to end (kills it and panics after `within`).
+    /// Waits for the process to end (kills it and panics after `within`), then for the last of
+    /// what it wrote to be read from the terminal: [`PtyProcess::output`] then holds all of it.
     pub fn wait(&mut self, within: Duration) -> ExitStatus {
         let end = Instant::now() + within;
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
+                // The reader ends at EIO, once no process holds the slave side (a process the
+                // command left behind may still hold it: then stop waiting at `within`).
+                while !self.reader.is_finished() && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return s;
             }
             if Instant::now() >= end {
