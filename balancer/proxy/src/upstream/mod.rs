@@ -33,7 +33,7 @@ use pier_routes::App;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::shared::Worker;
-use pool::{ConnectError, PeerKey, UpstreamConn};
+use pool::{ConnectError, UpstreamConn};
 
 /// The effective upstream timeouts for an app.
 pub struct Timeouts {
@@ -90,17 +90,15 @@ impl<'a> Attempts<'a> {
         loop {
             let idx = self.pick().ok_or(last_error)?;
             let backend = &self.app.backends[idx];
-            let peer = PeerKey {
-                addr: backend.addr,
-                tls: backend.tls.clone(),
-            };
+            let tls = backend.tls.as_ref();
             if !fresh {
-                if let Some(c) = w.pool.take(&peer, at) {
+                if let Some(c) = w.pool.take(backend.addr, tls, at) {
                     w.shared.metrics.upstream_reused.inc();
                     return Ok((idx, c));
                 }
             }
-            match pool::connect(&peer, &w.shared.upstream_tls, self.timeouts.connect).await {
+            let connector = &w.shared.upstream_tls;
+            match pool::connect(backend.addr, tls, connector, self.timeouts.connect).await {
                 Ok(c) => {
                     w.shared.metrics.upstream_connects.inc();
                     return Ok((idx, c));

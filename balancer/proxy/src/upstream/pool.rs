@@ -24,23 +24,18 @@ use pier_routes::BackendTls;
 
 use crate::stream::UpstreamStream;
 
-/// Which connections may carry a request to a backend: its address and, for TLS, the name its
-/// certificate was verified for. A cleartext and a TLS connection to one address never mix,
-/// nor do TLS connections verified for different names.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PeerKey {
-    pub addr: SocketAddr,
-    pub tls: Option<BackendTls>,
-}
-
 /// One connection to a backend, with its read buffer.
 pub struct UpstreamConn {
     pub stream: UpstreamStream,
     pub buf: BytesMut,
-    pub peer: PeerKey,
+    pub addr: SocketAddr,
+    /// For a TLS connection, the identity its certificate was verified for: it joins the
+    /// address in the pool's key, so that a cleartext and a TLS connection to one address never
+    /// mix, nor do TLS connections verified for different names. Boxed, so that the cleartext
+    /// connection (the common one) stays as small as it was before TLS to backends.
+    tls: Option<Box<BackendTls>>,
     /// True when this connection came from the pool (it may have been closed by the backend).
     pub reused: bool,
-    idle_since: Instant,
 }
 
 /// Why a connection could not be opened.
@@ -72,38 +67,48 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStrea
     }
 }
 
-/// Opens a new connection to `peer` within `timeout`: TCP, then for a TLS peer the handshake
-/// with `tls` (both within the one deadline).
+/// Opens a new connection to the backend at `addr` within `timeout`: TCP, then for a TLS
+/// backend (`tls`) the handshake with `connector` (both within the one deadline).
 pub async fn connect(
-    peer: &PeerKey,
-    tls: &TlsConnector,
+    addr: SocketAddr,
+    tls: Option<&BackendTls>,
+    connector: &TlsConnector,
     timeout: Duration,
 ) -> Result<UpstreamConn, ConnectError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let tcp = connect_tcp(peer.addr, timeout).await?;
-    let stream = match &peer.tls {
+    let tcp = connect_tcp(addr, timeout).await?;
+    let stream = match tls {
         None => UpstreamStream::Plain(tcp),
-        Some(t) => {
-            let name = server_name(peer.addr, t);
-            match tokio::time::timeout_at(deadline, tls.connect(name, tcp)).await {
-                Err(_) => return Err(ConnectError::Timeout),
-                Ok(Err(error)) => {
-                    return Err(ConnectError::Tls {
-                        reason: handshake_failure(&error),
-                        error,
-                    })
-                }
-                Ok(Ok(s)) => UpstreamStream::Tls(Box::new(s)),
-            }
-        }
+        // Boxed: the handshake's future is large, and a cleartext connection should not carry
+        // its size in every request's future.
+        Some(t) => Box::pin(handshake(addr, t, tcp, connector, deadline)).await?,
     };
     Ok(UpstreamConn {
         stream,
         buf: BytesMut::with_capacity(16 * 1024),
-        peer: peer.clone(),
+        addr,
+        tls: tls.map(|t| Box::new(t.clone())),
         reused: false,
-        idle_since: Instant::now(),
     })
+}
+
+/// The TLS handshake with an `https://` backend over `tcp`, by `deadline`.
+async fn handshake(
+    addr: SocketAddr,
+    tls: &BackendTls,
+    tcp: TcpStream,
+    connector: &TlsConnector,
+    deadline: tokio::time::Instant,
+) -> Result<UpstreamStream, ConnectError> {
+    let name = server_name(addr, tls);
+    match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
+        Err(_) => Err(ConnectError::Timeout),
+        Ok(Err(error)) => Err(ConnectError::Tls {
+            reason: handshake_failure(&error),
+            error,
+        }),
+        Ok(Ok(s)) => Ok(UpstreamStream::Tls(Box::new(s))),
+    }
 }
 
 /// Why a TLS handshake with a backend failed (see [`crate::tls::failure_reason`]); a backend
@@ -127,31 +132,78 @@ fn server_name(addr: SocketAddr, tls: &BackendTls) -> ServerName<'static> {
         .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
 }
 
-/// Idle keep-alive connections by backend ([`PeerKey`]: address and TLS identity).
+/// Idle keep-alive connections by backend: address, and for TLS the verified identity.
 pub struct UpstreamPool {
-    /// Keyed with foldhash rather than SipHash: the keys are backends from the route table,
-    /// not attacker-chosen, and the pool is looked up twice per proxied request.
-    idle: Mutex<HashMap<PeerKey, Vec<UpstreamConn>, foldhash::fast::RandomState>>,
+    idle: Mutex<Idle>,
     max_idle: usize,
     idle_timeout: Duration,
+}
+
+/// Keyed with foldhash rather than SipHash: the keys are backends from the route table, not
+/// attacker-chosen, and the pool is looked up twice per proxied request.
+type Lists<K> = HashMap<K, Vec<Pooled>, foldhash::fast::RandomState>;
+
+/// An idle connection and when it went idle (kept here, not in the connection that every
+/// request moves around).
+struct Pooled {
+    since: Instant,
+    conn: UpstreamConn,
+}
+
+/// The idle lists. Cleartext connections are keyed by address alone, so the common path hashes
+/// and compares two integers and nothing else.
+#[derive(Default)]
+struct Idle {
+    plain: Lists<AddrKey>,
+    tls: Lists<(AddrKey, BackendTls)>,
+}
+
+/// A backend's address as two integers: hashed with two fixed-size writes, where the derived
+/// `Hash` of a `SocketAddr` writes the variant, the address bytes as a slice and the port
+/// (several times the instructions, twice per request). Equal when the addresses, ports and IPv6
+/// scopes are (an IPv6 flow label does not name another backend); a v4 and a v6 address never are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct AddrKey(u128, u64);
+
+impl From<SocketAddr> for AddrKey {
+    fn from(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(a) => {
+                AddrKey(u128::from(a.ip().to_bits()), u64::from(a.port()) | 1 << 63)
+            }
+            SocketAddr::V6(a) => AddrKey(
+                a.ip().to_bits(),
+                u64::from(a.port()) | u64::from(a.scope_id()) << 16,
+            ),
+        }
+    }
 }
 
 impl UpstreamPool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         UpstreamPool {
-            idle: Mutex::new(HashMap::default()),
+            idle: Mutex::new(Idle::default()),
             max_idle,
             idle_timeout,
         }
     }
 
-    /// Takes the most recently used live connection to `peer`, if any. `now` is a recent
-    /// reading of the clock (the request's start).
-    pub fn take(&self, peer: &PeerKey, now: Instant) -> Option<UpstreamConn> {
+    /// Takes the most recently used live connection to the backend at `addr` (over TLS when
+    /// `tls` is given, verified for that identity), if any. `now` is a recent reading of the
+    /// clock (the request's start).
+    pub fn take(
+        &self,
+        addr: SocketAddr,
+        tls: Option<&BackendTls>,
+        now: Instant,
+    ) -> Option<UpstreamConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(peer)?;
-        while let Some(mut conn) = list.pop() {
-            if now.saturating_duration_since(conn.idle_since) >= self.idle_timeout {
+        let list = match tls {
+            None => idle.plain.get_mut(&AddrKey::from(addr))?,
+            Some(t) => idle.tls.get_mut(&(AddrKey::from(addr), t.clone()))?,
+        };
+        while let Some(Pooled { since, mut conn }) = list.pop() {
+            if now.saturating_duration_since(since) >= self.idle_timeout {
                 // Everything below is older still.
                 list.clear();
                 return None;
@@ -165,32 +217,40 @@ impl UpstreamPool {
     }
 
     /// Returns a connection whose last exchange ended cleanly, at `now`.
-    pub fn put(&self, mut conn: UpstreamConn, now: Instant) {
+    pub fn put(&self, conn: UpstreamConn, now: Instant) {
         if self.max_idle == 0 || !conn.buf.is_empty() {
             return;
         }
-        conn.idle_since = now;
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(conn.peer.clone()).or_default();
+        let list = match &conn.tls {
+            None => idle.plain.entry(AddrKey::from(conn.addr)).or_default(),
+            Some(t) => {
+                let key = (AddrKey::from(conn.addr), BackendTls::clone(t));
+                idle.tls.entry(key).or_default()
+            }
+        };
         if list.len() >= self.max_idle {
             list.remove(0);
         }
-        list.push(conn);
+        list.push(Pooled { since: now, conn });
     }
 
     /// Drops connections idle for longer than the timeout; called periodically.
     pub fn reap(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|_, list| {
-            list.retain(|c| c.idle_since.elapsed() < self.idle_timeout);
+        let fresh = |list: &mut Vec<Pooled>| {
+            list.retain(|p| p.since.elapsed() < self.idle_timeout);
             !list.is_empty()
-        });
+        };
+        idle.plain.retain(|_, list| fresh(list));
+        idle.tls.retain(|_, list| fresh(list));
     }
 
     /// Number of idle connections held.
     pub fn idle_count(&self) -> usize {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.values().map(Vec::len).sum()
+        let plain: usize = idle.plain.values().map(Vec::len).sum();
+        plain + idle.tls.values().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -277,10 +337,6 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
-    fn plain(addr: SocketAddr) -> PeerKey {
-        PeerKey { addr, tls: None }
-    }
-
     fn connector() -> TlsConnector {
         let settings = crate::config::UpstreamTlsSettings::default();
         TlsConnector::from(crate::tls::upstream_client_config(&settings).unwrap())
@@ -291,11 +347,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let pool = UpstreamPool::new(4, Duration::from_secs(30));
-        let a = connect(&plain(addr), &connector(), Duration::from_secs(1))
+        let a = connect(addr, None, &connector(), Duration::from_secs(1))
             .await
             .unwrap();
         let (mut server_a, _) = listener.accept().await.unwrap();
-        let b = connect(&plain(addr), &connector(), Duration::from_secs(1))
+        let b = connect(addr, None, &connector(), Duration::from_secs(1))
             .await
             .unwrap();
         let (_server_b, _) = listener.accept().await.unwrap();
@@ -307,10 +363,10 @@ mod tests {
         drop(server_a);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let got = pool
-            .take(&plain(addr), Instant::now())
+            .take(addr, None, Instant::now())
             .expect("b is still alive");
         assert!(got.reused);
-        assert!(pool.take(&plain(addr), Instant::now()).is_none());
+        assert!(pool.take(addr, None, Instant::now()).is_none());
     }
 
     #[tokio::test]
@@ -318,21 +374,50 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let pool = UpstreamPool::new(4, Duration::from_secs(30));
-        let a = connect(&plain(addr), &connector(), Duration::from_secs(1))
+        let a = connect(addr, None, &connector(), Duration::from_secs(1))
             .await
             .unwrap();
         let _s = listener.accept().await.unwrap();
         pool.put(a, Instant::now());
-        let tls = |name: Option<&str>| PeerKey {
-            addr,
-            tls: Some(BackendTls {
-                server_name: name.map(Arc::from),
-            }),
+        let tls = |name: Option<&str>| BackendTls {
+            server_name: name.map(Arc::from),
         };
         let now = Instant::now();
-        assert!(pool.take(&tls(None), now).is_none());
-        assert!(pool.take(&tls(Some("api.internal")), now).is_none());
-        assert!(pool.take(&plain(addr), now).is_some());
+        assert!(pool.take(addr, Some(&tls(None)), now).is_none());
+        assert!(pool
+            .take(addr, Some(&tls(Some("api.internal"))), now)
+            .is_none());
+        assert!(pool.take(addr, None, now).is_some());
+    }
+
+    #[test]
+    fn addr_keys_are_equal_only_for_one_backend() {
+        let keys: Vec<AddrKey> = [
+            "127.0.0.1:80",
+            "127.0.0.1:81",
+            "127.0.0.2:80",
+            "[::ffff:127.0.0.1]:80",
+            "[::7f00:1]:80",
+            "[fe80::1%2]:80",
+            "[fe80::1%3]:80",
+            "[fe80::1]:80",
+        ]
+        .iter()
+        .map(|a| AddrKey::from(a.parse::<SocketAddr>().unwrap()))
+        .collect();
+        for (i, a) in keys.iter().enumerate() {
+            for (j, b) in keys.iter().enumerate() {
+                assert_eq!(a == b, i == j, "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_cleartext_connection_stays_small() {
+        // Every request moves one, and moves of more than 128 bytes are calls to memcpy: TLS
+        // state lives behind boxes, the idle time in the pool.
+        let size = std::mem::size_of::<UpstreamConn>();
+        assert!(size <= 120, "{size} bytes (120 before TLS to backends)");
     }
 
     #[tokio::test]
@@ -340,7 +425,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let pool = UpstreamPool::new(4, Duration::from_millis(20));
-        let a = connect(&plain(addr), &connector(), Duration::from_secs(1))
+        let a = connect(addr, None, &connector(), Duration::from_secs(1))
             .await
             .unwrap();
         let _s = listener.accept().await.unwrap();
