@@ -19,41 +19,15 @@
 //! Results: docs/benchmarks/balancer-vs-nginx-haproxy.md and docs/benchmarks/tls-h2-vs-nginx.md.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
+
+#[path = "floor/tls.rs"]
+mod floor_tls;
+use floor_tls::tls_acceptor;
 
 const USAGE: &str = "usage: floor_relay LISTEN_ADDR BACKEND_ADDR [CERT_PEM KEY_PEM]";
-
-/// Serves one certificate whatever the SNI name.
-#[derive(Debug)]
-struct OneCert(Arc<rustls::sign::CertifiedKey>);
-
-impl rustls::server::ResolvesServerCert for OneCert {
-    fn resolve(
-        &self,
-        _: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(Arc::clone(&self.0))
-    }
-}
-
-fn tls_acceptor(cert: &str, key: &str) -> Result<TlsAcceptor, Box<dyn std::error::Error>> {
-    let key = pier_balancer::config::certified_key(
-        &std::fs::read_to_string(cert)?,
-        &std::fs::read_to_string(key)?,
-    )?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(OneCert(key)));
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(64 * 1024);
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
-}
 
 async fn relay<C: AsyncRead + AsyncWrite + Unpin>(mut client: C, backend: SocketAddr) {
     let Ok(mut upstream) = TcpStream::connect(backend).await else {

@@ -23,13 +23,15 @@
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::Poll;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+
+#[path = "floor/tls.rs"]
+mod floor_tls;
+use floor_tls::tls_acceptor;
 
 const USAGE: &str = "usage: idle_floor LISTEN_ADDR [CERT_PEM KEY_PEM]";
 
@@ -39,36 +41,6 @@ static RESPONSE: &[u8] =
 
 /// Bytes of the stack buffer a read goes into.
 const READ_BUF: usize = 4096;
-
-/// Serves one certificate whatever the SNI name.
-#[derive(Debug)]
-struct OneCert(Arc<rustls::sign::CertifiedKey>);
-
-impl rustls::server::ResolvesServerCert for OneCert {
-    fn resolve(
-        &self,
-        _: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(Arc::clone(&self.0))
-    }
-}
-
-fn tls_acceptor(cert: &str, key: &str) -> Result<TlsAcceptor, Box<dyn std::error::Error>> {
-    let key = pier_balancer::config::certified_key(
-        &std::fs::read_to_string(cert)?,
-        &std::fs::read_to_string(key)?,
-    )?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(OneCert(key)));
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(64 * 1024);
-    cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
-    cfg.send_tls13_tickets = 2;
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
-}
 
 /// How far into `\r\n\r\n` the bytes seen so far are, and how many request heads ended.
 fn heads_ended(data: &[u8], matched: &mut u8) -> usize {

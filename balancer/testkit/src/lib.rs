@@ -6,7 +6,8 @@
 //! so any crate of the workspace may use it.
 //!
 //! Modules:
-//! - [`net`]: free loopback ports, a raw HTTP GET, a tiny HTTP app ([`net::TestBackend`]).
+//! - [`net`]: free loopback ports, a raw HTTP GET, one request read for a test server
+//!   ([`net::read_request`]), a tiny HTTP app ([`net::TestBackend`]).
 //! - [`redis_server`]: [`RedisServer`], a private `redis-server` process.
 //! - [`postgres_server`]: [`PostgresServer`], a private PostgreSQL server (password auth).
 //! - [`process`]: the workspace's binaries, [`process::Output`] of a run, waiting for a condition.

@@ -1,12 +1,50 @@
-//! Loopback ports, a raw HTTP GET, and a tiny HTTP app server.
+//! Loopback ports, a raw HTTP GET, reading a request for a test server, and a tiny HTTP app
+//! server.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+/// Reads one HTTP/1.1 request from `s` for a test server: its head as text, with a body
+/// announced by `Content-Length` read and dropped. `buf` holds bytes read before (a pipelined
+/// request) and keeps what follows this request. `None` once the client closes or fails.
+pub async fn read_request<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Option<String> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        read_more(s, buf).await?;
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        read_more(s, buf).await?;
+    }
+    buf.drain(..head_end + length);
+    Some(head)
+}
+
+async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 4096];
+    match s.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
+}
 
 /// A loopback port nothing listens on right now, never handed out before by this process: the
 /// kernel can give the same port to two `bind(0)` calls in a row once the first socket is closed,

@@ -372,28 +372,13 @@ async fn a_failed_validation_shows_the_cas_words_and_backs_off_and_wildcards_say
     api.dns
         .add_ip("broken.example", "127.0.0.2".parse().unwrap());
     verified(&api, &owner, "shop", "broken.example").await;
-    let v = wait_view(
-        &owner,
-        "shop",
-        "broken.example",
-        Duration::from_secs(30),
-        |v| v["state"] == "failed",
-    )
-    .await;
+    let (v, wait) = first_failure(&api, &owner, "broken.example", Duration::from_secs(30)).await;
     let error = v["error"].as_str().unwrap();
     assert!(
         error.contains("127.0.0.2") || error.contains("connection refused"),
         "the CA's own words: {v}"
     );
     let next = v["next_attempt"].as_str().unwrap();
-    let status = api
-        .registry
-        .acme_status("broken.example")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.failures, 1);
-    let wait = status.next_attempt_ms.saturating_sub(status.updated_ms);
     assert!(
         (55_000..=65_000).contains(&wait),
         "a minute first: {wait} ms ({next})"
@@ -543,14 +528,7 @@ async fn a_ca_over_its_rate_limit_is_not_asked_again_before_its_retry_after() {
     api.dns.add_ip(TARGET, "127.0.0.1".parse().unwrap());
     api.dns.add_ip("busy.example", "127.0.0.1".parse().unwrap());
     verified(&api, &owner, "shop", "busy.example").await;
-    let v = wait_view(
-        &owner,
-        "shop",
-        "busy.example",
-        Duration::from_secs(20),
-        |v| v["state"] == "failed",
-    )
-    .await;
+    let (v, wait) = first_failure(&api, &owner, "busy.example", Duration::from_secs(20)).await;
     // The CA's words, as it gave them.
     let error = v["error"].as_str().unwrap();
     assert!(
@@ -558,15 +536,7 @@ async fn a_ca_over_its_rate_limit_is_not_asked_again_before_its_retry_after() {
             && error.contains("urn:ietf:params:acme:error:rateLimited"),
         "{v}"
     );
-    let status = api
-        .registry
-        .acme_status("busy.example")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.failures, 1);
     // Two hours, as asked — not the first failure's one minute.
-    let wait = status.next_attempt_ms.saturating_sub(status.updated_ms);
     assert!(
         (7_190_000..=7_210_000).contains(&wait),
         "Retry-After honoured: {wait} ms"
@@ -590,6 +560,21 @@ async fn a_ca_over_its_rate_limit_is_not_asked_again_before_its_retry_after() {
     assert!(text.contains("pier_acme_enabled 1\n"), "{text}");
     let r = owner.call(Method::GET, "/metrics", None).await;
     assert_eq!(r.status, 403, "{}", r.text);
+}
+
+/// Waits (up to `within`) for the order of app `shop`'s `domain` to fail; checks the registry
+/// counts it as the first failure, and gives the owner's view and the wait until the next
+/// attempt in milliseconds.
+async fn first_failure(
+    api: &ApiServer,
+    owner: &Api,
+    domain: &str,
+    within: Duration,
+) -> (Value, u64) {
+    let v = wait_view(owner, "shop", domain, within, |v| v["state"] == "failed").await;
+    let status = api.registry.acme_status(domain).await.unwrap().unwrap();
+    assert_eq!(status.failures, 1, "{v}");
+    (v, status.next_attempt_ms.saturating_sub(status.updated_ms))
 }
 
 /// The operator's `GET /metrics` (Prometheus text).
