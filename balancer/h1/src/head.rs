@@ -556,10 +556,16 @@ fn start_line(
     Ok(Some(nl - 1))
 }
 
+/// The version of a request or status line. A higher minor version of HTTP/1 (`HTTP/1.2`) is
+/// processed as HTTP/1.1, the highest this side speaks (RFC 9112 §2.3); another major version
+/// is well-formed but not spoken (505).
 fn parse_version(v: &[u8], bad: HeadError) -> Result<Version, HeadError> {
     match v {
         b"HTTP/1.1" => Ok(Version::Http11),
         b"HTTP/1.0" => Ok(Version::Http10),
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', d2] if d2.is_ascii_digit() => {
+            Ok(Version::Http11)
+        }
         [b'H', b'T', b'T', b'P', b'/', d1, b'.', d2]
             if d1.is_ascii_digit() && d2.is_ascii_digit() =>
         {
@@ -1197,6 +1203,25 @@ mod tests {
     }
 
     #[test]
+    fn a_higher_minor_version_of_http1_is_processed_as_http11() {
+        for v in ["1.2", "1.9"] {
+            let raw = format!("GET / HTTP/{v}\r\nHost: a\r\n\r\n");
+            let h = req(raw.as_bytes()).unwrap().unwrap();
+            assert_eq!(h.version, Version::Http11, "{v}");
+            let raw = format!("HTTP/{v} 200 OK\r\nContent-Length: 0\r\n\r\n");
+            let (_, r) = parse_response(raw.as_bytes(), &LIMITS).unwrap().unwrap();
+            assert_eq!(r.version, Version::Http11, "{v}");
+        }
+        for v in ["2.0", "3.1", "0.9"] {
+            let raw = format!("GET / HTTP/{v}\r\nHost: a\r\n\r\n");
+            assert_eq!(
+                req(raw.as_bytes()).unwrap_err(),
+                HeadError::UnsupportedVersion
+            );
+        }
+    }
+
+    #[test]
     fn incomplete_heads_ask_for_more() {
         assert!(req(b"GET / HTTP/1.1\r\nHost: a").unwrap().is_none());
         assert!(req(b"GET / HTTP/1.1\r\n").unwrap().is_none());
@@ -1228,6 +1253,7 @@ mod tests {
             (b"GET /\xc3\xa9 HTTP/1.1\r\n\r\n", BadTarget),
             (b"G(T / HTTP/1.1\r\n\r\n", BadMethod),
             (b"GET / HTTP/2.0\r\n\r\n", UnsupportedVersion),
+            (b"GET / HTTP/0.9\r\n\r\n", UnsupportedVersion),
             (b"GET / HTTP/1.1x\r\n\r\n", BadVersion),
             (b"GET / http/1.1\r\n\r\n", BadVersion),
             (b"GET /\r\n\r\n", BadRequestLine),

@@ -449,6 +449,17 @@ async fn smuggling_shapes_are_refused_and_never_reach_a_backend() {
         .seen()
         .iter()
         .all(|s| s.request_line.starts_with("POST / ")));
+    // A higher minor version of HTTP/1 is processed as HTTP/1.1 (RFC 9112 §2.3), not refused:
+    // forwarded and answered as HTTP/1.1.
+    let r = request(b.addr(), "GET /minor HTTP/1.2\r\nHost: blog.test\r\n\r\n").await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(r.head.starts_with("HTTP/1.1 200"), "{}", r.head);
+    let seen = be.seen();
+    let minor = seen
+        .iter()
+        .find(|s| s.path() == "/minor")
+        .expect("forwarded");
+    assert_eq!(minor.request_line, "GET /minor HTTP/1.1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
