@@ -151,6 +151,7 @@ pub fn routes_json(table: &RouteTable) -> serde_json::Value {
             let mut d = domains.remove(&*app.name).unwrap_or_default();
             d.sort();
             let s = &app.settings;
+            let gate = app.counters_if_used();
             let action = match &s.action {
                 Action::Proxy => json!({"type": "proxy"}),
                 Action::Redirect { status, location, keep_path } => {
@@ -169,6 +170,9 @@ pub fn routes_json(table: &RouteTable) -> serde_json::Value {
                 "action": action,
                 "policy": s.policy.name(),
                 "max_body": s.max_body,
+                "max_in_flight": s.max_in_flight,
+                "in_flight": gate.as_ref().map_or(0, |c| c.gate.in_flight()),
+                "queued": gate.as_ref().map_or(0, |c| c.gate.waiting()),
                 "backends": app.backends.iter().map(|b| json!({
                     "id": b.id(),
                     "address": pier_routes::spec::backend_address(b.addr, b.tls.is_some()),

@@ -201,6 +201,9 @@ pub struct LimitsFile {
     pub max_header_bytes: Option<SizeValue>,
     pub max_headers: Option<usize>,
     pub max_body: Option<SizeValue>,
+    pub app_max_in_flight: Option<u32>,
+    pub app_queue: Option<u32>,
+    pub app_queue_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -361,7 +364,17 @@ pub struct Limits {
     pub max_headers: usize,
     /// 0 = no limit.
     pub max_body: u64,
+    /// Requests proxied to one app at once (0 = no limit; per app: `max_in_flight`).
+    pub app_max_in_flight: u32,
+    /// Requests that may wait for one app's slot; more are refused at once.
+    pub app_queue: u32,
+    /// How long a request waits for a slot before `503 app-overloaded`.
+    pub app_queue_timeout: Duration,
 }
+
+/// Default of `[limits] app_max_in_flight`: far above what one healthy app has in flight on
+/// one balancer, low enough that one stalled app cannot take the process's sockets.
+pub const DEFAULT_APP_MAX_IN_FLIGHT: u32 = 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderSettings {
@@ -772,7 +785,19 @@ impl ConfigFile {
             max_header_bytes: max_header_bytes as usize,
             max_headers,
             max_body: c.size("limits.max_body", &l.and_then(|l| l.max_body.clone()), 0),
+            app_max_in_flight: l
+                .and_then(|l| l.app_max_in_flight)
+                .unwrap_or(DEFAULT_APP_MAX_IN_FLIGHT),
+            app_queue: l.and_then(|l| l.app_queue).unwrap_or(100),
+            app_queue_timeout: c.duration(
+                "limits.app_queue_timeout",
+                &l.and_then(|l| l.app_queue_timeout.clone()),
+                Duration::from_secs(5),
+            ),
         };
+        if limits.app_queue > 1_000_000 {
+            c.err("limits.app_queue", "at most 1000000");
+        }
 
         let h = self.headers.as_ref();
         let via = h
@@ -1182,6 +1207,10 @@ mod tests {
         assert_eq!(c.routes_file.unwrap(), Path::new("/etc/pier/routes.toml"));
         assert_eq!(c.timeouts.client_header, Duration::from_secs(10));
         assert_eq!(c.limits.max_body, 0);
+        // Isolation is on by default.
+        assert_eq!(c.limits.app_max_in_flight, DEFAULT_APP_MAX_IN_FLIGHT);
+        assert_eq!(c.limits.app_queue, 100);
+        assert_eq!(c.limits.app_queue_timeout, Duration::from_secs(5));
         assert_eq!(c.mode, RuntimeMode::PerCore);
     }
 

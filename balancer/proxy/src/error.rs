@@ -41,6 +41,9 @@ pub enum ProxyError {
     BodyTimeout,
     UnknownHost,
     NoBackend,
+    /// The app has as many requests in flight as its limit allows and its queue is full, or a
+    /// request waited in it too long.
+    AppOverloaded,
     /// Every attempt to connect to a backend failed.
     UpstreamConnect,
     /// TLS with an `https://` backend failed (its certificate did not verify, it refused
@@ -75,7 +78,7 @@ impl ProxyError {
             BodyTooLarge => 413,
             HeaderTimeout | BodyTimeout => 408,
             UnknownHost => 404,
-            NoBackend => 503,
+            NoBackend | AppOverloaded => 503,
             UpstreamConnect
             | UpstreamTls(_)
             | UpstreamClosed
@@ -100,6 +103,7 @@ impl ProxyError {
             BodyTimeout => "body-timeout",
             UnknownHost => "unknown-host",
             NoBackend => "no-backend",
+            AppOverloaded => "app-overloaded",
             UpstreamConnect => "upstream-connect-failed",
             UpstreamTls(_) => "upstream-tls",
             UpstreamConnectTimeout => "upstream-connect-timeout",
@@ -120,7 +124,7 @@ impl ProxyError {
             | BodyTooLarge | HeaderTimeout | BodyTimeout | BadH2Request(_) | Misdirected => {
                 Party::Client
             }
-            UnknownHost | NoBackend => Party::Pier,
+            UnknownHost | NoBackend | AppOverloaded => Party::Pier,
             UpstreamConnect
             | UpstreamTls(_)
             | UpstreamConnectTimeout
@@ -141,6 +145,14 @@ impl ProxyError {
         }
     }
 
+    /// The `Retry-After` seconds sent with the answer, where waiting helps.
+    pub fn retry_after(self) -> Option<u32> {
+        match self {
+            ProxyError::AppOverloaded => Some(1),
+            _ => None,
+        }
+    }
+
     /// Whether the client connection can stay open after this answer: only when the request
     /// was fully read and understood.
     pub fn keeps_connection(self) -> bool {
@@ -149,6 +161,7 @@ impl ProxyError {
             self,
             UnknownHost
                 | NoBackend
+                | AppOverloaded
                 | UpstreamConnect
                 | UpstreamTls(_)
                 | UpstreamConnectTimeout

@@ -15,7 +15,8 @@
 //! 2. [`front`] — [`front::h1`] (an HTTP/1.x connection) and [`front::h2`] (an HTTP/2
 //!    connection and its streams, [`front::h2::guard`] against floods) read their protocol into
 //!    one [`downstream::Request`] and implement [`downstream::Downstream`].
-//! 3. [`pipeline`] — route, action, upstream peer, proxy, logging: written once.
+//! 3. [`pipeline`] — route, action, upstream peer, proxy, logging: written once; its per-app
+//!    limit on requests in flight is [`admission`].
 //! 4. [`upstream`] — backend selection with retries and ejection, the exchange with HTTP/1.1
 //!    ([`upstream::h1`]) and h2c ([`upstream::h2c`]) backends, the pools ([`upstream::pool`]).
 //! 5. Below them all: [`relay`] (bodies and tunnels between sockets), [`h2io`] (h2 streams as
@@ -30,6 +31,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod admission;
 pub mod config;
 pub mod downstream;
 pub mod error;

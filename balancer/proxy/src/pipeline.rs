@@ -7,7 +7,7 @@
 //! 2. `action` — an app that answers itself: the redirect to HTTPS, a redirect, a static page,
 //!    maintenance;
 //! 3. `upstream_peer` — a live backend (holding the request while the app spins up), the body
-//!    within the app's limit;
+//!    within the app's limit, a slot among the app's requests in flight ([`crate::admission`]);
 //! 4. `proxy` — the exchange with an HTTP/1.1 or h2c backend ([`crate::upstream`]);
 //! 5. `logging` — metrics, the access log line, the router line and usage counts.
 //!
@@ -22,6 +22,7 @@ use tokio::time::timeout_at;
 use pier_routes::app::BackendProtocol;
 use pier_routes::{Action, App};
 
+use crate::admission;
 use crate::downstream::{Downstream, Request};
 use crate::error::ProxyError;
 use crate::outcome::{Access, Outcome};
@@ -136,6 +137,16 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
             d.answer_error(ProxyError::BodyTooLarge, false).await,
         );
     }
+    // The app's limit on requests in flight (WebSocket handshakes are not counted: a tunnel
+    // lives as long as its connection, bounded by the connection limits).
+    let _permit = if d.upgrading() {
+        None
+    } else {
+        match admission::admit(&app, &cfg.limits).await {
+            Ok(p) => Some(p),
+            Err(e) => return (Some(app), d.answer_unread(e).await),
+        }
+    };
     // proxy
     let hsts = if d.listener().tls {
         app.settings.hsts.as_deref()

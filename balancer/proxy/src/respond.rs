@@ -168,7 +168,7 @@ impl<'a> LocalResponse<'a> {
             body,
             error: Some(err.reason()),
             location: None,
-            retry_after: None,
+            retry_after: err.retry_after(),
             request_id,
             hsts: None,
         }

@@ -26,6 +26,11 @@ pub struct AppRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub retries: Option<u32>,
+    /// Requests proxied to the app at once (default: the balancer's `[limits]
+    /// app_max_in_flight`; 0: no limit). Past it, a short queue, then `503 app-overloaded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub max_in_flight: Option<u32>,
     #[serde(default, skip_serializing_if = "TimeoutsRecord::is_empty")]
     pub timeouts: TimeoutsRecord,
     #[serde(default)]
@@ -134,6 +139,7 @@ impl AppRecord {
             },
             max_body: s.max_body,
             retries: s.retries,
+            max_in_flight: s.max_in_flight,
             timeouts: TimeoutsRecord {
                 connect_ms: ms(s.timeouts.connect),
                 first_byte_ms: ms(s.timeouts.first_byte),
@@ -264,6 +270,7 @@ impl AppRecord {
             timeouts,
             max_body: self.max_body,
             retries: self.retries,
+            max_in_flight: self.max_in_flight,
             spin: self.spin,
             https_redirect: self.https_redirect,
             hsts: self.hsts.as_deref().map(Box::from),

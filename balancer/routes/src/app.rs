@@ -77,6 +77,9 @@ pub struct AppSettings {
     pub max_body: Option<u64>,
     /// How many other backends a failed connect may be retried on (`None` = global default).
     pub retries: Option<u32>,
+    /// Requests proxied to the app at once, across the balancer process (`None` = the
+    /// balancer's `[limits] app_max_in_flight`; `Some(0)` = no limit).
+    pub max_in_flight: Option<u32>,
     /// While the app has no live backend, hold its requests until one registers (bounded by
     /// the balancer's spin settings) instead of answering 503 at once.
     pub spin: bool,
@@ -308,6 +311,64 @@ impl Drop for OutstandingGuard {
 pub struct AppCounters {
     pub responses: [AtomicU64; 5],
     rr: AtomicU32,
+    /// Requests in flight and waiting for a slot (the balancer's per-app limit).
+    pub gate: Gate,
+}
+
+/// The counts behind an app's limit on requests in flight: carried over when the route table
+/// is rebuilt (with [`AppCounters`]), so a reload neither forgets nor resets them. The waiting
+/// and the answers are the balancer's; this holds the numbers and the wake-ups.
+#[derive(Debug, Default)]
+pub struct Gate {
+    in_flight: AtomicU32,
+    waiting: AtomicU32,
+    /// Notified once per slot given back while someone waits.
+    freed: tokio::sync::Notify,
+}
+
+impl Gate {
+    /// Takes a slot if fewer than `limit` are taken.
+    pub fn try_enter(&self, limit: u32) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a slot back, waking one waiter.
+    pub fn leave(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Release);
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.freed.notify_one();
+        }
+    }
+
+    /// Joins the queue unless `max` already wait; `false`: the queue is full.
+    pub fn start_waiting(&self, max: u32) -> bool {
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn stop_waiting(&self) {
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Resolves when a slot was given back (register it before the last [`Gate::try_enter`]).
+    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn waiting(&self) -> u32 {
+        self.waiting.load(Ordering::Relaxed)
+    }
 }
 
 impl AppCounters {
@@ -368,6 +429,18 @@ impl App {
             .compare_and_swap(&None::<Arc<AppCounters>>, Some(Arc::clone(&fresh)));
         let current = self.counters.load();
         f(current.as_deref().unwrap_or(&fresh))
+    }
+
+    /// This app's counters (its limit's [`Gate`] among them), created on first use.
+    pub fn counters(&self) -> Arc<AppCounters> {
+        {
+            let current = self.counters.load();
+            if let Some(c) = current.as_ref() {
+                return Arc::clone(c);
+            }
+        }
+        self.with_counters(|_| ());
+        self.counters.load_full().unwrap_or_default()
     }
 
     /// Counts one response of this app.

@@ -76,6 +76,7 @@ pub struct AppFile {
     pub policy: Option<String>,
     pub max_body: Option<SizeValue>,
     pub retries: Option<u32>,
+    pub max_in_flight: Option<u32>,
     #[serde(default)]
     pub spin: bool,
     #[serde(default)]
@@ -480,6 +481,7 @@ impl AppFile {
                 timeouts,
                 max_body,
                 retries: self.retries,
+                max_in_flight: self.max_in_flight,
                 spin: self.spin,
                 https_redirect: self.https_redirect,
                 hsts: self.hsts.as_deref().map(Box::from),

@@ -306,6 +306,44 @@ async fn h2c_apps_and_https_backends_conflict_both_ways() {
     assert_eq!(add_backend(&owner, "127.0.0.1:9000").await.status, 201);
 }
 
+#[tokio::test]
+async fn an_apps_limit_on_requests_in_flight_is_set_and_reset() {
+    let api = ApiServer::start().await;
+    let owner = api.app_with_owner("blog").await;
+    let r = owner
+        .call(
+            Method::PATCH,
+            "/v1/apps/blog",
+            Some(json!({ "max_in_flight": 50 })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["settings"]["max_in_flight"], 50);
+    let stored = api.registry.app("blog").await.unwrap().unwrap();
+    assert_eq!(stored.max_in_flight, Some(50));
+    let r = owner
+        .call(
+            Method::PATCH,
+            "/v1/apps/blog",
+            Some(json!({ "max_in_flight": -1 })),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    let r = owner
+        .call(
+            Method::PATCH,
+            "/v1/apps/blog",
+            Some(json!({ "max_in_flight": null })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.body["settings"].get("max_in_flight").is_none(),
+        "{}",
+        r.text
+    );
+}
+
 /// Registers a backend at `address` for app `blog`.
 async fn add_backend(api: &Api, address: &str) -> pier_model::client::ApiResponse {
     let body = json!({ "address": address });

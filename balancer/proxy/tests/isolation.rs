@@ -1,0 +1,138 @@
+//! One app's stalled backend never takes the balancer from another: the per-app limit on
+//! requests in flight, its queue and its answer, over real sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use pier_testkit::h1::{get, Backend, Response};
+use pier_testkit::proxy::{admin_get, app_routes, Balancer};
+
+/// App `slow` (limit 2 in its routes) and app `fast`, each with its own backend.
+async fn two_apps(config: &str) -> (Balancer, Backend, Backend) {
+    let slow = Backend::start("slow").await;
+    let fast = Backend::start("fast").await;
+    let routes = format!(
+        "{}{}",
+        app_routes("slow", &["slow.test"], &[slow.addr], "max_in_flight = 2"),
+        app_routes("fast", &["fast.test"], &[fast.addr], ""),
+    );
+    (Balancer::start(&routes, config).await, slow, fast)
+}
+
+fn overloaded(r: &Response) -> bool {
+    r.status == 503
+        && r.header("x-pier-error") == Some("app-overloaded")
+        && r.header("retry-after") == Some("1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_app_is_refused_with_the_reason_and_other_apps_are_served() {
+    let (b, slow, _fast) =
+        two_apps("[limits]\napp_queue = 1\napp_queue_timeout = \"400ms\"\n").await;
+    let addr = b.addr();
+    // Two requests take the slow app's two slots for 2 s.
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(addr, "slow.test", "/slow/2000").await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The third waits in the one-place queue, the fourth finds it full: refused at once.
+    let queued = tokio::spawn(async move {
+        let t = Instant::now();
+        (get(addr, "slow.test", "/q").await, t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    let full = get(addr, "slow.test", "/full").await;
+    assert!(overloaded(&full), "{} {:?}", full.status, full.head);
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    // The other app is served meanwhile.
+    for _ in 0..5 {
+        let r = get(addr, "fast.test", "/").await;
+        assert_eq!(r.status, 200, "{}", r.head);
+    }
+    // The admin's view of the table shows the counts.
+    let routes = admin_get(b.admin, "/routes").await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&routes.text()).unwrap();
+    let app = v["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "slow")
+        .unwrap()
+        .clone();
+    assert_eq!(app["max_in_flight"], 2, "{app}");
+    assert_eq!(app["in_flight"], 2, "{app}");
+    assert_eq!(app["queued"], 1, "{app}");
+    // The queued request gave up after its 400 ms, never having reached the backend.
+    let (r, waited) = queued.await.unwrap();
+    assert!(overloaded(&r), "{} {:?}", r.status, r.head);
+    assert!(waited >= Duration::from_millis(350), "{waited:?}");
+    for h in held {
+        assert_eq!(h.await.unwrap().status, 200);
+    }
+    let paths: Vec<String> = slow.seen().iter().map(|s| s.path().to_string()).collect();
+    assert_eq!(paths, ["/slow/2000", "/slow/2000"]);
+    // Slots given back: served again.
+    assert_eq!(get(addr, "slow.test", "/after").await.status, 200);
+    let m = b.metrics().await;
+    assert!(
+        m.contains("reason=\"app-overloaded\"} 2"),
+        "{}",
+        m.lines()
+            .filter(|l| l.contains("app-overloaded"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_takes_the_first_slot_given_back() {
+    let (b, slow, _fast) = two_apps("[limits]\napp_queue = 4\napp_queue_timeout = \"5s\"\n").await;
+    let addr = b.addr();
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(addr, "slow.test", "/slow/600").await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    let r = get(addr, "slow.test", "/queued").await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    // It waited for a slot (about 400 ms more), and was then served.
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    for h in held {
+        assert_eq!(h.await.unwrap().status, 200);
+    }
+    assert_eq!(slow.count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_sets_the_default_and_an_app_may_turn_it_off() {
+    // The balancer's limit is 1 with no queue; app `open` turns its own off (0).
+    let be = Backend::start("b").await;
+    let routes = format!(
+        "{}{}",
+        app_routes("open", &["open.test"], &[be.addr], "max_in_flight = 0"),
+        app_routes("tight", &["tight.test"], &[be.addr], ""),
+    );
+    let b = Balancer::start(&routes, "[limits]\napp_max_in_flight = 1\napp_queue = 0\n").await;
+    let addr = b.addr();
+    let all: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(async move { get(addr, "open.test", "/slow/300").await }))
+        .collect();
+    for h in all {
+        assert_eq!(h.await.unwrap().status, 200);
+    }
+    let first = tokio::spawn(async move { get(addr, "tight.test", "/slow/500").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let second = get(addr, "tight.test", "/").await;
+    assert!(overloaded(&second), "{} {:?}", second.status, second.head);
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(get(addr, "tight.test", "/").await.status, 200);
+}
