@@ -62,7 +62,8 @@ bench_hosts() {
 
 # bench_tls_balancer HTTP_PORT HTTPS_PORT BACKEND_PORT: $W/routes.toml (app "bench", domain
 # bench.test, one backend) and $W/balancer.toml (one worker, TLS with bench_cert's pair, access
-# log off) for pier-balancer.
+# log off, then $BALANCER_EXTRA if set: more TOML, e.g. $'[limits]\napp_max_in_flight = 0')
+# for pier-balancer.
 bench_tls_balancer() {
   cat >"$W/routes.toml" <<ROUTES
 [[app]]
@@ -86,6 +87,7 @@ max_connections = 200000
 [log]
 level = "warn"
 access = false
+${BALANCER_EXTRA:-}
 CONF
 }
 

@@ -8,6 +8,9 @@
 //! `503` with `X-Pier-Error: app-overloaded` and `Retry-After: 1`, its body unread, never having
 //! reached a backend. The counts live with the app's counters ([`pier_routes::app::Gate`]), so
 //! a route table rebuilt by a reload keeps them.
+//!
+//! The common case, a free slot, is a synchronous step ([`enter`]); only a request that must
+//! wait builds the waiting future ([`Queued::wait`]).
 
 use std::sync::Arc;
 
@@ -28,13 +31,10 @@ impl Drop for Permit {
     }
 }
 
-/// A place in the queue, left when dropped.
-struct Waiting<'a>(&'a AppCounters);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.gate.stop_waiting();
-    }
+/// A request that found every slot of its app taken.
+pub struct Queued {
+    counters: Arc<AppCounters>,
+    limit: u32,
 }
 
 /// The app's limit: its own, else the balancer's (0 = none).
@@ -44,41 +44,61 @@ pub fn limit_of(app: &App, limits: &Limits) -> u32 {
         .unwrap_or(limits.app_max_in_flight)
 }
 
-/// Takes one of `app`'s slots, waiting in its queue (at most `app_queue_timeout`) when they
-/// are all taken.
-pub async fn admit(app: &App, limits: &Limits) -> Result<Permit, ProxyError> {
+/// Takes one of `app`'s slots if one is free and nobody waits for one (a newcomer does not
+/// overtake the queue); else the request must queue.
+pub fn enter(app: &App, limits: &Limits) -> Result<Permit, Queued> {
     let limit = limit_of(app, limits);
     if limit == 0 {
         return Ok(Permit(None));
     }
     let counters = app.counters();
     let gate = &counters.gate;
-    // Nobody waiting: a newcomer does not overtake the queue.
     if gate.waiting() == 0 && gate.try_enter(limit) {
-        return Ok(Permit(Some(counters)));
-    }
-    if !gate.start_waiting(limits.app_queue) {
-        return Err(ProxyError::AppOverloaded);
-    }
-    // Leaves the queue however the wait ends (a client gone mid-wait drops this future).
-    let waiting = Waiting(&counters);
-    let deadline = tokio::time::Instant::now() + limits.app_queue_timeout;
-    let admitted = loop {
-        let freed = gate.freed();
-        let mut freed = std::pin::pin!(freed);
-        // Registered before the check: a slot given back in between still wakes this one.
-        freed.as_mut().enable();
-        if gate.try_enter(limit) {
-            break true;
-        }
-        if tokio::time::timeout_at(deadline, freed).await.is_err() {
-            break false;
-        }
-    };
-    drop(waiting);
-    if admitted {
-        Ok(Permit(Some(counters)))
+        Ok(Permit(Some(Arc::clone(counters))))
     } else {
-        Err(ProxyError::AppOverloaded)
+        Err(Queued {
+            counters: Arc::clone(counters),
+            limit,
+        })
+    }
+}
+
+impl Queued {
+    /// Waits in the app's queue (at most `app_queue_timeout`) for a slot given back.
+    pub async fn wait(self, limits: &Limits) -> Result<Permit, ProxyError> {
+        let gate = &self.counters.gate;
+        if !gate.start_waiting(limits.app_queue) {
+            return Err(ProxyError::AppOverloaded);
+        }
+        // Leaves the queue however the wait ends (a client gone mid-wait drops this future).
+        let waiting = Waiting(&self.counters);
+        let deadline = tokio::time::Instant::now() + limits.app_queue_timeout;
+        let admitted = loop {
+            let freed = gate.freed();
+            let mut freed = std::pin::pin!(freed);
+            // Registered before the check: a slot given back in between still wakes this one.
+            freed.as_mut().enable();
+            if gate.try_enter(self.limit) {
+                break true;
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                break false;
+            }
+        };
+        drop(waiting);
+        if admitted {
+            Ok(Permit(Some(self.counters)))
+        } else {
+            Err(ProxyError::AppOverloaded)
+        }
+    }
+}
+
+/// A place in the queue, left when dropped.
+struct Waiting<'a>(&'a AppCounters);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.gate.stop_waiting();
     }
 }

@@ -142,9 +142,14 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
     let _permit = if d.upgrading() {
         None
     } else {
-        match admission::admit(&app, &cfg.limits).await {
+        match admission::enter(&app, &cfg.limits) {
             Ok(p) => Some(p),
-            Err(e) => return (Some(app), d.answer_unread(e).await),
+            // Boxed: the wait is the rare path, and its future should not sit in every
+            // request's.
+            Err(queued) => match Box::pin(queued.wait(&cfg.limits)).await {
+                Ok(p) => Some(p),
+                Err(e) => return (Some(app), d.answer_unread(e).await),
+            },
         }
     };
     // proxy

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Noisy neighbour (issue 15): app B's latency at a fixed rate, alone and while app A is flooded
+# at RATIO times B's rate with its backend stalled (it accepts connections and never answers).
+#
+#   bash balancer/proxy/bench/noisy-neighbour.sh [BINARY]
+#   B_RATE=1000 RATIO=10 DURATION=10s ROUNDS=3 LIMITS=on bash balancer/proxy/bench/noisy-neighbour.sh
+#
+# One pier-balancer worker on CPU 0 (the bench_tls_balancer configuration with apps a and b,
+# isolation as configured: LIMITS=on keeps the defaults, LIMITS=off sets app_max_in_flight = 0),
+# B's backend one nginx worker and the stalled backend (Python) on CPU 1, the load generators
+# (pier-load, open model, latency from each request's scheduled start) on CPU 1. Each round
+# measures B alone, then B with A's flood running beside it, and prints for each: B's
+# responses, errors (failed requests and non-2xx), p50 and p99, and for the flood A's status
+# classes. Rounds alternate nothing else; the medians of B's p99 are printed at the end with
+# their ratio (the issue's goal: B's p99 with the flood within 1.5x of alone, no errors).
+# Needs: nginx, python3, taskset; builds pier-balancer and pier-load (release) unless BINARY.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+B_RATE=${B_RATE:-1000}
+RATIO=${RATIO:-10}
+DURATION=${DURATION:-10s}
+FLOOD_DURATION=${FLOOD_DURATION:-12s}   # the flood starts 1 s before B's run and outlasts it
+ROUNDS=${ROUNDS:-3}
+LIMITS=${LIMITS:-on}
+A_CONNS=${A_CONNS:-3000}
+BIN=${1:-}
+cargo build --release -q -p pier-load
+[ -n "$BIN" ] || { cargo build --release -q -p pier-balancer; BIN=${CARGO_TARGET_DIR:-target}/release/pier-balancer; }
+BIN=$(realpath "$BIN")
+LOAD=$(realpath "${CARGO_TARGET_DIR:-target}/release/pier-load")
+. balancer/proxy/bench/lib.sh
+bench_workdir noisy
+bench_cert
+BACKEND=$(bench_free_port) STALLED=$(bench_free_port) HTTP=$(bench_free_port) HTTPS=$(bench_free_port)
+bench_backend "$BACKEND" 1
+# The stalled backend: accepts, reads, never answers (connections held until the balancer
+# gives up on them).
+taskset -c 1 python3 - "$STALLED" <<'PY' &
+import asyncio, sys
+async def hold(reader, writer):
+    while await reader.read(65536):
+        pass
+    writer.close()
+async def main():
+    server = await asyncio.start_server(hold, "127.0.0.1", int(sys.argv[1]), backlog=4096)
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+PY
+PIDS+=($!)
+ulimit -n 65536 2>/dev/null || true
+if [ "$LIMITS" = off ]; then
+  BALANCER_EXTRA=$'[limits]\napp_max_in_flight = 0'
+fi
+bench_tls_balancer "$HTTP" "$HTTPS" "$BACKEND"
+cat >"$W/routes.toml" <<ROUTES
+[[app]]
+name = "a"
+domains = ["a.test"]
+backends = ["127.0.0.1:$STALLED"]
+[[app]]
+name = "b"
+domains = ["b.test"]
+backends = ["127.0.0.1:$BACKEND"]
+ROUTES
+taskset -c 0 "$BIN" --config "$W/balancer.toml" >"$W/pier.out" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$HTTP") 2>/dev/null && break
+  sleep 0.1
+done
+
+b_load() { # NAME
+  taskset -c 1 "$LOAD" -t1 -c50 -R "$B_RATE" -d "$DURATION" --no-progress --timeout 5s \
+    -H "Host: b.test" --json "$W/$1.json" "http://127.0.0.1:$HTTP/" >/dev/null 2>&1 || true
+}
+a_flood() {
+  taskset -c 1 "$LOAD" -t1 -c "$A_CONNS" -R $((B_RATE * RATIO)) -d "$FLOOD_DURATION" --no-progress \
+    --timeout 30s -H "Host: a.test" --json "$W/flood.json" "http://127.0.0.1:$HTTP/" >/dev/null 2>&1 || true
+}
+summary() { # FILE LABEL
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+lat = r["latency_us"]["corrected"]["percentiles"]
+st = r["status"]
+non2xx = sum(v for k, v in st.items() if not k.startswith("2")) if isinstance(st, dict) else 0
+print(f"{sys.argv[2]:<14} responses={r['requests']['responses']:>7} failed={r['errors']['failed_total']:>5} "
+      f"non2xx={non2xx:>5} p50={lat['50']/1000:7.2f}ms p99={lat['99']/1000:8.2f}ms")
+PY
+}
+flood_summary() {
+  python3 - "$W/flood.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"{'  flood (A)':<14} responses={r['requests']['responses']:>7} failed={r['errors']['failed_total']:>5} status={json.dumps(r['status'])}")
+PY
+}
+echo "pier-balancer $BIN, limits $LIMITS, B at $B_RATE req/s, A at $((B_RATE * RATIO)) req/s over $A_CONNS connections, $DURATION per run"
+for r in $(seq "$ROUNDS"); do
+  b_load "alone$r"
+  summary "$W/alone$r.json" "B alone"
+  a_flood &
+  FLOOD=$!
+  sleep 1
+  b_load "flood$r"
+  wait "$FLOOD" || true
+  summary "$W/flood$r.json" "B with flood"
+  flood_summary
+  echo "  balancer RSS $(ps -o rss= -p "${PIDS[-1]}") KiB, open fds $(ls /proc/"${PIDS[-1]}"/fd | wc -l)"
+  sleep 2
+done
+python3 - "$W" "$ROUNDS" <<'PY'
+import json, statistics, sys
+w, n = sys.argv[1], int(sys.argv[2])
+p99 = lambda f: json.load(open(f"{w}/{f}.json"))["latency_us"]["corrected"]["percentiles"]["99"] / 1000
+alone = statistics.median(p99(f"alone{i}") for i in range(1, n + 1))
+flood = statistics.median(p99(f"flood{i}") for i in range(1, n + 1))
+print(f"median B p99: alone {alone:.2f} ms, with the flood {flood:.2f} ms, ratio {flood / alone:.2f}")
+PY
