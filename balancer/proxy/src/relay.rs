@@ -100,7 +100,12 @@ pub struct RelayLimits {
     pub max_bytes: u64,
 }
 
-const READ_CHUNK: usize = 64 * 1024;
+/// What a read asks the buffer to have room for. 16 KiB, the size of the buffer a backend
+/// connection starts with: a body relayed through a drained buffer reuses that allocation in
+/// place, so a download whose client stops reading holds 16 KiB here rather than the 64 KiB
+/// (plus the first 16) a larger chunk made it grow to; docs/benchmarks/idle-connections.md has
+/// the memory and bench/download.sh the throughput and CPU per GiB of each size.
+const READ_CHUNK: usize = 16 * 1024;
 
 async fn fill<R: AsyncRead + Unpin>(
     src: &mut R,
