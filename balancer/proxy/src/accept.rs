@@ -108,6 +108,22 @@ fn spawn_connection(
     let guard = OpenGuard(Arc::clone(shared));
     let w = Arc::clone(worker);
     tokio::spawn(async move {
+        let mut stream = stream;
+        let mut peer = peer;
+        if cfg.proxy_protocol {
+            let within = w.shared.config.timeouts.client_header;
+            match crate::proxy_protocol::read_header(&mut stream, peer, within).await {
+                Ok(client) => peer = client,
+                Err(e) => {
+                    let m = &w.shared.metrics.proxy_protocol_refused;
+                    m.with_label_values(&[e.reason()]).inc();
+                    tracing::debug!(listener = %cfg.addr, from = %peer, error = %e, "connection closed");
+                    drop(guard);
+                    drop(permit);
+                    return;
+                }
+            }
+        }
         if cfg.tls {
             serve_tls(w, stream, peer, cfg).await;
         } else {

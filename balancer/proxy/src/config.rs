@@ -132,6 +132,8 @@ pub struct ListenerTable {
     pub address: String,
     #[serde(default)]
     pub trusted: bool,
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -229,6 +231,9 @@ pub struct Listener {
     pub trusted: bool,
     /// An `https` listener: TLS first, then HTTP/1.1 or h2 by ALPN.
     pub tls: bool,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) giving the client's
+    /// address ([`crate::proxy_protocol`]).
+    pub proxy_protocol: bool,
 }
 
 /// What the TLS listeners present when a client names a host that has no certificate of its
@@ -570,16 +575,21 @@ impl ConfigFile {
         }
         for (kind, entries, tls) in [("http", http, false), ("https", https, true)] {
             for (i, entry) in entries.iter().enumerate() {
-                let (address, trusted) = match entry {
-                    ListenerEntry::Address(a) => (a.as_str(), false),
-                    ListenerEntry::Full(t) => (t.address.as_str(), t.trusted),
+                let (address, trusted, proxy_protocol) = match entry {
+                    ListenerEntry::Address(a) => (a.as_str(), false, false),
+                    ListenerEntry::Full(t) => (t.address.as_str(), t.trusted, t.proxy_protocol),
                 };
                 let key = format!("listen.{kind}[{i}]");
                 if let Some(addr) = c.addr(&key, address) {
                     if listeners.iter().any(|l: &Listener| l.addr == addr) {
                         c.err(&key, format!("{addr} is listed twice"));
                     }
-                    listeners.push(Listener { addr, trusted, tls });
+                    listeners.push(Listener {
+                        addr,
+                        trusted,
+                        tls,
+                        proxy_protocol,
+                    });
                 }
             }
         }

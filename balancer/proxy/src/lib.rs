@@ -10,8 +10,8 @@
 //!
 //! The request path reads top to bottom; a module imports only from its own layer or below
 //! (docs/architecture.md tells the same story at length):
-//! 1. [`accept`] — listeners, worker runtimes, connection cap, TLS handshake and ALPN, the
-//!    h2c preface, shutdown drain.
+//! 1. [`accept`] — listeners, worker runtimes, connection cap, the PROXY protocol header
+//!    ([`proxy_protocol`]), TLS handshake and ALPN, the h2c preface, shutdown drain.
 //! 2. [`front`] — [`front::h1`] (an HTTP/1.x connection) and [`front::h2`] (an HTTP/2
 //!    connection and its streams, [`front::h2::guard`] against floods) read their protocol into
 //!    one [`downstream::Request`] and implement [`downstream::Downstream`].
@@ -41,6 +41,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod pipeline;
+pub mod proxy_protocol;
 pub mod registry_sync;
 pub mod relay;
 pub mod reload;

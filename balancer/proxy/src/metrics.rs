@@ -43,6 +43,8 @@ pub struct Metrics {
     pub spin_timeouts: IntCounter,
     /// TLS handshakes by result (`ok`, `failed`, `timeout`).
     pub tls_handshakes: IntCounterVec,
+    /// Connections closed on a `proxy_protocol` listener for want of a valid header.
+    pub proxy_protocol_refused: IntCounterVec,
     pub tunnels_open: IntGauge,
     pub tunnels_total: IntCounter,
     pub h2_connections: IntCounter,
@@ -139,6 +141,15 @@ impl Metrics {
         )
         .expect("valid metric");
         register(&r, Box::new(tls_handshakes.clone()));
+        let proxy_protocol_refused = IntCounterVec::new(
+            Opts::new(
+                "pier_proxy_protocol_refused_total",
+                "Connections closed on a proxy_protocol listener without a valid PROXY header, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        register(&r, Box::new(proxy_protocol_refused.clone()));
         let h2_abuse = IntCounterVec::new(
             Opts::new(
                 "pier_h2_abuse_total",
@@ -150,6 +161,7 @@ impl Metrics {
         register(&r, Box::new(h2_abuse.clone()));
         Metrics {
             tls_handshakes,
+            proxy_protocol_refused,
             h2_abuse,
             tunnels_open: gauge(
                 &r,
