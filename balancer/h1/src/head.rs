@@ -250,6 +250,13 @@ impl RequestHead {
             .find(|h| h.kind == kind)
             .map(|h| self.value(h))
     }
+    /// Every value of a known header, in order.
+    pub fn all(&self, kind: Known) -> impl Iterator<Item = &[u8]> + '_ {
+        self.headers
+            .iter()
+            .filter(move |h| h.kind == kind)
+            .map(|h| self.value(h))
+    }
     pub fn is_method(&self, m: &[u8]) -> bool {
         self.method() == m
     }

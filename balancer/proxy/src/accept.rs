@@ -263,6 +263,9 @@ async fn run_worker(worker: Arc<Worker>, socks: Vec<(std::net::TcpListener, List
                 tick.tick().await;
                 w.pool.reap();
                 w.h2_pool.reap(idle);
+                if let Some(l) = &w.shared.client_limits {
+                    l.reap(crate::util::now_ms());
+                }
             }
         })
     };

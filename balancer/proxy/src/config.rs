@@ -206,6 +206,8 @@ pub struct LimitsFile {
     pub app_max_in_flight: Option<u32>,
     pub app_queue: Option<u32>,
     pub app_queue_timeout: Option<String>,
+    pub client_rate: Option<u32>,
+    pub client_burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -375,6 +377,9 @@ pub struct Limits {
     pub app_queue: u32,
     /// How long a request waits for a slot before `503 app-overloaded`.
     pub app_queue_timeout: Duration,
+    /// Requests per second per client address (0 = no limit), and the bucket's size.
+    pub client_rate: u32,
+    pub client_burst: u32,
 }
 
 /// Default of `[limits] app_max_in_flight`: far above what one healthy app has in flight on
@@ -799,12 +804,20 @@ impl ConfigFile {
                 .and_then(|l| l.app_max_in_flight)
                 .unwrap_or(DEFAULT_APP_MAX_IN_FLIGHT),
             app_queue: l.and_then(|l| l.app_queue).unwrap_or(100),
+            client_rate: l.and_then(|l| l.client_rate).unwrap_or(0),
+            // A second's worth by default.
+            client_burst: l
+                .and_then(|l| l.client_burst)
+                .unwrap_or_else(|| l.and_then(|l| l.client_rate).unwrap_or(0)),
             app_queue_timeout: c.duration(
                 "limits.app_queue_timeout",
                 &l.and_then(|l| l.app_queue_timeout.clone()),
                 Duration::from_secs(5),
             ),
         };
+        if limits.client_burst > 0 && limits.client_rate == 0 {
+            c.err("limits.client_burst", "needs limits.client_rate");
+        }
         if limits.app_queue > 1_000_000 {
             c.err("limits.app_queue", "at most 1000000");
         }

@@ -144,6 +144,10 @@ pub trait Downstream: Send {
     fn request_mut(&mut self) -> &mut Request;
     fn method(&self) -> &[u8];
     fn peer(&self) -> SocketAddr;
+
+    /// The last address of the request's `X-Forwarded-For` (see
+    /// [`crate::client_limits::last_forwarded`]).
+    fn forwarded_client(&self) -> Option<std::net::IpAddr>;
     fn listener(&self) -> &Listener;
 
     /// Whether `name` may be answered on this connection (an HTTP/2 connection over TLS serves

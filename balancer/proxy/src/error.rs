@@ -44,6 +44,8 @@ pub enum ProxyError {
     /// The app has as many requests in flight as its limit allows and its queue is full, or a
     /// request waited in it too long.
     AppOverloaded,
+    /// The client sent more requests than `[limits] client_rate` allows.
+    RateLimited,
     /// Every attempt to connect to a backend failed.
     UpstreamConnect,
     /// TLS with an `https://` backend failed (its certificate did not verify, it refused
@@ -79,6 +81,7 @@ impl ProxyError {
             HeaderTimeout | BodyTimeout => 408,
             UnknownHost => 404,
             NoBackend | AppOverloaded => 503,
+            RateLimited => 429,
             UpstreamConnect
             | UpstreamTls(_)
             | UpstreamClosed
@@ -104,6 +107,7 @@ impl ProxyError {
             UnknownHost => "unknown-host",
             NoBackend => "no-backend",
             AppOverloaded => "app-overloaded",
+            RateLimited => "rate-limited",
             UpstreamConnect => "upstream-connect-failed",
             UpstreamTls(_) => "upstream-tls",
             UpstreamConnectTimeout => "upstream-connect-timeout",
@@ -121,9 +125,8 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             Head(_) | Framing(_) | RequestChunk(_) | BadHost | BadTarget | ConnectNotSupported
-            | BodyTooLarge | HeaderTimeout | BodyTimeout | BadH2Request(_) | Misdirected => {
-                Party::Client
-            }
+            | BodyTooLarge | HeaderTimeout | BodyTimeout | BadH2Request(_) | Misdirected
+            | RateLimited => Party::Client,
             UnknownHost | NoBackend | AppOverloaded => Party::Pier,
             UpstreamConnect
             | UpstreamTls(_)
@@ -148,7 +151,7 @@ impl ProxyError {
     /// The `Retry-After` seconds sent with the answer, where waiting helps.
     pub fn retry_after(self) -> Option<u32> {
         match self {
-            ProxyError::AppOverloaded => Some(1),
+            ProxyError::AppOverloaded | ProxyError::RateLimited => Some(1),
             _ => None,
         }
     }
@@ -162,6 +165,7 @@ impl ProxyError {
             UnknownHost
                 | NoBackend
                 | AppOverloaded
+                | RateLimited
                 | UpstreamConnect
                 | UpstreamTls(_)
                 | UpstreamConnectTimeout

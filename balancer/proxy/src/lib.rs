@@ -16,7 +16,7 @@
 //!    connection and its streams, [`front::h2::guard`] against floods) read their protocol into
 //!    one [`downstream::Request`] and implement [`downstream::Downstream`].
 //! 3. [`pipeline`] — route, action, upstream peer, proxy, logging: written once; its per-app
-//!    limit on requests in flight is [`admission`].
+//!    limit on requests in flight is [`admission`], the per-client rate [`client_limits`].
 //! 4. [`upstream`] — backend selection with retries and ejection, the exchange with HTTP/1.1
 //!    ([`upstream::h1`]) and h2c ([`upstream::h2c`]) backends, the pools ([`upstream::pool`]).
 //! 5. Below them all: [`relay`] (bodies and tunnels between sockets), [`h2io`] (h2 streams as
@@ -32,6 +32,7 @@
 pub mod accept;
 pub mod admin;
 pub mod admission;
+pub mod client_limits;
 pub mod config;
 pub mod downstream;
 pub mod error;

@@ -73,6 +73,18 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
             return (None, d.answer(&resp).await);
         }
     }
+    // the client's request rate (before routing: a flood costs no lookup)
+    if let Some(limits) = &w.shared.client_limits {
+        let peer = d.peer().ip();
+        let client = if d.listener().trusted {
+            d.forwarded_client().unwrap_or(peer)
+        } else {
+            peer
+        };
+        if !limits.allow(client, d.request().start_ms) {
+            return (None, d.answer_unread(ProxyError::RateLimited).await);
+        }
+    }
     // route
     let app = {
         let name = d.request().name();

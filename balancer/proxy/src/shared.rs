@@ -41,6 +41,8 @@ pub struct Shared {
     pub spin_held: AtomicUsize,
     /// Router lines and stats, with a registry.
     pub telemetry: Option<crate::telemetry::Telemetry>,
+    /// Token buckets per client address, when `[limits] client_rate` is set.
+    pub client_limits: Option<crate::client_limits::ClientLimits>,
     /// The files the routes file named, read for the table in use (watched with it).
     routes_files: std::sync::Mutex<Vec<std::path::PathBuf>>,
 }
@@ -110,7 +112,14 @@ impl Shared {
             }
             _ => None,
         };
+        let client_limits = (config.limits.client_rate > 0).then(|| {
+            crate::client_limits::ClientLimits::new(
+                config.limits.client_rate,
+                config.limits.client_burst,
+            )
+        });
         Ok(Arc::new(Shared {
+            client_limits,
             config,
             routes,
             tls,

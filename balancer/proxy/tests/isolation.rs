@@ -136,3 +136,53 @@ async fn the_config_sets_the_default_and_an_app_may_turn_it_off() {
     assert_eq!(first.await.unwrap().status, 200);
     assert_eq!(get(addr, "tight.test", "/").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_gets_429_and_others_are_served() {
+    let be = Backend::start("b").await;
+    let routes = app_routes("blog", &["blog.test"], &[be.addr], "");
+    let trusted = pier_testkit::net::free_port();
+    let config = format!(
+        "[listen]\nhttp = [\"127.0.0.1:{{port}}\", {{ address = \"127.0.0.1:{trusted}\", trusted = true }}]\n\
+         [limits]\nclient_rate = 1\nclient_burst = 3\n"
+    );
+    let b = Balancer::start(&routes, &config).await;
+    let mut c = pier_testkit::h1::Conn::connect(b.addr()).await;
+    let one = b"GET / HTTP/1.1\r\nHost: blog.test\r\n\r\n";
+    for i in 0..3 {
+        c.send(one).await;
+        assert_eq!(c.read_response(false).await.unwrap().status, 200, "{i}");
+    }
+    c.send(one).await;
+    let r = c.read_response(false).await.unwrap();
+    assert_eq!(r.status, 429, "{}", r.head);
+    assert_eq!(r.header("x-pier-error"), Some("rate-limited"));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // The connection stays usable, and a token comes back within a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.send(one).await;
+    assert_eq!(c.read_response(false).await.unwrap().status, 200);
+    assert_eq!(be.count(), 4);
+
+    // Behind a trusted proxy, each forwarded client has its own bucket.
+    let proxy = std::net::SocketAddr::from(([127, 0, 0, 1], trusted));
+    let mut p = pier_testkit::h1::Conn::connect(proxy).await;
+    for client in ["203.0.113.1", "203.0.113.2"] {
+        for _ in 0..3 {
+            p.send(
+                format!("GET / HTTP/1.1\r\nHost: blog.test\r\nX-Forwarded-For: 10.9.9.9, {client}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await;
+            assert_eq!(
+                p.read_response(false).await.unwrap().status,
+                200,
+                "{client}"
+            );
+        }
+    }
+    p.send(b"GET / HTTP/1.1\r\nHost: blog.test\r\nX-Forwarded-For: 203.0.113.1\r\n\r\n")
+        .await;
+    assert_eq!(p.read_response(false).await.unwrap().status, 429);
+    assert!(b.metrics().await.contains("reason=\"rate-limited\"} 2"));
+}

@@ -120,6 +120,10 @@ impl Downstream for H1Request {
         self.head.method()
     }
 
+    fn forwarded_client(&self) -> Option<std::net::IpAddr> {
+        crate::client_limits::last_forwarded(self.head.all(pier_h1::head::Known::XForwardedFor))
+    }
+
     fn peer(&self) -> SocketAddr {
         self.client.peer
     }

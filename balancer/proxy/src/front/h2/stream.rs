@@ -291,6 +291,11 @@ impl Downstream for H2Stream {
         self.parts.method.as_str().as_bytes()
     }
 
+    fn forwarded_client(&self) -> Option<std::net::IpAddr> {
+        let values = self.parts.headers.get_all("x-forwarded-for");
+        crate::client_limits::last_forwarded(values.iter().map(|v| v.as_bytes()))
+    }
+
     fn peer(&self) -> SocketAddr {
         self.info.peer
     }
