@@ -179,6 +179,7 @@ pub fn routes_json(table: &RouteTable) -> serde_json::Value {
                     "server_name": b.tls.as_ref().and_then(|t| t.server_name.as_deref()),
                     "outstanding": b.state.outstanding(),
                     "ejected": b.state.is_ejected(now),
+                    "health": s.health_check.as_ref().map(|_| if b.state.is_check_down() { "down" } else { "up" }),
                     "expires_at_ms": (b.expires_at_ms != 0).then_some(b.expires_at_ms),
                 })).collect::<Vec<_>>(),
             })

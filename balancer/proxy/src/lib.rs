@@ -24,7 +24,8 @@
 //!    [`error`] (the one error type and the abort reasons), [`outcome`], [`shared`] (state of
 //!    the workers), [`tls`], [`config`], [`metrics`], [`util`].
 //!
-//! Around it: [`reload`] (routes file → table → `ArcSwap`), [`registry_sync`] (the Redis
+//! Around it: [`health`] (active health checks of backends), [`reload`] (routes file → table →
+//! `ArcSwap`), [`registry_sync`] (the Redis
 //! registry → table edits → `ArcSwap`), [`admin`] (`/metrics`, `/healthz`, `/routes`),
 //! [`logging`], [`telemetry`] (router lines and per-app stats to the registry's Redis, off the
 //! request path).
@@ -38,6 +39,7 @@ pub mod downstream;
 pub mod error;
 pub mod front;
 pub mod h2io;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod outcome;

@@ -128,6 +128,7 @@ fn run(
         if let Some(l) = admin_listener {
             tokio::spawn(admin::serve_admin(Arc::clone(&shared), l));
         }
+        tokio::spawn(pier_balancer::health::run(Arc::clone(&shared)));
         if cfg.routes_watch && cfg.routes_file.is_some() {
             tokio::spawn(reload::watch_file(
                 Arc::clone(&shared),

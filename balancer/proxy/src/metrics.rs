@@ -45,6 +45,10 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     /// Connections closed on a `proxy_protocol` listener for want of a valid header.
     pub proxy_protocol_refused: IntCounterVec,
+    /// Active health check probes, by result.
+    pub health_checks: IntCounterVec,
+    /// Backends out of rotation for failing their health check now.
+    pub backends_check_down: IntGauge,
     pub tunnels_open: IntGauge,
     pub tunnels_total: IntCounter,
     pub h2_connections: IntCounter,
@@ -150,6 +154,15 @@ impl Metrics {
         )
         .expect("valid metric");
         register(&r, Box::new(proxy_protocol_refused.clone()));
+        let health_checks = IntCounterVec::new(
+            Opts::new(
+                "pier_health_checks_total",
+                "Active health check probes of backends, by result (pass, fail)",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        register(&r, Box::new(health_checks.clone()));
         let h2_abuse = IntCounterVec::new(
             Opts::new(
                 "pier_h2_abuse_total",
@@ -162,6 +175,12 @@ impl Metrics {
         Metrics {
             tls_handshakes,
             proxy_protocol_refused,
+            health_checks,
+            backends_check_down: gauge(
+                &r,
+                "pier_backends_check_down",
+                "Backends out of rotation now for failing their active health check",
+            ),
             h2_abuse,
             tunnels_open: gauge(
                 &r,

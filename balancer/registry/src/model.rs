@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pier_routes::app::{check_hsts, BackendProtocol};
+use pier_routes::app::{check_hsts, BackendProtocol, HealthCheck, Probe};
 use pier_routes::{Action, AppSettings, Policy, Timeouts};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +50,70 @@ pub struct AppRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub backend_protocol: Option<String>,
+    /// Active health checks of the app's backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub health_check: Option<HealthCheckRecord>,
+}
+
+/// An app's active health check: an HTTP `path` (answered with `expect`, default 200) or `tcp`;
+/// every `interval_ms` (default 5000), each probe within `timeout_ms` (default 2000); a backend
+/// failing `fall` (3) in a row leaves rotation until it passes `rise` (2) in a row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = HealthCheck))]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tcp: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub expect: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub interval_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub rise: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub fall: Option<u32>,
+}
+
+impl HealthCheckRecord {
+    pub fn to_check(&self) -> Result<HealthCheck, String> {
+        HealthCheck::new(
+            self.path.as_deref(),
+            self.tcp,
+            self.expect,
+            self.interval_ms.map(Duration::from_millis),
+            self.timeout_ms.map(Duration::from_millis),
+            self.rise,
+            self.fall,
+        )
+    }
+
+    pub fn from_check(c: &HealthCheck) -> HealthCheckRecord {
+        let (path, tcp, expect) = match &c.probe {
+            Probe::Http { path, expect } => (Some(path.to_string()), false, Some(*expect)),
+            Probe::Tcp => (None, true, None),
+        };
+        HealthCheckRecord {
+            path,
+            tcp,
+            expect,
+            interval_ms: Some(c.interval.as_millis() as u64),
+            timeout_ms: Some(c.timeout.as_millis() as u64),
+            rise: Some(c.rise),
+            fall: Some(c.fall),
+        }
+    }
 }
 
 /// Per-app upstream timeouts, in milliseconds.
@@ -140,6 +204,7 @@ impl AppRecord {
             max_body: s.max_body,
             retries: s.retries,
             max_in_flight: s.max_in_flight,
+            health_check: s.health_check.as_ref().map(HealthCheckRecord::from_check),
             timeouts: TimeoutsRecord {
                 connect_ms: ms(s.timeouts.connect),
                 first_byte_ms: ms(s.timeouts.first_byte),
@@ -275,6 +340,11 @@ impl AppRecord {
             https_redirect: self.https_redirect,
             hsts: self.hsts.as_deref().map(Box::from),
             backend_protocol,
+            health_check: self
+                .health_check
+                .as_ref()
+                .map(HealthCheckRecord::to_check)
+                .transpose()?,
         }))
     }
 }

@@ -6,7 +6,7 @@
 //! forgets that a backend is ejected.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use once_cell::race::OnceBox;
@@ -90,6 +90,100 @@ pub struct AppSettings {
     pub hsts: Option<Box<str>>,
     /// What the app's backends speak.
     pub backend_protocol: BackendProtocol,
+    /// Active health checks of the app's backends (`None`: passive ejection only).
+    pub health_check: Option<HealthCheck>,
+}
+
+/// An app's active health check: every `interval` each backend is probed; one that fails
+/// `fall` probes in a row leaves rotation until it passes `rise` in a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+/// What a probe does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// `GET path` over a new connection (TLS for an `https://` backend); passes on `expect`.
+    Http { path: Box<str>, expect: u16 },
+    /// A TCP connection opened within the timeout.
+    Tcp,
+}
+
+impl HealthCheck {
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const DEFAULT_RISE: u32 = 2;
+    pub const DEFAULT_FALL: u32 = 3;
+
+    /// Checks a health check as written (the routes file's and the registry's share this):
+    /// exactly one of an HTTP `path` (an absolute path in visible ASCII, answered with `expect`,
+    /// default 200) and `tcp`; an interval of 100 ms to 1 hour, a timeout above zero (cut to
+    /// the interval), `rise` and `fall` of 1 to 100.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        path: Option<&str>,
+        tcp: bool,
+        expect: Option<u16>,
+        interval: Option<Duration>,
+        timeout: Option<Duration>,
+        rise: Option<u32>,
+        fall: Option<u32>,
+    ) -> Result<HealthCheck, String> {
+        let probe = match (path, tcp) {
+            (Some(_), true) => return Err("health_check: path and tcp are exclusive".into()),
+            (None, false) => {
+                return Err("health_check: give a path (HTTP) or tcp = true".into());
+            }
+            (None, true) => {
+                if expect.is_some() {
+                    return Err("health_check: expect needs a path".into());
+                }
+                Probe::Tcp
+            }
+            (Some(p), false) => {
+                if !p.starts_with('/') || p.len() > 1024 || !p.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(format!(
+                        "health_check.path {p:?} must be an absolute path of visible ASCII (at most 1024)"
+                    ));
+                }
+                let expect = expect.unwrap_or(200);
+                if !(100..=599).contains(&expect) {
+                    return Err(format!("health_check.expect {expect} is not a status"));
+                }
+                Probe::Http {
+                    path: p.into(),
+                    expect,
+                }
+            }
+        };
+        let interval = interval.unwrap_or(Self::DEFAULT_INTERVAL);
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&interval) {
+            return Err("health_check.interval must be between 100 ms and 1 hour".into());
+        }
+        // A probe never outlasts its interval: a longer timeout is cut to it.
+        let timeout = timeout.unwrap_or(Self::DEFAULT_TIMEOUT).min(interval);
+        if timeout.is_zero() {
+            return Err("health_check.timeout must be above zero".into());
+        }
+        let rise = rise.unwrap_or(Self::DEFAULT_RISE);
+        let fall = fall.unwrap_or(Self::DEFAULT_FALL);
+        if !(1..=100).contains(&rise) || !(1..=100).contains(&fall) {
+            return Err("health_check.rise and fall must be between 1 and 100".into());
+        }
+        Ok(HealthCheck {
+            probe,
+            interval,
+            timeout,
+            rise,
+            fall,
+        })
+    }
 }
 
 /// The protocol pier speaks to an app's backends.
@@ -250,6 +344,10 @@ pub struct BackendState {
     outstanding: AtomicU32,
     failures: AtomicU32,
     ejected_until_ms: AtomicU64,
+    /// Failed its active health check (`fall` probes in a row), until it passes `rise`.
+    check_down: AtomicBool,
+    /// Probes in a row that passed (positive) or failed (negative); written by the checker.
+    check_streak: AtomicI32,
 }
 
 impl BackendState {
@@ -259,6 +357,34 @@ impl BackendState {
 
     pub fn is_ejected(&self, now_ms: u64) -> bool {
         self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Whether the backend is out of rotation for failing its health check.
+    pub fn is_check_down(&self) -> bool {
+        self.check_down.load(Ordering::Relaxed)
+    }
+
+    /// Counts one probe's result against `check`'s rise and fall. Returns the new state when
+    /// this probe changed it (`Some(true)`: back up, `Some(false)`: down).
+    pub fn record_probe(&self, passed: bool, check: &HealthCheck) -> Option<bool> {
+        let streak = self.check_streak.load(Ordering::Relaxed);
+        let streak = match (passed, streak) {
+            (true, s) if s > 0 => s.saturating_add(1),
+            (true, _) => 1,
+            (false, s) if s < 0 => s.saturating_sub(1),
+            (false, _) => -1,
+        };
+        self.check_streak.store(streak, Ordering::Relaxed);
+        let down = self.is_check_down();
+        if down && streak >= check.rise as i32 {
+            self.check_down.store(false, Ordering::Relaxed);
+            Some(true)
+        } else if !down && -streak >= check.fall as i32 {
+            self.check_down.store(true, Ordering::Relaxed);
+            Some(false)
+        } else {
+            None
+        }
     }
 
     pub fn record_success(&self) {
@@ -286,6 +412,8 @@ impl BackendState {
             outstanding: AtomicU32::new(0),
             failures: AtomicU32::new(self.failures.load(Ordering::Relaxed)),
             ejected_until_ms: AtomicU64::new(self.ejected_until_ms.load(Ordering::Relaxed)),
+            check_down: AtomicBool::new(self.is_check_down()),
+            check_streak: AtomicI32::new(self.check_streak.load(Ordering::Relaxed)),
         }
     }
 }
@@ -464,7 +592,10 @@ impl App {
             let b = &self.backends[i];
             !tried.contains(&i) && b.is_live(now_ms)
         };
-        let healthy = |i: usize| live(i) && !self.backends[i].state.is_ejected(now_ms);
+        let healthy = |i: usize| {
+            let state = &self.backends[i].state;
+            live(i) && !state.is_ejected(now_ms) && !state.is_check_down()
+        };
         match self.settings.policy {
             Policy::RoundRobin => {
                 let start = self.with_counters(|c| c.rr.fetch_add(1, Ordering::Relaxed)) as usize;

@@ -83,6 +83,7 @@ pub struct AppFile {
     pub https_redirect: bool,
     pub hsts: Option<String>,
     pub backend_protocol: Option<String>,
+    pub health_check: Option<HealthCheckFile>,
     pub timeouts: Option<TimeoutsFile>,
     pub redirect: Option<RedirectFile>,
     #[serde(rename = "static")]
@@ -113,6 +114,20 @@ pub struct TimeoutsFile {
     pub connect: Option<String>,
     pub first_byte: Option<String>,
     pub idle: Option<String>,
+}
+
+/// `health_check = { path = "/healthz", interval = "2s", ... }` or `{ tcp = true }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    pub path: Option<String>,
+    #[serde(default)]
+    pub tcp: bool,
+    pub expect: Option<u16>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -468,6 +483,30 @@ impl AppFile {
                 );
             }
         }
+        let health_check = self.health_check.as_ref().and_then(|h| {
+            let mut duration =
+                |name: &str, v: &Option<String>| match v.as_deref().map(parse_duration) {
+                    None => None,
+                    Some(Ok(d)) => Some(d),
+                    Some(Err(r)) => {
+                        err(format!("{key}.health_check.{name}"), r);
+                        None
+                    }
+                };
+            let interval = duration("interval", &h.interval);
+            let timeout = duration("timeout", &h.timeout);
+            crate::app::HealthCheck::new(
+                h.path.as_deref(),
+                h.tcp,
+                h.expect,
+                interval,
+                timeout,
+                h.rise,
+                h.fall,
+            )
+            .map_err(|r| err(format!("{key}.health_check"), r))
+            .ok()
+        });
         if errors.len() > before {
             return None;
         }
@@ -486,6 +525,7 @@ impl AppFile {
                 https_redirect: self.https_redirect,
                 hsts: self.hsts.as_deref().map(Box::from),
                 backend_protocol,
+                health_check,
             }),
         })
     }

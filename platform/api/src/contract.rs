@@ -79,6 +79,28 @@ pub fn tighten(s: &mut Value) {
     for t in ["connect_ms", "first_byte_ms", "idle_ms"] {
         s["Timeouts"]["properties"][t]["minimum"] = json!(1);
     }
+    // Active health checks: an HTTP path or tcp, exactly one (pier_routes::app::HealthCheck::new).
+    let hc = &mut s["HealthCheck"];
+    hc["properties"]["path"]["pattern"] = json!("^/[!-~]{0,1023}$");
+    hc["properties"]["path"]["description"] =
+        json!("an absolute path of visible ASCII, at most 1024 characters");
+    hc["properties"]["expect"]["minimum"] = json!(100);
+    hc["properties"]["expect"]["maximum"] = json!(599);
+    hc["properties"]["interval_ms"]["minimum"] = json!(100);
+    hc["properties"]["interval_ms"]["maximum"] = json!(3_600_000);
+    hc["properties"]["timeout_ms"]["minimum"] = json!(1);
+    for n in ["rise", "fall"] {
+        hc["properties"][n]["minimum"] = json!(1);
+        hc["properties"][n]["maximum"] = json!(100);
+    }
+    hc["oneOf"] = json!([
+        { "required": ["path"], "properties": { "tcp": { "const": false } } },
+        {
+            "required": ["tcp"],
+            "properties": { "tcp": { "const": true } },
+            "not": { "anyOf": [{ "required": ["path"] }, { "required": ["expect"] }] }
+        }
+    ]);
     if let Some(forms) = s["Action"]["oneOf"].as_array_mut() {
         for form in forms {
             form["additionalProperties"] = json!(false);

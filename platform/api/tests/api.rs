@@ -344,6 +344,52 @@ async fn an_apps_limit_on_requests_in_flight_is_set_and_reset() {
     );
 }
 
+#[tokio::test]
+async fn health_checks_are_set_checked_and_reset() {
+    let api = ApiServer::start().await;
+    let owner = api.app_with_owner("blog").await;
+    let patch = |v: serde_json::Value| json!({ "health_check": v });
+    let r = owner
+        .call(
+            Method::PATCH,
+            "/v1/apps/blog",
+            Some(patch(
+                json!({ "path": "/healthz", "interval_ms": 1000, "fall": 2 }),
+            )),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let stored = api.registry.app("blog").await.unwrap().unwrap();
+    let hc = stored.health_check.unwrap();
+    assert_eq!(hc.path.as_deref(), Some("/healthz"));
+    assert_eq!((hc.interval_ms, hc.fall), (Some(1000), Some(2)));
+    // Refused by the contract's schema or by the balancer's own rules, naming the field.
+    for (bad, why) in [
+        (json!({ "path": "/h", "tcp": true }), "health_check"),
+        (json!({}), "health_check"),
+        (json!({ "tcp": true, "interval_ms": 5 }), "interval"),
+        (json!({ "path": "/h", "colour": "red" }), "colour"),
+    ] {
+        let r = owner
+            .call(Method::PATCH, "/v1/apps/blog", Some(patch(bad.clone())))
+            .await;
+        assert_eq!(r.status, 422, "{bad}: {}", r.text);
+        assert!(r.text.contains(why), "{bad}: {}", r.text);
+    }
+    let r = owner
+        .call(Method::PATCH, "/v1/apps/blog", Some(patch(json!(null))))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(api
+        .registry
+        .app("blog")
+        .await
+        .unwrap()
+        .unwrap()
+        .health_check
+        .is_none());
+}
+
 /// Registers a backend at `address` for app `blog`.
 async fn add_backend(api: &Api, address: &str) -> pier_model::client::ApiResponse {
     let body = json!({ "address": address });

@@ -73,6 +73,8 @@ pub struct AppSettingsPatch {
     pub hsts: Option<Option<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_protocol: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<Option<pier_registry::model::HealthCheckRecord>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
