@@ -186,3 +186,39 @@ async fn a_client_over_its_rate_gets_429_and_others_are_served() {
     assert_eq!(p.read_response(false).await.unwrap().status, 429);
     assert!(b.metrics().await.contains("reason=\"rate-limited\"} 2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_count_against_the_same_limit() {
+    // h2c with prior knowledge: three streams at once on one connection to an app with two
+    // slots and no queue: one is refused with the reason, the others are served.
+    let (b, _slow, _fast) = two_apps("[limits]\napp_queue = 0\n").await;
+    let tcp = tokio::net::TcpStream::connect(b.addr()).await.unwrap();
+    let send = pier_testkit::h2::h2_client(tcp).await;
+    let streams: Vec<_> = (0..3)
+        .map(|i| {
+            let mut send = send.clone();
+            tokio::spawn(async move {
+                // Staggered so the refused one is the last.
+                tokio::time::sleep(Duration::from_millis(100 * i)).await;
+                let (parts, _) =
+                    pier_testkit::h2::h2_get(&mut send, "http://slow.test/slow/800", None)
+                        .await
+                        .unwrap();
+                (
+                    parts.status.as_u16(),
+                    parts
+                        .headers
+                        .get("x-pier-error")
+                        .map(|v| v.to_str().unwrap().to_string()),
+                )
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for s in streams {
+        answers.push(s.await.unwrap());
+    }
+    assert_eq!(answers[0].0, 200);
+    assert_eq!(answers[1].0, 200);
+    assert_eq!(answers[2], (503, Some("app-overloaded".to_string())));
+}
