@@ -15,8 +15,11 @@ pub struct Outcome {
     pub bytes_out: u64,
     /// From the request sent to the backend's response head.
     pub first_byte: Option<Duration>,
-    /// From the request head to the backend connection in hand (picked, connected or reused).
+    /// From the request head to the backend connection in hand (picked, connected or reused),
+    /// the time in the app's queue included.
     pub connect: Option<Duration>,
+    /// How long the request waited in its app's queue for a slot (`None`: it did not wait).
+    pub queue: Option<Duration>,
     /// Whether the client connection may carry another request.
     pub keep_alive: bool,
     /// Set when pier answered the request itself with an error.
@@ -40,6 +43,7 @@ impl Outcome {
             error,
             aborted: None,
             end: None,
+            queue: None,
         }
     }
 

@@ -151,6 +151,7 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
     }
     // The app's limit on requests in flight (WebSocket handshakes are not counted: a tunnel
     // lives as long as its connection, bounded by the connection limits).
+    let mut queue = None;
     let _permit = if d.upgrading() {
         None
     } else {
@@ -158,10 +159,18 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
             Ok(p) => Some(p),
             // Boxed: the wait is the rare path, and its future should not sit in every
             // request's.
-            Err(queued) => match Box::pin(queued.wait(&cfg.limits)).await {
-                Ok(p) => Some(p),
-                Err(e) => return (Some(app), d.answer_unread(e).await),
-            },
+            Err(queued) => {
+                let since = Instant::now();
+                let waited = Box::pin(queued.wait(&cfg.limits)).await;
+                queue = Some(since.elapsed());
+                match waited {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        let o = d.answer_unread(e).await;
+                        return (Some(app), Outcome { queue, ..o });
+                    }
+                }
+            }
         }
     };
     // proxy
@@ -179,7 +188,7 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
         }
         _ => upstream::h1::proxy(w, d, &app, hsts).await,
     };
-    (Some(app), o)
+    (Some(app), Outcome { queue, ..o })
 }
 
 /// Where the ACME HTTP-01 challenges are asked for (RFC 8555 §8.3).
@@ -280,6 +289,8 @@ fn record<D: Downstream>(w: &Worker, d: &D, end: Instant, app: Option<&Arc<App>>
         upstream = %o.upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
         duration_us = elapsed.as_micros() as u64,
         first_byte_us = o.first_byte.map_or(0, |d| d.as_micros() as u64),
+        connect_us = o.connect.map_or(0, |d| d.as_micros() as u64),
+        queue_us = o.queue.map_or(0, |d| d.as_micros() as u64),
         bytes = o.bytes_out,
         request_id = %String::from_utf8_lossy(x.request_id),
         error = o.error.map_or("-", ProxyError::reason),

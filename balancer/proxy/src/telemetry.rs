@@ -263,6 +263,12 @@ fn router_line(app: &App, x: &Access<'_>, o: &Outcome, total: Duration) -> Line 
         s.push_str(n.format(v));
         s.push_str(unit);
     }
+    if let Some(q) = o.queue {
+        // Only when the request waited for a slot of its app (`connect` includes it).
+        s.push_str(" queue=");
+        s.push_str(n.format(ms(Some(q))));
+        s.push_str("ms");
+    }
     s.push_str(" protocol=");
     s.push_str(x.protocol);
     s

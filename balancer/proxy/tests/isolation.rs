@@ -110,6 +110,19 @@ async fn a_queued_request_takes_the_first_slot_given_back() {
         assert_eq!(h.await.unwrap().status, 200);
     }
     assert_eq!(slow.count(), 3);
+    // The access log says how long it waited in the queue (and nothing for the others).
+    b.wait_log("/queued").await;
+    let log = b.log_text();
+    let line = log.lines().find(|l| l.contains("path=/queued")).unwrap();
+    let queue_us: u64 = line
+        .split("queue_us=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(queue_us >= 250_000, "{line}");
+    let held_line = log.lines().find(|l| l.contains("path=/slow/600")).unwrap();
+    assert!(held_line.contains("queue_us=0"), "{held_line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
