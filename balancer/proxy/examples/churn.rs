@@ -48,6 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let rec = BackendRecord {
                         address: backend,
                         expires_at_ms: 0,
+                        weight: None,
                         server_name: None,
                     };
                     reg.put_backend(&app, "churn", &rec).await.map(|_| ())

@@ -53,6 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             &BackendRecord {
                 address: backend.clone(),
                 expires_at_ms: 0,
+                weight: None,
                 server_name: None,
             },
         )

@@ -177,6 +177,7 @@ pub fn routes_json(table: &RouteTable) -> serde_json::Value {
                     "id": b.id(),
                     "address": pier_routes::spec::backend_address(b.addr, b.tls.is_some()),
                     "server_name": b.tls.as_ref().and_then(|t| t.server_name.as_deref()),
+                    "weight": b.weight,
                     "outstanding": b.state.outstanding(),
                     "ejected": b.state.is_ejected(now),
                     "health": s.health_check.as_ref().map(|_| if b.state.is_check_down() { "down" } else { "up" }),

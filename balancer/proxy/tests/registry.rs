@@ -32,6 +32,7 @@ async fn add_app(reg: &Registry, app: &str, domains: &[&str], backends: &[std::n
             &BackendRecord {
                 address: b.to_string(),
                 expires_at_ms: 0,
+                weight: None,
                 server_name: None,
             },
         )
@@ -276,6 +277,7 @@ async fn expired_backends_are_skipped_without_any_event() {
             address: be.addr.to_string(),
             expires_at_ms: deadline,
             server_name: None,
+            weight: None,
         },
     )
     .await
@@ -303,6 +305,7 @@ async fn expired_backends_are_skipped_without_any_event() {
             address: be.addr.to_string(),
             expires_at_ms: pier_now_ms() + 60_000,
             server_name: None,
+            weight: None,
         },
     )
     .await
@@ -342,6 +345,7 @@ async fn spin_holds_requests_until_a_backend_registers() {
         &BackendRecord {
             address: be.addr.to_string(),
             expires_at_ms: 0,
+            weight: None,
             server_name: None,
         },
     )
@@ -477,6 +481,7 @@ async fn backends_do_not_expire_while_the_registry_is_unreachable() {
             address: be.addr.to_string(),
             expires_at_ms: pier_now_ms() + ttl_ms,
             server_name: None,
+            weight: None,
         },
     )
     .await
@@ -508,6 +513,7 @@ async fn backends_do_not_expire_while_the_registry_is_unreachable() {
             address: be.addr.to_string(),
             expires_at_ms: pier_now_ms() - 1,
             server_name: None,
+            weight: None,
         },
     )
     .await

@@ -26,6 +26,7 @@ async fn add_app(reg: &Registry, app: &str, host: &str, backend: std::net::Socke
         &BackendRecord {
             address: backend.to_string(),
             expires_at_ms: 0,
+            weight: None,
             server_name: None,
         },
     )

@@ -418,6 +418,7 @@ async fn registry_certificates_are_served_and_swapped_without_restart() {
         &BackendRecord {
             address: backend.addr.to_string(),
             expires_at_ms: 0,
+            weight: None,
             server_name: None,
         },
     )
@@ -774,6 +775,7 @@ async fn registry_https_backends_are_verified_and_the_router_line_says_why_not()
         let rec = BackendRecord {
             address: format!("https://{}", be.addr),
             expires_at_ms: 0,
+            weight: None,
             server_name: server_name.map(str::to_string),
         };
         reg.put_backend(app, "web.1", &rec).await.unwrap();

@@ -292,3 +292,26 @@ async fn malformed_backend_responses_are_502_and_the_connection_is_not_reused() 
         before + 1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_share_an_apps_requests_in_proportion() {
+    let heavy = Backend::start("heavy").await;
+    let light = Backend::start("light").await;
+    let routes = format!(
+        "[[app]]\nname = \"blog\"\ndomains = [\"blog.test\"]\n\
+         backends = [{{ address = \"{}\", weight = 3 }}, \"{}\"]\n",
+        heavy.addr, light.addr
+    );
+    let b = Balancer::start(&routes, "[runtime]\nworkers = 1\n").await;
+    for _ in 0..400 {
+        assert_eq!(get(b.addr(), "blog.test", "/").await.status, 200);
+    }
+    // Round-robin by weight: 3 of every 4 (a retry on a fresh connection would take a turn
+    // of its own, hence the slack).
+    assert!((295..=305).contains(&heavy.count()), "{}", heavy.count());
+    assert_eq!(heavy.count() + light.count(), 400);
+    // A weight out of range is refused with its key.
+    let bad = routes.replace("weight = 3", "weight = 0");
+    let err = Balancer::try_start(&bad, "").await.err().unwrap();
+    assert!(err.contains("backends[0].weight"), "{err}");
+}

@@ -53,6 +53,7 @@ fn backend_spec(id: &str, rec: &BackendRecord) -> Result<BackendSpec, String> {
         addr,
         tls,
         expires_at_ms: rec.expires_at_ms,
+        weight: pier_routes::spec::check_weight(rec.weight.unwrap_or(1))?,
     })
 }
 
@@ -328,6 +329,7 @@ fn write_snapshot(
                 address: spec.address(),
                 expires_at_ms: b.expires_at_ms,
                 server_name: spec.tls.and_then(|t| t.server_name).map(|n| n.to_string()),
+                weight: (spec.weight != 1).then_some(spec.weight),
             })
             .map_err(std::io::Error::other)?;
             let sep = if first { "" } else { "," };

@@ -407,6 +407,9 @@ pub struct BackendRecord {
     /// (default: the address's IP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
+    /// Share of the app's requests relative to its other backends (1 to 1000; absent: 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
 /// A domain's TLS certificate, stored under `certs` by domain pattern. The domain must be a

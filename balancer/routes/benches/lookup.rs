@@ -38,6 +38,7 @@ pub fn spec(n: usize) -> RouteSpec {
                     addr: "127.0.0.1:9000".parse().expect("literal address"),
                     tls: None,
                     expires_at_ms: 0,
+                    weight: 1,
                 }],
                 settings: Arc::clone(&settings),
             })

@@ -51,6 +51,7 @@ fn main() {
                     addr: "127.0.0.1:9000".parse().expect("literal address"),
                     tls: None,
                     expires_at_ms: 0,
+                    weight: 1,
                 }],
                 settings: Arc::clone(&settings),
             })

@@ -306,6 +306,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Set when the backend is spoken to over TLS (an `https://` address).
     pub tls: Option<crate::spec::BackendTls>,
+    /// Share of the app's requests relative to its other backends (1 to 1000).
+    pub weight: u32,
     /// Liveness deadline in milliseconds since the Unix epoch (0 = none); past it the backend
     /// is skipped.
     pub expires_at_ms: u64,
@@ -328,6 +330,7 @@ impl Backend {
             addr: self.addr,
             tls: self.tls.clone(),
             expires_at_ms: self.expires_at_ms,
+            weight: self.weight,
         }
     }
 
@@ -598,7 +601,8 @@ impl App {
         };
         match self.settings.policy {
             Policy::RoundRobin => {
-                let start = self.with_counters(|c| c.rr.fetch_add(1, Ordering::Relaxed)) as usize;
+                let turn = self.with_counters(|c| c.rr.fetch_add(1, Ordering::Relaxed)) as usize;
+                let start = self.weighted_slot(turn);
                 (0..n)
                     .map(|k| (start + k) % n)
                     .find(|&i| healthy(i))
@@ -610,37 +614,71 @@ impl App {
         }
     }
 
+    /// The sum of the backends' weights (their number when every weight is 1).
+    fn total_weight(&self) -> usize {
+        self.backends.iter().map(|b| b.weight as usize).sum()
+    }
+
+    /// The backend at position `turn` of a cycle where each backend has `weight` places in a
+    /// row (plain round-robin when the weights are equal).
+    fn weighted_slot(&self, turn: usize) -> usize {
+        let n = self.backends.len();
+        let total = self.total_weight();
+        if total == n || total == 0 {
+            return turn % n.max(1);
+        }
+        let mut place = turn % total;
+        for (i, b) in self.backends.iter().enumerate() {
+            let w = b.weight as usize;
+            if place < w {
+                return i;
+            }
+            place -= w;
+        }
+        0
+    }
+
     fn two_choices(&self, n: usize, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
         let r = fast_random();
-        let a = (r as usize) % n;
-        // The second draw is from the other n-1 backends, so the two choices always differ.
-        let b = if n > 1 {
+        let uniform = self.total_weight() == n;
+        let a = if uniform {
+            (r as usize) % n
+        } else {
+            self.weighted_slot(r as usize)
+        };
+        // The second draw differs from the first (from the other n-1 backends when weights
+        // are equal; by weight otherwise, moving on when it lands on the first).
+        let b = if n < 2 {
+            a
+        } else if uniform {
             (a + 1 + ((r >> 32) as usize) % (n - 1)) % n
         } else {
-            a
+            match self.weighted_slot((r >> 32) as usize) {
+                b if b == a => (a + 1) % n,
+                b => b,
+            }
+        };
+        // Load relative to weight: outstanding / weight, compared without dividing.
+        let lighter = |x: usize, y: usize| {
+            let (bx, by) = (&self.backends[x], &self.backends[y]);
+            u64::from(bx.state.outstanding()) * u64::from(by.weight)
+                < u64::from(by.state.outstanding()) * u64::from(bx.weight)
         };
         let pick_a = ok(a);
         let pick_b = b != a && ok(b);
         match (pick_a, pick_b) {
-            (true, true) => {
-                let oa = self.backends[a].state.outstanding();
-                let ob = self.backends[b].state.outstanding();
-                Some(if ob < oa { b } else { a })
-            }
+            (true, true) => Some(if lighter(b, a) { b } else { a }),
             (true, false) => Some(a),
             (false, true) => Some(b),
             // Both draws unusable: fall back to a scan so a lone healthy backend is still found.
             (false, false) => {
-                let mut best: Option<(usize, u32)> = None;
+                let mut best: Option<usize> = None;
                 for i in (0..n).map(|k| (a + k) % n) {
-                    if ok(i) {
-                        let o = self.backends[i].state.outstanding();
-                        if best.is_none_or(|(_, bo)| o < bo) {
-                            best = Some((i, o));
-                        }
+                    if ok(i) && best.is_none_or(|bi| lighter(i, bi)) {
+                        best = Some(i);
                     }
                 }
-                best.map(|(i, _)| i)
+                best
             }
         }
     }
@@ -677,12 +715,19 @@ mod tests {
     use super::*;
 
     fn app(policy: Policy, n: usize) -> App {
-        let backends = (0..n)
-            .map(|i| Backend {
+        weighted(policy, &vec![1; n])
+    }
+
+    fn weighted(policy: Policy, weights: &[u32]) -> App {
+        let backends = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| Backend {
                 id: Some(format!("b{i}").into()),
                 addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
                 tls: None,
                 expires_at_ms: 0,
+                weight,
                 state: BackendState::default(),
             })
             .collect();
@@ -695,6 +740,31 @@ mod tests {
             backends,
             None,
         )
+    }
+
+    #[test]
+    fn weights_share_requests_in_proportion() {
+        // Round-robin: exactly, each cycle of 4 gives 3 to the first.
+        let a = weighted(Policy::RoundRobin, &[3, 1]);
+        let mut counts = [0; 2];
+        for _ in 0..4000 {
+            counts[a.pick(0, &[]).unwrap()] += 1;
+        }
+        assert_eq!(counts, [3000, 1000]);
+        // Least-outstanding with nothing outstanding: by weight, within statistical bounds
+        // (expected 3:1 of 40,000; 5 sigma is about 430).
+        let a = weighted(Policy::LeastOutstanding, &[3, 1]);
+        let mut counts = [0; 2];
+        for _ in 0..40_000 {
+            counts[a.pick(0, &[]).unwrap()] += 1;
+        }
+        assert!((29_000..31_000).contains(&counts[0]), "{counts:?}");
+        // Load is judged relative to weight: 2 outstanding on weight 4 is lighter than 1 on 1.
+        let a = Arc::new(weighted(Policy::LeastOutstanding, &[4, 1]));
+        let _g = [a.begin(0), a.begin(0), a.begin(1)];
+        for _ in 0..200 {
+            assert_eq!(a.pick(0, &[]), Some(0));
+        }
     }
 
     #[test]

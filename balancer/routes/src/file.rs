@@ -106,6 +106,8 @@ pub struct BackendTable {
     /// For an `https://` address: the name the backend's certificate is checked for and sent
     /// as SNI (default: the address's IP).
     pub server_name: Option<String>,
+    /// Share of the app's requests relative to its other backends (default 1).
+    pub weight: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -311,14 +313,19 @@ impl AppFile {
         }
         let mut backends: Vec<BackendSpec> = Vec::with_capacity(self.backends.len());
         for (j, b) in self.backends.iter().enumerate() {
-            let (address, id, server_name) = match b {
-                BackendFile::Address(a) => (a.as_str(), None, None),
+            let (address, id, server_name, weight) = match b {
+                BackendFile::Address(a) => (a.as_str(), None, None, None),
                 BackendFile::Full(t) => (
                     t.address.as_str(),
                     t.id.as_deref(),
                     t.server_name.as_deref(),
+                    t.weight,
                 ),
             };
+            let weight = crate::spec::check_weight(weight.unwrap_or(1)).unwrap_or_else(|r| {
+                err(format!("{key}.backends[{j}].weight"), r);
+                1
+            });
             match parse_backend(address, server_name) {
                 Ok((addr, tls)) => {
                     let same = |o: &BackendSpec| match (&o.id, id) {
@@ -337,6 +344,7 @@ impl AppFile {
                         addr,
                         tls,
                         expires_at_ms: 0,
+                        weight,
                     });
                 }
                 Err(e) => err(format!("{key}.backends[{j}]"), e),

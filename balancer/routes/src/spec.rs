@@ -45,6 +45,22 @@ pub struct BackendSpec {
     pub tls: Option<BackendTls>,
     /// Liveness deadline, milliseconds since the Unix epoch; 0 = none.
     pub expires_at_ms: u64,
+    /// Share of the app's requests, relative to its other backends ([`check_weight`]).
+    pub weight: u32,
+}
+
+/// Most a backend's weight may be.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// Checks a backend weight: 1 to [`MAX_WEIGHT`].
+pub fn check_weight(weight: u32) -> Result<u32, String> {
+    if (1..=MAX_WEIGHT).contains(&weight) {
+        Ok(weight)
+    } else {
+        Err(format!(
+            "weight {weight} must be between 1 and {MAX_WEIGHT}"
+        ))
+    }
 }
 
 impl BackendSpec {

@@ -845,6 +845,7 @@ fn build_app(
                 addr: b.addr,
                 tls: b.tls.clone(),
                 expires_at_ms: b.expires_at_ms,
+                weight: b.weight,
                 state: prior.map(|p| p.state.carried_over()).unwrap_or_default(),
             }
         })
@@ -876,6 +877,7 @@ mod tests {
                         addr: "127.0.0.1:1".parse().unwrap(),
                         tls: None,
                         expires_at_ms: 0,
+                        weight: 1,
                     }],
                     settings: Arc::new(AppSettings::default()),
                 })
@@ -975,6 +977,7 @@ mod tests {
                 addr: "127.0.0.1:2".parse().unwrap(),
                 tls: None,
                 expires_at_ms: 0,
+                weight: 1,
             },
         )
         .unwrap();

@@ -78,6 +78,7 @@ fn spec_strategy() -> impl Strategy<Value = RouteSpec> {
                         addr: "127.0.0.1:1".parse().unwrap(),
                         tls: None,
                         expires_at_ms: 0,
+                        weight: 1,
                     }],
                     settings: Arc::new(AppSettings::default()),
                 })

@@ -260,6 +260,7 @@ fn backend_view(id: &str, rec: &BackendRecord, now: u64) -> BackendView {
         id: id.to_string(),
         address: rec.address.clone(),
         server_name: rec.server_name.clone(),
+        weight: rec.weight.unwrap_or(1),
         expires_at_ms: rec.expires_at_ms,
         live: rec.expires_at_ms == 0 || rec.expires_at_ms > now,
     }
@@ -540,10 +541,16 @@ pub async fn add_backend(state: &ApiState, caller: &Caller, app: &str, body: &[u
         None => auth::random_hex(6)?,
     };
     let expires_at_ms = req.ttl_s.map(check_ttl).transpose()?.unwrap_or(0);
+    let weight = req
+        .weight
+        .map(pier_routes::spec::check_weight)
+        .transpose()
+        .map_err(ApiError::Unprocessable)?;
     let rec = BackendRecord {
         address: req.address,
         expires_at_ms,
         server_name,
+        weight,
     };
     // The registry refuses a backend of a missing app (NoSuchApp → 404) atomically.
     state.registry().put_backend(app, &id, &rec).await?;

@@ -390,6 +390,31 @@ async fn health_checks_are_set_checked_and_reset() {
         .is_none());
 }
 
+#[tokio::test]
+async fn backend_weights_are_stored_shown_and_checked() {
+    let api = ApiServer::start().await;
+    let owner = api.app_with_owner("blog").await;
+    let body = json!({ "address": "127.0.0.1:9000", "id": "big", "weight": 5 });
+    let r = owner
+        .call(Method::POST, "/v1/apps/blog/backends", Some(body))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["weight"], 5);
+    let r = add_backend(&owner, "127.0.0.1:9001").await;
+    assert_eq!(r.body["weight"], 1, "{}", r.text);
+    let stored = api.registry.app_backends("blog").await.unwrap();
+    let big = stored.iter().find(|(id, _)| id == "big").unwrap();
+    assert_eq!(big.1.weight, Some(5));
+    for bad in [0, 1001] {
+        let body = json!({ "address": "127.0.0.1:9002", "weight": bad });
+        let r = owner
+            .call(Method::POST, "/v1/apps/blog/backends", Some(body))
+            .await;
+        assert_eq!(r.status, 422, "{bad}: {}", r.text);
+        assert!(r.text.contains("weight"), "{}", r.text);
+    }
+}
+
 /// Registers a backend at `address` for app `blog`.
 async fn add_backend(api: &Api, address: &str) -> pier_model::client::ApiResponse {
     let body = json!({ "address": address });

@@ -194,6 +194,9 @@ pub struct BackendView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub server_name: Option<String>,
+    /// Share of the app's requests relative to its other backends.
+    #[serde(default = "one")]
+    pub weight: u32,
     /// Liveness deadline, ms since the epoch; 0 = none.
     pub expires_at_ms: u64,
     /// Whether the balancer considers it now (its deadline is not past).
@@ -224,6 +227,14 @@ pub struct NewBackend {
     #[serde(default)]
     #[schema(nullable = false, minimum = 1)]
     pub ttl_s: Option<u64>,
+    /// Share of the app's requests relative to its other backends (default 1).
+    #[serde(default)]
+    #[schema(nullable = false, minimum = 1, maximum = 1000)]
+    pub weight: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -544,6 +544,7 @@ async fn register(inst: &Instance, addr: &SocketAddr) {
         address: addr.to_string(),
         expires_at_ms: ttl_deadline(&inst.ctx),
         server_name: None,
+        weight: None,
     };
     for attempt in 0..3 {
         match inst.ctx.registry.get().await {
