@@ -105,7 +105,10 @@ async fn probe_and_record(shared: &Shared, app: &App, i: usize) {
     m.health_checks
         .with_label_values(&[if result.is_ok() { "pass" } else { "fail" }])
         .inc();
-    match b.state.record_probe(result.is_ok(), check) {
+    match b
+        .state
+        .record_probe(result.is_ok(), check, crate::util::now_ms())
+    {
         Some(false) => {
             tracing::warn!(app = %app.name, backend = %b.addr, reason = %result.err().unwrap_or_default(), "backend failed its health check: out of rotation");
         }

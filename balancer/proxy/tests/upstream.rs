@@ -315,3 +315,32 @@ async fn weights_share_an_apps_requests_in_proportion() {
     let err = Balancer::try_start(&bad, "").await.err().unwrap();
     assert!(err.contains("backends[0].weight"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_joins_ramps_up_over_the_apps_slow_start() {
+    let old = Backend::start("old").await;
+    let new = Backend::start("new").await;
+    let app = |backends: &str| {
+        format!(
+            "[[app]]\nname = \"blog\"\ndomains = [\"blog.test\"]\nslow_start = \"3s\"\nbackends = [{backends}]\n"
+        )
+    };
+    let b = Balancer::start(&app(&format!("\"{}\"", old.addr)), "").await;
+    let v = b.metric("pier_route_table_version").await as u64;
+    b.write_routes(&app(&format!("\"{}\", \"{}\"", old.addr, new.addr)));
+    b.wait_version(v + 1).await;
+    // Just after joining it takes a small part of its half: about 3 % over the first ~200 ms.
+    for _ in 0..200 {
+        assert_eq!(get(b.addr(), "blog.test", "/").await.status, 200);
+    }
+    let early = new.count();
+    assert!(early < 40, "{early} of 200 went to the new backend at once");
+    // After the slow start, its full half.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let before = new.count();
+    for _ in 0..200 {
+        assert_eq!(get(b.addr(), "blog.test", "/").await.status, 200);
+    }
+    let late = new.count() - before;
+    assert!((80..=120).contains(&late), "{late} of 200 once ramped up");
+}

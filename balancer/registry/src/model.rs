@@ -54,6 +54,11 @@ pub struct AppRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub health_check: Option<HealthCheckRecord>,
+    /// Milliseconds over which a backend joining (or back from ejection or a failed health
+    /// check) ramps up to its full share; 0 or absent: at once. At most an hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false, maximum = 3600000))]
+    pub slow_start_ms: Option<u64>,
 }
 
 /// An app's active health check: an HTTP `path` (answered with `expect`, default 200) or `tcp`;
@@ -205,6 +210,7 @@ impl AppRecord {
             retries: s.retries,
             max_in_flight: s.max_in_flight,
             health_check: s.health_check.as_ref().map(HealthCheckRecord::from_check),
+            slow_start_ms: s.slow_start.map(|d| d.as_millis() as u64),
             timeouts: TimeoutsRecord {
                 connect_ms: ms(s.timeouts.connect),
                 first_byte_ms: ms(s.timeouts.first_byte),
@@ -345,6 +351,10 @@ impl AppRecord {
                 .as_ref()
                 .map(HealthCheckRecord::to_check)
                 .transpose()?,
+            slow_start: match self.slow_start_ms {
+                None => None,
+                Some(ms) => pier_routes::app::check_slow_start(Duration::from_millis(ms))?,
+            },
         }))
     }
 }

@@ -92,6 +92,22 @@ pub struct AppSettings {
     pub backend_protocol: BackendProtocol,
     /// Active health checks of the app's backends (`None`: passive ejection only).
     pub health_check: Option<HealthCheck>,
+    /// A backend that joins the app, or comes back from ejection or a failed health check,
+    /// takes a share of requests growing from nothing to its full share over this long
+    /// (`None`: at once).
+    pub slow_start: Option<Duration>,
+}
+
+/// Longest slow start accepted.
+pub const MAX_SLOW_START: Duration = Duration::from_secs(3600);
+
+/// Checks a slow start: at most an hour; zero turns it off (`None`).
+pub fn check_slow_start(d: Duration) -> Result<Option<Duration>, String> {
+    if d > MAX_SLOW_START {
+        Err("slow_start must be at most 1 hour".into())
+    } else {
+        Ok((!d.is_zero()).then_some(d))
+    }
 }
 
 /// An app's active health check: every `interval` each backend is probed; one that fails
@@ -351,6 +367,9 @@ pub struct BackendState {
     check_down: AtomicBool,
     /// Probes in a row that passed (positive) or failed (negative); written by the checker.
     check_streak: AtomicI32,
+    /// When the backend (re)entered rotation, ms since the Unix epoch, for the app's slow
+    /// start; 0: it has been in rotation since the table knew it.
+    ramp_from_ms: AtomicU64,
 }
 
 impl BackendState {
@@ -362,6 +381,22 @@ impl BackendState {
         self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
     }
 
+    /// Starts a slow start at `now_ms` (a backend new to its app).
+    pub fn start_ramp(&self, now_ms: u64) {
+        self.ramp_from_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// The share of its full load the backend takes at `now_ms` under a slow start of
+    /// `ramp` (linear from 0 to 1); 1 when it is not ramping.
+    pub fn ramp_share(&self, now_ms: u64, ramp: Duration) -> f64 {
+        let from = self.ramp_from_ms.load(Ordering::Relaxed);
+        let ramp_ms = ramp.as_millis() as u64;
+        if from == 0 || ramp_ms == 0 || now_ms >= from.saturating_add(ramp_ms) {
+            return 1.0;
+        }
+        now_ms.saturating_sub(from) as f64 / ramp_ms as f64
+    }
+
     /// Whether the backend is out of rotation for failing its health check.
     pub fn is_check_down(&self) -> bool {
         self.check_down.load(Ordering::Relaxed)
@@ -369,7 +404,7 @@ impl BackendState {
 
     /// Counts one probe's result against `check`'s rise and fall. Returns the new state when
     /// this probe changed it (`Some(true)`: back up, `Some(false)`: down).
-    pub fn record_probe(&self, passed: bool, check: &HealthCheck) -> Option<bool> {
+    pub fn record_probe(&self, passed: bool, check: &HealthCheck, now_ms: u64) -> Option<bool> {
         let streak = self.check_streak.load(Ordering::Relaxed);
         let streak = match (passed, streak) {
             (true, s) if s > 0 => s.saturating_add(1),
@@ -381,6 +416,7 @@ impl BackendState {
         let down = self.is_check_down();
         if down && streak >= check.rise as i32 {
             self.check_down.store(false, Ordering::Relaxed);
+            self.ramp_from_ms.store(now_ms, Ordering::Relaxed);
             Some(true)
         } else if !down && -streak >= check.fall as i32 {
             self.check_down.store(true, Ordering::Relaxed);
@@ -404,6 +440,8 @@ impl BackendState {
             self.failures.store(0, Ordering::Relaxed);
             let until = now_ms.saturating_add(cooldown.as_millis() as u64);
             self.ejected_until_ms.store(until, Ordering::Relaxed);
+            // Back from ejection, it ramps up from there.
+            self.ramp_from_ms.store(until, Ordering::Relaxed);
             return true;
         }
         false
@@ -417,6 +455,7 @@ impl BackendState {
             ejected_until_ms: AtomicU64::new(self.ejected_until_ms.load(Ordering::Relaxed)),
             check_down: AtomicBool::new(self.is_check_down()),
             check_streak: AtomicI32::new(self.check_streak.load(Ordering::Relaxed)),
+            ramp_from_ms: AtomicU64::new(self.ramp_from_ms.load(Ordering::Relaxed)),
         }
     }
 }
@@ -595,9 +634,17 @@ impl App {
             let b = &self.backends[i];
             !tried.contains(&i) && b.is_live(now_ms)
         };
+        let ramp = self.settings.slow_start;
         let healthy = |i: usize| {
             let state = &self.backends[i].state;
-            live(i) && !state.is_ejected(now_ms) && !state.is_check_down()
+            live(i)
+                && !state.is_ejected(now_ms)
+                && !state.is_check_down()
+                // In its slow start, a backend turns a pick down with the share it lacks.
+                && ramp.is_none_or(|r| {
+                    let share = state.ramp_share(now_ms, r);
+                    share >= 1.0 || unit_random() < share
+                })
         };
         match self.settings.policy {
             Policy::RoundRobin => {
@@ -689,6 +736,11 @@ impl App {
     }
 }
 
+/// A uniform draw in [0, 1).
+fn unit_random() -> f64 {
+    (fast_random() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// A small per-thread xorshift generator: good enough to spread load, and free of locks.
 fn fast_random() -> u64 {
     use std::cell::Cell;
@@ -765,6 +817,43 @@ mod tests {
         for _ in 0..200 {
             assert_eq!(a.pick(0, &[]), Some(0));
         }
+    }
+
+    #[test]
+    fn a_ramping_backend_takes_its_share_of_picks() {
+        let mut a = weighted(Policy::RoundRobin, &[1, 1]);
+        a.settings = Arc::new(AppSettings {
+            slow_start: Some(Duration::from_secs(10)),
+            ..AppSettings::default()
+        });
+        let t = 1_000_000;
+        a.backends[1].state.start_ramp(t);
+        let share = |now: u64| {
+            let n = (0..20_000).filter(|_| a.pick(now, &[]) == Some(1)).count();
+            n as f64 / 20_000.0
+        };
+        // Its full share is a half; at a quarter of the ramp, a quarter of that.
+        assert!(share(t) < 0.01);
+        assert!(
+            (0.10..0.15).contains(&share(t + 2_500)),
+            "{}",
+            share(t + 2_500)
+        );
+        assert!((0.48..0.52).contains(&share(t + 10_000)));
+        assert_eq!(
+            a.backends[1]
+                .state
+                .ramp_share(t + 5_000, Duration::from_secs(10)),
+            0.5
+        );
+        // Carried over a rebuild.
+        assert_eq!(
+            a.backends[1]
+                .state
+                .carried_over()
+                .ramp_share(t, Duration::from_secs(10)),
+            0.0
+        );
     }
 
     #[test]

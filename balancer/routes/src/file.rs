@@ -84,6 +84,7 @@ pub struct AppFile {
     pub hsts: Option<String>,
     pub backend_protocol: Option<String>,
     pub health_check: Option<HealthCheckFile>,
+    pub slow_start: Option<String>,
     pub timeouts: Option<TimeoutsFile>,
     pub redirect: Option<RedirectFile>,
     #[serde(rename = "static")]
@@ -515,6 +516,15 @@ impl AppFile {
             .map_err(|r| err(format!("{key}.health_check"), r))
             .ok()
         });
+        let slow_start = self.slow_start.as_deref().and_then(|v| {
+            match parse_duration(v).and_then(crate::app::check_slow_start) {
+                Ok(d) => d,
+                Err(r) => {
+                    err(format!("{key}.slow_start"), r);
+                    None
+                }
+            }
+        });
         if errors.len() > before {
             return None;
         }
@@ -534,6 +544,7 @@ impl AppFile {
                 hsts: self.hsts.as_deref().map(Box::from),
                 backend_protocol,
                 health_check,
+                slow_start,
             }),
         })
     }

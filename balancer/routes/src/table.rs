@@ -829,6 +829,13 @@ fn same_backend(a: &BackendSpec, b: &BackendSpec) -> bool {
     }
 }
 
+/// Milliseconds since the Unix epoch now.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn build_app(
     name: &str,
     settings: &Arc<AppSettings>,
@@ -840,13 +847,25 @@ fn build_app(
         .map(|b| {
             // Apps have a handful of backends: a scan beats building a map.
             let prior = old.and_then(|o| o.backends.iter().find(|ob| same_backend(&ob.spec(), b)));
+            let state = match prior {
+                Some(p) => p.state.carried_over(),
+                None => {
+                    let state = crate::app::BackendState::default();
+                    // New to an app that was already served: it ramps up (the app's
+                    // slow_start, if any). Backends of a new app start at full share.
+                    if old.is_some() {
+                        state.start_ramp(wall_ms());
+                    }
+                    state
+                }
+            };
             Backend {
                 id: b.id.clone(),
                 addr: b.addr,
                 tls: b.tls.clone(),
                 expires_at_ms: b.expires_at_ms,
                 weight: b.weight,
-                state: prior.map(|p| p.state.carried_over()).unwrap_or_default(),
+                state,
             }
         })
         .collect();

@@ -342,6 +342,24 @@ async fn an_apps_limit_on_requests_in_flight_is_set_and_reset() {
         "{}",
         r.text
     );
+    // Slow start, in milliseconds, at most an hour.
+    let r = owner
+        .call(
+            Method::PATCH,
+            "/v1/apps/blog",
+            Some(json!({ "slow_start_ms": 30000 })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["settings"]["slow_start_ms"], 30000);
+    let r = owner
+        .call(
+            Method::PATCH,
+            "/v1/apps/blog",
+            Some(json!({ "slow_start_ms": 3600001 })),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
 }
 
 #[tokio::test]

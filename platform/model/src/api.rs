@@ -75,6 +75,9 @@ pub struct AppSettingsPatch {
     pub backend_protocol: Option<Option<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<Option<pier_registry::model::HealthCheckRecord>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 3600000)]
+    pub slow_start_ms: Option<Option<u64>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
