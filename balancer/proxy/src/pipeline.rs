@@ -151,7 +151,7 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
     }
     // The app's limit on requests in flight (WebSocket handshakes are not counted: a tunnel
     // lives as long as its connection, bounded by the connection limits).
-    let mut queue = None;
+    let mut queue_us = 0;
     let _permit = if d.upgrading() {
         None
     } else {
@@ -162,12 +162,15 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
             Err(queued) => {
                 let since = Instant::now();
                 let waited = Box::pin(queued.wait(&cfg.limits)).await;
-                queue = Some(since.elapsed());
+                // At least 1: 0 says it did not wait.
+                queue_us = u32::try_from(since.elapsed().as_micros())
+                    .unwrap_or(u32::MAX)
+                    .max(1);
                 match waited {
                     Ok(p) => Some(p),
                     Err(e) => {
                         let o = d.answer_unread(e).await;
-                        return (Some(app), Outcome { queue, ..o });
+                        return (Some(app), Outcome { queue_us, ..o });
                     }
                 }
             }
@@ -188,7 +191,7 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
         }
         _ => upstream::h1::proxy(w, d, &app, hsts).await,
     };
-    (Some(app), Outcome { queue, ..o })
+    (Some(app), Outcome { queue_us, ..o })
 }
 
 /// Where the ACME HTTP-01 challenges are asked for (RFC 8555 §8.3).
@@ -290,7 +293,7 @@ fn record<D: Downstream>(w: &Worker, d: &D, end: Instant, app: Option<&Arc<App>>
         duration_us = elapsed.as_micros() as u64,
         first_byte_us = o.first_byte.map_or(0, |d| d.as_micros() as u64),
         connect_us = o.connect.map_or(0, |d| d.as_micros() as u64),
-        queue_us = o.queue.map_or(0, |d| d.as_micros() as u64),
+        queue_us = o.queue_us,
         bytes = o.bytes_out,
         request_id = %String::from_utf8_lossy(x.request_id),
         error = o.error.map_or("-", ProxyError::reason),

@@ -263,7 +263,8 @@ fn router_line(app: &App, x: &Access<'_>, o: &Outcome, total: Duration) -> Line 
         s.push_str(n.format(v));
         s.push_str(unit);
     }
-    if let Some(q) = o.queue {
+    if o.queue_us > 0 {
+        let q = Duration::from_micros(u64::from(o.queue_us));
         // Only when the request waited for a slot of its app (`connect` includes it).
         s.push_str(" queue=");
         s.push_str(n.format(ms(Some(q))));

@@ -397,6 +397,15 @@ impl BackendState {
         now_ms.saturating_sub(from) as f64 / ramp_ms as f64
     }
 
+    /// Whether a pick of this backend is turned down at `now_ms` under a slow start of `ramp`
+    /// (with the share of its load it lacks). Out of line: apps without a slow start never
+    /// call it.
+    #[inline(never)]
+    pub fn ramp_turns_down(&self, now_ms: u64, ramp: Duration) -> bool {
+        let share = self.ramp_share(now_ms, ramp);
+        share < 1.0 && unit_random() >= share
+    }
+
     /// Whether the backend is out of rotation for failing its health check.
     pub fn is_check_down(&self) -> bool {
         self.check_down.load(Ordering::Relaxed)
@@ -641,10 +650,7 @@ impl App {
                 && !state.is_ejected(now_ms)
                 && !state.is_check_down()
                 // In its slow start, a backend turns a pick down with the share it lacks.
-                && ramp.is_none_or(|r| {
-                    let share = state.ramp_share(now_ms, r);
-                    share >= 1.0 || unit_random() < share
-                })
+                && ramp.is_none_or(|r| !state.ramp_turns_down(now_ms, r))
         };
         match self.settings.policy {
             Policy::RoundRobin => {
@@ -670,11 +676,11 @@ impl App {
     /// row (plain round-robin when the weights are equal).
     fn weighted_slot(&self, turn: usize) -> usize {
         let n = self.backends.len();
-        let total = self.total_weight();
-        if total == n || total == 0 {
+        if self.backends.iter().all(|b| b.weight == 1) {
             return turn % n.max(1);
         }
-        let mut place = turn % total;
+        let total = self.total_weight();
+        let mut place = turn % total.max(1);
         for (i, b) in self.backends.iter().enumerate() {
             let w = b.weight as usize;
             if place < w {

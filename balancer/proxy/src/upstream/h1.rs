@@ -79,7 +79,7 @@ pub async fn proxy<D: Downstream>(
                     error: None,
                     aborted: done.aborted,
                     end: Some(end),
-                    queue: None,
+                    queue_us: 0,
                 };
             }
             Err(Failure::Stale) if reused && replayable && stale_retries < 2 => {
