@@ -4,6 +4,13 @@
 #
 #   bash balancer/proxy/bench/noisy-neighbour.sh [BINARY]
 #   B_RATE=1000 RATIO=10 DURATION=10s ROUNDS=3 LIMITS=on bash balancer/proxy/bench/noisy-neighbour.sh
+#   SERVER=nginx bash balancer/proxy/bench/noisy-neighbour.sh     # or SERVER=haproxy
+#
+# SERVER picks the proxy in front (default pier). Their nearest equivalents of pier's per-app
+# limit (1000 in flight, 100 queued for at most 5 s), LIMITS=on: nginx, one worker,
+# `limit_conn` per Host of 1000 (nginx has no queue: past it, 503 at once); HAProxy 2.6,
+# nbthread 1, `maxconn 1000` on app A's server with `timeout queue 5s` (its queue is unbounded).
+# LIMITS=off leaves both without. All keep connections to the backends alive.
 #
 # One pier-balancer worker on CPU 0 (the bench_tls_balancer configuration with apps a and b,
 # isolation as configured: LIMITS=on keeps the defaults, LIMITS=off sets app_max_in_flight = 0),
@@ -38,7 +45,10 @@ bench_backend "$BACKEND" 1
 taskset -c 1 python3 - "$STALLED" <<'PY' &
 import asyncio, sys
 async def hold(reader, writer):
-    while await reader.read(65536):
+    try:
+        while await reader.read(65536):
+            pass
+    except ConnectionError:
         pass
     writer.close()
 async def main():
@@ -49,9 +59,74 @@ asyncio.run(main())
 PY
 PIDS+=($!)
 ulimit -n 65536 2>/dev/null || true
+SERVER=${SERVER:-pier}
 if [ "$LIMITS" = off ]; then
   BALANCER_EXTRA=$'[limits]\napp_max_in_flight = 0'
 fi
+start_nginx() {
+  local limit=""
+  [ "$LIMITS" = on ] && limit="limit_conn perhost 1000; limit_conn_status 503;"
+  cat >"$W/nginx.conf" <<CONF
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid $W/nginx.pid;
+events { worker_connections 16000; }
+http {
+  access_log off;
+  client_body_temp_path $W/cb; proxy_temp_path $W/p; fastcgi_temp_path $W/f;
+  uwsgi_temp_path $W/u; scgi_temp_path $W/s;
+  keepalive_requests 100000000;
+  limit_conn_zone \$host zone=perhost:10m;
+  upstream a { server 127.0.0.1:$STALLED; keepalive 64; }
+  upstream b { server 127.0.0.1:$BACKEND; keepalive 64; }
+  server {
+    listen 127.0.0.1:$HTTP backlog=4096;
+    server_name a.test;
+    location / { $limit proxy_pass http://a; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_read_timeout 60s; }
+  }
+  server {
+    listen 127.0.0.1:$HTTP;
+    server_name b.test;
+    location / { $limit proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+  taskset -c 0 nginx -p "$W" -c "$W/nginx.conf" -e "$W/nginx.err" -g 'daemon off;' >"$W/nginx.out" 2>&1 &
+  PIDS+=($!)
+}
+start_haproxy() {
+  local maxconn="" 
+  [ "$LIMITS" = on ] && maxconn="maxconn 1000"
+  cat >"$W/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout queue 5s
+  option http-keep-alive
+frontend f
+  bind 127.0.0.1:$HTTP
+  use_backend a if { hdr_beg(host) -i a.test }   # pier-load sends "a.test:PORT"
+  default_backend b
+backend a
+  server s 127.0.0.1:$STALLED $maxconn
+backend b
+  server s 127.0.0.1:$BACKEND
+CONF
+  taskset -c 0 haproxy -f "$W/haproxy.cfg" -db >"$W/haproxy.out" 2>&1 &
+  PIDS+=($!)
+}
+case "$SERVER" in
+  nginx) start_nginx ;;
+  haproxy) start_haproxy ;;
+  pier) ;;
+  *) echo "SERVER must be pier, nginx or haproxy" >&2; exit 2 ;;
+esac
+[ "$SERVER" = pier ] && {
 bench_tls_balancer "$HTTP" "$HTTPS" "$BACKEND"
 cat >"$W/routes.toml" <<ROUTES
 [[app]]
@@ -65,6 +140,11 @@ backends = ["127.0.0.1:$BACKEND"]
 ROUTES
 taskset -c 0 "$BIN" --config "$W/balancer.toml" >"$W/pier.out" 2>&1 &
 PIDS+=($!)
+}
+# The proxy measured: for nginx its worker (the master holds no connection).
+proxy_pid() {
+  if [ "$SERVER" = nginx ]; then pgrep -P "${PIDS[-1]}" | head -1; else echo "${PIDS[-1]}"; fi
+}
 for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$HTTP") 2>/dev/null && break
   sleep 0.1
@@ -96,7 +176,7 @@ r = json.load(open(sys.argv[1]))
 print(f"{'  flood (A)':<14} responses={r['requests']['responses']:>7} failed={r['errors']['failed_total']:>5} status={json.dumps(r['status'])}")
 PY
 }
-echo "pier-balancer $BIN, limits $LIMITS, B at $B_RATE req/s, A at $((B_RATE * RATIO)) req/s over $A_CONNS connections, $DURATION per run"
+echo "$SERVER ($([ "$SERVER" = pier ] && echo "$BIN")), limits $LIMITS, B at $B_RATE req/s, A at $((B_RATE * RATIO)) req/s over $A_CONNS connections, $DURATION per run"
 for r in $(seq "$ROUNDS"); do
   b_load "alone$r"
   summary "$W/alone$r.json" "B alone"
@@ -107,7 +187,8 @@ for r in $(seq "$ROUNDS"); do
   wait "$FLOOD" || true
   summary "$W/flood$r.json" "B with flood"
   flood_summary
-  echo "  balancer RSS $(ps -o rss= -p "${PIDS[-1]}") KiB, open fds $(ls /proc/"${PIDS[-1]}"/fd | wc -l)"
+  pp=$(proxy_pid)
+  echo "  proxy RSS $(ps -o rss= -p "$pp") KiB, open fds $(ls /proc/"$pp"/fd | wc -l)"
   sleep 2
 done
 python3 - "$W" "$ROUNDS" <<'PY'
