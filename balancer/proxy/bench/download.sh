@@ -32,10 +32,7 @@ worker_processes 1;
 pid $W/backend.pid;
 events { worker_connections 4096; }
 http {
-  access_log off;
-  client_body_temp_path $W/cb; proxy_temp_path $W/p; fastcgi_temp_path $W/f;
-  uwsgi_temp_path $W/u; scgi_temp_path $W/s;
-  keepalive_timeout 65; keepalive_requests 100000000;
+$(bench_nginx_http_basics)
   sendfile on;
   server { listen 127.0.0.1:$BACKEND backlog=4096; root $W/www; }
 }

@@ -28,6 +28,15 @@ bench_cleanup() {
   [ -n "${KEEP:-}" ] || rm -rf "$W"
 }
 
+# bench_nginx_http_basics: the lines every nginx here starts its http block with: no access
+# log, temporary files in $W, keep-alive connections never recycled.
+bench_nginx_http_basics() {
+  printf '%s\n' "  access_log off;" \
+    "  client_body_temp_path $W/cb; proxy_temp_path $W/p; fastcgi_temp_path $W/f;" \
+    "  uwsgi_temp_path $W/u; scgi_temp_path $W/s;" \
+    "  keepalive_timeout 65; keepalive_requests 100000000;"
+}
+
 bench_backend() {
   local port=$1 cpu=${2:-}
   cat >"$W/backend.conf" <<CONF
@@ -35,10 +44,7 @@ worker_processes 1;
 pid $W/backend.pid;
 events { worker_connections 65536; }
 http {
-  access_log off;
-  client_body_temp_path $W/cb; proxy_temp_path $W/p; fastcgi_temp_path $W/f;
-  uwsgi_temp_path $W/u; scgi_temp_path $W/s;
-  keepalive_timeout 65; keepalive_requests 100000000;
+$(bench_nginx_http_basics)
   server { listen 127.0.0.1:$port backlog=4096; location / { return 200 "ok\n"; } }
 }
 CONF

@@ -72,10 +72,7 @@ worker_rlimit_nofile 20000;
 pid $W/nginx.pid;
 events { worker_connections 16000; }
 http {
-  access_log off;
-  client_body_temp_path $W/cb; proxy_temp_path $W/p; fastcgi_temp_path $W/f;
-  uwsgi_temp_path $W/u; scgi_temp_path $W/s;
-  keepalive_requests 100000000;
+$(bench_nginx_http_basics)
   limit_conn_zone \$host zone=perhost:10m;
   upstream a { server 127.0.0.1:$STALLED; keepalive 64; }
   upstream b { server 127.0.0.1:$BACKEND; keepalive 64; }

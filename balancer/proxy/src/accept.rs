@@ -118,8 +118,6 @@ fn spawn_connection(
                     let m = &w.shared.metrics.proxy_protocol_refused;
                     m.with_label_values(&[e.reason()]).inc();
                     tracing::debug!(listener = %cfg.addr, from = %peer, error = %e, "connection closed");
-                    drop(guard);
-                    drop(permit);
                     return;
                 }
             }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pier_routes::app::{check_hsts, BackendProtocol, HealthCheck, Probe};
+use pier_routes::app::{check_hsts, BackendProtocol, HealthCheck, HealthCheckSpec, Probe};
 use pier_routes::{Action, AppSettings, Policy, Timeouts};
 use serde::{Deserialize, Serialize};
 
@@ -93,15 +93,15 @@ pub struct HealthCheckRecord {
 
 impl HealthCheckRecord {
     pub fn to_check(&self) -> Result<HealthCheck, String> {
-        HealthCheck::new(
-            self.path.as_deref(),
-            self.tcp,
-            self.expect,
-            self.interval_ms.map(Duration::from_millis),
-            self.timeout_ms.map(Duration::from_millis),
-            self.rise,
-            self.fall,
-        )
+        HealthCheck::new(HealthCheckSpec {
+            path: self.path.as_deref(),
+            tcp: self.tcp,
+            expect: self.expect,
+            interval: self.interval_ms.map(Duration::from_millis),
+            timeout: self.timeout_ms.map(Duration::from_millis),
+            rise: self.rise,
+            fall: self.fall,
+        })
     }
 
     pub fn from_check(c: &HealthCheck) -> HealthCheckRecord {

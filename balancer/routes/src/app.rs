@@ -121,6 +121,19 @@ pub struct HealthCheck {
     pub fall: u32,
 }
 
+/// A health check as written, every field optional but the probe's kind (see
+/// [`HealthCheck::new`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HealthCheckSpec<'a> {
+    pub path: Option<&'a str>,
+    pub tcp: bool,
+    pub expect: Option<u16>,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}
+
 /// What a probe does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
@@ -140,16 +153,16 @@ impl HealthCheck {
     /// exactly one of an HTTP `path` (an absolute path in visible ASCII, answered with `expect`,
     /// default 200) and `tcp`; an interval of 100 ms to 1 hour, a timeout above zero (cut to
     /// the interval), `rise` and `fall` of 1 to 100.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        path: Option<&str>,
-        tcp: bool,
-        expect: Option<u16>,
-        interval: Option<Duration>,
-        timeout: Option<Duration>,
-        rise: Option<u32>,
-        fall: Option<u32>,
-    ) -> Result<HealthCheck, String> {
+    pub fn new(written: HealthCheckSpec<'_>) -> Result<HealthCheck, String> {
+        let HealthCheckSpec {
+            path,
+            tcp,
+            expect,
+            interval,
+            timeout,
+            rise,
+            fall,
+        } = written;
         let probe = match (path, tcp) {
             (Some(_), true) => return Err("health_check: path and tcp are exclusive".into()),
             (None, false) => {
@@ -599,11 +612,6 @@ impl App {
         }
     }
 
-    /// Runs `f` on this app's counters, creating them on first use.
-    fn with_counters<R>(&self, f: impl FnOnce(&AppCounters) -> R) -> R {
-        f(self.counters())
-    }
-
     /// This app's counters (its limit's [`Gate`] among them), created on first use (when two
     /// threads race to create them, one set wins and the other is dropped unused).
     pub fn counters(&self) -> &Arc<AppCounters> {
@@ -612,7 +620,7 @@ impl App {
 
     /// Counts one response of this app.
     pub fn record_response(&self, status: u16) {
-        self.with_counters(|c| c.record(status));
+        self.counters().record(status);
     }
 
     /// The counters if anything was counted yet.
@@ -654,8 +662,8 @@ impl App {
         };
         match self.settings.policy {
             Policy::RoundRobin => {
-                let turn = self.with_counters(|c| c.rr.fetch_add(1, Ordering::Relaxed)) as usize;
-                let start = self.weighted_slot(turn);
+                let turn = self.counters().rr.fetch_add(1, Ordering::Relaxed) as usize;
+                let start = self.weighted_slot(turn, self.total_weight());
                 (0..n)
                     .map(|k| (start + k) % n)
                     .find(|&i| healthy(i))
@@ -673,13 +681,13 @@ impl App {
     }
 
     /// The backend at position `turn` of a cycle where each backend has `weight` places in a
-    /// row (plain round-robin when the weights are equal).
-    fn weighted_slot(&self, turn: usize) -> usize {
+    /// row, `total` ([`App::total_weight`]) in all: plain round-robin when every weight is 1
+    /// (weights are at least 1, so that is when `total` is their number).
+    fn weighted_slot(&self, turn: usize, total: usize) -> usize {
         let n = self.backends.len();
-        if self.backends.iter().all(|b| b.weight == 1) {
+        if total == n {
             return turn % n.max(1);
         }
-        let total = self.total_weight();
         let mut place = turn % total.max(1);
         for (i, b) in self.backends.iter().enumerate() {
             let w = b.weight as usize;
@@ -693,12 +701,9 @@ impl App {
 
     fn two_choices(&self, n: usize, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
         let r = fast_random();
-        let uniform = self.total_weight() == n;
-        let a = if uniform {
-            (r as usize) % n
-        } else {
-            self.weighted_slot(r as usize)
-        };
+        let total = self.total_weight();
+        let uniform = total == n;
+        let a = self.weighted_slot(r as usize, total);
         // The second draw differs from the first (from the other n-1 backends when weights
         // are equal; by weight otherwise, moving on when it lands on the first).
         let b = if n < 2 {
@@ -706,7 +711,7 @@ impl App {
         } else if uniform {
             (a + 1 + ((r >> 32) as usize) % (n - 1)) % n
         } else {
-            match self.weighted_slot((r >> 32) as usize) {
+            match self.weighted_slot((r >> 32) as usize, total) {
                 b if b == a => (a + 1) % n,
                 b => b,
             }

@@ -504,15 +504,15 @@ impl AppFile {
                 };
             let interval = duration("interval", &h.interval);
             let timeout = duration("timeout", &h.timeout);
-            crate::app::HealthCheck::new(
-                h.path.as_deref(),
-                h.tcp,
-                h.expect,
+            crate::app::HealthCheck::new(crate::app::HealthCheckSpec {
+                path: h.path.as_deref(),
+                tcp: h.tcp,
+                expect: h.expect,
                 interval,
                 timeout,
-                h.rise,
-                h.fall,
-            )
+                rise: h.rise,
+                fall: h.fall,
+            })
             .map_err(|r| err(format!("{key}.health_check"), r))
             .ok()
         });
