@@ -95,7 +95,7 @@ fn crossed_threshold_exits_3() {
 
 #[test]
 fn errors_threshold_sees_failures_and_bad_usage_exits_2() {
-    let port = pier_testkit::free_port();
+    let (port, _held) = pier_testkit::net::refusing_port();
     let out = pier_load()
         .args(["-t1", "-c1", "-d300ms", "--fail-if", "errors>0.1%"])
         .arg(format!("http://127.0.0.1:{port}/"))

@@ -216,8 +216,9 @@ fn timeouts_are_counted_not_hidden() {
 
 #[test]
 fn connection_failures_are_counted() {
-    // A free port: nothing listens on it, and the kit hands it to no other test.
-    let port = pier_testkit::free_port();
+    // A port held bound but not listening: connections are refused, and no other test's
+    // server can be given it meanwhile.
+    let (port, _held) = pier_testkit::net::refusing_port();
     let cfg = config(&format!("http://127.0.0.1:{port}/"), 2, 0.5);
     let r = run(&cfg);
     assert_eq!(r.responses(), 0);

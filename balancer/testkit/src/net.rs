@@ -53,6 +53,17 @@ pub fn free_port() -> u16 {
     free_port_on([127, 0, 0, 1].into())
 }
 
+/// A loopback port where connections are refused, held for as long as the returned socket
+/// lives: bound but not listening, so the kernel hands it to no other socket meanwhile (a
+/// port from [`free_port`] is free only until someone binds port 0 and gets it).
+pub fn refusing_port() -> (u16, socket2::Socket) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = s.local_addr().unwrap().as_socket().unwrap().port();
+    (port, s)
+}
+
 /// [`free_port`] on another loopback address (`127.0.0.2` stands for a second machine).
 pub fn free_port_on(ip: std::net::IpAddr) -> u16 {
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
