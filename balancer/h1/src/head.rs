@@ -234,9 +234,8 @@ impl RequestHead {
     pub fn value(&self, h: &HeaderPos) -> &[u8] {
         slice(&self.buf, h.value)
     }
-    /// Every value of a header, by case-insensitive name (the tests' lookup; the request path
-    /// uses [`RequestHead::first`] with the tags).
-    #[cfg(test)]
+    /// Every value of a header, by case-insensitive name (a scan; headers the request path
+    /// always looks at are found by tag with [`RequestHead::first`]).
     pub fn values<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.headers
             .iter()

@@ -169,6 +169,8 @@ pub fn routes_json(table: &RouteTable) -> serde_json::Value {
                 "domains": d,
                 "action": action,
                 "policy": s.policy.name(),
+                "hash_on": s.hash.as_ref().filter(|_| s.policy == pier_routes::Policy::ConsistentHash).map(|h| h.on.to_text()),
+                "hash_balance": s.hash.as_ref().filter(|_| s.policy == pier_routes::Policy::ConsistentHash).map(|h| h.balance),
                 "max_body": s.max_body,
                 "max_in_flight": s.max_in_flight,
                 "in_flight": gate.as_ref().map_or(0, |c| c.gate.in_flight()),

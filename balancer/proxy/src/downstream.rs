@@ -111,7 +111,7 @@ pub fn is_idempotent(method: &[u8]) -> bool {
 /// Why a wait for the backend's answer ended without one.
 pub enum Waited {
     TimedOut,
-    /// The client went away (an HTTP/2 stream reset).
+    /// The client went away (an HTTP/2 stream reset; an HTTP/1.x connection closed).
     ClientGone,
 }
 
@@ -149,6 +149,19 @@ pub trait Downstream: Send {
     /// [`crate::client_limits::last_forwarded`]).
     fn forwarded_client(&self) -> Option<std::net::IpAddr>;
     fn listener(&self) -> &Listener;
+
+    /// The client's address: the peer's, or on a trusted listener the forwarded one.
+    fn client_ip(&self) -> std::net::IpAddr {
+        let peer = self.peer().ip();
+        if self.listener().trusted {
+            self.forwarded_client().unwrap_or(peer)
+        } else {
+            peer
+        }
+    }
+
+    /// Every value of the request header `name` (lower case), in order.
+    fn field_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a;
 
     /// Whether `name` may be answered on this connection (an HTTP/2 connection over TLS serves
     /// only the names its certificate covers, RFC 9113 §9.1.1).
@@ -203,6 +216,10 @@ pub trait Downstream: Send {
     /// The request body and the answer, apart, so that an exchange can use both at once.
     fn split(&mut self) -> (Self::Body<'_>, Self::Sink<'_>);
 
+    /// Resolves when the client is known to have gone (its connection closed, its stream
+    /// reset) while its request waits; never otherwise.
+    fn gone(&mut self) -> impl Future<Output = ()> + Send;
+
     // An h2c backend.
 
     /// The request head for an h2c backend, and whether a body follows.
@@ -230,6 +247,15 @@ pub trait RequestBody: Send {
 
     /// The client's bytes for a tunnel, and what was already read of them.
     fn tunnel(&mut self) -> Option<(&mut Self::Reader, &mut BytesMut)>;
+
+    /// Once the whole body was read: ready when the client closed its connection (or it
+    /// failed), so that a request nobody waits for any more is not waited on. What the client
+    /// sends meanwhile (a pipelined request) is kept for later. Never ready where the sink's
+    /// [`ResponseSink::wait`] sees the client go by itself (an HTTP/2 stream). A poll, not a
+    /// future: it is polled beside the wait for the backend on every request.
+    fn poll_closed(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::task::Poll::Pending
+    }
 }
 
 /// The client's side of an answer from a backend.

@@ -181,7 +181,8 @@ impl ProxyError {
 /// and the router line's). The texts are stable: operators grep for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Abort {
-    /// The client closed its connection while sending its request body.
+    /// The client closed its connection before its answer began (while sending its body,
+    /// or waiting).
     ClientClosed,
     /// The client stopped taking the answer (write failed or timed out).
     ClientWrite,

@@ -75,13 +75,7 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
     }
     // the client's request rate (before routing: a flood costs no lookup)
     if let Some(limits) = &w.shared.client_limits {
-        let peer = d.peer().ip();
-        let client = if d.listener().trusted {
-            d.forwarded_client().unwrap_or(peer)
-        } else {
-            peer
-        };
-        if !limits.allow(client, d.request().start_ms) {
+        if !limits.allow(d.client_ip(), d.request().start_ms) {
             return (None, d.answer_unread(ProxyError::RateLimited).await);
         }
     }
@@ -161,14 +155,26 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
             // request's.
             Err(queued) => {
                 let since = Instant::now();
-                let waited = Box::pin(queued.wait(&cfg.limits)).await;
+                // A client that leaves the queue gives its place up at once.
+                let waited = Box::pin(async {
+                    tokio::select! {
+                        biased;
+                        p = queued.wait(&cfg.limits) => Some(p),
+                        () = d.gone() => None,
+                    }
+                })
+                .await;
                 // At least 1: 0 says it did not wait.
                 queue_us = u32::try_from(since.elapsed().as_micros())
                     .unwrap_or(u32::MAX)
                     .max(1);
                 match waited {
-                    Ok(p) => Some(p),
-                    Err(e) => {
+                    Some(Ok(p)) => Some(p),
+                    None => {
+                        let o = d.client_failed(None).await;
+                        return (Some(app), Outcome { queue_us, ..o });
+                    }
+                    Some(Err(e)) => {
                         let o = d.answer_unread(e).await;
                         return (Some(app), Outcome { queue_us, ..o });
                     }

@@ -242,3 +242,131 @@ async fn http2_streams_count_against_the_same_limit() {
     assert_eq!(answers[1].0, 200);
     assert_eq!(answers[2], (503, Some("app-overloaded".to_string())));
 }
+
+/// Waits until `n` of `be`'s `/silent` connections were closed by the balancer.
+async fn hung_up(be: &Backend, n: usize, within: Duration) -> bool {
+    let start = Instant::now();
+    while be.hung_up.load(std::sync::atomic::Ordering::SeqCst) < n {
+        if start.elapsed() > within {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_frees_its_backend_connection_at_once() {
+    // The backend never answers, and the first-byte timeout is long: only the client's close
+    // can end the wait.
+    let be = Backend::start("stalled").await;
+    let routes = app_routes("stalled", &["stalled.test"], &[be.addr], "");
+    let b = Balancer::start(&routes, "[timeouts]\nfirst_byte = \"60s\"\n").await;
+    let mut c = pier_testkit::h1::Conn::connect(b.addr()).await;
+    c.send(b"GET /silent HTTP/1.1\r\nHost: stalled.test\r\n\r\n")
+        .await;
+    let start = Instant::now();
+    while be.count() < 1 {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(c);
+    assert!(
+        hung_up(&be, 1, Duration::from_secs(3)).await,
+        "the backend connection outlived the client's"
+    );
+    b.wait_log("path=/silent").await;
+    let log = b.log_text();
+    let line = log.lines().find(|l| l.contains("path=/silent")).unwrap();
+    assert!(line.contains("status=499"), "{line}");
+    assert!(line.contains("aborted=\"client-closed\""), "{line}");
+    // Nothing of it is pooled: the next request gets a working connection.
+    assert_eq!(get(b.addr(), "stalled.test", "/next").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_pipelined_while_the_first_waits_is_answered_after_it() {
+    let be = Backend::start("b").await;
+    let routes = app_routes("blog", &["blog.test"], &[be.addr], "");
+    let b = Balancer::start(&routes, "").await;
+    let mut c = pier_testkit::h1::Conn::connect(b.addr()).await;
+    c.send(b"GET /slow/400 HTTP/1.1\r\nHost: blog.test\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Sent while the first waits for its backend: read ahead, kept, answered second.
+    c.send(b"GET /second HTTP/1.1\r\nHost: blog.test\r\n\r\n")
+        .await;
+    let first = c.read_response(false).await.unwrap();
+    assert_eq!(first.status, 200, "{}", first.head);
+    assert_eq!(first.text(), "b /slow/400");
+    let second = c.read_response(false).await.unwrap();
+    assert_eq!(second.status, 200, "{}", second.head);
+    assert_eq!(second.text(), "b /second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_the_queue_gives_its_place_up() {
+    let (b, slow, _fast) = two_apps("[limits]\napp_queue = 1\napp_queue_timeout = \"30s\"\n").await;
+    let addr = b.addr();
+    // Both slots held by requests the backend never answers.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = pier_testkit::h1::Conn::connect(addr).await;
+        c.send(b"GET /silent HTTP/1.1\r\nHost: slow.test\r\n\r\n")
+            .await;
+        held.push(c);
+    }
+    let start = Instant::now();
+    while slow.count() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // One waits in the one-place queue, then leaves.
+    let mut q = pier_testkit::h1::Conn::connect(addr).await;
+    q.send(b"GET /queued HTTP/1.1\r\nHost: slow.test\r\n\r\n")
+        .await;
+    let queued = || async {
+        let routes = admin_get(b.admin, "/routes").await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&routes.text()).unwrap();
+        let apps = v["apps"].as_array().unwrap().clone();
+        let app = apps.into_iter().find(|a| a["name"] == "slow").unwrap();
+        app["queued"].as_u64().unwrap()
+    };
+    let start = Instant::now();
+    while queued().await != 1 {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(q);
+    let start = Instant::now();
+    while queued().await != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the place was kept after its client left"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The freed place takes the next one (which waits, rather than being refused as full).
+    let mut next = pier_testkit::h1::Conn::connect(addr).await;
+    next.send(b"GET /next HTTP/1.1\r\nHost: slow.test\r\n\r\n")
+        .await;
+    let start = Instant::now();
+    while queued().await != 1 {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    b.wait_log("path=/queued").await;
+    let log = b.log_text();
+    let line = log.lines().find(|l| l.contains("path=/queued")).unwrap();
+    assert!(line.contains("status=499"), "{line}");
+    // The held ones' clients leave too: their backend connections close.
+    drop(held);
+    assert!(hung_up(&slow, 2, Duration::from_secs(3)).await);
+    // And the queued one gets a slot and reaches the backend.
+    let start = Instant::now();
+    while !slow.seen().iter().any(|s| s.path() == "/next") {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!slow.seen().iter().any(|s| s.path() == "/queued"));
+}

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pier_routes::app::{check_hsts, BackendProtocol, HealthCheck, HealthCheckSpec, Probe};
-use pier_routes::{Action, AppSettings, Policy, Timeouts};
+use pier_routes::hash::{hash_policy, DEFAULT_HASH_BALANCE};
+use pier_routes::{Action, AppSettings, HashOn, Policy, Timeouts};
 use serde::{Deserialize, Serialize};
 
 /// An app's settings as stored under `apps` (every field optional; defaults as in the routes
@@ -14,10 +15,20 @@ use serde::{Deserialize, Serialize};
 #[cfg_attr(feature = "openapi", schema(as = AppSettings))]
 #[serde(deny_unknown_fields)]
 pub struct AppRecord {
-    /// `round-robin` (default) or `least-outstanding`.
+    /// `round-robin` (default), `least-outstanding` or `consistent-hash`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub policy: Option<String>,
+    /// What a `consistent-hash` app hashes: `client-ip` (default), `header:NAME` or
+    /// `cookie:NAME`. Kept, unused, under another policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub hash_on: Option<String>,
+    /// A `consistent-hash` app's bound on a backend's load, in percent of its fair share of
+    /// the requests in flight (100 to 1000, default 125); 0: unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false, maximum = 1000))]
+    pub hash_balance: Option<u64>,
     /// Largest request body, bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
@@ -206,6 +217,17 @@ impl AppRecord {
                 Policy::RoundRobin => None,
                 p => Some(p.name().to_string()),
             },
+            // Written only where they differ from the defaults they are read back with.
+            hash_on: s
+                .hash
+                .as_ref()
+                .filter(|h| h.on != HashOn::default())
+                .map(|h| h.on.to_text()),
+            hash_balance: s
+                .hash
+                .as_ref()
+                .filter(|h| h.balance != DEFAULT_HASH_BALANCE)
+                .map(|h| u64::from(h.balance)),
             max_body: s.max_body,
             retries: s.retries,
             max_in_flight: s.max_in_flight,
@@ -259,10 +281,11 @@ impl AppRecord {
     /// Checks the record and turns it into the route table's settings.
     pub fn to_settings(&self) -> Result<Arc<AppSettings>, String> {
         let policy = match self.policy.as_deref() {
-            None | Some("round-robin") => Policy::RoundRobin,
-            Some("least-outstanding") => Policy::LeastOutstanding,
-            Some(other) => return Err(format!("unknown policy {other:?}")),
+            None => Policy::RoundRobin,
+            Some(p) => Policy::parse(p)?,
         };
+        let hash =
+            hash_policy(policy, self.hash_on.as_deref(), self.hash_balance).map_err(|(_, e)| e)?;
         let ms = |v: Option<u64>, what: &str| -> Result<Option<Duration>, String> {
             match v {
                 Some(0) => Err(format!("timeouts.{what} must be above zero")),
@@ -338,6 +361,7 @@ impl AppRecord {
         Ok(Arc::new(AppSettings {
             action,
             policy,
+            hash,
             timeouts,
             max_body: self.max_body,
             retries: self.retries,

@@ -48,6 +48,8 @@ pub enum Policy {
     RoundRobin,
     /// Power of two random choices, the one with fewer outstanding requests wins.
     LeastOutstanding,
+    /// The same key to the same backend ([`crate::hash`]; the key in [`AppSettings::hash`]).
+    ConsistentHash,
 }
 
 impl Policy {
@@ -55,6 +57,19 @@ impl Policy {
         match self {
             Policy::RoundRobin => "round-robin",
             Policy::LeastOutstanding => "least-outstanding",
+            Policy::ConsistentHash => "consistent-hash",
+        }
+    }
+
+    /// The policy named `name` (as [`Policy::name`] gives it).
+    pub fn parse(name: &str) -> Result<Policy, String> {
+        match name {
+            "round-robin" => Ok(Policy::RoundRobin),
+            "least-outstanding" => Ok(Policy::LeastOutstanding),
+            "consistent-hash" => Ok(Policy::ConsistentHash),
+            other => Err(format!(
+                "unknown policy {other:?} (use \"round-robin\", \"least-outstanding\" or \"consistent-hash\")"
+            )),
         }
     }
 }
@@ -72,6 +87,8 @@ pub struct Timeouts {
 pub struct AppSettings {
     pub action: Action,
     pub policy: Policy,
+    /// What a `consistent-hash` app hashes, and its bound on load (set with that policy only).
+    pub hash: Option<crate::hash::HashPolicy>,
     pub timeouts: Timeouts,
     /// Largest request body accepted, in bytes (`None` = the global default).
     pub max_body: Option<u64>,
@@ -587,6 +604,8 @@ pub struct App {
     /// one pointer here and a reload does not reset counts. Set at most once: reading it is
     /// one atomic load (an `ArcSwapOption` read took ~50 instructions, three times a request).
     counters: OnceBox<Arc<AppCounters>>,
+    /// A consistent-hash app's ring, built on its first pick (other apps never build one).
+    ring: OnceBox<crate::hash::Ring>,
 }
 
 /// Most backends an app may have for the exclusion list of [`App::pick`] to stay on the stack.
@@ -609,6 +628,7 @@ impl App {
             settings,
             backends,
             counters: cell,
+            ring: OnceBox::new(),
         }
     }
 
@@ -616,6 +636,12 @@ impl App {
     /// threads race to create them, one set wins and the other is dropped unused).
     pub fn counters(&self) -> &Arc<AppCounters> {
         self.counters.get_or_init(|| Box::new(Arc::default()))
+    }
+
+    /// The consistent-hash ring of this app's backends, built on first use.
+    pub fn ring(&self) -> &crate::hash::Ring {
+        self.ring
+            .get_or_init(|| Box::new(crate::hash::Ring::build(self)))
     }
 
     /// Counts one response of this app.
@@ -661,7 +687,8 @@ impl App {
                 && ramp.is_none_or(|r| !state.ramp_turns_down(now_ms, r))
         };
         match self.settings.policy {
-            Policy::RoundRobin => {
+            // A consistent-hash request without its key is spread as round-robin spreads.
+            Policy::RoundRobin | Policy::ConsistentHash => {
                 let turn = self.counters().rr.fetch_add(1, Ordering::Relaxed) as usize;
                 let start = self.weighted_slot(turn, self.total_weight());
                 (0..n)

@@ -74,6 +74,8 @@ pub struct AppFile {
     #[serde(default)]
     pub backends: Vec<BackendFile>,
     pub policy: Option<String>,
+    pub hash_on: Option<String>,
+    pub hash_balance: Option<u64>,
     pub max_body: Option<SizeValue>,
     pub retries: Option<u32>,
     pub max_in_flight: Option<u32>,
@@ -351,19 +353,33 @@ impl AppFile {
                 Err(e) => err(format!("{key}.backends[{j}]"), e),
             }
         }
-        let policy = match self.policy.as_deref() {
-            None | Some("round-robin") => Policy::RoundRobin,
-            Some("least-outstanding") => Policy::LeastOutstanding,
-            Some(other) => {
-                err(
-                    format!("{key}.policy"),
-                    format!(
-                        "unknown policy {other:?} (use \"round-robin\" or \"least-outstanding\")"
-                    ),
-                );
+        let policy = match self.policy.as_deref().map(Policy::parse) {
+            None => Policy::RoundRobin,
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                err(format!("{key}.policy"), e);
                 Policy::RoundRobin
             }
         };
+        let hash = crate::hash::hash_policy(policy, self.hash_on.as_deref(), self.hash_balance)
+            .unwrap_or_else(|(field, e)| {
+                err(format!("{key}.{field}"), e);
+                None
+            });
+        if policy != Policy::ConsistentHash {
+            // In a file, a setting that does nothing is a mistake worth refusing.
+            for (field, given) in [
+                ("hash_on", self.hash_on.is_some()),
+                ("hash_balance", self.hash_balance.is_some()),
+            ] {
+                if given {
+                    err(
+                        format!("{key}.{field}"),
+                        crate::hash::NEEDS_HASH_POLICY.to_string(),
+                    );
+                }
+            }
+        }
         let max_body = match &self.max_body {
             None => None,
             Some(v) => match v.bytes() {
@@ -535,6 +551,7 @@ impl AppFile {
             settings: Arc::new(AppSettings {
                 action,
                 policy,
+                hash,
                 timeouts,
                 max_body,
                 retries: self.retries,
@@ -748,6 +765,65 @@ mod tests {
         assert!(keys.contains(&"app[0] (blog).timeouts.connect"), "{keys:?}");
         assert!(keys.contains(&"app[0] (blog).redirect.status"), "{keys:?}");
         assert!(keys.contains(&"app[1].name"), "{keys:?}");
+    }
+
+    #[test]
+    fn consistent_hash_settings_are_read_and_checked() {
+        let spec = parse(
+            r#"
+            [[app]]
+            name = "shop"
+            domains = ["shop.test"]
+            backends = ["127.0.0.1:1"]
+            policy = "consistent-hash"
+            hash_on = "cookie:session"
+            [[app]]
+            name = "plain"
+            domains = ["plain.test"]
+            backends = ["127.0.0.1:2"]
+            policy = "consistent-hash"
+            "#,
+            &no_files,
+        )
+        .unwrap();
+        let hash = |i: usize| spec.apps[i].settings.hash.clone().unwrap();
+        assert_eq!(hash(0).on, crate::HashOn::Cookie("session".into()));
+        assert_eq!(hash(0).balance, crate::hash::DEFAULT_HASH_BALANCE);
+        assert_eq!(hash(1).on, crate::HashOn::ClientIp);
+        let errs = parse(
+            r#"
+            [[app]]
+            name = "a"
+            domains = ["a.test"]
+            backends = ["127.0.0.1:1"]
+            policy = "consistent-hash"
+            hash_on = "query:id"
+            hash_balance = 50
+            [[app]]
+            name = "b"
+            domains = ["b.test"]
+            backends = ["127.0.0.1:1"]
+            hash_on = "client-ip"
+            "#,
+            &no_files,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"app[0] (a).hash_on"), "{keys:?}");
+        assert!(keys.contains(&"app[1] (b).hash_on"), "{keys:?}");
+        let errs = parse(
+            r#"
+            [[app]]
+            name = "a"
+            domains = ["a.test"]
+            backends = ["127.0.0.1:1"]
+            policy = "consistent-hash"
+            hash_balance = 50
+            "#,
+            &no_files,
+        )
+        .unwrap_err();
+        assert_eq!(errs[0].key, "app[0] (a).hash_balance", "{errs:?}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`host`]: normalising a request's `Host` (on the stack) and configured domains (IDNA).
 //! - [`table`]: the sharded, immutable table and its lookup order.
 //! - [`app`]: apps, settings, backends, and the choice of a backend (round-robin, two choices).
+//! - [`hash`]: the consistent-hash choice of a backend, with bounded loads.
 //! - [`spec`]: what a table is built from.
 //! - [`file`]: the routes file (TOML) and its validation, with every error keyed.
 //! - [`cert`]: TLS certificate chains and keys: parsing, checks, what they cover.
@@ -18,6 +19,7 @@
 pub mod app;
 pub mod cert;
 pub mod file;
+pub mod hash;
 pub mod host;
 pub mod spec;
 pub mod table;
@@ -27,6 +29,7 @@ pub use app::{
     Action, App, AppCounters, AppSettings, Backend, BackendState, OutstandingGuard, Policy,
     Timeouts,
 };
+pub use hash::{HashOn, HashPolicy};
 pub use host::{DomainPattern, HostError, RequestHost};
 pub use spec::{AppSpec, BackendSpec, BackendTls, CertSpec, RouteSpec};
 pub use table::{AcmeChallenge, BuildError, CertEntry, MatchKind, RouteMatch, RouteTable};

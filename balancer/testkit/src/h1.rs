@@ -228,7 +228,8 @@ impl Seen {
 /// - `/eof-body`: answer without length, body ends at close
 /// - `/big/N`: N bytes of body, streamed
 /// - `/slow/MS`: wait MS milliseconds before answering
-/// - `/silent`: read the request, never answer
+/// - `/silent`: read the request, never answer (counted in `hung_up` when the balancer
+///   closes the connection first)
 /// - `/partial`: send the head and half the body, then stall
 /// - `/continue`: send `100 Continue` before reading the body
 /// - `/raw/NAME`: send a canned malformed response (see `RAW`)
@@ -242,6 +243,8 @@ pub struct Backend {
     pub name: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub conns: Arc<AtomicUsize>,
+    /// `/silent` connections the balancer closed before the backend gave up (60 s).
+    pub hung_up: Arc<AtomicUsize>,
     pub stop: Arc<tokio::sync::Notify>,
 }
 
@@ -295,6 +298,7 @@ impl Backend {
             name: name.to_string(),
             seen: Arc::default(),
             conns: Arc::default(),
+            hung_up: Arc::default(),
             stop: Arc::default(),
         };
         let me = b.clone();
@@ -483,7 +487,11 @@ impl Backend {
                         .await
                 }
                 ["silent"] => {
-                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    let mut byte = [0u8; 1];
+                    let read = c.stream.read(&mut byte);
+                    if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_secs(60), read).await {
+                        self.hung_up.fetch_add(1, Ordering::SeqCst);
+                    }
                     return;
                 }
                 ["partial"] => {

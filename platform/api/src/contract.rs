@@ -64,14 +64,21 @@ pub fn tighten(s: &mut Value) {
     s["NewToken"]["properties"]["app"] = name;
 
     let settings = &mut s["AppSettings"]["properties"];
-    settings["policy"]["enum"] = json!(["round-robin", "least-outstanding"]);
+    settings["policy"]["enum"] = json!(["round-robin", "least-outstanding", "consistent-hash"]);
+    let hash_on = "^(client-ip|(header|cookie):[!#$%&'*+.^_`|~0-9A-Za-z-]+)$";
+    settings["hash_on"]["pattern"] = json!(hash_on);
+    // 0 (unbounded) or 100 to 1000 (pier_routes::hash::check_hash_balance).
+    let not_1_to_99 = json!({ "type": "integer", "minimum": 1, "maximum": 99 });
+    settings["hash_balance"]["not"] = not_1_to_99.clone();
     settings["backend_protocol"]["enum"] = json!(["http1", "h2c"]);
     let hsts_rule = "must be max-age=<seconds> (between 0 and two years) then any ;directives, in visible ASCII";
     settings["hsts"]["pattern"] = json!(HSTS);
     settings["hsts"]["description"] = json!(hsts_rule);
     settings["hsts"]["maxLength"] = json!(pier_routes::app::MAX_HSTS_LEN);
     let patch = &mut s["AppSettingsPatch"]["properties"];
-    patch["policy"]["enum"] = json!(["round-robin", "least-outstanding", null]);
+    patch["policy"]["enum"] = json!(["round-robin", "least-outstanding", "consistent-hash", null]);
+    patch["hash_on"]["pattern"] = json!(hash_on);
+    patch["hash_balance"]["not"] = not_1_to_99;
     patch["backend_protocol"]["enum"] = json!(["http1", "h2c", null]);
     patch["hsts"]["pattern"] = json!(HSTS);
     patch["hsts"]["description"] = json!(hsts_rule);

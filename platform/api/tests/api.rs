@@ -360,6 +360,39 @@ async fn an_apps_limit_on_requests_in_flight_is_set_and_reset() {
         )
         .await;
     assert_eq!(r.status, 422, "{}", r.text);
+    // Consistent hashing on a cookie, with its bound on load.
+    let r = owner
+        .call(
+            Method::PATCH,
+            "/v1/apps/blog",
+            Some(json!({ "policy": "consistent-hash", "hash_on": "cookie:sid", "hash_balance": 150 })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["settings"]["policy"], "consistent-hash");
+    assert_eq!(r.body["settings"]["hash_on"], "cookie:sid");
+    assert_eq!(r.body["settings"]["hash_balance"], 150);
+    for bad in [
+        json!({ "hash_on": "query:id" }),
+        json!({ "hash_on": "header:" }),
+        json!({ "hash_balance": 99 }),
+        json!({ "hash_balance": 1001 }),
+    ] {
+        let r = owner
+            .call(Method::PATCH, "/v1/apps/blog", Some(bad.clone()))
+            .await;
+        assert_eq!(r.status, 422, "{bad}: {}", r.text);
+    }
+    // Back to the defaults (client address, 125 %): nothing stored.
+    let r = owner
+        .call(
+            Method::PATCH,
+            "/v1/apps/blog",
+            Some(json!({ "hash_on": null, "hash_balance": 125 })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body["settings"].get("hash_on").is_none(), "{}", r.text);
 }
 
 #[tokio::test]

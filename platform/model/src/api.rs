@@ -56,6 +56,11 @@ pub struct AppSettingsPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<Option<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 1000)]
+    pub hash_balance: Option<Option<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body: Option<Option<u64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Option<u32>>,

@@ -7,7 +7,9 @@
 //! handshake turns the exchange into a tunnel. Failures count towards passive ejection; a
 //! stale pooled connection is retried on a new one when the request is replayable.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -46,7 +48,7 @@ pub async fn proxy<D: Downstream>(
     }
     let replayable = d.request().idempotent && d.body_replayable();
     let start = d.request().start;
-    let mut attempts = Attempts::new(w, app, d.request().start_ms);
+    let mut attempts = Attempts::new(w, app, d.request().start_ms).key_from(d);
     let mut fresh = false;
     let mut stale_retries = 0;
     loop {
@@ -253,8 +255,20 @@ async fn exchange<D: Downstream>(
         let deadline = sent_at + t.first_byte;
         let mut got_any = false;
         loop {
-            let read = read_head(&mut up_r, &mut conn.buf, &mut fields, upgrading);
-            match sink.wait(deadline, read).await {
+            // A client that leaves stops the wait (and the backend's work: its connection
+            // is closed) instead of holding both sockets until the first-byte timeout.
+            let got = {
+                let read = read_head(&mut up_r, &mut conn.buf, &mut fields, upgrading);
+                let mut read = std::pin::pin!(read);
+                let watched = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                        return Poll::Ready(Ok(r));
+                    }
+                    body.poll_closed(cx).map(|()| Err(Waited::ClientGone))
+                });
+                sink.wait(deadline, watched).await.and_then(|r| r)
+            };
+            match got {
                 Ok(Ok(Read::Final(h))) => break h,
                 Ok(Ok(Read::Interim(h))) => {
                     got_any = true;

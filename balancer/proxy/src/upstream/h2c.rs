@@ -89,7 +89,7 @@ pub async fn proxy<D: Downstream>(
 ) -> Outcome {
     let cfg = &w.shared.config;
     let start = d.request().start;
-    let mut attempts = Attempts::new(w, app, d.request().start_ms);
+    let mut attempts = Attempts::new(w, app, d.request().start_ms).key_from(d);
     let (first_byte_limit, idle, write_idle) = (
         attempts.timeouts.first_byte,
         attempts.timeouts.idle,

@@ -28,9 +28,11 @@ use smallvec::SmallVec;
 use tokio::time::timeout;
 
 use pier_routes::app::{Backend, MAX_TRIED};
-use pier_routes::App;
+use pier_routes::hash::hash_key;
+use pier_routes::{App, HashOn, Policy};
 
 use crate::config::Config;
+use crate::downstream::Downstream;
 use crate::error::ProxyError;
 use crate::shared::Worker;
 use pool::{ConnectError, UpstreamConn};
@@ -61,6 +63,8 @@ pub struct Attempts<'a> {
     retries: usize,
     /// The request's start in wall-clock milliseconds (liveness and ejection).
     now_ms: u64,
+    /// The hash of the request's key, for a consistent-hash app (`None`: no key; spread).
+    key: Option<u64>,
     pub timeouts: Timeouts,
 }
 
@@ -73,8 +77,19 @@ impl<'a> Attempts<'a> {
             tried: SmallVec::new(),
             retries: app.settings.retries.unwrap_or(cfg.upstream.retries) as usize,
             now_ms,
+            key: None,
             timeouts: Timeouts::of(cfg, app),
         }
+    }
+
+    /// Reads the key of `d`'s request when the app hashes one to choose a backend.
+    pub fn key_from<D: Downstream>(mut self, d: &D) -> Self {
+        if self.app.settings.policy == Policy::ConsistentHash {
+            if let Some(h) = &self.app.settings.hash {
+                self.key = request_key(d, &h.on);
+            }
+        }
+        self
     }
 
     /// A connection to an HTTP/1.1 backend: `(backend index, connection)`. A pooled one
@@ -140,7 +155,10 @@ impl<'a> Attempts<'a> {
     /// A live backend not tried yet.
     fn pick(&self) -> Option<usize> {
         let live_at = self.w.shared.liveness_ms(self.now_ms);
-        self.app.pick(live_at, &self.tried)
+        match (self.key, &self.app.settings.hash) {
+            (Some(key), Some(h)) => self.app.pick_hashed(live_at, &self.tried, key, h.balance),
+            _ => self.app.pick(live_at, &self.tried),
+        }
     }
 
     /// Backend `idx` could not be connected to: it counts a failure (towards ejection) and
@@ -209,5 +227,56 @@ impl<'a> Attempts<'a> {
             self.w.shared.metrics.upstream_ejections.inc();
             tracing::warn!(backend = %backend.addr, app = %self.app.name, "backend ejected");
         }
+    }
+}
+
+/// The hash of a request's key for a consistent-hash app: the client's address, the first
+/// value of a header, or a cookie's value; `None` when the request has none (or it is empty).
+fn request_key<D: Downstream>(d: &D, on: &HashOn) -> Option<u64> {
+    match on {
+        HashOn::ClientIp => Some(match d.client_ip() {
+            std::net::IpAddr::V4(v4) => hash_key(&v4.octets()),
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => hash_key(&v4.octets()),
+                None => hash_key(&v6.octets()),
+            },
+        }),
+        HashOn::Header(name) => d.field_values(name).next().and_then(non_empty),
+        HashOn::Cookie(name) => d
+            .field_values("cookie")
+            .find_map(|v| cookie_value(v, name.as_bytes()))
+            .and_then(non_empty),
+    }
+}
+
+/// The hash of a key that is not empty (an empty one is no key: it would send every request
+/// without one to the same backend).
+fn non_empty(key: &[u8]) -> Option<u64> {
+    (!key.is_empty()).then(|| hash_key(key))
+}
+
+/// The value of cookie `name` in a `Cookie` header value (`a=1; b=2`, RFC 6265 §4.2.1), its
+/// quotes kept; the first if it appears twice.
+fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cookie_value;
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let h = b"theme=dark; sid=abc123;lang = en; empty=";
+        assert_eq!(cookie_value(h, b"sid"), Some(&b"abc123"[..]));
+        assert_eq!(cookie_value(h, b"lang"), Some(&b"en"[..]));
+        assert_eq!(cookie_value(h, b"empty"), Some(&b""[..]));
+        assert_eq!(cookie_value(h, b"the"), None);
+        assert_eq!(cookie_value(b"", b"sid"), None);
+        assert_eq!(cookie_value(b"noequals", b"noequals"), None);
     }
 }

@@ -128,6 +128,10 @@ impl Downstream for H1Request {
         self.client.peer
     }
 
+    fn field_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.head.values(name.as_bytes())
+    }
+
     fn listener(&self) -> &Listener {
         &self.client.listener
     }
@@ -251,6 +255,11 @@ impl Downstream for H1Request {
         )
     }
 
+    async fn gone(&mut self) {
+        let mut body = self.split().0;
+        std::future::poll_fn(|cx| body.poll_closed(cx)).await
+    }
+
     fn h2_request(&self) -> Result<(http::Request<()>, bool), ProxyError> {
         let head = &self.head;
         let framing = &self.framing;
@@ -350,7 +359,29 @@ impl<'a> RequestBody for H1Body<'a> {
     fn tunnel(&mut self) -> Option<(&mut ClientRead<'a>, &mut BytesMut)> {
         Some((&mut self.r, self.buf))
     }
+
+    /// Reads on while the answer is awaited: an end of stream (a close, or a half-close, as
+    /// nginx takes it too: an HTTP/1.x client does not half-close and still wait) or an error
+    /// means the client is gone; bytes (a pipelined request) are kept in the buffer, up to
+    /// [`WATCH_LIMIT`], past which the watch stops reading.
+    fn poll_closed(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::task::Poll;
+        while self.buf.len() < WATCH_LIMIT {
+            let mut space = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+            let mut rb = tokio::io::ReadBuf::uninit(&mut space);
+            match std::pin::Pin::new(&mut self.r).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => self.buf.extend_from_slice(rb.filled()),
+            }
+        }
+        Poll::Pending
+    }
 }
+
+/// Most bytes read ahead from a client while its request waits for an answer.
+const WATCH_LIMIT: usize = 64 * 1024;
 
 /// The client's side of an answer on an HTTP/1.x connection.
 pub struct H1Sink<'a> {

@@ -300,6 +300,14 @@ impl Downstream for H2Stream {
         self.info.peer
     }
 
+    fn field_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.parts
+            .headers
+            .get_all(name)
+            .into_iter()
+            .map(|v| v.as_bytes())
+    }
+
     fn listener(&self) -> &Listener {
         &self.info.listener
     }
@@ -433,6 +441,11 @@ impl Downstream for H2Stream {
                 scratch: Vec::new(),
             },
         )
+    }
+
+    async fn gone(&mut self) {
+        // A reset stream; poll_reset's error (a connection gone) means as much.
+        let _ = std::future::poll_fn(|cx| self.respond.poll_reset(cx)).await;
     }
 
     fn h2_request(&self) -> Result<(http::Request<()>, bool), ProxyError> {
