@@ -173,6 +173,7 @@ pub fn routes_json(table: &RouteTable) -> serde_json::Value {
                 "hash_balance": s.hash.as_ref().filter(|_| s.policy == pier_routes::Policy::ConsistentHash).map(|h| h.balance),
                 "max_body": s.max_body,
                 "max_in_flight": s.max_in_flight,
+                "adaptive_limit": gate.as_ref().and_then(|c| c.adaptive.current()),
                 "in_flight": gate.as_ref().map_or(0, |c| c.gate.in_flight()),
                 "queued": gate.as_ref().map_or(0, |c| c.gate.waiting()),
                 "backends": app.backends.iter().map(|b| json!({

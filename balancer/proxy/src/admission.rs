@@ -37,11 +37,38 @@ pub struct Queued {
     limit: u32,
 }
 
-/// The app's limit: its own, else the balancer's (0 = none).
+/// The app's limit: its own, else the balancer's (0 = none); an adaptive limit under it
+/// where the app uses one.
 pub fn limit_of(app: &App, limits: &Limits) -> u32 {
-    app.settings
+    let max = app
+        .settings
         .max_in_flight
-        .unwrap_or(limits.app_max_in_flight)
+        .unwrap_or(limits.app_max_in_flight);
+    if is_adaptive(app, limits) {
+        app.counters().adaptive.limit(max)
+    } else {
+        max
+    }
+}
+
+/// Whether `app`'s limit follows its backends' latency.
+pub fn is_adaptive(app: &App, limits: &Limits) -> bool {
+    app.settings.adaptive_limit.unwrap_or(limits.app_adaptive)
+}
+
+/// Counts a proxied request's time to first byte towards `app`'s adaptive limit (if it has
+/// one) at `now_ms`.
+pub fn sample(app: &App, limits: &Limits, first_byte: std::time::Duration, now_ms: u64) {
+    if !is_adaptive(app, limits) {
+        return;
+    }
+    let c = app.counters();
+    let max = app
+        .settings
+        .max_in_flight
+        .unwrap_or(limits.app_max_in_flight);
+    let us = u64::try_from(first_byte.as_micros()).unwrap_or(u64::MAX);
+    c.adaptive.record(us, c.gate.in_flight(), now_ms, max);
 }
 
 /// Takes one of `app`'s slots if one is free and nobody waits for one (a newcomer does not

@@ -204,6 +204,7 @@ pub struct LimitsFile {
     pub max_headers: Option<usize>,
     pub max_body: Option<SizeValue>,
     pub app_max_in_flight: Option<u32>,
+    pub app_adaptive: Option<bool>,
     pub app_queue: Option<u32>,
     pub app_queue_timeout: Option<String>,
     pub client_rate: Option<u32>,
@@ -373,6 +374,9 @@ pub struct Limits {
     pub max_body: u64,
     /// Requests proxied to one app at once (0 = no limit; per app: `max_in_flight`).
     pub app_max_in_flight: u32,
+    /// Whether apps' limits follow their backends' latency unless an app says otherwise
+    /// (`adaptive_limit`), under their `max_in_flight`.
+    pub app_adaptive: bool,
     /// Requests that may wait for one app's slot; more are refused at once.
     pub app_queue: u32,
     /// How long a request waits for a slot before `503 app-overloaded`.
@@ -803,6 +807,7 @@ impl ConfigFile {
             app_max_in_flight: l
                 .and_then(|l| l.app_max_in_flight)
                 .unwrap_or(DEFAULT_APP_MAX_IN_FLIGHT),
+            app_adaptive: l.and_then(|l| l.app_adaptive).unwrap_or(false),
             app_queue: l.and_then(|l| l.app_queue).unwrap_or(100),
             client_rate: l.and_then(|l| l.client_rate).unwrap_or(0),
             // A second's worth by default.

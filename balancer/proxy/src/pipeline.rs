@@ -34,10 +34,22 @@ use crate::util::now_ms;
 /// Answers one request and records it; returns how it ended.
 pub async fn run<D: Downstream>(w: &Worker, d: &mut D) -> Outcome {
     let (app, mut outcome) = answer(w, d).await;
+    let end = *outcome.end.get_or_insert_with(Instant::now);
     if let Some(app) = &app {
         app.record_response(outcome.status);
+        // The backend's latency, for an adaptive limit: its time to first byte, or the whole
+        // wait when it never answered in time.
+        let latency = match (outcome.first_byte, outcome.error) {
+            (Some(t), _) => Some(t),
+            (None, Some(ProxyError::UpstreamTimeout)) => {
+                Some(end.saturating_duration_since(d.request().start))
+            }
+            _ => None,
+        };
+        if let Some(t) = latency {
+            admission::sample(app, &w.shared.config.limits, t, crate::util::wall_ms(end));
+        }
     }
-    let end = *outcome.end.get_or_insert_with(Instant::now);
     record(w, d, end, app.as_ref(), &outcome);
     outcome
 }

@@ -370,3 +370,67 @@ async fn a_client_that_leaves_the_queue_gives_its_place_up() {
     }
     assert!(!slow.seen().iter().any(|s| s.path() == "/queued"));
 }
+
+/// The app's adaptive limit as `/routes` shows it.
+async fn adaptive_limit(b: &Balancer, app: &str) -> Option<u64> {
+    let routes = admin_get(b.admin, "/routes").await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&routes.text()).unwrap();
+    let apps = v["apps"].as_array().unwrap().clone();
+    let a = apps.into_iter().find(|a| a["name"] == app).unwrap();
+    a["adaptive_limit"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adaptive_limit_shrinks_when_latency_rises_and_grows_back() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let be = Backend::start("b").await;
+    let routes = app_routes(
+        "adaptive",
+        &["adaptive.test"],
+        &[be.addr],
+        "adaptive_limit = true\nmax_in_flight = 200",
+    );
+    let b = Balancer::start(&routes, "[limits]\napp_queue = 1000\n").await;
+    // 30 clients, each one request after another; the backend's latency is `delay` ms.
+    let delay = Arc::new(AtomicU64::new(5));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..30 {
+        let (delay, stop, addr) = (Arc::clone(&delay), Arc::clone(&stop), b.addr());
+        clients.push(tokio::spawn(async move {
+            let mut c = pier_testkit::h1::Conn::connect(addr).await;
+            let mut ok = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let ms = delay.load(Ordering::Relaxed);
+                c.send(
+                    format!("GET /slow/{ms} HTTP/1.1\r\nHost: adaptive.test\r\n\r\n").as_bytes(),
+                )
+                .await;
+                let r = c.read_response(false).await.unwrap();
+                assert!(r.status == 200 || r.status == 503, "{}", r.head);
+                ok += usize::from(r.status == 200);
+            }
+            ok
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let fast = adaptive_limit(&b, "adaptive")
+        .await
+        .expect("the limit started");
+    // Twenty times the latency: the limit falls.
+    delay.store(100, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let slow = adaptive_limit(&b, "adaptive").await.unwrap();
+    // Back to fast: it grows again.
+    delay.store(5, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let again = adaptive_limit(&b, "adaptive").await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        assert!(c.await.unwrap() > 0);
+    }
+    assert!(fast > 20, "it grew from its start of 20 under load: {fast}");
+    assert!(slow * 2 <= fast, "fast {fast}, slow {slow}");
+    assert!(again >= slow * 2, "slow {slow}, again {again}");
+}

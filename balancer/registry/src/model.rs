@@ -42,6 +42,11 @@ pub struct AppRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub max_in_flight: Option<u32>,
+    /// Whether the app's limit on requests in flight follows its backends' latency (under
+    /// `max_in_flight`; default: the balancer's `[limits] app_adaptive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub adaptive_limit: Option<bool>,
     #[serde(default, skip_serializing_if = "TimeoutsRecord::is_empty")]
     pub timeouts: TimeoutsRecord,
     #[serde(default)]
@@ -231,6 +236,7 @@ impl AppRecord {
             max_body: s.max_body,
             retries: s.retries,
             max_in_flight: s.max_in_flight,
+            adaptive_limit: s.adaptive_limit,
             health_check: s.health_check.as_ref().map(HealthCheckRecord::from_check),
             slow_start_ms: s.slow_start.map(|d| d.as_millis() as u64),
             timeouts: TimeoutsRecord {
@@ -366,6 +372,7 @@ impl AppRecord {
             max_body: self.max_body,
             retries: self.retries,
             max_in_flight: self.max_in_flight,
+            adaptive_limit: self.adaptive_limit,
             spin: self.spin,
             https_redirect: self.https_redirect,
             hsts: self.hsts.as_deref().map(Box::from),

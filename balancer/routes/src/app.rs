@@ -97,6 +97,10 @@ pub struct AppSettings {
     /// Requests proxied to the app at once, across the balancer process (`None` = the
     /// balancer's `[limits] app_max_in_flight`; `Some(0)` = no limit).
     pub max_in_flight: Option<u32>,
+    /// Whether the limit on requests in flight follows the backends' latency
+    /// ([`crate::limit`]), under `max_in_flight` (`None` = the balancer's `[limits]
+    /// app_adaptive`).
+    pub adaptive_limit: Option<bool>,
     /// While the app has no live backend, hold its requests until one registers (bounded by
     /// the balancer's spin settings) instead of answering 503 at once.
     pub spin: bool,
@@ -522,6 +526,8 @@ pub struct AppCounters {
     rr: AtomicU32,
     /// Requests in flight and waiting for a slot (the balancer's per-app limit).
     pub gate: Gate,
+    /// The limit that follows the backends' latency, for apps that use one.
+    pub adaptive: crate::limit::Adaptive,
 }
 
 /// The counts behind an app's limit on requests in flight: carried over when the route table

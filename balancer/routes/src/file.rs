@@ -79,6 +79,7 @@ pub struct AppFile {
     pub max_body: Option<SizeValue>,
     pub retries: Option<u32>,
     pub max_in_flight: Option<u32>,
+    pub adaptive_limit: Option<bool>,
     #[serde(default)]
     pub spin: bool,
     #[serde(default)]
@@ -556,6 +557,7 @@ impl AppFile {
                 max_body,
                 retries: self.retries,
                 max_in_flight: self.max_in_flight,
+                adaptive_limit: self.adaptive_limit,
                 spin: self.spin,
                 https_redirect: self.https_redirect,
                 hsts: self.hsts.as_deref().map(Box::from),

@@ -11,6 +11,7 @@
 //! - [`table`]: the sharded, immutable table and its lookup order.
 //! - [`app`]: apps, settings, backends, and the choice of a backend (round-robin, two choices).
 //! - [`hash`]: the consistent-hash choice of a backend, with bounded loads.
+//! - [`limit`]: the adaptive limit on an app's requests in flight.
 //! - [`spec`]: what a table is built from.
 //! - [`file`]: the routes file (TOML) and its validation, with every error keyed.
 //! - [`cert`]: TLS certificate chains and keys: parsing, checks, what they cover.
@@ -21,6 +22,7 @@ pub mod cert;
 pub mod file;
 pub mod hash;
 pub mod host;
+pub mod limit;
 pub mod spec;
 pub mod table;
 pub mod units;

@@ -393,6 +393,16 @@ async fn an_apps_limit_on_requests_in_flight_is_set_and_reset() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r.body["settings"].get("hash_on").is_none(), "{}", r.text);
+    // The adaptive limit, on for this app.
+    let r = owner
+        .call(
+            Method::PATCH,
+            "/v1/apps/blog",
+            Some(json!({ "adaptive_limit": true })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["settings"]["adaptive_limit"], true);
 }
 
 #[tokio::test]

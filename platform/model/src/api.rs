@@ -67,6 +67,8 @@ pub struct AppSettingsPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<Option<u32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_limit: Option<Option<bool>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Option<TimeoutsRecord>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<Option<pier_registry::model::ActionRecord>>,
