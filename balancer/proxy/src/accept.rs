@@ -122,8 +122,25 @@ fn spawn_connection(
                 }
             }
         }
+        // The client's cap on connections (not on trusted listeners: those are your proxy's).
+        let mut _slot = None;
+        if let (Some(conns), false) = (&w.shared.client_conns, cfg.trusted) {
+            match conns.enter(peer.ip()) {
+                Some(s) => _slot = Some(s),
+                None => {
+                    w.shared.metrics.client_connections_refused.inc();
+                    tracing::debug!(listener = %cfg.addr, client = %peer, "connection refused: the client holds its max connections");
+                    if cfg.tls {
+                        serve_tls(w, stream, peer, cfg, true).await;
+                    } else {
+                        crate::client_conns::refuse(stream, false).await;
+                    }
+                    return;
+                }
+            }
+        }
         if cfg.tls {
-            serve_tls(w, stream, peer, cfg).await;
+            serve_tls(w, stream, peer, cfg, false).await;
         } else {
             // HTTP/1.x, until the client turns out to speak HTTP/2 with prior knowledge (its
             // first bytes are the preface, RFC 9113 §3.3): then the connection goes to the h2
@@ -139,8 +156,15 @@ fn spawn_connection(
 }
 
 /// The TLS handshake (bounded by `tls.handshake_timeout`, so a client that never sends a
-/// ClientHello is closed), then HTTP/1.1 or h2 as ALPN decided.
-async fn serve_tls(w: Arc<Worker>, stream: tokio::net::TcpStream, peer: SocketAddr, cfg: Listener) {
+/// ClientHello is closed), then HTTP/1.1 or h2 as ALPN decided; or, when the connection is
+/// `refused` (its client's cap), the refusal in the protocol ALPN chose.
+async fn serve_tls(
+    w: Arc<Worker>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    cfg: Listener,
+    refused: bool,
+) {
     let shared = &w.shared;
     let (Some(acceptor), Some(tls)) = (&shared.tls, &shared.config.tls) else {
         return;
@@ -166,6 +190,10 @@ async fn serve_tls(w: Arc<Worker>, stream: tokio::net::TcpStream, peer: SocketAd
     // Boxed at once: a TLS stream is over a kilobyte, and a moved-from local keeps its place
     // in the task for the connection's life.
     let stream = Box::new(stream);
+    if refused {
+        let h2 = crate::tls::negotiated_h2(stream.get_ref().1);
+        return crate::client_conns::refuse(stream, h2).await;
+    }
     if crate::tls::negotiated_h2(stream.get_ref().1) {
         let h2 = front::h2::serve(w, ClientStream::Tls(stream), peer, cfg, BytesMut::new());
         Box::pin(h2).await;

@@ -93,7 +93,7 @@ impl ClientLimits {
 
 /// What a client is counted as: its IPv4 address, or its IPv6 /64 (an IPv4-mapped IPv6
 /// address counts as the IPv4 one).
-fn bucket_key(ip: IpAddr) -> IpAddr {
+pub fn bucket_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -209,6 +209,7 @@ pub struct LimitsFile {
     pub app_queue_timeout: Option<String>,
     pub client_rate: Option<u32>,
     pub client_burst: Option<u32>,
+    pub client_max_connections: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -384,6 +385,8 @@ pub struct Limits {
     /// Requests per second per client address (0 = no limit), and the bucket's size.
     pub client_rate: u32,
     pub client_burst: u32,
+    /// Connections one client address may hold open at once (0 = no limit).
+    pub client_max_connections: u32,
 }
 
 /// Default of `[limits] app_max_in_flight`: far above what one healthy app has in flight on
@@ -814,6 +817,7 @@ impl ConfigFile {
             client_burst: l
                 .and_then(|l| l.client_burst)
                 .unwrap_or_else(|| l.and_then(|l| l.client_rate).unwrap_or(0)),
+            client_max_connections: l.and_then(|l| l.client_max_connections).unwrap_or(0),
             app_queue_timeout: c.duration(
                 "limits.app_queue_timeout",
                 &l.and_then(|l| l.app_queue_timeout.clone()),

@@ -33,6 +33,7 @@
 pub mod accept;
 pub mod admin;
 pub mod admission;
+pub mod client_conns;
 pub mod client_limits;
 pub mod config;
 pub mod downstream;

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     /// Connections closed on a `proxy_protocol` listener for want of a valid header.
     pub proxy_protocol_refused: IntCounterVec,
+    /// Connections refused for their client's `[limits] client_max_connections`.
+    pub client_connections_refused: IntCounter,
     /// Active health check probes, by result.
     pub health_checks: IntCounterVec,
     /// Backends out of rotation for failing their health check now.
@@ -154,6 +156,12 @@ impl Metrics {
         )
         .expect("valid metric");
         register(&r, Box::new(proxy_protocol_refused.clone()));
+        let client_connections_refused = IntCounter::new(
+            "pier_client_connections_refused_total",
+            "Connections answered 429 (or GOAWAY) and closed: their client held [limits] client_max_connections",
+        )
+        .expect("valid metric");
+        register(&r, Box::new(client_connections_refused.clone()));
         let health_checks = IntCounterVec::new(
             Opts::new(
                 "pier_health_checks_total",
@@ -173,6 +181,7 @@ impl Metrics {
         .expect("valid metric");
         register(&r, Box::new(h2_abuse.clone()));
         Metrics {
+            client_connections_refused,
             tls_handshakes,
             proxy_protocol_refused,
             health_checks,

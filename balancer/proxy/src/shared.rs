@@ -43,6 +43,8 @@ pub struct Shared {
     pub telemetry: Option<crate::telemetry::Telemetry>,
     /// Token buckets per client address, when `[limits] client_rate` is set.
     pub client_limits: Option<crate::client_limits::ClientLimits>,
+    /// Open connections per client (`[limits] client_max_connections`), when capped.
+    pub client_conns: Option<Arc<crate::client_conns::ClientConns>>,
     /// The files the routes file named, read for the table in use (watched with it).
     routes_files: std::sync::Mutex<Vec<std::path::PathBuf>>,
 }
@@ -118,8 +120,14 @@ impl Shared {
                 config.limits.client_burst,
             )
         });
+        let client_conns = (config.limits.client_max_connections > 0).then(|| {
+            Arc::new(crate::client_conns::ClientConns::new(
+                config.limits.client_max_connections,
+            ))
+        });
         Ok(Arc::new(Shared {
             client_limits,
+            client_conns,
             config,
             routes,
             tls,

@@ -434,3 +434,63 @@ async fn an_adaptive_limit_shrinks_when_latency_rises_and_grows_back() {
     assert!(slow * 2 <= fast, "fast {fast}, slow {slow}");
     assert!(again >= slow * 2, "slow {slow}, again {again}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_its_connections_is_answered_429_and_closed() {
+    let be = Backend::start("b").await;
+    let routes = app_routes("blog", &["blog.test"], &[be.addr], "");
+    let trusted = pier_testkit::net::free_port();
+    let config = format!(
+        "[listen]\nhttp = [\"127.0.0.1:{{port}}\", {{ address = \"127.0.0.1:{trusted}\", trusted = true }}]\n\
+         [limits]\nclient_max_connections = 2\n"
+    );
+    let b = Balancer::start(&routes, &config).await;
+    let one = b"GET / HTTP/1.1\r\nHost: blog.test\r\n\r\n";
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut c = pier_testkit::h1::Conn::connect(b.addr()).await;
+        c.send(one).await;
+        assert_eq!(c.read_response(false).await.unwrap().status, 200);
+        open.push(c);
+    }
+    // The third, whatever it sends, gets the refusal and the close.
+    let mut third = pier_testkit::h1::Conn::connect(b.addr()).await;
+    third.send(one).await;
+    let r = third.read_response(false).await.unwrap();
+    assert_eq!(r.status, 429, "{}", r.head);
+    assert_eq!(r.header("x-pier-error"), Some("too-many-connections"));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(third.is_closed(Duration::from_secs(3)).await);
+    assert_eq!(
+        be.count(),
+        2,
+        "the refused request never reached the backend"
+    );
+    // One closed: a new one is taken.
+    drop(open.pop());
+    let start = Instant::now();
+    loop {
+        let mut c = pier_testkit::h1::Conn::connect(b.addr()).await;
+        c.send(one).await;
+        match c.read_response(false).await.unwrap().status {
+            200 => break,
+            429 => assert!(start.elapsed() < Duration::from_secs(3)),
+            s => panic!("{s}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A trusted listener's connections are its proxy's: not capped.
+    let proxy = std::net::SocketAddr::from(([127, 0, 0, 1], trusted));
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut c = pier_testkit::h1::Conn::connect(proxy).await;
+        c.send(one).await;
+        assert_eq!(c.read_response(false).await.unwrap().status, 200);
+        held.push(c);
+    }
+    assert!(b
+        .metrics()
+        .await
+        .lines()
+        .any(|l| l.starts_with("pier_client_connections_refused_total ") && !l.ends_with(" 0")));
+}

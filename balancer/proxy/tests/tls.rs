@@ -1047,3 +1047,40 @@ async fn curl_and_openssl_s_client_see_alpn_sni_and_h2() {
         default_hello.1
     );
 }
+
+#[tokio::test]
+async fn a_client_past_its_connections_gets_goaway_over_h2_and_429_over_https() {
+    let backend = Backend::start("one").await;
+    let s = tls_balancer(
+        &backend_routes("one", &["default.test"], &backend),
+        "[limits]\nclient_max_connections = 1\n",
+    )
+    .await;
+    // The one connection allowed, held open.
+    let cfg = client_config(&[&s.default.der], &[b"h2"]);
+    let first = tls_connect(s.tls_port, "default.test", cfg.clone())
+        .await
+        .unwrap();
+    let mut held = h2_client(first).await;
+    let (head, _) = h2_get(&mut held, "https://default.test/", None)
+        .await
+        .unwrap();
+    assert_eq!(head.status, 200);
+    // Over h2: GOAWAY with ENHANCE_YOUR_CALM.
+    let second = tls_connect(s.tls_port, "default.test", cfg).await.unwrap();
+    let mut refused = h2_client(second).await;
+    let e = h2_get(&mut refused, "https://default.test/", None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{e}");
+    // Over HTTP/1.1: the 429.
+    let cfg = client_config(&[&s.default.der], &[b"http/1.1"]);
+    let mut third = tls_connect(s.tls_port, "default.test", cfg).await.unwrap();
+    let text = h1_over(&mut third, "default.test", "/").await;
+    assert!(text.starts_with("HTTP/1.1 429"), "{text}");
+    assert!(
+        text.contains("x-pier-error: too-many-connections"),
+        "{text}"
+    );
+    assert_eq!(backend.count(), 1);
+}
