@@ -364,6 +364,15 @@ pub fn end_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Adds a field to the head at the end of `out`, already ended by its blank line.
+pub fn append_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    if out.ends_with(b"\r\n\r\n") {
+        out.truncate(out.len() - 2);
+        put_field(out, name, value);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Writes a backend's `101 Switching Protocols` for the client: its end-to-end fields, then
 /// `Connection: upgrade` and the `Upgrade` it chose.
 pub fn write_switching_head(out: &mut Vec<u8>, resp: &ResponseHead, via: &str) {

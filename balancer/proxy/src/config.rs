@@ -218,6 +218,7 @@ pub struct HeadersFile {
     pub via: Option<String>,
     pub request_id: Option<bool>,
     pub request_start: Option<bool>,
+    pub server_timing: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -399,6 +400,8 @@ pub struct HeaderSettings {
     pub via: String,
     pub request_id: bool,
     pub request_start: bool,
+    /// Send pier's timings of each proxied request to the client in `Server-Timing`.
+    pub server_timing: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -845,6 +848,7 @@ impl ConfigFile {
             via,
             request_id: h.and_then(|h| h.request_id).unwrap_or(true),
             request_start: h.and_then(|h| h.request_start).unwrap_or(true),
+            server_timing: h.and_then(|h| h.server_timing).unwrap_or(false),
         };
 
         let lg = self.log.as_ref();

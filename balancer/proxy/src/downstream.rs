@@ -57,6 +57,41 @@ pub struct Request {
     pub tunnel: bool,
     /// The largest body accepted (0 = no limit): the config's, then the app's.
     pub max_body: u64,
+    /// Router timings so far, for `Server-Timing` (`[headers] server_timing`; otherwise left
+    /// at 0): the wait for a slot of the app, and from the head to a backend connection.
+    pub queue_us: u32,
+    pub connect_us: u32,
+}
+
+/// pier's timings of one request, sent to the client in `Server-Timing` when the config asks
+/// (`[headers] server_timing`), as Heroku's router logs them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouterTiming {
+    /// Waiting for a slot of the app's limit.
+    pub queue_us: u32,
+    /// From the request head to a backend connection in hand (the queue included).
+    pub connect_us: u32,
+    /// From the request sent to the backend's response head.
+    pub service_us: u32,
+}
+
+impl RouterTiming {
+    /// `pier-queue;dur=0.012, pier-connect;dur=0.350, pier-service;dur=2.100` (milliseconds,
+    /// W3C Server Timing).
+    pub fn value(&self) -> String {
+        let ms = |us: u32| format!("{}.{:03}", us / 1000, us % 1000);
+        format!(
+            "pier-queue;dur={}, pier-connect;dur={}, pier-service;dur={}",
+            ms(self.queue_us),
+            ms(self.connect_us),
+            ms(self.service_us)
+        )
+    }
+}
+
+/// Microseconds in a `u32` (saturating past an hour and ten minutes).
+pub fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
 
 /// Where a request's routing name is: most often the start of its Host bytes (a lower-case
@@ -272,6 +307,9 @@ pub trait ResponseSink: Send {
         deadline: Instant,
         f: F,
     ) -> impl Future<Output = Result<F::Output, Waited>> + Send;
+
+    /// Adds `Server-Timing` with these timings to the response head sent next.
+    fn timing(&mut self, timing: RouterTiming);
 
     /// Passes on a `1xx` interim answer (HTTP/1.1 clients; HTTP/2 gets the final one only).
     fn interim(&mut self, head: &ResponseHead) -> impl Future<Output = io::Result<()>> + Send;

@@ -194,6 +194,7 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
             }
         }
     };
+    d.request_mut().queue_us = queue_us;
     // proxy
     let hsts = if d.listener().tls {
         app.settings.hsts.as_deref()

@@ -494,3 +494,63 @@ async fn a_client_past_its_connections_is_answered_429_and_closed() {
         .lines()
         .any(|l| l.starts_with("pier_client_connections_refused_total ") && !l.ends_with(" 0")));
 }
+
+/// The durations of `Server-Timing`'s metrics, in milliseconds, by name.
+fn server_timing(value: &str) -> std::collections::HashMap<String, f64> {
+    value
+        .split(',')
+        .map(|m| {
+            let (name, dur) = m.trim().split_once(";dur=").unwrap();
+            (name.to_string(), dur.parse().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_timings_go_to_the_client_in_server_timing_when_asked() {
+    let be = Backend::start("b").await;
+    let (h2c, _) = pier_testkit::h2::h2c_backend().await;
+    let routes = format!(
+        "{}{}",
+        app_routes("one", &["one.test"], &[be.addr], "max_in_flight = 1"),
+        app_routes("grpc", &["grpc.test"], &[h2c], "backend_protocol = \"h2c\""),
+    );
+    let b = Balancer::start(&routes, "[headers]\nserver_timing = true\n").await;
+    let addr = b.addr();
+    let r = get(addr, "one.test", "/slow/150").await;
+    let t = server_timing(r.header("server-timing").expect("Server-Timing"));
+    assert!(t["pier-service"] >= 140.0, "{t:?}");
+    assert!(t["pier-connect"] < 140.0, "{t:?}");
+    assert_eq!(t["pier-queue"], 0.0, "{t:?}");
+    // A request that waited for the app's one slot says how long.
+    let held = tokio::spawn(async move { get(addr, "one.test", "/slow/400").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = get(addr, "one.test", "/after").await;
+    assert_eq!(r.status, 200);
+    let t = server_timing(r.header("server-timing").unwrap());
+    assert!(t["pier-queue"] >= 200.0, "{t:?}");
+    assert!(t["pier-connect"] >= t["pier-queue"], "{t:?}");
+    held.await.unwrap();
+    // Over HTTP/2 as well, to either kind of backend.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut send = pier_testkit::h2::h2_client(tcp).await;
+    let (head, _) = pier_testkit::h2::h2_get(&mut send, "http://one.test/slow/120", None)
+        .await
+        .unwrap();
+    let t = server_timing(head.headers["server-timing"].to_str().unwrap());
+    assert!(t["pier-service"] >= 110.0, "{t:?}");
+    let (head, _) = pier_testkit::h2::h2_get(&mut send, "http://grpc.test/", None)
+        .await
+        .unwrap();
+    assert_eq!(head.status, 200);
+    let t = server_timing(head.headers["server-timing"].to_str().unwrap());
+    assert!(t.contains_key("pier-service"), "{t:?}");
+    let r = get(addr, "grpc.test", "/").await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(r.header("server-timing").is_some(), "{}", r.head);
+
+    // Off by default.
+    let quiet = Balancer::start(&app_routes("one", &["one.test"], &[be.addr], ""), "").await;
+    let r = get(quiet.addr(), "one.test", "/").await;
+    assert_eq!(r.header("server-timing"), None);
+}

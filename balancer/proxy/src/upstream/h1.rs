@@ -20,7 +20,7 @@ use pier_h1::framing::{BodyKind, FramingError, ResponseFraming};
 use pier_h1::head::{recycle, HeadError, HeadGate, HeadLimits, HeaderList, Known, ResponseHead};
 use pier_routes::App;
 
-use crate::downstream::{Downstream, RequestBody, ResponseSink, Waited};
+use crate::downstream::{micros, Downstream, RequestBody, ResponseSink, RouterTiming, Waited};
 use crate::error::{Abort, Failure, ProxyError};
 use crate::outcome::Outcome;
 use crate::relay::{write_all_timed, RelayError, RelayLimits};
@@ -59,6 +59,7 @@ pub async fn proxy<D: Downstream>(
             }
         };
         let connected = start.elapsed();
+        d.request_mut().connect_us = crate::downstream::micros(connected);
         let backend = &app.backends[idx];
         let _outstanding = app.begin(idx);
         let reused = conn.reused;
@@ -235,6 +236,14 @@ async fn exchange<D: Downstream>(
     let upgrading = d.upgrading();
     let max_body = d.request().max_body;
     let head_request = d.request().head_request;
+    let timing = cfg.headers.server_timing.then(|| {
+        let r = d.request();
+        RouterTiming {
+            queue_us: r.queue_us,
+            connect_us: r.connect_us,
+            service_us: 0,
+        }
+    });
     let (mut up_r, mut up_w) = conn.stream.split();
     let (request, body_done) = d.write_request();
     match write_all_timed(&mut up_w, request, t.idle).await {
@@ -335,6 +344,12 @@ async fn exchange<D: Downstream>(
         }
     };
     let first_byte = sent_at.elapsed();
+    if let Some(t) = timing {
+        sink.timing(RouterTiming {
+            service_us: micros(first_byte),
+            ..t
+        });
+    }
     if head.status == 101 {
         // Only a WebSocket handshake gets here (`read_head` refuses other 101s).
         let r = tunnel(

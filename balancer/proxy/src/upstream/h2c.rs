@@ -21,7 +21,7 @@ use tokio::time::timeout;
 use pier_h1::rewrite::{put_u64, write_upstream_head, Forwarding};
 use pier_routes::App;
 
-use crate::downstream::{Downstream, RequestBody, ResponseSink};
+use crate::downstream::{micros, Downstream, RequestBody, ResponseSink, RouterTiming};
 use crate::error::ProxyError;
 use crate::outcome::Outcome;
 use crate::relay::RelayLimits;
@@ -102,6 +102,11 @@ pub async fn proxy<D: Downstream>(
         }
     };
     let connected = start.elapsed();
+    let timing = cfg.headers.server_timing.then(|| RouterTiming {
+        queue_us: d.request().queue_us,
+        connect_us: micros(connected),
+        service_us: 0,
+    });
     let backend = &app.backends[idx];
     let addr = backend.addr;
     let _outstanding = app.begin(idx);
@@ -148,6 +153,12 @@ pub async fn proxy<D: Downstream>(
         // The answer streams while the body still goes up (bidirectional streaming).
         let download = async {
             let (resp, first_byte) = answer.await.map_err(Failed::Backend)?;
+            if let Some(t) = timing {
+                sink.timing(RouterTiming {
+                    service_us: micros(first_byte),
+                    ..t
+                });
+            }
             Ok((first_byte, sink.h2_answer(resp, idle, hsts).await))
         };
         tokio::pin!(upload, download);
@@ -170,6 +181,12 @@ pub async fn proxy<D: Downstream>(
             (Err(e), _) => Err(Failed::Client(e.client_error())),
             (Ok(_), Err(err)) => Err(Failed::Backend(err)),
             (Ok(_), Ok((resp, first_byte))) => {
+                if let Some(t) = timing {
+                    sink.timing(RouterTiming {
+                        service_us: micros(first_byte),
+                        ..t
+                    });
+                }
                 Ok((first_byte, sink.h2_answer(resp, idle, hsts).await))
             }
         }

@@ -15,13 +15,15 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use pier_h1::framing::{is_hop_by_hop, BodyKind, RequestFraming, ResponseFraming};
 use pier_h1::head::{HeaderList, RequestHead, ResponseHead, Version};
 use pier_h1::rewrite::{
-    client_framing, end_response_head, put_u64, write_interim, write_request_head,
+    append_field, client_framing, end_response_head, put_u64, write_interim, write_request_head,
     write_response_head, write_switching_head, ClientFraming, Forwarding,
 };
 
 use super::{send_local, Client};
 use crate::config::Listener;
-use crate::downstream::{Downstream, HeadSent, Request, RequestBody, ResponseSink, Waited};
+use crate::downstream::{
+    Downstream, HeadSent, Request, RequestBody, ResponseSink, RouterTiming, Waited,
+};
 use crate::error::{Abort, ProxyError};
 use crate::h2io::{relay_chunked, RecvBody, SendBody};
 use crate::outcome::Outcome;
@@ -251,6 +253,7 @@ impl Downstream for H1Request {
                 keep_alive: self.keep_alive,
                 head_request: self.req.head_request,
                 coding: OutCoding::Identity,
+                timing: None,
             },
         )
     }
@@ -396,6 +399,8 @@ pub struct H1Sink<'a> {
     head_request: bool,
     /// How the response body is written (set with its head).
     coding: OutCoding,
+    /// `Server-Timing` for the next head.
+    timing: Option<RouterTiming>,
 }
 
 impl<'a> ResponseSink for H1Sink<'a> {
@@ -418,6 +423,10 @@ impl<'a> ResponseSink for H1Sink<'a> {
             .run(deadline.into(), f)
             .await
             .map_err(|_| Waited::TimedOut)
+    }
+
+    fn timing(&mut self, timing: RouterTiming) {
+        self.timing = Some(timing);
     }
 
     async fn interim(&mut self, head: &ResponseHead) -> io::Result<()> {
@@ -460,6 +469,9 @@ impl<'a> ResponseSink for H1Sink<'a> {
             &cfg.headers.via,
             hsts,
         );
+        if let Some(t) = self.timing.take() {
+            append_field(self.out, b"Server-Timing", t.value().as_bytes());
+        }
         // A body that is already here in full goes out with the head in one write.
         let mut body_sent = None;
         if let BodyKind::Length(n) = framing.body {
@@ -514,6 +526,9 @@ impl<'a> ResponseSink for H1Sink<'a> {
             &cfg.headers.via,
             hsts,
         );
+        if let Some(t) = self.timing.take() {
+            append_field(self.out, b"Server-Timing", t.value().as_bytes());
+        }
         let status = parts.status.as_u16();
         write_all_timed(&mut self.w, self.out, cfg.timeouts.client_body)
             .await

@@ -445,6 +445,8 @@ async fn handle(
         },
         tunnel: false,
         max_body: cfg.limits.max_body,
+        queue_us: 0,
+        connect_us: 0,
     };
     let mut d = H1Request {
         w: Arc::clone(w),

@@ -25,7 +25,8 @@ use pier_routes::RequestHost;
 use super::ConnInfo;
 use crate::config::Listener;
 use crate::downstream::{
-    is_idempotent, Downstream, HeadSent, Request, RequestBody, ResponseSink, RoutingName, Waited,
+    is_idempotent, Downstream, HeadSent, Request, RequestBody, ResponseSink, RouterTiming,
+    RoutingName, Waited,
 };
 use crate::error::{Abort, ProxyError};
 use crate::h2io::{pump, relay_chunked, RecvBody, SendBody};
@@ -81,6 +82,8 @@ pub(super) async fn handle(
         length,
         tunnel: parts.method == http::Method::CONNECT,
         max_body: w.shared.config.limits.max_body,
+        queue_us: 0,
+        connect_us: 0,
     };
     let mut d = H2Stream {
         w: Arc::clone(&w),
@@ -439,6 +442,7 @@ impl Downstream for H2Stream {
                 respond: &mut self.respond,
                 send: None,
                 scratch: Vec::new(),
+                timing: None,
             },
         )
     }
@@ -628,6 +632,8 @@ pub struct H2Sink<'a> {
     send: Option<SendBody>,
     /// A chunked answer's trailer lines.
     scratch: Vec<u8>,
+    /// `Server-Timing` for the next head.
+    timing: Option<RouterTiming>,
 }
 
 impl ResponseSink for H2Sink<'_> {
@@ -651,6 +657,10 @@ impl ResponseSink for H2Sink<'_> {
         }
     }
 
+    fn timing(&mut self, timing: RouterTiming) {
+        self.timing = Some(timing);
+    }
+
     async fn interim(&mut self, _head: &ResponseHead) -> io::Result<()> {
         // h2 clients get the final answer only.
         Ok(())
@@ -665,7 +675,10 @@ impl ResponseSink for H2Sink<'_> {
         hsts: Option<&str>,
     ) -> Result<HeadSent, Abort> {
         let no_body = framing.body == BodyKind::None;
-        let response = h2_response(head, framing, &self.shared.config.headers.via, hsts);
+        let mut response = h2_response(head, framing, &self.shared.config.headers.via, hsts);
+        if let Some(t) = self.timing.take() {
+            add_timing(response.headers_mut(), t);
+        }
         let send = self
             .respond
             .send_response(response, no_body)
@@ -748,6 +761,9 @@ impl ResponseSink for H2Sink<'_> {
                 }
             }
         }
+        if let Some(t) = self.timing.take() {
+            add_timing(h, t);
+        }
         let no_body = resp_body.is_end_stream();
         let mut down = self
             .respond
@@ -786,6 +802,13 @@ impl ResponseSink for H2Sink<'_> {
             .send_response(resp, false)
             .map_err(|_| Abort::ClientReset)?;
         Ok(self.send.insert(SendBody::new(send)))
+    }
+}
+
+/// Adds pier's `Server-Timing` to a response head.
+fn add_timing(h: &mut http::HeaderMap, t: RouterTiming) {
+    if let Ok(v) = http::HeaderValue::from_str(&t.value()) {
+        h.append(http::header::HeaderName::from_static("server-timing"), v);
     }
 }
 
