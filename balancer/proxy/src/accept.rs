@@ -280,6 +280,7 @@ async fn run_worker(worker: Arc<Worker>, socks: Vec<(std::net::TcpListener, List
             Err(e) => tracing::error!(listener = %cfg.addr, error = %e, "cannot register listener"),
         }
     }
+    let probe = tokio::spawn(crate::overload::probe(Arc::clone(&worker)));
     let reaper = {
         let w = Arc::clone(&worker);
         tokio::spawn(async move {
@@ -304,4 +305,5 @@ async fn run_worker(worker: Arc<Worker>, socks: Vec<(std::net::TcpListener, List
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     reaper.abort();
+    probe.abort();
 }

@@ -19,14 +19,24 @@ use pier_routes::App;
 
 use crate::config::Limits;
 use crate::error::ProxyError;
+use crate::overload::FairShare;
 
-/// A slot taken: given back (and a waiter woken) when dropped.
-pub struct Permit(Option<Arc<AppCounters>>);
+/// A slot taken: given back (and a waiter woken) when dropped. It counts towards the
+/// balancer's view of each app's share ([`FairShare`]).
+pub struct Permit<'a>(Option<(Arc<AppCounters>, &'a FairShare)>);
 
-impl Drop for Permit {
+impl Permit<'_> {
+    fn taken<'a>(counters: Arc<AppCounters>, before: u32, fair: &'a FairShare) -> Permit<'a> {
+        fair.entered(before == 0);
+        Permit(Some((counters, fair)))
+    }
+}
+
+impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        if let Some(c) = &self.0 {
-            c.gate.leave();
+        if let Some((c, fair)) = &self.0 {
+            let before = c.gate.leave();
+            fair.left(before == 1);
         }
     }
 }
@@ -73,15 +83,20 @@ pub fn sample(app: &App, limits: &Limits, first_byte: std::time::Duration, now_m
 
 /// Takes one of `app`'s slots if one is free and nobody waits for one (a newcomer does not
 /// overtake the queue); else the request must queue.
-pub fn enter(app: &App, limits: &Limits) -> Result<Permit, Queued> {
+pub fn enter<'a>(app: &App, limits: &Limits, fair: &'a FairShare) -> Result<Permit<'a>, Queued> {
     let limit = limit_of(app, limits);
     if limit == 0 {
         return Ok(Permit(None));
     }
     let counters = app.counters();
     let gate = &counters.gate;
-    if gate.waiting() == 0 && gate.try_enter(limit) {
-        Ok(Permit(Some(Arc::clone(counters))))
+    let taken = if gate.waiting() == 0 {
+        gate.try_enter(limit)
+    } else {
+        None
+    };
+    if let Some(before) = taken {
+        Ok(Permit::taken(Arc::clone(counters), before, fair))
     } else {
         Err(Queued {
             counters: Arc::clone(counters),
@@ -92,7 +107,11 @@ pub fn enter(app: &App, limits: &Limits) -> Result<Permit, Queued> {
 
 impl Queued {
     /// Waits in the app's queue (at most `app_queue_timeout`) for a slot given back.
-    pub async fn wait(self, limits: &Limits) -> Result<Permit, ProxyError> {
+    pub async fn wait<'a>(
+        self,
+        limits: &Limits,
+        fair: &'a FairShare,
+    ) -> Result<Permit<'a>, ProxyError> {
         let gate = &self.counters.gate;
         if !gate.start_waiting(limits.app_queue) {
             return Err(ProxyError::AppOverloaded);
@@ -105,18 +124,17 @@ impl Queued {
             let mut freed = std::pin::pin!(freed);
             // Registered before the check: a slot given back in between still wakes this one.
             freed.as_mut().enable();
-            if gate.try_enter(self.limit) {
-                break true;
+            if let Some(before) = gate.try_enter(self.limit) {
+                break Some(before);
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                break false;
+                break None;
             }
         };
         drop(waiting);
-        if admitted {
-            Ok(Permit(Some(self.counters)))
-        } else {
-            Err(ProxyError::AppOverloaded)
+        match admitted {
+            Some(before) => Ok(Permit::taken(self.counters, before, fair)),
+            None => Err(ProxyError::AppOverloaded),
         }
     }
 }

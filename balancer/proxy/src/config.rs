@@ -210,6 +210,7 @@ pub struct LimitsFile {
     pub client_rate: Option<u32>,
     pub client_burst: Option<u32>,
     pub client_max_connections: Option<u32>,
+    pub overload_lag: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -388,7 +389,14 @@ pub struct Limits {
     pub client_burst: u32,
     /// Connections one client address may hold open at once (0 = no limit).
     pub client_max_connections: u32,
+    /// A worker whose timers run this late is saturated and sheds the requests of apps over
+    /// an equal share (zero: never).
+    pub overload_lag: Duration,
 }
+
+/// Default of `[limits] overload_lag`: a worker this late on its timers makes every request
+/// wait as long.
+pub const DEFAULT_OVERLOAD_LAG: Duration = Duration::from_millis(50);
 
 /// Default of `[limits] app_max_in_flight`: far above what one healthy app has in flight on
 /// one balancer, low enough that one stalled app cannot take the process's sockets.
@@ -821,6 +829,13 @@ impl ConfigFile {
                 .and_then(|l| l.client_burst)
                 .unwrap_or_else(|| l.and_then(|l| l.client_rate).unwrap_or(0)),
             client_max_connections: l.and_then(|l| l.client_max_connections).unwrap_or(0),
+            overload_lag: match l.and_then(|l| l.overload_lag.as_deref()) {
+                None => DEFAULT_OVERLOAD_LAG,
+                Some(v) => parse_duration(v).unwrap_or_else(|r| {
+                    c.err("limits.overload_lag", r);
+                    DEFAULT_OVERLOAD_LAG
+                }),
+            },
             app_queue_timeout: c.duration(
                 "limits.app_queue_timeout",
                 &l.and_then(|l| l.app_queue_timeout.clone()),

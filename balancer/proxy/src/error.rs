@@ -44,6 +44,9 @@ pub enum ProxyError {
     /// The app has as many requests in flight as its limit allows and its queue is full, or a
     /// request waited in it too long.
     AppOverloaded,
+    /// The balancer's worker is saturated and the app takes more than an equal share of it
+    /// ([`crate::overload`]).
+    Overloaded,
     /// The client sent more requests than `[limits] client_rate` allows.
     RateLimited,
     /// Every attempt to connect to a backend failed.
@@ -80,7 +83,7 @@ impl ProxyError {
             BodyTooLarge => 413,
             HeaderTimeout | BodyTimeout => 408,
             UnknownHost => 404,
-            NoBackend | AppOverloaded => 503,
+            NoBackend | AppOverloaded | Overloaded => 503,
             RateLimited => 429,
             UpstreamConnect
             | UpstreamTls(_)
@@ -107,6 +110,7 @@ impl ProxyError {
             UnknownHost => "unknown-host",
             NoBackend => "no-backend",
             AppOverloaded => "app-overloaded",
+            Overloaded => "overloaded",
             RateLimited => "rate-limited",
             UpstreamConnect => "upstream-connect-failed",
             UpstreamTls(_) => "upstream-tls",
@@ -127,7 +131,7 @@ impl ProxyError {
             Head(_) | Framing(_) | RequestChunk(_) | BadHost | BadTarget | ConnectNotSupported
             | BodyTooLarge | HeaderTimeout | BodyTimeout | BadH2Request(_) | Misdirected
             | RateLimited => Party::Client,
-            UnknownHost | NoBackend | AppOverloaded => Party::Pier,
+            UnknownHost | NoBackend | AppOverloaded | Overloaded => Party::Pier,
             UpstreamConnect
             | UpstreamTls(_)
             | UpstreamConnectTimeout
@@ -151,7 +155,7 @@ impl ProxyError {
     /// The `Retry-After` seconds sent with the answer, where waiting helps.
     pub fn retry_after(self) -> Option<u32> {
         match self {
-            ProxyError::AppOverloaded | ProxyError::RateLimited => Some(1),
+            ProxyError::AppOverloaded | ProxyError::Overloaded | ProxyError::RateLimited => Some(1),
             _ => None,
         }
     }
@@ -165,6 +169,7 @@ impl ProxyError {
             UnknownHost
                 | NoBackend
                 | AppOverloaded
+                | Overloaded
                 | RateLimited
                 | UpstreamConnect
                 | UpstreamTls(_)

@@ -44,6 +44,7 @@ pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod outcome;
+pub mod overload;
 pub mod pipeline;
 pub mod proxy_protocol;
 pub mod registry_sync;

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     /// Connections closed on a `proxy_protocol` listener for want of a valid header.
     pub proxy_protocol_refused: IntCounterVec,
+    /// Each worker's smoothed timer lateness (`crate::overload`).
+    pub worker_lag: prometheus::GaugeVec,
     /// Connections refused for their client's `[limits] client_max_connections`.
     pub client_connections_refused: IntCounter,
     /// Active health check probes, by result.
@@ -162,6 +164,15 @@ impl Metrics {
         )
         .expect("valid metric");
         register(&r, Box::new(client_connections_refused.clone()));
+        let worker_lag = prometheus::GaugeVec::new(
+            Opts::new(
+                "pier_worker_lag_seconds",
+                "How late each worker wakes its timers, smoothed: past [limits] overload_lag it is saturated and sheds heavy apps' requests",
+            ),
+            &["worker"],
+        )
+        .expect("valid metric");
+        register(&r, Box::new(worker_lag.clone()));
         let health_checks = IntCounterVec::new(
             Opts::new(
                 "pier_health_checks_total",
@@ -181,6 +192,7 @@ impl Metrics {
         .expect("valid metric");
         register(&r, Box::new(h2_abuse.clone()));
         Metrics {
+            worker_lag,
             client_connections_refused,
             tls_handshakes,
             proxy_protocol_refused,

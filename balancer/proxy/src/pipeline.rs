@@ -155,13 +155,22 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
             d.answer_error(ProxyError::BodyTooLarge, false).await,
         );
     }
+    // The worker is saturated: an app taking more than an equal share is shed, in part
+    // (crate::overload).
+    if w.overload.shedding()
+        && !d.upgrading()
+        && w.shared.fair.is_heavy(app.counters().gate.in_flight())
+        && w.overload.shed_this()
+    {
+        return (Some(app), d.answer_unread(ProxyError::Overloaded).await);
+    }
     // The app's limit on requests in flight (WebSocket handshakes are not counted: a tunnel
     // lives as long as its connection, bounded by the connection limits).
     let mut queue_us = 0;
     let _permit = if d.upgrading() {
         None
     } else {
-        match admission::enter(&app, &cfg.limits) {
+        match admission::enter(&app, &cfg.limits, &w.shared.fair) {
             Ok(p) => Some(p),
             // Boxed: the wait is the rare path, and its future should not sit in every
             // request's.
@@ -171,7 +180,7 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
                 let waited = Box::pin(async {
                     tokio::select! {
                         biased;
-                        p = queued.wait(&cfg.limits) => Some(p),
+                        p = queued.wait(&cfg.limits, &w.shared.fair) => Some(p),
                         () = d.gone() => None,
                     }
                 })

@@ -45,6 +45,8 @@ pub struct Shared {
     pub client_limits: Option<crate::client_limits::ClientLimits>,
     /// Open connections per client (`[limits] client_max_connections`), when capped.
     pub client_conns: Option<Arc<crate::client_conns::ClientConns>>,
+    /// Each app's requests in flight against an equal share (`crate::overload`).
+    pub fair: crate::overload::FairShare,
     /// The files the routes file named, read for the table in use (watched with it).
     routes_files: std::sync::Mutex<Vec<std::path::PathBuf>>,
 }
@@ -128,6 +130,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             client_limits,
             client_conns,
+            fair: crate::overload::FairShare::default(),
             config,
             routes,
             tls,
@@ -176,6 +179,8 @@ pub struct Worker {
     pub pool: UpstreamPool,
     /// Connections to h2c backends (one multiplexed connection per address).
     pub h2_pool: H2Pool,
+    /// This worker's saturation and shedding (`crate::overload`).
+    pub overload: crate::overload::Overload,
 }
 
 impl Worker {
@@ -187,6 +192,7 @@ impl Worker {
             shared,
             pool,
             h2_pool: H2Pool::default(),
+            overload: crate::overload::Overload::default(),
         })
     }
 }

@@ -554,3 +554,102 @@ async fn router_timings_go_to_the_client_in_server_timing_when_asked() {
     let r = get(quiet.addr(), "one.test", "/").await;
     assert_eq!(r.header("server-timing"), None);
 }
+
+/// Floods app `flood.test` from 100 connections for `for_ms` while one client sends app
+/// `quiet.test` a request every 10 ms; returns (flood's answers by status, quiet's).
+async fn flood_beside_a_quiet_app(
+    b: &Balancer,
+    for_ms: u64,
+) -> (
+    std::collections::HashMap<u16, usize>,
+    std::collections::HashMap<u16, usize>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        let (stop, addr) = (Arc::clone(&stop), b.addr());
+        flood.push(tokio::spawn(async move {
+            let mut seen = std::collections::HashMap::new();
+            let mut c = pier_testkit::h1::Conn::connect(addr).await;
+            while !stop.load(Ordering::Relaxed) {
+                c.send(b"GET / HTTP/1.1\r\nHost: flood.test\r\n\r\n").await;
+                let r = c.read_response(false).await.unwrap();
+                if r.status == 503 {
+                    assert_eq!(r.header("x-pier-error"), Some("overloaded"), "{}", r.head);
+                    assert_eq!(r.header("retry-after"), Some("1"));
+                }
+                *seen.entry(r.status).or_insert(0) += 1;
+            }
+            seen
+        }));
+    }
+    let mut quiet = std::collections::HashMap::new();
+    let mut c = pier_testkit::h1::Conn::connect(b.addr()).await;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(for_ms) {
+        c.send(b"GET / HTTP/1.1\r\nHost: quiet.test\r\n\r\n").await;
+        *quiet
+            .entry(c.read_response(false).await.unwrap().status)
+            .or_insert(0) += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut flooded = std::collections::HashMap::new();
+    for f in flood {
+        for (status, n) in f.await.unwrap() {
+            *flooded.entry(status).or_insert(0) += n;
+        }
+    }
+    (flooded, quiet)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_balancer_sheds_the_flooded_app_and_serves_the_quiet_one() {
+    let flood_be = Backend::start("flood").await;
+    let quiet_be = Backend::start("quiet").await;
+    let routes = format!(
+        "{}{}",
+        app_routes("flood", &["flood.test"], &[flood_be.addr], ""),
+        app_routes("quiet", &["quiet.test"], &[quiet_be.addr], ""),
+    );
+    // A threshold the flood is sure to pass on any machine: the worker is "saturated" as soon
+    // as its run queue delays its timers by a millisecond.
+    let b = Balancer::start(
+        &routes,
+        "[runtime]\nworkers = 1\n[limits]\noverload_lag = \"1ms\"\n",
+    )
+    .await;
+    let (flooded, quiet) = flood_beside_a_quiet_app(&b, 2000).await;
+    assert!(
+        flooded.get(&503).copied().unwrap_or(0) > 0,
+        "the flooded app was never shed: {flooded:?}"
+    );
+    assert!(flooded.get(&200).copied().unwrap_or(0) > 0, "{flooded:?}");
+    assert_eq!(
+        quiet.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{quiet:?}"
+    );
+    let m = b.metrics().await;
+    assert!(m.contains("pier_worker_lag_seconds{worker=\"0\"}"), "{m}");
+
+    // Off: nothing is shed.
+    let off = Balancer::start(
+        &routes,
+        "[runtime]\nworkers = 1\n[limits]\noverload_lag = \"0s\"\n",
+    )
+    .await;
+    let (flooded, quiet) = flood_beside_a_quiet_app(&off, 1000).await;
+    assert_eq!(
+        flooded.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{flooded:?}"
+    );
+    assert_eq!(
+        quiet.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{quiet:?}"
+    );
+}

@@ -542,21 +542,22 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// Takes a slot if fewer than `limit` are taken.
-    pub fn try_enter(&self, limit: u32) -> bool {
+    /// Takes a slot if fewer than `limit` are taken; `Some(n)`: it did, `n` were taken before.
+    pub fn try_enter(&self, limit: u32) -> Option<u32> {
         self.in_flight
             .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| {
                 (n < limit).then_some(n + 1)
             })
-            .is_ok()
+            .ok()
     }
 
-    /// Gives a slot back, waking one waiter.
-    pub fn leave(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Release);
+    /// Gives a slot back, waking one waiter; returns how many were taken before.
+    pub fn leave(&self) -> u32 {
+        let before = self.in_flight.fetch_sub(1, Ordering::Release);
         if self.waiting.load(Ordering::Acquire) > 0 {
             self.freed.notify_one();
         }
+        before
     }
 
     /// Joins the queue unless `max` already wait; `false`: the queue is full.
