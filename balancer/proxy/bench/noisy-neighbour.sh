@@ -5,6 +5,11 @@
 #   bash balancer/proxy/bench/noisy-neighbour.sh [BINARY]
 #   B_RATE=1000 RATIO=10 DURATION=10s ROUNDS=3 LIMITS=on bash balancer/proxy/bench/noisy-neighbour.sh
 #   SERVER=nginx bash balancer/proxy/bench/noisy-neighbour.sh     # or SERVER=haproxy
+#   A_BACKEND=fast A_RATE=30000 bash balancer/proxy/bench/noisy-neighbour.sh
+#
+# A_BACKEND=fast gives app A the same fast backend as B instead of the stalled one: its flood
+# then costs the proxy CPU rather than sockets (the case of [limits] overload_lag), at A_RATE
+# req/s (default RATIO times B's). LIMITS=off also turns overload_lag off.
 #
 # SERVER picks the proxy in front (default pier). Their nearest equivalents of pier's per-app
 # limit (1000 in flight, 100 queued for at most 5 s), LIMITS=on: nginx, one worker,
@@ -30,6 +35,8 @@ FLOOD_DURATION=${FLOOD_DURATION:-12s}   # the flood starts 1 s before B's run an
 ROUNDS=${ROUNDS:-3}
 LIMITS=${LIMITS:-on}
 A_CONNS=${A_CONNS:-3000}
+A_BACKEND=${A_BACKEND:-stalled}
+A_RATE=${A_RATE:-$((B_RATE * RATIO))}
 BIN=${1:-}
 cargo build --release -q -p pier-load
 [ -n "$BIN" ] || { cargo build --release -q -p pier-balancer; BIN=${CARGO_TARGET_DIR:-target}/release/pier-balancer; }
@@ -61,8 +68,13 @@ PIDS+=($!)
 ulimit -n 65536 2>/dev/null || true
 SERVER=${SERVER:-pier}
 if [ "$LIMITS" = off ]; then
-  BALANCER_EXTRA=$'[limits]\napp_max_in_flight = 0'
+  BALANCER_EXTRA=$'[limits]\napp_max_in_flight = 0\noverload_lag = "0s"'
 fi
+case "$A_BACKEND" in
+  stalled) A_PORT=$STALLED ;;
+  fast) A_PORT=$BACKEND ;;
+  *) echo "A_BACKEND must be stalled or fast" >&2; exit 2 ;;
+esac
 start_nginx() {
   local limit=""
   [ "$LIMITS" = on ] && limit="limit_conn perhost 1000; limit_conn_status 503;"
@@ -74,7 +86,7 @@ events { worker_connections 16000; }
 http {
 $(bench_nginx_http_basics)
   limit_conn_zone \$host zone=perhost:10m;
-  upstream a { server 127.0.0.1:$STALLED; keepalive 64; }
+  upstream a { server 127.0.0.1:$A_PORT; keepalive 64; }
   upstream b { server 127.0.0.1:$BACKEND; keepalive 64; }
   server {
     listen 127.0.0.1:$HTTP backlog=4096;
@@ -110,7 +122,7 @@ frontend f
   use_backend a if { hdr_beg(host) -i a.test }   # pier-load sends "a.test:PORT"
   default_backend b
 backend a
-  server s 127.0.0.1:$STALLED $maxconn
+  server s 127.0.0.1:$A_PORT $maxconn
 backend b
   server s 127.0.0.1:$BACKEND
 CONF
@@ -129,7 +141,7 @@ cat >"$W/routes.toml" <<ROUTES
 [[app]]
 name = "a"
 domains = ["a.test"]
-backends = ["127.0.0.1:$STALLED"]
+backends = ["127.0.0.1:$A_PORT"]
 [[app]]
 name = "b"
 domains = ["b.test"]
@@ -152,7 +164,7 @@ b_load() { # NAME
     -H "Host: b.test" --json "$W/$1.json" "http://127.0.0.1:$HTTP/" >/dev/null 2>&1 || true
 }
 a_flood() {
-  taskset -c 1 "$LOAD" -t1 -c "$A_CONNS" -R $((B_RATE * RATIO)) -d "$FLOOD_DURATION" --no-progress \
+  taskset -c 1 "$LOAD" -t1 -c "$A_CONNS" -R "$A_RATE" -d "$FLOOD_DURATION" --no-progress \
     --timeout 30s -H "Host: a.test" --json "$W/flood.json" "http://127.0.0.1:$HTTP/" >/dev/null 2>&1 || true
 }
 summary() { # FILE LABEL
@@ -173,7 +185,7 @@ r = json.load(open(sys.argv[1]))
 print(f"{'  flood (A)':<14} responses={r['requests']['responses']:>7} failed={r['errors']['failed_total']:>5} status={json.dumps(r['status'])}")
 PY
 }
-echo "$SERVER ($([ "$SERVER" = pier ] && echo "$BIN")), limits $LIMITS, B at $B_RATE req/s, A at $((B_RATE * RATIO)) req/s over $A_CONNS connections, $DURATION per run"
+echo "$SERVER ($([ "$SERVER" = pier ] && echo "$BIN")), limits $LIMITS, B at $B_RATE req/s, A ($A_BACKEND backend) at $A_RATE req/s over $A_CONNS connections, $DURATION per run"
 for r in $(seq "$ROUNDS"); do
   b_load "alone$r"
   summary "$W/alone$r.json" "B alone"

@@ -68,6 +68,13 @@ async fn the_dashboard_runs_an_app_on_the_whole_platform() {
         "the operator's links",
     )
     .await;
+    // The apps view renders after the links (a fetch of the list): wait for its form.
+    page.wait_for(
+        "document.getElementById('new-app') !== null",
+        WAIT,
+        "the create-an-app form",
+    )
+    .await;
     page.eval("document.getElementById('new-app').value = 'shop'; document.querySelector('form[aria-label=\"Create an app\"]').requestSubmit(); true")
         .await;
     page.wait_for(
