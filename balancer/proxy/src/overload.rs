@@ -11,8 +11,8 @@
 //!   `[limits] overload_lag` means saturated.
 //! - The shed ratio: while saturated it grows by 5 % a probe (to 95 % at most); once not, it
 //!   falls by 2.5 % a probe. A feedback loop: it settles where the worker keeps up.
-//! - Who is shed: an app with more requests in flight than the average of the apps with any in
-//!   flight (its share of the balancer's work is above an equal one). Requests of such an app
+//! - Who is shed: an app with over one and a half times the average requests in flight of the
+//!   apps with any (its share of the balancer's work is well above an equal one). Requests of such an app
 //!   are answered `503` with `X-Pier-Error: overloaded` and `Retry-After: 1`, that ratio of
 //!   them (spread evenly), before any backend is chosen. An app at or under its equal share, as
 //!   a quiet app beside a flooded one is, is served as usual.
@@ -54,12 +54,13 @@ impl FairShare {
         }
     }
 
-    /// Whether an app with `in_flight` requests in flight holds more than an equal share (there
-    /// must be another app to share with).
+    /// Whether an app with `in_flight` requests in flight holds over one and a half times an
+    /// equal share (there must be another app to share with; the margin keeps a quiet app's
+    /// brief burst, at a moment the flooded one has few in flight, from counting).
     pub fn is_heavy(&self, in_flight: u32) -> bool {
         let active = self.active.load(Ordering::Relaxed);
         let total = self.in_flight.load(Ordering::Relaxed);
-        active >= 2 && u64::from(in_flight) * u64::from(active) > u64::from(total)
+        active >= 2 && 2 * u64::from(in_flight) * u64::from(active) > 3 * u64::from(total)
     }
 }
 
@@ -153,7 +154,7 @@ mod tests {
     #[test]
     fn an_app_over_an_equal_share_is_heavy() {
         let f = FairShare::default();
-        // App a: 8 in flight; app b: 1.
+        // App a: 8 in flight; app b: 1 (a holds 8 of 9: over 1.5 times the equal 4.5).
         f.entered(true);
         for _ in 0..7 {
             f.entered(false);
@@ -162,6 +163,8 @@ mod tests {
         f.entered(true);
         assert!(f.is_heavy(8));
         assert!(!f.is_heavy(1));
+        // Two apps at 6 and 3 of 9: the first is over the equal 4.5, not by the margin.
+        assert!(!f.is_heavy(6));
         // b leaves: a is alone again.
         f.left(true);
         assert!(!f.is_heavy(8));
