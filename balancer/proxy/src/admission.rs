@@ -67,11 +67,17 @@ pub fn is_adaptive(app: &App, limits: &Limits) -> bool {
 }
 
 /// Counts a proxied request's time to first byte towards `app`'s adaptive limit (if it has
-/// one) at `now_ms`.
-pub fn sample(app: &App, limits: &Limits, first_byte: std::time::Duration, now_ms: u64) {
+/// one), the request having ended at `end`.
+pub fn sample(
+    app: &App,
+    limits: &Limits,
+    first_byte: std::time::Duration,
+    end: std::time::Instant,
+) {
     if !is_adaptive(app, limits) {
         return;
     }
+    let now_ms = crate::util::wall_ms(end);
     let c = app.counters();
     let max = app
         .settings

@@ -47,7 +47,7 @@ pub async fn run<D: Downstream>(w: &Worker, d: &mut D) -> Outcome {
             _ => None,
         };
         if let Some(t) = latency {
-            admission::sample(app, &w.shared.config.limits, t, crate::util::wall_ms(end));
+            admission::sample(app, &w.shared.config.limits, t, end);
         }
     }
     record(w, d, end, app.as_ref(), &outcome);
@@ -155,7 +155,7 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
             d.answer_error(ProxyError::BodyTooLarge, false).await,
         );
     }
-    // The worker is saturated: an app taking more than an equal share is shed, in part
+    // The worker is saturated: an app taking well over an equal share is shed, in part
     // (crate::overload).
     if w.overload.shedding()
         && !d.upgrading()

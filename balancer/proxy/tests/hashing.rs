@@ -22,6 +22,16 @@ fn addrs(bs: &[Backend]) -> Vec<SocketAddr> {
     bs.iter().map(|b| b.addr).collect()
 }
 
+/// App `sticky` on `sticky.test`, hashing header `header` over `backends`.
+fn sticky_routes(backends: &[SocketAddr], header: &str) -> String {
+    app_routes(
+        "sticky",
+        &["sticky.test"],
+        backends,
+        &format!("policy = \"consistent-hash\"\nhash_on = \"header:{header}\""),
+    )
+}
+
 /// Which backend answered `extra_headers` on `conn`.
 async fn served_by(conn: &mut Conn, host: &str, path: &str, extra_headers: &str) -> String {
     conn.send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra_headers}\r\n").as_bytes())
@@ -35,12 +45,7 @@ async fn served_by(conn: &mut Conn, host: &str, path: &str, extra_headers: &str)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_keeps_each_user_on_one_backend_and_users_spread() {
     let bs = backends(3).await;
-    let routes = app_routes(
-        "sticky",
-        &["sticky.test"],
-        &addrs(&bs),
-        "policy = \"consistent-hash\"\nhash_on = \"header:X-User\"",
-    );
+    let routes = sticky_routes(&addrs(&bs), "X-User");
     let b = Balancer::start(&routes, "").await;
     let mut conn = Conn::connect(b.addr()).await;
     let mut home: HashMap<u32, String> = HashMap::new();
@@ -84,12 +89,7 @@ async fn a_header_keeps_each_user_on_one_backend_and_users_spread() {
         .filter(|b| b.name != gone)
         .map(|b| b.addr)
         .collect();
-    let routes = app_routes(
-        "sticky",
-        &["sticky.test"],
-        &rest,
-        "policy = \"consistent-hash\"\nhash_on = \"header:X-User\"",
-    );
+    let routes = sticky_routes(&rest, "X-User");
     let b2 = Balancer::start(&routes, "").await;
     let mut conn = Conn::connect(b2.addr()).await;
     for (user, h) in &home {
@@ -225,12 +225,7 @@ async fn a_hot_key_spills_over_past_its_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_requests_hash_on_the_same_key() {
     let bs = backends(3).await;
-    let routes = app_routes(
-        "sticky",
-        &["sticky.test"],
-        &addrs(&bs),
-        "policy = \"consistent-hash\"\nhash_on = \"header:x-user\"",
-    );
+    let routes = sticky_routes(&addrs(&bs), "x-user");
     let b = Balancer::start(&routes, "").await;
     let mut h1 = Conn::connect(b.addr()).await;
     let tcp = tokio::net::TcpStream::connect(b.addr()).await.unwrap();

@@ -808,14 +808,15 @@ fn fast_random() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn app(policy: Policy, n: usize) -> App {
         weighted(policy, &vec![1; n])
     }
 
-    fn weighted(policy: Policy, weights: &[u32]) -> App {
+    /// An app of `policy` with one backend (`b0`, `b1`, ...) of each weight.
+    pub(crate) fn weighted(policy: Policy, weights: &[u32]) -> App {
         let backends = weights
             .iter()
             .enumerate()

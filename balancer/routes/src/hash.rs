@@ -246,32 +246,11 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::{AppSettings, Backend, BackendState, Policy};
-    use std::net::SocketAddr;
+    use crate::app::Policy;
     use std::sync::Arc;
 
     fn app(weights: &[u32]) -> App {
-        let backends = weights
-            .iter()
-            .enumerate()
-            .map(|(i, &weight)| Backend {
-                id: Some(format!("web.{i}").into()),
-                addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
-                tls: None,
-                expires_at_ms: 0,
-                weight,
-                state: BackendState::default(),
-            })
-            .collect();
-        let settings = AppSettings {
-            policy: Policy::ConsistentHash,
-            hash: Some(HashPolicy {
-                on: HashOn::ClientIp,
-                balance: 0,
-            }),
-            ..AppSettings::default()
-        };
-        App::new("a", Arc::new(settings), backends, None)
+        crate::app::tests::weighted(Policy::ConsistentHash, weights)
     }
 
     fn shares(a: &App, keys: u32) -> Vec<f64> {
