@@ -282,6 +282,23 @@ async fn a_client_that_leaves_frees_its_backend_connection_at_once() {
     assert!(line.contains("aborted=\"client-closed\""), "{line}");
     // Nothing of it is pooled: the next request gets a working connection.
     assert_eq!(get(b.addr(), "stalled.test", "/next").await.status, 200);
+
+    // The same once a body was streamed up (it came after the head, not with it).
+    let mut c = pier_testkit::h1::Conn::connect(b.addr()).await;
+    c.send(b"POST /silent HTTP/1.1\r\nHost: stalled.test\r\nContent-Length: 5\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.send(b"hello").await;
+    let start = Instant::now();
+    while be.count() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(c);
+    assert!(
+        hung_up(&be, 2, Duration::from_secs(3)).await,
+        "the backend connection outlived the uploading client's"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

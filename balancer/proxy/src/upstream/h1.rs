@@ -303,15 +303,17 @@ async fn exchange<D: Downstream>(
             write_idle: t.idle,
             max_bytes: max_body,
         };
-        let upload = body.send_h1(&mut up_w, limits);
+        // Boxed so that it can be dropped once the body is sent, giving the body back for the
+        // watch on the client while the backend thinks.
+        let mut upload = Box::pin(body.send_h1(&mut up_w, limits));
         let head_read = read_final(&mut up_r, &mut conn.buf, &mut fields, &mut sink, upgrading);
-        tokio::pin!(upload);
         tokio::pin!(head_read);
         let first = tokio::select! {
             biased;
             r = &mut head_read => Err(r),
             b = &mut upload => Ok(b),
         };
+        drop(upload);
         match first {
             // The backend answered before the whole body was sent (e.g. an early 413): stop
             // sending; neither connection can be reused.
@@ -326,21 +328,31 @@ async fn exchange<D: Downstream>(
                 })
             }
             Ok(Err(e)) => return Err(e.request_failure()),
-            Ok(Ok(_)) => match timeout(t.first_byte, &mut head_read).await {
-                Err(_) => {
-                    return Err(Failure::Upstream {
-                        err: ProxyError::UpstreamTimeout,
-                        in_sync: true,
-                    })
+            Ok(Ok(_)) => {
+                // As for a request sent whole: a client that leaves ends the wait.
+                let watched = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = head_read.as_mut().poll(cx) {
+                        return Poll::Ready(Some(r));
+                    }
+                    body.poll_closed(cx).map(|()| None)
+                });
+                match timeout(t.first_byte, watched).await {
+                    Err(_) => {
+                        return Err(Failure::Upstream {
+                            err: ProxyError::UpstreamTimeout,
+                            in_sync: true,
+                        })
+                    }
+                    Ok(None) => return Err(Failure::Client(None)),
+                    Ok(Some(Err((e, _)))) => {
+                        return Err(Failure::Upstream {
+                            err: e,
+                            in_sync: true,
+                        })
+                    }
+                    Ok(Some(Ok(h))) => h,
                 }
-                Ok(Err((e, _))) => {
-                    return Err(Failure::Upstream {
-                        err: e,
-                        in_sync: true,
-                    })
-                }
-                Ok(Ok(h)) => h,
-            },
+            }
         }
     };
     let first_byte = sent_at.elapsed();
