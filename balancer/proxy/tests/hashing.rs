@@ -213,13 +213,13 @@ async fn a_hot_key_spills_over_past_its_bound() {
         ),
     );
     let b = Balancer::start(&routes, "").await;
-    // Unbounded: all 12 at the key's backend.
-    let counts = hot_key(&b, "unbounded.test", 12).await;
+    // Unbounded: all 24 at the key's backend.
+    let counts = hot_key(&b, "unbounded.test", 24).await;
     assert_eq!(counts.len(), 1, "{counts:?}");
-    // Bounded at 125%: none holds more than ceil(1.25 × 12 / 4) = 4 of the 12 in flight.
-    let counts = hot_key(&b, "bounded.test", 12).await;
+    // Bounded at 125%: none holds more than ceil(1.25 × 24 / 4) = 8 of the 24 in flight.
+    let counts = hot_key(&b, "bounded.test", 24).await;
     assert!(counts.len() >= 3, "{counts:?}");
-    assert!(counts.values().all(|&n| n <= 4), "{counts:?}");
+    assert!(counts.values().all(|&n| n <= 8), "{counts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -299,6 +299,29 @@ async fn a_client_that_leaves_frees_its_backend_connection_at_once() {
         hung_up(&be, 2, Duration::from_secs(3)).await,
         "the backend connection outlived the uploading client's"
     );
+
+    // An h2c backend's stream is reset (its connection carries other streams).
+    let h2c = pier_testkit::h2::h2c_backend_counted().await;
+    let routes = app_routes(
+        "grpc",
+        &["grpc.test"],
+        &[h2c.addr],
+        "backend_protocol = \"h2c\"",
+    );
+    let b = Balancer::start(&routes, "[timeouts]\nfirst_byte = \"60s\"\n").await;
+    let mut c = pier_testkit::h1::Conn::connect(b.addr()).await;
+    c.send(b"GET /silent HTTP/1.1\r\nHost: grpc.test\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(c);
+    let start = Instant::now();
+    while h2c.resets.load(std::sync::atomic::Ordering::SeqCst) < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the h2c stream outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,6 +74,11 @@ pub struct HashPolicy {
 /// The bound unless set: Google's 1.25.
 pub const DEFAULT_HASH_BALANCE: u16 = 125;
 
+/// Requests in flight a backend always takes for its keys, whatever the bound: at light load
+/// the bound would be one or two requests, and a user's few parallel requests (a page and its
+/// assets) would be scattered; a hot key is what the bound is for.
+pub const BOUND_FLOOR: u64 = 8;
+
 /// Checks a `hash_balance`: 0 (unbounded) or 100 to 1000 (percent).
 pub fn check_hash_balance(n: u64) -> Result<u16, String> {
     match n {
@@ -224,12 +229,14 @@ impl App {
                 }
             }
         }
-        // Under its bound: outstanding < balance% × (load + 1) × weight_i / weight.
+        // Under its bound: outstanding < balance% × (load + 1) × weight_i / weight, or fewer
+        // than BOUND_FLOOR in flight.
         let fits = |i: usize| {
             let b = &self.backends[i];
+            let out = u64::from(b.state.outstanding());
             balance == 0
-                || u64::from(b.state.outstanding()) * 100 * weight
-                    < u64::from(balance) * (load + 1) * u64::from(b.weight)
+                || out < BOUND_FLOOR
+                || out * 100 * weight < u64::from(balance) * (load + 1) * u64::from(b.weight)
         };
         let start = ring.points.partition_point(|p| p.0 < key);
         let walk = || {
@@ -308,11 +315,12 @@ mod tests {
             guards.push(a.begin(i));
         }
         drop(guards);
-        // Bounded at 125%: no backend holds more than ceil(1.25 × (in flight + 1) / 4).
+        // Bounded at 125%: no backend holds more than ceil(1.25 × (in flight + 1) / 4), or the
+        // floor.
         let mut guards = Vec::new();
         for n in 0..40u64 {
             let i = a.pick_hashed(0, &[], key, 125).unwrap();
-            let cap = (125 * (n + 1)).div_ceil(400);
+            let cap = (125 * (n + 1)).div_ceil(400).max(BOUND_FLOOR);
             assert!(u64::from(a.backends[i].state.outstanding()) < cap, "{n}");
             guards.push(a.begin(i));
         }

@@ -161,26 +161,54 @@ pub async fn h2c_backend_counting_closes() -> (
     Arc<std::sync::atomic::AtomicUsize>,
     Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    let b = h2c_backend_counted().await;
+    (b.addr, b.conns, b.closes)
+}
+
+/// An h2c backend ([`h2c_backend_counted`]) and what it counted.
+pub struct H2cBackend {
+    pub addr: SocketAddr,
+    /// Connections accepted, and ended.
+    pub conns: Arc<std::sync::atomic::AtomicUsize>,
+    pub closes: Arc<std::sync::atomic::AtomicUsize>,
+    /// `/silent` streams the client reset before the backend gave up on them (60 s).
+    pub resets: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// [`h2c_backend`] with every count; `/silent` never answers and counts the stream's reset.
+pub async fn h2c_backend_counted() -> H2cBackend {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let closes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let resets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = Arc::clone(&conns);
     let closed = Arc::clone(&closes);
+    let reset = Arc::clone(&resets);
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let closed = Arc::clone(&closed);
+            let reset = Arc::clone(&reset);
             tokio::spawn(async move {
                 let Ok(mut conn) = h2::server::handshake(s).await else {
                     closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     return;
                 };
                 while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let reset = Arc::clone(&reset);
                     tokio::spawn(async move {
                         let (parts, mut body) = req.into_parts();
                         let path = parts.uri.path().to_string();
+                        if path == "/silent" {
+                            let was_reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
+                            let within = Duration::from_secs(60);
+                            if let Ok(Ok(_)) = tokio::time::timeout(within, was_reset).await {
+                                reset.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            return;
+                        }
                         if path == "/echo" {
                             let resp = http::Response::builder().status(200).body(()).unwrap();
                             let mut out = respond.send_response(resp, false).unwrap();
@@ -236,5 +264,10 @@ pub async fn h2c_backend_counting_closes() -> (
             });
         }
     });
-    (addr, conns, closes)
+    H2cBackend {
+        addr,
+        conns,
+        closes,
+        resets,
+    }
 }

@@ -13,7 +13,9 @@
 //! same as for HTTP/1.1 backends: they are written by the same code
 //! ([`pier_h1::rewrite::write_upstream_head`]) and read back as HTTP/2 fields.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use tokio::time::timeout;
@@ -175,12 +177,37 @@ pub async fn proxy<D: Downstream>(
             }
         }
     } else {
-        // The body goes up whole before the answer is relayed (its failure is answered).
-        let (up, answered) = tokio::join!(upload, answer);
+        // The body goes up whole before the answer is relayed (its failure is answered); then,
+        // as with an HTTP/1.1 backend, a client that leaves ends the wait. The upload is boxed
+        // so that it can be dropped once done, giving the body back for that watch.
+        let mut upload = Box::pin(upload);
+        let mut answer = std::pin::pin!(answer);
+        let mut early = None;
+        let up = loop {
+            tokio::select! {
+                u = &mut upload => break u,
+                a = &mut answer, if early.is_none() => early = Some(a),
+            }
+        };
+        drop(upload);
+        let answered = match (&up, early) {
+            (Err(_), _) => None,
+            (Ok(_), Some(a)) => Some(a),
+            (Ok(_), None) => {
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(a) = answer.as_mut().poll(cx) {
+                        return Poll::Ready(Some(a));
+                    }
+                    body.poll_closed(cx).map(|()| None)
+                })
+                .await
+            }
+        };
         match (up, answered) {
             (Err(e), _) => Err(Failed::Client(e.client_error())),
-            (Ok(_), Err(err)) => Err(Failed::Backend(err)),
-            (Ok(_), Ok((resp, first_byte))) => {
+            (Ok(_), None) => Err(Failed::Client(None)),
+            (Ok(_), Some(Err(err))) => Err(Failed::Backend(err)),
+            (Ok(_), Some(Ok((resp, first_byte)))) => {
                 if let Some(t) = timing {
                     sink.timing(RouterTiming {
                         service_us: micros(first_byte),
