@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use pier_testkit::h1::{get, Backend, Response};
 use pier_testkit::proxy::{admin_get, app_routes, Balancer};
+use pier_testkit::wait_until;
 
 /// App `slow` (limit 2 in its routes) and app `fast`, each with its own backend.
 async fn two_apps(config: &str) -> (Balancer, Backend, Backend) {
@@ -243,16 +244,22 @@ async fn http2_streams_count_against_the_same_limit() {
     assert_eq!(answers[2], (503, Some("app-overloaded".to_string())));
 }
 
-/// Waits until `n` of `be`'s `/silent` connections were closed by the balancer.
-async fn hung_up(be: &Backend, n: usize, within: Duration) -> bool {
-    let start = Instant::now();
-    while be.hung_up.load(std::sync::atomic::Ordering::SeqCst) < n {
-        if start.elapsed() > within {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
+/// Waits (3 s at most) until `n` of `be`'s `/silent` connections were closed by the balancer.
+async fn hung_up(be: &Backend, n: usize, what: &str) {
+    let closed =
+        || async { (be.hung_up.load(std::sync::atomic::Ordering::SeqCst) >= n).then_some(()) };
+    wait_until(what, Duration::from_secs(3), closed).await;
+}
+
+/// Waits (5 s at most) until `be` has seen `n` requests.
+async fn seen(be: &Backend, n: usize) {
+    let count = || async { (be.count() >= n).then_some(()) };
+    wait_until(
+        "the backend to see the requests",
+        Duration::from_secs(5),
+        count,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,16 +272,9 @@ async fn a_client_that_leaves_frees_its_backend_connection_at_once() {
     let mut c = pier_testkit::h1::Conn::connect(b.addr()).await;
     c.send(b"GET /silent HTTP/1.1\r\nHost: stalled.test\r\n\r\n")
         .await;
-    let start = Instant::now();
-    while be.count() < 1 {
-        assert!(start.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    seen(&be, 1).await;
     drop(c);
-    assert!(
-        hung_up(&be, 1, Duration::from_secs(3)).await,
-        "the backend connection outlived the client's"
-    );
+    hung_up(&be, 1, "the backend connection to close with the client's").await;
     b.wait_log("path=/silent").await;
     let log = b.log_text();
     let line = log.lines().find(|l| l.contains("path=/silent")).unwrap();
@@ -289,16 +289,14 @@ async fn a_client_that_leaves_frees_its_backend_connection_at_once() {
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     c.send(b"hello").await;
-    let start = Instant::now();
-    while be.count() < 3 {
-        assert!(start.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    seen(&be, 3).await;
     drop(c);
-    assert!(
-        hung_up(&be, 2, Duration::from_secs(3)).await,
-        "the backend connection outlived the uploading client's"
-    );
+    hung_up(
+        &be,
+        2,
+        "the backend connection to close with the uploading client's",
+    )
+    .await;
 
     // An h2c backend's stream is reset (its connection carries other streams).
     let h2c = pier_testkit::h2::h2c_backend_counted().await;
@@ -314,14 +312,14 @@ async fn a_client_that_leaves_frees_its_backend_connection_at_once() {
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(c);
-    let start = Instant::now();
-    while h2c.resets.load(std::sync::atomic::Ordering::SeqCst) < 1 {
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "the h2c stream outlived its client"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let reset =
+        || async { (h2c.resets.load(std::sync::atomic::Ordering::SeqCst) >= 1).then_some(()) };
+    wait_until(
+        "the h2c stream to be reset with its client gone",
+        Duration::from_secs(3),
+        reset,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,58 +354,43 @@ async fn a_client_that_leaves_the_queue_gives_its_place_up() {
             .await;
         held.push(c);
     }
-    let start = Instant::now();
-    while slow.count() < 2 {
-        assert!(start.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    seen(&slow, 2).await;
     // One waits in the one-place queue, then leaves.
     let mut q = pier_testkit::h1::Conn::connect(addr).await;
     q.send(b"GET /queued HTTP/1.1\r\nHost: slow.test\r\n\r\n")
         .await;
-    let queued = || async {
+    let queued = |n: u64| async move {
         let routes = admin_get(b.admin, "/routes").await.unwrap();
         let v: serde_json::Value = serde_json::from_str(&routes.text()).unwrap();
         let apps = v["apps"].as_array().unwrap().clone();
         let app = apps.into_iter().find(|a| a["name"] == "slow").unwrap();
-        app["queued"].as_u64().unwrap()
+        (app["queued"].as_u64() == Some(n)).then_some(())
     };
-    let start = Instant::now();
-    while queued().await != 1 {
-        assert!(start.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let within = Duration::from_secs(5);
+    wait_until("one request queued", within, || queued(1)).await;
     drop(q);
-    let start = Instant::now();
-    while queued().await != 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "the place was kept after its client left"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let gone = Duration::from_secs(3);
+    wait_until("the place given up by its client", gone, || queued(0)).await;
     // The freed place takes the next one (which waits, rather than being refused as full).
     let mut next = pier_testkit::h1::Conn::connect(addr).await;
     next.send(b"GET /next HTTP/1.1\r\nHost: slow.test\r\n\r\n")
         .await;
-    let start = Instant::now();
-    while queued().await != 1 {
-        assert!(start.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the next request queued", within, || queued(1)).await;
     b.wait_log("path=/queued").await;
     let log = b.log_text();
     let line = log.lines().find(|l| l.contains("path=/queued")).unwrap();
     assert!(line.contains("status=499"), "{line}");
     // The held ones' clients leave too: their backend connections close.
     drop(held);
-    assert!(hung_up(&slow, 2, Duration::from_secs(3)).await);
+    hung_up(&slow, 2, "the held requests' backend connections to close").await;
     // And the queued one gets a slot and reaches the backend.
-    let start = Instant::now();
-    while !slow.seen().iter().any(|s| s.path() == "/next") {
-        assert!(start.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let reached = || async {
+        slow.seen()
+            .iter()
+            .any(|s| s.path() == "/next")
+            .then_some(())
+    };
+    wait_until("the queued request at the backend", within, reached).await;
     assert!(!slow.seen().iter().any(|s| s.path() == "/queued"));
 }
 
