@@ -62,6 +62,7 @@ pub fn limit_of(app: &App, limits: &Limits) -> u32 {
 }
 
 /// Whether `app`'s limit follows its backends' latency.
+#[inline]
 pub fn is_adaptive(app: &App, limits: &Limits) -> bool {
     app.settings.adaptive_limit.unwrap_or(limits.app_adaptive)
 }

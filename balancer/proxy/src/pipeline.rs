@@ -37,17 +37,20 @@ pub async fn run<D: Downstream>(w: &Worker, d: &mut D) -> Outcome {
     let end = *outcome.end.get_or_insert_with(Instant::now);
     if let Some(app) = &app {
         app.record_response(outcome.status);
-        // The backend's latency, for an adaptive limit: its time to first byte, or the whole
-        // wait when it never answered in time.
-        let latency = match (outcome.first_byte, outcome.error) {
-            (Some(t), _) => Some(t),
-            (None, Some(ProxyError::UpstreamTimeout)) => {
-                Some(end.saturating_duration_since(d.request().start))
+        let limits = &w.shared.config.limits;
+        if admission::is_adaptive(app, limits) {
+            // The backend's latency: its time to first byte, or the whole wait when it never
+            // answered in time.
+            let latency = match (outcome.first_byte, outcome.error) {
+                (Some(t), _) => Some(t),
+                (None, Some(ProxyError::UpstreamTimeout)) => {
+                    Some(end.saturating_duration_since(d.request().start))
+                }
+                _ => None,
+            };
+            if let Some(t) = latency {
+                admission::sample(app, limits, t, end);
             }
-            _ => None,
-        };
-        if let Some(t) = latency {
-            admission::sample(app, &w.shared.config.limits, t, end);
         }
     }
     record(w, d, end, app.as_ref(), &outcome);
