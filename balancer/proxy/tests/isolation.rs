@@ -312,13 +312,26 @@ async fn a_client_that_leaves_frees_its_backend_connection_at_once() {
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(c);
-    let reset =
-        || async { (h2c.resets.load(std::sync::atomic::Ordering::SeqCst) >= 1).then_some(()) };
-    wait_until(
-        "the h2c stream to be reset with its client gone",
-        Duration::from_secs(3),
-        reset,
-    )
+    let reset = |n: usize| {
+        let resets = std::sync::Arc::clone(&h2c.resets);
+        async move { (resets.load(std::sync::atomic::Ordering::SeqCst) >= n).then_some(()) }
+    };
+    let within = Duration::from_secs(3);
+    wait_until("the h2c stream reset, its client gone", within, || reset(1)).await;
+    // An HTTP/2 client that resets its stream: the backend's stream is reset too.
+    let tcp = tokio::net::TcpStream::connect(b.addr()).await.unwrap();
+    let send = pier_testkit::h2::h2_client(tcp).await;
+    let req = http::Request::builder()
+        .uri("http://grpc.test/silent")
+        .body(())
+        .unwrap();
+    let mut s = send.clone().ready().await.unwrap();
+    let (resp, _) = s.send_request(req, true).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(resp);
+    wait_until("the h2c stream reset with the client's", within, || {
+        reset(2)
+    })
     .await;
 }
 

@@ -23,7 +23,7 @@ use tokio::time::timeout;
 use pier_h1::rewrite::{put_u64, write_upstream_head, Forwarding};
 use pier_routes::App;
 
-use crate::downstream::{micros, Downstream, RequestBody, ResponseSink, RouterTiming};
+use crate::downstream::{micros, Downstream, RequestBody, ResponseSink, RouterTiming, Waited};
 use crate::error::ProxyError;
 use crate::outcome::Outcome;
 use crate::relay::RelayLimits;
@@ -152,9 +152,15 @@ pub async fn proxy<D: Downstream>(
         }
     };
     let result = if D::DUPLEX {
-        // The answer streams while the body still goes up (bidirectional streaming).
+        // The answer streams while the body still goes up (bidirectional streaming). A client
+        // that resets its stream meanwhile ends the wait (and the backend's stream with it).
         let download = async {
-            let (resp, first_byte) = answer.await.map_err(Failed::Backend)?;
+            let deadline = sent_at + first_byte_limit;
+            let (resp, first_byte) = match sink.wait(deadline, answer).await {
+                Ok(answered) => answered.map_err(Failed::Backend)?,
+                Err(Waited::TimedOut) => return Err(Failed::Backend(ProxyError::UpstreamTimeout)),
+                Err(Waited::ClientGone) => return Err(Failed::Client(None)),
+            };
             if let Some(t) = timing {
                 sink.timing(RouterTiming {
                     service_us: micros(first_byte),
