@@ -50,15 +50,19 @@ pub struct Queued {
 /// The app's limit: its own, else the balancer's (0 = none); an adaptive limit under it
 /// where the app uses one.
 pub fn limit_of(app: &App, limits: &Limits) -> u32 {
-    let max = app
-        .settings
-        .max_in_flight
-        .unwrap_or(limits.app_max_in_flight);
+    let max = ceiling(app, limits);
     if is_adaptive(app, limits) {
         app.counters().adaptive.limit(max)
     } else {
         max
     }
+}
+
+/// The app's fixed limit: its own `max_in_flight`, else the balancer's (0 = none).
+fn ceiling(app: &App, limits: &Limits) -> u32 {
+    app.settings
+        .max_in_flight
+        .unwrap_or(limits.app_max_in_flight)
 }
 
 /// Whether `app`'s limit follows its backends' latency.
@@ -67,23 +71,17 @@ pub fn is_adaptive(app: &App, limits: &Limits) -> bool {
     app.settings.adaptive_limit.unwrap_or(limits.app_adaptive)
 }
 
-/// Counts a proxied request's time to first byte towards `app`'s adaptive limit (if it has
-/// one), the request having ended at `end`.
+/// Counts a proxied request's time to first byte towards `app`'s adaptive limit (the caller
+/// checked [`is_adaptive`]), the request having ended at `end`.
 pub fn sample(
     app: &App,
     limits: &Limits,
     first_byte: std::time::Duration,
     end: std::time::Instant,
 ) {
-    if !is_adaptive(app, limits) {
-        return;
-    }
     let now_ms = crate::util::wall_ms(end);
     let c = app.counters();
-    let max = app
-        .settings
-        .max_in_flight
-        .unwrap_or(limits.app_max_in_flight);
+    let max = ceiling(app, limits);
     let us = u64::try_from(first_byte.as_micros()).unwrap_or(u64::MAX);
     c.adaptive.record(us, c.gate.in_flight(), now_ms, max);
 }

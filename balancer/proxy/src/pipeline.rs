@@ -189,9 +189,7 @@ async fn answer<D: Downstream>(w: &Worker, d: &mut D) -> (Option<Arc<App>>, Outc
                 })
                 .await;
                 // At least 1: 0 says it did not wait.
-                queue_us = u32::try_from(since.elapsed().as_micros())
-                    .unwrap_or(u32::MAX)
-                    .max(1);
+                queue_us = crate::downstream::micros(since.elapsed()).max(1);
                 match waited {
                     Some(Ok(p)) => Some(p),
                     None => {

@@ -22,6 +22,11 @@ fn addrs(bs: &[Backend]) -> Vec<SocketAddr> {
     bs.iter().map(|b| b.addr).collect()
 }
 
+/// Which backend of `sticky.test` answered user `user` (header `X-User`).
+async fn user_home(conn: &mut Conn, user: u32) -> String {
+    served_by(conn, "sticky.test", "/", &format!("X-User: u{user}\r\n")).await
+}
+
 /// App `sticky` on `sticky.test`, hashing header `header` over `backends`.
 fn sticky_routes(backends: &[SocketAddr], header: &str) -> String {
     app_routes(
@@ -51,13 +56,7 @@ async fn a_header_keeps_each_user_on_one_backend_and_users_spread() {
     let mut home: HashMap<u32, String> = HashMap::new();
     for round in 0..3 {
         for user in 0..60 {
-            let by = served_by(
-                &mut conn,
-                "sticky.test",
-                "/",
-                &format!("X-User: u{user}\r\n"),
-            )
-            .await;
+            let by = user_home(&mut conn, user).await;
             match home.get(&user) {
                 Some(h) => assert_eq!(h, &by, "user {user} moved in round {round}"),
                 None => {
@@ -93,13 +92,7 @@ async fn a_header_keeps_each_user_on_one_backend_and_users_spread() {
     let b2 = Balancer::start(&routes, "").await;
     let mut conn = Conn::connect(b2.addr()).await;
     for (user, h) in &home {
-        let by = served_by(
-            &mut conn,
-            "sticky.test",
-            "/",
-            &format!("X-User: u{user}\r\n"),
-        )
-        .await;
+        let by = user_home(&mut conn, *user).await;
         if *h == gone {
             assert_ne!(by, gone);
         } else {
@@ -231,7 +224,7 @@ async fn http2_requests_hash_on_the_same_key() {
     let tcp = tokio::net::TcpStream::connect(b.addr()).await.unwrap();
     let send = pier_testkit::h2::h2_client(tcp).await;
     for user in 0..20 {
-        let over_h1 = served_by(&mut h1, "sticky.test", "/", &format!("X-User: u{user}\r\n")).await;
+        let over_h1 = user_home(&mut h1, user).await;
         let req = http::Request::builder()
             .uri("http://sticky.test/")
             .header("x-user", format!("u{user}"))
