@@ -3,6 +3,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::time::{Instant as TokioInstant, Sleep};
@@ -157,6 +158,27 @@ pub struct LazyTimer {
 }
 
 impl LazyTimer {
+    /// `Ready` once `deadline` has passed; otherwise arms the timer (as [`LazyTimer::run`]
+    /// does) and registers `cx` to be woken. For waits written as a poll function, whose
+    /// future is then only the few bytes it borrows.
+    pub fn poll_until(&mut self, cx: &mut Context<'_>, deadline: TokioInstant) -> Poll<TimedOut> {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() > deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if TokioInstant::now() >= deadline {
+                return Poll::Ready(TimedOut);
+            }
+            sleep.as_mut().reset(deadline);
+        }
+    }
+
     /// Runs `fut` until it finishes (`Ok`) or `deadline` passes (`Err(TimedOut)`).
     pub async fn run<F: Future>(
         &mut self,

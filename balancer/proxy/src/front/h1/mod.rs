@@ -11,11 +11,12 @@ mod exchange;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 use pier_h1::framing::{BodyKind, RequestFraming};
@@ -72,33 +73,32 @@ impl Client {
         self.fields = HeaderList::new();
         self.response_fields = HeaderList::new();
     }
+
+    /// A new client connection, boxed: the box moves into each request's exchange and back, a
+    /// pointer instead of its bytes, and the connection task holds only that pointer.
+    pub fn boxed(stream: ClientStream, peer: SocketAddr, listener: Listener) -> Box<Client> {
+        Box::new(Client {
+            stream,
+            // Both start empty: the read loop takes 1 KiB when the first bytes are due (8 KiB
+            // more if a head needs it) and `out` grows to the first head written.
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            scratch: Vec::new(),
+            peer,
+            peer_ip: pier_h1::rewrite::client_ip_text(peer),
+            listener,
+            timer: crate::util::LazyTimer::default(),
+            fields: HeaderList::new(),
+            response_fields: HeaderList::new(),
+            last_done: None,
+        })
+    }
 }
 
 /// Serves one client connection until it closes, fails, idles out or the balancer drains.
 /// Returns the connection when it turned out to speak HTTP/2 (the preface, with what was read
 /// of it), for the accept layer to hand to the h2 front end.
-pub async fn serve(
-    w: Arc<Worker>,
-    stream: ClientStream,
-    peer: SocketAddr,
-    listener: Listener,
-) -> Option<(ClientStream, BytesMut)> {
-    // Boxed: it moves into each request's exchange and back, a pointer instead of its bytes.
-    let mut client = Box::new(Client {
-        stream,
-        // Both start empty: the read loop takes 1 KiB when the first bytes are due (8 KiB
-        // more if a head needs it) and `out` grows to the first head written.
-        buf: BytesMut::new(),
-        out: Vec::new(),
-        scratch: Vec::new(),
-        peer,
-        peer_ip: pier_h1::rewrite::client_ip_text(peer),
-        listener,
-        timer: crate::util::LazyTimer::default(),
-        fields: HeaderList::new(),
-        response_fields: HeaderList::new(),
-        last_done: None,
-    });
+pub async fn serve(w: Arc<Worker>, mut client: Box<Client>) -> Option<(ClientStream, BytesMut)> {
     let mut first = true;
     let mut idle_until = None;
     loop {
@@ -163,7 +163,9 @@ async fn serve_busy(
 
 /// Waits while a connection is idle: until its first bytes come (`true`), or until `limit`,
 /// the peer's close, or the balancer's drain (`false`). It wakes up every IDLE_CHECK to notice
-/// a drain, and then still waits DRAIN_GRACE: a request may already be on its way.
+/// a drain, and then still waits DRAIN_GRACE: a request may already be on its way. Written as
+/// a poll function over the socket's readiness and the connection's timer, this wait is the
+/// whole of what an idle connection's task holds besides its [`Client`]: a few dozen bytes.
 async fn wait_idle(w: &Worker, client: &mut Client, limit: Instant) -> bool {
     let mut drain_deadline: Option<Instant> = None;
     loop {
@@ -174,12 +176,20 @@ async fn wait_idle(w: &Worker, client: &mut Client, limit: Instant) -> bool {
         } else {
             limit.min(now + IDLE_CHECK)
         };
-        let readable = client.stream.tcp().readable();
-        match client.timer.run(until.into(), readable).await {
-            Ok(Ok(())) => return true,
-            Ok(Err(_)) => return false,
-            Err(_) if draining || Instant::now() >= limit => return false,
-            Err(_) => {}
+        let until = tokio::time::Instant::from(until);
+        let Client { stream, timer, .. } = &mut *client;
+        let woke = std::future::poll_fn(|cx| {
+            if let Poll::Ready(ready) = stream.tcp().poll_read_ready(cx) {
+                return Poll::Ready(Some(ready));
+            }
+            timer.poll_until(cx, until).map(|_| None)
+        })
+        .await;
+        match woke {
+            Some(Ok(())) => return true,
+            Some(Err(_)) => return false,
+            None if draining || Instant::now() >= limit => return false,
+            None => {}
         }
     }
 }
@@ -514,20 +524,28 @@ pub(super) async fn send_local(
 /// discard what the client still sends (briefly), so the kernel does not answer with a reset.
 async fn close(client: &mut Client) {
     let _ = client.stream.shutdown().await;
-    // Drained into the connection's own buffer: a stack array here would sit in the state of
-    // every connection's task for its whole life.
-    let sink = &mut client.buf;
-    let deadline = Instant::now() + Duration::from_millis(500);
+    // Drained into the connection's own buffer, in a poll function under the connection's own
+    // timer: a stack array or a fresh timeout here would sit in the state of every
+    // connection's task for its whole life.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    let Client {
+        stream, buf, timer, ..
+    } = client;
+    buf.clear();
+    buf.resize(4096, 0);
     let mut drained = 0usize;
-    while drained < 256 * 1024 {
-        sink.clear();
-        sink.reserve(4096);
-        let left = deadline.saturating_duration_since(Instant::now());
-        match timeout(left, client.stream.read_buf(sink)).await {
-            Ok(Ok(n)) if n > 0 => drained += n,
-            _ => break,
+    std::future::poll_fn(|cx| loop {
+        if drained >= 256 * 1024 {
+            return Poll::Ready(());
         }
-    }
+        let mut read = tokio::io::ReadBuf::new(&mut buf[..]);
+        match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) if !read.filled().is_empty() => drained += read.filled().len(),
+            Poll::Ready(_) => return Poll::Ready(()),
+            Poll::Pending => return timer.poll_until(cx, deadline).map(|_| ()),
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]
