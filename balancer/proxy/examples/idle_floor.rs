@@ -13,7 +13,7 @@
 //!
 //! It is not an HTTP server: it only counts request heads (`\r\n\r\n`) and answers each, so
 //! GET requests without bodies are all it serves correctly. It exists for
-//! balancer/proxy/bench/conn-memory.sh:
+//! balancer/proxy/bench/conn-memory.sh and conn-100k.sh:
 //!
 //! ```sh
 //! cargo build --release -p pier-balancer --example idle_floor
@@ -147,7 +147,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_io()
         .build()?;
     rt.block_on(async move {
-        let listener = TcpListener::bind(listen).await?;
+        // SO_REUSEPORT (pier-balancer's own bind): several floor processes can share the
+        // address, as conn-100k.sh runs them.
+        let listener = TcpListener::from_std(pier_balancer::accept::bind(listen, true)?)?;
         loop {
             let (client, _) = listener.accept().await?;
             let _ = client.set_nodelay(true);

@@ -327,6 +327,7 @@ async fn run_worker(worker: Arc<Worker>, socks: Vec<(std::net::TcpListener, List
                 if let Some(l) = &w.shared.client_limits {
                     l.reap(crate::util::now_ms());
                 }
+                crate::memory::release();
             }
         })
     };

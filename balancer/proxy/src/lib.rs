@@ -42,6 +42,7 @@ pub mod front;
 pub mod h2io;
 pub mod health;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod outcome;
 pub mod overload;
