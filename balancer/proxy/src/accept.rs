@@ -155,7 +155,9 @@ fn serve_connection(
         let mut _slot = None;
         if let (Some(conns), false) = (&w.shared.client_conns, cfg.trusted) {
             match conns.enter(peer.ip()) {
-                Some(s) => _slot = Some(s),
+                // Boxed: the cap is off by default, and the task would carry the slot's bytes
+                // either way.
+                Some(s) => _slot = Some(Box::new(s)),
                 None => {
                     w.shared.metrics.client_connections_refused.inc();
                     tracing::debug!(listener = %cfg.addr, client = %peer, "connection refused: the client holds its max connections");
@@ -320,6 +322,7 @@ async fn run_worker(worker: Arc<Worker>, socks: Vec<(std::net::TcpListener, List
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let idle = w.shared.config.upstream.pool_idle_timeout;
+            let (mut released_at, mut ticks) = (0usize, 0u32);
             loop {
                 tick.tick().await;
                 w.pool.reap();
@@ -327,13 +330,25 @@ async fn run_worker(worker: Arc<Worker>, socks: Vec<(std::net::TcpListener, List
                 if let Some(l) = &w.shared.client_limits {
                     l.reap(crate::util::now_ms());
                 }
-                crate::memory::release();
+                // Free memory goes back to the system once an eighth of the connections open
+                // at the last release have gone, and every ten seconds anyway (for buffers
+                // that idle connections gave back): a scan of the heap, not done every tick.
+                let open = w.shared.open_connections();
+                ticks += 1;
+                if open < released_at - released_at / 8 || ticks >= 10 {
+                    crate::memory::release();
+                    (released_at, ticks) = (open, 0);
+                }
+                released_at = released_at.max(open);
             }
         })
     };
     for l in loops {
         let _ = l.await;
     }
+    // Idle keep-alive connections sleep until their deadline: wake them to close (each checks
+    // the shutdown flag after it registers, so none that went idle since is missed).
+    worker.drain.notify_waiters();
     // Listeners are closed now; keep the runtime alive while connections finish.
     let deadline = tokio::time::Instant::now() + worker.shared.config.timeouts.shutdown;
     while worker.shared.open_connections() > 0 && tokio::time::Instant::now() < deadline {

@@ -181,6 +181,9 @@ pub struct Worker {
     pub h2_pool: H2Pool,
     /// This worker's saturation and shedding (`crate::overload`).
     pub overload: crate::overload::Overload,
+    /// Wakes this worker's idle keep-alive connections when the balancer starts draining (they
+    /// sleep until their keep-alive deadline otherwise, with no periodic wake-up).
+    pub drain: tokio::sync::Notify,
 }
 
 impl Worker {
@@ -193,6 +196,7 @@ impl Worker {
             pool,
             h2_pool: H2Pool::default(),
             overload: crate::overload::Overload::default(),
+            drain: tokio::sync::Notify::new(),
         })
     }
 }

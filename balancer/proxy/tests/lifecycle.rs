@@ -220,6 +220,48 @@ async fn a_file_the_routes_file_names_is_watched_with_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    // An idle connection sleeps until its keep-alive deadline (60 s here) with no periodic
+    // wake-up: the drain must wake it, and the balancer exit long before either deadline.
+    let be = Backend::start("be").await;
+    let mut b = Balancer::start(
+        &app_routes("app", &["app.test"], &[be.addr], ""),
+        "[timeouts]
+shutdown = \"30s\"\nclient_keepalive = \"60s\"\n",
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut c = Conn::connect(b.addr()).await;
+        c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+        assert_eq!(c.read_response(false).await.unwrap().status, 200);
+        idle.push(c);
+    }
+    // Past the one second after which a connection gives its buffers back and waits idle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    b.signal("TERM");
+    let t = Instant::now();
+    for c in &mut idle {
+        assert!(
+            c.is_closed(Duration::from_secs(5)).await,
+            "an idle connection stayed open"
+        );
+    }
+    let status = loop {
+        if let Some(s) = b.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "did not exit: {}",
+            b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits() {
     let be = Backend::start("be").await;
     let mut b = Balancer::start(

@@ -102,6 +102,9 @@ impl Balancer {
             }
             if let Ok(r) = admin_get(admin, "/healthz").await {
                 if r.status == 200 && TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    // The probe's connection counts as a client's until its task ends: tests
+                    // that cap connections per client start once it is gone.
+                    b.wait_connections_closed(deadline).await;
                     return Ok(b);
                 }
             }
@@ -109,6 +112,22 @@ impl Balancer {
                 return Err(format!("balancer did not start: {}", b.log_text()));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (until `deadline` at most) for the balancer's open client connections to be 0.
+    async fn wait_connections_closed(&self, deadline: Instant) {
+        while Instant::now() < deadline {
+            if let Ok(r) = admin_get(self.admin, "/metrics").await {
+                let open = r.text().lines().find_map(|l| {
+                    let n = l.strip_prefix("pier_connections_open ")?;
+                    n.trim().parse::<f64>().ok()
+                });
+                if open == Some(0.0) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

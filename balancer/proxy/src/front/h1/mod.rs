@@ -9,6 +9,7 @@
 
 mod exchange;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
@@ -35,7 +36,8 @@ pub use exchange::H1Request;
 
 /// How long an idle keep-alive connection is still read from once shutdown begins.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
-/// How often an idle keep-alive connection checks whether the balancer is draining.
+/// How long a connection waits for its next request, buffers and request path at hand, before
+/// it gives them back and waits idle (in `wait_idle`, woken by bytes, its deadline or a drain).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// A client connection and its reusable buffers.
@@ -97,33 +99,41 @@ impl Client {
 
 /// Serves one client connection until it closes, fails, idles out or the balancer drains.
 /// Returns the connection when it turned out to speak HTTP/2 (the preface, with what was read
-/// of it), for the accept layer to hand to the h2 front end.
-pub async fn serve(w: Arc<Worker>, mut client: Box<Client>) -> Option<(ClientStream, BytesMut)> {
-    let mut first = true;
-    let mut idle_until = None;
-    loop {
-        if let Some(limit) = idle_until.take() {
-            // Idle: only this small future waits for the next request; the request path's
-            // state (several KiB) is not held by an idle connection.
-            if !wait_idle(&w, &mut client, limit).await {
-                break;
+/// of it), for the accept layer to hand to the h2 front end. (A plain function returning an
+/// `async move` block: it lives in every connection's task, and an `async fn` would keep its
+/// arguments twice.)
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn serve(
+    w: Arc<Worker>,
+    mut client: Box<Client>,
+) -> impl Future<Output = Option<(ClientStream, BytesMut)>> + Send {
+    async move {
+        let mut first = true;
+        let mut idle_until = None;
+        loop {
+            if let Some(limit) = idle_until.take() {
+                // Idle: only this small future waits for the next request; the request path's
+                // state (several KiB) is not held by an idle connection.
+                if !wait_idle(&w, &mut client, limit).await {
+                    break;
+                }
+            }
+            // Busy: requests one after another, in a future boxed for the busy period (allocated
+            // when the connection wakes up, freed when it has been idle for IDLE_CHECK).
+            let busy;
+            (client, busy) = Box::pin(serve_busy(&w, client, &mut first)).await;
+            match busy {
+                Busy::Idle(limit) => idle_until = Some(limit),
+                Busy::Close => break,
+                Busy::H2Preface => {
+                    let Client { stream, buf, .. } = *client;
+                    return Some((stream, buf));
+                }
             }
         }
-        // Busy: requests one after another, in a future boxed for the busy period (allocated
-        // when the connection wakes up, freed when it has been idle for IDLE_CHECK).
-        let busy;
-        (client, busy) = Box::pin(serve_busy(&w, client, &mut first)).await;
-        match busy {
-            Busy::Idle(limit) => idle_until = Some(limit),
-            Busy::Close => break,
-            Busy::H2Preface => {
-                let Client { stream, buf, .. } = *client;
-                return Some((stream, buf));
-            }
-        }
+        close(&mut client).await;
+        None
     }
-    close(&mut client).await;
-    None
 }
 
 /// How a busy period of a connection ended.
@@ -162,36 +172,60 @@ async fn serve_busy(
 }
 
 /// Waits while a connection is idle: until its first bytes come (`true`), or until `limit`,
-/// the peer's close, or the balancer's drain (`false`). It wakes up every IDLE_CHECK to notice
-/// a drain, and then still waits DRAIN_GRACE: a request may already be on its way. Written as
-/// a poll function over the socket's readiness and the connection's timer, this wait is the
-/// whole of what an idle connection's task holds besides its [`Client`]: a few dozen bytes.
-async fn wait_idle(w: &Worker, client: &mut Client, limit: Instant) -> bool {
-    let mut drain_deadline: Option<Instant> = None;
-    loop {
-        let now = Instant::now();
-        let draining = w.shared.is_shutting_down();
-        let until = if draining {
-            limit.min(*drain_deadline.get_or_insert(now + DRAIN_GRACE))
-        } else {
-            limit.min(now + IDLE_CHECK)
-        };
-        let until = tokio::time::Instant::from(until);
-        let Client { stream, timer, .. } = &mut *client;
-        let woke = std::future::poll_fn(|cx| {
-            if let Poll::Ready(ready) = stream.tcp().poll_read_ready(cx) {
-                return Poll::Ready(Some(ready));
+/// the peer's close, or the balancer's drain (`false`). It sleeps until `limit` with no
+/// periodic wake-up (the worker's `drain` wakes it when the balancer drains), and once draining
+/// still waits DRAIN_GRACE: a request may already be on its way. Written as a poll function
+/// over the socket's readiness, the drain notice and the connection's timer, this wait is the
+/// whole of what an idle connection's task holds besides its [`Client`]: about a hundred bytes.
+///
+/// A plain function returning an `async move` block, so that its arguments are not kept twice.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn wait_idle<'a>(
+    w: &'a Worker,
+    client: &'a mut Client,
+    limit: Instant,
+) -> impl Future<Output = bool> + Send + 'a {
+    async move {
+        let drain = w.drain.notified();
+        tokio::pin!(drain);
+        // Registered before the flag is read: a drain that starts after the read still wakes it.
+        drain.as_mut().enable();
+        let mut draining = false;
+        let mut until = limit;
+        loop {
+            if !draining && w.shared.is_shutting_down() {
+                draining = true;
+                until = limit.min(Instant::now() + DRAIN_GRACE);
             }
-            timer.poll_until(cx, until).map(|_| None)
-        })
-        .await;
-        match woke {
-            Some(Ok(())) => return true,
-            Some(Err(_)) => return false,
-            None if draining || Instant::now() >= limit => return false,
-            None => {}
+            let deadline = tokio::time::Instant::from(until);
+            let Client { stream, timer, .. } = &mut *client;
+            let woke = std::future::poll_fn(|cx| {
+                if let Poll::Ready(ready) = stream.tcp().poll_read_ready(cx) {
+                    return Poll::Ready(Idle::Readable(ready.is_ok()));
+                }
+                if !draining && drain.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Idle::Drain);
+                }
+                timer.poll_until(cx, deadline).map(|_| Idle::Deadline)
+            })
+            .await;
+            match woke {
+                Idle::Readable(ok) => return ok,
+                Idle::Deadline => return false,
+                // The flag is set before the notice: the loop turns to the drain's grace period.
+                Idle::Drain => {}
+            }
         }
     }
+}
+
+/// What ended an idle wait.
+enum Idle {
+    /// The socket became readable (`true`) or failed (`false`).
+    Readable(bool),
+    /// The keep-alive deadline (or the drain's grace period) passed.
+    Deadline,
+    Drain,
 }
 
 fn limits(w: &Worker) -> HeadLimits {
@@ -276,8 +310,8 @@ async fn read_head(
                 // Connection: close.
                 until.min(*drain_deadline.get_or_insert(now + DRAIN_GRACE))
             } else {
-                // Idle connections wake up now and then to notice a shutdown; this costs a
-                // timer per second of idleness instead of a shutdown watcher per request.
+                // After IDLE_CHECK the connection goes to `wait_idle`, which also notices a
+                // drain that starts later (a shutdown watcher per request would cost more).
                 until.min(now + IDLE_CHECK)
             };
         }
