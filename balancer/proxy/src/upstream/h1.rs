@@ -397,6 +397,17 @@ async fn exchange<D: Downstream>(
         .head(&head, &framing, &mut conn.buf, early, hsts)
         .await
         .map_err(Failure::Aborted)?;
+    // The head's bytes share the backend connection's buffer: let them go before the body is
+    // relayed, so the buffer, once drained, is refilled in place. (Kept, they made the relay
+    // allocate a second 16 KiB buffer for every body longer than the first read, and a slow
+    // download hold both.)
+    let status = head.status;
+    let ResponseHead {
+        buf: raw, headers, ..
+    } = head;
+    drop(raw);
+    recycle(&mut fields, headers);
+    sink.put_fields(fields);
     let bytes_out = match sent.body_sent {
         Some(n) => n,
         None if framing.body == BodyKind::None => 0,
@@ -409,9 +420,6 @@ async fn exchange<D: Downstream>(
         // Bytes after the response: the backend is confused; do not reuse it.
         reusable = false;
     }
-    let status = head.status;
-    recycle(&mut fields, head.headers);
-    sink.put_fields(fields);
     Ok(Exchanged {
         status,
         bytes_out,
