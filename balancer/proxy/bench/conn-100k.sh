@@ -178,19 +178,6 @@ start() {
   exit 1
 }
 
-stop() {
-  local p
-  for p in "${SRVS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${SRVS[@]}"; do
-    for _ in $(seq 50); do
-      [ "$(awk '{ print $3 }' "/proc/$p/stat" 2>/dev/null || echo Z)" = Z ] && break
-      sleep 0.1
-    done
-    kill -9 "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-}
-
 rss_kib() { # the sum of MEASURED's resident set sizes
   local p sum=0 r
   for p in "${MEASURED[@]}"; do
@@ -247,7 +234,7 @@ for server in $SERVERS; do
   RESULT[$server]=$(printf '%-6s %12s %12s %10s %14s %8s' "$server" "$(mib "$base")" \
     "$(mib "$held_rss")" "$median" "$(mib "$after")" \
     "$(awk -v a="$after" -v b="$base" 'BEGIN { printf "%.2f", a / b }')")
-  stop
+  bench_stop "${SRVS[@]}"
 done
 
 echo

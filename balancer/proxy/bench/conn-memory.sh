@@ -506,16 +506,7 @@ start() {
 # stop PID...: stop these processes (started here) and forget them.
 stop() {
   local p keep=()
-  for p in "$@"; do kill "$p" 2>/dev/null || true; done
-  for p in "$@"; do
-    # pier drains on SIGTERM: 5 s at most here, then SIGKILL.
-    for _ in $(seq 50); do
-      [ "$(awk '{ print $3 }' "/proc/$p/stat" 2>/dev/null || echo Z)" = Z ] && break
-      sleep 0.1
-    done
-    kill -9 "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
+  bench_stop "$@"
   for p in "${PIDS[@]}"; do
     case " $* " in *" $p "*) ;; *) keep+=("$p") ;; esac
   done

@@ -11,6 +11,7 @@
 #   bench_hosts FILE PORT       1000 names h<i>.bench.test, each to 127.0.0.1:PORT (the hosts file
 #                               format of compare.sh and compare-run.sh)
 #   bench_free_port             a loopback port free now
+#   bench_stop PID...           SIGTERM, up to 5 s for each to exit (pier drains), then SIGKILL
 #   bench_registry NAME         for the registry benchmarks: release pier-balancer and the
 #                               examples built, bench_workdir NAME, free ports REDIS LISTEN ADMIN
 #                               BACKEND, the nginx backend on BACKEND (CPU 1), R = the release dir
@@ -19,6 +20,19 @@ bench_workdir() {
   W=$(mktemp -d "/tmp/pier-$1.XXXXXX")
   PIDS=()
   trap bench_cleanup EXIT
+}
+
+bench_stop() {
+  local p
+  for p in "$@"; do kill "$p" 2>/dev/null || true; done
+  for p in "$@"; do
+    for _ in $(seq 50); do
+      [ "$(awk '{ print $3 }' "/proc/$p/stat" 2>/dev/null || echo Z)" = Z ] && break
+      sleep 0.1
+    done
+    kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
 }
 
 bench_cleanup() {
