@@ -100,12 +100,7 @@ for s in socks:
 PY
 
 # The routes of compare-run.sh (1000 apps) plus bench.test.
-{
-  for i in $(seq 0 999); do
-    printf '[[app]]\nname = "a%d"\ndomains = ["h%d.bench.test"]\nbackends = ["127.0.0.1:%d"]\n' "$i" "$i" "$BACKEND"
-  done
-  printf '[[app]]\nname = "bench"\ndomains = ["bench.test"]\nbackends = ["127.0.0.1:%d"]\n' "$BACKEND"
-} >"$W/routes.toml"
+bench_routes "$BACKEND" >"$W/routes.toml"
 cat >"$W/balancer.toml" <<CONF
 [listen]
 http = ["127.0.0.1:$PORT"]

@@ -366,10 +366,7 @@ PY
 
 # --- the servers measured -------------------------------------------------------------------
 {
-  for i in $(seq 0 999); do
-    printf '[[app]]\nname = "a%d"\ndomains = ["h%d.bench.test"]\nbackends = ["127.0.0.1:%d"]\n' "$i" "$i" "$BACKEND"
-  done
-  printf '[[app]]\nname = "bench"\ndomains = ["bench.test"]\nbackends = ["127.0.0.1:%d"]\n' "$BACKEND"
+  bench_routes "$BACKEND"
   printf '[[app]]\nname = "py"\ndomains = ["py.bench.test"]\nbackends = ["127.0.0.1:%d"]\n' "$PYBACK"
 } >"$W/pier/routes.toml"
 cat >"$W/pier/balancer.toml" <<CONF

@@ -11,6 +11,8 @@
 #   bench_hosts FILE PORT       1000 names h<i>.bench.test, each to 127.0.0.1:PORT (the hosts file
 #                               format of compare.sh and compare-run.sh)
 #   bench_free_port             a loopback port free now
+#   bench_routes BACKEND_PORT   (stdout) a routes file: the 1000 apps h<i>.bench.test of compare-run.sh
+#                               and the app bench.test, all to 127.0.0.1:BACKEND_PORT
 #   bench_stop PID...           SIGTERM, up to 5 s for each to exit (pier drains), then SIGKILL
 #   bench_registry NAME         for the registry benchmarks: release pier-balancer and the
 #                               examples built, bench_workdir NAME, free ports REDIS LISTEN ADMIN
@@ -20,6 +22,14 @@ bench_workdir() {
   W=$(mktemp -d "/tmp/pier-$1.XXXXXX")
   PIDS=()
   trap bench_cleanup EXIT
+}
+
+bench_routes() {
+  local i
+  for i in $(seq 0 999); do
+    printf '[[app]]\nname = "a%d"\ndomains = ["h%d.bench.test"]\nbackends = ["127.0.0.1:%d"]\n' "$i" "$i" "$1"
+  done
+  printf '[[app]]\nname = "bench"\ndomains = ["bench.test"]\nbackends = ["127.0.0.1:%d"]\n' "$1"
 }
 
 bench_stop() {

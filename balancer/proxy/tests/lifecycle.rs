@@ -247,17 +247,7 @@ shutdown = \"30s\"\nclient_keepalive = \"60s\"\n",
             "an idle connection stayed open"
         );
     }
-    let status = loop {
-        if let Some(s) = b.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "did not exit: {}",
-            b.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = b.exit_status(t, Duration::from_secs(5)).await;
     assert!(status.success(), "{status}");
 }
 
@@ -324,17 +314,7 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     }
     assert!(total > 20, "too little load: {total}");
     // The process exits by itself once drained, well before the deadline.
-    let status = loop {
-        if let Some(s) = b.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "did not exit: {}",
-            b.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = b.exit_status(t, Duration::from_secs(10)).await;
     assert!(status.success(), "{status}");
     assert!(b.log_text().contains("pier-balancer stopped"));
 }

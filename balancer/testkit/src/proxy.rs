@@ -131,6 +131,26 @@ impl Balancer {
         }
     }
 
+    /// Waits for the balancer process to exit by itself, failing the test (with its log) if it
+    /// is still running once `within` has passed since `since`.
+    pub async fn exit_status(
+        &mut self,
+        since: Instant,
+        within: Duration,
+    ) -> std::process::ExitStatus {
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                since.elapsed() < within,
+                "did not exit: {}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
