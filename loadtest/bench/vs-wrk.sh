@@ -5,13 +5,29 @@
 #
 #   loadtest/bench/vs-wrk.sh [ROUNDS] [DURATION] [CONNECTIONS] [THREADS]
 #
-# Environment: PORT (18080), PIER_LOAD (path to a built binary; default: cargo build --release).
+# Environment:
+#   PORT       nginx's port (18080)
+#   PIER_LOAD  path to a built pier-load (default: cargo build --release)
+#   LAYOUT     free (default): the scheduler places generator and nginx on the two cores;
+#              pinned: nginx on CPU 1, the generator (all its threads) on CPU 0 (taskset)
+#   PIPELINE   requests outstanding per connection (1): pier-load --pipeline N, wrk with a
+#              Lua script that sends N requests per write (wrk's own pipelining recipe)
 set -euo pipefail
 rounds=${1:-5}
 duration=${2:-10s}
 conns=${3:-50}
 threads=${4:-1}
 port=${PORT:-18080}
+layout=${LAYOUT:-free}
+pipeline=${PIPELINE:-1}
+case $layout in
+free) pin_gen=() pin_server=() ;;
+pinned) pin_gen=(taskset -c 0) pin_server=(taskset -c 1) ;;
+*)
+    echo "LAYOUT must be free or pinned" >&2
+    exit 2
+    ;;
+esac
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 
@@ -26,12 +42,26 @@ fi
 
 work=$(mktemp -d)
 trap '"$here/nginx-target.sh" stop "$port" "$work/nginx"; rm -rf "$work"' EXIT
-"$here/nginx-target.sh" start "$port" "$work/nginx"
+"${pin_server[@]}" "$here/nginx-target.sh" start "$port" "$work/nginx"
 url="http://127.0.0.1:$port/"
+wrk_args=() pier_args=()
+if [ "$pipeline" -gt 1 ]; then
+    # wrk pipelines only through Lua: one write of N identical requests per round trip.
+    cat >"$work/pipeline.lua" <<LUA
+init = function(args)
+   local r = {}
+   for i = 1, $pipeline do r[i] = wrk.format(nil, "/") end
+   req = table.concat(r)
+end
+request = function() return req end
+LUA
+    wrk_args=(-s "$work/pipeline.lua")
+    pier_args=(--pipeline "$pipeline")
+fi
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores; wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'); $("$PIER_LOAD" --version)"
 echo "# target: nginx $(nginx -v 2>&1 | sed 's/.*\///'), 1 worker, $url"
-echo "# each run: -t$threads -c$conns -d$duration; cpu = user + sys of the generator process;"
+echo "# each run: -t$threads -c$conns -d$duration, pipeline $pipeline, layout $layout; cpu = user + sys of the generator process;"
 echo "# load1 = 1-minute load average before the run; this benchmark alone keeps it near 2 (generator + nginx), clearly more means other work shared the 2 cores"
 printf '%-6s %-10s %12s %12s %8s %14s %9s %6s\n' round tool req/s requests cpu_s req/cpu_s maxrss_kb load1
 
@@ -39,9 +69,11 @@ printf '%-6s %-10s %12s %12s %8s %14s %9s %6s\n' round tool req/s requests cpu_s
 run() {
     local tool=$1 out tfile=$work/time
     if [ "$tool" = wrk ]; then
-        out=$(/usr/bin/time -f '%U %S %M' -o "$tfile" wrk -t"$threads" -c"$conns" -d"$duration" "$url")
+        out=$("${pin_gen[@]}" /usr/bin/time -f '%U %S %M' -o "$tfile" \
+            wrk -t"$threads" -c"$conns" -d"$duration" "${wrk_args[@]}" "$url")
     else
-        out=$(/usr/bin/time -f '%U %S %M' -o "$tfile" "$PIER_LOAD" -t"$threads" -c"$conns" -d"$duration" "$url")
+        out=$("${pin_gen[@]}" /usr/bin/time -f '%U %S %M' -o "$tfile" \
+            "$PIER_LOAD" -t"$threads" -c"$conns" -d"$duration" "${pier_args[@]}" "$url")
     fi
     local rps reqs
     rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')

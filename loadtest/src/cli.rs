@@ -110,7 +110,8 @@ pub struct LoadArgs {
     /// Routing check: compare this response header with the host file's expected value.
     #[arg(long, value_name = "NAME")]
     pub expect_header: Option<String>,
-    /// HTTP/1.1 requests outstanding per connection.
+    /// HTTP/1.1 pipelining: N requests written together, the next N once all are answered
+    /// (in the open model, each sent when due, at most N outstanding).
     #[arg(long, default_value_t = 1)]
     pub pipeline: usize,
     /// Use HTTP/2 (ALPN over https, prior knowledge over http).

@@ -129,6 +129,41 @@ fn pipelined_responses_are_matched_in_order() {
 }
 
 #[test]
+fn a_pipelined_connection_writes_whole_batches() {
+    // The server answers pipelined requests one by one: a client that refilled each answered
+    // slot would send its requests a few at a time; batches of the full depth mean each batch
+    // was written once the last one was answered (wrk's pipelining).
+    let server = start(Behaviour {
+        answer_each: true,
+        ..Default::default()
+    });
+    let mut cfg = config(&server.url(), 2, 1.0);
+    cfg.protocol = Protocol::Http1 { pipeline: 8 };
+    let r = run(&cfg);
+    server.wait_idle();
+    assert_eq!(r.errors.total(), 0, "{:?}", r.errors);
+    let requests = server.seen.requests();
+    let batches = server
+        .seen
+        .batches
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(requests > 100, "{requests} requests");
+    assert_eq!(
+        server
+            .seen
+            .max_batch
+            .load(std::sync::atomic::Ordering::SeqCst),
+        8
+    );
+    // A read may now and then split a batch; refilling slot by slot gives about 1 per read.
+    assert!(
+        requests >= 6 * batches,
+        "{requests} requests in {batches} reads"
+    );
+    assert!(r.responses() <= requests);
+}
+
+#[test]
 fn server_closes_are_reconnects_not_errors() {
     let server = start(Behaviour {
         close_every: Some(5),

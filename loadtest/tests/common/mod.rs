@@ -28,6 +28,10 @@ pub struct Behaviour {
     pub chunked_every: Option<u64>,
     /// Read requests but never answer.
     pub silent: bool,
+    /// Answer pipelined requests one by one (a write per response, a pause between) and read
+    /// whatever arrived in between, so `max_batch`/`batches` show how the client refills.
+    /// Bodiless requests only.
+    pub answer_each: bool,
     /// h2: after this many streams on a connection, shut it down gracefully (GOAWAY).
     pub h2_streams_per_conn: Option<u64>,
 }
@@ -40,6 +44,8 @@ pub struct Seen {
     pub open: AtomicI64,
     /// Most requests found in one read: > 1 means the client pipelined.
     pub max_batch: AtomicU64,
+    /// Reads that held at least one request (requests / batches is the mean batch).
+    pub batches: AtomicU64,
     /// Most h2 streams open at once on one connection.
     pub max_streams: AtomicU64,
     pub per_host: Mutex<HashMap<String, u64>>,
@@ -145,6 +151,7 @@ fn start_inner(b: Behaviour, mode: Option<Mode>) -> TestServer {
             let (s, b, mode) = (s.clone(), b.clone(), mode.clone());
             tokio::spawn(async move {
                 match mode.as_deref() {
+                    None if b.answer_each => serve_h1_one_by_one(sock, &s).await,
                     None => serve_h1(sock, &s, &b, started).await,
                     Some(Mode::H2c) => serve_h2(sock, &s, &b).await,
                     Some(Mode::Tls(cfg)) => {
@@ -278,6 +285,45 @@ async fn serve_h1<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if close && !was_closing {
             let _ = sock.shutdown().await;
+        }
+    }
+}
+
+async fn serve_h1_one_by_one(mut sock: tokio::net::TcpStream, seen: &Seen) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut tmp = vec![0u8; 16384];
+    let end_of = |buf: &[u8]| buf.windows(4).position(|w| w == b"\r\n\r\n");
+    loop {
+        // With requests waiting, a read only picks up what arrived during the last answer.
+        let read = if end_of(&buf).is_some() {
+            tokio::time::timeout(Duration::from_micros(300), sock.read(&mut tmp))
+                .await
+                .ok()
+        } else {
+            Some(sock.read(&mut tmp).await)
+        };
+        if let Some(r) = read {
+            let n = match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let batch = tmp[..n].windows(4).filter(|w| *w == b"\r\n\r\n").count() as u64;
+            if batch > 0 {
+                seen.max_batch.fetch_max(batch, Ordering::SeqCst);
+                seen.batches.fetch_add(1, Ordering::SeqCst);
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        }
+        if let Some(end) = end_of(&buf) {
+            buf.drain(..end + 4);
+            seen.count_host("");
+            if sock
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await
+                .is_err()
+            {
+                return;
+            }
         }
     }
 }
