@@ -11,7 +11,7 @@ conns=${2:-100}
 shift 2 || true
 rates=("$@")
 [ ${#rates[@]} -eq 0 ] && rates=(10000 50000 80000)
-port=${PORT:-18082}
+port=${PORT:-18090}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 if [ -z "${PIER_LOAD:-}" ]; then

@@ -11,7 +11,7 @@ shift 2 || true
 [ "${1:-}" = "--" ] && shift
 flags=("$@")
 [ ${#flags[@]} -eq 0 ] && flags=(-t1 -c50)
-port=${PORT:-18081}
+port=${PORT:-18095}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 if [ -z "${PIER_LOAD:-}" ]; then

@@ -12,6 +12,8 @@
 #              pinned: nginx on CPU 1, the generator (all its threads) on CPU 0 (taskset)
 #   PIPELINE   requests outstanding per connection (1): pier-load --pipeline N, wrk with a
 #              Lua script that sends N requests per write (wrk's own pipelining recipe)
+#   SCHEME     http (default) or https: HTTP/1.1 keep-alive over TLS 1.3 (nginx's TLS port,
+#              a self-signed certificate; pier-load -k, wrk does not verify)
 set -euo pipefail
 rounds=${1:-5}
 duration=${2:-10s}
@@ -20,6 +22,7 @@ threads=${4:-1}
 port=${PORT:-18080}
 layout=${LAYOUT:-free}
 pipeline=${PIPELINE:-1}
+scheme=${SCHEME:-http}
 case $layout in
 free) pin_gen=() pin_server=() ;;
 pinned) pin_gen=(taskset -c 0) pin_server=(taskset -c 1) ;;
@@ -43,8 +46,15 @@ fi
 work=$(mktemp -d)
 trap '"$here/nginx-target.sh" stop "$port" "$work/nginx"; rm -rf "$work"' EXIT
 "${pin_server[@]}" "$here/nginx-target.sh" start "$port" "$work/nginx"
-url="http://127.0.0.1:$port/"
-wrk_args=() pier_args=()
+case $scheme in
+http) url="http://127.0.0.1:$port/" pier_tls=() ;;
+https) url="https://127.0.0.1:$((port + 2))/" pier_tls=(-k) ;;
+*)
+    echo "SCHEME must be http or https" >&2
+    exit 2
+    ;;
+esac
+wrk_args=() pier_args=("${pier_tls[@]}")
 if [ "$pipeline" -gt 1 ]; then
     # wrk pipelines only through Lua: one write of N identical requests per round trip.
     cat >"$work/pipeline.lua" <<LUA
@@ -56,7 +66,7 @@ end
 request = function() return req end
 LUA
     wrk_args=(-s "$work/pipeline.lua")
-    pier_args=(--pipeline "$pipeline")
+    pier_args+=(--pipeline "$pipeline")
 fi
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores; wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'); $("$PIER_LOAD" --version)"

@@ -190,7 +190,10 @@ impl ResponseParser {
         head_request: bool,
         expect: Option<(&[u8], &[u8])>,
     ) -> Result<Step, ParseError> {
-        let Some(nl) = memchr(b'\n', buf) else {
+        // One vectorised scan finds the line ends, lazily: `buf` may hold many pipelined
+        // responses, and only this head's lines are visited.
+        let mut ends = memchr::memchr_iter(b'\n', buf);
+        let Some(nl) = ends.next() else {
             return need_more(buf, MAX_HEAD, ParseError::HeadTooLarge);
         };
         let line = trim_cr(&buf[..nl]);
@@ -210,20 +213,24 @@ impl ResponseParser {
         let mut matched = expect.map(|_| false);
         let mut pos = nl + 1;
         loop {
-            let Some(nl) = memchr(b'\n', &buf[pos..]) else {
+            let Some(nl) = ends.next() else {
                 return need_more(buf, MAX_HEAD, ParseError::HeadTooLarge);
             };
-            let line = trim_cr(&buf[pos..pos + nl]);
-            pos += nl + 1;
+            let line = trim_cr(&buf[pos..nl]);
+            pos = nl + 1;
             if line.is_empty() {
                 break;
             }
-            let colon = memchr(b':', line).ok_or(ParseError::HeaderLine)?;
+            // Field names are short: a plain loop beats a vectorised search set up per line.
+            let colon = line
+                .iter()
+                .position(|&b| b == b':')
+                .ok_or(ParseError::HeaderLine)?;
             let name = &line[..colon];
-            let value = trim(&line[colon + 1..]);
+            let value = || trim(&line[colon + 1..]);
             match name.len() {
                 14 if name.eq_ignore_ascii_case(b"content-length") => {
-                    let v = parse_decimal(value).ok_or(ParseError::ContentLength)?;
+                    let v = parse_decimal(value()).ok_or(ParseError::ContentLength)?;
                     // Two different lengths make the framing ambiguous (RFC 9112 §6.3).
                     if length.is_some_and(|l| l != v) {
                         return Err(ParseError::ContentLength);
@@ -231,11 +238,12 @@ impl ResponseParser {
                     length = Some(v);
                 }
                 17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                    let value = value();
                     let last = value.rsplit(|&b| b == b',').next().unwrap_or(value);
                     chunked = trim(last).eq_ignore_ascii_case(b"chunked");
                 }
                 10 if name.eq_ignore_ascii_case(b"connection") => {
-                    for token in value.split(|&b| b == b',') {
+                    for token in value().split(|&b| b == b',') {
                         let token = trim(token);
                         if token.eq_ignore_ascii_case(b"close") {
                             close = true;
@@ -248,7 +256,7 @@ impl ResponseParser {
             }
             if let Some((want_name, want_value)) = expect {
                 if name.eq_ignore_ascii_case(want_name) {
-                    matched = Some(value == want_value);
+                    matched = Some(value() == want_value);
                 }
             }
         }
