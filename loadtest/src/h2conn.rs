@@ -3,8 +3,9 @@
 //! their due times (open model). Every stream is counted on its own.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -220,6 +221,11 @@ async fn stream_worker(
     let Some(templates) = sh.h2.as_ref() else {
         return StreamEnd::Broken;
     };
+    // One timer per stream worker, moved only when it fires early (it was set for an older
+    // request) instead of a timer registered and dropped per request.
+    let timer = tokio::time::sleep_until(sh.end.into());
+    tokio::pin!(timer);
+    let mut timer_at = sh.end;
     loop {
         let mut now = Instant::now();
         if now >= sh.end {
@@ -255,10 +261,25 @@ async fn stream_worker(
             Some(t) => (sent + t).min(sh.end),
             None => sh.end,
         };
-        let result = tokio::time::timeout_at(
-            deadline.into(),
-            one_request(&mut send, templates, host, expect),
-        )
+        if deadline < timer_at {
+            timer.as_mut().reset(deadline.into());
+            timer_at = deadline;
+        }
+        let request = one_request(&mut send, templates, host, expect);
+        tokio::pin!(request);
+        let result = poll_fn(|cx| {
+            if let Poll::Ready(r) = request.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            while timer.as_mut().poll(cx).is_ready() {
+                if Instant::now() >= deadline {
+                    return Poll::Ready(None);
+                }
+                timer.as_mut().reset(deadline.into());
+                timer_at = deadline;
+            }
+            Poll::Pending
+        })
         .await;
         let now = Instant::now();
         if now >= sh.end {
@@ -266,21 +287,21 @@ async fn stream_worker(
             return StreamEnd::Ended(true);
         }
         match result {
-            Ok(Ok(r)) => {
+            Some(Ok(r)) => {
                 let mut rec = ctx.recorder.borrow_mut();
                 // h2 byte counts are DATA payloads only (headers are HPACK-compressed).
                 rec.bytes_read(now, r.bytes);
                 rec.bytes_written(now, templates.body.as_ref().map_or(0, Bytes::len));
                 rec.response(now, due, start, sent, r.status, host, r.matched);
             }
-            Ok(Err(e)) if refused_unprocessed(&e) => {
+            Some(Err(e)) if refused_unprocessed(&e) => {
                 ctx.recorder.borrow_mut().retried += 1;
                 retry.borrow_mut().push(Refused { due, start, host });
                 if e.is_go_away() {
                     return StreamEnd::Broken;
                 }
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 let connection_gone = e.is_io() || e.is_go_away() || e.reason().is_none();
                 let kind = if e.is_io() {
                     ErrorKind::Read
@@ -292,7 +313,7 @@ async fn stream_worker(
                     return StreamEnd::Broken;
                 }
             }
-            Err(_elapsed) => {
+            None => {
                 if now >= sh.end {
                     return StreamEnd::Ended(true);
                 }

@@ -45,6 +45,30 @@ fn h2c_streams_are_counted_per_stream() {
 }
 
 #[test]
+fn h2_streams_time_out_one_by_one() {
+    // Every stream hangs: each of the 8 stream workers times out about every 150 ms.
+    let server = start_h2c_with(Behaviour {
+        silent: true,
+        ..Default::default()
+    });
+    let mut cfg = config(&server.url());
+    cfg.protocol = Protocol::Http2 { max_streams: 4 };
+    cfg.duration = Duration::from_secs(1);
+    cfg.timeout = Some(Duration::from_millis(150));
+    let r = pier_load::run(&cfg, &mut |_| {}).unwrap();
+    server.wait_idle();
+    assert_eq!(r.responses(), 0);
+    // 8 workers × 6 whole timeouts in a second; generous bounds for a busy box.
+    assert!(r.errors.timeout >= 24, "{:?}", r.errors);
+    assert!(r.errors.timeout <= 64, "{:?}", r.errors);
+    assert_eq!(r.errors.total(), r.errors.timeout, "{:?}", r.errors);
+    assert_eq!(
+        r.errors.timeout + r.in_flight_at_end,
+        server.seen.requests()
+    );
+}
+
+#[test]
 fn h2_over_tls_with_alpn_and_a_trusted_ca() {
     let names = ["a.test", "b.test", "c.test"];
     let (tls, ca_pem) = tls_config(&names);

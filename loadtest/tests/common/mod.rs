@@ -334,6 +334,8 @@ async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin>(sock: S, seen: &Seen, b: &B
     };
     let open = Arc::new(AtomicU64::new(0));
     let mut accepted = 0u64;
+    // `silent`: streams held open, never answered (nor reset) while the connection lasts.
+    let mut unanswered = Vec::new();
     while let Some(Ok((req, mut respond))) = conn.accept().await {
         accepted += 1;
         if b.h2_streams_per_conn == Some(accepted) {
@@ -346,6 +348,10 @@ async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin>(sock: S, seen: &Seen, b: &B
             .map(|a| a.host().to_string())
             .unwrap_or_default();
         seen.count_host(&host);
+        if b.silent {
+            unanswered.push(respond);
+            continue;
+        }
         let now_open = open.fetch_add(1, Ordering::SeqCst) + 1;
         seen.max_streams.fetch_max(now_open, Ordering::SeqCst);
         let open = open.clone();
