@@ -298,6 +298,32 @@ async fn a_client_that_leaves_frees_its_backend_connection_at_once() {
     )
     .await;
 
+    // An HTTP/2 client that streamed its body up whole (larger than what the balancer reads
+    // before asking the backend), then resets its stream while the backend thinks: the
+    // backend connection closes with it.
+    let tcp = tokio::net::TcpStream::connect(b.addr()).await.unwrap();
+    let send = pier_testkit::h2::h2_client(tcp).await;
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://stalled.test/silent")
+        .body(())
+        .unwrap();
+    let mut s = send.clone().ready().await.unwrap();
+    let (resp, mut up) = s.send_request(req, false).unwrap();
+    up.send_data(bytes::Bytes::from(vec![b'x'; 200 * 1024]), true)
+        .unwrap();
+    seen(&be, 4).await;
+    // The body reaches the backend and the balancer waits for the answer.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    up.send_reset(h2::Reason::CANCEL);
+    drop(resp);
+    hung_up(
+        &be,
+        3,
+        "the backend connection to close with the h2 client's reset",
+    )
+    .await;
+
     // An h2c backend's stream is reset (its connection carries other streams).
     let h2c = pier_testkit::h2::h2c_backend_counted().await;
     let routes = app_routes(

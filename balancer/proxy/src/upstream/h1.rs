@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
-use tokio::time::timeout;
 
 use pier_h1::framing::{BodyKind, FramingError, ResponseFraming};
 use pier_h1::head::{recycle, HeadError, HeadGate, HeadLimits, HeaderList, Known, ResponseHead};
@@ -188,30 +187,6 @@ pub async fn read_head(
     }
 }
 
-/// Reads heads until the final one, passing interim ones to `sink`.
-async fn read_final<S: ResponseSink>(
-    up: &mut UpstreamRead<'_>,
-    buf: &mut BytesMut,
-    fields: &mut HeaderList,
-    sink: &mut S,
-    upgrading: bool,
-) -> Result<ResponseHead, (ProxyError, bool)> {
-    let mut got_any = false;
-    loop {
-        match read_head(up, buf, fields, upgrading).await {
-            Ok(Read::Final(h)) => return Ok(h),
-            Ok(Read::Interim(h)) => {
-                got_any = true;
-                sink.interim(&h)
-                    .await
-                    .map_err(|_| (ProxyError::UpstreamIo, true))?;
-                recycle(fields, h.headers);
-            }
-            Err((e, some)) => return Err((e, some || got_any)),
-        }
-    }
-}
-
 /// The failure for a response head that did not come.
 fn head_failure(e: ProxyError, got_some: bool, reused: bool, early: bool) -> Failure {
     if (e == ProxyError::UpstreamClosed || e == ProxyError::UpstreamIo) && !early {
@@ -259,45 +234,9 @@ async fn exchange<D: Downstream>(
     let sent_at = Instant::now();
     let (mut body, mut sink) = d.split();
     let mut fields = sink.take_fields();
-    let mut early = false;
-    let head = if body_done {
-        let deadline = sent_at + t.first_byte;
-        let mut got_any = false;
-        loop {
-            // A client that leaves stops the wait (and the backend's work: its connection
-            // is closed) instead of holding both sockets until the first-byte timeout.
-            let got = {
-                let read = read_head(&mut up_r, &mut conn.buf, &mut fields, upgrading);
-                let mut read = std::pin::pin!(read);
-                let watched = std::future::poll_fn(|cx| {
-                    if let Poll::Ready(r) = read.as_mut().poll(cx) {
-                        return Poll::Ready(Ok(r));
-                    }
-                    body.poll_closed(cx).map(|()| Err(Waited::ClientGone))
-                });
-                sink.wait(deadline, watched).await.and_then(|r| r)
-            };
-            match got {
-                Ok(Ok(Read::Final(h))) => break h,
-                Ok(Ok(Read::Interim(h))) => {
-                    got_any = true;
-                    sink.interim(&h).await.map_err(|_| Failure::Upstream {
-                        err: ProxyError::UpstreamIo,
-                        in_sync: true,
-                    })?;
-                    recycle(&mut fields, h.headers);
-                }
-                Ok(Err((e, some))) => return Err(head_failure(e, some || got_any, reused, false)),
-                Err(Waited::TimedOut) => {
-                    return Err(Failure::Upstream {
-                        err: ProxyError::UpstreamTimeout,
-                        in_sync: true,
-                    })
-                }
-                Err(Waited::ClientGone) => return Err(Failure::Client(None)),
-            }
-        }
-    } else {
+    let mut early_head = None;
+    let mut got_any = false;
+    if !body_done {
         let limits = RelayLimits {
             read_idle: cfg.timeouts.client_body,
             write_idle: t.idle,
@@ -306,21 +245,32 @@ async fn exchange<D: Downstream>(
         // Boxed so that it can be dropped once the body is sent, giving the body back for the
         // watch on the client while the backend thinks.
         let mut upload = Box::pin(body.send_h1(&mut up_w, limits));
-        let head_read = read_final(&mut up_r, &mut conn.buf, &mut fields, &mut sink, upgrading);
-        tokio::pin!(head_read);
-        let first = tokio::select! {
-            biased;
-            r = &mut head_read => Err(r),
-            b = &mut upload => Ok(b),
+        // The backend may answer while the body goes up: interim heads are passed on (the
+        // upload resumes after each), a final one ends the upload (e.g. an early 413).
+        let sent = loop {
+            let first = tokio::select! {
+                biased;
+                r = read_head(&mut up_r, &mut conn.buf, &mut fields, upgrading) => Err(r),
+                b = &mut upload => Ok(b),
+            };
+            match first {
+                Err(Ok(Read::Interim(h))) => {
+                    got_any = true;
+                    sink.interim(&h).await.map_err(|_| Failure::Upstream {
+                        err: ProxyError::UpstreamIo,
+                        in_sync: false,
+                    })?;
+                    recycle(&mut fields, h.headers);
+                }
+                Err(Ok(Read::Final(h))) => break Err(Ok(h)),
+                Err(Err(e)) => break Err(Err(e)),
+                Ok(b) => break Ok(b),
+            }
         };
         drop(upload);
-        match first {
-            // The backend answered before the whole body was sent (e.g. an early 413): stop
-            // sending; neither connection can be reused.
-            Err(Ok(h)) => {
-                early = true;
-                h
-            }
+        match sent {
+            // Neither connection can be reused after an answer that came before the body.
+            Err(Ok(h)) => early_head = Some(h),
             Err(Err((e, _))) => {
                 return Err(Failure::Upstream {
                     err: e,
@@ -328,29 +278,57 @@ async fn exchange<D: Downstream>(
                 })
             }
             Ok(Err(e)) => return Err(e.request_failure()),
-            Ok(Ok(_)) => {
-                // As for a request sent whole: a client that leaves ends the wait.
-                let watched = std::future::poll_fn(|cx| {
-                    if let Poll::Ready(r) = head_read.as_mut().poll(cx) {
-                        return Poll::Ready(Some(r));
-                    }
-                    body.poll_closed(cx).map(|()| None)
-                });
-                match timeout(t.first_byte, watched).await {
-                    Err(_) => {
-                        return Err(Failure::Upstream {
-                            err: ProxyError::UpstreamTimeout,
+            // The body is up: wait for the answer as for a request sent whole.
+            Ok(Ok(_)) => {}
+        }
+    }
+    let early = early_head.is_some();
+    let head = match early_head {
+        Some(h) => h,
+        None => {
+            let deadline = Instant::now() + t.first_byte;
+            loop {
+                // A client that leaves (its connection closed, its h2 stream reset) stops the
+                // wait (and the backend's work: its connection is closed) instead of holding
+                // both sockets until the first-byte timeout.
+                let got = {
+                    let read = read_head(&mut up_r, &mut conn.buf, &mut fields, upgrading);
+                    let mut read = std::pin::pin!(read);
+                    let watched = std::future::poll_fn(|cx| {
+                        if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                            return Poll::Ready(Ok(r));
+                        }
+                        body.poll_closed(cx).map(|()| Err(Waited::ClientGone))
+                    });
+                    sink.wait(deadline, watched).await.and_then(|r| r)
+                };
+                match got {
+                    Ok(Ok(Read::Final(h))) => break h,
+                    Ok(Ok(Read::Interim(h))) => {
+                        got_any = true;
+                        sink.interim(&h).await.map_err(|_| Failure::Upstream {
+                            err: ProxyError::UpstreamIo,
                             in_sync: true,
-                        })
+                        })?;
+                        recycle(&mut fields, h.headers);
                     }
-                    Ok(None) => return Err(Failure::Client(None)),
-                    Ok(Some(Err((e, _)))) => {
+                    // A streamed body cannot be sent again: no retry on another connection.
+                    Ok(Err((e, _))) if !body_done => {
                         return Err(Failure::Upstream {
                             err: e,
                             in_sync: true,
                         })
                     }
-                    Ok(Some(Ok(h))) => h,
+                    Ok(Err((e, some))) => {
+                        return Err(head_failure(e, some || got_any, reused, false))
+                    }
+                    Err(Waited::TimedOut) => {
+                        return Err(Failure::Upstream {
+                            err: ProxyError::UpstreamTimeout,
+                            in_sync: true,
+                        })
+                    }
+                    Err(Waited::ClientGone) => return Err(Failure::Client(None)),
                 }
             }
         }
