@@ -286,7 +286,9 @@ async fn exchange<D: Downstream>(
     let head = match early_head {
         Some(h) => h,
         None => {
-            let deadline = Instant::now() + t.first_byte;
+            // From the end of the request: its head, or the last byte of a streamed body.
+            let sent_whole = if body_done { sent_at } else { Instant::now() };
+            let deadline = sent_whole + t.first_byte;
             loop {
                 // A client that leaves (its connection closed, its h2 stream reset) stops the
                 // wait (and the backend's work: its connection is closed) instead of holding
