@@ -19,14 +19,9 @@ layout=${LAYOUT:-free}
 scheme=${SCHEME:-http}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-case $layout in
-free) pin_gen=() pin_server=() ;;
-pinned) pin_gen=(taskset -c 0) pin_server=(taskset -c 1) ;;
-*)
-    echo "LAYOUT must be free or pinned" >&2
-    exit 2
-    ;;
-esac
+# shellcheck source=loadtest/bench/lib.sh
+. "$here/lib.sh"
+bench_layout
 case $scheme in
 http) url="http://127.0.0.1:$((port + 1))/" pier_tls=() ;;
 https) url="https://127.0.0.1:$((port + 2))/" pier_tls=(-k) ;;
@@ -38,10 +33,7 @@ esac
 
 command -v h2load >/dev/null || apt-get install -y nghttp2-client >/dev/null
 [ -x /usr/bin/time ] || apt-get install -y time >/dev/null
-if [ -z "${PIER_LOAD:-}" ]; then
-    (cd "$root" && cargo build --release -p pier-load >&2)
-    PIER_LOAD=$(cd "$root" && realpath -m "${CARGO_TARGET_DIR:-target}/release/pier-load")
-fi
+bench_pier_load "$root"
 
 work=$(mktemp -d)
 trap '"$here/nginx-target.sh" stop "$port" "$work/nginx"; rm -rf "$work"' EXIT
@@ -50,7 +42,6 @@ trap '"$here/nginx-target.sh" stop "$port" "$work/nginx"; rm -rf "$work"' EXIT
 echo "# $(date -u +%FT%TZ) $(nproc) cores; $(h2load --version 2>&1 | head -1); $("$PIER_LOAD" --version)"
 echo "# target: nginx $(nginx -v 2>&1 | sed 's/.*\///'), 1 worker, $url"
 echo "# each run: -t$threads -c$conns -m$streams, ${seconds}s, layout $layout; cpu = user + sys of the generator"
-printf '%-6s %-10s %12s %12s %8s %14s %9s %6s\n' round tool req/s requests cpu_s req/cpu_s maxrss_kb load1
 
 # One run: prints "req_per_s requests cpu_s rss_kb".
 run() {
@@ -69,24 +60,5 @@ run() {
     awk -v rps="$rps" -v reqs="$reqs" '{printf "%s %s %.2f %s\n", rps, reqs, $1 + $2, $3}' "$tfile"
 }
 
-: >"$work/results"
-for r in $(seq "$rounds"); do
-    if [ $((r % 2)) -eq 1 ]; then order="h2load pier-load"; else order="pier-load h2load"; fi
-    for tool in $order; do
-        load=$(cut -d' ' -f1 /proc/loadavg)
-        read -r rps reqs cpu rss < <(run "$tool")
-        per=$(awk -v n="$reqs" -v c="$cpu" 'BEGIN {printf "%.0f", n / c}')
-        printf '%-6s %-10s %12s %12s %8s %14s %9s %6s\n' "$r" "$tool" "$rps" "$reqs" "$cpu" "$per" "$rss" "$load"
-        echo "$tool $rps $per" >>"$work/results"
-        sleep 1
-    done
-done
-
-median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-h_rps=$(awk '$1 == "h2load" {print $2}' "$work/results" | median)
-p_rps=$(awk '$1 == "pier-load" {print $2}' "$work/results" | median)
-h_per=$(awk '$1 == "h2load" {print $3}' "$work/results" | median)
-p_per=$(awk '$1 == "pier-load" {print $3}' "$work/results" | median)
-echo
-printf 'median req/s           h2load %10.0f   pier-load %10.0f   ratio %.3f\n' "$h_rps" "$p_rps" "$(awk -v a="$p_rps" -v b="$h_rps" 'BEGIN {print a / b}')"
-printf 'median req/cpu-second  h2load %10.0f   pier-load %10.0f   ratio %.3f\n' "$h_per" "$p_per" "$(awk -v a="$p_per" -v b="$h_per" 'BEGIN {print a / b}')"
+bench_rounds "$rounds" h2load
+bench_medians h2load

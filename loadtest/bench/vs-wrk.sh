@@ -23,25 +23,17 @@ port=${PORT:-18080}
 layout=${LAYOUT:-free}
 pipeline=${PIPELINE:-1}
 scheme=${SCHEME:-http}
-case $layout in
-free) pin_gen=() pin_server=() ;;
-pinned) pin_gen=(taskset -c 0) pin_server=(taskset -c 1) ;;
-*)
-    echo "LAYOUT must be free or pinned" >&2
-    exit 2
-    ;;
-esac
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# shellcheck source=loadtest/bench/lib.sh
+. "$here/lib.sh"
+bench_layout
 
 for tool in wrk nginx; do
     if ! command -v $tool >/dev/null; then apt-get install -y wrk nginx >/dev/null; fi
 done
 [ -x /usr/bin/time ] || apt-get install -y time >/dev/null
-if [ -z "${PIER_LOAD:-}" ]; then
-    (cd "$root" && cargo build --release -p pier-load >&2)
-    PIER_LOAD=$(cd "$root" && realpath -m "${CARGO_TARGET_DIR:-target}/release/pier-load")
-fi
+bench_pier_load "$root"
 
 work=$(mktemp -d)
 trap '"$here/nginx-target.sh" stop "$port" "$work/nginx"; rm -rf "$work"' EXIT
@@ -73,7 +65,6 @@ echo "# $(date -u +%FT%TZ) $(nproc) cores; wrk $(wrk -v 2>&1 | head -1 | awk '{p
 echo "# target: nginx $(nginx -v 2>&1 | sed 's/.*\///'), 1 worker, $url"
 echo "# each run: -t$threads -c$conns -d$duration, pipeline $pipeline, layout $layout; cpu = user + sys of the generator process;"
 echo "# load1 = 1-minute load average before the run; this benchmark alone keeps it near 2 (generator + nginx), clearly more means other work shared the 2 cores"
-printf '%-6s %-10s %12s %12s %8s %14s %9s %6s\n' round tool req/s requests cpu_s req/cpu_s maxrss_kb load1
 
 # One run: prints "req_per_s requests cpu_s rss_kb".
 run() {
@@ -91,24 +82,5 @@ run() {
     awk -v rps="$rps" -v reqs="$reqs" '{printf "%s %s %.2f %s\n", rps, reqs, $1 + $2, $3}' "$tfile"
 }
 
-: >"$work/results"
-for r in $(seq "$rounds"); do
-    if [ $((r % 2)) -eq 1 ]; then order="wrk pier-load"; else order="pier-load wrk"; fi
-    for tool in $order; do
-        load=$(cut -d' ' -f1 /proc/loadavg)
-        read -r rps reqs cpu rss < <(run "$tool")
-        per=$(awk -v n="$reqs" -v c="$cpu" 'BEGIN {printf "%.0f", n / c}')
-        printf '%-6s %-10s %12s %12s %8s %14s %9s %6s\n' "$r" "$tool" "$rps" "$reqs" "$cpu" "$per" "$rss" "$load"
-        echo "$tool $rps $per" >>"$work/results"
-        sleep 1
-    done
-done
-
-median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-w_rps=$(awk '$1 == "wrk" {print $2}' "$work/results" | median)
-p_rps=$(awk '$1 == "pier-load" {print $2}' "$work/results" | median)
-w_per=$(awk '$1 == "wrk" {print $3}' "$work/results" | median)
-p_per=$(awk '$1 == "pier-load" {print $3}' "$work/results" | median)
-echo
-printf 'median req/s           wrk %10.0f   pier-load %10.0f   ratio %.3f\n' "$w_rps" "$p_rps" "$(awk -v a="$p_rps" -v b="$w_rps" 'BEGIN {print a / b}')"
-printf 'median req/cpu-second  wrk %10.0f   pier-load %10.0f   ratio %.3f\n' "$w_per" "$p_per" "$(awk -v a="$p_per" -v b="$w_per" 'BEGIN {print a / b}')"
+bench_rounds "$rounds" wrk
+bench_medians wrk
