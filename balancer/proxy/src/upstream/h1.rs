@@ -187,6 +187,22 @@ pub async fn read_head(
     }
 }
 
+/// Passes an interim (`1xx`) answer on to the client and takes its fields back; `in_sync`:
+/// whether the backend connection is still in step if that fails.
+async fn pass_interim<S: ResponseSink>(
+    sink: &mut S,
+    fields: &mut HeaderList,
+    h: ResponseHead,
+    in_sync: bool,
+) -> Result<(), Failure> {
+    sink.interim(&h).await.map_err(|_| Failure::Upstream {
+        err: ProxyError::UpstreamIo,
+        in_sync,
+    })?;
+    recycle(fields, h.headers);
+    Ok(())
+}
+
 /// The failure for a response head that did not come.
 fn head_failure(e: ProxyError, got_some: bool, reused: bool, early: bool) -> Failure {
     if (e == ProxyError::UpstreamClosed || e == ProxyError::UpstreamIo) && !early {
@@ -256,11 +272,7 @@ async fn exchange<D: Downstream>(
             match first {
                 Err(Ok(Read::Interim(h))) => {
                     got_any = true;
-                    sink.interim(&h).await.map_err(|_| Failure::Upstream {
-                        err: ProxyError::UpstreamIo,
-                        in_sync: false,
-                    })?;
-                    recycle(&mut fields, h.headers);
+                    pass_interim(&mut sink, &mut fields, h, false).await?;
                 }
                 Err(Ok(Read::Final(h))) => break Err(Ok(h)),
                 Err(Err(e)) => break Err(Err(e)),
@@ -308,11 +320,7 @@ async fn exchange<D: Downstream>(
                     Ok(Ok(Read::Final(h))) => break h,
                     Ok(Ok(Read::Interim(h))) => {
                         got_any = true;
-                        sink.interim(&h).await.map_err(|_| Failure::Upstream {
-                            err: ProxyError::UpstreamIo,
-                            in_sync: true,
-                        })?;
-                        recycle(&mut fields, h.headers);
+                        pass_interim(&mut sink, &mut fields, h, true).await?;
                     }
                     // A streamed body cannot be sent again: no retry on another connection.
                     Ok(Err((e, _))) if !body_done => {
