@@ -3,8 +3,13 @@
 #   bench_workdir NAME          work directory $W, process list PIDS, cleanup on exit (processes
 #                               or their groups killed; then a function bench_on_exit, if
 #                               defined; $W removed unless KEEP=1)
-#   bench_backend PORT [CPU]    nginx, one worker, `return 200 "ok\n"` on 127.0.0.1:PORT, keep-alive
-#                               never recycled, pinned to CPU if given; its PID joins PIDS
+#   bench_backend PORT [CPU] [NAME]
+#                               nginx, one worker, `return 200 "ok\n"` on 127.0.0.1:PORT, keep-alive
+#                               never recycled, pinned to CPU if given; its PID joins PIDS; NAME
+#                               keeps a second one's files apart; BENCH_BACKEND_PREFIX (e.g.
+#                               "chrt -f 50") goes before the command
+#   bench_expect_200 URL [HOST] up to 10 s for URL (with that Host header) to answer 200; else
+#                               says what it got and exits 1 (a benchmark of error pages is void)
 #   bench_cert                  a fresh ECDSA P-256 certificate for bench.test in $W/cert.pem,
 #                               $W/key.pem (the key type both nginx and pier are measured with)
 #   bench_tls_balancer H S B    pier-balancer config for bench.test over TLS (see below)
@@ -62,22 +67,33 @@ bench_nginx_http_basics() {
 }
 
 bench_backend() {
-  local port=$1 cpu=${2:-}
-  cat >"$W/backend.conf" <<CONF
+  local port=$1 cpu=${2:-} name=${3:-backend}
+  local -a run=(${BENCH_BACKEND_PREFIX:-})
+  [ -n "$cpu" ] && run+=(taskset -c "$cpu")
+  cat >"$W/$name.conf" <<CONF
 worker_processes 1;
-pid $W/backend.pid;
+pid $W/$name.pid;
 events { worker_connections 65536; }
 http {
 $(bench_nginx_http_basics)
   server { listen 127.0.0.1:$port backlog=4096; location / { return 200 "ok\n"; } }
 }
 CONF
-  if [ -n "$cpu" ]; then
-    taskset -c "$cpu" nginx -p "$W" -c "$W/backend.conf" -e "$W/backend.err" -g 'daemon off;' >"$W/backend.out" 2>&1 &
-  else
-    nginx -p "$W" -c "$W/backend.conf" -e "$W/backend.err" -g 'daemon off;' >"$W/backend.out" 2>&1 &
-  fi
+  "${run[@]}" nginx -p "$W" -c "$W/$name.conf" -e "$W/$name.err" -g 'daemon off;' >"$W/$name.out" 2>&1 &
   PIDS+=($!)
+}
+
+bench_expect_200() {
+  local url=$1 host=${2:-} status=000
+  local -a hdr=()
+  [ -n "$host" ] && hdr=(-H "Host: $host")
+  for _ in $(seq 100); do
+    status=$(curl -s -o /dev/null -w '%{http_code}' "${hdr[@]}" "$url" || true)
+    [ "$status" = 200 ] && return 0
+    sleep 0.1
+  done
+  echo "$url${host:+ (Host: $host)} answers $status, not 200: is everything installed (nginx, haproxy)? KEEP=1 keeps the logs in $W" >&2
+  exit 1
 }
 
 bench_cert() {

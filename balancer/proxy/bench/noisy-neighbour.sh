@@ -7,7 +7,7 @@
 #   SERVER=nginx bash balancer/proxy/bench/noisy-neighbour.sh     # or SERVER=haproxy
 #   A_BACKEND=fast A_RATE=30000 bash balancer/proxy/bench/noisy-neighbour.sh
 #
-# A_BACKEND=fast gives app A the same fast backend as B instead of the stalled one: its flood
+# A_BACKEND=fast gives app A a fast backend (nginx, like B's) instead of the stalled one: its flood
 # then costs the proxy CPU rather than sockets (the case of [limits] overload_lag), at A_RATE
 # req/s (default RATIO times B's). LIMITS=off also turns overload_lag off.
 #
@@ -17,6 +17,20 @@
 # nbthread 1, `maxconn 1000` on app A's server with `timeout queue 5s` (its queue is unbounded).
 # LIMITS=off leaves both without. All keep connections to the backends alive.
 #
+# APPARATUS=rt (the default) runs what measures B -- B's generator and B's backend -- at
+# real-time priority (SCHED_FIFO 50): on this 2-core machine they share CPU 1 with the flood's
+# generator, and without it B's latency measures that core (the flood's generator delaying B's)
+# rather than the proxy. A real-time task preempts the flood's generator as soon as it is
+# runnable, as if it had a machine of its own; what still reaches B is the proxy's CPU 0 and
+# the kernel's loopback work. APPARATUS=plain runs everything at normal priority (the figures
+# before 2026-12-07). With A_BACKEND=fast app A then gets a backend of its own (a second nginx
+# at normal priority), so A's requests are not served at B's priority.
+#
+# FLOOD_TO=control is the control experiment: the same flood goes not to the proxy but to an
+# nginx of its own on CPU 1 (normal priority) that answers every request `503` at once. The
+# proxy then carries B alone, so what B's p99 gains is the flood's share of the measuring
+# machine (CPU 1, the kernel's loopback work), which no proxy can remove on this layout.
+#
 # One pier-balancer worker on CPU 0 (the bench_tls_balancer configuration with apps a and b,
 # isolation as configured: LIMITS=on keeps the defaults, LIMITS=off sets app_max_in_flight = 0),
 # B's backend one nginx worker and the stalled backend (Python) on CPU 1, the load generators
@@ -25,7 +39,7 @@
 # responses, errors (failed requests and non-2xx), p50 and p99, and for the flood A's status
 # classes. Rounds alternate nothing else; the medians of B's p99 are printed at the end with
 # their ratio (the issue's goal: B's p99 with the flood within 1.5x of alone, no errors).
-# Needs: nginx, python3, taskset; builds pier-balancer and pier-load (release) unless BINARY.
+# Needs: nginx (haproxy for SERVER=haproxy), python3, curl, taskset, chrt; builds pier-balancer and pier-load (release) unless BINARY.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 B_RATE=${B_RATE:-1000}
@@ -37,6 +51,13 @@ LIMITS=${LIMITS:-on}
 A_CONNS=${A_CONNS:-3000}
 A_BACKEND=${A_BACKEND:-stalled}
 A_RATE=${A_RATE:-$((B_RATE * RATIO))}
+APPARATUS=${APPARATUS:-rt}
+FLOOD_TO=${FLOOD_TO:-proxy}
+case "$APPARATUS" in
+  rt) RT=(chrt -f 50) ;;
+  plain) RT=() ;;
+  *) echo "APPARATUS must be rt or plain" >&2; exit 2 ;;
+esac
 BIN=${1:-}
 cargo build --release -q -p pier-load
 [ -n "$BIN" ] || { cargo build --release -q -p pier-balancer; BIN=${CARGO_TARGET_DIR:-target}/release/pier-balancer; }
@@ -46,7 +67,7 @@ LOAD=$(realpath "${CARGO_TARGET_DIR:-target}/release/pier-load")
 bench_workdir noisy
 bench_cert
 BACKEND=$(bench_free_port) STALLED=$(bench_free_port) HTTP=$(bench_free_port) HTTPS=$(bench_free_port)
-bench_backend "$BACKEND" 1
+BENCH_BACKEND_PREFIX="${RT[*]}" bench_backend "$BACKEND" 1
 # The stalled backend: accepts, reads, never answers (connections held until the balancer
 # gives up on them).
 taskset -c 1 python3 - "$STALLED" <<'PY' &
@@ -72,7 +93,10 @@ if [ "$LIMITS" = off ]; then
 fi
 case "$A_BACKEND" in
   stalled) A_PORT=$STALLED ;;
-  fast) A_PORT=$BACKEND ;;
+  fast)
+    # At real-time priority B's backend would serve A's flood at that priority too.
+    if [ "$APPARATUS" = rt ]; then A_PORT=$(bench_free_port); bench_backend "$A_PORT" 1 backend-a; else A_PORT=$BACKEND; fi
+    ;;
   *) echo "A_BACKEND must be stalled or fast" >&2; exit 2 ;;
 esac
 start_nginx() {
@@ -154,18 +178,37 @@ PIDS+=($!)
 proxy_pid() {
   if [ "$SERVER" = nginx ]; then pgrep -P "${PIDS[-1]}" | head -1; else echo "${PIDS[-1]}"; fi
 }
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$HTTP") 2>/dev/null && break
-  sleep 0.1
-done
+bench_expect_200 "http://127.0.0.1:$BACKEND/"
+[ "$A_BACKEND" = fast ] && bench_expect_200 "http://127.0.0.1:$A_PORT/"
+bench_expect_200 "http://127.0.0.1:$HTTP/" b.test
 
 b_load() { # NAME
-  taskset -c 1 "$LOAD" -t1 -c50 -R "$B_RATE" -d "$DURATION" --no-progress --timeout 5s \
+  "${RT[@]}" taskset -c 1 "$LOAD" -t1 -c50 -R "$B_RATE" -d "$DURATION" --no-progress --timeout 5s \
     -H "Host: b.test" --json "$W/$1.json" "http://127.0.0.1:$HTTP/" >/dev/null 2>&1 || true
 }
+FLOOD_PORT=$HTTP
+case "$FLOOD_TO" in
+  proxy) ;;
+  control)
+    FLOOD_PORT=$(bench_free_port)
+    cat >"$W/control.conf" <<CONF
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid $W/control.pid;
+events { worker_connections 16000; }
+http {
+$(bench_nginx_http_basics)
+  server { listen 127.0.0.1:$FLOOD_PORT backlog=4096; location / { return 503 "overloaded\n"; } }
+}
+CONF
+    taskset -c 1 nginx -p "$W" -c "$W/control.conf" -e "$W/control.err" -g 'daemon off;' >"$W/control.out" 2>&1 &
+    PIDS+=($!)
+    ;;
+  *) echo "FLOOD_TO must be proxy or control" >&2; exit 2 ;;
+esac
 a_flood() {
   taskset -c 1 "$LOAD" -t1 -c "$A_CONNS" -R "$A_RATE" -d "$FLOOD_DURATION" --no-progress \
-    --timeout 30s -H "Host: a.test" --json "$W/flood.json" "http://127.0.0.1:$HTTP/" >/dev/null 2>&1 || true
+    --timeout 30s -H "Host: a.test" --json "$W/flood.json" "http://127.0.0.1:$FLOOD_PORT/" >/dev/null 2>&1 || true
 }
 summary() { # FILE LABEL
   python3 - "$1" "$2" <<'PY'
@@ -185,7 +228,7 @@ r = json.load(open(sys.argv[1]))
 print(f"{'  flood (A)':<14} responses={r['requests']['responses']:>7} failed={r['errors']['failed_total']:>5} status={json.dumps(r['status'])}")
 PY
 }
-echo "$SERVER ($([ "$SERVER" = pier ] && echo "$BIN")), limits $LIMITS, B at $B_RATE req/s, A ($A_BACKEND backend) at $A_RATE req/s over $A_CONNS connections, $DURATION per run"
+echo "$SERVER ($([ "$SERVER" = pier ] && echo "$BIN")), limits $LIMITS, apparatus $APPARATUS, flood to $FLOOD_TO, B at $B_RATE req/s, A ($A_BACKEND backend) at $A_RATE req/s over $A_CONNS connections, $DURATION per run"
 for r in $(seq "$ROUNDS"); do
   b_load "alone$r"
   summary "$W/alone$r.json" "B alone"
