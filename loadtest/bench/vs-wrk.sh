@@ -14,6 +14,9 @@
 #              Lua script that sends N requests per write (wrk's own pipelining recipe)
 #   SCHEME     http (default) or https: HTTP/1.1 keep-alive over TLS 1.3 (nginx's TLS port,
 #              a self-signed certificate; pier-load -k, wrk does not verify)
+#   FLOOR      1: a third tool in the same rounds, the CPU floor of a generator on this kernel
+#              (loadtest/examples/request_floor.rs: one write and one read a request, no
+#              parsing or timing; plain HTTP only): how far any generator could go past wrk
 set -euo pipefail
 rounds=${1:-5}
 duration=${2:-10s}
@@ -34,6 +37,13 @@ for tool in wrk nginx; do
 done
 [ -x /usr/bin/time ] || apt-get install -y time >/dev/null
 bench_pier_load "$root"
+others=wrk
+if [ "${FLOOR:-0}" = 1 ]; then
+    [ "$scheme" = http ] || { echo "FLOOR=1 measures plain HTTP only" >&2; exit 2; }
+    (cd "$root" && cargo build --release -p pier-load --example request_floor >&2)
+    floor_bin=$(cd "$root" && realpath -m "${CARGO_TARGET_DIR:-target}/release/examples/request_floor")
+    others="wrk floor"
+fi
 
 work=$(mktemp -d)
 trap '"$here/nginx-target.sh" stop "$port" "$work/nginx"; rm -rf "$work"' EXIT
@@ -72,6 +82,9 @@ run() {
     if [ "$tool" = wrk ]; then
         out=$("${pin_gen[@]}" /usr/bin/time -f '%U %S %M' -o "$tfile" \
             wrk -t"$threads" -c"$conns" -d"$duration" "${wrk_args[@]}" "$url")
+    elif [ "$tool" = floor ]; then
+        out=$("${pin_gen[@]}" /usr/bin/time -f '%U %S %M' -o "$tfile" \
+            "$floor_bin" "$url" "$threads" "$conns" "${duration%s}" "$pipeline")
     else
         out=$("${pin_gen[@]}" /usr/bin/time -f '%U %S %M' -o "$tfile" \
             "$PIER_LOAD" -t"$threads" -c"$conns" -d"$duration" "${pier_args[@]}" "$url")
@@ -82,5 +95,5 @@ run() {
     awk -v rps="$rps" -v reqs="$reqs" '{printf "%s %s %.2f %s\n", rps, reqs, $1 + $2, $3}' "$tfile"
 }
 
-bench_rounds "$rounds" wrk
-bench_medians wrk
+bench_rounds "$rounds" "$others"
+bench_medians "$others"
