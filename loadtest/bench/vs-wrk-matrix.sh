@@ -6,7 +6,9 @@
 #   loadtest/bench/vs-wrk-matrix.sh [ROUNDS] [DURATION]
 #
 # Environment: PIER_LOAD (a built binary; default: cargo build --release), PORT; LAYOUTS,
-# CONNS, THREADS, PIPELINES narrow the matrix (space-separated lists).
+# CONNS, THREADS, PIPELINES narrow the matrix (space-separated lists); FLOOR=1 adds the CPU
+# floor (vs-wrk.sh) and two columns, the floor's req/cpu-s over wrk's and pier-load's over
+# the floor's.
 set -euo pipefail
 rounds=${1:-4}
 duration=${2:-5s}
@@ -29,11 +31,12 @@ for layout in ${LAYOUTS:-free pinned}; do
                 echo
                 rps=$(echo "$out" | awk '/^median req\/s / {print $NF}')
                 per=$(echo "$out" | awk '/^median req\/cpu-second/ {print $NF}')
-                printf '%-7s %-4s %-5s %-9s %8s %10s\n' "$layout" "-t$threads" "-c$conns" "$pipeline" "$rps" "$per" >>"$summary"
+                floor=$(echo "$out" | awk '/^floor:/ {gsub(/;/, ""); print $11, $17}')
+                printf '%-7s %-4s %-5s %-9s %8s %10s %s\n' "$layout" "-t$threads" "-c$conns" "$pipeline" "$rps" "$per" "$floor" >>"$summary"
             done
         done
     done
 done
 echo "## medians, pier-load / wrk (goals: req/s >= 1.05, req/cpu-s >= 1.2)"
-printf '%-7s %-4s %-5s %-9s %8s %10s\n' layout t c pipeline req/s req/cpu-s
+printf '%-7s %-4s %-5s %-9s %8s %10s %s\n' layout t c pipeline req/s req/cpu-s "${FLOOR:+floor/wrk pier-load/floor (req/cpu-s)}"
 cat "$summary"
