@@ -7,7 +7,8 @@
 #                               nginx, one worker, `return 200 "ok\n"` on 127.0.0.1:PORT, keep-alive
 #                               never recycled, pinned to CPU if given; its PID joins PIDS; NAME
 #                               keeps a second one's files apart; BENCH_BACKEND_PREFIX (e.g.
-#                               "chrt -f 50") goes before the command
+#                               "chrt -f 50") goes before the command; BENCH_BACKEND_RETURN
+#                               replaces the answer (nginx `return` arguments)
 #   bench_expect_200 URL [HOST] up to 10 s for URL (with that Host header) to answer 200; else
 #                               says what it got and exits 1 (a benchmark of error pages is void)
 #   bench_cert                  a fresh ECDSA P-256 certificate for bench.test in $W/cert.pem,
@@ -67,7 +68,7 @@ bench_nginx_http_basics() {
 }
 
 bench_backend() {
-  local port=$1 cpu=${2:-} name=${3:-backend}
+  local port=$1 cpu=${2:-} name=${3:-backend} answer=${BENCH_BACKEND_RETURN:-'200 "ok\n"'}
   local -a run=(${BENCH_BACKEND_PREFIX:-})
   [ -n "$cpu" ] && run+=(taskset -c "$cpu")
   cat >"$W/$name.conf" <<CONF
@@ -76,7 +77,7 @@ pid $W/$name.pid;
 events { worker_connections 65536; }
 http {
 $(bench_nginx_http_basics)
-  server { listen 127.0.0.1:$port backlog=4096; location / { return 200 "ok\n"; } }
+  server { listen 127.0.0.1:$port backlog=4096; location / { return $answer; } }
 }
 CONF
   "${run[@]}" nginx -p "$W" -c "$W/$name.conf" -e "$W/$name.err" -g 'daemon off;' >"$W/$name.out" 2>&1 &

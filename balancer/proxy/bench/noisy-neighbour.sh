@@ -191,18 +191,7 @@ case "$FLOOD_TO" in
   proxy) ;;
   control)
     FLOOD_PORT=$(bench_free_port)
-    cat >"$W/control.conf" <<CONF
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid $W/control.pid;
-events { worker_connections 16000; }
-http {
-$(bench_nginx_http_basics)
-  server { listen 127.0.0.1:$FLOOD_PORT backlog=4096; location / { return 503 "overloaded\n"; } }
-}
-CONF
-    taskset -c 1 nginx -p "$W" -c "$W/control.conf" -e "$W/control.err" -g 'daemon off;' >"$W/control.out" 2>&1 &
-    PIDS+=($!)
+    BENCH_BACKEND_RETURN='503 "overloaded\n"' bench_backend "$FLOOD_PORT" 1 control
     ;;
   *) echo "FLOOD_TO must be proxy or control" >&2; exit 2 ;;
 esac
